@@ -1,0 +1,18 @@
+-- luacheck configuration: Lua 5.4; the stdlib sets no globals.
+std = "lua54"
+max_line_length = 120
+codes = true
+
+-- hrun's modules are globals in scripts, the REPL and playbooks
+local hrun_globals = { "fs", "exec", "json", "sys" }
+
+files["stdlib"] = { read_globals = hrun_globals }
+files["playbooks"] = { read_globals = hrun_globals }
+files["tests"] = {
+  read_globals = hrun_globals,
+  -- the spec runner's helpers, defined as globals for the spec files
+  globals = {
+    "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
+    "need_root", "HRUN", "hrun_cmd", "shq",
+  },
+}

@@ -1,0 +1,161 @@
+/*
+** hrun.h — the embedding API and the primitive registry.
+**
+** Every native function hrun gives Lua is a primitive: registered once, with whether it
+** reads or writes the system and the capability it needs, and always called through one
+** dispatcher (runtime/registry.c).  Plan mode, the journal and the capability sandbox
+** are hooks on that dispatcher; modules never test for them.
+*/
+#ifndef HRUN_H
+#define HRUN_H
+
+#include <stddef.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define HRUN_VERSION "0.1.0"
+
+/* {====================================================================
+** The primitive registry
+** ===================================================================== */
+
+/* What a primitive does to the system. */
+enum hrun_kind {
+    HRUN_PURE,  /* computes from its arguments only (json.encode) */
+    HRUN_READ,  /* looks at the system (fs.read, sys.hostname) */
+    HRUN_WRITE, /* changes it (fs.write, exec.run): recorded in plan mode, journaled */
+};
+
+typedef struct hrun_Prim {
+    const char *name;   /* field in the module table: "write" */
+    lua_CFunction func; /* misuse raises; the world's failures return nil, msg, code */
+    enum hrun_kind kind;
+    const char *cap; /* capability it needs ("fs", "exec"); NULL for pure ones */
+    /* For a HRUN_WRITE primitive whose arguments can make one call read-only
+    ** (exec.run's {readonly=true}): [-0, +0, e], arguments at 1..top; returns
+    ** non-zero when this call writes. NULL: every call writes. */
+    int (*writes)(lua_State *L);
+} hrun_Prim;
+
+/* One call of a primitive, as the hooks see it. */
+typedef struct hrun_Call {
+    const hrun_Prim *prim;
+    const char *module;   /* "fs" */
+    const char *fullname; /* "fs.write" */
+    int writes;           /* this call changes the system */
+    int nargs;            /* arguments at 1..nargs */
+} hrun_Call;
+
+/* Hooks on the dispatcher, installed by the runner (plan mode, journal, sandbox). */
+typedef struct hrun_Hooks {
+    /* [-0, +r, e] Runs before the primitive, with the call's arguments at 1..nargs.
+    ** Returns -1 to let the primitive run, or r >= 0 after pushing r values that
+    ** stand for its results without running it (plan mode). May raise (sandbox). */
+    int (*before)(lua_State *L, const hrun_Call *call, void *ud);
+    /* [-0, +0, e] Runs after the primitive returned; its nres results are on top. */
+    void (*after)(lua_State *L, const hrun_Call *call, int nres, void *ud);
+    void *ud;
+} hrun_Hooks;
+
+/* [-0, +1, m] Creates the table of module `module` from `prims` (ended by a NULL
+** name), each function a dispatcher closure, and enters them in the registry. */
+void hrun_newmodule(lua_State *L, const char *module, const hrun_Prim *prims);
+
+/* Installs hooks (NULL: none) and returns the previous ones. */
+hrun_Hooks hrun_sethooks(lua_State *L, const hrun_Hooks *hooks);
+
+/* [-0, +1, m] An array describing every registered primitive:
+** {name = "fs.write", kind = "write", cap = "fs", calls = N}. */
+void hrun_pushprimitives(lua_State *L);
+
+/* }==================================================================== */
+
+/* {====================================================================
+** Errors and arguments (rule: misuse raises, the world returns nil, msg, code)
+** ===================================================================== */
+
+/* [-0, +3, m] Pushes nil, "what: obj: strerror(err)", "ENAME" (obj may be NULL);
+** returns 3, so a binding can `return hrun_fail(...)`. */
+int hrun_fail(lua_State *L, const char *what, const char *obj, int err);
+
+/* [-0, +3, m] Pushes nil, the formatted message, and `code`; returns 3. */
+int hrun_failf(lua_State *L, const char *code, const char *fmt, ...);
+
+/* The symbolic name of an errno value: "ENOENT"; "E<n>" when unknown. */
+const char *hrun_errname(int err);
+
+/* [-0, +0, v] A path argument: a string without NUL bytes (any other byte goes). */
+const char *hrun_checkpath(lua_State *L, int arg, size_t *len);
+
+/* [-0, +0, v] Raises when the table at `arg` (if any) has a key not in `known`
+** (a NULL-ended list), naming the nearest known key. */
+void hrun_checkopts(lua_State *L, int arg, const char *const known[]);
+
+/* Options read from the table at `arg` (absent or nil: the default). Wrong types
+** raise "bad argument #arg (field 'name': number expected, got string)". */
+int hrun_optbool(lua_State *L, int arg, const char *name, int def);
+lua_Number hrun_optnumber(lua_State *L, int arg, const char *name, lua_Number def);
+lua_Integer hrun_optinteger(lua_State *L, int arg, const char *name, lua_Integer def);
+const char *hrun_optstring(lua_State *L, int arg, const char *name, const char *def, size_t *len);
+/* [-0, +(0|1), v] Pushes field `name` if it has type `t` and returns 1; returns 0 and
+** pushes nothing when it is nil; raises for any other type. */
+int hrun_optfield(lua_State *L, int arg, const char *name, int t);
+
+/* }==================================================================== */
+
+/* {====================================================================
+** Interrupts (SIGINT, SIGTERM)
+** ===================================================================== */
+
+/* Installs the handlers; the next signal raises "interrupted" in Lua at a safe point
+** (a hook), never by a longjmp out of C code. */
+void hrun_catchsignals(lua_State *L);
+
+/* How many interrupts arrived since the last hrun_clearinterrupt (0: none). Blocking
+** primitives watch it and give up cleanly. */
+int hrun_interrupted(void);
+void hrun_clearinterrupt(void);
+
+/* [-0, +0, v] Raises the interrupt error ("interrupted"). */
+int hrun_raiseinterrupt(lua_State *L);
+
+/* Sleeps up to `seconds`, waking early on an interrupt; returns 0 if slept in full,
+** -1 if interrupted. */
+int hrun_sleep(double seconds);
+
+/* Monotonic clock and wall clock, in seconds. */
+double hrun_monotime(void);
+double hrun_walltime(void);
+
+/* }==================================================================== */
+
+/* {====================================================================
+** The state
+** ===================================================================== */
+
+typedef struct hrun_Options {
+    int verbose; /* -v: tracebacks and debug lines */
+    int color;   /* colours on a terminal */
+} hrun_Options;
+
+/* A new state with Lua's standard libraries, hrun's modules preloaded as
+** "hrun.<name>" and set as globals. NULL when out of memory. */
+lua_State *hrun_newstate(void);
+
+/* The options of the state (set by the command line). */
+hrun_Options *hrun_options(lua_State *L);
+
+/* [-0, +1, m] Requires every hrun module and sets them as globals; leaves the table
+** {name = module} on the stack. */
+void hrun_openlibs(lua_State *L);
+
+/* Module openers (runtime/modules.c lists them in one table). */
+int luaopen_hrun_fs(lua_State *L);
+int luaopen_hrun_exec(lua_State *L);
+int luaopen_hrun_json(lua_State *L);
+int luaopen_hrun_sys(lua_State *L);
+
+/* }==================================================================== */
+
+#endif

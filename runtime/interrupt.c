@@ -1,0 +1,103 @@
+/*
+** interrupt.c — SIGINT and SIGTERM, clocks and interruptible sleep.
+**
+** As in lua.c, the signal handler only records the signal and sets a hook; the hook
+** raises "interrupted" at the next safe point in Lua code.  C code that blocks (a child
+** process, a sleep) waits with the signals unblocked only inside ppoll, so it wakes at
+** once and gives up cleanly; nothing longjmps out of a C library.
+*/
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <time.h>
+
+#include "internal.h"
+
+static volatile sig_atomic_t interrupts;
+static lua_State *volatile hooked_state;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    lua_sethook(L, NULL, 0, 0);
+    hrun_raiseinterrupt(L);
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (interrupts < 1000) interrupts++;
+    lua_State *L = hooked_state;
+    /* lua_sethook is the one Lua call that is safe in a signal handler */
+    if (L) lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+void hrun_catchsignals(lua_State *L)
+{
+    struct sigaction sa = {0};
+    hooked_state = L;
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: blocking calls return EINTR */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN); /* a child that stops reading its stdin is an EPIPE */
+}
+
+int hrun_interrupted(void)
+{
+    return interrupts;
+}
+
+void hrun_clearinterrupt(void)
+{
+    interrupts = 0;
+    lua_State *L = hooked_state;
+    if (L) lua_sethook(L, NULL, 0, 0);
+}
+
+int hrun_raiseinterrupt(lua_State *L)
+{
+    return luaL_error(L, "interrupted");
+}
+
+static double clock_seconds(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double hrun_monotime(void)
+{
+    return clock_seconds(CLOCK_MONOTONIC);
+}
+
+double hrun_walltime(void)
+{
+    return clock_seconds(CLOCK_REALTIME);
+}
+
+int hrun_sleep(double seconds)
+{
+    double end = hrun_monotime() + seconds;
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    /* the check of the counter and the wait are atomic: no signal falls in between */
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int rc = 0;
+    for (;;) {
+        if (interrupts) {
+            rc = -1;
+            break;
+        }
+        double left = end - hrun_monotime();
+        if (left <= 0) break;
+        struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+        ppoll(NULL, 0, &ts, &old);
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}

@@ -1,0 +1,824 @@
+/*
+** mod_fs.c — the `fs` module: files and directories, paths as byte strings.
+** Writes are atomic where the kernel allows it (a temporary file or directory beside
+** the target, fsync, rename, fsync of the directory), so a crash leaves the old or the
+** new, never half of each.
+*/
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#include "internal.h"
+
+#define TMP_TYPE "hrun.fs.tmp"
+
+/* {======================================================
+** A file descriptor and a temporary path, owned by a userdata box: closed, and the
+** temporary removed unless committed, on every way out (return, raise, interrupt).
+** ======================================================= */
+
+typedef struct Tmp {
+    int fd;
+    int isdir;     /* the temporary is a directory tree */
+    int committed; /* renamed into place: keep it */
+    char path[PATH_MAX];
+} Tmp;
+
+/* A path being walked, for messages: grows and shrinks as the walk goes down and up. */
+typedef struct Walk {
+    char path[PATH_MAX * 2];
+    size_t len;
+} Walk;
+
+static int remove_at(int parent, const char *name, Walk *w, dev_t dev);
+
+static void walk_start(Walk *w, const char *path)
+{
+    snprintf(w->path, sizeof w->path, "%s", path);
+    w->len = strlen(w->path);
+}
+
+static int tmp_close(lua_State *L)
+{
+    Tmp *t = luaL_checkudata(L, 1, TMP_TYPE);
+    if (t->fd >= 0) close(t->fd);
+    t->fd = -1;
+    if (t->path[0] && !t->committed) {
+        if (t->isdir) {
+            Walk w;
+            walk_start(&w, t->path);
+            remove_at(AT_FDCWD, t->path, &w, 0);
+        } else
+            unlink(t->path);
+    }
+    t->path[0] = '\0';
+    return 0;
+}
+
+/* [-0, +1, m] A closed, empty box, marked to-be-closed on the stack. */
+static Tmp *tmp_new(lua_State *L)
+{
+    Tmp *t = lua_newuserdatauv(L, sizeof(Tmp), 0);
+    t->fd = -1;
+    t->isdir = t->committed = 0;
+    t->path[0] = '\0';
+    if (luaL_newmetatable(L, TMP_TYPE)) {
+        lua_pushcfunction(L, tmp_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, tmp_close);
+        lua_setfield(L, -2, "__close");
+        lua_pushliteral(L, "locked");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_setmetatable(L, -2);
+    lua_toclose(L, -1);
+    return t;
+}
+
+/* }====================================================== */
+
+/* The directory part of path into buf ("." for a bare name). */
+static void dir_of(const char *path, char *buf, size_t size)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(buf, size, ".");
+    else if (slash == path)
+        snprintf(buf, size, "/");
+    else
+        snprintf(buf, size, "%.*s", (int)(slash - path), path);
+}
+
+static const char *base_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return rc;
+}
+
+/* Creates a temporary beside `target` (a file, or a directory when isdir) in t. */
+static int make_tmp(Tmp *t, const char *target, int isdir)
+{
+    char dir[PATH_MAX];
+    dir_of(target, dir, sizeof dir);
+    if ((size_t)snprintf(t->path, sizeof t->path, "%s/.%s.hrun-XXXXXX", dir, base_of(target)) >=
+        sizeof t->path) {
+        t->path[0] = '\0';
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    t->isdir = isdir;
+    if (isdir) {
+        if (mkdtemp(t->path) == NULL) return t->path[0] = '\0', -1;
+    } else if ((t->fd = mkostemp(t->path, O_CLOEXEC)) < 0) {
+        t->path[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+/* Renames the temporary onto target and makes the rename durable. */
+static int commit_tmp(Tmp *t, const char *target)
+{
+    char dir[PATH_MAX];
+    if (t->fd >= 0 && (fsync(t->fd) < 0 || close(t->fd) < 0)) return t->fd = -1, -1;
+    t->fd = -1;
+    if (rename(t->path, target) < 0) return -1;
+    t->committed = 1;
+    dir_of(target, dir, sizeof dir);
+    return fsync_dir(dir);
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        data += n, len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* A mode option: an integer, or a string of octal digits ("0644", "755"). */
+static mode_t opt_mode(lua_State *L, int arg, mode_t def)
+{
+    if (lua_isnoneornil(L, arg)) return def;
+    int t = lua_getfield(L, arg, "mode");
+    lua_Integer m = -1;
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    } else if (t == LUA_TSTRING) {
+        const char *s = lua_tostring(L, -1);
+        char *end;
+        m = strtol(s, &end, 8);
+        if (*s == '\0' || *end != '\0') m = -1;
+    } else if (lua_isinteger(L, -1)) {
+        m = lua_tointeger(L, -1);
+    }
+    if (m < 0 || m > 07777)
+        luaL_argerror(L, arg, "field 'mode': permission bits expected (0 to 07777, or \"0644\")");
+    lua_pop(L, 1);
+    return (mode_t)m;
+}
+
+static mode_t default_mode(mode_t base)
+{
+    mode_t mask = umask(0);
+    umask(mask);
+    return base & ~mask;
+}
+
+/* {======================================================
+** Reads
+** ======================================================= */
+
+/* fs.read(path) → contents | nil, message, code */
+static int fs_read(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    Tmp *t = tmp_new(L); /* only its fd: closed on any way out */
+    struct stat st;
+    if ((t->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return hrun_fail(L, "fs.read", path, errno);
+    if (fstat(t->fd, &st) == 0 && S_ISDIR(st.st_mode)) return hrun_fail(L, "fs.read", path, EISDIR);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (;;) {
+        size_t want =
+            S_ISREG(st.st_mode) && (size_t)st.st_size > b.n ? (size_t)st.st_size - b.n : 0;
+        if (want < LUAL_BUFFERSIZE) want = LUAL_BUFFERSIZE;
+        char *p = luaL_prepbuffsize(&b, want);
+        ssize_t n = read(t->fd, p, want);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return hrun_fail(L, "fs.read", path, errno);
+        if (n == 0) break;
+        luaL_addsize(&b, (size_t)n);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* fs.exists(path) → true | false | nil, message, code (when it cannot be known) */
+static int fs_exists(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    struct stat st;
+    if (stat(path, &st) == 0) return lua_pushboolean(L, 1), 1;
+    if (errno == ENOENT || errno == ENOTDIR) return lua_pushboolean(L, 0), 1;
+    return hrun_fail(L, "fs.exists", path, errno);
+}
+
+static const char *type_name(mode_t m)
+{
+    switch (m & S_IFMT) {
+    case S_IFREG:
+        return "file";
+    case S_IFDIR:
+        return "dir";
+    case S_IFLNK:
+        return "link";
+    case S_IFIFO:
+        return "fifo";
+    case S_IFSOCK:
+        return "socket";
+    case S_IFCHR:
+        return "char";
+    case S_IFBLK:
+        return "block";
+    default:
+        return "unknown";
+    }
+}
+
+static void setint(lua_State *L, const char *k, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void settime(lua_State *L, const char *k, struct timespec ts)
+{
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    lua_setfield(L, -2, k);
+}
+
+/*
+** fs.stat(path [, {follow = true}]) → {type, size, mode, uid, gid, nlink, ino, dev,
+**   atime, mtime, ctime, mtime_ns, target (links)} | nil, message, code
+*/
+static int fs_stat(lua_State *L)
+{
+    static const char *const opts[] = {"follow", NULL};
+    const char *path = hrun_checkpath(L, 1, NULL);
+    hrun_checkopts(L, 2, opts);
+    int follow = hrun_optbool(L, 2, "follow", 1);
+    struct stat st;
+    if ((follow ? stat(path, &st) : lstat(path, &st)) < 0)
+        return hrun_fail(L, "fs.stat", path, errno);
+    lua_createtable(L, 0, 14);
+    lua_pushstring(L, type_name(st.st_mode));
+    lua_setfield(L, -2, "type");
+    setint(L, "size", (lua_Integer)st.st_size);
+    setint(L, "mode", (lua_Integer)(st.st_mode & 07777));
+    setint(L, "uid", (lua_Integer)st.st_uid);
+    setint(L, "gid", (lua_Integer)st.st_gid);
+    setint(L, "nlink", (lua_Integer)st.st_nlink);
+    setint(L, "ino", (lua_Integer)st.st_ino);
+    setint(L, "dev", (lua_Integer)st.st_dev);
+    settime(L, "atime", st.st_atim);
+    settime(L, "mtime", st.st_mtim);
+    settime(L, "ctime", st.st_ctim);
+    setint(L, "mtime_ns", (lua_Integer)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
+    if (S_ISLNK(st.st_mode)) {
+        char target[PATH_MAX];
+        ssize_t n = readlink(path, target, sizeof target);
+        if (n >= 0) {
+            lua_pushlstring(L, target, (size_t)n);
+            lua_setfield(L, -2, "target");
+        }
+    }
+    return 1;
+}
+
+/* fs.list(dir) → {name, …} sorted bytewise, without "." and ".." | nil, message, code */
+static int fs_list(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    Tmp *t = tmp_new(L);
+    if ((t->fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return hrun_fail(L, "fs.list", path, errno);
+    DIR *d = fdopendir(t->fd);
+    if (d == NULL) return hrun_fail(L, "fs.list", path, errno);
+    t->fd = -1; /* the DIR owns it now */
+    lua_newtable(L);
+    lua_Integer n = 0;
+    struct dirent *de;
+    errno = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        /* no raise may happen while d is open: make sure the stack has room */
+        if (!lua_checkstack(L, 2)) break;
+        lua_pushstring(L, de->d_name);
+        lua_rawseti(L, -2, ++n);
+    }
+    int err = errno;
+    closedir(d);
+    if (err) return hrun_fail(L, "fs.list", path, err);
+    /* sort with table.sort: strings compare bytewise in the C locale */
+    lua_getglobal(L, "table");
+    if (lua_istable(L, -1) && lua_getfield(L, -1, "sort") == LUA_TFUNCTION) {
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 2);
+    }
+    return 1;
+}
+
+static int glob_error(const char *path, int err)
+{
+    (void)path, (void)err;
+    return 0; /* unreadable directories are skipped, as the shell does */
+}
+
+/* fs.glob(pattern) → {path, …} sorted (empty when nothing matches) | nil, message, code */
+static int fs_glob(lua_State *L)
+{
+    const char *pattern = hrun_checkpath(L, 1, NULL);
+    glob_t g;
+    int rc = glob(pattern, GLOB_BRACE, glob_error, &g);
+    if (rc == GLOB_NOMATCH) {
+        globfree(&g);
+        lua_newtable(L);
+        return 1;
+    }
+    if (rc != 0) {
+        globfree(&g);
+        return hrun_failf(L, rc == GLOB_NOSPACE ? "ENOMEM" : "EIO", "fs.glob: %s: %s", pattern,
+                          rc == GLOB_NOSPACE ? "out of memory" : "read error");
+    }
+    /* copy out before anything can raise, so g is freed on every path */
+    if (!lua_checkstack(L, 4)) {
+        globfree(&g);
+        return luaL_error(L, "fs.glob: stack overflow");
+    }
+    lua_createtable(L, (int)g.gl_pathc, 0);
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        lua_pushstring(L, g.gl_pathv[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    globfree(&g);
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Writes
+** ======================================================= */
+
+/*
+** fs.write(path, data [, {mode}]) → path | nil, message, code
+** Atomic: the new bytes go to a temporary beside the file, are fsynced and renamed over
+** it; the directory is fsynced. An existing file keeps its mode and owner unless `mode`
+** is given; a symlink is written through to its target.
+*/
+static int fs_write(lua_State *L)
+{
+    static const char *const opts[] = {"mode", NULL};
+    const char *path = hrun_checkpath(L, 1, NULL);
+    size_t len;
+    if (lua_type(L, 2) != LUA_TSTRING) luaL_typeerror(L, 2, "string");
+    const char *data = lua_tolstring(L, 2, &len);
+    hrun_checkopts(L, 3, opts);
+    mode_t mode = opt_mode(L, 3, (mode_t)-1);
+    lua_settop(L, 3);
+    Tmp *t = tmp_new(L);
+    char real[PATH_MAX];
+    const char *target = path;
+    struct stat st;
+    int exists = lstat(path, &st) == 0;
+    if (exists && S_ISLNK(st.st_mode)) {
+        if (realpath(path, real) == NULL) return hrun_fail(L, "fs.write", path, errno);
+        target = real;
+        exists = stat(target, &st) == 0;
+    }
+    if (exists && S_ISDIR(st.st_mode)) return hrun_fail(L, "fs.write", path, EISDIR);
+    if (mode == (mode_t)-1) mode = exists ? st.st_mode & 07777 : default_mode(0666);
+    if (make_tmp(t, target, 0) < 0 || write_all(t->fd, data, len) < 0 || fchmod(t->fd, mode) < 0 ||
+        (exists && (st.st_uid != geteuid() || st.st_gid != getegid()) &&
+         fchown(t->fd, st.st_uid, st.st_gid) < 0 && errno != EPERM) ||
+        commit_tmp(t, target) < 0)
+        return hrun_fail(L, "fs.write", path, errno);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+static int mkdir_parents(char *path, mode_t mode)
+{
+    struct stat st;
+    if (stat(path, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : (errno = ENOTDIR, -1);
+    char *slash = strrchr(path, '/');
+    while (slash && slash > path && slash[-1] == '/') slash--;
+    if (slash && slash != path) {
+        *slash = '\0';
+        int rc = mkdir_parents(path, mode | 0300); /* parents must stay traversable */
+        *slash = '/';
+        if (rc < 0) return -1;
+    }
+    if (mkdir(path, mode) < 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+/* fs.mkdir(path [, {parents = false, mode = "0777" less umask}]) → path | nil, msg, code */
+static int fs_mkdir(lua_State *L)
+{
+    static const char *const opts[] = {"parents", "mode", NULL};
+    size_t len;
+    const char *path = hrun_checkpath(L, 1, &len);
+    hrun_checkopts(L, 2, opts);
+    int parents = hrun_optbool(L, 2, "parents", 0);
+    mode_t mode = opt_mode(L, 2, 0777);
+    if (len >= PATH_MAX) return hrun_fail(L, "fs.mkdir", path, ENAMETOOLONG);
+    char buf[PATH_MAX];
+    memcpy(buf, path, len + 1);
+    while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
+    if ((parents ? mkdir_parents(buf, mode) : mkdir(buf, mode)) < 0)
+        return hrun_fail(L, "fs.mkdir", path, errno);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* Appends "/name" to the walk's path; -1 (ENAMETOOLONG) when it does not fit. */
+static int walk_down(Walk *w, const char *name)
+{
+    size_t n = strlen(name);
+    if (w->len + 1 + n >= sizeof w->path) return errno = ENAMETOOLONG, -1;
+    w->path[w->len] = '/';
+    memcpy(w->path + w->len + 1, name, n + 1);
+    w->len += 1 + n;
+    return 0;
+}
+
+static void walk_up(Walk *w, size_t len)
+{
+    w->len = len;
+    w->path[len] = '\0';
+}
+
+/*
+** Removes name (relative to parent) and, if it is a directory, everything under it:
+** never following a symlink, never crossing into another filesystem (a mount point or
+** a btrfs subvolume) when dev is not 0. On failure returns -1 with errno, and w->path
+** names what could not be removed.
+*/
+static int remove_at(int parent, const char *name, Walk *w, dev_t dev)
+{
+    struct stat st;
+    if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+    if (!S_ISDIR(st.st_mode)) return unlinkat(parent, name, 0);
+    if (dev && st.st_dev != dev) return errno = EXDEV, -1;
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        int err = errno;
+        close(fd);
+        return errno = err, -1;
+    }
+    size_t len = w->len;
+    int rc = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            rc = errno ? -1 : 0;
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        if ((rc = walk_down(w, de->d_name)) < 0) break;
+        if ((rc = remove_at(dirfd(d), de->d_name, w, st.st_dev)) < 0) break;
+        walk_up(w, len);
+    }
+    int err = errno;
+    closedir(d);
+    if (rc < 0) return errno = err, -1;
+    return unlinkat(parent, name, AT_REMOVEDIR);
+}
+
+/* [-0, +3, m] The failure of a walk at w->path. */
+static int walk_fail(lua_State *L, const char *what, const Walk *w, int err)
+{
+    if (err == EXDEV)
+        return hrun_failf(L, "EXDEV",
+                          "%s: %s: on another filesystem (a mount point or a "
+                          "btrfs subvolume), not crossed",
+                          what, w->path);
+    return hrun_fail(L, what, w->path, err);
+}
+
+/* Is path (not a symlink) on another device than its parent directory? */
+static int is_mountpoint(const char *path, const struct stat *st)
+{
+    char parent[PATH_MAX];
+    struct stat pst;
+    if ((size_t)snprintf(parent, sizeof parent, "%s/..", path) >= sizeof parent) return 0;
+    return S_ISDIR(st->st_mode) && stat(parent, &pst) == 0 && pst.st_dev != st->st_dev;
+}
+
+/*
+** fs.remove(path [, {recursive = false, force = false}]) → path | nil, message, code
+** A directory needs `recursive` unless it is empty. `force`: a missing path is fine.
+** Symlinks are removed, not followed; other filesystems under path are never entered.
+*/
+static int fs_remove(lua_State *L)
+{
+    static const char *const opts[] = {"recursive", "force", NULL};
+    const char *path = hrun_checkpath(L, 1, NULL);
+    hrun_checkopts(L, 2, opts);
+    int recursive = hrun_optbool(L, 2, "recursive", 0);
+    int force = hrun_optbool(L, 2, "force", 0);
+    struct stat st;
+    char real[PATH_MAX];
+    if (lstat(path, &st) < 0) {
+        if (force && errno == ENOENT) return lua_pushvalue(L, 1), 1;
+        return hrun_fail(L, "fs.remove", path, errno);
+    }
+    if (S_ISDIR(st.st_mode) && realpath(path, real) && strcmp(real, "/") == 0)
+        return hrun_failf(L, "EPERM", "fs.remove: %s: refusing to remove the root directory", path);
+    if (is_mountpoint(path, &st)) {
+        Walk w;
+        walk_start(&w, path);
+        return walk_fail(L, "fs.remove", &w, EXDEV);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlink(path) < 0) return hrun_fail(L, "fs.remove", path, errno);
+    } else if (!recursive) {
+        if (rmdir(path) < 0) {
+            if (errno == ENOTEMPTY || errno == EEXIST)
+                return hrun_failf(L, "ENOTEMPTY",
+                                  "fs.remove: %s: directory not empty (use recursive = true)",
+                                  path);
+            return hrun_fail(L, "fs.remove", path, errno);
+        }
+    } else {
+        Walk w;
+        walk_start(&w, path);
+        if (remove_at(AT_FDCWD, path, &w, st.st_dev) < 0)
+            return walk_fail(L, "fs.remove", &w, errno);
+    }
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* {======================================================
+** Copies
+** ======================================================= */
+
+enum { REFLINK_NEVER, REFLINK_AUTO, REFLINK_ALWAYS };
+
+static int copy_data(int in, int out, int reflink)
+{
+    if (reflink != REFLINK_NEVER) {
+        if (ioctl(out, FICLONE, in) == 0) return 0;
+        if (reflink == REFLINK_ALWAYS) return -1;
+    }
+    int cfr = 1;
+    for (;;) {
+        ssize_t n;
+        if (cfr) {
+            n = copy_file_range(in, NULL, out, NULL, (size_t)1 << 30, 0);
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+                          errno == EOPNOTSUPP || errno == EBADF)) {
+                cfr = 0; /* not between these files: plain reads and writes */
+                continue;
+            }
+        } else {
+            char buf[1 << 16];
+            n = read(in, buf, sizeof buf);
+            if (n > 0 && write_all(out, buf, (size_t)n) < 0) return -1;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) return 0;
+    }
+}
+
+/* Gives fd (or, with fd < 0, name under dir) src's mode, owner and times. */
+static int copy_meta(int fd, int dir, const char *name, const struct stat *src)
+{
+    struct timespec times[2] = {src->st_atim, src->st_mtim};
+    int root = geteuid() == 0;
+    if (fd >= 0) {
+        if (root && fchown(fd, src->st_uid, src->st_gid) < 0) return -1;
+        if (fchmod(fd, src->st_mode & 07777) < 0) return -1;
+        return futimens(fd, times);
+    }
+    if (root && fchownat(dir, name, src->st_uid, src->st_gid, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+    if (!S_ISLNK(src->st_mode) && fchmodat(dir, name, src->st_mode & 07777, 0) < 0) return -1;
+    return utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW);
+}
+
+/* Copies what the walk is at (name under sdir) to dname under ddir, recursively. */
+static int copy_at(int sdir, const char *name, int ddir, const char *dname, Walk *w, int reflink)
+{
+    struct stat st;
+    int rc = -1, in = -1, out = -1, err;
+    if (fstatat(sdir, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+    switch (st.st_mode & S_IFMT) {
+    case S_IFREG:
+        if ((in = openat(sdir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) break;
+        if ((out = openat(ddir, dname, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) break;
+        if (copy_data(in, out, reflink) < 0 || copy_meta(out, -1, NULL, &st) < 0) break;
+        rc = 0;
+        break;
+    case S_IFLNK: {
+        char target[PATH_MAX];
+        ssize_t n = readlinkat(sdir, name, target, sizeof target - 1);
+        if (n < 0) break;
+        target[n] = '\0';
+        if (symlinkat(target, ddir, dname) < 0 || copy_meta(-1, ddir, dname, &st) < 0) break;
+        rc = 0;
+        break;
+    }
+    case S_IFDIR: {
+        if (mkdirat(ddir, dname, 0700) < 0) break;
+        if ((in = openat(sdir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) break;
+        if ((out = openat(ddir, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) break;
+        DIR *d = fdopendir(in);
+        if (d == NULL) break;
+        in = -1; /* d owns it */
+        size_t len = w->len;
+        for (rc = 0;;) {
+            errno = 0;
+            struct dirent *de = readdir(d);
+            if (de == NULL) {
+                rc = errno ? -1 : 0;
+                break;
+            }
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+            if ((rc = walk_down(w, de->d_name)) < 0) break;
+            if ((rc = copy_at(dirfd(d), de->d_name, out, de->d_name, w, reflink)) < 0) break;
+            walk_up(w, len);
+        }
+        err = errno;
+        closedir(d);
+        errno = err;
+        /* times last: filling the directory changed its mtime */
+        if (rc == 0) rc = copy_meta(out, -1, NULL, &st);
+        break;
+    }
+    default:
+        if (mknodat(ddir, dname, st.st_mode, st.st_rdev) < 0 || copy_meta(-1, ddir, dname, &st) < 0)
+            break;
+        rc = 0;
+    }
+    err = errno;
+    if (in >= 0) close(in);
+    if (out >= 0) close(out);
+    errno = err;
+    return rc;
+}
+
+/*
+** fs.copy(src, dst [, {recursive = false, reflink = "auto"}]) → dst | nil, message, code
+** Copies mode, owner (as root) and times. A file replaces dst atomically; a directory
+** (recursive) is built beside dst and renamed into place, so dst must not exist and a
+** failure leaves nothing. reflink: "auto" clones where the filesystem can, true
+** requires it, false never does. src is followed if it is a symlink; symlinks inside a
+** directory are copied as symlinks. Hard links and extended attributes are not kept.
+*/
+static int fs_copy(lua_State *L)
+{
+    static const char *const opts[] = {"recursive", "reflink", NULL};
+    const char *src = hrun_checkpath(L, 1, NULL);
+    const char *dst = hrun_checkpath(L, 2, NULL);
+    hrun_checkopts(L, 3, opts);
+    int recursive = hrun_optbool(L, 3, "recursive", 0);
+    int reflink = REFLINK_AUTO;
+    if (!lua_isnoneornil(L, 3)) {
+        lua_getfield(L, 3, "reflink");
+        if (lua_type(L, -1) == LUA_TBOOLEAN)
+            reflink = lua_toboolean(L, -1) ? REFLINK_ALWAYS : REFLINK_NEVER;
+        else if (!lua_isnil(L, -1) &&
+                 !(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "auto") == 0))
+            luaL_argerror(L, 3, "field 'reflink': true, false or \"auto\" expected");
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 3);
+    Tmp *t = tmp_new(L);
+    struct stat st, dst_st;
+    if (stat(src, &st) < 0) return hrun_fail(L, "fs.copy", src, errno);
+    int dst_exists = stat(dst, &dst_st) == 0;
+    if (S_ISDIR(st.st_mode)) {
+        if (!recursive)
+            return hrun_failf(L, "EISDIR", "fs.copy: %s: is a directory (use recursive = true)",
+                              src);
+        if (dst_exists) return hrun_fail(L, "fs.copy", dst, EEXIST);
+        Walk w;
+        walk_start(&w, src);
+        if (make_tmp(t, dst, 1) < 0) return hrun_fail(L, "fs.copy", dst, errno);
+        /* the top directory is the temporary itself: copy its entries, then its metadata */
+        if ((t->fd = open(t->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+            return hrun_fail(L, "fs.copy", dst, errno);
+        int sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (sfd < 0) return hrun_fail(L, "fs.copy", src, errno);
+        DIR *d = fdopendir(sfd);
+        if (d == NULL) {
+            int err = errno;
+            close(sfd);
+            return hrun_fail(L, "fs.copy", src, err);
+        }
+        int rc = 0;
+        for (;;) {
+            errno = 0;
+            struct dirent *de = readdir(d);
+            if (de == NULL) {
+                rc = errno ? -1 : 0;
+                break;
+            }
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+            if ((rc = walk_down(&w, de->d_name)) < 0) break;
+            if ((rc = copy_at(dirfd(d), de->d_name, t->fd, de->d_name, &w, reflink)) < 0) break;
+            walk_up(&w, strlen(src));
+        }
+        int err = errno;
+        closedir(d);
+        if (rc < 0) return hrun_fail(L, "fs.copy", w.path, err);
+        if (copy_meta(t->fd, -1, NULL, &st) < 0 || fsync(t->fd) < 0)
+            return hrun_fail(L, "fs.copy", dst, errno);
+        close(t->fd);
+        t->fd = -1;
+        char dir[PATH_MAX];
+        if (renameat2(AT_FDCWD, t->path, AT_FDCWD, dst, RENAME_NOREPLACE) < 0)
+            return hrun_fail(L, "fs.copy", dst, errno);
+        t->committed = 1;
+        dir_of(dst, dir, sizeof dir);
+        fsync_dir(dir);
+    } else {
+        if (dst_exists && S_ISDIR(dst_st.st_mode))
+            return hrun_failf(L, "EISDIR",
+                              "fs.copy: %s: is a directory (give the whole destination path)", dst);
+        int in = open(src, O_RDONLY | O_CLOEXEC);
+        if (in < 0) return hrun_fail(L, "fs.copy", src, errno);
+        int rc = make_tmp(t, dst, 0);
+        int err = errno;
+        if (rc == 0 && (rc = copy_data(in, t->fd, reflink)) < 0) err = errno;
+        close(in);
+        if (rc < 0 && reflink == REFLINK_ALWAYS)
+            return hrun_failf(L, hrun_errname(err), "fs.copy: %s: cannot reflink to %s: %s", src,
+                              dst, strerror(err));
+        if (rc < 0) return hrun_fail(L, "fs.copy", t->path[0] ? src : dst, err);
+        if (copy_meta(t->fd, -1, NULL, &st) < 0 || commit_tmp(t, dst) < 0)
+            return hrun_fail(L, "fs.copy", dst, errno);
+    }
+    lua_pushvalue(L, 2);
+    return 1;
+}
+
+/* }====================================================== */
+
+/*
+** fs.rename(src, dst [, {replace = true}]) → dst | nil, message, code
+** replace = false: fails with EEXIST instead of replacing dst. Both directories are
+** fsynced, so the rename survives a crash.
+*/
+static int fs_rename(lua_State *L)
+{
+    static const char *const opts[] = {"replace", NULL};
+    const char *src = hrun_checkpath(L, 1, NULL);
+    const char *dst = hrun_checkpath(L, 2, NULL);
+    hrun_checkopts(L, 3, opts);
+    int replace = hrun_optbool(L, 3, "replace", 1);
+    if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, replace ? 0 : RENAME_NOREPLACE) < 0) {
+        int err = errno;
+        return hrun_failf(L, hrun_errname(err), "fs.rename: %s -> %s: %s", src, dst, strerror(err));
+    }
+    char dir[PATH_MAX];
+    dir_of(dst, dir, sizeof dir);
+    fsync_dir(dir);
+    dir_of(src, dir, sizeof dir);
+    fsync_dir(dir);
+    lua_pushvalue(L, 2);
+    return 1;
+}
+
+static const hrun_Prim fs_prims[] = {
+    {"read", fs_read, HRUN_READ, "fs", NULL},
+    {"exists", fs_exists, HRUN_READ, "fs", NULL},
+    {"stat", fs_stat, HRUN_READ, "fs", NULL},
+    {"list", fs_list, HRUN_READ, "fs", NULL},
+    {"glob", fs_glob, HRUN_READ, "fs", NULL},
+    {"write", fs_write, HRUN_WRITE, "fs", NULL},
+    {"mkdir", fs_mkdir, HRUN_WRITE, "fs", NULL},
+    {"remove", fs_remove, HRUN_WRITE, "fs", NULL},
+    {"copy", fs_copy, HRUN_WRITE, "fs", NULL},
+    {"rename", fs_rename, HRUN_WRITE, "fs", NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+
+int luaopen_hrun_fs(lua_State *L)
+{
+    hrun_newmodule(L, "fs", fs_prims);
+    return 1;
+}

@@ -1,0 +1,92 @@
+/*
+** mod_sys.c — the `sys` module: facts about this machine and process, and time.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+extern char **environ;
+
+/* sys.hostname() → name | nil, message, code */
+static int sys_hostname(lua_State *L)
+{
+    char name[HOST_NAME_MAX + 1];
+    if (gethostname(name, sizeof name) < 0) return hrun_fail(L, "sys.hostname", NULL, errno);
+    name[HOST_NAME_MAX] = '\0';
+    lua_pushstring(L, name);
+    return 1;
+}
+
+/* sys.is_root() → whether the effective user is root */
+static int sys_is_root(lua_State *L)
+{
+    lua_pushboolean(L, geteuid() == 0);
+    return 1;
+}
+
+/* sys.sleep(seconds) → true; an interrupt (Ctrl-C) ends it with the "interrupted" error */
+static int sys_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && isfinite(s), 1, "seconds must be a finite number >= 0");
+    if (hrun_sleep(s) < 0) return hrun_raiseinterrupt(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* sys.now() → seconds since the epoch, with a fraction (the wall clock) */
+static int sys_now(lua_State *L)
+{
+    lua_pushnumber(L, hrun_walltime());
+    return 1;
+}
+
+/* sys.clock() → seconds on a monotonic clock: for measuring durations */
+static int sys_clock(lua_State *L)
+{
+    lua_pushnumber(L, hrun_monotime());
+    return 1;
+}
+
+/* sys.env(name) → value | nil;  sys.env() → {name = value, …} */
+static int sys_env(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_newtable(L);
+        for (char **e = environ; *e; e++) {
+            const char *eq = strchr(*e, '=');
+            if (eq == NULL) continue;
+            lua_pushlstring(L, *e, (size_t)(eq - *e));
+            lua_pushstring(L, eq + 1);
+            lua_rawset(L, -3);
+        }
+        return 1;
+    }
+    const char *v = getenv(luaL_checkstring(L, 1));
+    if (v)
+        lua_pushstring(L, v);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static const hrun_Prim sys_prims[] = {
+    {"hostname", sys_hostname, HRUN_READ, NULL, NULL},
+    {"is_root", sys_is_root, HRUN_READ, NULL, NULL},
+    {"sleep", sys_sleep, HRUN_READ, NULL, NULL},
+    {"now", sys_now, HRUN_READ, NULL, NULL},
+    {"clock", sys_clock, HRUN_READ, NULL, NULL},
+    {"env", sys_env, HRUN_READ, NULL, NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+
+int luaopen_hrun_sys(lua_State *L)
+{
+    hrun_newmodule(L, "sys", sys_prims);
+    return 1;
+}

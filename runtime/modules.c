@@ -1,0 +1,145 @@
+/*
+** modules.c — the one table of hrun's modules (adding one is one line), the state
+** that carries them, and the private library handed to the Lua engine.
+*/
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lualib.h>
+
+#include "internal.h"
+
+/* Every module: loaded as require "hrun.<name>" and set as the global <name>. */
+static const luaL_Reg hrun_modules[] = {
+    {"fs", luaopen_hrun_fs},
+    {"exec", luaopen_hrun_exec},
+    {"json", luaopen_hrun_json},
+    {"sys", luaopen_hrun_sys},
+    {NULL, NULL},
+};
+
+lua_State *hrun_newstate(void)
+{
+    lua_State *L = luaL_newstate();
+    if (L == NULL) return NULL;
+    hrun_Runtime *rt = lua_newuserdatauv(L, sizeof *rt, 0);
+    memset(rt, 0, sizeof *rt);
+    lua_setfield(L, LUA_REGISTRYINDEX, "hrun.runtime");
+    *(hrun_Runtime **)lua_getextraspace(L) = rt;
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    for (const luaL_Reg *m = hrun_modules; m->name; m++) {
+        lua_pushcfunction(L, m->func);
+        lua_pushfstring(L, "hrun.%s", m->name);
+        lua_insert(L, -2);
+        lua_settable(L, -3);
+    }
+    lua_pop(L, 1);
+    return L;
+}
+
+hrun_Options *hrun_options(lua_State *L)
+{
+    return &hrun_runtime(L)->options;
+}
+
+void hrun_openlibs(lua_State *L)
+{
+    lua_newtable(L);
+    for (const luaL_Reg *m = hrun_modules; m->name; m++) {
+        lua_pushfstring(L, "hrun.%s", m->name);
+        luaL_requiref(L, lua_tostring(L, -1), m->func, 0);
+        lua_pushvalue(L, -1);
+        lua_setglobal(L, m->name);
+        lua_setfield(L, -3, m->name);
+        lua_pop(L, 1);
+    }
+}
+
+/* {======================================================
+** The private library: what the engine (the Lua files of stdlib/hrun) needs from C and
+** playbooks must not see. Passed as a chunk argument, never a global.
+** ======================================================= */
+
+static int priv_primitives(lua_State *L)
+{
+    hrun_pushprimitives(L);
+    return 1;
+}
+
+static int priv_interrupted(lua_State *L)
+{
+    lua_pushinteger(L, hrun_interrupted());
+    return 1;
+}
+
+static int priv_clearinterrupt(lua_State *L)
+{
+    (void)L;
+    hrun_clearinterrupt();
+    return 0;
+}
+
+/* nearest(word, {candidates}) → the plausible intended candidate, or nil */
+static int priv_nearest(lua_State *L)
+{
+    const char *word = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 2);
+    const char **cands = lua_newuserdatauv(L, sizeof(char *) * ((size_t)n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i);
+        cands[i - 1] = lua_tostring(L, -1); /* anchored by the table */
+        lua_pop(L, 1);
+        if (cands[i - 1] == NULL) return luaL_argerror(L, 2, "strings expected");
+    }
+    cands[n] = NULL;
+    const char *best = hrun_nearest(word, cands);
+    if (best)
+        lua_pushstring(L, best);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* setoptions{verbose = bool, color = bool} */
+static int priv_setoptions(lua_State *L)
+{
+    hrun_Options *o = hrun_options(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "verbose");
+    o->verbose = lua_toboolean(L, -1);
+    lua_getfield(L, 1, "color");
+    o->color = lua_toboolean(L, -1);
+    return 0;
+}
+
+static int priv_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+int hrun_openprivate(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"primitives", priv_primitives},
+        {"interrupted", priv_interrupted},
+        {"clearinterrupt", priv_clearinterrupt},
+        {"nearest", priv_nearest},
+        {"setoptions", priv_setoptions},
+        {"isatty", priv_isatty},
+        {"readline", hrun_repl_readline},
+        {"addhistory", hrun_repl_addhistory},
+        {"repl_open", hrun_repl_open},
+        {"repl_close", hrun_repl_close},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, funcs);
+    lua_pushliteral(L, HRUN_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+/* }====================================================== */

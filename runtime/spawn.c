@@ -1,0 +1,273 @@
+/*
+** spawn.c — child processes: posix_spawn into a new process group, a poll loop that
+** feeds stdin and drains stdout and stderr (so neither pipe can fill and deadlock), a
+** timeout and interrupts that stop the whole group, SIGTERM first, SIGKILL after a grace.
+*/
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hrun/spawn.h"
+#include "internal.h"
+
+extern char **environ;
+
+void hrun_proc_init(hrun_Proc *p)
+{
+    memset(p, 0, sizeof *p);
+    p->pidfd = p->fds[0] = p->fds[1] = p->fds[2] = -1;
+}
+
+static void closefd(int *fd)
+{
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+}
+
+int hrun_spawn(hrun_Proc *p, const hrun_SpawnOpts *o)
+{
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    int rc = 0;
+
+    if ((o->input && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+        pipe2(err, O_CLOEXEC) < 0) {
+        rc = errno;
+        closefd(&in[0]), closefd(&in[1]), closefd(&out[0]), closefd(&out[1]);
+        return rc;
+    }
+    posix_spawn_file_actions_init(&fa);
+    if (o->input)
+        posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    else
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    if (o->cwd) posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+
+    /* a process group of its own, so a timeout reaches its children too; the signal
+    ** dispositions and mask this process changed are reset for it */
+    posix_spawnattr_init(&attr);
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                        POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+
+    pid_t pid;
+    char *const *envp = o->envp ? o->envp : environ;
+    if (strchr(o->argv[0], '/'))
+        rc = posix_spawn(&pid, o->argv[0], &fa, &attr, o->argv, envp);
+    else
+        rc = posix_spawnp(&pid, o->argv[0], &fa, &attr, o->argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    closefd(&in[0]), closefd(&out[1]), closefd(&err[1]);
+    if (rc != 0) {
+        closefd(&in[1]), closefd(&out[0]), closefd(&err[0]);
+        return rc;
+    }
+    p->pid = p->pgid = pid;
+    p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    p->fds[0] = in[1], p->fds[1] = out[0], p->fds[2] = err[0];
+    for (int i = 0; i < 3; i++)
+        if (p->fds[i] >= 0) fcntl(p->fds[i], F_SETFL, fcntl(p->fds[i], F_GETFL) | O_NONBLOCK);
+    p->input_off = 0;
+    p->started = hrun_monotime();
+    return 0;
+}
+
+static void signal_group(hrun_Proc *p, int sig)
+{
+    if (p->pgid > 0) kill(-p->pgid, sig);
+    p->killsig = sig;
+}
+
+static void reap(hrun_Proc *p, int options)
+{
+    int status;
+    if (p->pid <= 0) return;
+    pid_t r;
+    do r = waitpid(p->pid, &status, options);
+    while (r < 0 && errno == EINTR);
+    if (r == p->pid || (r < 0 && errno == ECHILD)) {
+        p->status = r == p->pid ? status : 0;
+        p->pid = 0;
+        closefd(&p->pidfd);
+    }
+}
+
+/* Is a process of group pgid still running? Zombies do not count: they are dead, and
+** reaping the ones that were reparented is init's job, which it may do late. */
+int hrun_group_alive(pid_t pgid)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL) return kill(-pgid, 0) == 0;
+    int alive = 0;
+    struct dirent *de;
+    while (!alive && (de = readdir(d)) != NULL) {
+        char path[64], buf[512];
+        if (de->d_name[0] < '0' || de->d_name[0] > '9') continue;
+        snprintf(path, sizeof path, "/proc/%.20s/stat", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) continue;
+        buf[n] = '\0';
+        /* pid (comm) state ppid pgrp …; comm may hold anything, so parse after the last ')' */
+        char *rp = strrchr(buf, ')');
+        char state;
+        int ppid, pgrp;
+        if (rp && sscanf(rp + 1, " %c %d %d", &state, &ppid, &pgrp) == 3)
+            alive = pgrp == pgid && state != 'Z' && state != 'X';
+    }
+    closedir(d);
+    return alive;
+}
+
+/* After a kill, waits (bounded) until no process is left running in the group. */
+static void await_group(hrun_Proc *p)
+{
+    for (int i = 0; i < 200 && p->pgid > 0; i++) {
+        if (!hrun_group_alive(p->pgid)) break;
+        kill(-p->pgid, SIGKILL);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int pump_output(hrun_Proc *p, const hrun_SpawnOpts *o, int i, char *buf, size_t size)
+{
+    for (;;) {
+        ssize_t n = read(p->fds[i], buf, size);
+        if (n > 0) {
+            if (o->output && o->output(o->ud, i, buf, (size_t)n)) return -1;
+            if ((size_t)n < size) return 0;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return 0;
+        closefd(&p->fds[i]); /* EOF, or an error we cannot do better with */
+        return 0;
+    }
+}
+
+static void feed_input(hrun_Proc *p, const hrun_SpawnOpts *o)
+{
+    while (p->input_off < o->input_len) {
+        ssize_t n = write(p->fds[0], o->input + p->input_off, o->input_len - p->input_off);
+        if (n > 0) {
+            p->input_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return;
+        break; /* EPIPE: the child does not want the rest */
+    }
+    closefd(&p->fds[0]);
+}
+
+#define NEVER 1e300
+
+void hrun_proc_wait(hrun_Proc *p, const hrun_SpawnOpts *o)
+{
+    char buf[1 << 16]; /* not static: an output callback may run another child */
+    double deadline = o->timeout > 0 ? p->started + o->timeout : NEVER;
+    double killat = NEVER, drain_until = NEVER;
+    int seen = 0;
+    sigset_t block, old;
+
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    if (p->fds[0] >= 0 && o->input_len == 0) closefd(&p->fds[0]);
+    for (;;) {
+        double now = hrun_monotime();
+        int n = hrun_interrupted();
+        if (n > seen) {
+            /* the first interrupt is passed on, as a terminal would; the second kills */
+            p->interrupted = 1;
+            if (p->killsig == 0 && seen == 0) {
+                signal_group(p, SIGINT);
+                killat = now + o->grace;
+            } else {
+                signal_group(p, SIGKILL);
+            }
+        }
+        seen = n;
+        if (p->killsig == 0 && now >= deadline) {
+            p->timed_out = 1;
+            signal_group(p, SIGTERM);
+            killat = now + o->grace;
+        }
+        if (p->killsig && p->killsig != SIGKILL && now >= killat) signal_group(p, SIGKILL);
+        reap(p, WNOHANG);
+        /* once a stopped child is gone, processes that escaped its group may still hold
+        ** the pipes: read what is there, then stop waiting for them */
+        if (p->pid == 0 && p->killsig && drain_until == NEVER) drain_until = now + 0.2;
+        if (p->pid == 0 && (p->fds[1] < 0 && p->fds[2] < 0)) break;
+        if (p->pid == 0 && now >= drain_until) break;
+
+        struct pollfd pf[4];
+        int idx[4], nf = 0;
+        if (p->fds[0] >= 0) pf[nf] = (struct pollfd){p->fds[0], POLLOUT, 0}, idx[nf++] = 0;
+        if (p->fds[1] >= 0) pf[nf] = (struct pollfd){p->fds[1], POLLIN, 0}, idx[nf++] = 1;
+        if (p->fds[2] >= 0) pf[nf] = (struct pollfd){p->fds[2], POLLIN, 0}, idx[nf++] = 2;
+        if (p->pidfd >= 0 && p->pid > 0)
+            pf[nf] = (struct pollfd){p->pidfd, POLLIN, 0}, idx[nf++] = 3;
+        double wake = p->killsig == 0 ? deadline : p->killsig != SIGKILL ? killat : NEVER;
+        if (drain_until < wake) wake = drain_until;
+        if (p->pid > 0 && p->pidfd < 0 && wake > now + 0.05) wake = now + 0.05; /* no pidfd */
+        struct timespec ts, *tsp = NULL;
+        if (wake < NEVER) {
+            double left = wake > now ? wake - now : 0;
+            ts.tv_sec = (time_t)left;
+            ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+            tsp = &ts;
+        }
+        if (ppoll(pf, (nfds_t)nf, tsp, &old) <= 0) continue;
+        for (int k = 0; k < nf; k++) {
+            if (!pf[k].revents) continue;
+            if (idx[k] == 0)
+                feed_input(p, o);
+            else if (idx[k] < 3 && p->fds[idx[k]] >= 0) {
+                if (pump_output(p, o, idx[k], buf, sizeof buf) < 0 && p->killsig == 0) {
+                    p->aborted = 1;
+                    signal_group(p, SIGTERM);
+                    killat = hrun_monotime() + o->grace;
+                }
+            }
+        }
+    }
+    if (p->killsig) await_group(p);
+    closefd(&p->fds[0]), closefd(&p->fds[1]), closefd(&p->fds[2]);
+    p->seconds = hrun_monotime() - p->started;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+void hrun_proc_close(hrun_Proc *p)
+{
+    if (p->pid > 0) {
+        signal_group(p, SIGKILL);
+        reap(p, 0);
+        await_group(p);
+    }
+    closefd(&p->pidfd);
+    closefd(&p->fds[0]), closefd(&p->fds[1]), closefd(&p->fds[2]);
+}

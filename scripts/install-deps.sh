@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs what hrun needs to build and test, from Debian 12's apt only. Idempotent.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+APT="apt-get -y -q -o DPkg::Lock::Timeout=600"
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps.sh: run as root (apt-get)" >&2
+    exit 1
+fi
+apt-get update -q
+# build: compiler, CMake, the libraries hrun links
+$APT install --no-install-recommends \
+    build-essential cmake pkg-config \
+    liblua5.4-dev libjansson-dev libedit-dev
+# tests and checks: a terminal for the REPL tests, the Lua linter, the C formatter
+$APT install --no-install-recommends tmux lua-check clang-format procps

@@ -1,0 +1,254 @@
+-- The spec runner, run by hrun itself: hrun tests/spec.lua FILE_spec.lua...
+--
+-- A spec file calls describe(name, fn) and it(name, fn); inside, the helpers below.
+-- After each test the runner checks the invariants every test must keep: no child
+-- process left behind, temporary directories removed. It prints one line a test and
+-- closes with "N passed, N failed, N skipped". Exit status: 0 all passed, 1 something
+-- failed, 77 everything was skipped (CTest's skip). With HRUN_NO_SKIP=1 (CI) a skip
+-- is a failure: nothing may be skipped there.
+
+local files = { ... }
+local no_skip = (sys.env("HRUN_NO_SKIP") or "") ~= ""
+local color = sys.env("NO_COLOR") == nil and exec.run({ "test", "-t", "1" }, { check = false, readonly = true }).ok
+
+local results = { passed = 0, failed = 0, skipped = 0 }
+local cleanups = {}
+local prefix = {}
+
+local SKIP = setmetatable({}, { __tostring = function() return "skip" end })
+
+local function paint(code, s)
+  return color and ("\27[" .. code .. "m" .. s .. "\27[0m") or s
+end
+
+-- {======================================================
+-- Helpers for specs (globals: specs are plain scripts)
+-- ======================================================
+
+local function show(v)
+  return require("hrun.pretty").format(v, { width = 100 })
+end
+
+local function deep_eq(a, b, seen)
+  if a == b then
+    return true
+  end
+  if type(a) ~= "table" or type(b) ~= "table" then
+    return false
+  end
+  seen = seen or {}
+  if seen[a] == b then
+    return true
+  end
+  seen[a] = b
+  for k, v in pairs(a) do
+    if not deep_eq(v, b[k], seen) then
+      return false
+    end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then
+      return false
+    end
+  end
+  return true
+end
+
+-- eq(actual, expected [, what]): deep equality
+function eq(actual, expected, what)
+  if not deep_eq(actual, expected) then
+    error(string.format("%sexpected %s, got %s", what and what .. ": " or "", show(expected), show(actual)), 2)
+  end
+end
+
+-- ok(value [, what]): a true value
+function ok(value, what)
+  if not value then
+    error((what or "expected a true value") .. ", got " .. show(value), 2)
+  end
+  return value
+end
+
+-- has(s, part [, what]): s contains part (plain text)
+function has(s, part, what)
+  if type(s) ~= "string" or not s:find(part, 1, true) then
+    error(string.format("%sexpected %s to contain %s", what and what .. ": " or "", show(s), show(part)), 2)
+  end
+end
+
+-- checkerr(part, fn, ...): fn(...) raises an error whose message contains part
+function checkerr(part, fn, ...)
+  local good, err = pcall(fn, ...)
+  if good then
+    error("expected an error containing " .. show(part) .. ", but it succeeded", 2)
+  end
+  if type(err) ~= "string" or not err:find(part, 1, true) then
+    error("expected an error containing " .. show(part) .. ", got " .. show(err), 2)
+  end
+  return err
+end
+
+-- fails(code, part, fn, ...): fn(...) returns nil, a message containing part, and code
+function fails(code, part, fn, ...)
+  local r, msg, c = fn(...)
+  if r ~= nil then
+    error("expected nil, " .. show(part) .. ", " .. show(code) .. "; got " .. show(r), 2)
+  end
+  if type(msg) ~= "string" or not msg:find(part, 1, true) then
+    error("expected a message containing " .. show(part) .. ", got " .. show(msg), 2)
+  end
+  if c ~= code then
+    error("expected the code " .. show(code) .. ", got " .. show(c) .. " (" .. msg .. ")", 2)
+  end
+  return msg
+end
+
+-- after(fn): runs fn when the current test ends, pass or fail (newest first)
+function after(fn)
+  cleanups[#cleanups + 1] = fn
+end
+
+-- tmpdir() → a new directory, removed (with everything in it) when the test ends
+function tmpdir()
+  local dir = exec.run({ "mktemp", "-d", "/tmp/hrun-spec-XXXXXX" }).stdout:gsub("\n$", "")
+  after(function()
+    exec.run({ "chmod", "-R", "u+rwx", dir }, { check = false })
+    fs.remove(dir, { recursive = true })
+  end)
+  return dir
+end
+
+-- skip(reason): ends the test as skipped (a failure under HRUN_NO_SKIP)
+function skip(reason)
+  error(setmetatable({ reason = reason }, SKIP), 0)
+end
+
+-- need(program): skip unless program is on PATH
+function need(program)
+  if not exec.run({ "sh", "-c", "command -v " .. program }, { check = false, readonly = true }).ok then
+    skip(program .. " is not installed")
+  end
+end
+
+-- need_root(): skip unless root
+function need_root()
+  if not sys.is_root() then
+    skip("needs root")
+  end
+end
+
+-- HRUN: the hrun binary under test; hrun_cmd(args [, opts]) runs it (check = false)
+HRUN = sys.env("HRUN_BIN") or "hrun"
+function hrun_cmd(args, opts)
+  local argv = { HRUN }
+  for _, a in ipairs(args) do
+    argv[#argv + 1] = a
+  end
+  opts = opts or {}
+  if opts.check == nil then
+    opts.check = false
+  end
+  return exec.run(argv, opts)
+end
+
+-- shq(s): s quoted for sh
+function shq(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Invariants checked after every test
+-- ======================================================
+
+local self_pid = fs.stat("/proc/self", { follow = false }).target
+
+local function children()
+  local list = fs.read("/proc/" .. self_pid .. "/task/" .. self_pid .. "/children") or ""
+  return list:gsub("%s+$", "")
+end
+
+local function check_invariants()
+  local left = children()
+  if left ~= "" then
+    return "child processes left behind: " .. left
+  end
+end
+
+-- }======================================================
+
+function describe(name, fn)
+  prefix[#prefix + 1] = name
+  fn()
+  prefix[#prefix] = nil
+end
+
+function it(name, fn)
+  local title = table.concat(prefix, " › ") .. (#prefix > 0 and " › " or "") .. name
+  cleanups = {}
+  local good, err = xpcall(fn, function(e)
+    if getmetatable(e) == SKIP then
+      return e
+    end
+    -- the message, and of the traceback only the frames in spec files
+    local tb = debug.traceback(tostring(e), 2)
+    local at = tb:find("\nstack traceback:", 1, true) or #tb
+    local lines = { tb:sub(1, at - 1) }
+    for line in tb:sub(at + 1):gmatch("[^\n]+") do
+      if line:find("_spec.lua", 1, true) then
+        lines[#lines + 1] = line
+      end
+    end
+    return table.concat(lines, "\n")
+  end)
+  for i = #cleanups, 1, -1 do
+    local cgood, cerr = pcall(cleanups[i])
+    if not cgood and good then
+      good, err = false, "cleanup failed: " .. tostring(cerr)
+    end
+  end
+  if good then
+    local broken = check_invariants()
+    if broken then
+      good, err = false, broken
+    end
+  end
+  if good then
+    results.passed = results.passed + 1
+    print(paint("32", "ok") .. "   " .. title)
+  elseif getmetatable(err) == SKIP and not no_skip then
+    results.skipped = results.skipped + 1
+    print(paint("33", "skip") .. " " .. title .. " (" .. err.reason .. ")")
+  else
+    if getmetatable(err) == SKIP then
+      err = "skipped, and HRUN_NO_SKIP forbids skips: " .. err.reason
+    end
+    results.failed = results.failed + 1
+    print(paint("31", "FAIL") .. " " .. title)
+    print("     " .. tostring(err):gsub("\n", "\n     "))
+  end
+  io.stdout:flush()
+end
+
+for _, file in ipairs(files) do
+  local chunk, err = loadfile(file, "t")
+  if not chunk then
+    print(paint("31", "FAIL") .. " " .. file .. ": " .. err)
+    results.failed = results.failed + 1
+  else
+    local good, lerr = pcall(chunk)
+    if not good then
+      print(paint("31", "FAIL") .. " " .. file .. ": " .. tostring(lerr))
+      results.failed = results.failed + 1
+    end
+  end
+end
+
+print(string.format("%d passed, %d failed, %d skipped", results.passed, results.failed, results.skipped))
+-- close the state on exit, so its finalizers (the coverage record) run
+if results.failed > 0 then
+  os.exit(1, true)
+elseif results.passed == 0 and results.skipped > 0 then
+  os.exit(77, true)
+end
