@@ -117,6 +117,7 @@ static int split_lines(Run *r, int stream, int final)
 {
     Buf *b = &r->line[stream];
     size_t start = 0;
+    if (b->len == 0) return 0;
     for (size_t i = 0; i < b->len; i++) {
         if (b->data[i] != '\n') continue;
         if (emit_line(r, stream, b->data + start, i - start) < 0) return -1;
@@ -363,7 +364,7 @@ static int run_command(lua_State *L, const char *what)
     double grace = hrun_optnumber(L, 2, "grace", 2);
     int check = hrun_optbool(L, 2, "check", 1);
     int clear = hrun_optbool(L, 2, "clear_env", 0);
-    hrun_optbool(L, 2, "readonly", 0);
+    hrun_optbool(L, 2, "readonly", 0); /* checked here, used by the registry (exec_writes) */
     if (timeout < 0) luaL_argerror(L, 2, "field 'timeout': must not be negative");
     if (grace < 0) luaL_argerror(L, 2, "field 'grace': must not be negative");
     if (cwd && strlen(cwd) == 0) luaL_argerror(L, 2, "field 'cwd': empty path");

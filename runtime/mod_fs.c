@@ -21,12 +21,16 @@
 #define TMP_TYPE "hrun.fs.tmp"
 
 /* {======================================================
-** A file descriptor and a temporary path, owned by a userdata box: closed, and the
-** temporary removed unless committed, on every way out (return, raise, interrupt).
+** What a call holds — a file descriptor, a directory stream, a glob, a temporary
+** path — owned by a userdata box: released, and the temporary removed unless
+** committed, on every way out (return, raise, interrupt).
 ** ======================================================= */
 
 typedef struct Tmp {
     int fd;
+    DIR *dir;
+    glob_t glob;
+    int globbed;   /* glob holds results to free */
     int isdir;     /* the temporary is a directory tree */
     int committed; /* renamed into place: keep it */
     char path[PATH_MAX];
@@ -51,6 +55,10 @@ static int tmp_close(lua_State *L)
     Tmp *t = luaL_checkudata(L, 1, TMP_TYPE);
     if (t->fd >= 0) close(t->fd);
     t->fd = -1;
+    if (t->dir) closedir(t->dir);
+    t->dir = NULL;
+    if (t->globbed) globfree(&t->glob);
+    t->globbed = 0;
     if (t->path[0] && !t->committed) {
         if (t->isdir) {
             Walk w;
@@ -68,7 +76,8 @@ static Tmp *tmp_new(lua_State *L)
 {
     Tmp *t = lua_newuserdatauv(L, sizeof(Tmp), 0);
     t->fd = -1;
-    t->isdir = t->committed = 0;
+    t->dir = NULL;
+    t->globbed = t->isdir = t->committed = 0;
     t->path[0] = '\0';
     if (luaL_newmetatable(L, TMP_TYPE)) {
         lua_pushcfunction(L, tmp_close);
@@ -299,6 +308,11 @@ static int fs_stat(lua_State *L)
     return 1;
 }
 
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* fs.list(dir) → {name, …} sorted bytewise, without "." and ".." | nil, message, code */
 static int fs_list(lua_State *L)
 {
@@ -306,31 +320,31 @@ static int fs_list(lua_State *L)
     Tmp *t = tmp_new(L);
     if ((t->fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
         return hrun_fail(L, "fs.list", path, errno);
-    DIR *d = fdopendir(t->fd);
-    if (d == NULL) return hrun_fail(L, "fs.list", path, errno);
+    if ((t->dir = fdopendir(t->fd)) == NULL) return hrun_fail(L, "fs.list", path, errno);
     t->fd = -1; /* the DIR owns it now */
     lua_newtable(L);
     lua_Integer n = 0;
     struct dirent *de;
-    errno = 0;
-    while ((de = readdir(d)) != NULL) {
+    for (;;) {
+        errno = 0;
+        if ((de = readdir(t->dir)) == NULL) break;
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        /* no raise may happen while d is open: make sure the stack has room */
-        if (!lua_checkstack(L, 2)) break;
         lua_pushstring(L, de->d_name);
         lua_rawseti(L, -2, ++n);
     }
-    int err = errno;
-    closedir(d);
-    if (err) return hrun_fail(L, "fs.list", path, err);
-    /* sort with table.sort: strings compare bytewise in the C locale */
-    lua_getglobal(L, "table");
-    if (lua_istable(L, -1) && lua_getfield(L, -1, "sort") == LUA_TFUNCTION) {
-        lua_pushvalue(L, -3);
-        lua_call(L, 1, 0);
+    if (errno) return hrun_fail(L, "fs.list", path, errno);
+    /* sort bytewise: the names stay anchored in the unsorted table while sorting */
+    const char **names = lua_newuserdatauv(L, sizeof(char *) * ((size_t)n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -2, i);
+        names[i - 1] = lua_tostring(L, -1);
         lua_pop(L, 1);
-    } else {
-        lua_pop(L, 2);
+    }
+    qsort(names, (size_t)n, sizeof *names, compare_names);
+    lua_createtable(L, (int)n, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_pushstring(L, names[i - 1]);
+        lua_rawseti(L, -2, i);
     }
     return 1;
 }
@@ -345,29 +359,21 @@ static int glob_error(const char *path, int err)
 static int fs_glob(lua_State *L)
 {
     const char *pattern = hrun_checkpath(L, 1, NULL);
-    glob_t g;
-    int rc = glob(pattern, GLOB_BRACE, glob_error, &g);
+    Tmp *t = tmp_new(L);
+    int rc = glob(pattern, GLOB_BRACE, glob_error, &t->glob);
+    t->globbed = 1;
     if (rc == GLOB_NOMATCH) {
-        globfree(&g);
         lua_newtable(L);
         return 1;
     }
-    if (rc != 0) {
-        globfree(&g);
+    if (rc != 0)
         return hrun_failf(L, rc == GLOB_NOSPACE ? "ENOMEM" : "EIO", "fs.glob: %s: %s", pattern,
                           rc == GLOB_NOSPACE ? "out of memory" : "read error");
-    }
-    /* copy out before anything can raise, so g is freed on every path */
-    if (!lua_checkstack(L, 4)) {
-        globfree(&g);
-        return luaL_error(L, "fs.glob: stack overflow");
-    }
-    lua_createtable(L, (int)g.gl_pathc, 0);
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        lua_pushstring(L, g.gl_pathv[i]);
+    lua_createtable(L, (int)t->glob.gl_pathc, 0);
+    for (size_t i = 0; i < t->glob.gl_pathc; i++) {
+        lua_pushstring(L, t->glob.gl_pathv[i]);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    globfree(&g);
     return 1;
 }
 

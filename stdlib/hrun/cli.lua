@@ -79,7 +79,7 @@ end
 local function report_error(opts, err)
   local msg = type(err) == "string" and err or pretty.format(err)
   if opts.json then
-    io.stdout:write(json.encode({ event = "error", message = msg, time = sys.now() }), "\n")
+    io.stdout:write(json.encode({ event = "error", message = pretty.utf8(msg), time = sys.now() }), "\n")
   else
     io.stderr:write(colorize(opts, "1;31", "hrun: ") .. msg .. "\n")
   end

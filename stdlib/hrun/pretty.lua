@@ -45,6 +45,22 @@ function M.quote(s)
   return '"' .. table.concat(out) .. '"'
 end
 
+-- s with every byte that is not part of valid UTF-8 written as the text \xNN, so it
+-- can go where only UTF-8 may (JSON events, terminals).
+function M.utf8(s)
+  local out, i = {}, 1
+  while true do
+    local _, bad = utf8.len(s, i)
+    if not bad then
+      out[#out + 1] = s:sub(i)
+      return table.concat(out)
+    end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = string.format("\\x%02x", s:byte(bad))
+    i = bad + 1
+  end
+end
+
 local function is_identifier(k)
   return type(k) == "string" and k:match("^[%a_][%w_]*$") and not keywords[k]
 end

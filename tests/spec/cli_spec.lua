@@ -75,6 +75,8 @@ describe("hrun SCRIPT", function()
     local ev = json.decode(r.stdout)
     eq(ev.event, "error")
     eq(ev.message, "(command line 1):1: j")
+    r = hrun_cmd({ "--json", "-e", "fs.read(assert(nil, '/tmp/bad\\xff name'))" })
+    eq(json.decode(r.stdout).message, "(command line 1):1: /tmp/bad\\xff name", "invalid UTF-8 escaped")
   end)
 end)
 

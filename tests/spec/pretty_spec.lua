@@ -6,6 +6,11 @@ describe("pretty.format", function()
     eq(pretty.format("a\n\t\"é\xff\0"), '"a\\n\\t\\"é\\xff\\x00"')
   end)
 
+  it("makes any bytes valid UTF-8 for JSON and terminals", function()
+    eq(pretty.utf8("ok é"), "ok é")
+    eq(pretty.utf8("a\xffb\xc3"), "a\\xffb\\xc3")
+  end)
+
   it("prints numbers exactly", function()
     eq(pretty.format(3), "3")
     eq(pretty.format(0.1), "0.10000000000000001")
