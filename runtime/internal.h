@@ -11,6 +11,11 @@
 typedef struct hrun_Runtime {
     hrun_Hooks hooks;
     hrun_Options options;
+    double deadline;  /* the current step's, monotonic; 0: none */
+    char *stash_dir;  /* malloc'd; NULL outside a journaled run */
+    int lua_before;   /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
+    int lua_after;
+    int stood_in; /* the before hook stood in for the call just made: no after hook */
 } hrun_Runtime;
 
 static inline hrun_Runtime *hrun_runtime(lua_State *L)
@@ -22,9 +27,25 @@ static inline hrun_Runtime *hrun_runtime(lua_State *L)
 ** close enough to be a plausible typo. */
 const char *hrun_nearest(const char *word, const char *const cands[]);
 
+/* Installs the Lua hook functions (priv.sethooks): before(call, ...) and
+** after(call, nres, ...) with call = {name, module, kind, cap, writes}. */
+int hrun_setluahooks(lua_State *L);
+
+/* Re-arms the interrupt/deadline hook as the runtime's state requires. */
+void hrun_armhook(lua_State *L);
+
+/* Registry field: the function that stream = true lines go to (priv.setstreamsink);
+** absent: hrun's own stdout and stderr. */
+#define STREAM_SINK "hrun.streamsink"
+
 /* [-0, +1, m] The private library handed to the Lua engine as a chunk argument
 ** (never a global): interrupts, the registry listing, the REPL's line editor. */
 int hrun_openprivate(lua_State *L);
+
+/* [-0, +0, m] Add to the private library on top: db_open (sqlite.c); lock, crash
+** (lock.c). */
+void hrun_opensqlite(lua_State *L);
+void hrun_openlock(lua_State *L);
 
 /* The REPL's line editor (runtime/repl.c), private entry points of the engine. */
 int hrun_repl_readline(lua_State *L);

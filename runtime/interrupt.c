@@ -2,7 +2,8 @@
 ** interrupt.c — SIGINT and SIGTERM, clocks and interruptible sleep.
 **
 ** As in lua.c, the signal handler only records the signal and sets a hook; the hook
-** raises "interrupted" at the next safe point in Lua code.  C code that blocks (a child
+** raises "interrupted" at the next safe point in Lua code. The same hook enforces a
+** step's deadline on Lua code that never returns to the runner.  C code that blocks (a child
 ** process, a sleep) waits with the signals unblocked only inside ppoll, so it wakes at
 ** once and gives up cleanly; nothing longjmps out of a C library.
 */
@@ -16,11 +17,41 @@
 static volatile sig_atomic_t interrupts;
 static lua_State *volatile hooked_state;
 
-static void interrupt_hook(lua_State *L, lua_Debug *ar)
+/* How often (in VM instructions) a step with a deadline looks at the clock. */
+#define DEADLINE_COUNT 10000
+
+/* The one hook: an interrupt first, then the step's deadline. */
+static void hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    lua_sethook(L, NULL, 0, 0);
-    hrun_raiseinterrupt(L);
+    hrun_armhook(L);
+    if (interrupts) hrun_raiseinterrupt(L);
+    double deadline = hrun_runtime(L)->deadline;
+    if (deadline > 0 && hrun_monotime() >= deadline) hrun_raisetimeout(L);
+}
+
+void hrun_armhook(lua_State *L)
+{
+    if (hrun_runtime(L)->deadline > 0)
+        lua_sethook(L, hook, LUA_MASKCOUNT, DEADLINE_COUNT);
+    else
+        lua_sethook(L, NULL, 0, 0);
+}
+
+void hrun_setdeadline(lua_State *L, double deadline)
+{
+    hrun_runtime(L)->deadline = deadline;
+    hrun_armhook(L);
+}
+
+double hrun_deadline(lua_State *L)
+{
+    return hrun_runtime(L)->deadline;
+}
+
+int hrun_raisetimeout(lua_State *L)
+{
+    return luaL_error(L, "timed out");
 }
 
 static void on_signal(int sig)
@@ -29,7 +60,7 @@ static void on_signal(int sig)
     if (interrupts < 1000) interrupts++;
     lua_State *L = hooked_state;
     /* lua_sethook is the one Lua call that is safe in a signal handler */
-    if (L) lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (L) lua_sethook(L, hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 void hrun_catchsignals(lua_State *L)
@@ -53,7 +84,7 @@ void hrun_clearinterrupt(void)
 {
     interrupts = 0;
     lua_State *L = hooked_state;
-    if (L) lua_sethook(L, NULL, 0, 0);
+    if (L) hrun_armhook(L);
 }
 
 int hrun_raiseinterrupt(lua_State *L)

@@ -381,11 +381,25 @@ static int run_command(lua_State *L, const char *what)
     } else {
         lua_pushnil(L); /* 4 */
     }
+    /* stream = true goes to the sink the runner installs (lines under their step) */
+    if (r->stream == 1 && lua_getfield(L, LUA_REGISTRYINDEX, STREAM_SINK) == LUA_TFUNCTION) {
+        lua_replace(L, 4);
+        r->stream = 2, r->streamfn = 4;
+    } else if (r->stream == 1) {
+        lua_pop(L, 1);
+    }
     build_env(L, r, clear);   /* 5 */
     push_command(L, r->argv); /* 6 */
     const char *cmd = lua_tostring(L, 6);
 
     if (hrun_interrupted()) return hrun_raiseinterrupt(L);
+    /* the step's deadline bounds the command too */
+    double deadline = hrun_deadline(L), step_left = deadline - hrun_monotime();
+    int step_bound = deadline > 0 && (timeout == 0 || step_left < timeout);
+    if (step_bound) {
+        if (step_left <= 0) return hrun_raisetimeout(L);
+        timeout = step_left;
+    }
     struct stat st;
     int err = cwd == NULL ? 0 : stat(cwd, &st) < 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
     if (err) {
@@ -408,6 +422,7 @@ static int run_command(lua_State *L, const char *what)
         return lua_error(L);
     }
     if (r->proc.interrupted) return hrun_raiseinterrupt(L);
+    if (r->proc.timed_out && step_bound) return hrun_raisetimeout(L);
     push_result(L, r);
     lua_getfield(L, -1, "ok");
     int ok = lua_toboolean(L, -1);
@@ -467,9 +482,9 @@ static int exec_writes(lua_State *L)
 }
 
 static const hrun_Prim exec_prims[] = {
-    {"run", exec_run, HRUN_WRITE, "exec", exec_writes},
-    {"sh", exec_sh, HRUN_WRITE, "exec", exec_writes},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "run", .func = exec_run, .kind = HRUN_WRITE, .cap = "exec", .writes = exec_writes},
+    {.name = "sh", .func = exec_sh, .kind = HRUN_WRITE, .cap = "exec", .writes = exec_writes},
+    {0},
 };
 
 int luaopen_hrun_exec(lua_State *L)

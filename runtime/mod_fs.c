@@ -809,18 +809,225 @@ static int fs_rename(lua_State *L)
     return 1;
 }
 
+/* {======================================================
+** Inverses: how to undo each write, computed before it runs. What a write destroys
+** (old file contents, a removed tree) is first copied into the run's stash.
+** ======================================================= */
+
+/*
+** [-0, +1, e] Saves a copy of path (file, symlink or tree; never followed) in the run's
+** stash, durably, and pushes the copy's path. Outside a run (a plan) it only pushes a
+** description. Raises when it cannot save: a write must not run without its way back.
+*/
+static void stash(lua_State *L, const char *what, const char *path)
+{
+    const char *dir = hrun_stashdir(L);
+    if (dir == NULL) {
+        lua_pushfstring(L, "(a saved copy of %s)", path);
+        return;
+    }
+    char tmpl[PATH_MAX];
+    Walk w;
+    walk_start(&w, path);
+    if ((size_t)snprintf(tmpl, sizeof tmpl, "%s/s-XXXXXX", dir) >= sizeof tmpl || !mkdtemp(tmpl))
+        luaL_error(L, "%s: cannot save %s before changing it: %s: %s", what, path, dir,
+                   strerror(errno));
+    int dfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = dfd < 0 ? -1 : copy_at(AT_FDCWD, path, dfd, "data", &w, REFLINK_AUTO);
+    int err = errno;
+    if (rc == 0 && syncfs(dfd) < 0) rc = -1, err = errno;
+    if (dfd >= 0) close(dfd);
+    if (rc < 0) {
+        Walk rw;
+        walk_start(&rw, tmpl);
+        remove_at(AT_FDCWD, tmpl, &rw, 0);
+        luaL_error(L, "%s: cannot save %s before changing it: %s", what, w.path, strerror(err));
+    }
+    lua_pushfstring(L, "%s/data", tmpl);
+}
+
+/* [-n, +0, m] Appends {op = op, args = {the n values on top}} to the list at idx. */
+static void add_op(lua_State *L, int idx, const char *op, int n)
+{
+    lua_createtable(L, n, 0);
+    lua_insert(L, -n - 1);
+    for (int i = n; i >= 1; i--) lua_rawseti(L, -1 - i, i);
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "args");
+    lua_pushstring(L, op);
+    lua_setfield(L, -2, "op");
+    lua_rawseti(L, idx, (lua_Integer)lua_rawlen(L, idx) + 1);
+}
+
+/* [-0, +1, m] {force = true} (and recursive) */
+static void push_force(lua_State *L, int recursive)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "force");
+    if (recursive) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "recursive");
+    }
+}
+
+/* Undoing a change to path that existed as st (exists) or not: restore the saved copy,
+** or remove what the change made. Appends to the list at idx. */
+static void undo_change(lua_State *L, int idx, const char *what, const char *path, int exists)
+{
+    lua_pushstring(L, path);
+    if (exists) {
+        stash(L, what, path);
+        add_op(L, idx, "fs._restore", 2);
+    } else {
+        push_force(L, 1);
+        add_op(L, idx, "fs.remove", 2);
+    }
+}
+
+static int fs_write_inverse(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char real[PATH_MAX];
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && realpath(path, real)) path = real;
+    int exists = lstat(path, &st) == 0;
+    if (exists && S_ISDIR(st.st_mode)) return 1; /* the write will fail: nothing to undo */
+    undo_change(L, list, "fs.write", path, exists);
+    return 1;
+}
+
+static int fs_mkdir_inverse(lua_State *L)
+{
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    char buf[PATH_MAX];
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    if (len >= sizeof buf) return 1;
+    memcpy(buf, path, len + 1);
+    /* the directories that do not exist yet, deepest first: removed in that order */
+    for (;;) {
+        while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
+        if (len == 0 || lstat(buf, &st) == 0) break;
+        lua_pushstring(L, buf);
+        push_force(L, 0);
+        add_op(L, list, "fs.remove", 2);
+        char *slash = strrchr(buf, '/');
+        if (slash == NULL || slash == buf) break;
+        *slash = '\0';
+        len = (size_t)(slash - buf);
+    }
+    return 1;
+}
+
+static int fs_remove_inverse(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    lua_newtable(L);
+    if (lstat(path, &st) == 0) undo_change(L, lua_gettop(L), "fs.remove", path, 1);
+    return 1;
+}
+
+static int fs_copy_inverse(lua_State *L)
+{
+    const char *dst = luaL_checkstring(L, 2);
+    struct stat st;
+    lua_newtable(L);
+    undo_change(L, lua_gettop(L), "fs.copy", dst, lstat(dst, &st) == 0);
+    return 1;
+}
+
+static int fs_rename_inverse(lua_State *L)
+{
+    const char *src = luaL_checkstring(L, 1);
+    const char *dst = luaL_checkstring(L, 2);
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    lua_pushstring(L, dst);
+    lua_pushstring(L, src);
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "replace");
+    add_op(L, list, "fs.rename", 3);
+    if (lstat(dst, &st) == 0) { /* it replaces dst: put dst back after moving src home */
+        lua_pushstring(L, dst);
+        stash(L, "fs.rename", dst);
+        add_op(L, list, "fs._restore", 2);
+    }
+    return 1;
+}
+
+/*
+** fs._restore(path, saved) → path | nil, message, code
+** Undo operation: puts a copy of saved (from the stash) at path, replacing what is
+** there — a file atomically; a directory by removing the current one first.
+*/
+static int fs_restore(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    const char *saved = hrun_checkpath(L, 2, NULL);
+    lua_settop(L, 2);
+    Tmp *t = tmp_new(L);
+    struct stat st;
+    Walk w;
+    walk_start(&w, saved);
+    if (make_tmp(t, path, 1) < 0) return hrun_fail(L, "fs._restore", path, errno);
+    /* staged as "x" in a temporary directory beside path (t->fd holds it open) */
+    if ((t->fd = open(t->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return hrun_fail(L, "fs._restore", path, errno);
+    if (copy_at(AT_FDCWD, saved, t->fd, "x", &w, REFLINK_AUTO) < 0 || syncfs(t->fd) < 0)
+        return hrun_fail(L, "fs._restore", w.path, errno);
+    if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        walk_start(&w, path);
+        if (remove_at(AT_FDCWD, path, &w, st.st_dev) < 0)
+            return walk_fail(L, "fs._restore", &w, errno);
+    }
+    if (renameat(t->fd, "x", AT_FDCWD, path) < 0) return hrun_fail(L, "fs._restore", path, errno);
+    char dir[PATH_MAX];
+    dir_of(path, dir, sizeof dir);
+    fsync_dir(dir);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* }====================================================== */
+
 static const hrun_Prim fs_prims[] = {
-    {"read", fs_read, HRUN_READ, "fs", NULL},
-    {"exists", fs_exists, HRUN_READ, "fs", NULL},
-    {"stat", fs_stat, HRUN_READ, "fs", NULL},
-    {"list", fs_list, HRUN_READ, "fs", NULL},
-    {"glob", fs_glob, HRUN_READ, "fs", NULL},
-    {"write", fs_write, HRUN_WRITE, "fs", NULL},
-    {"mkdir", fs_mkdir, HRUN_WRITE, "fs", NULL},
-    {"remove", fs_remove, HRUN_WRITE, "fs", NULL},
-    {"copy", fs_copy, HRUN_WRITE, "fs", NULL},
-    {"rename", fs_rename, HRUN_WRITE, "fs", NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "read", .func = fs_read, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "exists", .func = fs_exists, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "stat", .func = fs_stat, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "list", .func = fs_list, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "glob", .func = fs_glob, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "write",
+     .func = fs_write,
+     .kind = HRUN_WRITE,
+     .cap = "fs",
+     .inverse = fs_write_inverse},
+    {.name = "mkdir",
+     .func = fs_mkdir,
+     .kind = HRUN_WRITE,
+     .cap = "fs",
+     .inverse = fs_mkdir_inverse},
+    {.name = "remove",
+     .func = fs_remove,
+     .kind = HRUN_WRITE,
+     .cap = "fs",
+     .inverse = fs_remove_inverse},
+    {.name = "copy", .func = fs_copy, .kind = HRUN_WRITE, .cap = "fs", .inverse = fs_copy_inverse},
+    {.name = "rename",
+     .func = fs_rename,
+     .kind = HRUN_WRITE,
+     .cap = "fs",
+     .inverse = fs_rename_inverse},
+    {.name = "_restore", .func = fs_restore, .kind = HRUN_WRITE, .cap = "fs"},
+    {0},
 };
 
 int luaopen_hrun_fs(lua_State *L)

@@ -343,11 +343,11 @@ static int json_object_(lua_State *L)
 }
 
 static const hrun_Prim json_prims[] = {
-    {"encode", json_encode, HRUN_PURE, NULL, NULL},
-    {"decode", json_decode, HRUN_PURE, NULL, NULL},
-    {"array", json_array_, HRUN_PURE, NULL, NULL},
-    {"object", json_object_, HRUN_PURE, NULL, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "encode", .func = json_encode, .kind = HRUN_PURE},
+    {.name = "decode", .func = json_decode, .kind = HRUN_PURE},
+    {.name = "array", .func = json_array_, .kind = HRUN_PURE},
+    {.name = "object", .func = json_object_, .kind = HRUN_PURE},
+    {0},
 };
 
 int luaopen_hrun_json(lua_State *L)

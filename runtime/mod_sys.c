@@ -29,12 +29,16 @@ static int sys_is_root(lua_State *L)
     return 1;
 }
 
-/* sys.sleep(seconds) → true; an interrupt (Ctrl-C) ends it with the "interrupted" error */
+/* sys.sleep(seconds) → true; an interrupt (Ctrl-C) ends it with the error "interrupted",
+** the step's deadline with "timed out" */
 static int sys_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0 && isfinite(s), 1, "seconds must be a finite number >= 0");
-    if (hrun_sleep(s) < 0) return hrun_raiseinterrupt(L);
+    double deadline = hrun_deadline(L), left = deadline - hrun_monotime();
+    int cut = deadline > 0 && left < s;
+    if (hrun_sleep(cut ? (left > 0 ? left : 0) : s) < 0) return hrun_raiseinterrupt(L);
+    if (cut) return hrun_raisetimeout(L);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -76,13 +80,13 @@ static int sys_env(lua_State *L)
 }
 
 static const hrun_Prim sys_prims[] = {
-    {"hostname", sys_hostname, HRUN_READ, NULL, NULL},
-    {"is_root", sys_is_root, HRUN_READ, NULL, NULL},
-    {"sleep", sys_sleep, HRUN_READ, NULL, NULL},
-    {"now", sys_now, HRUN_READ, NULL, NULL},
-    {"clock", sys_clock, HRUN_READ, NULL, NULL},
-    {"env", sys_env, HRUN_READ, NULL, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "hostname", .func = sys_hostname, .kind = HRUN_READ},
+    {.name = "is_root", .func = sys_is_root, .kind = HRUN_READ},
+    {.name = "sleep", .func = sys_sleep, .kind = HRUN_READ},
+    {.name = "now", .func = sys_now, .kind = HRUN_READ},
+    {.name = "clock", .func = sys_clock, .kind = HRUN_READ},
+    {.name = "env", .func = sys_env, .kind = HRUN_READ},
+    {0},
 };
 
 int luaopen_hrun_sys(lua_State *L)

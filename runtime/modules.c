@@ -19,12 +19,26 @@ static const luaL_Reg hrun_modules[] = {
     {NULL, NULL},
 };
 
+static int runtime_gc(lua_State *L)
+{
+    hrun_Runtime *rt = lua_touserdata(L, 1);
+    free(rt->stash_dir);
+    rt->stash_dir = NULL;
+    return 0;
+}
+
 lua_State *hrun_newstate(void)
 {
     lua_State *L = luaL_newstate();
     if (L == NULL) return NULL;
     hrun_Runtime *rt = lua_newuserdatauv(L, sizeof *rt, 0);
     memset(rt, 0, sizeof *rt);
+    rt->lua_before = rt->lua_after = LUA_NOREF;
+    /* frees what the runtime holds when the state closes */
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, runtime_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, "hrun.runtime");
     *(hrun_Runtime **)lua_getextraspace(L) = rt;
     luaL_openlibs(L);
@@ -115,6 +129,47 @@ static int priv_setoptions(lua_State *L)
     return 0;
 }
 
+/* setdeadline(monotonic seconds | 0): the current step's deadline */
+static int priv_setdeadline(lua_State *L)
+{
+    hrun_setdeadline(L, luaL_checknumber(L, 1));
+    return 0;
+}
+
+/* inverse(name, ...) → {{op, args}, …} | nil, why: how to undo that call, before it runs */
+static int priv_inverse(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    return hrun_inverse(L, name, lua_gettop(L) - 1);
+}
+
+/* setstash(dir | nil): where inverses save what writes destroy */
+static int priv_setstash(lua_State *L)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    const char *dir = luaL_optstring(L, 1, NULL);
+    char *copy = dir ? strdup(dir) : NULL;
+    if (dir && copy == NULL) return luaL_error(L, "not enough memory");
+    free(rt->stash_dir);
+    rt->stash_dir = copy;
+    return 0;
+}
+
+/* setstreamsink(fn | nil): where exec's stream = true lines go, as fn(line, "stdout") */
+static int priv_setstreamsink(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, STREAM_SINK);
+    return 0;
+}
+
+static int priv_monotime(lua_State *L)
+{
+    lua_pushnumber(L, hrun_monotime());
+    return 1;
+}
+
 static int priv_isatty(lua_State *L)
 {
     lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -130,6 +185,12 @@ int hrun_openprivate(lua_State *L)
         {"nearest", priv_nearest},
         {"setoptions", priv_setoptions},
         {"isatty", priv_isatty},
+        {"sethooks", hrun_setluahooks},
+        {"setdeadline", priv_setdeadline},
+        {"inverse", priv_inverse},
+        {"setstash", priv_setstash},
+        {"monotime", priv_monotime},
+        {"setstreamsink", priv_setstreamsink},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},
@@ -137,6 +198,8 @@ int hrun_openprivate(lua_State *L)
         {NULL, NULL},
     };
     luaL_newlib(L, funcs);
+    hrun_opensqlite(L);
+    hrun_openlock(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

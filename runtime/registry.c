@@ -62,27 +62,54 @@ static void locate_error(lua_State *L, const Entry *e)
     lua_concat(L, 2);
 }
 
+static hrun_Call describe_call(lua_State *L, const Entry *e, int nargs)
+{
+    const hrun_Prim *p = e->prim;
+    hrun_Call call = {p, e->module, e->fullname, 0, nargs};
+    call.writes = p->kind == HRUN_WRITE && (p->writes == NULL || p->writes(L));
+    return call;
+}
+
+/* Runs under dispatch's protected call: the before hook, then the primitive. */
+static int protected_call(lua_State *L)
+{
+    Entry *e = lua_touserdata(L, lua_upvalueindex(1));
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->hooks.before) {
+        hrun_Call call = describe_call(L, e, lua_gettop(L));
+        int r = rt->hooks.before(L, &call, rt->hooks.ud);
+        if (r >= 0) {
+            rt->stood_in = 1; /* set last: calls made by the hook reset it */
+            return r;
+        }
+    }
+    return e->prim->func(L);
+}
+
 static int dispatch(lua_State *L)
 {
     Entry *e = lua_touserdata(L, lua_upvalueindex(1));
     hrun_Runtime *rt = hrun_runtime(L);
-    const hrun_Prim *p = e->prim;
-    hrun_Call call = {p, e->module, e->fullname, 0, lua_gettop(L)};
+    int nargs = lua_gettop(L);
     e->calls++;
-    if (rt->hooks.before || rt->hooks.after)
-        call.writes = p->kind == HRUN_WRITE && (p->writes == NULL || p->writes(L));
-    if (rt->hooks.before) {
-        int r = rt->hooks.before(L, &call, rt->hooks.ud);
-        if (r >= 0) return r;
-    }
-    lua_pushcfunction(L, p->func);
+    lua_pushvalue(L, lua_upvalueindex(2)); /* protected_call over this entry */
     lua_insert(L, 1);
-    if (lua_pcall(L, call.nargs, LUA_MULTRET, 0) != LUA_OK) {
+    rt->stood_in = 0;
+    if (lua_pcall(L, nargs, LUA_MULTRET, 0) != LUA_OK) {
+        rt->stood_in = 0;
         locate_error(L, e);
-        if (rt->hooks.after) rt->hooks.after(L, &call, -1, rt->hooks.ud);
+        if (rt->hooks.after) {
+            hrun_Call call = describe_call(L, e, nargs);
+            rt->hooks.after(L, &call, -1, rt->hooks.ud);
+        }
         return lua_error(L);
     }
-    if (rt->hooks.after) rt->hooks.after(L, &call, lua_gettop(L), rt->hooks.ud);
+    int stood_in = rt->stood_in;
+    rt->stood_in = 0;
+    if (rt->hooks.after && !stood_in) {
+        hrun_Call call = describe_call(L, e, nargs);
+        rt->hooks.after(L, &call, lua_gettop(L), rt->hooks.ud);
+    }
     return lua_gettop(L);
 }
 
@@ -103,7 +130,9 @@ void hrun_newmodule(lua_State *L, const char *module, const hrun_Prim *prims)
         memcpy(e->fullname + mlen + 1, p->name, nlen + 1);
         lua_pushvalue(L, -1);
         lua_rawseti(L, -3, luaL_len(L, -3) + 1); /* registry list keeps the entry */
-        lua_pushcclosure(L, dispatch, 1);
+        lua_pushvalue(L, -1);
+        lua_pushcclosure(L, protected_call, 1);
+        lua_pushcclosure(L, dispatch, 2);
         lua_setfield(L, -3, p->name);
     }
     lua_pop(L, 1);
@@ -162,3 +191,121 @@ int hrun_pcallback(lua_State *L, int nargs)
     lua_remove(L, base);
     return status;
 }
+
+/* [-0, +0, -] The entry of primitive `fullname`, or NULL. */
+static const Entry *find_entry(lua_State *L, const char *fullname)
+{
+    const Entry *found = NULL;
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, PRIMITIVES_KEY);
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n && !found; i++) {
+        lua_rawgeti(L, -1, i);
+        const Entry *e = lua_touserdata(L, -1);
+        if (strcmp(e->fullname, fullname) == 0) found = e;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return found;
+}
+
+int hrun_inverse(lua_State *L, const char *fullname, int n)
+{
+    const Entry *e = find_entry(L, fullname);
+    if (e == NULL) return luaL_error(L, "no primitive named '%s'", fullname);
+    if (e->prim->kind != HRUN_WRITE || e->prim->inverse == NULL) {
+        lua_pop(L, n);
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s cannot be undone", fullname);
+        return 2;
+    }
+    int base = lua_gettop(L) - n;
+    lua_pushcfunction(L, e->prim->inverse);
+    lua_insert(L, base + 1);
+    lua_call(L, n, 2);
+    return 2;
+}
+
+const char *hrun_stashdir(lua_State *L)
+{
+    return hrun_runtime(L)->stash_dir;
+}
+
+/* {======================================================
+** Lua hooks: the runner's policy (plan mode, the journal) written in Lua, called
+** from the C hooks.
+** ======================================================= */
+
+/* [-0, +1, m] {name, module, kind, cap, writes} */
+static void push_call(lua_State *L, const hrun_Call *call)
+{
+    static const char *const kinds[] = {"pure", "read", "write"};
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, call->fullname);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, call->module);
+    lua_setfield(L, -2, "module");
+    lua_pushstring(L, kinds[call->prim->kind]);
+    lua_setfield(L, -2, "kind");
+    if (call->prim->cap) {
+        lua_pushstring(L, call->prim->cap);
+        lua_setfield(L, -2, "cap");
+    }
+    lua_pushboolean(L, call->writes);
+    lua_setfield(L, -2, "writes");
+}
+
+/* before(call, ...args) → nothing to let it run, or true, results... to stand in */
+static int lua_before(lua_State *L, const hrun_Call *call, void *ud)
+{
+    hrun_Runtime *rt = ud;
+    int top = lua_gettop(L);
+    luaL_checkstack(L, call->nargs + 4, "hooks");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->lua_before);
+    push_call(L, call);
+    for (int i = 1; i <= call->nargs; i++) lua_pushvalue(L, i);
+    lua_call(L, call->nargs + 1, LUA_MULTRET);
+    int nres = lua_gettop(L) - top;
+    if (nres == 0 || !lua_toboolean(L, top + 1)) {
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_remove(L, top + 1);
+    return nres - 1;
+}
+
+/* after(call, nres, ...results) — nres is -1 and the error follows when it raised */
+static void lua_after(lua_State *L, const hrun_Call *call, int nres, void *ud)
+{
+    hrun_Runtime *rt = ud;
+    int n = nres < 0 ? 1 : nres, top = lua_gettop(L);
+    luaL_checkstack(L, n + 4, "hooks");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->lua_after);
+    push_call(L, call);
+    lua_pushinteger(L, nres);
+    for (int i = top - n + 1; i <= top; i++) lua_pushvalue(L, i);
+    lua_call(L, n + 2, 0);
+}
+
+/* sethooks(before, after) | sethooks(nil): installs or removes the Lua hooks */
+int hrun_setluahooks(lua_State *L)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->lua_before != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, rt->lua_before);
+    if (rt->lua_after != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, rt->lua_after);
+    rt->lua_before = rt->lua_after = LUA_NOREF;
+    if (lua_isnoneornil(L, 1)) {
+        hrun_sethooks(L, NULL);
+        return 0;
+    }
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 1);
+    rt->lua_before = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 2);
+    rt->lua_after = luaL_ref(L, LUA_REGISTRYINDEX);
+    hrun_Hooks h = {lua_before, lua_after, rt};
+    hrun_sethooks(L, &h);
+    return 0;
+}
+
+/* }====================================================== */

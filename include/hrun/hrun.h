@@ -27,15 +27,21 @@ enum hrun_kind {
     HRUN_WRITE, /* changes it (fs.write, exec.run): recorded in plan mode, journaled */
 };
 
+/* Declared with designated initializers: {.name = "write", .func = fs_write, …}. */
 typedef struct hrun_Prim {
-    const char *name;   /* field in the module table: "write" */
+    const char *name;   /* field in the module table: "write"; "_name": internal (undo) */
     lua_CFunction func; /* misuse raises; the world's failures return nil, msg, code */
     enum hrun_kind kind;
     const char *cap; /* capability it needs ("fs", "exec"); NULL for pure ones */
     /* For a HRUN_WRITE primitive whose arguments can make one call read-only
-    ** (exec.run's {readonly=true}): [-0, +0, e], arguments at 1..top; returns
-    ** non-zero when this call writes. NULL: every call writes. */
+    ** (exec.run's {readonly=true}): [-0, +0, -], arguments at 1..top; returns
+    ** non-zero when this call writes. Must not raise. NULL: every call writes. */
     int (*writes)(lua_State *L);
+    /* For a write: [-0, +(1|2), e] with the call's arguments at 1..top, before the call
+    ** runs: pushes how to undo it, a list of operations run in order
+    ** {{op = "fs.remove", args = {…}}, …}, or nil and why it cannot be undone. It may
+    ** save what the call will destroy (hrun_stash). NULL: it cannot be undone. */
+    lua_CFunction inverse;
 } hrun_Prim;
 
 /* One call of a primitive, as the hooks see it. */
@@ -53,7 +59,8 @@ typedef struct hrun_Hooks {
     ** Returns -1 to let the primitive run, or r >= 0 after pushing r values that
     ** stand for its results without running it (plan mode). May raise (sandbox). */
     int (*before)(lua_State *L, const hrun_Call *call, void *ud);
-    /* [-0, +0, e] Runs after the primitive returned; its nres results are on top. */
+    /* [-0, +0, e] Runs after the primitive returned, its nres results on top; or after
+    ** it raised, with nres = -1 and the error on top. Not when `before` stood in. */
     void (*after)(lua_State *L, const hrun_Call *call, int nres, void *ud);
     void *ud;
 } hrun_Hooks;
@@ -61,6 +68,14 @@ typedef struct hrun_Hooks {
 /* [-0, +1, m] Creates the table of module `module` from `prims` (ended by a NULL
 ** name), each function a dispatcher closure, and enters them in the registry. */
 void hrun_newmodule(lua_State *L, const char *module, const hrun_Prim *prims);
+
+/* [-0, +1, e] Runs the inverse function of primitive `fullname` with the n values on
+** top as its arguments (popped); pushes its list of operations, or nil and why. */
+int hrun_inverse(lua_State *L, const char *fullname, int n);
+
+/* Where inverse functions save what a write will destroy (the current run's stash
+** directory), or NULL outside a journaled run. */
+const char *hrun_stashdir(lua_State *L);
 
 /* Installs hooks (NULL: none) and returns the previous ones. */
 hrun_Hooks hrun_sethooks(lua_State *L, const hrun_Hooks *hooks);
@@ -123,6 +138,15 @@ int hrun_raiseinterrupt(lua_State *L);
 /* Sleeps up to `seconds`, waking early on an interrupt; returns 0 if slept in full,
 ** -1 if interrupted. */
 int hrun_sleep(double seconds);
+
+/* The current step's deadline on the monotonic clock (0: none). While one is set, a
+** count hook stops runaway Lua code with the error "timed out", and blocking
+** primitives (exec.run, sys.sleep) stop waiting at it. */
+void hrun_setdeadline(lua_State *L, double deadline);
+double hrun_deadline(lua_State *L);
+
+/* [-0, +0, v] Raises the deadline error ("timed out"). */
+int hrun_raisetimeout(lua_State *L);
 
 /* Monotonic clock and wall clock, in seconds. */
 double hrun_monotime(void);

@@ -1,6 +1,6 @@
 -- hrun.cli: the command line. Called by the host (runtime/main.c) with the private
 -- library, argv (argv[0] is the program) and the stdlib directory; returns the exit
--- status. Every command is one entry of `commands`.
+-- status. Every command is one entry of `commands`; every option one of `flags`.
 
 local priv, argv, stdlib_dir = ...
 
@@ -19,27 +19,52 @@ local function usage_error(fmt, ...)
 end
 
 -- {======================================================
--- Global options: accepted by every command, in any position before a script's path.
+-- Options. `only` lists the commands an option applies to; without it, it is global:
+-- accepted by every command, in any position (before a script's path).
 -- ======================================================
 
-local global_flags = {
-  ["--state"] = { key = "state", value = "DIR" },
-  ["--json"] = { key = "json" },
-  ["-v"] = { key = "verbose" },
+local PLAYBOOK_CMDS = { playbook = true, plan = true, repl = true }
+
+local flags = {
+  ["--state"] = { key = "state", value = "DIR",
+    help = "state directory (default $HRUN_STATE_DIR, /var/lib/hrun as root)" },
+  ["--json"] = { key = "json", help = "events, errors and listings as JSON, one object a line" },
+  ["-v"] = { key = "verbose", help = "tracebacks, every effect, debug lines" },
   ["--verbose"] = { key = "verbose" },
-  ["--no-color"] = { key = "no_color" },
-  ["--yes"] = { key = "yes" },
+  ["--no-color"] = { key = "no_color", help = "no colours, even on a terminal" },
+  ["--yes"] = { key = "yes", help = "answer yes to confirmations" },
   ["-y"] = { key = "yes" },
   ["-e"] = { key = "chunks", value = "CODE", multi = true },
   ["-h"] = { key = "help" },
   ["--help"] = { key = "help" },
   ["--version"] = { key = "version" },
+  ["-p"] = { key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
+  ["--param"] = { key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
+  ["--params"] = { key = "params_files", value = "FILE", multi = true, only = PLAYBOOK_CMDS },
+  ["--plan"] = { key = "plan", only = { playbook = true } },
+  ["--from"] = { key = "from", value = "STEP", only = { playbook = true, plan = true } },
+  ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
+  ["--debug"] = { key = "debug", only = { playbook = true } },
+  ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
+  ["--force"] = { key = "force", only = { resume = true } },
+  ["-n"] = { key = "count", value = "N", only = { runs = true } },
+  ["--md"] = { key = "md", only = { show = true } },
 }
+
+local function flag_names()
+  local names = {}
+  for name in pairs(flags) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  return names
+end
 
 -- }======================================================
 
 local commands = {}
-local command_order = { "run", "-e", "repl", "version", "help" }
+local command_order = { "playbook", "plan", "check", "resume", "rollback", "runs", "show", "run", "-e", "repl",
+  "version", "help" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
 -- $XDG_STATE_HOME/hrun (~/.local/state/hrun). Created 0700 when `create`.
@@ -107,11 +132,156 @@ local function protected(opts, fn, ...)
   return EXIT_FAILED
 end
 
+-- Runs a playbook command (hrun.play), turning its problems into exit statuses.
+local function play(opts, fn, ...)
+  local playmod = require "hrun.play"
+  local ok, res = xpcall(fn, function(e)
+    if getmetatable(e) == playmod.Bad or not opts.verbose then
+      return e
+    end
+    return debug.traceback(tostring(e), 2)
+  end, priv, opts, ...)
+  if ok then
+    return res
+  end
+  local status = playmod.report(res, function(msg)
+    report_error(opts, msg)
+  end)
+  if status then
+    if status == 3 and not opts.json then
+      io.stderr:write("hrun: nothing was run.\n")
+    end
+    return status
+  end
+  report_error(opts, res)
+  return priv.interrupted() > 0 and EXIT_INTERRUPTED or EXIT_FAILED
+end
+
+local function need_state(opts)
+  local dir, err = state_dir(opts, false)
+  if not dir then
+    usage_error("%s", err)
+  end
+  return dir
+end
+
+local function one_arg(name, args, what, optional)
+  if #args > 1 then
+    usage_error("%s takes one %s, got '%s' too", name, what, args[2])
+  elseif #args == 0 and not optional then
+    usage_error("%s needs a %s", name, what)
+  end
+  return args[1]
+end
+
 -- }======================================================
 
 -- {======================================================
 -- Commands
 -- ======================================================
+
+commands.playbook = {
+  usage = "hrun PLAYBOOK.lua [-p K=V]... [--params FILE] [--plan] [--from STEP] [--only PHASE]",
+  summary = "run a playbook: journaled, checked, rolled back on failure",
+  help = [[
+Runs the playbook's phases in order: each phase's checks, then its steps. Every write
+a step makes is journaled with its inverse before it happens. When a step fails (an
+error, a failed verify, a timeout, Ctrl-C) the run rolls back: the failed step's
+effects are undone, then the completed steps, newest first. Exit status: 0 done,
+1 failed and rolled back, 2 rollback incomplete, 3 bad playbook or usage, 4 another
+run holds the lock, 130 interrupted.
+  -p KEY=VALUE      set a parameter (typed as its default: number, boolean, JSON list)
+  --params FILE     parameters from a .json or .lua file
+  --plan            run the checks and reads, list the writes, change nothing
+  --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
+  --only PHASE      run one phase
+  --debug           open the REPL when a step fails: retry, skip, continue, roll back
+  --break STEP      open the REPL before STEP]],
+  run = function(opts, args)
+    local path = one_arg("a playbook", args, "path")
+    if opts.debug or opts.break_at then
+      return play(opts, require("hrun.debugger").run, path, need_state(opts))
+    end
+    return play(opts, require("hrun.play").run, path, need_state(opts))
+  end,
+}
+
+commands.plan = {
+  usage = "hrun plan PLAYBOOK.lua [-p K=V]... [--from STEP] [--only PHASE]",
+  summary = "what the playbook would do, changing nothing",
+  help = [[
+Runs the checks and every read; records each write instead of doing it, and lists it
+under its phase and step with how it would be undone ("cannot be undone" where no
+inverse exists). Writes return stand-ins (a write returns its path, a command
+succeeds with empty output). Same as hrun PLAYBOOK --plan.]],
+  run = function(opts, args)
+    opts.plan = true
+    return play(opts, require("hrun.play").run, one_arg("plan", args, "playbook"), need_state(opts))
+  end,
+}
+
+commands.check = {
+  usage = "hrun check PLAYBOOK.lua",
+  summary = "validate and lint a playbook, run nothing",
+  help = [[
+Loads and validates the playbook (unknown fields, steps without run, duplicate names,
+wrong types — each with file:line), then lints it: globals it reads that the playbook
+environment does not have, globals it sets. Exit status 0 clean, 3 problems.]],
+  run = function(opts, args)
+    return play(opts, require("hrun.play").check, one_arg("check", args, "playbook"), need_state(opts))
+  end,
+}
+
+commands.resume = {
+  usage = "hrun resume [RUN] [--force]",
+  summary = "continue an interrupted run (default: the latest)",
+  help = [[
+Continues a run that hrun did not finish (killed, power cut) or that stopped on a
+failure (on_failure = "stop"). Completed steps are not run again; the step that was
+running is undone through its journaled effects and runs again from its start (a step
+with resume = "rerun" runs again as it is). If the playbook changed since the run
+began, resuming needs --force.]],
+  run = function(opts, args)
+    return play(opts, require("hrun.play").resume, one_arg("resume", args, "run", true), need_state(opts))
+  end,
+}
+
+commands.rollback = {
+  usage = "hrun rollback [RUN]",
+  summary = "undo a run's changes (default: the latest)",
+  help = [[
+Undoes a finished, failed, stopped or crashed run: newest step first, each by its undo
+function (when the playbook is there unchanged) or by the inverses its writes
+journaled. What cannot be undone is reported and the run ends rollback-incomplete
+(exit 2).]],
+  run = function(opts, args)
+    return play(opts, require("hrun.play").rollback, one_arg("rollback", args, "run", true), need_state(opts))
+  end,
+}
+
+commands.runs = {
+  usage = "hrun runs [-n N]",
+  summary = "the journal, one line a run",
+  help = "Lists the latest N runs (20), newest first: status, time, steps done.",
+  run = function(opts, args)
+    if #args > 0 then
+      usage_error("runs takes no arguments, got '%s'", args[1])
+    end
+    return play(opts, require("hrun.play").runs, need_state(opts))
+  end,
+}
+
+commands.show = {
+  usage = "hrun show RUN [--json|--md]",
+  summary = "one run in full: steps, effects, errors",
+  help = [[
+Shows a run: its playbook and parameters, each phase and step with its status and
+time, every effect with how it is undone, and the errors. --json prints it as one
+JSON object; --md as a migration log to paste into notes.]],
+  run = function(opts, args)
+    return play(opts, require("hrun.play").show, one_arg("show", args, "run", true), need_state(opts))
+  end,
+}
 
 commands.run = {
   usage = "hrun SCRIPT.lua [ARG...]",
@@ -119,7 +289,8 @@ commands.run = {
   help = [[
 Runs SCRIPT.lua (or standard input for "-") with fs, exec, json and sys as globals.
 The script gets its arguments as ... and in the global table arg (arg[0] is the
-script), as lua does. Options after the script's path are the script's own.
+script), as lua does. Options after the script's path are the script's own. A file
+that calls playbook{…} is a playbook, not a script (see 'hrun help playbook').
 An uncaught error prints file:line: message (a traceback with -v) and exits 1.]],
   run = function(opts, args)
     local path = args[1]
@@ -165,32 +336,56 @@ Runs each CODE in order, as a chunk with fs, exec, json and sys as globals:
 }
 
 commands.repl = {
-  usage = "hrun repl",
+  usage = "hrun repl [PLAYBOOK.lua [-p K=V]...]",
   summary = "interactive Lua with every module loaded",
   help = [[
 Reads Lua at a prompt: expressions print their values (tables pretty-printed),
 incomplete chunks continue on the next line, Tab completes globals and module
 fields, the history is kept in the state directory. Ctrl-C cancels the line or
 interrupts a running call; Ctrl-D exits. With a pipe on standard input it reads
-chunks without prompts, so it can be scripted; the exit status is 1 if any failed.]],
+chunks without prompts, so it can be scripted; the exit status is 1 if any failed.
+With a playbook: phases() and steps() list it, run_step(NAME) and run_check(NAME)
+run one on its own (journaled as a debug run), ctx is the last step's context and
+rollback() undoes what the session did.]],
   run = function(opts, args)
-    if #args > 0 then
-      usage_error("repl takes no arguments, got '%s'", args[1])
-    end
+    local path = one_arg("repl", args, "playbook", true)
     local repl = require "hrun.repl"
     local ropts = { env = _G, color = opts.color, verbose = opts.verbose }
+    local session
+    if path then
+      local dbg = require "hrun.debugger"
+      local ok, res = pcall(dbg.session, priv, opts, path, need_state(opts))
+      if not ok then
+        local status = require("hrun.play").report(res, function(msg)
+          report_error(opts, msg)
+        end)
+        if status then
+          return status
+        end
+        error(res, 0)
+      end
+      session = res
+      ropts.env = session.env
+    end
+    local status
     if not priv.isatty(0) then
-      return repl.piped(priv, ropts, io.stdin)
-    end
-    local dir, err = state_dir(opts, true)
-    if dir then
-      ropts.history = dir .. "/repl_history"
+      status = repl.piped(priv, ropts, io.stdin)
     else
-      io.stderr:write("hrun: no history: ", err, "\n")
+      local dir, err = state_dir(opts, true)
+      if dir then
+        ropts.history = dir .. "/repl_history"
+      else
+        io.stderr:write("hrun: no history: ", err, "\n")
+      end
+      ropts.banner = string.format("hrun %s (%s) — modules: exec fs json sys%s. Ctrl-D exits.",
+        priv.version, _VERSION,
+        session and (" — playbook " .. session.pb.name .. ": phases(), steps(), run_step(name)") or "")
+      status = repl.interactive(priv, ropts)
     end
-    ropts.banner = string.format("hrun %s (%s) — modules: exec fs json sys. Ctrl-D exits.",
-      priv.version, _VERSION)
-    return repl.interactive(priv, ropts)
+    if session then
+      session:close()
+    end
+    return status
   end,
 }
 
@@ -201,7 +396,7 @@ commands.version = {
   run = function(opts)
     io.stdout:write(string.format("hrun %s (%s)\n", priv.version, _VERSION))
     if opts.verbose then
-      io.stdout:write("library: ", stdlib_dir, "\n")
+      io.stdout:write("library: ", stdlib_dir, "\n", "sqlite: ", priv.sqlite_version, "\n")
     end
     return EXIT_OK
   end,
@@ -214,17 +409,18 @@ local function general_help()
     "Usage:",
   }
   for _, name in ipairs(command_order) do
-    lines[#lines + 1] = string.format("  %-30s %s", commands[name].usage, commands[name].summary)
+    lines[#lines + 1] = string.format("  %-46s %s", commands[name].usage:gsub(" %[%-.*", " …"), commands[name].summary)
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "Global options (any command, any position before a script's path):"
-  lines[#lines + 1] = "  --state DIR   state directory (default $HRUN_STATE_DIR, /var/lib/hrun as root)"
-  lines[#lines + 1] = "  --json        errors and events as JSON lines"
-  lines[#lines + 1] = "  -v            tracebacks and debug lines"
-  lines[#lines + 1] = "  --no-color    no colours, even on a terminal"
-  lines[#lines + 1] = "  --yes         answer yes to confirmations"
+  for _, name in ipairs({ "--state", "--json", "-v", "--no-color", "--yes" }) do
+    local f = flags[name]
+    lines[#lines + 1] = string.format("  %-14s %s", name .. (f.value and (" " .. f.value) or ""), f.help)
+  end
   lines[#lines + 1] = ""
-  lines[#lines + 1] = "'hrun help COMMAND' tells more. Exit status: 0 done, 1 failed, 3 bad usage, 130 interrupted."
+  lines[#lines + 1] = "'hrun help COMMAND' tells more; 'hrun help modules' lists the native functions."
+  lines[#lines + 1] = "Exit status: 0 done, 1 failed (rolled back), 2 rollback incomplete, 3 bad playbook or"
+  lines[#lines + 1] = "usage, 4 another run holds the lock, 130 interrupted."
   return table.concat(lines, "\n") .. "\n"
 end
 
@@ -279,23 +475,27 @@ needs (one JSON object a line with --json).]],
 -- Parsing
 -- ======================================================
 
-local function is_script(word)
+local function is_file_arg(word)
   return word == "-" or word:match("%.lua$") or word:find("/", 1, true)
 end
 
-local function known_flags()
-  local names = {}
-  for name in pairs(global_flags) do
-    names[#names + 1] = name
+-- A file that calls playbook{…} is a playbook; other .lua files are scripts.
+local function kind_of_file(path)
+  if path == "-" then
+    return "run"
   end
-  table.sort(names)
-  return names
+  local src = fs.read(path)
+  if src and require("hrun.dsl").is_playbook_source(src) then
+    return "playbook"
+  end
+  return "run"
 end
 
 -- Splits argv into the command's name, the options and the command's arguments (and,
 -- for -e followed by a script, the script's).
 local function parse(args)
   local opts, words, name = { chunks = {} }, {}, nil
+  local given = {} -- option -> first command-specific one seen, checked once the command is known
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -308,15 +508,15 @@ local function parse(args)
         words[#words + 1] = args[j]
       end
       if name == nil and #words > 0 then
-        name = "run"
+        name = kind_of_file(words[1])
       end
       break
     elseif a:sub(1, 1) == "-" and a ~= "-" then
       local flag, inline = a:match("^(%-%-[%w-]+)=(.*)$")
       flag = flag or a
-      local spec = global_flags[flag]
+      local spec = flags[flag]
       if not spec then
-        local near = priv.nearest(flag, known_flags())
+        local near = priv.nearest(flag, flag_names())
         usage_error("unknown option '%s'%s", a, near and string.format(" (did you mean '%s'?)", near) or "")
       end
       local value = true
@@ -332,21 +532,25 @@ local function parse(args)
       elseif inline then
         usage_error("option %s takes no value", flag)
       end
+      if spec.only then
+        given[#given + 1] = flag
+      end
       if spec.multi then
+        opts[spec.key] = opts[spec.key] or {}
         table.insert(opts[spec.key], value)
       else
         opts[spec.key] = value
       end
     elseif name == nil then
-      if commands[a] and a ~= "run" and a ~= "-e" then
+      if commands[a] and a ~= "run" and a ~= "-e" and a ~= "playbook" then
         name = a
-      elseif is_script(a) then
-        name = "run"
+      elseif is_file_arg(a) then
+        name = kind_of_file(a)
         words[1] = a
       else
-        local near = priv.nearest(a, { "repl", "version", "help" })
+        local near = priv.nearest(a, command_order)
         usage_error("unknown command '%s'%s", a,
-          near and string.format(" (did you mean '%s'?)", near) or " (a script's name ends in .lua)")
+          near and string.format(" (did you mean '%s'?)", near) or " (a playbook's or script's name ends in .lua)")
       end
     else
       words[#words + 1] = a
@@ -357,13 +561,22 @@ local function parse(args)
     return "help", opts, { name }
   elseif opts.version then
     return "version", opts, {}
-  elseif #opts.chunks > 0 then
-    if name and name ~= "run" then
-      usage_error("-e cannot be combined with the command '%s'", name)
+  end
+  local chunks = #opts.chunks > 0
+  if chunks and name and name ~= "run" then
+    usage_error("-e cannot be combined with the command '%s'", name)
+  end
+  local effective = chunks and "-e" or name or "help"
+  for _, flag in ipairs(given) do
+    if not flags[flag].only[effective] then
+      usage_error("option %s does not apply to %s", flag,
+        effective == "run" and "a plain script (its options go after the path)" or ("'" .. effective .. "'"))
     end
+  end
+  if chunks then
     return "-e", opts, {}, name == "run" and words or nil
   end
-  return name or "help", opts, words
+  return effective, opts, words
 end
 
 -- }======================================================
@@ -404,7 +617,7 @@ local function main()
   end
   local env_color = sys.env("NO_COLOR")
   opts.color = not opts.no_color and not opts.json and (env_color == nil or env_color == "")
-    and priv.isatty(2)
+    and priv.isatty(1) and priv.isatty(2)
   priv.setoptions({ verbose = opts.verbose, color = opts.color })
   local status
   ok, status = pcall(commands[name].run, opts, cargs)

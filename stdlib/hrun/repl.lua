@@ -134,7 +134,8 @@ local function feed(state, line, priv, opts)
   return evaluate(fn, priv, opts)
 end
 
--- The loop on a terminal. opts: env, history (file or nil), banner, color, verbose.
+-- The loop on a terminal. opts: env, history (file or nil), banner, color, verbose,
+-- finished (a function: the loop ends once it returns true).
 function M.interactive(priv, opts)
   local state = { env = opts.env }
   priv.repl_open(opts.history, function(text)
@@ -157,7 +158,7 @@ function M.interactive(priv, opts)
       priv.addhistory(line)
       feed(state, line, priv, opts)
     end)
-    if ok and res == "exit" then
+    if (ok and res == "exit") or (opts.finished and opts.finished()) then
       break
     elseif not ok then -- an interrupt that fell between two lines
       priv.clearinterrupt()
@@ -176,6 +177,9 @@ function M.piped(priv, opts, input)
   for line in input:lines() do
     if feed(state, line, priv, opts) == false then
       failed = true
+    end
+    if opts.finished and opts.finished() then
+      break
     end
   end
   if state.buf then

@@ -1,0 +1,100 @@
+/*
+** lock.c — one run at a time per state directory, as Terraform's state lock: an flock
+** on STATE/lock, whose content says who holds it. The kernel drops it when the holder
+** dies, so a crashed run never leaves a stale lock.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define LOCK_TYPE "hrun.lock"
+
+typedef struct Lock {
+    int fd;
+} Lock;
+
+static int lock_release(lua_State *L)
+{
+    Lock *k = luaL_checkudata(L, 1, LOCK_TYPE);
+    if (k->fd >= 0) {
+        if (ftruncate(k->fd, 0) < 0) { /* the content only informs: nothing to do */
+        }
+        close(k->fd); /* closing drops the flock */
+    }
+    k->fd = -1;
+    return 0;
+}
+
+/* lock:note(text): what a second run is told about the holder */
+static int lock_note(lua_State *L)
+{
+    Lock *k = luaL_checkudata(L, 1, LOCK_TYPE);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    if (k->fd < 0) return luaL_error(L, "lock released");
+    if (ftruncate(k->fd, 0) < 0 || pwrite(k->fd, text, len, 0) < 0)
+        return hrun_fail(L, "lock", NULL, errno);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* lock(path) → handle | nil, "what the holder noted", "ELOCKED" | nil, message, code */
+static int lock_acquire(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"note", lock_note},
+        {"release", lock_release},
+        {NULL, NULL},
+    };
+    const char *path = hrun_checkpath(L, 1, NULL);
+    Lock *k = lua_newuserdatauv(L, sizeof(Lock), 0);
+    k->fd = -1;
+    if (luaL_newmetatable(L, LOCK_TYPE)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, lock_release);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, lock_release);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_setmetatable(L, -2);
+    if ((k->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
+        return hrun_fail(L, "lock", path, errno);
+    if (flock(k->fd, LOCK_EX | LOCK_NB) < 0) {
+        int err = errno;
+        char holder[256];
+        ssize_t n = err == EWOULDBLOCK ? pread(k->fd, holder, sizeof holder - 1, 0) : -1;
+        close(k->fd);
+        k->fd = -1;
+        if (err != EWOULDBLOCK) return hrun_fail(L, "lock", path, err);
+        holder[n > 0 ? n : 0] = '\0';
+        lua_pushnil(L);
+        lua_pushstring(L, n > 0 ? holder : "another process");
+        lua_pushliteral(L, "ELOCKED");
+        return 3;
+    }
+    return 1;
+}
+
+/* crash(): SIGKILL this process at once — the test suite's fault injection */
+static int crash(lua_State *L)
+{
+    (void)L;
+    fflush(NULL);
+    raise(SIGKILL);
+    return 0;
+}
+
+/* [-0, +0, m] Adds lock and crash to the private library on top. */
+void hrun_openlock(lua_State *L)
+{
+    lua_pushcfunction(L, lock_acquire);
+    lua_setfield(L, -2, "lock");
+    lua_pushcfunction(L, crash);
+    lua_setfield(L, -2, "crash");
+}

@@ -1,0 +1,510 @@
+-- hrun.dsl: the playbook language — playbook{}, phase "name" {}, step "name" {},
+-- check "name" (fn) — its validation (every problem reported as file:line: before
+-- anything runs), the environment playbooks load into, and their parameters.
+
+local M = {}
+
+local objects = setmetatable({}, { __mode = "k" }) -- DSL object -> its kind
+
+-- {======================================================
+-- What each kind accepts
+-- ======================================================
+
+local playbook_fields = {
+  name = "string", version = "string", description = "string", params = "table",
+  capabilities = "table", on_failure = "string",
+}
+local phase_fields = { description = "string", when = "function" }
+local step_fields = {
+  run = "function", undo = "function", verify = "function", when = "function", timeout = "number",
+  retries = "number", retry_delay = "number", confirm = "string", resume = "string",
+  description = "string", irreversible = "boolean",
+}
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  return keys
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Problems: collected, each with where it is
+-- ======================================================
+
+local Problems = {}
+Problems.__index = Problems
+
+local function new_problems(nearest)
+  return setmetatable({ list = {}, nearest = nearest }, Problems)
+end
+
+function Problems:add(loc, fmt, ...)
+  local where = loc and string.format("%s:%d: ", loc.file, loc.line) or ""
+  self.list[#self.list + 1] = where .. string.format(fmt, ...)
+end
+
+-- "unknown field 'rnu' (did you mean 'run'?)"
+function Problems:unknown(loc, what, key, known)
+  local near = type(key) == "string" and self.nearest(key, sorted_keys(known))
+  self:add(loc, "%s: unknown field '%s'%s", what, tostring(key),
+    near and string.format(" (did you mean '%s'?)", near) or "")
+end
+
+-- Checks the hash part of t against `spec` (field -> type).
+function Problems:fields(loc, what, t, spec)
+  for k, v in pairs(t) do
+    if math.type(k) == "integer" then
+      goto continue
+    end
+    local want = spec[k]
+    if not want then
+      self:unknown(loc, what, k, spec)
+    elseif type(v) ~= want then
+      self:add(loc, "%s: field '%s' must be a %s, got %s", what, k, want, type(v))
+    end
+    ::continue::
+  end
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The constructors. Each records where it was called (file:line); the content is
+-- checked by validate(), so that every problem is reported at once.
+-- ======================================================
+
+local function caller_location()
+  local info = debug.getinfo(3, "Sl")
+  local file = info.source:sub(1, 1) == "@" and info.source:sub(2) or info.short_src
+  return { file = file, line = info.currentline }
+end
+
+local function make(kind, name, loc, body)
+  local o = { kind = kind, name = name, loc = loc, body = body }
+  objects[o] = kind
+  return o
+end
+
+local function named(kind)
+  return function(name)
+    local loc = caller_location()
+    return function(body)
+      return make(kind, name, loc, body)
+    end
+  end
+end
+
+-- The four DSL functions, as playbooks see them.
+function M.constructors()
+  return {
+    playbook = function(body)
+      return make("playbook", nil, caller_location(), body)
+    end,
+    phase = named("phase"),
+    step = named("step"),
+    check = named("check"),
+  }
+end
+
+function M.is_playbook(v)
+  return type(v) == "table" and objects[v] == "playbook"
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Validation: a checked, plain description of the playbook
+-- ======================================================
+
+local function validate_step(p, s, phase_name)
+  local what = string.format("step '%s'", s.name)
+  local b = s.body
+  if type(b) ~= "table" then
+    p:add(s.loc, "%s: expects a table of fields: step \"%s\" { run = function(ctx) … end }", what, s.name)
+    return nil
+  end
+  p:fields(s.loc, what, b, step_fields)
+  if #b > 0 then
+    p:add(s.loc, "%s: has %d unnamed value(s); fields are name = value", what, #b)
+  end
+  if type(b.run) ~= "function" then
+    p:add(s.loc, "%s: has no run function (run = function(ctx) … end)", what)
+  end
+  if type(b.timeout) == "number" and b.timeout <= 0 then
+    p:add(s.loc, "%s: field 'timeout' must be more than 0 seconds", what)
+  end
+  if type(b.retries) == "number" and (math.type(b.retries) ~= "integer" or b.retries < 0) then
+    p:add(s.loc, "%s: field 'retries' must be a whole number >= 0", what)
+  end
+  if type(b.retry_delay) == "number" and b.retry_delay < 0 then
+    p:add(s.loc, "%s: field 'retry_delay' must be >= 0", what)
+  end
+  if type(b.resume) == "string" and b.resume ~= "undo" and b.resume ~= "rerun" then
+    p:add(s.loc, "%s: field 'resume' must be \"undo\" or \"rerun\", got \"%s\"", what, b.resume)
+  end
+  local out = { kind = "step", name = s.name, phase = phase_name, loc = s.loc }
+  for k in pairs(step_fields) do
+    out[k] = b[k]
+  end
+  return out
+end
+
+local function validate_check(p, c, phase_name)
+  if type(c.body) ~= "function" then
+    p:add(c.loc, "check '%s': expects a function: check \"%s\" (function(ctx) … end)", c.name, c.name)
+    return nil
+  end
+  return { kind = "check", name = c.name, phase = phase_name, loc = c.loc, fn = c.body }
+end
+
+local function validate_phase(p, ph)
+  local what = string.format("phase '%s'", ph.name)
+  local b = ph.body
+  if type(b) ~= "table" then
+    p:add(ph.loc, "%s: expects a table of steps and checks: phase \"%s\" { step … }", what, ph.name)
+    return nil
+  end
+  p:fields(ph.loc, what, b, phase_fields)
+  local out = { name = ph.name, loc = ph.loc, description = b.description, when = b.when, items = {} }
+  local seen = {}
+  for i = 1, #b do
+    local item = b[i]
+    local kind = type(item) == "table" and objects[item]
+    if kind ~= "step" and kind ~= "check" then
+      p:add(ph.loc, "%s: item %d is not a step or a check (got %s)", what, i,
+        kind and ("a " .. kind) or type(item))
+    elseif type(item.name) ~= "string" or item.name == "" then
+      p:add(item.loc, "a %s in %s needs a name: %s \"name\" …", kind, what, kind)
+    else
+      if seen[item.name] then
+        p:add(item.loc, "%s: two steps or checks named '%s' (the other at line %d)", what, item.name,
+          seen[item.name].line)
+      end
+      seen[item.name] = item.loc
+      local v
+      if kind == "step" then
+        v = validate_step(p, item, ph.name)
+      else
+        v = validate_check(p, item, ph.name)
+      end
+      out.items[#out.items + 1] = v
+    end
+  end
+  if #b == 0 then
+    p:add(ph.loc, "%s: has no steps or checks", what)
+  end
+  return out
+end
+
+-- validate(object, nearest) → playbook description | nil, {"file:line: problem", …}
+function M.validate(pb, nearest)
+  local p = new_problems(nearest)
+  if not M.is_playbook(pb) then
+    p:add(nil, "the file does not return a playbook: end it with return playbook { … }")
+    return nil, p.list
+  end
+  local b = pb.body
+  if type(b) ~= "table" then
+    p:add(pb.loc, "playbook: expects a table: playbook { name = \"…\", phase \"…\" { … } }")
+    return nil, p.list
+  end
+  p:fields(pb.loc, "playbook", b, playbook_fields)
+  if type(b.name) ~= "string" or b.name == "" then
+    p:add(pb.loc, "playbook: needs a name (name = \"…\")")
+  end
+  if b.on_failure ~= nil and b.on_failure ~= "rollback" and b.on_failure ~= "stop" then
+    p:add(pb.loc, "playbook: field 'on_failure' must be \"rollback\" or \"stop\", got \"%s\"",
+      tostring(b.on_failure))
+  end
+  if type(b.capabilities) == "table" then
+    for i, c in ipairs(b.capabilities) do
+      if type(c) ~= "string" then
+        p:add(pb.loc, "playbook: capabilities[%d] must be a string", i)
+      end
+    end
+  end
+  local out = {
+    name = b.name, version = b.version, description = b.description,
+    params = type(b.params) == "table" and b.params or {},
+    capabilities = b.capabilities or {}, on_failure = b.on_failure or "rollback",
+    loc = pb.loc, phases = {},
+  }
+  local seen = {}
+  for i = 1, #b do
+    local ph = b[i]
+    if objects[ph] ~= "phase" then
+      p:add(pb.loc, "playbook: item %d is not a phase (got %s); steps go inside phase \"name\" { … }", i,
+        objects[ph] and ("a " .. objects[ph]) or type(ph))
+    elseif type(ph.name) ~= "string" or ph.name == "" then
+      p:add(ph.loc, "a phase needs a name: phase \"name\" { … }")
+    else
+      if seen[ph.name] then
+        p:add(ph.loc, "playbook: two phases named '%s' (the other at line %d)", ph.name, seen[ph.name].line)
+      end
+      seen[ph.name] = ph.loc
+      out.phases[#out.phases + 1] = validate_phase(p, ph)
+    end
+  end
+  if #b == 0 then
+    p:add(pb.loc, "playbook: has no phases")
+  end
+  if #p.list > 0 then
+    return nil, p.list
+  end
+  return out
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The environment playbooks load into: an allow-list of globals. No os.execute,
+-- io.popen, writing io.open, binary chunks, debug or package.loadlib: they would
+-- bypass the journal and plan mode.
+-- ======================================================
+
+local SAFE = {
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "print", "rawequal", "rawget", "rawlen",
+  "rawset", "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "xpcall",
+  "_VERSION",
+}
+local LIBS = { "string", "table", "math", "utf8", "coroutine" }
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do
+    c[k] = v
+  end
+  return c
+end
+
+-- environment(modules) → a fresh table for one playbook: the safe globals, copies of
+-- the safe libraries, the hrun modules given ({name = module}) and the DSL.
+function M.environment(modules)
+  local env = {}
+  for _, k in ipairs(SAFE) do
+    env[k] = _G[k]
+  end
+  for _, k in ipairs(LIBS) do
+    env[k] = copy(_G[k])
+  end
+  env.os = { time = os.time, date = os.date, clock = os.clock, difftime = os.difftime, getenv = os.getenv }
+  env.io = {
+    write = function(...)
+      return io.stdout:write(...)
+    end,
+    -- reading only: writes go through fs, which plan mode and the journal see
+    open = function(path, mode)
+      if mode ~= nil and not tostring(mode):match("^r b?$") and mode ~= "r" and mode ~= "rb" then
+        error("io.open: playbooks open files for reading only; write with fs.write", 2)
+      end
+      return io.open(path, mode)
+    end,
+    lines = function(path, ...)
+      if path == nil then
+        error("io.lines: a path is needed", 2)
+      end
+      return io.lines(path, ...)
+    end,
+  }
+  env.load = function(chunk, name, mode, e)
+    if mode ~= nil and mode ~= "t" then
+      error("load: playbooks load text chunks only", 2)
+    end
+    return load(chunk, name, "t", e or env)
+  end
+  env.require = function(name)
+    local m = type(name) == "string" and name:match("^hrun%.(.+)$")
+    if m and modules[m] then
+      return modules[m]
+    end
+    error(string.format("require: playbooks may require hrun's modules only (hrun.%s …), not '%s'",
+      "fs", tostring(name)), 2)
+  end
+  for name, mod in pairs(modules) do
+    env[name] = mod
+  end
+  for name, fn in pairs(M.constructors()) do
+    env[name] = fn
+  end
+  env._G = env
+  return env
+end
+
+-- Is this source a playbook (it calls playbook{…} / playbook(…)), or a plain script?
+-- A small lexer skips comments and strings, so a mention in either does not count.
+function M.is_playbook_source(src)
+  local i, n = 1, #src
+  local prev_ident
+  while i <= n do
+    local c = src:sub(i, i)
+    if src:sub(i, i + 1) == "--" then
+      local eq = src:match("^%[(=*)%[", i + 2)
+      if eq then
+        local _, e = src:find("]" .. eq .. "]", i, true)
+        i = (e or n) + 1
+      else
+        local e = src:find("\n", i, true)
+        i = (e or n) + 1
+      end
+      prev_ident = nil
+    elseif c == '"' or c == "'" then
+      local j = i + 1
+      while j <= n do
+        local d = src:sub(j, j)
+        if d == "\\" then
+          j = j + 2
+        elseif d == c or d == "\n" then
+          break
+        else
+          j = j + 1
+        end
+      end
+      if prev_ident == "playbook" then
+        return true
+      end
+      i = j + 1
+      prev_ident = nil
+    elseif c == "[" and src:match("^%[=*%[", i) then
+      local eq = src:match("^%[(=*)%[", i)
+      local _, e = src:find("]" .. eq .. "]", i, true)
+      i = (e or n) + 1
+      prev_ident = nil
+    elseif c:match("[%a_]") then
+      local word = src:match("^[%w_]+", i)
+      prev_ident = word
+      i = i + #word
+    elseif c:match("%s") then
+      i = i + 1
+    else
+      if prev_ident == "playbook" and (c == "{" or c == "(") then
+        return true
+      end
+      prev_ident = (c == ".") and "." or nil
+      i = i + 1
+    end
+  end
+  return false
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Parameters: the playbook's params are the defaults; -p key=value and --params FILE
+-- override them. Every key must be declared; values take the type of the default.
+-- ======================================================
+
+local function convert(value, default, key)
+  local want = type(default)
+  if want == "string" then
+    return value
+  elseif want == "number" then
+    local n = tonumber(value)
+    if n == nil then
+      return nil, string.format("parameter '%s' must be a number, got '%s'", key, value)
+    end
+    return n
+  elseif want == "boolean" then
+    local b = ({ ["true"] = true, yes = true, ["1"] = true, on = true,
+      ["false"] = false, no = false, ["0"] = false, off = false })[value:lower()]
+    if b == nil then
+      return nil, string.format("parameter '%s' must be true or false, got '%s'", key, value)
+    end
+    return b
+  elseif want == "table" then
+    local v, err = require("hrun.json").decode(value)
+    if type(v) ~= "table" then
+      return nil, string.format("parameter '%s' takes a JSON list or object: %s", key, err or value)
+    end
+    return v
+  end
+  return value
+end
+
+local function read_params_file(path)
+  local fs = require "hrun.fs"
+  local text, err = fs.read(path)
+  if not text then
+    return nil, err
+  end
+  if path:match("%.json$") then
+    local v, jerr = require("hrun.json").decode(text)
+    if type(v) ~= "table" then
+      return nil, string.format("%s: not a JSON object: %s", path, jerr or "")
+    end
+    return v
+  end
+  -- a Lua table: data only, no globals
+  local fn, lerr = load(text, "@" .. path, "t", {})
+  if not fn then
+    return nil, lerr
+  end
+  local ok, v = pcall(fn)
+  if not ok then
+    return nil, v
+  end
+  if type(v) ~= "table" then
+    return nil, string.format("%s: must return a table of parameters", path)
+  end
+  return v
+end
+
+-- params(pb, files, pairs, nearest) → params | nil, problems. files: --params FILE…
+-- (applied in order), pairs: {"key=value", …} from -p (applied last).
+function M.params(pb, files, kvs, nearest)
+  local p = new_problems(nearest)
+  local out = {}
+  for k, v in pairs(pb.params) do
+    out[k] = v
+  end
+  local function check_key(key, from)
+    if pb.params[key] == nil then
+      local near = nearest(key, sorted_keys(pb.params))
+      p:add(nil, "%s: the playbook has no parameter '%s'%s", from, key,
+        near and string.format(" (did you mean '%s'?)", near) or "")
+      return false
+    end
+    return true
+  end
+  for _, file in ipairs(files) do
+    local t, err = read_params_file(file)
+    if not t then
+      p:add(nil, "--params %s", err)
+    else
+      for k, v in pairs(t) do
+        if check_key(k, file) then
+          if type(v) ~= type(pb.params[k]) then
+            p:add(nil, "%s: parameter '%s' must be a %s, got %s", file, k, type(pb.params[k]), type(v))
+          else
+            out[k] = v
+          end
+        end
+      end
+    end
+  end
+  for _, kv in ipairs(kvs) do
+    local key, value = kv:match("^([^=]+)=(.*)$")
+    if not key then
+      p:add(nil, "-p %s: expected key=value", kv)
+    elseif check_key(key, "-p " .. kv) then
+      local v, err = convert(value, pb.params[key], key)
+      if err then
+        p:add(nil, "-p %s: %s", kv, err)
+      else
+        out[key] = v
+      end
+    end
+  end
+  if #p.list > 0 then
+    return nil, p.list
+  end
+  return out
+end
+
+-- }======================================================
+
+return M

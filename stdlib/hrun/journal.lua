@@ -1,0 +1,320 @@
+-- hrun.journal: the write-ahead run journal, in SQLite (STATE/journal.db, WAL,
+-- synchronous=FULL). Before a write primitive acts, its intent and its inverse are
+-- committed; after, its result. Step boundaries are committed too. After a crash the
+-- journal alone says what may have happened and how to undo it.
+--
+-- The engine opens it with journal.open(priv, dir); playbooks and the REPL read runs
+-- through the module functions journal.runs() and journal.run(id).
+
+local codec = require "hrun.codec"
+
+local M = {}
+local Journal = {}
+Journal.__index = Journal
+
+-- {======================================================
+-- Schema: one migration per version, applied in order (PRAGMA user_version)
+-- ======================================================
+
+local migrations = {
+  [1] = [[
+    CREATE TABLE runs (
+      id INTEGER PRIMARY KEY,
+      playbook TEXT NOT NULL,          -- its name
+      version TEXT,
+      path TEXT NOT NULL,              -- the file it was loaded from
+      hash TEXT NOT NULL,              -- of its content (sha256 when available)
+      git_commit TEXT,                 -- filled by the git integration
+      git_dirty INTEGER,
+      params TEXT NOT NULL,            -- JSON
+      mode TEXT NOT NULL,              -- run | debug
+      status TEXT NOT NULL,            -- running, done, stopped, rolled-back, rollback-incomplete
+      on_failure TEXT NOT NULL,
+      host TEXT, user TEXT, pid INTEGER, hrun_version TEXT,
+      shared TEXT NOT NULL DEFAULT '{}',  -- ctx.shared, JSON
+      error TEXT,
+      interrupted INTEGER NOT NULL DEFAULT 0,
+      started REAL NOT NULL, ended REAL
+    );
+    CREATE TABLE phases (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      name TEXT NOT NULL,
+      status TEXT NOT NULL,            -- running, done, failed
+      started REAL NOT NULL, ended REAL
+    );
+    CREATE TABLE steps (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      phase TEXT NOT NULL,
+      name TEXT NOT NULL,
+      kind TEXT NOT NULL,              -- step | check
+      status TEXT NOT NULL,            -- running, done, failed, skipped, interrupted,
+                                       -- undone, undo-failed
+      attempts INTEGER NOT NULL DEFAULT 0,
+      state TEXT,                      -- ctx.state, JSON
+      has_undo INTEGER NOT NULL DEFAULT 0,
+      irreversible INTEGER NOT NULL DEFAULT 0,
+      error TEXT,
+      undo_error TEXT,
+      started REAL NOT NULL, ended REAL
+    );
+    CREATE TABLE effects (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      step INTEGER NOT NULL REFERENCES steps(id),
+      op TEXT NOT NULL,                -- fs.write
+      args TEXT NOT NULL,              -- for people (long strings cut): JSON
+      inverse TEXT,                    -- how to undo it, exact: JSON list of {op, args}
+      no_inverse TEXT,                 -- why it cannot be undone
+      status TEXT NOT NULL,            -- intent, done, failed, undone, undo-failed
+      result TEXT, error TEXT,
+      started REAL NOT NULL, ended REAL
+    );
+    CREATE TABLE events (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      time REAL NOT NULL,
+      event TEXT NOT NULL,
+      data TEXT NOT NULL               -- the whole event, JSON
+    );
+    CREATE INDEX steps_run ON steps(run);
+    CREATE INDEX effects_step ON effects(step);
+    CREATE INDEX events_run ON events(run);
+  ]],
+}
+
+M.schema_version = #migrations
+
+local function migrate(db)
+  local version = db:query("PRAGMA user_version")[1].user_version
+  if version > #migrations then
+    error(string.format("journal: written by a newer hrun (schema %d, this hrun knows %d)", version,
+      #migrations), 0)
+  end
+  for v = version + 1, #migrations do
+    db:exec("BEGIN IMMEDIATE")
+    local ok, err = pcall(db.exec, db, migrations[v] .. string.format("; PRAGMA user_version = %d;", v))
+    if not ok then
+      db:exec("ROLLBACK")
+      error(err, 0)
+    end
+    db:exec("COMMIT")
+  end
+end
+
+-- }======================================================
+
+-- open(priv, state_dir) → journal | nil, message, code. Creates the state directory
+-- (0700) and the database (0600).
+function M.open(priv, dir)
+  local fs = require "hrun.fs"
+  if not fs.exists(dir) then
+    local ok, err, code = fs.mkdir(dir, { parents = true, mode = "0700" })
+    if not ok then
+      return nil, err, code
+    end
+  end
+  local path = dir .. "/journal.db"
+  local db, err, code = priv.db_open(path)
+  if not db then
+    return nil, err, code
+  end
+  require("hrun.exec").run({ "chmod", "0600", path }, { readonly = true, check = false })
+  migrate(db)
+  return setmetatable({ db = db, dir = dir, priv = priv }, Journal)
+end
+
+function Journal:close()
+  self.db:close()
+end
+
+-- Runs fn inside one transaction (committed durably, or rolled back on error).
+function Journal:transaction(fn, ...)
+  self.db:exec("BEGIN IMMEDIATE")
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    self.db:exec("ROLLBACK")
+    error(err, 0)
+  end
+  self.db:exec("COMMIT")
+end
+
+-- {======================================================
+-- Runs, phases, steps
+-- ======================================================
+
+function Journal:new_run(r)
+  local _, id = self.db:run([[INSERT INTO runs (playbook, version, path, hash, params, mode, status,
+      on_failure, host, user, pid, hrun_version, started)
+      VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)]],
+    r.playbook, r.version, r.path, r.hash, codec.encode(r.params), r.mode, r.on_failure, r.host,
+    r.user, r.pid, r.hrun_version, r.started)
+  return id
+end
+
+function Journal:set_run(id, fields)
+  local keys = {}
+  for k in pairs(fields) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys) -- the same fields give the same statement text: one cached statement
+  local sets, values = {}, {}
+  for i, k in ipairs(keys) do
+    sets[i] = k .. " = ?"
+    values[i] = fields[k]
+  end
+  values[#keys + 1] = id
+  self.db:run("UPDATE runs SET " .. table.concat(sets, ", ") .. " WHERE id = ?", table.unpack(values, 1, #keys + 1))
+end
+
+function Journal:new_phase(run, name, time)
+  local _, id = self.db:run("INSERT INTO phases (run, name, status, started) VALUES (?, ?, 'running', ?)",
+    run, name, time)
+  return id
+end
+
+function Journal:end_phase(id, status, time)
+  self.db:run("UPDATE phases SET status = ?, ended = ? WHERE id = ?", status, time, id)
+end
+
+function Journal:new_step(s)
+  local _, id = self.db:run([[INSERT INTO steps (run, phase, name, kind, status, has_undo, irreversible,
+      started) VALUES (?, ?, ?, ?, ?, ?, ?, ?)]],
+    s.run, s.phase, s.name, s.kind, s.status or "running", s.has_undo and 1 or 0, s.irreversible and 1 or 0,
+    s.started)
+  return id
+end
+
+function Journal:end_step(id, f)
+  self.db:run("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ? WHERE id = ?",
+    f.status, f.attempts or 0, f.state, f.error, f.ended, id)
+end
+
+function Journal:set_step_status(id, status, undo_error)
+  self.db:run("UPDATE steps SET status = ?, undo_error = ? WHERE id = ?", status, undo_error, id)
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Effects: intent (with the inverse) before, result after
+-- ======================================================
+
+function Journal:intent(e)
+  local _, id = self.db:run([[INSERT INTO effects (run, step, op, args, inverse, no_inverse, status, started)
+      VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)]],
+    e.run, e.step, e.op, e.args, e.inverse and codec.encode(e.inverse) or nil, e.no_inverse, e.started)
+  return id
+end
+
+function Journal:effect_end(id, status, result, err, time)
+  self.db:run("UPDATE effects SET status = ?, result = ?, error = ?, ended = ? WHERE id = ?",
+    status, result, err, time, id)
+end
+
+function Journal:set_effect_status(id, status, err)
+  self.db:run("UPDATE effects SET status = ?, error = coalesce(?, error) WHERE id = ?", status, err, id)
+end
+
+-- The effects of a step that may have happened (intent or done) or whose undo failed
+-- before, newest first.
+function Journal:effects_to_undo(step)
+  local rows = self.db:query([[SELECT * FROM effects WHERE step = ?
+      AND status IN ('intent', 'done', 'undo-failed') ORDER BY id DESC]], step)
+  for _, e in ipairs(rows) do
+    e.inverse = codec.decode(e.inverse)
+  end
+  return rows
+end
+
+function Journal:event(run, ev)
+  self.db:run("INSERT INTO events (run, time, event, data) VALUES (?, ?, ?, ?)", run, ev.time, ev.event,
+    codec.summary(ev))
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Reading
+-- ======================================================
+
+-- runs(n) → the latest n runs, newest first, with step counts
+function Journal:runs(n)
+  return self.db:query([[SELECT r.*,
+      (SELECT count(*) FROM steps s WHERE s.run = r.id AND s.kind = 'step' AND s.status = 'done') AS steps_done,
+      (SELECT count(*) FROM steps s WHERE s.run = r.id AND s.kind = 'step') AS steps_run
+      FROM runs r ORDER BY r.id DESC LIMIT ?]], n or 20)
+end
+
+-- run(id) → the run with its phases, steps (each with its effects) and events
+function Journal:run(id)
+  local r = self.db:query("SELECT * FROM runs WHERE id = ?", id)[1]
+  if not r then
+    return nil
+  end
+  r.params = codec.decode(r.params)
+  r.shared = codec.decode(r.shared)
+  r.phases = self.db:query("SELECT * FROM phases WHERE run = ? ORDER BY id", id)
+  r.steps = self.db:query("SELECT * FROM steps WHERE run = ? ORDER BY id", id)
+  for _, s in ipairs(r.steps) do
+    s.state = codec.decode(s.state)
+    s.effects = self.db:query("SELECT * FROM effects WHERE step = ? ORDER BY id", s.id)
+    for _, e in ipairs(s.effects) do
+      e.inverse = codec.decode(e.inverse)
+    end
+  end
+  r.events = self.db:query("SELECT * FROM events WHERE run = ? ORDER BY id", id)
+  return r
+end
+
+function Journal:latest_run()
+  local r = self.db:query("SELECT id FROM runs ORDER BY id DESC LIMIT 1")[1]
+  return r and r.id
+end
+
+-- The steps of a run that rollback must consider, newest first.
+function Journal:steps_to_undo(run)
+  local rows = self.db:query([[SELECT * FROM steps WHERE run = ? AND kind = 'step'
+      AND status IN ('done', 'failed', 'running', 'interrupted', 'undo-failed') ORDER BY id DESC]], run)
+  for _, s in ipairs(rows) do
+    s.state = codec.decode(s.state)
+  end
+  return rows
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The `journal` module of playbooks and the REPL: reading past runs
+-- ======================================================
+
+-- public(priv, dir) → {runs = fn(n), run = fn(id)} over the journal in dir
+function M.public(priv, dir)
+  local j
+  local function get()
+    if not j then
+      if not require("hrun.fs").exists(dir .. "/journal.db") then
+        return nil
+      end
+      j = assert(M.open(priv, dir))
+    end
+    return j
+  end
+  return {
+    -- journal.runs([n]) → the latest n runs (20), newest first
+    runs = function(n)
+      local jj = get()
+      return jj and jj:runs(n) or {}
+    end,
+    -- journal.run(id) → one run in full (phases, steps, effects, events), or nil
+    run = function(id)
+      local jj = get()
+      return jj and jj:run(id)
+    end,
+  }
+end
+
+-- }======================================================
+
+return M

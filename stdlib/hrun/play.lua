@@ -1,0 +1,454 @@
+-- hrun.play: the playbook commands — run, plan, check, resume, rollback, runs, show.
+-- Each takes the private library, the parsed options and its arguments, and returns
+-- the exit status; the command line (hrun.cli) parses and dispatches.
+
+local dsl = require "hrun.dsl"
+local exec = require "hrun.exec"
+local fs = require "hrun.fs"
+local json = require "hrun.json"
+local journal_mod = require "hrun.journal"
+local runner_mod = require "hrun.runner"
+local sys = require "hrun.sys"
+local ui_mod = require "hrun.ui"
+
+local M = {}
+
+local EXIT_FAILED, EXIT_BAD, EXIT_LOCKED = 1, 3, 4
+
+-- Raised for a problem the user must fix before anything runs: exit 3.
+local Bad = {}
+Bad.__index = Bad
+local function bad(lines)
+  error(setmetatable({ lines = type(lines) == "table" and lines or { lines } }, Bad), 0)
+end
+M.Bad = Bad
+
+local function sha256(data)
+  local r = exec.run({ "sha256sum" }, { stdin = data, readonly = true })
+  return r.stdout:match("^(%x+)")
+end
+
+-- The modules a playbook sees as globals.
+function M.modules(priv, state)
+  return {
+    fs = fs, exec = exec, json = json, sys = sys,
+    journal = journal_mod.public(priv, state),
+  }
+end
+
+-- load(priv, path, state) → playbook, hash; raises Bad with every problem found.
+function M.load(priv, path, state)
+  local src, err = fs.read(path)
+  if not src then
+    bad(err)
+  end
+  local env = dsl.environment(M.modules(priv, state))
+  local chunk, lerr = load(src, "@" .. path, "t", env)
+  if not chunk then
+    bad(lerr)
+  end
+  local ok, res = pcall(chunk)
+  if not ok then
+    bad(tostring(res))
+  end
+  local pb, problems = dsl.validate(res, priv.nearest)
+  if not pb then
+    for i, p in ipairs(problems) do
+      if not p:find("^[^:]+:%d+: ") then
+        problems[i] = path .. ": " .. p
+      end
+    end
+    bad(problems)
+  end
+  return pb, sha256(src)
+end
+
+-- Checks --from and --only against the playbook.
+local function check_selection(priv, pb, opts)
+  local phases, steps = {}, {}
+  for _, ph in ipairs(pb.phases) do
+    phases[#phases + 1] = ph.name
+    for _, item in ipairs(ph.items) do
+      if item.kind == "step" then
+        steps[#steps + 1] = item.name
+        steps[#steps + 1] = ph.name .. "/" .. item.name
+      end
+    end
+  end
+  local function known(list, v)
+    for _, x in ipairs(list) do
+      if x == v then
+        return true
+      end
+    end
+  end
+  local problems = {}
+  local function check(flag, v, list, what)
+    if v and not known(list, v) then
+      local near = priv.nearest(v, list)
+      problems[#problems + 1] = string.format("%s %s: the playbook has no %s '%s'%s", flag, v, what, v,
+        near and string.format(" (did you mean '%s'?)", near) or "")
+    end
+  end
+  check("--only", opts.only, phases, "phase")
+  check("--from", opts.from, steps, "step")
+  for _, b in ipairs(opts.break_at or {}) do
+    check("--break", b, steps, "step")
+  end
+  if opts.from and opts.only then
+    local in_phase = false
+    for _, ph in ipairs(pb.phases) do
+      if ph.name == opts.only then
+        for _, item in ipairs(ph.items) do
+          if item.name == opts.from or ph.name .. "/" .. item.name == opts.from then
+            in_phase = true
+          end
+        end
+      end
+    end
+    if not in_phase and #problems == 0 then
+      problems[#problems + 1] = string.format("--from %s is not in the phase --only %s", opts.from, opts.only)
+    end
+  end
+  if #problems > 0 then
+    bad(problems)
+  end
+end
+
+local function new_ui(priv, opts)
+  return ui_mod.new({ json = opts.json, tty = priv.isatty(1), color = opts.color, verbose = opts.verbose })
+end
+
+local function self_pid()
+  return tonumber(fs.stat("/proc/self", { follow = false }).target)
+end
+
+-- Takes the state directory's lock, or raises with the holder (exit 4).
+local function lock(priv, state, note)
+  local handle, holder, code = priv.lock(state .. "/lock")
+  if not handle then
+    if code == "ELOCKED" then
+      error(setmetatable({ locked = holder }, Bad), 0)
+    end
+    bad(holder)
+  end
+  handle:note(note)
+  return handle
+end
+
+local function open_journal(priv, state)
+  local j, err = journal_mod.open(priv, state)
+  if not j then
+    bad(err)
+  end
+  return j
+end
+
+local function stash_dir(state, run_id)
+  local dir = string.format("%s/runs/%d/stash", state, run_id)
+  assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
+  return dir
+end
+
+-- {======================================================
+-- hrun PLAYBOOK, hrun plan PLAYBOOK
+-- ======================================================
+
+-- setup(runner), if given, sees the runner before it starts (the debugger attaches).
+function M.run(priv, opts, path, state, setup)
+  local pb, hash = M.load(priv, path, state)
+  local params, problems = dsl.params(pb, opts.params_files or {}, opts.params or {}, priv.nearest)
+  if not params then
+    bad(problems)
+  end
+  check_selection(priv, pb, opts)
+  local ui = new_ui(priv, opts)
+  if opts.plan then
+    local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, plan = true, path = path,
+      opts = opts })
+    return r:run()
+  end
+  assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
+  local lk <close> = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
+    ui_mod.timestamp(sys.now())))
+  local j = open_journal(priv, state)
+  local run_id = j:new_run({ playbook = pb.name, version = pb.version, path = path, hash = hash, params = params,
+    mode = opts.debug and "debug" or "run", on_failure = pb.on_failure, host = sys.hostname(),
+    user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
+    hrun_version = priv.version,
+    started = sys.now() })
+  lk:note(string.format("pid %d, run %d (%s), since %s", self_pid(), run_id, path, ui_mod.timestamp(sys.now())))
+  priv.setstash(stash_dir(state, run_id))
+  local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
+    path = path, opts = opts })
+  if setup then
+    setup(r)
+  end
+  local exit = r:run()
+  priv.setstash(nil)
+  j:close()
+  return exit
+end
+
+-- }======================================================
+
+-- {======================================================
+-- hrun check PLAYBOOK: validate, and lint the globals it uses
+-- ======================================================
+
+-- The globals a chunk reads and writes, with their lines, from luac's listing.
+local function globals_used(path)
+  local r = exec.run({ "luac5.4", "-l", "-l", "-p", path }, { check = false, readonly = true })
+  if not r.ok then
+    return nil, r.stderr
+  end
+  local uses = {}
+  for line, op, name in r.stdout:gmatch("%[(%d+)%]%s+([GS]ETTABUP)[^\n]-; _ENV \"([^\"]+)\"") do
+    uses[#uses + 1] = { line = tonumber(line), name = name, set = op == "SETTABUP" }
+  end
+  return uses
+end
+
+function M.check(priv, opts, path, state)
+  local pb = M.load(priv, path, state)
+  check_selection(priv, pb, opts)
+  local env = dsl.environment(M.modules(priv, state))
+  local warnings = {}
+  local uses, err = globals_used(path)
+  if not uses then
+    warnings[#warnings + 1] = "the lint could not run: " .. tostring(err)
+  else
+    local names = {}
+    for k in pairs(env) do
+      names[#names + 1] = k
+    end
+    for _, u in ipairs(uses) do
+      if u.set then
+        warnings[#warnings + 1] = string.format("%s:%d: sets the global '%s' (use local)", path, u.line, u.name)
+      elseif env[u.name] == nil then
+        local near = priv.nearest(u.name, names)
+        warnings[#warnings + 1] = string.format("%s:%d: undefined global '%s'%s", path, u.line, u.name,
+          near and string.format(" (did you mean '%s'?)", near) or "")
+      end
+    end
+  end
+  local steps, checks = 0, 0
+  for _, ph in ipairs(pb.phases) do
+    for _, item in ipairs(ph.items) do
+      if item.kind == "step" then
+        steps = steps + 1
+      else
+        checks = checks + 1
+      end
+    end
+  end
+  if opts.json then
+    io.stdout:write(json.encode({ event = "check", playbook = pb.name, ok = #warnings == 0, warnings = warnings,
+      phases = #pb.phases, steps = steps, checks = checks, capabilities = json.array(pb.capabilities) }), "\n")
+  else
+    for _, w in ipairs(warnings) do
+      io.stderr:write("hrun: warning: ", w, "\n")
+    end
+    io.stdout:write(string.format("%s: %s%s — %d phase%s, %d step%s, %d check%s; capabilities: %s\n", path,
+      pb.name, pb.version and (" " .. pb.version) or "", #pb.phases, #pb.phases == 1 and "" or "s", steps,
+      steps == 1 and "" or "s", checks, checks == 1 and "" or "s",
+      #pb.capabilities > 0 and table.concat(pb.capabilities, ", ") or "none declared"))
+  end
+  return #warnings == 0 and 0 or EXIT_BAD
+end
+
+-- }======================================================
+
+-- {======================================================
+-- hrun resume [RUN], hrun rollback [RUN]
+-- ======================================================
+
+local function pick_run(j, arg)
+  local id = arg and tonumber(arg) or j:latest_run()
+  if arg and not tonumber(arg) then
+    bad(string.format("'%s' is not a run number ('hrun runs' lists them)", arg))
+  end
+  if not id then
+    bad("the journal has no runs yet")
+  end
+  local r = j:run(id)
+  if not r then
+    bad(string.format("there is no run %d ('hrun runs' lists them)", id))
+  end
+  return r
+end
+
+-- The playbook of a journaled run, if it is still there and unchanged.
+local function reload(priv, r, state)
+  if not fs.exists(r.path) then
+    return nil, "the playbook " .. r.path .. " is gone"
+  end
+  local ok, pb, hash = pcall(M.load, priv, r.path, state)
+  if not ok then
+    return nil, "the playbook " .. r.path .. " no longer loads"
+  end
+  if hash ~= r.hash then
+    return nil, string.format("the playbook %s changed since run %d began", r.path, r.id), pb, hash
+  end
+  return pb
+end
+
+function M.resume(priv, opts, arg, state)
+  local lk <close> = lock(priv, state, string.format("pid %d, resuming, since %s", self_pid(),
+    ui_mod.timestamp(sys.now())))
+  local j = open_journal(priv, state)
+  local r = pick_run(j, arg)
+  if r.status ~= "running" and r.status ~= "stopped" then
+    bad(string.format("run %d is %s: there is nothing to resume", r.id, r.status))
+  end
+  local pb, why, changed = reload(priv, r, state)
+  if not pb and changed and opts.force then
+    io.stderr:write("hrun: warning: ", why, "; resuming anyway (--force)\n")
+    pb = changed
+  elseif not pb and changed then
+    bad(why .. ": check the change, then resume with --force")
+  elseif not pb then
+    bad(why .. ": it cannot be resumed ('hrun rollback " .. r.id .. "' undoes what it did)")
+  end
+  lk:note(string.format("pid %d, run %d (%s, resumed), since %s", self_pid(), r.id, r.path,
+    ui_mod.timestamp(sys.now())))
+  priv.setstash(stash_dir(state, r.id))
+  local ui = new_ui(priv, opts)
+  local run = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = r.params, journal = j, run_id = r.id,
+    path = r.path, opts = opts, shared = r.shared, resumed = true })
+  -- completed steps are not run again; the step that was running when hrun stopped is
+  -- undone (unless it says resume = "rerun") and runs again from its start
+  local done = {}
+  for _, s in ipairs(r.steps) do
+    if s.kind == "step" and s.status == "done" then
+      done[s.phase .. "/" .. s.name] = true
+    end
+  end
+  run.resume_done = done
+  j:set_run(r.id, { status = "running", pid = self_pid(), interrupted = 0 })
+  run:install_hooks()
+  for _, s in ipairs(r.steps) do
+    if s.kind == "step" and (s.status == "running" or s.status == "interrupted" or s.status == "failed") then
+      local def = run:find_step(s.phase, s.name)
+      if def and def.resume == "rerun" then
+        j:set_step_status(s.id, "interrupted")
+      else
+        local ok, err = run:undo_effects(s.id, s.irreversible == 1)
+        j:set_step_status(s.id, ok and "undone" or "undo-failed", err)
+        run:emit({ event = "undo", phase = s.phase, step = s.name, how = "inverses, before running it again",
+          status = ok and "undone" or "failed", error = err })
+        if not ok then
+          run:remove_hooks()
+          bad(string.format("step '%s' was interrupted and its effects cannot be undone: %s", s.name, err))
+        end
+      end
+    end
+  end
+  run:remove_hooks()
+  local exit = run:run()
+  priv.setstash(nil)
+  j:close()
+  return exit
+end
+
+function M.rollback(priv, opts, arg, state)
+  local lk <close> = lock(priv, state, string.format("pid %d, rolling back, since %s", self_pid(),
+    ui_mod.timestamp(sys.now())))
+  local j = open_journal(priv, state)
+  local r = pick_run(j, arg)
+  lk:note(string.format("pid %d, rolling back run %d, since %s", self_pid(), r.id, ui_mod.timestamp(sys.now())))
+  if r.status == "rolled-back" then
+    io.stdout:write(string.format("run %d is already rolled back: nothing to undo\n", r.id))
+    return 0
+  end
+  local pb, why = reload(priv, r, state)
+  if not pb then
+    io.stderr:write("hrun: warning: ", why, ": undoing with the journaled inverses only\n")
+  end
+  priv.setstash(stash_dir(state, r.id))
+  local run = runner_mod.new({ priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j,
+    run_id = r.id, path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook })
+  local exit = run:rollback_run(string.format("hrun rollback %d", r.id))
+  priv.setstash(nil)
+  j:close()
+  return exit
+end
+
+-- }======================================================
+
+-- {======================================================
+-- hrun runs, hrun show RUN
+-- ======================================================
+
+-- Is the state directory's lock free (no run in progress)?
+local function lock_free(priv, state)
+  local handle = priv.lock(state .. "/lock")
+  if handle then
+    handle:release()
+    return true
+  end
+  return false
+end
+
+local function existing_journal(priv, state)
+  if not fs.exists(state .. "/journal.db") then
+    return nil
+  end
+  return open_journal(priv, state)
+end
+
+function M.runs(priv, opts, state)
+  local j = existing_journal(priv, state)
+  local rows = j and j:runs(tonumber(opts.count) or 20) or {}
+  local free = lock_free(priv, state)
+  if opts.json then
+    for _, r in ipairs(rows) do
+      r.status = ui_mod.status_of(r, free)
+      io.stdout:write(require("hrun.codec").summary(r, 8192), "\n")
+    end
+  elseif #rows == 0 then
+    io.stdout:write("no runs yet in ", state, "\n")
+  else
+    io.stdout:write(ui_mod.runs_table(rows, free))
+  end
+  return 0
+end
+
+function M.show(priv, opts, arg, state)
+  local j = existing_journal(priv, state)
+  if not j then
+    bad("the journal has no runs yet (" .. state .. ")")
+  end
+  local r = pick_run(j, arg)
+  local free = lock_free(priv, state)
+  if opts.json then
+    r.status = ui_mod.status_of(r, free)
+    io.stdout:write(require("hrun.codec").summary(r, 1 << 20), "\n")
+  elseif opts.md then
+    io.stdout:write(ui_mod.markdown(r, free))
+  else
+    io.stdout:write(ui_mod.show(r, free))
+  end
+  return 0
+end
+
+-- }======================================================
+
+-- Reports what M's commands raise: returns the exit status.
+function M.report(err, report_error)
+  if getmetatable(err) ~= Bad then
+    return nil
+  end
+  if err.locked then
+    report_error("another run holds the lock: " .. err.locked)
+    return EXIT_LOCKED
+  end
+  for _, line in ipairs(err.lines) do
+    report_error(line)
+  end
+  return EXIT_BAD
+end
+
+M.EXIT_FAILED = EXIT_FAILED
+
+return M

@@ -1,0 +1,728 @@
+-- hrun.runner: runs a validated playbook. Steps are transactions, the playbook a saga:
+-- every write a step makes goes through the registry's hooks, which commit its intent
+-- and its inverse to the journal before it acts (or, in plan mode, record it and
+-- stand in for it). A failed step is undone through its effects' inverses, then the
+-- completed steps newest first, each by its own undo or by its inverses.
+
+local codec = require "hrun.codec"
+local json = require "hrun.json"
+local sys = require "hrun.sys"
+
+local M = {}
+local Runner = {}
+Runner.__index = Runner
+
+M.EXIT = { done = 0, ["rolled-back"] = 1, stopped = 1, ["rollback-incomplete"] = 2, interrupted = 130 }
+
+-- What a planned write returns instead of running: what it would return.
+local placeholders = {
+  ["exec.run"] = function()
+    return { ok = true, code = 0, stdout = "", stderr = "", seconds = 0, timed_out = false, planned = true }
+  end,
+  ["fs.copy"] = function(_, dst)
+    return dst
+  end,
+  ["fs.rename"] = function(_, dst)
+    return dst
+  end,
+}
+placeholders["exec.sh"] = placeholders["exec.run"]
+
+local function placeholder(name, ...)
+  local f = placeholders[name]
+  if f then
+    return f(...)
+  end
+  local first = ...
+  return first == nil and true or first
+end
+
+-- The arguments of a call as a list JSON can hold (nil holes as null).
+local function arglist(args)
+  local out = json.array()
+  for i = 1, args.n do
+    local v = args[i]
+    if v == nil then
+      v = json.null
+    end
+    out[i] = v
+  end
+  return out
+end
+
+-- A read-only view of t (and of the tables in it).
+local function readonly(t)
+  if type(t) ~= "table" then
+    return t
+  end
+  return setmetatable({}, {
+    __index = function(_, k)
+      return readonly(t[k])
+    end,
+    __newindex = function(_, k)
+      error(string.format("ctx.params is read-only (tried to set '%s')", tostring(k)), 2)
+    end,
+    __len = function()
+      return #t
+    end,
+    __pairs = function()
+      return function(_, k)
+        local nk, nv = next(t, k)
+        return nk, readonly(nv)
+      end, nil, nil
+    end,
+  })
+end
+
+-- o: priv, ui, pb (validated), params, journal (nil for plans), opts {plan, yes, from,
+-- only, verbose}, path, hash
+function M.new(o)
+  local r = setmetatable(o, Runner)
+  r.shared = r.shared or {}
+  r.effect_stack = {}
+  r.crash_counts = {}
+  r.planned = 0
+  r.irreversible_planned = 0
+  r.ro_params = readonly(r.params or {})
+  return r
+end
+
+-- {======================================================
+-- Events: to the journal (real runs) and to the screen
+-- ======================================================
+
+function Runner:emit(ev)
+  ev.time = ev.time or sys.now()
+  if self.journal and self.run_id then
+    self.journal:event(self.run_id, ev)
+  end
+  self.ui:event(ev)
+end
+
+-- The test suite's fault injection: HRUN_TEST_CRASH=point:N kills hrun (SIGKILL) the
+-- Nth time it reaches point (step-start, step-done, effect-intent, effect-done,
+-- undo-effect).
+function Runner:maybe_crash(point)
+  local spec = sys.env("HRUN_TEST_CRASH")
+  if not spec then
+    return
+  end
+  local want, n = spec:match("^([%w-]+):(%d+)$")
+  if want ~= point then
+    return
+  end
+  self.crash_counts[point] = (self.crash_counts[point] or 0) + 1
+  if self.crash_counts[point] == tonumber(n) then
+    self.priv.crash()
+  end
+end
+
+local function message_of(e)
+  if type(e) == "string" then
+    return e
+  end
+  return require("hrun.pretty").format(e)
+end
+
+-- The message handler of every call into the playbook: the message goes to the
+-- journal and the screen; with -v the traceback is kept for the next step-end event.
+function Runner:handler()
+  return function(e)
+    local msg = message_of(e)
+    if self.opts.verbose then
+      self.traceback = debug.traceback(msg, 2)
+    end
+    return msg
+  end
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The hooks: every call of a primitive passes here while the playbook runs
+-- ======================================================
+
+function Runner:before(call, ...)
+  if not call.writes or self.undoing then
+    return
+  end
+  local cur = self.current
+  if cur and cur.kind ~= "step" then
+    error(string.format("%s '%s' must not change the system (it called %s): only run and undo may",
+      cur.kind, cur.name, call.name), 0)
+  end
+  local args = table.pack(...)
+  if self.plan then
+    local inverse, why = self.priv.inverse(call.name, ...)
+    self.planned = self.planned + 1
+    if not inverse then
+      self.irreversible_planned = self.irreversible_planned + 1
+    end
+    self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
+      op = call.name, args = arglist(args), inverse = inverse, no_inverse = why })
+    return true, placeholder(call.name, ...)
+  end
+  if not cur then
+    error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
+      call.name), 0)
+  end
+  -- the inverse is computed (and what the write destroys saved) before the intent is
+  -- committed, and the intent before the write: after a crash, the journal knows
+  local inverse, why = self.priv.inverse(call.name, ...)
+  local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name,
+    args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = sys.now() })
+  self.effect_stack[#self.effect_stack + 1] = id
+  self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
+    inverse = inverse, no_inverse = why })
+  self:maybe_crash("effect-intent")
+end
+
+function Runner:after(call, nres, ...)
+  if not call.writes or self.undoing or self.plan then
+    return
+  end
+  local id = table.remove(self.effect_stack)
+  if not id then
+    return
+  end
+  local first, second = ...
+  local status, result, err = "done", nil, nil
+  if nres < 0 then
+    status, err = "failed", message_of(first)
+  elseif nres == 0 or first == nil or first == false then
+    status, err = "failed", second and message_of(second) or "returned nothing"
+  else
+    result = codec.summary(first)
+  end
+  self.journal:effect_end(id, status, result, err, sys.now())
+  self:maybe_crash("effect-done")
+end
+
+function Runner:install_hooks()
+  self.priv.sethooks(function(call, ...)
+    return self:before(call, ...)
+  end, function(call, nres, ...)
+    return self:after(call, nres, ...)
+  end)
+  self.priv.setstreamsink(function(line, stream)
+    local cur = self.current
+    self:emit({ event = "output", phase = cur and cur.phase, step = cur and cur.name, stream = stream,
+      line = require("hrun.pretty").utf8(line) })
+  end)
+end
+
+function Runner:remove_hooks()
+  self.priv.sethooks(nil)
+  self.priv.setstreamsink(nil)
+  self.priv.setdeadline(0)
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Steps
+-- ======================================================
+
+function Runner:ctx(phase, step, state)
+  return {
+    params = self.ro_params,
+    state = state or {},
+    shared = self.shared,
+    plan = self.plan or false,
+    run_id = self.run_id,
+    phase = phase,
+    step = step,
+    log = function(fmt, ...)
+      self:emit({ event = "log", phase = phase, step = step, message = string.format(fmt, ...) })
+    end,
+  }
+end
+
+-- Calls fn(ctx) as `kind` (when, verify, check: they must not write).
+function Runner:call_as(kind, name, phase, fn, ctx)
+  local saved = self.current
+  self.current = { kind = kind, name = name, phase = phase, id = saved and saved.id }
+  local res = table.pack(xpcall(fn, self:handler(), ctx))
+  self.current = saved
+  return table.unpack(res, 1, res.n)
+end
+
+function Runner:ask(step)
+  if self.opts.yes then
+    self:emit({ event = "log", phase = step.phase, step = step.name, message = "confirmed by --yes: " .. step.confirm })
+    return true
+  end
+  if self.plan then
+    return true
+  end
+  if not (self.priv.isatty(0) and self.priv.isatty(2)) then
+    return false, string.format("asks '%s': there is no terminal to ask on; run with --yes to answer yes",
+      step.confirm)
+  end
+  self.ui:pause()
+  io.stderr:write(step.confirm, " [y/N] ")
+  io.stderr:flush()
+  local answer = io.stdin:read("l") or ""
+  self.ui:resume()
+  if answer:match("^%s*[yY]") then
+    return true
+  end
+  return false, "not confirmed: " .. step.confirm
+end
+
+-- One attempt of run + verify, under the step's deadline.
+function Runner:attempt(step, ctx)
+  local deadline = step.timeout and (self.priv.monotime() + step.timeout) or 0
+  self.priv.setdeadline(deadline)
+  local ok, err = xpcall(step.run, self:handler(), ctx)
+  if ok and step.verify and not self.plan then
+    local vok, res, msg = self:call_as("verify", step.name, step.phase, step.verify, ctx)
+    self.priv.setdeadline(deadline) -- call_as ran Lua: the deadline still holds
+    if not vok then
+      ok, err = false, "verify: " .. res
+    elseif not res then
+      ok, err = false, "verify failed" .. (msg ~= nil and (": " .. tostring(msg)) or "")
+    end
+  end
+  self.priv.setdeadline(0)
+  if not ok then
+    if self.priv.interrupted() > 0 then
+      self.priv.clearinterrupt()
+      self.interrupted = true
+      err = "interrupted"
+    elseif deadline > 0 and self.priv.monotime() >= deadline - 0.001 and tostring(err):find("timed out", 1, true) then
+      err = string.format("timed out after %g s", step.timeout)
+    end
+  end
+  return ok, err
+end
+
+-- Runs a step: when, confirm, attempts (undoing a failed attempt's effects before the
+-- next), the journal rows. Returns ok, error.
+function Runner:run_step(step, resumed_state)
+  local ctx = self:ctx(step.phase, step.name, resumed_state)
+  self.last_ctx, self.last_step_id = ctx, nil
+  if step.when then
+    local ok, res = self:call_as("when", step.name, step.phase, step.when, ctx)
+    if not ok then
+      return self:fail_unjournaled(step, "when: " .. res)
+    elseif not res then
+      self:emit({ event = "step-skip", phase = step.phase, step = step.name, reason = "when is false" })
+      return true
+    end
+  end
+  if step.confirm then
+    local yes, why = self:ask(step)
+    if not yes then
+      return self:fail_unjournaled(step, why)
+    end
+  end
+  local started = sys.now()
+  local id
+  if not self.plan then
+    id = self.journal:new_step({ run = self.run_id, phase = step.phase, name = step.name, kind = "step",
+      has_undo = step.undo ~= nil, irreversible = step.irreversible, started = started })
+    self.last_step_id = id
+    self:maybe_crash("step-start")
+  end
+  self:emit({ event = "step-start", phase = step.phase, step = step.name })
+  local attempts, ok, err = 0
+  while true do
+    attempts = attempts + 1
+    self.current = { kind = "step", id = id, name = step.name, phase = step.phase }
+    ok, err = self:attempt(step, ctx)
+    self.current = nil
+    if ok or self.interrupted or self.plan or attempts > (step.retries or 0) then
+      break
+    end
+    self:emit({ event = "step-retry", phase = step.phase, step = step.name, attempt = attempts, error = err })
+    local undo_ok, undo_err = self:undo_effects(id, step.irreversible)
+    if not undo_ok then
+      err = err .. "; and its effects could not be undone before a retry: " .. undo_err
+      break
+    end
+    if (step.retry_delay or 0) > 0 then
+      sys.sleep(step.retry_delay)
+    end
+  end
+  local state_json
+  if ok and not self.plan then
+    local jok, jres = pcall(codec.encode, ctx.state)
+    if not jok then
+      ok, err = false, "ctx.state must hold JSON values only: " .. tostring(jres)
+    else
+      state_json = jres
+    end
+  end
+  local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
+  if not self.plan then
+    self.journal:transaction(function()
+      self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
+        ended = sys.now() })
+      if ok then
+        self.journal:set_run(self.run_id, { shared = codec.encode(self.shared) })
+      end
+    end)
+    if ok then
+      self:maybe_crash("step-done")
+    end
+  end
+  self:emit({ event = "step-end", phase = step.phase, step = step.name, status = status, error = err,
+    attempts = attempts, seconds = sys.now() - started, traceback = not ok and self.traceback or nil })
+  self.traceback = nil
+  return ok, err
+end
+
+-- A step that failed before it began (when raised, confirmation refused): journaled
+-- as failed, with no effects.
+function Runner:fail_unjournaled(step, err)
+  if not self.plan then
+    local id = self.journal:new_step({ run = self.run_id, phase = step.phase, name = step.name, kind = "step",
+      status = "failed", started = sys.now() })
+    self.journal:end_step(id, { status = "failed", error = err, ended = sys.now() })
+  end
+  self:emit({ event = "step-end", phase = step.phase, step = step.name, status = "failed", error = err,
+    seconds = 0 })
+  return false, err
+end
+
+function Runner:run_check(check)
+  local started = sys.now()
+  local ctx = self:ctx(check.phase, check.name)
+  local ok, res, msg = self:call_as("check", check.name, check.phase, check.fn, ctx)
+  local err
+  if not ok then
+    err = res
+  elseif not res then
+    err = msg ~= nil and tostring(msg) or "the check returned false"
+  end
+  if self.priv.interrupted() > 0 then
+    self.priv.clearinterrupt()
+    self.interrupted = true
+    err = "interrupted"
+  end
+  if not self.plan then
+    local id = self.journal:new_step({ run = self.run_id, phase = check.phase, name = check.name, kind = "check",
+      started = started })
+    self.journal:end_step(id, { status = err and "failed" or "done", attempts = 1, error = err, ended = sys.now() })
+  end
+  self:emit({ event = "check", phase = check.phase, check = check.name, status = err and "failed" or "ok",
+    error = err, seconds = sys.now() - started })
+  return err == nil, err
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Undo
+-- ======================================================
+
+-- The function behind an undo operation's name: "fs.remove" → fs.remove.
+local function operation(name)
+  local mod, fn = name:match("^([%w_]+)%.([%w_]+)$")
+  local m = mod and package.loaded["hrun." .. mod]
+  return m and m[fn]
+end
+
+-- Runs one effect's inverse operations in order. An effect that was only intended
+-- (hrun died before it finished) may not have happened: its inverse finding nothing
+-- to undo (ENOENT) is fine.
+function Runner.run_inverse(e)
+  for _, op in ipairs(e.inverse) do
+    local fn = operation(op.op)
+    if not fn then
+      return false, "unknown undo operation " .. tostring(op.op)
+    end
+    local args = op.args or {}
+    local ok, r, msg, code = pcall(fn, table.unpack(args, 1, #args))
+    if not ok then
+      return false, message_of(r)
+    elseif r == nil then
+      if not (e.status == "intent" and code == "ENOENT") then
+        return false, message_of(msg)
+      end
+    end
+  end
+  return true
+end
+
+-- Undoes the effects a step journaled, newest first. Returns ok, problems.
+function Runner:undo_effects(step_id, irreversible)
+  local problems = {}
+  for _, e in ipairs(self.journal:effects_to_undo(step_id)) do
+    local ok, err
+    if not e.inverse then
+      if irreversible then
+        ok, err = true, nil
+        self.journal:set_effect_status(e.id, "irreversible", nil)
+      else
+        ok, err = false, string.format("%s %s", e.no_inverse or (e.op .. " cannot be undone"), e.args)
+      end
+    else
+      self.undoing = true
+      ok, err = Runner.run_inverse(e)
+      self.undoing = false
+    end
+    if e.inverse or not irreversible then
+      self.journal:set_effect_status(e.id, ok and "undone" or "undo-failed", err)
+    end
+    self:emit({ event = "undo-effect", op = e.op, status = ok and "undone" or "failed", error = err })
+    self:maybe_crash("undo-effect")
+    if not ok then
+      problems[#problems + 1] = err
+    end
+  end
+  if #problems > 0 then
+    return false, table.concat(problems, "; ")
+  end
+  return true
+end
+
+function Runner:find_step(phase, name)
+  if not self.pb then
+    return nil
+  end
+  for _, ph in ipairs(self.pb.phases) do
+    if ph.name == phase then
+      for _, item in ipairs(ph.items) do
+        if item.kind == "step" and item.name == name then
+          return item
+        end
+      end
+    end
+  end
+end
+
+-- Undoes one journaled step: its own undo if it completed and has one, else the
+-- inverses of its effects.
+function Runner:undo_step(s)
+  local def = self:find_step(s.phase, s.name)
+  local ok, err, how
+  if s.status == "done" and def and def.undo then
+    how = "undo"
+    local ctx = self:ctx(s.phase, s.name, s.state)
+    self.current = { kind = "step", id = s.id, name = s.name, phase = s.phase }
+    self.undoing = true
+    ok, err = xpcall(def.undo, self:handler(), ctx)
+    self.undoing = false
+    self.current = nil
+    if self.priv.interrupted() > 0 then
+      self.priv.clearinterrupt()
+      ok, err = false, "interrupted"
+    end
+  else
+    how = "inverses"
+    if s.status == "done" and s.has_undo == 1 and not def then
+      how = "inverses (its undo function is not available: the playbook changed or is gone)"
+    end
+    ok, err = self:undo_effects(s.id, s.irreversible == 1)
+  end
+  self.journal:set_step_status(s.id, ok and "undone" or "undo-failed", err)
+  self:emit({ event = "undo", phase = s.phase, step = s.name, how = how, status = ok and "undone" or "failed",
+    error = err })
+  return ok, err
+end
+
+-- Rolls back every step of the run that may have changed something, newest first.
+-- Returns "rolled-back" or "rollback-incomplete".
+function Runner:rollback(reason)
+  self:emit({ event = "rollback-start", reason = reason })
+  local failed = 0
+  for _, s in ipairs(self.journal:steps_to_undo(self.run_id)) do
+    if not self:undo_step(s) then
+      failed = failed + 1
+    end
+  end
+  local status = failed == 0 and "rolled-back" or "rollback-incomplete"
+  self:emit({ event = "rollback-end", status = status, failed = failed })
+  return status
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The run
+-- ======================================================
+
+-- Which items run, given --from (a step name, or phase/step) and --only (a phase).
+local function selected_phases(self)
+  local from = self.opts.from
+  local started = from == nil
+  local out = {}
+  for _, ph in ipairs(self.pb.phases) do
+    if self.opts.only == nil or ph.name == self.opts.only then
+      local items = {}
+      for _, item in ipairs(ph.items) do
+        if not started and item.kind == "step" and (item.name == from or ph.name .. "/" .. item.name == from) then
+          started = true
+        end
+        if started or item.kind == "check" then
+          items[#items + 1] = item
+        end
+      end
+      if started then
+        out[#out + 1] = { phase = ph, items = items }
+      end
+    end
+  end
+  return out
+end
+
+-- Runs a step; with --break or --debug, hands control to the debugger (self.debugger,
+-- hrun.debugger) before it or when it fails: retry (the playbook reloaded from disk),
+-- skip, continue (accept it as done) or roll back.
+function Runner:step_with_debugger(item)
+  local dbg = self.debugger
+  if dbg and dbg:breaks_at(item) then
+    local action = dbg:prompt("break", item, nil, self:ctx(item.phase, item.name))
+    if action == "skip" then
+      self:emit({ event = "step-skip", phase = item.phase, step = item.name, reason = "skipped in the debugger" })
+      return true
+    elseif action == "rollback" then
+      return false, "rolled back from the debugger"
+    end
+  end
+  local ok, err = self:run_step(item)
+  while not ok and dbg and dbg.on_failure and not self.interrupted do
+    local id = self.last_step_id
+    local action = dbg:prompt("failed", item, err, self.last_ctx)
+    if action == "rollback" then
+      break
+    end
+    local undo_ok, undo_err = true, nil
+    if action ~= "continue" and id then
+      undo_ok, undo_err = self:undo_effects(id, item.irreversible)
+    end
+    if not undo_ok then
+      err = err .. "; its effects could not be undone: " .. undo_err
+      break
+    end
+    if action == "retry" then
+      item = dbg:reload(item) or item
+      ok, err = self:run_step(item)
+    elseif action == "skip" then
+      if id then
+        self.journal:set_step_status(id, "skipped")
+      end
+      self:emit({ event = "step-skip", phase = item.phase, step = item.name, reason = "skipped in the debugger" })
+      ok = true
+    elseif action == "continue" then
+      if id then
+        self.journal:set_step_status(id, "done")
+      end
+      self:emit({ event = "log", phase = item.phase, step = item.name, message = "accepted as done in the debugger" })
+      ok = true
+    end
+  end
+  return ok, err
+end
+
+-- Runs the phases; returns nil when all went well, else the failure's message.
+function Runner:execute()
+  for _, sel in ipairs(selected_phases(self)) do
+    local ph = sel.phase
+    if ph.when then
+      local ok, res = self:call_as("when", ph.name, ph.name, ph.when, self:ctx(ph.name, nil))
+      if not ok then
+        return string.format("phase '%s': when: %s", ph.name, res)
+      elseif not res then
+        self:emit({ event = "phase-skip", phase = ph.name, reason = "when is false" })
+        goto next_phase
+      end
+    end
+    do
+      local started = sys.now()
+      local pid = not self.plan and self.journal:new_phase(self.run_id, ph.name, started)
+      self:emit({ event = "phase-start", phase = ph.name })
+      local failure
+      -- a phase's checks run before its steps
+      for _, item in ipairs(sel.items) do
+        if item.kind == "check" and not failure then
+          local ok, err = self:run_check(item)
+          if not ok then
+            failure = string.format("check '%s' failed: %s", item.name, err)
+          end
+        end
+      end
+      for _, item in ipairs(sel.items) do
+        if item.kind == "step" and not failure then
+          local done = self.resume_done and self.resume_done[ph.name .. "/" .. item.name]
+          if done then
+            self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = "done before the crash" })
+          else
+            local ok, err = self:step_with_debugger(item)
+            if not ok then
+              failure = string.format("step '%s' failed: %s", item.name, err)
+            end
+          end
+        end
+      end
+      if pid then
+        self.journal:end_phase(pid, failure and "failed" or "done", sys.now())
+      end
+      self:emit({ event = "phase-end", phase = ph.name, status = failure and "failed" or "done",
+        seconds = sys.now() - started })
+      if failure then
+        return failure
+      end
+    end
+    ::next_phase::
+  end
+end
+
+-- The run from start to end: returns the exit status.
+function Runner:run()
+  local started = sys.now()
+  self:emit({ event = "run-start", run = self.run_id, playbook = self.pb.name, version = self.pb.version,
+    path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params })
+  self:install_hooks()
+  local ok, failure = pcall(self.execute, self)
+  if not ok then -- the engine itself failed (the journal, a hook): still try to undo
+    failure = "hrun: " .. message_of(failure)
+  end
+  local status
+  if self.plan then
+    status = failure and "failed" or "planned"
+  elseif not failure then
+    status = "done"
+  elseif self.pb.on_failure == "stop" then
+    status = "stopped"
+  else
+    status = self:rollback(failure)
+  end
+  self:remove_hooks()
+  local exit = status == "planned" and 0 or (status == "failed" and 1) or M.EXIT[status]
+  if self.interrupted and status ~= "rollback-incomplete" then
+    exit = M.EXIT.interrupted
+  end
+  if not self.plan then
+    self.journal:set_run(self.run_id, { status = status, error = failure, ended = sys.now(),
+      interrupted = self.interrupted and 1 or 0 })
+  end
+  self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
+    seconds = sys.now() - started, planned = self.plan and self.planned or nil,
+    irreversible = self.plan and self.irreversible_planned or nil })
+  return exit
+end
+
+-- Rolls back a finished or crashed run from the journal (hrun rollback).
+function Runner:rollback_run(reason)
+  local started = sys.now()
+  self:emit({ event = "run-start", run = self.run_id, playbook = self.playbook_name, path = self.path,
+    rollback = true })
+  self:install_hooks()
+  local ok, status = pcall(self.rollback, self, reason)
+  self:remove_hooks()
+  if not ok then
+    self:emit({ event = "error", message = message_of(status) })
+    status = "rollback-incomplete"
+  end
+  self.journal:set_run(self.run_id, { status = status, ended = sys.now() })
+  local exit = status == "rolled-back" and 0 or M.EXIT["rollback-incomplete"]
+  self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, seconds = sys.now() - started })
+  return exit
+end
+
+-- }======================================================
+
+return M

@@ -1,0 +1,471 @@
+-- hrun.ui: what a run looks like. On a terminal a live tree (phase ▸ step, ✓ ✗ ↶,
+-- timings, command output indented under its step); elsewhere plain timestamped lines;
+-- with --json one event object a line. Also the run history (hrun runs) and one run
+-- in full (hrun show, --md for a migration log).
+
+local codec = require "hrun.codec"
+local pretty = require "hrun.pretty"
+
+local M = {}
+
+-- {======================================================
+-- Describing calls and times
+-- ======================================================
+
+local function word(v)
+  if type(v) == "string" then
+    local s = pretty.utf8(v)
+    if #v > 60 then
+      return string.format("(%d bytes)", #v)
+    elseif s == "" or s:find("[%s'\"\\]") then
+      return pretty.quote(v)
+    end
+    return s
+  elseif type(v) == "table" then
+    local ok, text = pcall(require("hrun.json").encode, v)
+    text = ok and text or "{…}"
+    return #text > 60 and text:sub(1, 57) .. "…}" or text
+  end
+  return tostring(v)
+end
+
+-- "fs.write /etc/x (41 bytes)", "exec.run nixos-rebuild switch"
+function M.call(op, args)
+  local parts = { op }
+  if (op == "exec.run") and type(args[1]) == "table" then
+    for _, a in ipairs(args[1]) do
+      parts[#parts + 1] = word(a)
+    end
+  else
+    for i = 1, #args do
+      if args[i] ~= require("hrun.json").null then
+        parts[#parts + 1] = word(args[i])
+      end
+    end
+  end
+  return table.concat(parts, " ")
+end
+
+function M.inverse(inverse, why)
+  if not inverse then
+    return "cannot be undone: " .. tostring(why)
+  elseif #inverse == 0 then
+    return "nothing to undo"
+  end
+  local ops = {}
+  for _, op in ipairs(inverse) do
+    ops[#ops + 1] = M.call(op.op, op.args or {})
+  end
+  return "undo: " .. table.concat(ops, "; ")
+end
+
+function M.seconds(s)
+  if s == nil then
+    return ""
+  elseif s < 10 then
+    return string.format("%.2fs", s)
+  elseif s < 120 then
+    return string.format("%.1fs", s)
+  end
+  return string.format("%dm%02ds", s // 60, math.floor(s % 60))
+end
+
+function M.timestamp(t)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
+-- }======================================================
+
+-- {======================================================
+-- --json: one event a line
+-- ======================================================
+
+local Json = {}
+Json.__index = Json
+
+function Json.event(_, ev)
+  io.stdout:write(codec.summary(ev, 8192), "\n")
+  io.stdout:flush()
+end
+
+function Json.pause() end
+function Json.resume() end
+
+-- }======================================================
+
+-- {======================================================
+-- Plain lines (not a terminal)
+-- ======================================================
+
+local Plain = {}
+Plain.__index = Plain
+
+function Plain.line(_, t, fmt, ...)
+  io.stdout:write(M.timestamp(t), " ", string.format(fmt, ...), "\n")
+  io.stdout:flush()
+end
+
+function Plain.pause() end
+function Plain.resume() end
+
+local plain_events = {
+  ["run-start"] = function(self, ev)
+    if ev.rollback then
+      self:line(ev.time, "rollback of run %s (%s)", tostring(ev.run), tostring(ev.playbook))
+    else
+      self:line(ev.time, "%s %s%s%s (%s)", ev.plan and "plan" or "run", ev.playbook,
+        ev.version and (" " .. ev.version) or "",
+        ev.run and (" #" .. ev.run) or "", ev.path)
+    end
+  end,
+  ["phase-start"] = function(self, ev)
+    self:line(ev.time, "phase %s", ev.phase)
+  end,
+  ["phase-skip"] = function(self, ev)
+    self:line(ev.time, "phase %s skipped (%s)", ev.phase, ev.reason)
+  end,
+  check = function(self, ev)
+    self:line(ev.time, "  check %s: %s%s", ev.check, ev.status, ev.error and (": " .. ev.error) or "")
+  end,
+  ["step-start"] = function(self, ev)
+    self:line(ev.time, "  step %s ...", ev.step)
+  end,
+  ["step-skip"] = function(self, ev)
+    self:line(ev.time, "  step %s skipped (%s)", ev.step, ev.reason)
+  end,
+  ["step-retry"] = function(self, ev)
+    self:line(ev.time, "  step %s: attempt %d failed, retrying: %s", ev.step, ev.attempt, ev.error)
+  end,
+  ["step-end"] = function(self, ev)
+    local err = ev.traceback or ev.error
+    self:line(ev.time, "  step %s: %s (%s)%s", ev.step, ev.status, M.seconds(ev.seconds),
+      err and ("\n    " .. err:gsub("\n", "\n    ")) or "")
+  end,
+  effect = function(self, ev)
+    if ev.planned or self.verbose then
+      self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", M.call(ev.op, ev.args),
+        M.inverse(ev.inverse, ev.no_inverse))
+    end
+  end,
+  output = function(self, ev)
+    self:line(ev.time, "    | %s", ev.line)
+  end,
+  log = function(self, ev)
+    self:line(ev.time, "    %s", ev.message)
+  end,
+  ["rollback-start"] = function(self, ev)
+    self:line(ev.time, "rolling back: %s", ev.reason)
+  end,
+  undo = function(self, ev)
+    self:line(ev.time, "  undo %s: %s (%s)%s", ev.step, ev.status, ev.how, ev.error and (": " .. ev.error) or "")
+  end,
+  ["undo-effect"] = function(self, ev)
+    if self.verbose or ev.status ~= "undone" then
+      self:line(ev.time, "    undo %s: %s%s", ev.op, ev.status, ev.error and (": " .. ev.error) or "")
+    end
+  end,
+  ["rollback-end"] = function(self, ev)
+    self:line(ev.time, "rollback %s", ev.status)
+  end,
+  error = function(self, ev)
+    self:line(ev.time, "error: %s", ev.message)
+  end,
+  ["run-end"] = function(self, ev)
+    self:line(ev.time, "%s", M.summary(ev))
+  end,
+}
+
+function Plain:event(ev)
+  local f = plain_events[ev.event]
+  if f then
+    f(self, ev)
+  end
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The terminal: a live tree
+-- ======================================================
+
+local Tty = {}
+Tty.__index = Tty
+
+function Tty:c(code, s)
+  return self.color and ("\27[" .. code .. "m" .. s .. "\27[0m") or s
+end
+
+-- Writes lines above the live line (the running step), then redraws it.
+function Tty:print(s)
+  if self.live then
+    io.stdout:write("\r\27[K")
+  end
+  io.stdout:write(s, "\n")
+  if self.live then
+    io.stdout:write(self.live)
+  end
+  io.stdout:flush()
+end
+
+function Tty:set_live(s)
+  self.live = s
+  io.stdout:write("\r\27[K", s or "")
+  io.stdout:flush()
+end
+
+function Tty:pause()
+  if self.live then
+    io.stdout:write("\n")
+  end
+end
+
+function Tty:resume()
+  if self.live then
+    io.stdout:write(self.live)
+    io.stdout:flush()
+  end
+end
+
+local function pad(name, width)
+  local len = utf8.len(name) or #name
+  return name .. string.rep(" ", math.max(1, width - len))
+end
+
+local tty_events = {
+  ["run-start"] = function(self, ev)
+    if ev.rollback then
+      self:print(self:c("1", "↶ rollback of run " .. tostring(ev.run))
+        .. self:c("2", " (" .. tostring(ev.playbook) .. ")"))
+    else
+      self:print(self:c("1", (ev.plan and "plan " or "▶ ") .. ev.playbook .. (ev.version and (" " .. ev.version) or ""))
+        .. self:c("2", (ev.run and (" · run " .. ev.run) or "") .. " · " .. tostring(ev.path)
+          .. (ev.plan and " · nothing will be changed" or "")))
+    end
+  end,
+  ["phase-start"] = function(self, ev)
+    self:print(self:c("1;34", "● ") .. self:c("1", ev.phase))
+  end,
+  ["phase-skip"] = function(self, ev)
+    self:print(self:c("2", "○ " .. ev.phase .. " — skipped (" .. ev.reason .. ")"))
+  end,
+  check = function(self, ev)
+    local mark = ev.status == "ok" and self:c("32", "✓") or self:c("31", "✗")
+    self:print("  " .. mark .. " " .. pad(ev.check, 44) .. self:c("2", "check " .. M.seconds(ev.seconds)))
+    if ev.error then
+      self:print(self:c("31", "      " .. ev.error:gsub("\n", "\n      ")))
+    end
+  end,
+  ["step-start"] = function(self, ev)
+    self:set_live("  " .. self:c("33", "⠿") .. " " .. ev.step .. self:c("2", " …"))
+  end,
+  ["step-skip"] = function(self, ev)
+    self:print("  " .. self:c("2", "- " .. pad(ev.step, 44) .. "skipped: " .. ev.reason))
+  end,
+  ["step-retry"] = function(self, ev)
+    self:print(self:c("33", "      attempt " .. ev.attempt .. " failed, retrying: ") .. ev.error)
+  end,
+  ["step-end"] = function(self, ev)
+    local mark = (ev.status == "done" or ev.status == "planned") and self:c("32", "✓") or self:c("31", "✗")
+    self.live = nil
+    io.stdout:write("\r\27[K")
+    local extra = (ev.attempts and ev.attempts > 1) and (" (" .. ev.attempts .. " attempts)") or ""
+    self:print("  " .. mark .. " " .. pad(ev.step, 50) .. self:c("2", M.seconds(ev.seconds) .. extra))
+    local err = ev.traceback or ev.error
+    if err then
+      self:print(self:c("31", "      " .. err:gsub("\n", "\n      ")))
+    end
+  end,
+  effect = function(self, ev)
+    if ev.planned or self.verbose then
+      local arrow = ev.planned and "→ " or "· "
+      local inv = M.inverse(ev.inverse, ev.no_inverse)
+      self:print("      " .. arrow .. M.call(ev.op, ev.args))
+      self:print(self:c(ev.inverse and "2" or "33", "          " .. inv))
+    end
+  end,
+  output = function(self, ev)
+    self:print(self:c("2", "      │ ") .. ev.line)
+  end,
+  log = function(self, ev)
+    self:print(self:c("36", "      " .. ev.message))
+  end,
+  ["rollback-start"] = function(self, ev)
+    self:print(self:c("1;33", "↶ rolling back") .. self:c("2", " — " .. tostring(ev.reason):gsub("\n.*", "")))
+  end,
+  undo = function(self, ev)
+    local mark = ev.status == "undone" and self:c("33", "↶") or self:c("31", "✗")
+    self:print("  " .. mark .. " " .. pad(ev.step, 50) .. self:c("2", ev.status .. " (" .. ev.how .. ")"))
+    if ev.error then
+      self:print(self:c("31", "      " .. ev.error:gsub("\n", "\n      ")))
+    end
+  end,
+  ["undo-effect"] = function(self, ev)
+    if self.verbose then
+      self:print(self:c("2", "      ↶ " .. ev.op .. " " .. ev.status))
+    end
+  end,
+  error = function(self, ev)
+    self:print(self:c("31", "error: " .. ev.message))
+  end,
+  ["run-end"] = function(self, ev)
+    local good = ev.status == "done" or ev.status == "planned" or ev.status == "rolled-back" and ev.exit == 0
+    self:print(self:c(good and "1;32" or "1;31", (good and "✓ " or "✗ ") .. M.summary(ev)))
+  end,
+}
+
+function Tty:event(ev)
+  local f = tty_events[ev.event]
+  if f then
+    f(self, ev)
+  end
+end
+
+-- }======================================================
+
+-- The last line of a run, for people.
+function M.summary(ev)
+  local t = M.seconds(ev.seconds)
+  if ev.status == "planned" then
+    return string.format("plan: %d write%s%s; nothing was changed", ev.planned or 0, ev.planned == 1 and "" or "s",
+      (ev.irreversible or 0) > 0 and string.format(", %d cannot be undone", ev.irreversible) or "")
+  elseif ev.status == "done" then
+    return string.format("done in %s (run %s)", t, tostring(ev.run))
+  elseif ev.status == "rolled-back" then
+    if ev.error then
+      return string.format("failed and rolled back: the changes are undone (run %s, exit %d)", tostring(ev.run),
+        ev.exit)
+    end
+    return string.format("rolled back (run %s)", tostring(ev.run))
+  elseif ev.status == "rollback-incomplete" then
+    return string.format("ROLLBACK INCOMPLETE: some changes remain — 'hrun show %s' lists them (exit %d)",
+      tostring(ev.run), ev.exit)
+  elseif ev.status == "stopped" then
+    return string.format("stopped (on_failure = \"stop\"): nothing was undone; 'hrun rollback %s' undoes it",
+      tostring(ev.run))
+  end
+  return string.format("%s (exit %d)", tostring(ev.status), ev.exit or 1)
+end
+
+-- new{json, color, tty, verbose} → a renderer with :event(ev), :pause(), :resume()
+function M.new(o)
+  if o.json then
+    return setmetatable({}, Json)
+  elseif o.tty then
+    return setmetatable({ color = o.color, verbose = o.verbose }, Tty)
+  end
+  return setmetatable({ verbose = o.verbose }, Plain)
+end
+
+-- {======================================================
+-- History: hrun runs, hrun show
+-- ======================================================
+
+local function status_of(r, lock_free)
+  if r.status == "running" and lock_free then
+    return "crashed"
+  end
+  return r.status
+end
+M.status_of = status_of
+
+function M.runs_table(rows, lock_free)
+  local out = {
+    string.format("%-5s %-20s %-28s %-20s %9s  %s", "RUN", "STARTED", "PLAYBOOK", "STATUS", "TIME", "STEPS"),
+  }
+  for _, r in ipairs(rows) do
+    out[#out + 1] = string.format("%-5d %-20s %-28s %-20s %9s  %d/%d", r.id, M.timestamp(r.started),
+      (r.playbook .. (r.version and (" " .. r.version) or "")):sub(1, 28), status_of(r, lock_free),
+      r.ended and M.seconds(r.ended - r.started) or "-", r.steps_done or 0, r.steps_run or 0)
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function effect_line(e)
+  local args = (pcall(codec.decode, e.args)) and codec.decode(e.args) or {}
+  return string.format("%s  [%s]%s", M.call(e.op, type(args) == "table" and args or {}), e.status,
+    e.error and (" " .. e.error:gsub("\n", " ")) or "")
+end
+
+function M.show(r, lock_free)
+  local out = {}
+  local function add(fmt, ...)
+    out[#out + 1] = string.format(fmt, ...)
+  end
+  add("run %d: %s%s", r.id, r.playbook, r.version and (" " .. r.version) or "")
+  add("  status     %s%s", status_of(r, lock_free), r.interrupted == 1 and " (interrupted)" or "")
+  add("  playbook   %s (sha256 %s)", r.path, r.hash)
+  if r.git_commit then
+    add("  git        %s%s", r.git_commit, r.git_dirty == 1 and " (dirty)" or "")
+  end
+  add("  started    %s on %s by %s (pid %d)", M.timestamp(r.started), tostring(r.host), tostring(r.user), r.pid or 0)
+  if r.ended then
+    add("  ended      %s (%s)", M.timestamp(r.ended), M.seconds(r.ended - r.started))
+  end
+  add("  params     %s", codec.summary(r.params))
+  if r.error then
+    add("  error      %s", r.error:gsub("\n", "\n             "))
+  end
+  local phase
+  for _, s in ipairs(r.steps) do
+    if s.phase ~= phase then
+      phase = s.phase
+      add("  phase %s", phase)
+    end
+    add("    %s %-40s %-12s %s", s.kind == "check" and "check" or "step ", s.name, s.status,
+      s.ended and M.seconds(s.ended - s.started) or "")
+    if s.error then
+      add("        error: %s", s.error:gsub("\n", "\n               "))
+    end
+    if s.undo_error then
+      add("        undo error: %s", s.undo_error:gsub("\n", "\n                    "))
+    end
+    for _, e in ipairs(s.effects) do
+      add("        %s", effect_line(e))
+      add("            %s", M.inverse(e.inverse, e.no_inverse))
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- A migration log a person pastes into their notes.
+function M.markdown(r, lock_free)
+  local out = {}
+  local function add(fmt, ...)
+    out[#out + 1] = string.format(fmt, ...)
+  end
+  add("## %s%s — run %d", r.playbook, r.version and (" " .. r.version) or "", r.id)
+  add("")
+  add("- **Status:** %s", status_of(r, lock_free))
+  add("- **Host:** %s, started %s%s", tostring(r.host), M.timestamp(r.started),
+    r.ended and (", took " .. M.seconds(r.ended - r.started)) or "")
+  add("- **Playbook:** `%s` (sha256 `%s`)%s", r.path, r.hash:sub(1, 16),
+    r.git_commit and string.format(", git `%s`%s", r.git_commit:sub(1, 12), r.git_dirty == 1 and " (dirty)" or "")
+      or "")
+  add("- **Parameters:** `%s`", codec.summary(r.params))
+  if r.error then
+    add("- **Failure:** %s", r.error:gsub("\n", " "))
+  end
+  local phase
+  for _, s in ipairs(r.steps) do
+    if s.phase ~= phase then
+      phase = s.phase
+      add("")
+      add("### %s", phase)
+      add("")
+    end
+    local box = (s.status == "done") and "[x]" or "[ ]"
+    add("- %s %s%s — %s%s", box, s.kind == "check" and "check: " or "", s.name, s.status,
+      s.ended and (" (" .. M.seconds(s.ended - s.started) .. ")") or "")
+    if s.error then
+      add("  - error: `%s`", s.error:gsub("\n", " "):sub(1, 300))
+    end
+    for _, e in ipairs(s.effects) do
+      add("  - `%s` (%s)", effect_line(e):gsub("`", "'"), M.inverse(e.inverse, e.no_inverse))
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- }======================================================
+
+return M
