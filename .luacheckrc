@@ -7,12 +7,17 @@ codes = true
 local hrun_globals = { "fs", "exec", "json", "sys" }
 
 files["stdlib"] = { read_globals = hrun_globals }
-files["playbooks"] = { read_globals = hrun_globals }
+-- playbooks load into an environment of their own: the modules and the DSL
+local playbook_globals = { "fs", "exec", "json", "sys", "journal", "playbook", "phase", "step", "check" }
+files["playbooks"] = { read_globals = playbook_globals }
+files["tests/playbooks"] = { read_globals = playbook_globals }
+-- the corpus of malformed playbooks is malformed on purpose
+exclude_files = { "tests/playbooks/bad/*.lua" }
 files["tests"] = {
   read_globals = hrun_globals,
   -- the spec runner's helpers, defined as globals for the spec files
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
-    "need_root", "HRUN", "hrun_cmd", "shq",
+    "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal",
   },
 }

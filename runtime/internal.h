@@ -11,9 +11,9 @@
 typedef struct hrun_Runtime {
     hrun_Hooks hooks;
     hrun_Options options;
-    double deadline;  /* the current step's, monotonic; 0: none */
-    char *stash_dir;  /* malloc'd; NULL outside a journaled run */
-    int lua_before;   /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
+    double deadline; /* the current step's, monotonic; 0: none */
+    char *stash_dir; /* malloc'd; NULL outside a journaled run */
+    int lua_before;  /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
     int lua_after;
     int stood_in; /* the before hook stood in for the call just made: no after hook */
 } hrun_Runtime;

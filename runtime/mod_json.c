@@ -3,7 +3,8 @@
 ** strings are checked UTF-8, object keys are sorted so the same table always gives
 ** the same text. A table is an array when its keys are exactly 1..n; json.array and
 ** json.object say which an empty (or any) table is; decoded arrays keep that mark so
-** they encode back as arrays.
+** they encode back as arrays. A table whose metatable has __tojson is encoded as what
+** that function returns (proxies, read-only views).
 */
 #include <jansson.h>
 #include <math.h>
@@ -91,6 +92,20 @@ static int table_kind(lua_State *L, int idx, size_t *n)
 static json_t *table_to_json(Enc *e, int idx)
 {
     lua_State *L = e->L;
+    /* a proxy (a read-only view, say) says what it stands for through __tojson */
+    if (luaL_getmetafield(L, idx, "__tojson") != LUA_TNIL) {
+        lua_pushvalue(L, idx);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+            enc_error(e, lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "__tojson failed");
+            lua_pop(L, 1);
+            return NULL;
+        }
+        json_t *v = lua_type(L, -1) == LUA_TTABLE && lua_topointer(L, -1) == lua_topointer(L, idx)
+                        ? (enc_error(e, "__tojson returned the table itself"), NULL)
+                        : to_json(e, lua_gettop(L));
+        lua_pop(L, 1);
+        return v;
+    }
     const void *p = lua_topointer(L, idx);
     for (int i = 0; i < e->depth; i++)
         if (e->seen[i] == p) return enc_error(e, "cycle: a table contains itself"), NULL;

@@ -151,6 +151,108 @@ function hrun_cmd(args, opts)
   return exec.run(argv, opts)
 end
 
+-- tree(dir) → {relative path = "type mode content-or-target"}: a snapshot of a tree
+-- to compare before and after (what a plan or a rollback must leave as it was)
+function tree(dir)
+  local out = {}
+  local function walk(rel)
+    local path = rel == "" and dir or dir .. "/" .. rel
+    local st = assert(fs.stat(path, { follow = false }))
+    local desc = st.type .. " " .. string.format("%o", st.mode)
+    if st.type == "file" then
+      desc = desc .. " " .. assert(fs.read(path))
+    elseif st.type == "link" then
+      desc = desc .. " -> " .. st.target
+    end
+    out[rel == "" and "." or rel] = desc
+    if st.type == "dir" then
+      for _, name in ipairs(assert(fs.list(path))) do
+        walk(rel == "" and name or rel .. "/" .. name)
+      end
+    end
+  end
+  walk("")
+  return out
+end
+
+-- playbook(dir, name, source) → the path of a playbook file written there
+function playbook_file(dir, name, source)
+  local path = dir .. "/" .. name
+  fs.write(path, source)
+  return path
+end
+
+-- {======================================================
+-- terminal(command, ready): a real terminal (tmux) running command; t:type(text, keys…)
+-- types, t:wait(text) waits for the screen to show text, t:line(text, expect) types a
+-- line and waits; closed when the test ends.
+-- ======================================================
+
+local Term = {}
+Term.__index = Term
+
+function terminal(command, ready)
+  need("tmux")
+  local t = setmetatable({ socket = "hrun-spec-" .. math.random(1, 1e9), command = command, ready = ready }, Term)
+  after(function()
+    t:tmux("kill-server")
+  end)
+  t:start()
+  return t
+end
+
+function Term:tmux(...)
+  return exec.run({ "tmux", "-L", self.socket, ... }, { check = false })
+end
+
+function Term:start()
+  local r = self:tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "50", self.command)
+  assert(r.ok, r.stderr)
+  if self.ready then
+    self:wait(self.ready)
+  end
+end
+
+function Term:screen()
+  return self:tmux("capture-pane", "-p", "-t", "t", "-S", "-200").stdout
+end
+
+-- Waits (up to 5 s) until the screen contains text; returns the screen.
+function Term:wait(text)
+  local deadline = sys.clock() + 5
+  repeat
+    local s = self:screen()
+    if s:find(text, 1, true) then
+      return s
+    end
+    sys.sleep(0.05)
+  until sys.clock() > deadline
+  error(string.format("the screen never showed %q; it shows:\n%s", text, self:screen()), 2)
+end
+
+-- Types text literally (no key names), then the given keys.
+function Term:type(text, ...)
+  if text ~= "" then
+    self:tmux("send-keys", "-t", "t", "-l", text)
+  end
+  if select("#", ...) > 0 then
+    self:tmux("send-keys", "-t", "t", ...)
+  end
+end
+
+-- Types a line and waits for the text its result shows.
+function Term:line(text, expect)
+  self:type(text, "Enter")
+  return self:wait(expect)
+end
+
+-- Is the program still running?
+function Term:alive()
+  return self:tmux("has-session", "-t", "t").ok
+end
+
+-- }======================================================
+
 -- shq(s): s quoted for sh
 function shq(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"

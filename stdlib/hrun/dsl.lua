@@ -201,9 +201,14 @@ local function validate_phase(p, ph)
   return out
 end
 
--- validate(object, nearest) → playbook description | nil, {"file:line: problem", …}
-function M.validate(pb, nearest)
+-- validate(object, nearest, where) → playbook description | nil, {"file:line: problem", …}
+-- where: {file, line} of the playbook{} call, known from the source ("return playbook
+-- {…}" is a tail call: the call leaves no frame to read it from).
+function M.validate(pb, nearest, where)
   local p = new_problems(nearest)
+  if M.is_playbook(pb) and where and pb.loc.line < 1 then
+    pb.loc = where
+  end
   if not M.is_playbook(pb) then
     p:add(nil, "the file does not return a playbook: end it with return playbook { … }")
     return nil, p.list
@@ -337,9 +342,14 @@ end
 
 -- Is this source a playbook (it calls playbook{…} / playbook(…)), or a plain script?
 -- A small lexer skips comments and strings, so a mention in either does not count.
+-- Returns true and the line of the call, or false.
 function M.is_playbook_source(src)
   local i, n = 1, #src
-  local prev_ident
+  local prev_ident, prev_line
+  local function line_at(pos)
+    local _, count = src:sub(1, pos):gsub("\n", "")
+    return count + 1
+  end
   while i <= n do
     local c = src:sub(i, i)
     if src:sub(i, i + 1) == "--" then
@@ -365,7 +375,7 @@ function M.is_playbook_source(src)
         end
       end
       if prev_ident == "playbook" then
-        return true
+        return true, line_at(prev_line)
       end
       i = j + 1
       prev_ident = nil
@@ -376,13 +386,13 @@ function M.is_playbook_source(src)
       prev_ident = nil
     elseif c:match("[%a_]") then
       local word = src:match("^[%w_]+", i)
-      prev_ident = word
+      prev_ident, prev_line = word, i
       i = i + #word
     elseif c:match("%s") then
       i = i + 1
     else
       if prev_ident == "playbook" and (c == "{" or c == "(") then
-        return true
+        return true, line_at(prev_line)
       end
       prev_ident = (c == ".") and "." or nil
       i = i + 1

@@ -51,7 +51,8 @@ function M.load(priv, path, state)
   if not ok then
     bad(tostring(res))
   end
-  local pb, problems = dsl.validate(res, priv.nearest)
+  local _, line = dsl.is_playbook_source(src)
+  local pb, problems = dsl.validate(res, priv.nearest, { file = path, line = line or 1 })
   if not pb then
     for i, p in ipairs(problems) do
       if not p:find("^[^:]+:%d+: ") then

@@ -71,6 +71,9 @@ local function readonly(t)
         return nk, readonly(nv)
       end, nil, nil
     end,
+    __tojson = function()
+      return t
+    end,
   })
 end
 

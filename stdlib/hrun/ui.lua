@@ -138,7 +138,8 @@ local plain_events = {
   end,
   ["step-end"] = function(self, ev)
     local err = ev.traceback or ev.error
-    self:line(ev.time, "  step %s: %s (%s)%s", ev.step, ev.status, M.seconds(ev.seconds),
+    self:line(ev.time, "  step %s: %s (%s%s)%s", ev.step, ev.status, M.seconds(ev.seconds),
+      (ev.attempts or 1) > 1 and (", " .. ev.attempts .. " attempts") or "",
       err and ("\n    " .. err:gsub("\n", "\n    ")) or "")
   end,
   effect = function(self, ev)

@@ -1,62 +1,10 @@
 -- The REPL on a real terminal (tmux: send-keys to type, capture-pane to read the
 -- screen), and on a pipe.
 
-local Term = {}
-Term.__index = Term
-
--- Starts `hrun repl` in a tmux session of its own server; closed after the test.
+-- A REPL in a terminal of its own, with its history in state.
 local function term(state)
-  need("tmux")
-  local t = setmetatable({ socket = "hrun-spec-" .. math.random(1, 1e9), state = state }, Term)
-  after(function()
-    t:tmux("kill-server")
-  end)
-  t:start()
-  return t
-end
-
-function Term:tmux(...)
-  return exec.run({ "tmux", "-L", self.socket, ... }, { check = false })
-end
-
-function Term:start()
-  local cmd = string.format("env HRUN_STATE_DIR=%s TERM=xterm %s repl", shq(self.state), shq(HRUN))
-  local r = self:tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", cmd)
-  assert(r.ok, r.stderr)
-  self:wait("Ctrl-D exits")
-end
-
-function Term:screen()
-  return self:tmux("capture-pane", "-p", "-t", "t").stdout
-end
-
--- Waits (up to 5 s) until the screen contains text; returns the screen.
-function Term:wait(text)
-  local deadline = sys.clock() + 5
-  repeat
-    local s = self:screen()
-    if s:find(text, 1, true) then
-      return s
-    end
-    sys.sleep(0.05)
-  until sys.clock() > deadline
-  error(string.format("the screen never showed %q; it shows:\n%s", text, self:screen()), 2)
-end
-
--- Types text literally (no key names), then the given keys.
-function Term:type(text, ...)
-  if text ~= "" then
-    self:tmux("send-keys", "-t", "t", "-l", text)
-  end
-  if select("#", ...) > 0 then
-    self:tmux("send-keys", "-t", "t", ...)
-  end
-end
-
--- Types a line and waits for the text its result shows.
-function Term:line(text, expect)
-  self:type(text, "Enter")
-  return self:wait(expect)
+  return terminal(string.format("env HRUN_STATE_DIR=%s TERM=xterm %s repl", shq(state), shq(HRUN)),
+    "Ctrl-D exits")
 end
 
 describe("repl on a terminal", function()

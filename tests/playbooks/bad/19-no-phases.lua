@@ -1,0 +1,4 @@
+-- expect: 2: playbook: has no phases
+return playbook {
+  name = "bad",
+}

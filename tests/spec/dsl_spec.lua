@@ -1,0 +1,197 @@
+-- Playbook validation: every malformed playbook is refused before anything runs,
+-- exit 3, with file:line naming the field; parameters; hrun check's lint.
+
+local here = arg[0]:match("^(.*)/[^/]+$")
+local corpus = here .. "/playbooks/bad"
+
+describe("malformed playbooks", function()
+  local files = fs.glob(corpus .. "/*.lua")
+  it("make a corpus of at least 15", function()
+    ok(#files >= 15, #files .. " files")
+  end)
+  for _, file in ipairs(files) do
+    it("are refused: " .. file:match("[^/]+$"), function()
+      local expect = fs.read(file):match("^%-%- expect: ([^\n]+)")
+      local line, text = expect:match("^(%d+): (.*)$")
+      local state = tmpdir()
+      local r = hrun_cmd({ file, "--state", state })
+      eq(r.code, 3, r.stderr)
+      if line then
+        has(r.stderr, file .. ":" .. line .. ": " .. text)
+      else
+        has(r.stderr, expect)
+      end
+      has(r.stderr, "nothing was run")
+      eq(r.stdout, "")
+      eq(fs.exists(state .. "/journal.db"), false, "nothing journaled")
+      local c = hrun_cmd({ "check", file, "--state", state })
+      eq(c.code, 3)
+      has(c.stderr, text or expect)
+    end)
+  end
+
+  it("report every problem at once", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "many.lua", [[
+return playbook {
+  name = "many",
+  phase "one" {
+    step "a" { rnu = function() end },
+    step "b" { run = function() end, timeout = "x" },
+  },
+}]])
+    local r = hrun_cmd({ p, "--state", d })
+    eq(r.code, 3)
+    has(r.stderr, p .. ":4: step 'a': unknown field 'rnu' (did you mean 'run'?)")
+    has(r.stderr, p .. ":4: step 'a': has no run function")
+    has(r.stderr, p .. ":5: step 'b': field 'timeout' must be a number, got string")
+  end)
+end)
+
+local function simple(dir)
+  return playbook_file(dir, "simple.lua", [[
+return playbook {
+  name = "simple",
+  params = { count = 1, name = "x", enabled = false, list = { "a" } },
+  phase "one" {
+    step "show" {
+      run = function(ctx)
+        print(json.encode({ count = ctx.params.count, name = ctx.params.name,
+          enabled = ctx.params.enabled, list = ctx.params.list }))
+      end,
+    },
+  },
+  phase "two" { step "later" { run = function() print("later") end } },
+}]])
+end
+
+describe("parameters", function()
+  it("come from -p, typed as their defaults", function()
+    local d = tmpdir()
+    local r = hrun_cmd({ simple(d), "--state", d, "-p", "count=3", "-p", "name=a b", "-p", "enabled=yes",
+      "-p", 'list=["x","y"]' })
+    eq(r.code, 0, r.stderr)
+    local line = r.stdout:match("({[^\n]*})")
+    eq(json.decode(line), { count = 3, name = "a b", enabled = true, list = { "x", "y" } })
+  end)
+
+  it("come from --params files, JSON or Lua", function()
+    local d = tmpdir()
+    fs.write(d .. "/p.json", '{"count": 7, "list": ["s1", "s2", "s3"]}')
+    fs.write(d .. "/p.lua", 'return { name = "from lua" }')
+    local r = hrun_cmd({ simple(d), "--state", d, "--params", d .. "/p.json", "--params", d .. "/p.lua" })
+    eq(r.code, 0, r.stderr)
+    eq(json.decode(r.stdout:match("({[^\n]*})")), { count = 7, name = "from lua", enabled = false,
+      list = { "s1", "s2", "s3" } })
+  end)
+
+  it("must be declared and well typed", function()
+    local d = tmpdir()
+    local p = simple(d)
+    local r = hrun_cmd({ p, "--state", d, "-p", "cuont=2" })
+    eq(r.code, 3)
+    has(r.stderr, "the playbook has no parameter 'cuont' (did you mean 'count'?)")
+    r = hrun_cmd({ p, "--state", d, "-p", "count=many" })
+    eq(r.code, 3)
+    has(r.stderr, "parameter 'count' must be a number, got 'many'")
+    r = hrun_cmd({ p, "--state", d, "-p", "noequals" })
+    eq(r.code, 3)
+    has(r.stderr, "-p noequals: expected key=value")
+    fs.write(d .. "/bad.json", '{"count": "seven"}')
+    r = hrun_cmd({ p, "--state", d, "--params", d .. "/bad.json" })
+    eq(r.code, 3)
+    has(r.stderr, "parameter 'count' must be a number, got string")
+    eq(fs.exists(d .. "/journal.db"), false)
+  end)
+
+  it("are read-only in ctx", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "ro.lua", [[
+return playbook { name = "ro", params = { x = 1 },
+  phase "p" { step "s" { run = function(ctx) ctx.params.x = 2 end } } }]])
+    local r = hrun_cmd({ p, "--state", d })
+    eq(r.code, 1)
+    has(r.stdout, "ctx.params is read-only (tried to set 'x')")
+  end)
+end)
+
+describe("--from and --only", function()
+  it("must name a step or phase of the playbook", function()
+    local d = tmpdir()
+    local p = simple(d)
+    local r = hrun_cmd({ p, "--state", d, "--from", "shwo" })
+    eq(r.code, 3)
+    has(r.stderr, "--from shwo: the playbook has no step 'shwo' (did you mean 'show'?)")
+    r = hrun_cmd({ p, "--state", d, "--only", "three" })
+    eq(r.code, 3)
+    has(r.stderr, "--only three: the playbook has no phase 'three'")
+  end)
+
+  it("select where to start and what to run", function()
+    local d = tmpdir()
+    local p = simple(d)
+    local r = hrun_cmd({ p, "--state", d, "--from", "later" })
+    eq(r.code, 0, r.stderr)
+    has(r.stdout, "later")
+    ok(not r.stdout:find('"count"', 1, true), "the step before --from did not run")
+    r = hrun_cmd({ p, "--state", d, "--only", "one" })
+    has(r.stdout, '"count"')
+    ok(not r.stdout:find("\nlater\n", 1, true))
+    r = hrun_cmd({ p, "--state", d, "--from", "two/later" })
+    eq(r.code, 0)
+  end)
+end)
+
+describe("hrun check", function()
+  it("validates, counts and lints", function()
+    local d = tmpdir()
+    local r = hrun_cmd({ "check", simple(d), "--state", d })
+    eq(r.code, 0, r.stderr)
+    has(r.stdout, "simple — 2 phases, 2 steps, 0 checks; capabilities: none declared")
+    local p = playbook_file(d, "lint.lua", [[
+return playbook {
+  name = "lint",
+  phase "p" {
+    step "s" {
+      run = function(ctx)
+        fs.wirte("/tmp/x", "y")
+        leaked = 1
+        os.execute("true")
+        print(undefined_thing)
+      end,
+    },
+  },
+}]])
+    r = hrun_cmd({ "check", p, "--state", d })
+    eq(r.code, 3)
+    has(r.stderr, p .. ":7: sets the global 'leaked'")
+    has(r.stderr, p .. ":9: undefined global 'undefined_thing'")
+    eq(fs.exists(d .. "/journal.db"), false)
+  end)
+end)
+
+describe("the playbook environment", function()
+  it("has the modules and no way around the journal", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "env.lua", [[
+return playbook {
+  name = "env",
+  phase "p" {
+    step "s" {
+      run = function()
+        assert(fs and exec and json and sys and journal)
+        assert(os.execute == nil and io.popen == nil and debug == nil and package == nil)
+        assert(not pcall(io.open, "/tmp/hrun-env-test", "w"))
+        assert(not pcall(load, string.dump(function() end), "x", "b"))
+        assert(require("hrun.fs") == fs)
+        assert(not pcall(require, "os"))
+        print("env ok")
+      end,
+    },
+  },
+}]])
+    local r = hrun_cmd({ p, "--state", d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "env ok")
+  end)
+end)
