@@ -11,6 +11,7 @@ files["stdlib"] = { read_globals = hrun_globals }
 local playbook_globals = { "fs", "exec", "json", "sys", "journal", "playbook", "phase", "step", "check" }
 files["playbooks"] = { read_globals = playbook_globals }
 files["tests/playbooks"] = { read_globals = playbook_globals }
+files["bench"] = { read_globals = playbook_globals }
 -- the corpus of malformed playbooks is malformed on purpose
 exclude_files = { "tests/playbooks/bad/*.lua" }
 files["tests"] = {

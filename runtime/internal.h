@@ -38,13 +38,18 @@ void hrun_armhook(lua_State *L);
 ** absent: hrun's own stdout and stderr. */
 #define STREAM_SINK "hrun.streamsink"
 
+/* Registry field: a function called about every 0.1 s while a primitive waits
+** (priv.setticker: the runner's spinner). */
+#define TICKER "hrun.ticker"
+
 /* [-0, +1, m] The private library handed to the Lua engine as a chunk argument
 ** (never a global): interrupts, the registry listing, the REPL's line editor. */
 int hrun_openprivate(lua_State *L);
 
 /* [-0, +0, m] Add to the private library on top: db_open (sqlite.c); lock, crash
-** (lock.c). */
+** (lock.c); sha256 (digest.c). */
 void hrun_opensqlite(lua_State *L);
+void hrun_opendigest(lua_State *L);
 void hrun_openlock(lua_State *L);
 
 /* The REPL's line editor (runtime/repl.c), private entry points of the engine. */

@@ -132,6 +132,17 @@ static int split_lines(Run *r, int stream, int final)
     return 0;
 }
 
+/* The runner's ticker (a spinner), while the command runs; its errors are ignored. */
+static void on_tick(void *ud)
+{
+    Run *r = ud;
+    lua_State *L = r->L;
+    if (!lua_checkstack(L, 3)) return;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, TICKER) == LUA_TFUNCTION)
+        hrun_pcallback(L, 0); /* its result or error: not ours to keep */
+    lua_pop(L, 1);
+}
+
 static int on_output(void *ud, int stream, const char *data, size_t len)
 {
     Run *r = ud;
@@ -407,7 +418,10 @@ static int run_command(lua_State *L, const char *what)
                    strerror(err));
         return fail_or_raise(L, check);
     }
-    hrun_SpawnOpts o = {r->argv, r->envp, cwd, input, inlen, timeout, grace, on_output, r};
+    hrun_SpawnOpts o = {r->argv, r->envp, cwd, input, inlen, timeout, grace, on_output, r, NULL, 0};
+    lua_getfield(L, LUA_REGISTRYINDEX, TICKER);
+    if (lua_isfunction(L, -1)) o.tick = on_tick, o.tick_interval = 0.1;
+    lua_pop(L, 1);
     if ((err = hrun_spawn(&r->proc, &o)) != 0) {
         hrun_failf(L, hrun_errname(err), "%s: %s: %s", what, r->argv[0], strerror(err));
         return fail_or_raise(L, check);

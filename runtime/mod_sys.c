@@ -37,7 +37,22 @@ static int sys_sleep(lua_State *L)
     luaL_argcheck(L, s >= 0 && isfinite(s), 1, "seconds must be a finite number >= 0");
     double deadline = hrun_deadline(L), left = deadline - hrun_monotime();
     int cut = deadline > 0 && left < s;
-    if (hrun_sleep(cut ? (left > 0 ? left : 0) : s) < 0) return hrun_raiseinterrupt(L);
+    double end = hrun_monotime() + (cut ? (left > 0 ? left : 0) : s);
+    /* in slices when a ticker (the runner's spinner) wants to hear from us */
+    for (;;) {
+        double now = hrun_monotime(), slice = end - now;
+        if (slice <= 0) break;
+        int tick = lua_getfield(L, LUA_REGISTRYINDEX, TICKER) == LUA_TFUNCTION;
+        if (!tick)
+            lua_pop(L, 1);
+        else if (slice > 0.1)
+            slice = 0.1;
+        if (hrun_sleep(slice) < 0) return hrun_raiseinterrupt(L);
+        if (tick) {
+            hrun_pcallback(L, 0); /* its result or error: not ours to keep */
+            lua_pop(L, 1);
+        }
+    }
     if (cut) return hrun_raisetimeout(L);
     lua_pushboolean(L, 1);
     return 1;

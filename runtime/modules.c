@@ -164,6 +164,15 @@ static int priv_setstreamsink(lua_State *L)
     return 0;
 }
 
+/* setticker(fn | nil): called about every 0.1 s while exec.run or sys.sleep waits */
+static int priv_setticker(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, TICKER);
+    return 0;
+}
+
 static int priv_monotime(lua_State *L)
 {
     lua_pushnumber(L, hrun_monotime());
@@ -191,6 +200,7 @@ int hrun_openprivate(lua_State *L)
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
         {"setstreamsink", priv_setstreamsink},
+        {"setticker", priv_setticker},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},
@@ -200,6 +210,7 @@ int hrun_openprivate(lua_State *L)
     luaL_newlib(L, funcs);
     hrun_opensqlite(L);
     hrun_openlock(L);
+    hrun_opendigest(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -189,6 +189,7 @@ void hrun_proc_wait(hrun_Proc *p, const hrun_SpawnOpts *o)
     char buf[1 << 16]; /* not static: an output callback may run another child */
     double deadline = o->timeout > 0 ? p->started + o->timeout : NEVER;
     double killat = NEVER, drain_until = NEVER;
+    double next_tick = o->tick ? hrun_monotime() + o->tick_interval : NEVER;
     int seen = 0;
     sigset_t block, old;
 
@@ -231,7 +232,12 @@ void hrun_proc_wait(hrun_Proc *p, const hrun_SpawnOpts *o)
         if (p->fds[2] >= 0) pf[nf] = (struct pollfd){p->fds[2], POLLIN, 0}, idx[nf++] = 2;
         if (p->pidfd >= 0 && p->pid > 0)
             pf[nf] = (struct pollfd){p->pidfd, POLLIN, 0}, idx[nf++] = 3;
+        if (now >= next_tick) {
+            o->tick(o->ud);
+            next_tick = now + o->tick_interval;
+        }
         double wake = p->killsig == 0 ? deadline : p->killsig != SIGKILL ? killat : NEVER;
+        if (next_tick < wake) wake = next_tick;
         if (drain_until < wake) wake = drain_until;
         if (p->pid > 0 && p->pidfd < 0 && wake > now + 0.05) wake = now + 0.05; /* no pidfd */
         struct timespec ts, *tsp = NULL;

@@ -5,6 +5,7 @@
 ** Errors raise ("journal: …"): the runner cannot go on without its journal.
 */
 #include <string.h>
+#include <sys/stat.h>
 
 #include <sqlite3.h>
 
@@ -194,7 +195,10 @@ static int db_open(lua_State *L)
         lua_setfield(L, -2, "__close");
     }
     lua_setmetatable(L, -2);
+    /* the journal and its -wal and -shm files: readable by root only */
+    mode_t mask = umask(077);
     int rc = sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    umask(mask);
     if (rc != SQLITE_OK) {
         hrun_failf(L, "EJOURNAL", "journal: %s: %s", path,
                    d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc));

@@ -23,6 +23,9 @@ typedef struct hrun_SpawnOpts {
     ** return stops the child as a timeout would. */
     int (*output)(void *ud, int stream, const char *data, size_t len);
     void *ud;
+    /* Called about every tick_interval seconds while waiting (a spinner); NULL: never. */
+    void (*tick)(void *ud);
+    double tick_interval;
 } hrun_SpawnOpts;
 
 typedef struct hrun_Proc {

@@ -120,24 +120,34 @@ function M.open(priv, dir)
   if not db then
     return nil, err, code
   end
-  require("hrun.exec").run({ "chmod", "0600", path }, { readonly = true, check = false })
   migrate(db)
-  return setmetatable({ db = db, dir = dir, priv = priv }, Journal)
+  return setmetatable({ db = db, dir = dir, priv = priv, in_tx = false }, Journal)
 end
 
 function Journal:close()
+  self:commit()
   self.db:close()
 end
 
--- Runs fn inside one transaction (committed durably, or rolled back on error).
-function Journal:transaction(fn, ...)
-  self.db:exec("BEGIN IMMEDIATE")
-  local ok, err = pcall(fn, ...)
-  if not ok then
-    self.db:exec("ROLLBACK")
-    error(err, 0)
+-- Writes go into one open transaction; commit() makes everything written so far
+-- durable at once (synchronous=FULL). The engine commits where it must — a write
+-- primitive's intent before it acts, a step's end, each undone effect, the run's
+-- end — and everything else (events, a step's start, an effect's result) rides along
+-- with the next commit instead of costing an fsync each. A crash loses only those,
+-- and the journal still says what may have happened.
+function Journal:write(sql, ...)
+  if not self.in_tx then
+    self.db:exec("BEGIN IMMEDIATE")
+    self.in_tx = true
   end
-  self.db:exec("COMMIT")
+  return self.db:run(sql, ...)
+end
+
+function Journal:commit()
+  if self.in_tx then
+    self.db:exec("COMMIT")
+    self.in_tx = false
+  end
 end
 
 -- {======================================================
@@ -145,11 +155,12 @@ end
 -- ======================================================
 
 function Journal:new_run(r)
-  local _, id = self.db:run([[INSERT INTO runs (playbook, version, path, hash, params, mode, status,
+  local _, id = self:write([[INSERT INTO runs (playbook, version, path, hash, params, mode, status,
       on_failure, host, user, pid, hrun_version, started)
       VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)]],
     r.playbook, r.version, r.path, r.hash, codec.encode(r.params), r.mode, r.on_failure, r.host,
     r.user, r.pid, r.hrun_version, r.started)
+  self:commit()
   return id
 end
 
@@ -165,21 +176,21 @@ function Journal:set_run(id, fields)
     values[i] = fields[k]
   end
   values[#keys + 1] = id
-  self.db:run("UPDATE runs SET " .. table.concat(sets, ", ") .. " WHERE id = ?", table.unpack(values, 1, #keys + 1))
+  self:write("UPDATE runs SET " .. table.concat(sets, ", ") .. " WHERE id = ?", table.unpack(values, 1, #keys + 1))
 end
 
 function Journal:new_phase(run, name, time)
-  local _, id = self.db:run("INSERT INTO phases (run, name, status, started) VALUES (?, ?, 'running', ?)",
+  local _, id = self:write("INSERT INTO phases (run, name, status, started) VALUES (?, ?, 'running', ?)",
     run, name, time)
   return id
 end
 
 function Journal:end_phase(id, status, time)
-  self.db:run("UPDATE phases SET status = ?, ended = ? WHERE id = ?", status, time, id)
+  self:write("UPDATE phases SET status = ?, ended = ? WHERE id = ?", status, time, id)
 end
 
 function Journal:new_step(s)
-  local _, id = self.db:run([[INSERT INTO steps (run, phase, name, kind, status, has_undo, irreversible,
+  local _, id = self:write([[INSERT INTO steps (run, phase, name, kind, status, has_undo, irreversible,
       started) VALUES (?, ?, ?, ?, ?, ?, ?, ?)]],
     s.run, s.phase, s.name, s.kind, s.status or "running", s.has_undo and 1 or 0, s.irreversible and 1 or 0,
     s.started)
@@ -187,12 +198,13 @@ function Journal:new_step(s)
 end
 
 function Journal:end_step(id, f)
-  self.db:run("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ? WHERE id = ?",
+  self:write("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ? WHERE id = ?",
     f.status, f.attempts or 0, f.state, f.error, f.ended, id)
 end
 
 function Journal:set_step_status(id, status, undo_error)
-  self.db:run("UPDATE steps SET status = ?, undo_error = ? WHERE id = ?", status, undo_error, id)
+  self:write("UPDATE steps SET status = ?, undo_error = ? WHERE id = ?", status, undo_error, id)
+  self:commit()
 end
 
 -- }======================================================
@@ -202,19 +214,22 @@ end
 -- ======================================================
 
 function Journal:intent(e)
-  local _, id = self.db:run([[INSERT INTO effects (run, step, op, args, inverse, no_inverse, status, started)
+  local _, id = self:write([[INSERT INTO effects (run, step, op, args, inverse, no_inverse, status, started)
       VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)]],
     e.run, e.step, e.op, e.args, e.inverse and codec.encode(e.inverse) or nil, e.no_inverse, e.started)
+  self:commit() -- before the write acts: after a crash the journal knows it may have happened
   return id
 end
 
 function Journal:effect_end(id, status, result, err, time)
-  self.db:run("UPDATE effects SET status = ?, result = ?, error = ?, ended = ? WHERE id = ?",
+  self:write("UPDATE effects SET status = ?, result = ?, error = ?, ended = ? WHERE id = ?",
     status, result, err, time, id)
 end
 
+-- Durable: an undone effect must not be undone twice after a crash.
 function Journal:set_effect_status(id, status, err)
-  self.db:run("UPDATE effects SET status = ?, error = coalesce(?, error) WHERE id = ?", status, err, id)
+  self:write("UPDATE effects SET status = ?, error = coalesce(?, error) WHERE id = ?", status, err, id)
+  self:commit()
 end
 
 -- The effects of a step that may have happened (intent or done) or whose undo failed
@@ -228,9 +243,10 @@ function Journal:effects_to_undo(step)
   return rows
 end
 
+-- An event: committed with the next durable write.
 function Journal:event(run, ev)
-  self.db:run("INSERT INTO events (run, time, event, data) VALUES (?, ?, ?, ?)", run, ev.time, ev.event,
-    codec.summary(ev))
+  self:write("INSERT INTO events (run, time, event, data) VALUES (?, ?, ?, ?)", run, ev.time, ev.event,
+    codec.summary(ev, 8192))
 end
 
 -- }======================================================

@@ -23,11 +23,6 @@ local function bad(lines)
 end
 M.Bad = Bad
 
-local function sha256(data)
-  local r = exec.run({ "sha256sum" }, { stdin = data, readonly = true })
-  return r.stdout:match("^(%x+)")
-end
-
 -- The modules a playbook sees as globals.
 function M.modules(priv, state)
   return {
@@ -61,7 +56,7 @@ function M.load(priv, path, state)
     end
     bad(problems)
   end
-  return pb, sha256(src)
+  return pb, priv.sha256(src)
 end
 
 -- Checks --from and --only against the playbook.

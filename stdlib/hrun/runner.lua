@@ -207,6 +207,9 @@ function Runner:install_hooks()
   end, function(call, nres, ...)
     return self:after(call, nres, ...)
   end)
+  self.priv.setticker(function()
+    self.ui:tick()
+  end)
   self.priv.setstreamsink(function(line, stream)
     local cur = self.current
     self:emit({ event = "output", phase = cur and cur.phase, step = cur and cur.name, stream = stream,
@@ -217,6 +220,7 @@ end
 function Runner:remove_hooks()
   self.priv.sethooks(nil)
   self.priv.setstreamsink(nil)
+  self.priv.setticker(nil)
   self.priv.setdeadline(0)
 end
 
@@ -359,13 +363,12 @@ function Runner:run_step(step, resumed_state)
   end
   local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
   if not self.plan then
-    self.journal:transaction(function()
-      self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
-        ended = sys.now() })
-      if ok then
-        self.journal:set_run(self.run_id, { shared = codec.encode(self.shared) })
-      end
-    end)
+    self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
+      ended = sys.now() })
+    if ok then
+      self.journal:set_run(self.run_id, { shared = codec.encode(self.shared) })
+    end
+    self.journal:commit() -- a step boundary: durable
     if ok then
       self:maybe_crash("step-done")
     end
@@ -705,6 +708,9 @@ function Runner:run()
   self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
     seconds = sys.now() - started, planned = self.plan and self.planned or nil,
     irreversible = self.plan and self.irreversible_planned or nil })
+  if not self.plan then
+    self.journal:commit()
+  end
   return exit
 end
 
@@ -723,6 +729,7 @@ function Runner:rollback_run(reason)
   self.journal:set_run(self.run_id, { status = status, ended = sys.now() })
   local exit = status == "rolled-back" and 0 or M.EXIT["rollback-incomplete"]
   self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, seconds = sys.now() - started })
+  self.journal:commit()
   return exit
 end
 

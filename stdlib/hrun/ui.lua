@@ -5,6 +5,7 @@
 
 local codec = require "hrun.codec"
 local pretty = require "hrun.pretty"
+local sys = require "hrun.sys"
 
 local M = {}
 
@@ -89,6 +90,7 @@ function Json.event(_, ev)
 end
 
 function Json.pause() end
+function Json.tick() end
 function Json.resume() end
 
 -- }======================================================
@@ -106,6 +108,7 @@ function Plain.line(_, t, fmt, ...)
 end
 
 function Plain.pause() end
+function Plain.tick() end
 function Plain.resume() end
 
 local plain_events = {
@@ -214,6 +217,23 @@ function Tty:set_live(s)
   io.stdout:flush()
 end
 
+local SPINNER = { "⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏" }
+
+-- The running step's line: spinner, name, time so far.
+function Tty:live_line()
+  local frame = SPINNER[self.frame % #SPINNER + 1]
+  local elapsed = M.seconds(sys.clock() - self.live_since)
+  return "  " .. self:c("33", frame) .. " " .. self.live_step .. self:c("2", " " .. elapsed)
+end
+
+-- Called about every 0.1 s while a command or a sleep waits: the spinner turns.
+function Tty:tick()
+  if self.live_step then
+    self.frame = self.frame + 1
+    self:set_live(self:live_line())
+  end
+end
+
 function Tty:pause()
   if self.live then
     io.stdout:write("\n")
@@ -257,7 +277,8 @@ local tty_events = {
     end
   end,
   ["step-start"] = function(self, ev)
-    self:set_live("  " .. self:c("33", "⠿") .. " " .. ev.step .. self:c("2", " …"))
+    self.live_step, self.live_since, self.frame = ev.step, sys.clock(), 0
+    self:set_live(self:live_line())
   end,
   ["step-skip"] = function(self, ev)
     self:print("  " .. self:c("2", "- " .. pad(ev.step, 44) .. "skipped: " .. ev.reason))
@@ -267,7 +288,7 @@ local tty_events = {
   end,
   ["step-end"] = function(self, ev)
     local mark = (ev.status == "done" or ev.status == "planned") and self:c("32", "✓") or self:c("31", "✗")
-    self.live = nil
+    self.live, self.live_step = nil, nil
     io.stdout:write("\r\27[K")
     local extra = (ev.attempts and ev.attempts > 1) and (" (" .. ev.attempts .. " attempts)") or ""
     self:print("  " .. mark .. " " .. pad(ev.step, 50) .. self:c("2", M.seconds(ev.seconds) .. extra))

@@ -21,7 +21,7 @@ return playbook {
       fs.write(ctx.params.data .. "/dir2/f", "2")
       if ctx.params.wait and not fs.exists(ctx.params.data .. "/../no-wait") then
         fs.write(ctx.params.data .. "/waiting", "")
-        exec.run({ "sleep", "30" }, { readonly = true })
+        exec.run({ "sleep", "31.417" }, { readonly = true })
       end
     end },
   },
@@ -95,7 +95,7 @@ describe("after SIGKILL, hrun resume", function()
       "echo status=$?", shq(HRUN), shq(p), shq(state), shq(data), shq(data))
     local r = exec.sh(script, { timeout = 30 })
     after(function()
-      exec.run({ "pkill", "-f", "^sleep 30$" }, { check = false })
+      exec.run({ "pkill", "-f", "^sleep 31.417$" }, { check = false })
     end)
     has(r.stdout, "status=137")
     fs.write(data .. "/../no-wait", "")

@@ -28,7 +28,13 @@ static int sink(void *ud, int stream, const char *data, size_t len)
 static int run(char *const argv[], const char *input, size_t inlen, double timeout, Sink *s,
                hrun_Proc *p)
 {
-    hrun_SpawnOpts o = {argv, NULL, NULL, input, inlen, timeout, 0.5, sink, s};
+    hrun_SpawnOpts o = {.argv = argv,
+                        .input = input,
+                        .input_len = inlen,
+                        .timeout = timeout,
+                        .grace = 0.5,
+                        .output = sink,
+                        .ud = s};
     hrun_proc_init(p);
     int rc = hrun_spawn(p, &o);
     if (rc == 0) hrun_proc_wait(p, &o);
