@@ -16,6 +16,7 @@ typedef struct hrun_Runtime {
     int lua_before;  /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
     int lua_after;
     int stood_in; /* the before hook stood in for the call just made: no after hook */
+    int strict;   /* inside a playbook's functions: nil, message returns raise */
 } hrun_Runtime;
 
 static inline hrun_Runtime *hrun_runtime(lua_State *L)

@@ -164,6 +164,13 @@ static int priv_setstreamsink(lua_State *L)
     return 0;
 }
 
+/* setstrict(bool): primitives raise their nil, message failures (inside playbooks) */
+static int priv_setstrict(lua_State *L)
+{
+    hrun_runtime(L)->strict = lua_toboolean(L, 1);
+    return 0;
+}
+
 /* setticker(fn | nil): called about every 0.1 s while exec.run or sys.sleep waits */
 static int priv_setticker(lua_State *L)
 {
@@ -201,6 +208,7 @@ int hrun_openprivate(lua_State *L)
         {"monotime", priv_monotime},
         {"setstreamsink", priv_setstreamsink},
         {"setticker", priv_setticker},
+        {"setstrict", priv_setstrict},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},

@@ -110,6 +110,14 @@ static int dispatch(lua_State *L)
         hrun_Call call = describe_call(L, e, nargs);
         rt->hooks.after(L, &call, lua_gettop(L), rt->hooks.ud);
     }
+    /* in a playbook's step, a failure of the world raises, naming where (as redis.call
+    ** raises where redis.pcall returns) */
+    if (rt->strict && lua_gettop(L) >= 2 && lua_isnil(L, 1) && lua_type(L, 2) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_pushvalue(L, 2);
+        lua_concat(L, 2);
+        return lua_error(L);
+    }
     return lua_gettop(L);
 }
 

@@ -13,4 +13,4 @@ $APT install --no-install-recommends \
     build-essential cmake pkg-config \
     liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev lua5.4
 # tests and checks: a terminal for the REPL tests, the Lua linter, the C formatter
-$APT install --no-install-recommends tmux lua-check clang-format procps
+$APT install --no-install-recommends tmux lua-check clang-format procps sqlite3

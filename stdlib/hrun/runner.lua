@@ -202,6 +202,7 @@ function Runner:after(call, nres, ...)
 end
 
 function Runner:install_hooks()
+  self.priv.setstrict(true)
   self.priv.sethooks(function(call, ...)
     return self:before(call, ...)
   end, function(call, nres, ...)
@@ -218,6 +219,7 @@ function Runner:install_hooks()
 end
 
 function Runner:remove_hooks()
+  self.priv.setstrict(false)
   self.priv.sethooks(nil)
   self.priv.setstreamsink(nil)
   self.priv.setticker(nil)
@@ -465,8 +467,11 @@ function Runner:undo_effects(step_id, irreversible)
         ok, err = false, string.format("%s %s", e.no_inverse or (e.op .. " cannot be undone"), e.args)
       end
     else
+      -- the engine's own undo operations: failures come back as values, not errors
       self.undoing = true
+      self.priv.setstrict(false)
       ok, err = Runner.run_inverse(e)
+      self.priv.setstrict(true)
       self.undoing = false
     end
     if e.inverse or not irreversible then
@@ -683,8 +688,12 @@ function Runner:run()
     path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params })
   self:install_hooks()
   local ok, failure = pcall(self.execute, self)
-  if not ok then -- the engine itself failed (the journal, a hook): still try to undo
+  if not ok then -- the engine itself failed (the journal, a hook), or Ctrl-C hit it
     failure = "hrun: " .. message_of(failure)
+  end
+  if self.priv.interrupted() > 0 then -- an interrupt outside a step: rollback must not see it
+    self.priv.clearinterrupt()
+    self.interrupted = true
   end
   local status
   if self.plan then
@@ -694,7 +703,11 @@ function Runner:run()
   elseif self.pb.on_failure == "stop" then
     status = "stopped"
   else
-    status = self:rollback(failure)
+    local rok, res = pcall(self.rollback, self, failure)
+    status = rok and res or "rollback-incomplete"
+    if not rok then
+      self:emit({ event = "error", message = "the rollback stopped: " .. message_of(res) })
+    end
   end
   self:remove_hooks()
   local exit = status == "planned" and 0 or (status == "failed" and 1) or M.EXIT[status]

@@ -5,7 +5,7 @@
 local PLAYBOOK = [[
 local function append(ctx, word)
   local log = ctx.params.data .. "/log"
-  fs.write(log, (fs.read(log) or "") .. word .. "\n")
+  fs.write(log, (fs.exists(log) and fs.read(log) or "") .. word .. "\n")
 end
 
 return playbook {

@@ -142,7 +142,8 @@ return playbook { name = "retry", params = { data = "" },
     step "flaky" {
       retries = 3, retry_delay = 0.01,
       run = function(ctx)
-        local n = tonumber(fs.read(ctx.params.data .. "/counter") or "0")
+        local counter = ctx.params.data .. "/counter"
+        local n = fs.exists(counter) and tonumber(fs.read(counter)) or 0
         exec.run({ "sh", "-c", "echo " .. (n + 1) .. " > " .. ctx.params.data .. "/counter" })
         fs.write(ctx.params.data .. "/attempt-" .. (n + 1), "x")
         if n < 2 then error("not yet") end
@@ -162,7 +163,8 @@ return playbook { name = "retry2", params = { data = "" },
       run = function(ctx)
         local marks = fs.glob(ctx.params.data .. "/mark-*")
         fs.write(ctx.params.data .. "/mark-" .. #marks, "x")
-        local tries = tonumber(fs.read(ctx.params.data .. "/../tries") or "0") + 1
+        local file = ctx.params.data .. "/../tries"
+        local tries = (fs.exists(file) and tonumber(fs.read(file)) or 0) + 1
         io.write("attempt ", tries, "\n")
         exec.run({ "sh", "-c", "echo " .. tries .. " > " .. ctx.params.data .. "/../tries" }, { readonly = true })
         if tries < 3 then error("try again") end
@@ -404,5 +406,70 @@ describe("events and history", function()
     local missing = run({ "show", "9", "--state", state })
     eq(missing.code, 3)
     has(missing.stderr, "there is no run 9")
+  end)
+end)
+
+describe("inverses", function()
+  it("restore replaced files, renamed-over targets and removed trees exactly", function()
+    local d, data, state = setup()
+    fs.mkdir(data .. "/tree/with space", { parents = true })
+    fs.write(data .. "/tree/with space/new\nline", "odd", { mode = "0600" })
+    fs.write(data .. "/tree/bad\xffname", "\xff\xfe")
+    exec.run({ "ln", "-s", "../config.txt", data .. "/tree/link" })
+    fs.write(data .. "/target.txt", "the old target\n", { mode = "0604" })
+    local p = playbook_file(d, "inv.lua", [[
+return playbook { name = "inv", params = { data = "" },
+  phase "p" {
+    step "replace" {
+      run = function(ctx)
+        local data = ctx.params.data
+        fs.copy(data .. "/config.txt", data .. "/target.txt")
+        fs.rename(data .. "/sub/keep.bin", data .. "/config.txt")
+        fs.remove(data .. "/tree", { recursive = true })
+        fs.copy(data .. "/doomed.txt", data .. "/sub", { recursive = false })
+      end,
+    },
+  } }]])
+    local before = tree(data)
+    local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data })
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, "step 'replace' failed: " .. p .. ":9: fs.copy: " .. data .. "/sub: is a directory")
+    eq(tree(data), before)
+  end)
+end)
+
+describe("the journal", function()
+  it("is read by playbooks through journal.runs and journal.run", function()
+    local d, _, state = setup()
+    local p = playbook_file(d, "reader.lua", [[
+return playbook { name = "reader",
+  phase "p" { step "read" { run = function()
+    local runs = journal.runs(5)
+    print("runs=" .. #runs .. " first=" .. runs[1].playbook .. " status=" .. runs[1].status)
+    print("steps=" .. #journal.run(runs[#runs].id).steps)
+  end } } }]])
+    eq(hrun_cmd({ p, "--state", state }).code, 0)
+    local r = hrun_cmd({ p, "--state", state })
+    has(r.stdout, "runs=2 first=reader status=running")
+    has(r.stdout, "steps=1")
+    eq(fs.stat(state).mode, tonumber("700", 8))
+    eq(fs.stat(state .. "/journal.db").mode, tonumber("600", 8))
+  end)
+
+  it("refuses a journal written by a newer hrun", function()
+    local d, data, state = setup()
+    local p = changer(d)
+    eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 0)
+    need("sqlite3")
+    exec.run({ "sqlite3", state .. "/journal.db", "PRAGMA user_version = 99" })
+    local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data })
+    eq(r.code, 1)
+    has(r.stderr, "journal: written by a newer hrun (schema 99, this hrun knows 1)")
+  end)
+
+  it("options apply to the commands they belong to", function()
+    local r = hrun_cmd({ "runs", "--plan" })
+    eq(r.code, 3)
+    has(r.stderr, "option --plan does not apply to 'runs'")
   end)
 end)
