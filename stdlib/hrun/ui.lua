@@ -312,7 +312,9 @@ local tty_events = {
     self:print(self:c("36", "      " .. ev.message))
   end,
   ["rollback-start"] = function(self, ev)
-    self:print(self:c("1;33", "↶ rolling back") .. self:c("2", " — " .. tostring(ev.reason):gsub("\n.*", "")))
+    local reason = tostring(ev.reason)
+    reason = reason:match("^(step '.-' failed)") or reason:match("^(check '.-' failed)") or reason:gsub("\n.*", "")
+    self:print(self:c("1;33", "↶ rolling back") .. self:c("2", " — " .. reason))
   end,
   undo = function(self, ev)
     local mark = ev.status == "undone" and self:c("33", "↶") or self:c("31", "✗")
