@@ -116,3 +116,23 @@ describe("hrun repl PLAYBOOK", function()
     eq(shown.mode, "debug")
   end)
 end)
+
+describe("confirm on a terminal", function()
+  it("asks, and runs the step when answered yes", function()
+    local d = tmpdir()
+    local data, state = d .. "/data", d .. "/state"
+    fs.mkdir(data)
+    local p = playbook_file(d, "ask.lua", [[
+return playbook { name = "ask", params = { data = "" },
+  phase "p" {
+    step "wipe" { confirm = "Wipe the cache?", run = function(ctx) fs.write(ctx.params.data .. "/wiped", "") end },
+    step "again" { confirm = "Really?", run = function(ctx) fs.write(ctx.params.data .. "/again", "") end },
+  } }]])
+    local t = run_in_terminal(p, data, state)
+    t:wait("Wipe the cache? [y/N]")
+    t:line("y", "Really? [y/N]")
+    t:line("n", "EXIT=1")
+    has(t:screen(), "not confirmed: Really?")
+    eq(fs.list(data), {}, "the first step was rolled back")
+  end)
+end)

@@ -473,3 +473,25 @@ return playbook { name = "reader",
     has(r.stderr, "option --plan does not apply to 'runs'")
   end)
 end)
+
+describe("a second Ctrl-C", function()
+  it("kills the step's child processes at once", function()
+    local d, data, state = setup()
+    local p = playbook_file(d, "stubborn.lua", [[
+return playbook { name = "stubborn", params = { data = "" },
+  phase "p" { step "wait" { run = function(ctx)
+    fs.write(ctx.params.data .. "/started", "")
+    -- ignores SIGINT, and the grace before SIGKILL is long: only a second Ctrl-C ends it soon
+    exec.run({ "sh", "-c", "trap '' INT; sleep 28.5 & wait; sleep 28.5" }, { grace = 25 })
+  end } } }]])
+    local script = string.format("%s %s --state %s -p data=%s & pid=$!; " ..
+      "for i in $(seq 100); do [ -e %s/started ] && break; sleep 0.05; done; sleep 0.3; " ..
+      "kill -INT $pid; sleep 0.5; kill -INT $pid; wait $pid; echo \"status=$?\"",
+      shq(HRUN), shq(p), shq(state), shq(data), shq(data))
+    local t0 = sys.clock()
+    local r = exec.sh(script, { check = false, timeout = 60 })
+    has(r.stdout, "status=130")
+    ok(sys.clock() - t0 < 10, "took " .. (sys.clock() - t0))
+    eq(exec.run({ "pgrep", "-f", "sleep 28.5" }, { check = false, readonly = true }).ok, false)
+  end)
+end)
