@@ -40,7 +40,7 @@ for r in res:
   lines.append("| %s | %.1f ms | %.1f ± %.1f ms | %.1f ms | %.1f ms |" % (r["command"], r["median"]*1e3,
     r["mean"]*1e3, r["stddev"]*1e3, r["min"]*1e3, r["max"]*1e3))
 lines += ["", "**hrun is %.0f× faster** in wall time, side by side (goal: at least 50×)." % ratio, "",
-  "ansible-playbook was slower here than the 3.26 s that ../shared/BENCH.md reports for the",
+  "ansible-playbook was slower here than the 3.26 s the project's BENCH.md notes (shared/) for the",
   "same 20 tasks on this kind of machine (ansible's start-up varies with the machine's load);",
   "against that figure hrun's median is %.0f× faster." % (3.26 / h["median"]), ""]
 open(sys.argv[2], "w").write("\n".join(lines))
