@@ -14,16 +14,12 @@ local play = require "hrun.play"
 local repl = require "hrun.repl"
 local runner_mod = require "hrun.runner"
 local sys = require "hrun.sys"
-local ui_mod = require "hrun.ui"
 
 local M = {}
 
 local Debugger = {}
 Debugger.__index = Debugger
 
-local function new_ui(priv, opts)
-  return ui_mod.new({ json = opts.json, tty = priv.isatty(1), color = opts.color, verbose = opts.verbose })
-end
 
 local function lookup(pb, name)
   for _, ph in ipairs(pb.phases) do
@@ -142,24 +138,9 @@ function Session:runner()
     return self.r
   end
   local priv, opts = self.priv, self.opts
-  local fs = require "hrun.fs"
-  assert(fs.exists(self.state) or fs.mkdir(self.state, { parents = true, mode = "0700" }))
-  local handle, holder, code = priv.lock(self.state .. "/lock")
-  if not handle then
-    error(code == "ELOCKED" and ("another run holds the lock: " .. holder) or holder, 0)
-  end
-  self.lock = handle
-  self.journal = assert(require("hrun.journal").open(priv, self.state))
-  local pid = tonumber(fs.stat("/proc/self", { follow = false }).target)
-  local id = self.journal:new_run({ playbook = self.pb.name, version = self.pb.version, path = self.path,
-    hash = self.hash, params = self.params, mode = "debug", on_failure = self.pb.on_failure,
-    host = sys.hostname(), user = sys.env("USER") or (sys.is_root() and "root") or nil, pid = pid,
-    hrun_version = priv.version, started = sys.now() })
-  handle:note(string.format("pid %d, run %d (repl, %s)", pid, id, self.path))
-  local stash = string.format("%s/runs/%d/stash", self.state, id)
-  assert(fs.mkdir(stash, { parents = true, mode = "0700" }))
-  priv.setstash(stash)
-  self.r = runner_mod.new({ priv = priv, ui = new_ui(priv, opts), pb = self.pb, params = self.params,
+  local lk, j, id = play.begin_run(priv, self.state, self.pb, self.path, self.hash, self.params, "debug")
+  self.lock, self.journal = lk, j
+  self.r = runner_mod.new({ priv = priv, ui = play.new_ui(priv, opts), pb = self.pb, params = self.params,
     journal = self.journal, run_id = id, path = self.path, opts = opts })
   self.r:emit({ event = "run-start", run = id, playbook = self.pb.name, version = self.pb.version, path = self.path })
   return self.r
@@ -181,6 +162,21 @@ function Session:find(name, kind)
       near and string.format(" (did you mean '%s'?)", near) or ""), 3)
   end
   return item
+end
+
+-- Runs one step or check of the playbook, under the hooks, in the debug run.
+function Session:run_one(name, kind)
+  local item = self:find(name, kind)
+  local r = self:runner()
+  r:install_hooks()
+  local ok, err
+  if kind == "step" then
+    ok, err = r:run_step(item)
+  else
+    ok, err = r:run_check(item)
+  end
+  r:remove_hooks()
+  return ok, err
 end
 
 function Session:close()
@@ -219,22 +215,13 @@ function M.session(priv, opts, path, state)
   end
   -- run_step(name) → ok, error: runs one step on its own, journaled
   env.run_step = function(name)
-    local item = s:find(name, "step")
-    local r = s:runner()
-    r:install_hooks()
-    local ok, err = r:run_step(item)
-    r:remove_hooks()
-    env.ctx = r.last_ctx
+    local ok, err = s:run_one(name, "step")
+    env.ctx = s.r.last_ctx
     return ok, err
   end
   -- run_check(name) → ok, error
   env.run_check = function(name)
-    local item = s:find(name, "check")
-    local r = s:runner()
-    r:install_hooks()
-    local ok, err = r:run_check(item)
-    r:remove_hooks()
-    return ok, err
+    return s:run_one(name, "check")
   end
   -- rollback() → the status: undoes the steps this session ran, newest first
   env.rollback = function()

@@ -111,9 +111,10 @@ local function check_selection(priv, pb, opts)
   end
 end
 
-local function new_ui(priv, opts)
+function M.new_ui(priv, opts)
   return ui_mod.new({ json = opts.json, tty = priv.isatty(1), color = opts.color, verbose = opts.verbose })
 end
+local new_ui = M.new_ui
 
 local function self_pid()
   return tonumber(fs.stat("/proc/self", { follow = false }).target)
@@ -146,6 +147,23 @@ local function stash_dir(state, run_id)
   return dir
 end
 
+-- begin_run(priv, state, pb, path, hash, params, mode) → lock, journal, run id: takes the
+-- state directory's lock, journals a new run (mode "debug" with --debug or from the
+-- REPL) and points the stash at it.
+function M.begin_run(priv, state, pb, path, hash, params, mode)
+  assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
+  local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
+    ui_mod.timestamp(sys.now())))
+  local j = open_journal(priv, state)
+  local run_id = j:new_run({ playbook = pb.name, version = pb.version, path = path, hash = hash, params = params,
+    mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
+    user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
+    hrun_version = priv.version, started = sys.now() })
+  lk:note(string.format("pid %d, run %d (%s), since %s", self_pid(), run_id, path, ui_mod.timestamp(sys.now())))
+  priv.setstash(stash_dir(state, run_id))
+  return lk, j, run_id
+end
+
 -- {======================================================
 -- hrun PLAYBOOK, hrun plan PLAYBOOK
 -- ======================================================
@@ -164,17 +182,9 @@ function M.run(priv, opts, path, state, setup)
       opts = opts })
     return r:run()
   end
-  assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
-  local lk <close> = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
-    ui_mod.timestamp(sys.now())))
-  local j = open_journal(priv, state)
-  local run_id = j:new_run({ playbook = pb.name, version = pb.version, path = path, hash = hash, params = params,
-    mode = opts.debug and "debug" or "run", on_failure = pb.on_failure, host = sys.hostname(),
-    user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
-    hrun_version = priv.version,
-    started = sys.now() })
-  lk:note(string.format("pid %d, run %d (%s), since %s", self_pid(), run_id, path, ui_mod.timestamp(sys.now())))
-  priv.setstash(stash_dir(state, run_id))
+  -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
+  local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
+    (opts.debug or opts.break_at) and "debug" or "run")
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
     path = path, opts = opts })
   if setup then
@@ -274,6 +284,17 @@ local function pick_run(j, arg)
   return r
 end
 
+-- open_run(priv, state, arg, doing) → lock, journal, run: a journaled run, to resume or
+-- roll back, under the lock.
+local function open_run(priv, state, arg, doing)
+  local lk = lock(priv, state, string.format("pid %d, %s, since %s", self_pid(), doing, ui_mod.timestamp(sys.now())))
+  local j = open_journal(priv, state)
+  local r = pick_run(j, arg)
+  lk:note(string.format("pid %d, %s run %d (%s), since %s", self_pid(), doing, r.id, r.path,
+    ui_mod.timestamp(sys.now())))
+  return lk, j, r
+end
+
 -- The playbook of a journaled run, if it is still there and unchanged.
 local function reload(priv, r, state)
   if not fs.exists(r.path) then
@@ -290,10 +311,7 @@ local function reload(priv, r, state)
 end
 
 function M.resume(priv, opts, arg, state)
-  local lk <close> = lock(priv, state, string.format("pid %d, resuming, since %s", self_pid(),
-    ui_mod.timestamp(sys.now())))
-  local j = open_journal(priv, state)
-  local r = pick_run(j, arg)
+  local lk <close>, j, r = open_run(priv, state, arg, "resuming") -- luacheck: ignore 211/lk
   if r.status ~= "running" and r.status ~= "stopped" then
     bad(string.format("run %d is %s: there is nothing to resume", r.id, r.status))
   end
@@ -306,8 +324,6 @@ function M.resume(priv, opts, arg, state)
   elseif not pb then
     bad(why .. ": it cannot be resumed ('hrun rollback " .. r.id .. "' undoes what it did)")
   end
-  lk:note(string.format("pid %d, run %d (%s, resumed), since %s", self_pid(), r.id, r.path,
-    ui_mod.timestamp(sys.now())))
   priv.setstash(stash_dir(state, r.id))
   local ui = new_ui(priv, opts)
   local run = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = r.params, journal = j, run_id = r.id,
@@ -348,11 +364,7 @@ function M.resume(priv, opts, arg, state)
 end
 
 function M.rollback(priv, opts, arg, state)
-  local lk <close> = lock(priv, state, string.format("pid %d, rolling back, since %s", self_pid(),
-    ui_mod.timestamp(sys.now())))
-  local j = open_journal(priv, state)
-  local r = pick_run(j, arg)
-  lk:note(string.format("pid %d, rolling back run %d, since %s", self_pid(), r.id, ui_mod.timestamp(sys.now())))
+  local lk <close>, j, r = open_run(priv, state, arg, "rolling back") -- luacheck: ignore 211/lk
   if r.status == "rolled-back" then
     io.stdout:write(string.format("run %d is already rolled back: nothing to undo\n", r.id))
     return 0
