@@ -11,9 +11,10 @@
 typedef struct hrun_Runtime {
     hrun_Hooks hooks;
     hrun_Options options;
-    double deadline; /* the current step's, monotonic; 0: none */
-    char *stash_dir; /* malloc'd; NULL outside a journaled run */
-    int lua_before;  /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
+    double deadline;    /* the current step's, monotonic; 0: none */
+    char *stash_dir;    /* malloc'd; NULL outside a journaled run */
+    lua_Integer run_id; /* the journaled run, 0 outside one */
+    int lua_before;     /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
     int lua_after;
     int stood_in; /* the before hook stood in for the call just made: no after hook */
     int strict;   /* inside a playbook's functions: nil, message returns raise */
@@ -42,6 +43,10 @@ void hrun_armhook(lua_State *L);
 /* Registry field: a function called about every 0.1 s while a primitive waits
 ** (priv.setticker: the runner's spinner). */
 #define TICKER "hrun.ticker"
+
+/* Registry field: function(path) → true when an unfinished run references path in its
+** journal (priv.setprotector); btrfs.prune never deletes those. */
+#define PROTECTOR "hrun.protector"
 
 /* [-0, +1, m] The private library handed to the Lua engine as a chunk argument
 ** (never a global): interrupts, the registry listing, the REPL's line editor. */

@@ -12,11 +12,8 @@
 
 /* Every module: loaded as require "hrun.<name>" and set as the global <name>. */
 static const luaL_Reg hrun_modules[] = {
-    {"fs", luaopen_hrun_fs},
-    {"exec", luaopen_hrun_exec},
-    {"json", luaopen_hrun_json},
-    {"sys", luaopen_hrun_sys},
-    {NULL, NULL},
+    {"fs", luaopen_hrun_fs},   {"exec", luaopen_hrun_exec},   {"json", luaopen_hrun_json},
+    {"sys", luaopen_hrun_sys}, {"btrfs", luaopen_hrun_btrfs}, {NULL, NULL},
 };
 
 static int runtime_gc(lua_State *L)
@@ -143,11 +140,12 @@ static int priv_inverse(lua_State *L)
     return hrun_inverse(L, name, lua_gettop(L) - 1);
 }
 
-/* setstash(dir | nil): where inverses save what writes destroy */
+/* setstash(dir, run | nil): the run's stash, where inverses save what writes destroy */
 static int priv_setstash(lua_State *L)
 {
     hrun_Runtime *rt = hrun_runtime(L);
     const char *dir = luaL_optstring(L, 1, NULL);
+    rt->run_id = dir ? luaL_optinteger(L, 2, 0) : 0;
     char *copy = dir ? strdup(dir) : NULL;
     if (dir && copy == NULL) return luaL_error(L, "not enough memory");
     free(rt->stash_dir);
@@ -168,6 +166,15 @@ static int priv_setstreamsink(lua_State *L)
 static int priv_setstrict(lua_State *L)
 {
     hrun_runtime(L)->strict = lua_toboolean(L, 1);
+    return 0;
+}
+
+/* setprotector(fn | nil): fn(path) says whether an unfinished run references path */
+static int priv_setprotector(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, PROTECTOR);
     return 0;
 }
 
@@ -209,6 +216,7 @@ int hrun_openprivate(lua_State *L)
         {"setstreamsink", priv_setstreamsink},
         {"setticker", priv_setticker},
         {"setstrict", priv_setstrict},
+        {"setprotector", priv_setprotector},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},

@@ -247,7 +247,7 @@ const char *hrun_stashdir(lua_State *L)
 static void push_call(lua_State *L, const hrun_Call *call)
 {
     static const char *const kinds[] = {"pure", "read", "write"};
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     lua_pushstring(L, call->fullname);
     lua_setfield(L, -2, "name");
     lua_pushstring(L, call->module);
@@ -260,6 +260,10 @@ static void push_call(lua_State *L, const hrun_Call *call)
     }
     lua_pushboolean(L, call->writes);
     lua_setfield(L, -2, "writes");
+    if (call->prim->destroys) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "destroys");
+    }
 }
 
 /* before(call, ...args) → nothing to let it run, or true, results... to stand in */

@@ -160,7 +160,17 @@ function tree(dir)
     local st = assert(fs.stat(path, { follow = false }))
     local desc = st.type .. " " .. string.format("%o", st.mode)
     if st.type == "file" then
-      desc = desc .. " " .. assert(fs.read(path))
+      local data = assert(fs.read(path))
+      -- short contents as they are; long ones as their size and a checksum (FNV-1a)
+      if #data <= 64 then
+        desc = desc .. " " .. data
+      else
+        local h = 2166136261
+        for i = 1, #data do
+          h = ((h ~ data:byte(i)) * 16777619) & 0xffffffff
+        end
+        desc = desc .. string.format(" <%d bytes, fnv %08x>", #data, h)
+      end
     elseif st.type == "link" then
       desc = desc .. " -> " .. st.target
     end

@@ -42,6 +42,9 @@ typedef struct hrun_Prim {
     ** {{op = "fs.remove", args = {…}}, …}, or nil and why it cannot be undone. It may
     ** save what the call will destroy (hrun_stash). NULL: it cannot be undone. */
     lua_CFunction inverse;
+    /* It destroys what it cannot give back (btrfs.delete): in a playbook step it is
+    ** refused unless the step has its own undo or says irreversible = true. */
+    int destroys;
 } hrun_Prim;
 
 /* One call of a primitive, as the hooks see it. */
@@ -179,6 +182,7 @@ int luaopen_hrun_fs(lua_State *L);
 int luaopen_hrun_exec(lua_State *L);
 int luaopen_hrun_json(lua_State *L);
 int luaopen_hrun_sys(lua_State *L);
+int luaopen_hrun_btrfs(lua_State *L);
 
 /* }==================================================================== */
 

@@ -377,7 +377,7 @@ rollback() undoes what the session did.]],
       else
         io.stderr:write("hrun: no history: ", err, "\n")
       end
-      ropts.banner = string.format("hrun %s (%s) — modules: exec fs json sys%s. Ctrl-D exits.",
+      ropts.banner = string.format("hrun %s (%s) — modules: btrfs exec fs json sys%s. Ctrl-D exits.",
         priv.version, _VERSION,
         session and (" — playbook " .. session.pb.name .. ": phases(), steps(), run_step(name)") or "")
       status = repl.interactive(priv, ropts)
@@ -619,6 +619,17 @@ local function main()
   opts.color = not opts.no_color and not opts.json and (env_color == nil or env_color == "")
     and priv.isatty(1) and priv.isatty(2)
   priv.setoptions({ verbose = opts.verbose, color = opts.color })
+  -- scripts and the REPL prune snapshots too: never one an unfinished run still needs
+  priv.setprotector(function(path)
+    local dir = state_dir(opts, false)
+    if not dir or not fs.exists(dir .. "/journal.db") then
+      return false
+    end
+    local j = assert(require("hrun.journal").open(priv, dir))
+    local yes = j:references(path)
+    j:close()
+    return yes
+  end)
   local status
   ok, status = pcall(commands[name].run, opts, cargs)
   if not ok then

@@ -284,6 +284,16 @@ function Journal:run(id)
   return r
 end
 
+-- Does an unfinished run (running, crashed, stopped, rollback incomplete) reference
+-- path in an effect that may have happened? btrfs.prune never deletes those.
+function Journal:references(path)
+  local needle = require("hrun.json").encode(path):sub(2, -2)
+  return #self.db:query([[SELECT 1 FROM effects e JOIN runs r ON e.run = r.id
+      WHERE r.status IN ('running', 'stopped', 'rollback-incomplete')
+      AND e.status IN ('intent', 'done', 'undo-failed')
+      AND (instr(e.args, ?) > 0 OR instr(coalesce(e.inverse, ''), ?) > 0) LIMIT 1]], needle, needle) > 0
+end
+
 function Journal:latest_run()
   local r = self.db:query("SELECT id FROM runs ORDER BY id DESC LIMIT 1")[1]
   return r and r.id

@@ -26,7 +26,7 @@ M.Bad = Bad
 -- The modules a playbook sees as globals.
 function M.modules(priv, state)
   return {
-    fs = fs, exec = exec, json = json, sys = sys,
+    fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"),
     journal = journal_mod.public(priv, state),
   }
 end
@@ -160,7 +160,7 @@ function M.begin_run(priv, state, pb, path, hash, params, mode)
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
     hrun_version = priv.version, started = sys.now() })
   lk:note(string.format("pid %d, run %d (%s), since %s", self_pid(), run_id, path, ui_mod.timestamp(sys.now())))
-  priv.setstash(stash_dir(state, run_id))
+  priv.setstash(stash_dir(state, run_id), run_id)
   return lk, j, run_id
 end
 
@@ -324,7 +324,7 @@ function M.resume(priv, opts, arg, state)
   elseif not pb then
     bad(why .. ": it cannot be resumed ('hrun rollback " .. r.id .. "' undoes what it did)")
   end
-  priv.setstash(stash_dir(state, r.id))
+  priv.setstash(stash_dir(state, r.id), r.id)
   local ui = new_ui(priv, opts)
   local run = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = r.params, journal = j, run_id = r.id,
     path = r.path, opts = opts, shared = r.shared, resumed = true })
@@ -373,7 +373,7 @@ function M.rollback(priv, opts, arg, state)
   if not pb then
     io.stderr:write("hrun: warning: ", why, ": undoing with the journaled inverses only\n")
   end
-  priv.setstash(stash_dir(state, r.id))
+  priv.setstash(stash_dir(state, r.id), r.id)
   local run = runner_mod.new({ priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j,
     run_id = r.id, path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook })
   local exit = run:rollback_run(string.format("hrun rollback %d", r.id))

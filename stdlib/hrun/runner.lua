@@ -27,6 +27,22 @@ local placeholders = {
   end,
 }
 placeholders["exec.sh"] = placeholders["exec.run"]
+placeholders["btrfs.snapshot"] = placeholders["fs.copy"]
+placeholders["btrfs.restore"] = function(_, target)
+  return target .. ".hrun-(aside)"
+end
+placeholders["btrfs.prune"] = function()
+  return { kept = {}, deleted = {}, protected = {}, planned = true }
+end
+placeholders["btrfs.scrub"] = function()
+  return { ok = true, corrected = 0, uncorrectable = 0, unverified = 0, errors = {}, planned = true }
+end
+
+-- Why a step may not call a write that destroys what it cannot give back.
+local function refusal(call, step)
+  return string.format("%s cannot be undone: step '%s' needs its own undo, or irreversible = true", call.name,
+    step.name)
+end
 
 local function placeholder(name, ...)
   local f = placeholders[name]
@@ -155,8 +171,17 @@ function Runner:before(call, ...)
       cur.kind, cur.name, call.name), 0)
   end
   local args = table.pack(...)
+  local def = cur and cur.def
+  if call.destroys and def and not (def.undo or def.irreversible) then
+    if not self.plan then
+      error(refusal(call, def), 0)
+    end
+  end
   if self.plan then
     local inverse, why = self.priv.inverse(call.name, ...)
+    if call.destroys and def and not (def.undo or def.irreversible) then
+      why = refusal(call, def) .. " — the run would fail here"
+    end
     self.planned = self.planned + 1
     if not inverse then
       self.irreversible_planned = self.irreversible_planned + 1
@@ -211,6 +236,11 @@ function Runner:install_hooks()
   self.priv.setticker(function()
     self.ui:tick()
   end)
+  if self.journal then
+    self.priv.setprotector(function(path)
+      return self.journal:references(path)
+    end)
+  end
   self.priv.setstreamsink(function(line, stream)
     local cur = self.current
     self:emit({ event = "output", phase = cur and cur.phase, step = cur and cur.name, stream = stream,
@@ -338,7 +368,7 @@ function Runner:run_step(step, resumed_state)
   local attempts, ok, err = 0
   while true do
     attempts = attempts + 1
-    self.current = { kind = "step", id = id, name = step.name, phase = step.phase }
+    self.current = { kind = "step", id = id, name = step.name, phase = step.phase, def = step }
     ok, err = self:attempt(step, ctx)
     self.current = nil
     if ok or self.interrupted or self.plan or attempts > (step.retries or 0) then
@@ -512,7 +542,7 @@ function Runner:undo_step(s)
   if s.status == "done" and def and def.undo then
     how = "undo"
     local ctx = self:ctx(s.phase, s.name, s.state)
-    self.current = { kind = "step", id = s.id, name = s.name, phase = s.phase }
+    self.current = { kind = "step", id = s.id, name = s.name, phase = s.phase, def = def }
     self.undoing = true
     ok, err = xpcall(def.undo, self:handler(), ctx)
     self.undoing = false

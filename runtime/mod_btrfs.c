@@ -1,0 +1,879 @@
+/*
+** mod_btrfs.c — the `btrfs` module: subvolumes and snapshots through libbtrfsutil (no
+** btrfs CLI), restore, retention (prune), and scrub (the one CLI call: there is no
+** library API for it).
+*/
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <btrfsutil.h>
+
+#include "hrun/spawn.h"
+#include "internal.h"
+
+/* {======================================================
+** Errors: the path and the reason, and a code a program can test
+** ======================================================= */
+
+/* [-0, +3, m] nil, "what: path: reason", code for a libbtrfsutil error */
+static int fail(lua_State *L, const char *what, const char *path, enum btrfs_util_error e)
+{
+    int err = errno;
+    switch (e) {
+    case BTRFS_UTIL_ERROR_NOT_BTRFS:
+        return hrun_failf(L, "ENOTBTRFS", "%s: %s: not on a btrfs filesystem", what, path);
+    case BTRFS_UTIL_ERROR_NOT_SUBVOLUME:
+        return hrun_failf(L, "ENOTSUBVOL", "%s: %s: not a btrfs subvolume", what, path);
+    case BTRFS_UTIL_ERROR_SUBVOLUME_NOT_FOUND:
+        return hrun_failf(L, "ENOENT", "%s: %s: no such subvolume", what, path);
+    case BTRFS_UTIL_ERROR_NO_MEMORY:
+        return hrun_fail(L, what, path, ENOMEM);
+    default:
+        /* the *_FAILED errors leave the failing system call's errno */
+        if (err == 0)
+            return hrun_failf(L, "EBTRFS", "%s: %s: %s", what, path, btrfs_util_strerror(e));
+        return hrun_fail(L, what, path, err);
+    }
+}
+
+#define BTRFS_MAGIC 0x9123683E
+
+/* Where a new subvolume would go (path's directory) is on btrfs: 0; else -1, with the
+** failure pushed (nil, message, code). */
+static int check_parent(lua_State *L, const char *what, const char *path)
+{
+    char dir[PATH_MAX];
+    struct statfs sf;
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (statfs(dir, &sf) < 0) return hrun_fail(L, what, dir, errno), -1;
+    if (sf.f_type != BTRFS_MAGIC) return fail(L, what, dir, BTRFS_UTIL_ERROR_NOT_BTRFS), -1;
+    return 0;
+}
+
+/* }====================================================== */
+
+static void push_uuid(lua_State *L, const uint8_t u[16])
+{
+    static const uint8_t zero[16];
+    if (memcmp(u, zero, 16) == 0) {
+        lua_pushnil(L);
+        return;
+    }
+    char s[37];
+    snprintf(s, sizeof s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+             u[14], u[15]);
+    lua_pushstring(L, s);
+}
+
+static void settime(lua_State *L, const char *k, struct timespec ts)
+{
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    lua_setfield(L, -2, k);
+}
+
+/* [-0, +1, m] The fields of a subvolume's info into the table on top. */
+static void fill_info(lua_State *L, const struct btrfs_util_subvolume_info *i)
+{
+    lua_pushinteger(L, (lua_Integer)i->id);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, (lua_Integer)i->parent_id);
+    lua_setfield(L, -2, "parent_id");
+    push_uuid(L, i->uuid);
+    lua_setfield(L, -2, "uuid");
+    push_uuid(L, i->parent_uuid);
+    lua_setfield(L, -2, "parent_uuid");
+    push_uuid(L, i->received_uuid);
+    lua_setfield(L, -2, "received_uuid");
+    lua_pushinteger(L, (lua_Integer)i->generation);
+    lua_setfield(L, -2, "generation");
+    settime(L, "otime", i->otime);
+    settime(L, "ctime", i->ctime);
+    lua_pushboolean(L, (i->flags & 1) != 0); /* BTRFS_ROOT_SUBVOL_RDONLY */
+    lua_setfield(L, -2, "readonly");
+}
+
+/* {======================================================
+** Reads
+** ======================================================= */
+
+/* btrfs.is_subvolume(path) → true | false | nil, message, code */
+static int btrfs_is_subvolume(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(path);
+    if (e == BTRFS_UTIL_OK) return lua_pushboolean(L, 1), 1;
+    if (e == BTRFS_UTIL_ERROR_NOT_SUBVOLUME || e == BTRFS_UTIL_ERROR_NOT_BTRFS)
+        return lua_pushboolean(L, 0), 1;
+    return fail(L, "btrfs.is_subvolume", path, e);
+}
+
+/*
+** btrfs.info(path) → {id, parent_id, uuid, parent_uuid, received_uuid, generation,
+**   otime, ctime, readonly, path} | nil, message, code
+** path is the subvolume's path inside the filesystem (as `btrfs subvolume list` says).
+*/
+static int btrfs_info(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    struct btrfs_util_subvolume_info info;
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_subvolume_info(path, 0, &info);
+    if (e) return fail(L, "btrfs.info", path, e);
+    lua_createtable(L, 0, 11);
+    fill_info(L, &info);
+    char *fspath = NULL;
+    if (btrfs_util_subvolume_path(path, 0, &fspath) == BTRFS_UTIL_OK) {
+        lua_pushstring(L, fspath);
+        lua_setfield(L, -2, "path");
+    }
+    free(fspath);
+    return 1;
+}
+
+typedef struct Iter {
+    struct btrfs_util_subvolume_iterator *it;
+} Iter;
+
+static int iter_close(lua_State *L)
+{
+    Iter *i = luaL_checkudata(L, 1, "hrun.btrfs.iter");
+    if (i->it) btrfs_util_destroy_subvolume_iterator(i->it);
+    i->it = NULL;
+    return 0;
+}
+
+/* The nearest directory at or above `dir` that is a subvolume, into `root`. */
+static int containing_subvolume(const char *dir, char *root, size_t size)
+{
+    snprintf(root, size, "%s", dir);
+    for (;;) {
+        if (btrfs_util_is_subvolume(root) == BTRFS_UTIL_OK) return 0;
+        char *slash = strrchr(root, '/');
+        if (slash == NULL || slash == root) return -1;
+        *slash = '\0';
+    }
+}
+
+/*
+** btrfs.list(dir) → {{id, path, rel, fs_path, uuid, parent_uuid, readonly, otime,
+**   generation, …}, …} sorted by rel | nil, message, code
+** Every subvolume below dir, recursively: path is where it is on this machine, rel its
+** path relative to dir, fs_path relative to the filesystem's top.
+*/
+static int btrfs_list(lua_State *L)
+{
+    const char *dir = hrun_checkpath(L, 1, NULL);
+    char real[PATH_MAX], root[PATH_MAX];
+    if (realpath(dir, real) == NULL) return hrun_fail(L, "btrfs.list", dir, errno);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(real);
+    if (e == BTRFS_UTIL_ERROR_NOT_BTRFS) return fail(L, "btrfs.list", dir, e);
+    if (containing_subvolume(real, root, sizeof root) < 0)
+        return fail(L, "btrfs.list", dir, BTRFS_UTIL_ERROR_NOT_SUBVOLUME);
+    /* dir's path inside its subvolume: entries must be under it */
+    const char *inner = real + strlen(root);
+    while (*inner == '/') inner++;
+    size_t innerlen = strlen(inner);
+    uint64_t top;
+    if ((e = btrfs_util_subvolume_id(root, &top))) return fail(L, "btrfs.list", dir, e);
+    Iter *i = lua_newuserdatauv(L, sizeof(Iter), 0);
+    i->it = NULL;
+    if (luaL_newmetatable(L, "hrun.btrfs.iter")) {
+        lua_pushcfunction(L, iter_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, iter_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_setmetatable(L, -2);
+    lua_toclose(L, -1);
+    if ((e = btrfs_util_create_subvolume_iterator(root, top, 0, &i->it)))
+        return fail(L, "btrfs.list", dir, e);
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (;;) {
+        char *p = NULL;
+        struct btrfs_util_subvolume_info info;
+        e = btrfs_util_subvolume_iterator_next_info(i->it, &p, &info);
+        if (e == BTRFS_UTIL_ERROR_STOP_ITERATION) break;
+        if (e) return fail(L, "btrfs.list", dir, e);
+        int under = innerlen == 0 || (strncmp(p, inner, innerlen) == 0 && p[innerlen] == '/');
+        if (!under) {
+            free(p);
+            continue;
+        }
+        /* no raise between here and free: the pushes below have room (checkstack) */
+        if (!lua_checkstack(L, 4)) {
+            free(p);
+            return luaL_error(L, "btrfs.list: stack overflow");
+        }
+        lua_createtable(L, 0, 14);
+        fill_info(L, &info);
+        lua_pushfstring(L, "%s/%s", root, p);
+        lua_setfield(L, -2, "path");
+        lua_pushstring(L, innerlen ? p + innerlen + 1 : p);
+        lua_setfield(L, -2, "rel");
+        char *fspath = NULL;
+        if (btrfs_util_subvolume_path(root, info.id, &fspath) == BTRFS_UTIL_OK) {
+            lua_pushstring(L, fspath);
+            lua_setfield(L, -2, "fs_path");
+        }
+        free(fspath);
+        free(p);
+        lua_rawseti(L, -2, ++n);
+    }
+    /* sorted by rel: the iterator's order is the tree's, not a person's */
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, -3);
+    luaL_loadstring(L, "local a, b = ... return a.rel < b.rel");
+    lua_call(L, 2, 0);
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Writes and their inverses
+** ======================================================= */
+
+/* [-n, +0, m] Appends {op = op, args = {the n values on top}} to the list at idx. */
+static void add_op(lua_State *L, int idx, const char *op, int n)
+{
+    lua_createtable(L, n, 0);
+    lua_insert(L, -n - 1);
+    for (int i = n; i >= 1; i--) lua_rawseti(L, -1 - i, i);
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "args");
+    lua_pushstring(L, op);
+    lua_setfield(L, -2, "op");
+    lua_rawseti(L, idx, (lua_Integer)lua_rawlen(L, idx) + 1);
+}
+
+/* [-0, +1, m] {recursive = true} */
+static void push_recursive(lua_State *L)
+{
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "recursive");
+}
+
+/* btrfs.create(path) → path | nil, message, code */
+static int btrfs_create(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    struct stat st;
+    if (check_parent(L, "btrfs.create", path) < 0) return 3;
+    if (lstat(path, &st) == 0) return hrun_fail(L, "btrfs.create", path, EEXIST);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_create_subvolume(path, 0, NULL, NULL);
+    if (e) return fail(L, "btrfs.create", path, e);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* created subvolumes are undone by deleting them */
+static int btrfs_create_inverse(lua_State *L)
+{
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    lua_pushvalue(L, 1);
+    add_op(L, list, "btrfs.delete", 1);
+    return 1;
+}
+
+static const char *const snapshot_options[] = {"readonly", "recursive", NULL};
+
+/* btrfs.snapshot(src, dst [, {readonly, recursive}]) → dst | nil, message, code */
+static int btrfs_snapshot(lua_State *L)
+{
+    const char *src = hrun_checkpath(L, 1, NULL);
+    const char *dst = hrun_checkpath(L, 2, NULL);
+    hrun_checkopts(L, 3, snapshot_options);
+    int flags = (hrun_optbool(L, 3, "readonly", 0) ? BTRFS_UTIL_CREATE_SNAPSHOT_READ_ONLY : 0) |
+                (hrun_optbool(L, 3, "recursive", 0) ? BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE : 0);
+    struct stat st;
+    /* say which side is wrong: the library reports both as one failure */
+    if (stat(src, &st) < 0) return hrun_fail(L, "btrfs.snapshot", src, errno);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(src);
+    if (e) return fail(L, "btrfs.snapshot", src, e);
+    if (lstat(dst, &st) == 0) return hrun_fail(L, "btrfs.snapshot", dst, EEXIST);
+    if (check_parent(L, "btrfs.snapshot", dst) < 0) return 3;
+    if ((e = btrfs_util_create_snapshot(src, dst, flags, NULL, NULL)))
+        return fail(L, "btrfs.snapshot", dst, e);
+    lua_pushvalue(L, 2);
+    return 1;
+}
+
+static int btrfs_snapshot_inverse(lua_State *L)
+{
+    int recursive = lua_istable(L, 3) && (lua_getfield(L, 3, "recursive"), lua_toboolean(L, -1));
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    lua_pushvalue(L, 2);
+    if (recursive) {
+        push_recursive(L);
+        add_op(L, list, "btrfs.delete", 2);
+    } else {
+        add_op(L, list, "btrfs.delete", 1);
+    }
+    return 1;
+}
+
+static const char *const delete_options[] = {"recursive", NULL};
+
+/*
+** btrfs.delete(path [, {recursive}]) → path | nil, message, code
+** Read-only snapshots too. It cannot be undone: in a playbook step it is refused
+** unless the step has its own undo or says irreversible = true.
+*/
+static int btrfs_delete(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    hrun_checkopts(L, 2, delete_options);
+    int flags = hrun_optbool(L, 2, "recursive", 0) ? BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE : 0;
+    struct stat st;
+    if (lstat(path, &st) < 0) return hrun_fail(L, "btrfs.delete", path, errno);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(path);
+    if (e) return fail(L, "btrfs.delete", path, e);
+    if ((e = btrfs_util_delete_subvolume(path, flags))) return fail(L, "btrfs.delete", path, e);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* btrfs.set_readonly(path, readonly) → path | nil, message, code */
+static int btrfs_set_readonly(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    luaL_checktype(L, 2, LUA_TBOOLEAN);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_set_subvolume_read_only(path, lua_toboolean(L, 2));
+    if (e) return fail(L, "btrfs.set_readonly", path, e);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* the inverse puts the old flag back */
+static int btrfs_set_readonly_inverse(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    bool old;
+    lua_newtable(L);
+    if (btrfs_util_get_subvolume_read_only(path, &old) != BTRFS_UTIL_OK) return 1;
+    lua_pushvalue(L, 1);
+    lua_pushboolean(L, old);
+    add_op(L, lua_gettop(L) - 2, "btrfs.set_readonly", 2);
+    return 1;
+}
+
+/* btrfs.sync(path) → path | nil, message, code: commits the filesystem's transaction */
+static int btrfs_sync(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_sync(path);
+    if (e) return fail(L, "btrfs.sync", path, e);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* The name restore's inverse chose for target (computed just before the call, which
+** must use the same one even if the clock's second turned in between). */
+static char planned_target[PATH_MAX], planned_aside[PATH_MAX];
+
+/* The name target is moved aside to: <target>.hrun-<run>-<time>. */
+static void aside_name(lua_State *L, const char *target, char *out, size_t size)
+{
+    if (planned_target[0] && strcmp(planned_target, target) == 0) {
+        snprintf(out, size, "%s", planned_aside);
+        planned_target[0] = '\0';
+        return;
+    }
+    char when[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &tm);
+    lua_Integer run = hrun_runtime(L)->run_id;
+    if (run > 0)
+        snprintf(out, size, "%s.hrun-%lld-%s", target, (long long)run, when);
+    else
+        snprintf(out, size, "%s.hrun-%s", target, when);
+}
+
+/*
+** btrfs.restore(snapshot, target) → aside | false | nil, message, code
+** Moves target aside (to <target>.hrun-<run>-<time>), puts a writable snapshot of
+** snapshot at target, and returns the aside path (false when there was no target).
+** Fails without changing anything if either step cannot be done.
+*/
+static int btrfs_restore(lua_State *L)
+{
+    const char *snap = hrun_checkpath(L, 1, NULL);
+    const char *target = hrun_checkpath(L, 2, NULL);
+    char aside[PATH_MAX];
+    struct stat st;
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(snap);
+    if (e) return fail(L, "btrfs.restore", snap, e);
+    int exists = lstat(target, &st) == 0;
+    if (exists) {
+        if ((e = btrfs_util_is_subvolume(target)))
+            return fail(L, "btrfs.restore", target, e); /* replace a subvolume, not any dir */
+        aside_name(L, target, aside, sizeof aside);
+        if (rename(target, aside) < 0) return hrun_fail(L, "btrfs.restore", target, errno);
+    }
+    if ((e = btrfs_util_create_snapshot(snap, target, 0, NULL, NULL))) {
+        int err = errno;
+        if (exists && rename(aside, target) < 0) { /* put it back: nothing half made */
+        }
+        errno = err;
+        return fail(L, "btrfs.restore", target, e);
+    }
+    if (exists)
+        lua_pushstring(L, aside);
+    else
+        lua_pushboolean(L, 0);
+    return 1;
+}
+
+/* the inverse swaps back: the restored copy deleted, the old target renamed home */
+static int btrfs_restore_inverse(lua_State *L)
+{
+    const char *target = luaL_checkstring(L, 2);
+    char aside[PATH_MAX];
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    lua_pushvalue(L, 2);
+    add_op(L, list, "btrfs.delete", 1);
+    if (lstat(target, &st) == 0) {
+        /* the name restore will choose, kept for it */
+        aside_name(L, target, aside, sizeof aside);
+        snprintf(planned_target, sizeof planned_target, "%s", target);
+        snprintf(planned_aside, sizeof planned_aside, "%s", aside);
+        lua_pushstring(L, aside);
+        lua_pushvalue(L, 2);
+        lua_createtable(L, 0, 1);
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "replace");
+        add_op(L, list, "fs.rename", 3);
+    }
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Retention
+** ======================================================= */
+
+typedef struct Snap {
+    char *name;
+    time_t t;
+} Snap;
+
+/* A time in a snapshot's name — 2024-05-01T12:30:00, 20240501T1230, 2024-05-01_12-30,
+** 2024-05-01 … ("Z" at the end: UTC, else local time) — as btrbk and snapper name them.
+** Returns -1 when the name has none. */
+static time_t name_time(const char *name)
+{
+    for (const char *p = name; *p; p++) {
+        int y, mo, d, h = 0, mi = 0, s = 0, n = 0;
+        const char *q = p;
+        if (sscanf(q, "%4d-%2d-%2d%n", &y, &mo, &d, &n) == 3 && n == 10)
+            q += n;
+        else if (sscanf(q, "%4d%2d%2d%n", &y, &mo, &d, &n) == 3 && n == 8)
+            q += n;
+        else
+            continue;
+        if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31) continue;
+        if (*q == 'T' || *q == '_' || *q == ' ' || *q == '-') {
+            const char *t = q + 1;
+            if (sscanf(t, "%2d:%2d:%2d%n", &h, &mi, &s, &n) == 3 && n == 8)
+                q = t + n;
+            else if (sscanf(t, "%2d-%2d-%2d%n", &h, &mi, &s, &n) == 3 && n == 8)
+                q = t + n;
+            else if (sscanf(t, "%2d:%2d%n", &h, &mi, &n) == 2 && n == 5)
+                q = t + n;
+            else if (sscanf(t, "%2d%2d%2d%n", &h, &mi, &s, &n) == 3 && n == 6)
+                q = t + n;
+            else if (sscanf(t, "%2d%2d%n", &h, &mi, &n) == 2 && n == 4)
+                q = t + n;
+        }
+        struct tm tm = {.tm_year = y - 1900,
+                        .tm_mon = mo - 1,
+                        .tm_mday = d,
+                        .tm_hour = h,
+                        .tm_min = mi,
+                        .tm_sec = s,
+                        .tm_isdst = -1};
+        return *q == 'Z' ? timegm(&tm) : mktime(&tm);
+    }
+    return -1;
+}
+
+static int newest_first(const void *a, const void *b)
+{
+    const Snap *x = a, *y = b;
+    return x->t < y->t ? 1 : x->t > y->t ? -1 : strcmp(y->name, x->name);
+}
+
+typedef struct Prune {
+    Snap *snaps;
+    size_t n;
+    DIR *dir;
+} Prune;
+
+static int prune_close(lua_State *L)
+{
+    Prune *p = luaL_checkudata(L, 1, "hrun.btrfs.prune");
+    for (size_t i = 0; i < p->n; i++) free(p->snaps[i].name);
+    free(p->snaps);
+    p->snaps = NULL, p->n = 0;
+    if (p->dir) closedir(p->dir);
+    p->dir = NULL;
+    return 0;
+}
+
+/* Is path referenced by an unfinished run (the runner's protector says so)? */
+static int protected_path(lua_State *L, const char *path)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, PROTECTOR) != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushstring(L, path);
+    lua_call(L, 1, 1);
+    int yes = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return yes;
+}
+
+static const char *const prune_options[] = {
+    "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "pattern", NULL};
+
+/*
+** btrfs.prune(dir, {keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+**   pattern}) → {kept = {names}, deleted = {names}, protected = {names}}
+**   | nil, message, code
+** The subvolumes directly in dir (whose names match the glob `pattern`), newest first
+** by the time in their name (else their creation time): keep_last keeps the N newest;
+** keep_hourly / daily / weekly / monthly keep the newest of each of the N latest hours,
+** days, ISO weeks, months that have one. What no rule keeps is deleted — unless an
+** unfinished hrun run references it in its journal.
+*/
+static int btrfs_prune(lua_State *L)
+{
+    static const char *const rules[] = {"keep_last", "keep_hourly", "keep_daily", "keep_weekly",
+                                        "keep_monthly"};
+    static const char *const buckets[] = {NULL, "%Y%m%d%H", "%Y%m%d", "%G%V", "%Y%m"};
+    const char *dir = hrun_checkpath(L, 1, NULL);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    hrun_checkopts(L, 2, prune_options);
+    lua_Integer keep[5];
+    int any = 0;
+    for (int r = 0; r < 5; r++) {
+        keep[r] = hrun_optinteger(L, 2, rules[r], 0);
+        if (keep[r] < 0)
+            luaL_argerror(L, 2, lua_pushfstring(L, "field '%s': must be >= 0", rules[r]));
+        any |= keep[r] > 0;
+    }
+    if (!any) luaL_argerror(L, 2, "no keep_* rule: pruning would delete every snapshot");
+    const char *pattern = hrun_optstring(L, 2, "pattern", NULL, NULL);
+    lua_settop(L, 2);
+    Prune *p = lua_newuserdatauv(L, sizeof(Prune), 0); /* 3 */
+    p->snaps = NULL, p->n = 0, p->dir = NULL;
+    if (luaL_newmetatable(L, "hrun.btrfs.prune")) {
+        lua_pushcfunction(L, prune_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, prune_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_setmetatable(L, -2);
+    lua_toclose(L, 3);
+    if ((p->dir = opendir(dir)) == NULL) return hrun_fail(L, "btrfs.prune", dir, errno);
+    size_t cap = 0;
+    struct dirent *de;
+    char path[PATH_MAX];
+    while ((de = readdir(p->dir)) != NULL) {
+        if (de->d_name[0] == '.' && (de->d_name[1] == '\0' || strcmp(de->d_name, "..") == 0))
+            continue;
+        if (pattern && fnmatch(pattern, de->d_name, 0) != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (btrfs_util_is_subvolume(path) != BTRFS_UTIL_OK) continue;
+        time_t t = name_time(de->d_name);
+        if (t < 0) {
+            struct btrfs_util_subvolume_info info;
+            if (btrfs_util_subvolume_info(path, 0, &info) != BTRFS_UTIL_OK) continue;
+            t = info.otime.tv_sec;
+        }
+        if (p->n == cap) {
+            Snap *grown = realloc(p->snaps, (cap = cap ? cap * 2 : 16) * sizeof(Snap));
+            if (grown == NULL) return luaL_error(L, "btrfs.prune: not enough memory");
+            p->snaps = grown;
+        }
+        if ((p->snaps[p->n].name = strdup(de->d_name)) == NULL)
+            return luaL_error(L, "btrfs.prune: not enough memory");
+        p->snaps[p->n++].t = t;
+    }
+    closedir(p->dir);
+    p->dir = NULL;
+    qsort(p->snaps, p->n, sizeof(Snap), newest_first);
+
+    char *kept = lua_newuserdatauv(L, p->n + 1, 0); /* 4: which ones a rule keeps */
+    memset(kept, 0, p->n + 1);
+    for (size_t i = 0; i < p->n && (lua_Integer)i < keep[0]; i++) kept[i] = 1;
+    for (int r = 1; r < 5; r++) {
+        char last[32] = "", key[32];
+        lua_Integer count = 0;
+        for (size_t i = 0; i < p->n && count < keep[r]; i++) {
+            struct tm tm;
+            localtime_r(&p->snaps[i].t, &tm);
+            strftime(key, sizeof key, buckets[r], &tm);
+            if (strcmp(key, last) == 0) continue; /* an older one of a bucket already kept */
+            snprintf(last, sizeof last, "%s", key);
+            kept[i] = 1;
+            count++;
+        }
+    }
+    lua_createtable(L, 0, 3); /* 5: the result */
+    lua_newtable(L);
+    lua_setfield(L, 5, "kept");
+    lua_newtable(L);
+    lua_setfield(L, 5, "deleted");
+    lua_newtable(L);
+    lua_setfield(L, 5, "protected");
+    for (size_t i = 0; i < p->n; i++) {
+        const char *list = "kept";
+        snprintf(path, sizeof path, "%s/%s", dir, p->snaps[i].name);
+        if (!kept[i]) {
+            list = "deleted";
+            if (protected_path(L, path)) {
+                list = "protected";
+            } else {
+                errno = 0;
+                enum btrfs_util_error e = btrfs_util_delete_subvolume(path, 0);
+                if (e) return fail(L, "btrfs.prune", path, e);
+            }
+        }
+        lua_getfield(L, 5, list);
+        lua_pushstring(L, p->snaps[i].name);
+        lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, 5);
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Scrub: the one CLI call (libbtrfsutil has no scrub)
+** ======================================================= */
+
+typedef struct Capture {
+    hrun_Proc proc;
+    luaL_Buffer *b;
+    char *out;
+    size_t len, cap;
+    int nomem;
+} Capture;
+
+static int capture_output(void *ud, int stream, const char *data, size_t len)
+{
+    Capture *c = ud;
+    (void)stream;
+    if (c->len + len > c->cap) {
+        size_t cap = c->cap ? c->cap : 4096;
+        while (cap < c->len + len) cap *= 2;
+        char *p = realloc(c->out, cap);
+        if (p == NULL) return c->nomem = 1, -1;
+        c->out = p, c->cap = cap;
+    }
+    memcpy(c->out + c->len, data, len);
+    c->len += len;
+    return 0;
+}
+
+static int capture_close(lua_State *L)
+{
+    Capture *c = luaL_checkudata(L, 1, "hrun.btrfs.capture");
+    hrun_proc_close(&c->proc);
+    free(c->out);
+    c->out = NULL;
+    return 0;
+}
+
+/* The integer after `key` in the scrub's output, or 0. */
+static lua_Integer field_after(const char *out, const char *key)
+{
+    const char *p = strstr(out, key);
+    return p ? strtoll(p + strlen(key), NULL, 10) : 0;
+}
+
+/*
+** btrfs.scrub(path) → {ok, corrected, uncorrectable, unverified, errors = {csum = N,
+**   …}, status, output} | nil, message, code
+** Runs `btrfs scrub start -B` and reads its summary: ok only when nothing is
+** uncorrectable (its exit code 0 also means "errors found, all repaired").
+*/
+static int btrfs_scrub(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    lua_settop(L, 1);
+    Capture *c = lua_newuserdatauv(L, sizeof(Capture), 0);
+    memset(c, 0, sizeof *c);
+    hrun_proc_init(&c->proc);
+    if (luaL_newmetatable(L, "hrun.btrfs.capture")) {
+        lua_pushcfunction(L, capture_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, capture_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_setmetatable(L, -2);
+    lua_toclose(L, 2);
+    struct statfs sf;
+    if (statfs(path, &sf) < 0) return hrun_fail(L, "btrfs.scrub", path, errno);
+    if (sf.f_type != BTRFS_MAGIC) return fail(L, "btrfs.scrub", path, BTRFS_UTIL_ERROR_NOT_BTRFS);
+    char *argv[] = {"btrfs", "scrub", "start", "-B", (char *)path, NULL};
+    double deadline = hrun_deadline(L);
+    hrun_SpawnOpts o = {.argv = argv,
+                        .timeout = deadline > 0 ? deadline - hrun_monotime() : 0,
+                        .grace = 5,
+                        .output = capture_output,
+                        .ud = c};
+    if (hrun_interrupted()) return hrun_raiseinterrupt(L);
+    if (deadline > 0 && o.timeout <= 0) return hrun_raisetimeout(L);
+    int err = hrun_spawn(&c->proc, &o);
+    if (err) return hrun_failf(L, hrun_errname(err), "btrfs.scrub: btrfs: %s", strerror(err));
+    hrun_proc_wait(&c->proc, &o);
+    if (c->proc.interrupted) return hrun_raiseinterrupt(L);
+    if (c->proc.timed_out) return hrun_raisetimeout(L);
+    if (c->nomem) return luaL_error(L, "btrfs.scrub: not enough memory");
+    lua_pushlstring(L, c->out ? c->out : "", c->len); /* 3 */
+    const char *out = lua_tostring(L, 3);
+    int st = c->proc.status;
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    const char *summary = strstr(out, "Error summary:");
+    if (summary == NULL) {
+        /* no summary: the scrub did not run (not btrfs, no such path, …) */
+        size_t len = c->len;
+        while (len > 0 && out[len - 1] == '\n') len--;
+        lua_pushlstring(L, out, len);
+        return hrun_failf(L, "ESCRUB", "btrfs.scrub: %s: %s", path,
+                          len ? lua_tostring(L, -1) : "btrfs scrub failed");
+    }
+    lua_Integer corrected = field_after(summary, "Corrected:");
+    lua_Integer uncorrectable = field_after(summary, "Uncorrectable:");
+    lua_Integer unverified = field_after(summary, "Unverified:");
+    lua_createtable(L, 0, 8);
+    lua_pushboolean(L, uncorrectable == 0 && code == 0);
+    lua_setfield(L, -2, "ok");
+    lua_pushinteger(L, corrected);
+    lua_setfield(L, -2, "corrected");
+    lua_pushinteger(L, uncorrectable);
+    lua_setfield(L, -2, "uncorrectable");
+    lua_pushinteger(L, unverified);
+    lua_setfield(L, -2, "unverified");
+    /* "Error summary:    csum=4 verify=1" or "no errors found" */
+    lua_newtable(L);
+    const char *eol = strchr(summary, '\n');
+    for (const char *q = summary + 14; q && *q && (!eol || q < eol);) {
+        char key[32];
+        long long n;
+        int used;
+        if (sscanf(q, " %31[a-z_]=%lld%n", key, &n, &used) == 2) {
+            lua_pushinteger(L, n);
+            lua_setfield(L, -2, key);
+            q += used;
+        } else {
+            q = strchr(q + 1, ' ');
+        }
+    }
+    lua_setfield(L, -2, "errors");
+    const char *status = strstr(out, "Status:");
+    if (status) {
+        status += 7;
+        while (*status == ' ') status++;
+        lua_pushlstring(L, status, strcspn(status, "\n"));
+        lua_setfield(L, -2, "status");
+    }
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "output");
+    lua_pushnumber(L, c->proc.seconds);
+    lua_setfield(L, -2, "seconds");
+    return 1;
+}
+
+/* a scrub repairs what it can and changes nothing else: nothing to undo */
+static int nothing_to_undo(lua_State *L)
+{
+    lua_newtable(L);
+    return 1;
+}
+
+/* }====================================================== */
+
+static const hrun_Prim btrfs_prims[] = {
+    {.name = "is_subvolume", .func = btrfs_is_subvolume, .kind = HRUN_READ, .cap = "btrfs"},
+    {.name = "info", .func = btrfs_info, .kind = HRUN_READ, .cap = "btrfs"},
+    {.name = "list", .func = btrfs_list, .kind = HRUN_READ, .cap = "btrfs"},
+    {.name = "sync", .func = btrfs_sync, .kind = HRUN_READ, .cap = "btrfs"},
+    {.name = "create",
+     .func = btrfs_create,
+     .kind = HRUN_WRITE,
+     .cap = "btrfs",
+     .inverse = btrfs_create_inverse},
+    {.name = "snapshot",
+     .func = btrfs_snapshot,
+     .kind = HRUN_WRITE,
+     .cap = "btrfs",
+     .inverse = btrfs_snapshot_inverse},
+    {.name = "delete", .func = btrfs_delete, .kind = HRUN_WRITE, .cap = "btrfs", .destroys = 1},
+    {.name = "set_readonly",
+     .func = btrfs_set_readonly,
+     .kind = HRUN_WRITE,
+     .cap = "btrfs",
+     .inverse = btrfs_set_readonly_inverse},
+    {.name = "restore",
+     .func = btrfs_restore,
+     .kind = HRUN_WRITE,
+     .cap = "btrfs",
+     .inverse = btrfs_restore_inverse},
+    {.name = "prune", .func = btrfs_prune, .kind = HRUN_WRITE, .cap = "btrfs", .destroys = 1},
+    {.name = "scrub",
+     .func = btrfs_scrub,
+     .kind = HRUN_WRITE,
+     .cap = "btrfs",
+     .inverse = nothing_to_undo},
+    {0},
+};
+
+int luaopen_hrun_btrfs(lua_State *L)
+{
+    hrun_newmodule(L, "btrfs", btrfs_prims);
+    return 1;
+}
