@@ -110,6 +110,21 @@ for _, devices in ipairs({ 1, 3 }) do
       eq(btrfs.restore(mnt .. "/pre", mnt .. "/fresh"), false, "no target: nothing set aside")
     end)
 
+    it("snapshots and deletes nested subvolumes with recursive", function()
+      local mnt = filesystem(devices)
+      btrfs.create(mnt .. "/@root")
+      btrfs.create(mnt .. "/@root/var")
+      fs.write(mnt .. "/@root/var/log", "nested")
+      btrfs.snapshot(mnt .. "/@root", mnt .. "/flat")
+      eq(btrfs.is_subvolume(mnt .. "/flat/var"), false, "without recursive a nested subvolume is an empty dir")
+      btrfs.snapshot(mnt .. "/@root", mnt .. "/deep", { recursive = true })
+      ok(btrfs.is_subvolume(mnt .. "/deep/var"))
+      eq(fs.read(mnt .. "/deep/var/log"), "nested")
+      fails("ENOTEMPTY", mnt .. "/deep", btrfs.delete, mnt .. "/deep")
+      eq(btrfs.delete(mnt .. "/deep", { recursive = true }), mnt .. "/deep")
+      eq(fs.exists(mnt .. "/deep"), false)
+    end)
+
     it("names the path and the reason, and changes nothing", function()
       local mnt = filesystem(devices)
       btrfs.create(mnt .. "/@data")
@@ -135,6 +150,19 @@ for _, devices in ipairs({ 1, 3 }) do
       checkerr("unknown option 'readnly' (did you mean 'readonly'?)", btrfs.snapshot, mnt .. "/@data",
         mnt .. "/x", { readnly = true })
       eq(#btrfs.list(mnt), 1)
+    end)
+
+    it("says when permission is missing", function()
+      need("setpriv")
+      local mnt, _, dir = filesystem(devices)
+      btrfs.create(mnt .. "/@data")
+      exec.run({ "chmod", "755", dir, mnt, mnt .. "/@data" })
+      local script = "local ok, err, code = btrfs.snapshot(...) io.write(tostring(code), ' ', tostring(err))"
+      local r = exec.run({ "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HRUN, "-e",
+        "local mnt = '" .. mnt .. "'; " .. script:gsub("%.%.%.", "mnt .. '/@data', mnt .. '/@data/snap'") },
+        { check = false })
+      has(r.stdout, "EPERM btrfs.snapshot: " .. mnt .. "/@data/snap: Operation not permitted")
+      eq(fs.exists(mnt .. "/@data/snap"), false)
     end)
   end)
 end
@@ -319,22 +347,33 @@ return playbook { name = "keeper", params = { mnt = "" },
 end)
 
 describe("btrfs.scrub", function()
-  -- damages 1 MiB at the first extent of file, on one copy or on every one
+  -- damages file on disk: its data stripes in the first MiB that lie on one device
+  -- (RAID5 rebuilds each from the other members: correctable), or with `everywhere` the
+  -- first stripe's data and parity both (not correctable)
   local function damage(mnt, loops, file, everywhere)
     exec.run({ "sync" })
     local frag = exec.run({ "filefrag", "-v", file }, { readonly = true }).stdout
     local first = assert(frag:match("\n%s*0:%s+%d+%.%.%s*%d+:%s+(%d+)%.%."), frag)
     local logical = tonumber(first) * 4096
-    local map = exec.run({ "btrfs-map-logical", "-l", tostring(logical), "-b", "4096", loops[1] },
+    local map = exec.run({ "btrfs-map-logical", "-l", tostring(logical), "-b", tostring(1 << 20), loops[1] },
       { readonly = true }).stdout
     exec.run({ "umount", mnt })
-    for phys, dev in map:gmatch("mirror %d+ logical %d+ physical (%d+) device (%S+)") do
-      exec.run({ "dd", "if=/dev/zero", "of=" .. dev, "bs=4096", "seek=" .. (tonumber(phys) // 4096), "count=256",
-        "conv=notrunc", "status=none" })
-      if not everywhere then
-        break
+    local hits, device = 0, nil
+    for mirror, at, phys, dev in map:gmatch("mirror (%d+) logical (%d+) physical (%d+) device (%S+)") do
+      local hit
+      if everywhere then
+        hit = tonumber(at) == logical
+      else
+        device = device or (mirror == "1" and dev)
+        hit = mirror == "1" and dev == device
+      end
+      if hit then
+        exec.run({ "dd", "if=/dev/zero", "of=" .. dev, "bs=4096", "seek=" .. (tonumber(phys) // 4096), "count=16",
+          "conv=notrunc", "status=none" })
+        hits = hits + 1
       end
     end
+    assert(hits > 0, "nothing damaged: " .. map)
     exec.run({ "sync" })
     local devopts = {}
     for _, l in ipairs(loops) do
