@@ -2,8 +2,9 @@
 -- RAID5, metadata RAID1), on sparse image files over loop devices, made and removed by
 -- each test.
 
--- A mounted btrfs on `devices` loop devices; unmounted and detached when the test ends.
-local function filesystem(devices)
+-- A mounted btrfs on `devices` loop devices (data RAID5 and metadata RAID1 on three;
+-- `dup`: two copies of everything on one); unmounted and detached when the test ends.
+local function filesystem(devices, dup)
   need_root()
   need("mkfs.btrfs")
   need("losetup")
@@ -22,7 +23,11 @@ local function filesystem(devices)
     loops[i] = exec.run({ "losetup", "--find", "--show", img }).stdout:gsub("%s+$", "")
   end
   local mkfs = { "mkfs.btrfs", "-f", "-q" }
-  if devices > 1 then
+  if dup then
+    for _, a in ipairs({ "-d", "dup", "-m", "dup" }) do
+      mkfs[#mkfs + 1] = a
+    end
+  elseif devices > 1 then
     for _, a in ipairs({ "-d", "raid5", "-m", "raid1" }) do
       mkfs[#mkfs + 1] = a
     end
@@ -347,34 +352,32 @@ return playbook { name = "keeper", params = { mnt = "" },
 end)
 
 describe("btrfs.scrub", function()
-  -- damages file on disk: its data stripes in the first MiB that lie on one device
-  -- (RAID5 rebuilds each from the other members: correctable), or with `everywhere` the
-  -- first stripe's data and parity both (not correctable)
-  local function damage(mnt, loops, file, everywhere)
+  -- The file's first extent as (device, physical offset) lines of btrfs-map-logical.
+  local function mapping(mnt, loops, file, bytes)
     exec.run({ "sync" })
     local frag = exec.run({ "filefrag", "-v", file }, { readonly = true }).stdout
     local first = assert(frag:match("\n%s*0:%s+%d+%.%.%s*%d+:%s+(%d+)%.%."), frag)
     local logical = tonumber(first) * 4096
-    local map = exec.run({ "btrfs-map-logical", "-l", tostring(logical), "-b", tostring(1 << 20), loops[1] },
+    local map = exec.run({ "btrfs-map-logical", "-l", tostring(logical), "-b", tostring(bytes), loops[1] },
       { readonly = true }).stdout
-    exec.run({ "umount", mnt })
-    local hits, device = 0, nil
+    local out = {}
     for mirror, at, phys, dev in map:gmatch("mirror (%d+) logical (%d+) physical (%d+) device (%S+)") do
-      local hit
-      if everywhere then
-        hit = tonumber(at) == logical
-      else
-        device = device or (mirror == "1" and dev)
-        hit = mirror == "1" and dev == device
-      end
-      if hit then
-        exec.run({ "dd", "if=/dev/zero", "of=" .. dev, "bs=4096", "seek=" .. (tonumber(phys) // 4096), "count=16",
-          "conv=notrunc", "status=none" })
-        hits = hits + 1
-      end
+      out[#out + 1] = { mirror = tonumber(mirror), logical = tonumber(at), phys = tonumber(phys), dev = dev,
+        first = tonumber(at) == logical }
     end
-    assert(hits > 0, "nothing damaged: " .. map)
-    exec.run({ "sync" })
+    assert(#out > 0, map)
+    return out
+  end
+
+  -- Zeroes 64 KiB at each chosen place, through the loop devices' image files (written
+  -- with the filesystem unmounted), then mounts it again.
+  local function damage(mnt, loops, places)
+    exec.run({ "umount", mnt })
+    for _, m in ipairs(places) do
+      local img = exec.run({ "losetup", "-n", "-O", "BACK-FILE", m.dev }, { readonly = true }).stdout:gsub("%s+$", "")
+      exec.run({ "dd", "if=/dev/zero", "of=" .. img, "bs=4096", "seek=" .. (m.phys // 4096), "count=16",
+        "conv=notrunc,fsync", "status=none" })
+    end
     local devopts = {}
     for _, l in ipairs(loops) do
       devopts[#devopts + 1] = "device=" .. l
@@ -382,27 +385,59 @@ describe("btrfs.scrub", function()
     exec.run({ "mount", "-t", "btrfs", "-o", table.concat(devopts, ","), loops[1], mnt })
   end
 
-  it("reports a clean array, corrected errors, and uncorrectable ones", function()
+  local function sum(path)
+    return exec.run({ "sha256sum", path }, { readonly = true }).stdout:match("^%x+")
+  end
+
+  it("corrects one damaged copy and reports both damaged (one device, two copies)", function()
+    need("filefrag")
+    need("btrfs-map-logical")
+    local mnt, loops = filesystem(1, true)
+    exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/big", "bs=1M", "count=8", "status=none" })
+    local r = btrfs.scrub(mnt)
+    eq({ r.ok, r.corrected, r.uncorrectable, r.status }, { true, 0, 0, "finished" })
+    local good = sum(mnt .. "/big")
+    local places = mapping(mnt, loops, mnt .. "/big", 4096)
+    damage(mnt, loops, { places[1] })
+    r = btrfs.scrub(mnt)
+    eq({ r.ok, r.corrected, r.uncorrectable, r.errors.csum }, { true, 16, 0, 16 }, r.output)
+    eq(sum(mnt .. "/big"), good)
+    damage(mnt, loops, places)
+    r = btrfs.scrub(mnt)
+    eq(r.ok, false, r.output)
+    ok(r.uncorrectable >= 16, "every damaged block uncorrectable: " .. r.output)
+  end)
+
+  it("on RAID5: rebuilds a damaged device's stripes, and reports data and parity both lost", function()
     need("filefrag")
     need("btrfs-map-logical")
     local mnt, loops = filesystem(3)
-    btrfs.create(mnt .. "/@home")
-    exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/@home/big", "bs=1M", "count=16", "status=none" })
+    exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/big", "bs=1M", "count=16", "status=none" })
     local r = btrfs.scrub(mnt)
-    eq(r.ok, true)
-    eq(r.corrected, 0)
-    eq(r.uncorrectable, 0)
-    eq(r.status, "finished")
-
-    damage(mnt, loops, mnt .. "/@home/big", false)
+    eq({ r.ok, r.corrected, r.uncorrectable }, { true, 0, 0 })
+    local good = sum(mnt .. "/big")
+    -- the data stripes of the first MiB that lie on one device: RAID5 rebuilds each from
+    -- the others (how many the kernel counts as corrected varies; that none is lost does not)
+    local places, device = {}, nil
+    for _, m in ipairs(mapping(mnt, loops, mnt .. "/big", 1 << 20)) do
+      device = device or (m.mirror == 1 and m.dev)
+      if m.mirror == 1 and m.dev == device then
+        places[#places + 1] = m
+      end
+    end
+    damage(mnt, loops, places)
     r = btrfs.scrub(mnt)
-    eq(r.ok, true, r.output)
-    ok(r.corrected > 0, "corrected: " .. r.output)
-    eq(r.uncorrectable, 0)
-    ok(r.errors.csum and r.errors.csum > 0, r.output)
-
-    exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/@home/big2", "bs=1M", "count=8", "status=none" })
-    damage(mnt, loops, mnt .. "/@home/big2", true)
+    eq({ r.ok, r.uncorrectable }, { true, 0 }, r.output)
+    eq(sum(mnt .. "/big"), good, "every byte rebuilt")
+    -- a stripe's data and its parity both: nothing to rebuild from
+    exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/big2", "bs=1M", "count=8", "status=none" })
+    places = {}
+    for _, m in ipairs(mapping(mnt, loops, mnt .. "/big2", 4096)) do
+      if m.first then
+        places[#places + 1] = m
+      end
+    end
+    damage(mnt, loops, places)
     r = btrfs.scrub(mnt)
     eq(r.ok, false, r.output)
     ok(r.uncorrectable > 0, "uncorrectable: " .. r.output)
