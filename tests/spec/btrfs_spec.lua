@@ -353,7 +353,7 @@ end)
 
 describe("btrfs.scrub", function()
   -- The file's first extent as (device, physical offset) lines of btrfs-map-logical.
-  local function mapping(mnt, loops, file, bytes)
+  local function mapping(loops, file, bytes)
     exec.run({ "sync" })
     local frag = exec.run({ "filefrag", "-v", file }, { readonly = true }).stdout
     local first = assert(frag:match("\n%s*0:%s+%d+%.%.%s*%d+:%s+(%d+)%.%."), frag)
@@ -397,7 +397,7 @@ describe("btrfs.scrub", function()
     local r = btrfs.scrub(mnt)
     eq({ r.ok, r.corrected, r.uncorrectable, r.status }, { true, 0, 0, "finished" })
     local good = sum(mnt .. "/big")
-    local places = mapping(mnt, loops, mnt .. "/big", 4096)
+    local places = mapping(loops, mnt .. "/big", 4096)
     damage(mnt, loops, { places[1] })
     r = btrfs.scrub(mnt)
     eq({ r.ok, r.corrected, r.uncorrectable, r.errors.csum }, { true, 16, 0, 16 }, r.output)
@@ -419,7 +419,7 @@ describe("btrfs.scrub", function()
     -- the data stripes of the first MiB that lie on one device: RAID5 rebuilds each from
     -- the others (how many the kernel counts as corrected varies; that none is lost does not)
     local places, device = {}, nil
-    for _, m in ipairs(mapping(mnt, loops, mnt .. "/big", 1 << 20)) do
+    for _, m in ipairs(mapping(loops, mnt .. "/big", 1 << 20)) do
       device = device or (m.mirror == 1 and m.dev)
       if m.mirror == 1 and m.dev == device then
         places[#places + 1] = m
@@ -432,7 +432,7 @@ describe("btrfs.scrub", function()
     -- a stripe's data and its parity both: nothing to rebuild from
     exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/big2", "bs=1M", "count=8", "status=none" })
     places = {}
-    for _, m in ipairs(mapping(mnt, loops, mnt .. "/big2", 4096)) do
+    for _, m in ipairs(mapping(loops, mnt .. "/big2", 4096)) do
       if m.first then
         places[#places + 1] = m
       end
