@@ -29,6 +29,19 @@ int hrun_fail(lua_State *L, const char *what, const char *obj, int err)
     return 3;
 }
 
+void hrun_addop(lua_State *L, int idx, const char *op, int n)
+{
+    lua_createtable(L, n, 0);
+    lua_insert(L, -n - 1);
+    for (int i = n; i >= 1; i--) lua_rawseti(L, -1 - i, i);
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "args");
+    lua_pushstring(L, op);
+    lua_setfield(L, -2, "op");
+    lua_rawseti(L, idx, (lua_Integer)lua_rawlen(L, idx) + 1);
+}
+
 int hrun_failf(lua_State *L, const char *code, const char *fmt, ...)
 {
     va_list ap;

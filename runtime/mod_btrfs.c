@@ -256,20 +256,6 @@ static int btrfs_list(lua_State *L)
 ** Writes and their inverses
 ** ======================================================= */
 
-/* [-n, +0, m] Appends {op = op, args = {the n values on top}} to the list at idx. */
-static void add_op(lua_State *L, int idx, const char *op, int n)
-{
-    lua_createtable(L, n, 0);
-    lua_insert(L, -n - 1);
-    for (int i = n; i >= 1; i--) lua_rawseti(L, -1 - i, i);
-    lua_createtable(L, 0, 2);
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "args");
-    lua_pushstring(L, op);
-    lua_setfield(L, -2, "op");
-    lua_rawseti(L, idx, (lua_Integer)lua_rawlen(L, idx) + 1);
-}
-
 /* [-0, +1, m] {recursive = true} */
 static void push_recursive(lua_State *L)
 {
@@ -298,7 +284,7 @@ static int btrfs_create_inverse(lua_State *L)
     lua_newtable(L);
     int list = lua_gettop(L);
     lua_pushvalue(L, 1);
-    add_op(L, list, "btrfs.delete", 1);
+    hrun_addop(L, list, "btrfs.delete", 1);
     return 1;
 }
 
@@ -334,9 +320,9 @@ static int btrfs_snapshot_inverse(lua_State *L)
     lua_pushvalue(L, 2);
     if (recursive) {
         push_recursive(L);
-        add_op(L, list, "btrfs.delete", 2);
+        hrun_addop(L, list, "btrfs.delete", 2);
     } else {
-        add_op(L, list, "btrfs.delete", 1);
+        hrun_addop(L, list, "btrfs.delete", 1);
     }
     return 1;
 }
@@ -384,7 +370,7 @@ static int btrfs_set_readonly_inverse(lua_State *L)
     if (btrfs_util_get_subvolume_read_only(path, &old) != BTRFS_UTIL_OK) return 1;
     lua_pushvalue(L, 1);
     lua_pushboolean(L, old);
-    add_op(L, lua_gettop(L) - 2, "btrfs.set_readonly", 2);
+    hrun_addop(L, lua_gettop(L) - 2, "btrfs.set_readonly", 2);
     return 1;
 }
 
@@ -468,7 +454,7 @@ static int btrfs_restore_inverse(lua_State *L)
     lua_newtable(L);
     int list = lua_gettop(L);
     lua_pushvalue(L, 2);
-    add_op(L, list, "btrfs.delete", 1);
+    hrun_addop(L, list, "btrfs.delete", 1);
     if (lstat(target, &st) == 0) {
         /* the name restore will choose, kept for it */
         aside_name(L, target, aside, sizeof aside);
@@ -479,7 +465,7 @@ static int btrfs_restore_inverse(lua_State *L)
         lua_createtable(L, 0, 1);
         lua_pushboolean(L, 0);
         lua_setfield(L, -2, "replace");
-        add_op(L, list, "fs.rename", 3);
+        hrun_addop(L, list, "fs.rename", 3);
     }
     return 1;
 }

@@ -846,20 +846,6 @@ static void stash(lua_State *L, const char *what, const char *path)
     lua_pushfstring(L, "%s/data", tmpl);
 }
 
-/* [-n, +0, m] Appends {op = op, args = {the n values on top}} to the list at idx. */
-static void add_op(lua_State *L, int idx, const char *op, int n)
-{
-    lua_createtable(L, n, 0);
-    lua_insert(L, -n - 1);
-    for (int i = n; i >= 1; i--) lua_rawseti(L, -1 - i, i);
-    lua_createtable(L, 0, 2);
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "args");
-    lua_pushstring(L, op);
-    lua_setfield(L, -2, "op");
-    lua_rawseti(L, idx, (lua_Integer)lua_rawlen(L, idx) + 1);
-}
-
 /* [-0, +1, m] {force = true} (and recursive) */
 static void push_force(lua_State *L, int recursive)
 {
@@ -879,10 +865,10 @@ static void undo_change(lua_State *L, int idx, const char *what, const char *pat
     lua_pushstring(L, path);
     if (exists) {
         stash(L, what, path);
-        add_op(L, idx, "fs._restore", 2);
+        hrun_addop(L, idx, "fs._restore", 2);
     } else {
         push_force(L, 1);
-        add_op(L, idx, "fs.remove", 2);
+        hrun_addop(L, idx, "fs.remove", 2);
     }
 }
 
@@ -916,7 +902,7 @@ static int fs_mkdir_inverse(lua_State *L)
         if (len == 0 || lstat(buf, &st) == 0) break;
         lua_pushstring(L, buf);
         push_force(L, 0);
-        add_op(L, list, "fs.remove", 2);
+        hrun_addop(L, list, "fs.remove", 2);
         char *slash = strrchr(buf, '/');
         if (slash == NULL || slash == buf) break;
         *slash = '\0';
@@ -955,11 +941,11 @@ static int fs_rename_inverse(lua_State *L)
     lua_createtable(L, 0, 1);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "replace");
-    add_op(L, list, "fs.rename", 3);
+    hrun_addop(L, list, "fs.rename", 3);
     if (lstat(dst, &st) == 0) { /* it replaces dst: put dst back after moving src home */
         lua_pushstring(L, dst);
         stash(L, "fs.rename", dst);
-        add_op(L, list, "fs._restore", 2);
+        hrun_addop(L, list, "fs._restore", 2);
     }
     return 1;
 }

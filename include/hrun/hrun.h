@@ -100,6 +100,10 @@ int hrun_fail(lua_State *L, const char *what, const char *obj, int err);
 /* [-0, +3, m] Pushes nil, the formatted message, and `code`; returns 3. */
 int hrun_failf(lua_State *L, const char *code, const char *fmt, ...);
 
+/* [-n, +0, m] For inverse functions: appends {op = op, args = {the n values on top}} to
+** the list of undo operations at idx. */
+void hrun_addop(lua_State *L, int idx, const char *op, int n);
+
 /* The symbolic name of an errno value: "ENOENT"; "E<n>" when unknown. */
 const char *hrun_errname(int err);
 
