@@ -55,6 +55,14 @@ int hrun_openprivate(lua_State *L);
 /* [-0, +0, m] Add to the private library on top: db_open (sqlite.c); lock, crash
 ** (lock.c); sha256 (digest.c). */
 void hrun_opensqlite(lua_State *L);
+
+/* The journal database behind a db userdata (sqlite.c). */
+struct sqlite3;
+struct sqlite3 *hrun_db_check(lua_State *L, int idx);
+
+/* Registry field: function() → the journal's db userdata, opened on first use (set by
+** the command line and by the runner); the hash module keeps manifests there. */
+#define JOURNAL_DB "hrun.journaldb"
 void hrun_opendigest(lua_State *L);
 void hrun_openlock(lua_State *L);
 

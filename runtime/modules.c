@@ -12,8 +12,15 @@
 
 /* Every module: loaded as require "hrun.<name>" and set as the global <name>. */
 static const luaL_Reg hrun_modules[] = {
-    {"fs", luaopen_hrun_fs},   {"exec", luaopen_hrun_exec},   {"json", luaopen_hrun_json},
-    {"sys", luaopen_hrun_sys}, {"btrfs", luaopen_hrun_btrfs}, {NULL, NULL},
+    /* clang-format off */
+    {"fs", luaopen_hrun_fs},
+    {"exec", luaopen_hrun_exec},
+    {"json", luaopen_hrun_json},
+    {"sys", luaopen_hrun_sys},
+    {"btrfs", luaopen_hrun_btrfs},
+    {"hash", luaopen_hrun_hash},
+    {NULL, NULL},
+    /* clang-format on */
 };
 
 static int runtime_gc(lua_State *L)
@@ -178,6 +185,15 @@ static int priv_setprotector(lua_State *L)
     return 0;
 }
 
+/* setjournal(fn | nil): fn() gives the journal's db, for the hash module's manifests */
+static int priv_setjournal(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, JOURNAL_DB);
+    return 0;
+}
+
 /* setticker(fn | nil): called about every 0.1 s while exec.run or sys.sleep waits */
 static int priv_setticker(lua_State *L)
 {
@@ -217,6 +233,7 @@ int hrun_openprivate(lua_State *L)
         {"setticker", priv_setticker},
         {"setstrict", priv_setstrict},
         {"setprotector", priv_setprotector},
+        {"setjournal", priv_setjournal},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},

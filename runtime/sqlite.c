@@ -174,12 +174,25 @@ static int db_exec(lua_State *L)
     return 0;
 }
 
+/* db:in_transaction() → whether a transaction is open (the hash engine commits them) */
+static int db_in_transaction(lua_State *L)
+{
+    Db *d = checkdb(L);
+    lua_pushboolean(L, !sqlite3_get_autocommit(d->db));
+    return 1;
+}
+
 /* db_open(path) → db | nil, message, code. WAL; synchronous=FULL, so a committed
 ** transaction survives a power cut. */
 static int db_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"query", db_query}, {"run", db_run}, {"exec", db_exec}, {"close", db_close}, {NULL, NULL},
+        {"query", db_query},
+        {"run", db_run},
+        {"exec", db_exec},
+        {"close", db_close},
+        {"in_transaction", db_in_transaction},
+        {NULL, NULL},
     };
     const char *path = hrun_checkpath(L, 1, NULL);
     Db *d = lua_newuserdatauv(L, sizeof(Db), 1);
@@ -218,6 +231,13 @@ static int db_open(lua_State *L)
         return 3;
     }
     return 1;
+}
+
+sqlite3 *hrun_db_check(lua_State *L, int idx)
+{
+    Db *d = luaL_checkudata(L, idx, DB_TYPE);
+    if (d->db == NULL) luaL_error(L, "journal: the database is closed");
+    return d->db;
 }
 
 /* [-0, +1, m] Adds db_open and the SQLite version to the private library on top. */

@@ -11,7 +11,7 @@ apt-get update -q
 # build: compiler, CMake, the libraries hrun links; lua5.4 brings luac (hrun check's lint)
 $APT install --no-install-recommends \
     build-essential cmake pkg-config \
-    liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev libbtrfsutil-dev lua5.4
+    liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev libbtrfsutil-dev libxxhash-dev lua5.4
 # tests and checks: a terminal for the REPL tests, the Lua linter, the C formatter
 $APT install --no-install-recommends tmux lua-check clang-format procps sqlite3 \
     btrfs-progs util-linux e2fsprogs

@@ -187,6 +187,7 @@ int luaopen_hrun_exec(lua_State *L);
 int luaopen_hrun_json(lua_State *L);
 int luaopen_hrun_sys(lua_State *L);
 int luaopen_hrun_btrfs(lua_State *L);
+int luaopen_hrun_hash(lua_State *L);
 
 /* }==================================================================== */
 

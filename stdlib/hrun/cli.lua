@@ -49,6 +49,15 @@ local flags = {
   ["--force"] = { key = "force", only = { resume = true } },
   ["-n"] = { key = "count", value = "N", only = { runs = true } },
   ["--md"] = { key = "md", only = { show = true } },
+  ["-a"] = { key = "algo", value = "ALGO", only = { hash = true } },
+  ["-j"] = { key = "jobs", value = "N", only = { hash = true, verify = true } },
+  ["--save"] = { key = "save", value = "NAME", only = { hash = true } },
+  ["-o"] = { key = "output", value = "FILE", only = { hash = true } },
+  ["--format"] = { key = "format", value = "FORMAT", only = { hash = true, verify = true } },
+  ["--resume"] = { key = "resume", value = "NAME", only = { hash = true } },
+  ["--exclude"] = { key = "exclude", value = "GLOB", multi = true, only = { hash = true } },
+  ["--one-file-system"] = { key = "one_file_system", only = { hash = true } },
+  ["--quick"] = { key = "quick", only = { verify = true } },
 }
 
 local function flag_names()
@@ -63,8 +72,8 @@ end
 -- }======================================================
 
 local commands = {}
-local command_order = { "playbook", "plan", "check", "resume", "rollback", "runs", "show", "run", "-e", "repl",
-  "version", "help" }
+local command_order = { "playbook", "plan", "check", "resume", "rollback", "runs", "show", "hash", "verify", "run",
+  "-e", "repl", "version", "help" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
 -- $XDG_STATE_HOME/hrun (~/.local/state/hrun). Created 0700 when `create`.
@@ -130,6 +139,16 @@ local function protected(opts, fn, ...)
     return EXIT_INTERRUPTED
   end
   return EXIT_FAILED
+end
+
+-- Runs fn(...) protected; returns its status, or 1 (130) after reporting its error.
+local function protected_status(opts, fn, ...)
+  local ok, res = xpcall(fn, handler(opts), ...)
+  if ok then
+    return res
+  end
+  report_error(opts, res)
+  return priv.interrupted() > 0 and EXIT_INTERRUPTED or EXIT_FAILED
 end
 
 -- Runs a playbook command (hrun.play), turning its problems into exit statuses.
@@ -280,6 +299,43 @@ time, every effect with how it is undone, and the errors. --json prints it as on
 JSON object; --md as a migration log to paste into notes.]],
   run = function(opts, args)
     return play(opts, require("hrun.play").show, one_arg("show", args, "run", true), need_state(opts))
+  end,
+}
+
+commands.hash = {
+  usage = "hrun hash PATH... [-a ALGO] [-j N] [--save NAME] [-o FILE] [--format F] [--resume NAME]",
+  summary = "hash trees in parallel into manifests",
+  help = [[
+Hashes every entry under each PATH (symlinks recorded, not followed) with N threads
+(-j; default: the CPUs) into a manifest kept in the journal; --save NAME names it for
+hrun verify. -a xxh128 (default), sha256 or blake2b. -o FILE also writes the files'
+digests in --format sha256sum, b2sum, xxhsum or coreutils (the default for -o);
+--format alone prints them. --exclude GLOB (repeatable), --one-file-system.
+--resume NAME continues a hash that was killed. A progress bar on a terminal, progress
+events with --json. Exit status 1 when an entry could not be read (the manifest is
+incomplete).]],
+  run = function(opts, args)
+    if #args == 0 and not opts.resume then
+      usage_error("hash needs a PATH")
+    end
+    return protected_status(opts, require("hrun.hashcmd").hash, priv, opts, args)
+  end,
+}
+
+commands.verify = {
+  usage = "hrun verify NAME|FILE [PATH] [--quick]",
+  summary = "hash again and report changed, missing, added",
+  help = [[
+Hashes PATH (default: where the manifest was made) again and compares it with the
+manifest NAME, or with FILE — a sha256sum, b2sum or xxhsum file, its paths relative to
+PATH (default: FILE's directory). Lists what changed, went missing, was added, or
+changed its metadata only (mode, mtime). --quick trusts files whose size, mtime and
+inode are unchanged, as rsync does. Exit status 0 when nothing differs, 1 otherwise.]],
+  run = function(opts, args)
+    if #args == 0 or #args > 2 then
+      usage_error("verify takes NAME|FILE and an optional PATH")
+    end
+    return protected_status(opts, require("hrun.hashcmd").verify, priv, opts, args)
   end,
 }
 
@@ -619,6 +675,15 @@ local function main()
   opts.color = not opts.no_color and not opts.json and (env_color == nil or env_color == "")
     and priv.isatty(1) and priv.isatty(2)
   priv.setoptions({ verbose = opts.verbose, color = opts.color })
+  -- scripts and the REPL keep manifests in the state directory's journal
+  local shared_journal
+  priv.setjournal(function()
+    if not shared_journal then
+      local dir = state_dir(opts, false)
+      shared_journal = assert(require("hrun.journal").open(priv, dir))
+    end
+    return shared_journal.db
+  end)
   -- scripts and the REPL prune snapshots too: never one an unfinished run still needs
   priv.setprotector(function(path)
     local dir = state_dir(opts, false)

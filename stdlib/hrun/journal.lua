@@ -82,6 +82,32 @@ local migrations = {
     CREATE INDEX effects_step ON effects(step);
     CREATE INDEX events_run ON events(run);
   ]],
+  [2] = [[
+    CREATE TABLE manifests (
+      id INTEGER PRIMARY KEY,
+      name TEXT,                       -- --save NAME; NULL for one-off hashes
+      root BLOB NOT NULL,
+      algo TEXT NOT NULL,              -- xxh128, sha256, blake2b
+      status TEXT NOT NULL,            -- running (or crashed: resumable), complete, incomplete
+      files INTEGER NOT NULL DEFAULT 0,
+      bytes INTEGER NOT NULL DEFAULT 0,
+      errors INTEGER NOT NULL DEFAULT 0,
+      options TEXT,                    -- JSON: exclude, one_file_system
+      source TEXT,                     -- an imported file
+      started REAL NOT NULL, ended REAL
+    );
+    CREATE UNIQUE INDEX manifests_name ON manifests(name) WHERE name IS NOT NULL;
+    CREATE TABLE entries (
+      manifest INTEGER NOT NULL,
+      path BLOB NOT NULL,              -- relative to the root, bytes
+      type TEXT NOT NULL,              -- f, l, d, s
+      size INTEGER, mode INTEGER, mtime_ns INTEGER, dev INTEGER, ino INTEGER,
+      target BLOB,                     -- a symlink's
+      digest BLOB,
+      error TEXT,
+      PRIMARY KEY (manifest, path)
+    ) WITHOUT ROWID;
+  ]],
 }
 
 M.schema_version = #migrations
@@ -121,7 +147,7 @@ function M.open(priv, dir)
     return nil, err, code
   end
   migrate(db)
-  return setmetatable({ db = db, dir = dir, priv = priv, in_tx = false }, Journal)
+  return setmetatable({ db = db, dir = dir, priv = priv }, Journal)
 end
 
 function Journal:close()
@@ -135,18 +161,18 @@ end
 -- end — and everything else (events, a step's start, an effect's result) rides along
 -- with the next commit instead of costing an fsync each. A crash loses only those,
 -- and the journal still says what may have happened.
+-- (The hash engine writes to the same database and commits what is open first: the
+-- transaction's state is asked of SQLite, not remembered here.)
 function Journal:write(sql, ...)
-  if not self.in_tx then
+  if not self.db:in_transaction() then
     self.db:exec("BEGIN IMMEDIATE")
-    self.in_tx = true
   end
   return self.db:run(sql, ...)
 end
 
 function Journal:commit()
-  if self.in_tx then
+  if self.db:in_transaction() then
     self.db:exec("COMMIT")
-    self.in_tx = false
   end
 end
 

@@ -240,6 +240,9 @@ function Runner:install_hooks()
     self.priv.setprotector(function(path)
       return self.journal:references(path)
     end)
+    self.priv.setjournal(function()
+      return self.journal.db
+    end)
   end
   self.priv.setstreamsink(function(line, stream)
     local cur = self.current

@@ -1,0 +1,249 @@
+-- Hashing: digests the usual tools agree with, manifests of odd trees, verify and
+-- compare, the formats of sha256sum, b2sum and xxhsum both ways, resume after SIGKILL.
+
+local function tool(argv, cwd)
+  return exec.run(argv, { cwd = cwd, readonly = true }).stdout
+end
+
+-- A tree with what trips hashers up.
+local function odd_tree()
+  local d = tmpdir()
+  local root = d .. "/tree"
+  fs.mkdir(root .. "/sub/deeper", { parents = true })
+  fs.write(root .. "/plain.txt", "hello\n")
+  fs.write(root .. "/empty", "")
+  fs.write(root .. "/with space", "space")
+  fs.write(root .. "/new\nline", "newline")
+  fs.write(root .. "/back\\slash", "backslash")
+  fs.write(root .. "/bad\xffutf8", "invalid utf-8 name")
+  fs.write(root .. "/sub/deeper/big.bin", string.rep("0123456789abcdef", 100000))
+  exec.run({ "truncate", "-s", "5M", root .. "/sparse" })
+  exec.run({ "ln", root .. "/plain.txt", root .. "/sub/hardlink" })
+  exec.run({ "ln", "-s", "plain.txt", root .. "/symlink" })
+  exec.run({ "ln", "-s", "/nonexistent", root .. "/dangling" })
+  exec.run({ "mkfifo", root .. "/fifo" })
+  return root, d
+end
+
+local function state()
+  return tmpdir() .. "/state"
+end
+
+-- hrun with a state directory of its own
+local function hrun_in(st, args, opts)
+  local argv = { "--state", st }
+  for _, a in ipairs(args) do
+    argv[#argv + 1] = a
+  end
+  return hrun_cmd(argv, opts)
+end
+
+describe("hash.file", function()
+  it("gives the digests of xxhsum -H2, sha256sum and b2sum", function()
+    local root = odd_tree()
+    for _, name in ipairs({ "plain.txt", "empty", "sparse", "sub/deeper/big.bin" }) do
+      local p = root .. "/" .. name
+      eq(hash.file(p), tool({ "xxhsum", "-H2", p }):match("^(%x+)"), "xxh128 of " .. name)
+      eq(hash.file(p, { algo = "sha256" }), tool({ "sha256sum", p }):match("^(%x+)"), "sha256 of " .. name)
+      eq(hash.file(p, { algo = "blake2b" }), tool({ "b2sum", p }):match("^(%x+)"), "blake2b of " .. name)
+    end
+    fails("ENOENT", root .. "/nope", hash.file, root .. "/nope")
+    fails("EISDIR", root .. "/sub", hash.file, root .. "/sub")
+    checkerr("field 'algo': xxh128, sha256 or blake2b, not 'md5'", hash.file, root .. "/empty", { algo = "md5" })
+  end)
+end)
+
+describe("hash.tree", function()
+  it("records every entry of an odd tree, symlinks not followed", function()
+    local root = odd_tree()
+    local st = state()
+    local script = [[
+      local root = ...
+      local seen = 0
+      local m = assert(hash.tree(root, { save = "odd", algo = "sha256", progress = function(p) seen = seen + 1 end }))
+      io.write(json.encode({ m = m, seen = seen }))
+    ]]
+    local d = tmpdir()
+    fs.write(d .. "/s.lua", script)
+    local r = hrun_in(st, { d .. "/s.lua", root })
+    eq(r.code, 0, r.stderr)
+    local out = json.decode(r.stdout)
+    local m = out.m
+    eq(m.complete, true)
+    eq(m.files, 9, "regular files, the hard link counted")
+    eq(m.entries, 14, "9 files, 2 directories, 2 symlinks, the fifo")
+    eq(m.bytes, 6 + 0 + 5 + 7 + 9 + 18 + 1600000 + 5 * 1024 * 1024 + 6)
+    ok(out.seen >= 1, "the progress function was called")
+    -- sha256sum itself accepts the exported list, from the root
+    fs.write(d .. "/x.lua", "assert(hash.export('odd', ...))")
+    eq(hrun_in(st, { d .. "/x.lua", d .. "/SHA256SUMS" }).code, 0)
+    local check = exec.run({ "sha256sum", "-c", d .. "/SHA256SUMS" }, { cwd = root, check = false })
+    ok(check.ok, check.stdout .. check.stderr)
+    local _, lines = check.stdout:gsub("OK\n", "")
+    eq(lines, 9)
+  end)
+
+  it("excludes globs and stays on one filesystem", function()
+    need_root()
+    local root = odd_tree()
+    fs.mkdir(root .. "/mnt")
+    exec.run({ "mount", "-t", "tmpfs", "-o", "size=1m", "hrun-spec", root .. "/mnt" })
+    after(function()
+      exec.run({ "umount", root .. "/mnt" }, { check = false })
+    end)
+    fs.write(root .. "/mnt/elsewhere", "x")
+    local st = state()
+    local d = tmpdir()
+    fs.write(d .. "/s.lua", [[
+      local root = ...
+      local m = assert(hash.tree(root, { exclude = { "*.bin", "sub/deeper" }, one_file_system = true, save = "ex" }))
+      io.write(m.entries)
+    ]])
+    local r = hrun_in(st, { d .. "/s.lua", root })
+    eq(r.stdout, "13", r.stderr) -- 14, less sub/deeper and big.bin in it, plus mnt but not what is mounted there
+  end)
+
+  it("reports an unreadable file and marks the manifest incomplete", function()
+    need_root()
+    need("setpriv")
+    local root, d = odd_tree()
+    fs.write(root .. "/secret", "x", { mode = "0000" })
+    exec.run({ "chmod", "-R", "a+rX", d })
+    exec.run({ "chmod", "000", root .. "/secret" })
+    local st = d .. "/nobody-state"
+    fs.mkdir(st, { mode = "0700" })
+    exec.run({ "chown", "65534:65534", st })
+    local r = exec.run({ "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HRUN, "--state", st, "hash",
+      root, "--save", "n" }, { check = false })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "INCOMPLETE: 1 entries could not be read")
+    local v = exec.run({ "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HRUN, "--state", st, "verify",
+      "n" }, { check = false })
+    has(v.stdout, "errors   secret: Permission denied")
+    eq(v.code, 1)
+  end)
+end)
+
+describe("verify and compare", function()
+  it("report changed, missing, added and metadata-only changes", function()
+    local root = odd_tree()
+    local st = state()
+    eq(hrun_in(st, { "hash", root, "--save", "base" }).code, 0)
+    local r = hrun_in(st, { "verify", "base" })
+    eq(r.code, 0, r.stdout)
+    has(r.stdout, "ok: 9 files")
+    fs.write(root .. "/plain.txt", "changed\n") -- the hard link keeps the old inode's bytes? no: fs.write renames
+    fs.remove(root .. "/empty")
+    fs.write(root .. "/new file", "new")
+    exec.run({ "chmod", "600", root .. "/with space" })
+    exec.run({ "ln", "-sf", "elsewhere", root .. "/symlink" })
+    r = hrun_in(st, { "verify", "base", "--json" })
+    eq(r.code, 1)
+    local v = json.decode(r.stdout)
+    eq(v.changed, { "plain.txt", "symlink" })
+    eq(v.missing, { "empty" })
+    eq(v.added, { "new file" })
+    eq(v.meta, { "with space" })
+    eq(v.ok, false)
+    eq(hrun_in(st, { "hash", root, "--save", "after" }).code, 0)
+    local d = tmpdir()
+    fs.write(d .. "/c.lua", "io.write(json.encode(hash.compare('base', 'after')))")
+    local c = json.decode(hrun_in(st, { d .. "/c.lua" }).stdout)
+    eq(c.changed, { "plain.txt", "symlink" })
+    eq(c.added, { "new file" })
+  end)
+
+  it("--quick trusts unchanged size, mtime and inode", function()
+    local root = odd_tree()
+    local st = state()
+    eq(hrun_in(st, { "hash", root, "--save", "q" }).code, 0)
+    -- same size, same mtime, same inode, other bytes: only a full verify sees it
+    local stamp = exec.run({ "stat", "-c", "%y", root .. "/with space" }, { readonly = true }).stdout:gsub("\n", "")
+    exec.sh("printf SPACE > '" .. root .. "/with space'")
+    exec.run({ "touch", "-d", stamp, root .. "/with space" })
+    eq(hrun_in(st, { "verify", "q", "--quick" }).code, 0)
+    local r = hrun_in(st, { "verify", "q" })
+    eq(r.code, 1)
+    has(r.stdout, "changed  with space")
+  end)
+end)
+
+describe("sha256sum, b2sum and xxhsum files", function()
+  it("are read as their tools write them, escapes included", function()
+    local root = odd_tree()
+    local st = state()
+    local d = tmpdir()
+    local files = { "plain.txt", "with space", "new\nline", "back\\slash", "sub/deeper/big.bin", "empty" }
+    for _, t in ipairs({ { "sha256sum", "sha256sum" }, { "b2sum", "b2sum" }, { "xxhsum", "xxhsum", "-H2" } }) do
+      local argv = { t[2] }
+      for i = 3, #t do
+        argv[#argv + 1] = t[i]
+      end
+      for _, f in ipairs(files) do
+        if not (t[1] == "xxhsum" and f:find("[\n\\]")) then -- xxhsum writes such names raw
+          argv[#argv + 1] = f
+        end
+      end
+      fs.write(d .. "/" .. t[1], tool(argv, root))
+      local r = hrun_in(st, { "verify", d .. "/" .. t[1], root, "--format", t[1] })
+      eq(r.code, 0, t[1] .. ": " .. r.stdout .. r.stderr)
+      has(r.stdout, "ok:")
+    end
+    fs.write(root .. "/plain.txt", "tampered")
+    local r = hrun_in(st, { "verify", d .. "/sha256sum", root })
+    eq(r.code, 1)
+    has(r.stdout, "changed  plain.txt")
+    fs.write(d .. "/bad", "not a checksum line\n")
+    r = hrun_in(st, { "verify", d .. "/bad", root })
+    eq(r.code, 1)
+    has(r.stderr, d .. "/bad:1: not a coreutils line")
+  end)
+end)
+
+describe("a hash killed with SIGKILL", function()
+  it("resumes where it stopped and ends as a full hash would", function()
+    local d = tmpdir()
+    local root = d .. "/many"
+    exec.sh("mkdir -p " .. root .. " && cd " .. root .. " && for i in $(seq 1 30); do mkdir d$i; " ..
+      "for j in $(seq 1 100); do echo $i-$j > d$i/f$j; done; done")
+    local st = state()
+    local r = hrun_in(st, { "hash", root, "--save", "big" }, { env = { HRUN_TEST_CRASH = "hash-commit:1" } })
+    eq(r.signal, "SIGKILL")
+    r = hrun_in(st, { "hash", "--resume", "big" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "3000 files")
+    eq(hrun_in(st, { "hash", root, "--save", "fresh" }).code, 0)
+    fs.write(d .. "/c.lua", "io.write(json.encode(hash.compare('fresh', 'big')))")
+    local c = json.decode(hrun_in(st, { d .. "/c.lua" }).stdout)
+    eq(c.ok, true)
+    eq(c.files, 3000)
+    r = hrun_in(st, { "hash", "--resume", "big" })
+    eq(r.code, 1)
+    has(r.stderr, "manifest 'big' is complete: nothing to resume")
+  end)
+end)
+
+describe("hrun hash", function()
+  it("prints digests in a tool's format, writes them with -o, and reports progress as JSON", function()
+    local root = odd_tree()
+    local st = state()
+    local r = hrun_in(st, { "hash", root .. "/sub", "-a", "sha256", "--format", "sha256sum" })
+    eq(r.code, 0, r.stderr)
+    eq(r.stdout, tool({ "sha256sum", "deeper/big.bin", "hardlink" }, root .. "/sub"))
+    local d = tmpdir()
+    r = hrun_in(st, { "hash", root .. "/sub", "-o", d .. "/X", "--format", "xxhsum", "-j", "1" })
+    eq(r.code, 0, r.stderr)
+    eq(fs.read(d .. "/X"), tool({ "xxhsum", "-H2", "deeper/big.bin", "hardlink" }, root .. "/sub"))
+    r = hrun_in(st, { "hash", root, "--json" })
+    local last
+    for line in r.stdout:gmatch("[^\n]+") do
+      last = json.decode(line)
+    end
+    eq(last.event, "hash-done")
+    eq(last.files, 9)
+    r = hrun_in(st, { "hash", root .. "/nope" })
+    eq(r.code, 1)
+    has(r.stderr, "hash.tree: " .. root .. "/nope: No such file or directory")
+    eq(hrun_in(st, { "hash", root, "-a", "md5" }).code, 1)
+  end)
+end)
