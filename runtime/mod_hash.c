@@ -336,7 +336,7 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
         t->look_id = resume ? id : quick_id;
         t->resume = resume;
     }
-    hrun_HashOpts o = {root, algo, threads, onefs, exclude, lookup, t};
+    hrun_HashOpts o = {root, algo, threads, onefs, exclude, lookup, t, progress != 0};
     if ((t->pool = hrun_hashpool_start(&o)) == NULL) {
         int err = errno;
         lua_settop(L, top);

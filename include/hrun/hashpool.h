@@ -49,6 +49,7 @@ typedef struct hrun_HashOpts {
     const char *const *exclude; /* globs, NULL-ended (NULL: none) */
     hrun_HashLookup lookup;
     void *lookup_ud;
+    int prescan; /* count the tree first, in parallel, for progress totals */
 } hrun_HashOpts;
 
 typedef struct hrun_HashPool hrun_HashPool;

@@ -26,7 +26,7 @@ M.Bad = Bad
 -- The modules a playbook sees as globals.
 function M.modules(priv, state)
   return {
-    fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"),
+    fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"), hash = require("hrun.hash"),
     journal = journal_mod.public(priv, state),
   }
 end
