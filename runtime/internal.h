@@ -58,7 +58,11 @@ void hrun_opensqlite(lua_State *L);
 
 /* The journal database behind a db userdata (sqlite.c). */
 struct sqlite3;
+struct sqlite3_stmt;
 struct sqlite3 *hrun_db_check(lua_State *L, int idx);
+
+/* [-0, +1, m] Column i of the row st is on, as a Lua value (text and blobs as strings). */
+void hrun_push_column(lua_State *L, struct sqlite3_stmt *st, int i);
 
 /* Registry field: function() → the journal's db userdata, opened on first use (set by
 ** the command line and by the runner); the hash module keeps manifests there. */

@@ -141,20 +141,7 @@ static void push_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id)
     static const char *const names[] = {"id",    "name",   "root",  "algo",  "status",  "started",
                                         "ended", "source", "files", "bytes", "entries", "errors"};
     for (int i = 0; i < 12; i++) {
-        switch (sqlite3_column_type(st, i)) {
-        case SQLITE_INTEGER:
-            lua_pushinteger(L, sqlite3_column_int64(st, i));
-            break;
-        case SQLITE_FLOAT:
-            lua_pushnumber(L, sqlite3_column_double(st, i));
-            break;
-        case SQLITE_NULL:
-            lua_pushnil(L);
-            break;
-        default:
-            lua_pushlstring(L, (const char *)sqlite3_column_blob(st, i),
-                            (size_t)sqlite3_column_bytes(st, i));
-        }
+        hrun_push_column(L, st, i);
         lua_setfield(L, -2, names[i]);
     }
     lua_pushboolean(L, strcmp((const char *)sqlite3_column_text(st, 4), "complete") == 0);

@@ -102,7 +102,7 @@ static sqlite3_stmt *prepare(lua_State *L, Db *d, int first)
     return st;
 }
 
-static void push_column(lua_State *L, sqlite3_stmt *st, int i)
+void hrun_push_column(lua_State *L, struct sqlite3_stmt *st, int i)
 {
     switch (sqlite3_column_type(st, i)) {
     case SQLITE_INTEGER:
@@ -132,7 +132,7 @@ static int db_query(lua_State *L)
         int cols = sqlite3_column_count(st);
         lua_createtable(L, 0, cols);
         for (int i = 0; i < cols; i++) {
-            push_column(L, st, i);
+            hrun_push_column(L, st, i);
             lua_setfield(L, -2, sqlite3_column_name(st, i));
         }
         lua_rawseti(L, -2, ++n);
