@@ -191,6 +191,7 @@ end
 
 -- session(priv, opts, path, state) → a session whose env the REPL uses
 function M.session(priv, opts, path, state)
+  path = play.absolute(path)
   local pb, hash = play.load(priv, path, state)
   local params, problems = dsl.params(pb, opts.params_files or {}, opts.params or {}, priv.nearest)
   if not params then

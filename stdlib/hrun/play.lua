@@ -168,8 +168,19 @@ end
 -- hrun PLAYBOOK, hrun plan PLAYBOOK
 -- ======================================================
 
+-- The path as the journal keeps it: absolute, so that resume and rollback find the
+-- playbook from any working directory.
+function M.absolute(path)
+  if path:sub(1, 1) == "/" then
+    return path
+  end
+  local cwd = fs.stat("/proc/self/cwd", { follow = false }).target
+  return (cwd .. "/" .. path):gsub("/%./", "/"):gsub("/%.$", "")
+end
+
 -- setup(runner), if given, sees the runner before it starts (the debugger attaches).
 function M.run(priv, opts, path, state, setup)
+  path = M.absolute(path)
   local pb, hash = M.load(priv, path, state)
   local params, problems = dsl.params(pb, opts.params_files or {}, opts.params or {}, priv.nearest)
   if not params then

@@ -118,6 +118,17 @@ describe("after SIGKILL, hrun resume", function()
     expect_done(data, state)
   end)
 
+  it("finds the playbook from any working directory", function()
+    local p, data, state = setup()
+    local dir, name = p:match("^(.*)/([^/]+)$")
+    local r = hrun_cmd({ name, "--state", state, "-p", "data=" .. data }, { cwd = dir,
+      env = { HRUN_TEST_CRASH = "step-done:2" } })
+    eq(r.signal, "SIGKILL")
+    r = hrun_cmd({ "resume", "--state", state }, { cwd = "/" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    expect_done(data, state)
+  end)
+
   it("has nothing to resume in a finished run", function()
     local p, data, state = setup()
     eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 0)
