@@ -286,6 +286,10 @@ static void walk(hrun_HashPool *p, Visit visit)
                 free(rel);
                 continue;
             }
+            if (de->d_type == DT_REG) { /* its hasher stats the open file: one lookup less */
+                visit(p, rel, len, NULL, dirfd(d), de->d_name, -1);
+                continue;
+            }
             struct stat st;
             int err = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? errno : 0;
             int descend = !err && S_ISDIR(st.st_mode) &&
@@ -307,8 +311,10 @@ static void walk(hrun_HashPool *p, Visit visit)
 static void count(hrun_HashPool *p, char *rel, size_t len, const struct stat *st, int dirfd,
                   const char *name, int err)
 {
-    (void)len, (void)dirfd, (void)name, (void)err;
+    struct stat fst;
+    (void)len;
     free(rel);
+    if (err == -1 && fstatat(dirfd, name, &fst, AT_SYMLINK_NOFOLLOW) == 0) st = &fst;
     if (st && S_ISREG(st->st_mode)) {
         pthread_mutex_lock(&p->mu);
         p->total_files++;
@@ -336,9 +342,14 @@ static void found(hrun_HashPool *p, char *rel, size_t len, const struct stat *st
         return;
     }
     e->path = rel, e->pathlen = len;
-    e->err = err;
     e->type = 's';
+    if (err == -1) { /* a regular file, by its directory entry: the hasher stats it */
+        e->type = 'f';
+        err = 0;
+    }
+    e->err = err;
     if (st) {
+        e->statted = 1;
         e->type = S_ISREG(st->st_mode)   ? 'f'
                   : S_ISDIR(st->st_mode) ? 'd'
                   : S_ISLNK(st->st_mode) ? 'l'
@@ -389,8 +400,30 @@ static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
     int fd = openat(p->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
     if (fd < 0 && errno == EPERM) /* O_NOATIME needs the file's owner or root */
         fd = openat(p->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && !e->statted && fstat(fd, &st) == 0) {
+        e->size = (uint64_t)st.st_size;
+        e->dev = (uint64_t)st.st_dev;
+        e->ino = (uint64_t)st.st_ino;
+        e->mode = st.st_mode & 07777;
+        e->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        e->statted = 1;
+        if (p->o.lookup && p->o.lookup(p->o.lookup_ud, e) == 2) { /* quick: unchanged */
+            close(fd);
+            return;
+        }
+    }
     if (fd < 0) {
-        e->err = errno;
+        int err = errno;
+        /* unreadable: its metadata still belongs in the manifest */
+        if (!e->statted && fstatat(p->rootfd, e->path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+            e->size = (uint64_t)st.st_size, e->dev = (uint64_t)st.st_dev,
+            e->ino = (uint64_t)st.st_ino;
+            e->mode = st.st_mode & 07777;
+            e->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+            e->statted = 1;
+        }
+        e->err = err;
         return;
     }
     if (e->size >= MAP_FROM && hash_mapped(fd, e->size, p->o.algo, e->digest) == 0) {

@@ -5,6 +5,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,7 +165,8 @@ typedef struct Tree {
     sqlite3 *ro;        /* the walker's own read-only connection (resume, quick) */
     sqlite3_stmt *look; /* SELECT … FROM entries WHERE manifest = ? AND path = ? */
     sqlite3_int64 look_id;
-    int resume; /* look_id is this manifest: skip what it has */
+    int resume;              /* look_id is this manifest: skip what it has */
+    pthread_mutex_t look_mu; /* the walker and the hashers share the statement */
     sqlite3 *db;
     sqlite3_stmt *ins;
 } Tree;
@@ -190,6 +192,8 @@ static int lookup(void *ud, hrun_Entry *e)
 {
     Tree *t = ud;
     if (t->look == NULL) return 0;
+    if (!t->resume && !e->statted) return 0; /* quick needs the metadata: asked again */
+    pthread_mutex_lock(&t->look_mu);
     sqlite3_reset(t->look);
     sqlite3_bind_int64(t->look, 1, t->look_id);
     sqlite3_bind_blob(t->look, 2, e->path, (int)e->pathlen, SQLITE_STATIC);
@@ -210,6 +214,7 @@ static int lookup(void *ud, hrun_Entry *e)
         }
     }
     sqlite3_reset(t->look);
+    pthread_mutex_unlock(&t->look_mu);
     return verdict;
 }
 
@@ -301,6 +306,7 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
     }
     Tree *t = lua_newuserdatauv(L, sizeof(Tree), 0);
     memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->look_mu, NULL);
     luaL_setmetatable(L, TREE_TYPE);
     lua_toclose(L, -1);
     t->db = db;

@@ -29,16 +29,19 @@ typedef struct hrun_Entry {
     char *target; /* a symlink's */
     unsigned char digest[64];
     int has_digest;
-    int err;    /* errno of what failed (stat, open, read), 0 if none */
-    int reused; /* the digest came from an earlier manifest (quick mode) */
+    int err;     /* errno of what failed (stat, open, read), 0 if none */
+    int reused;  /* the digest came from an earlier manifest (quick mode) */
+    int statted; /* size, mode, mtime, dev and ino are known (a file's come from its
+                 ** hasher's fstat: the walker only reads its name) */
     struct hrun_Entry *next;
 } hrun_Entry;
 
 void hrun_entry_free(hrun_Entry *e);
 
-/* What the walker asks about an entry before queueing it (resume, quick check):
-** return 0 to hash it, 1 to skip it (already in the manifest), 2 when *e was given a
-** digest to reuse (e->has_digest, e->reused set). Called from the walker thread. */
+/* What the engine asks about an entry (resume, quick check): return 0 to hash it, 1 to
+** skip it (already in the manifest), 2 when *e was given a digest to reuse
+** (e->has_digest, e->reused set). Asked by the walker (e->statted is 0 for a file) and,
+** for files, again by a hasher once it has the file's fstat: from several threads. */
 typedef int (*hrun_HashLookup)(void *ud, hrun_Entry *e);
 
 typedef struct hrun_HashOpts {
