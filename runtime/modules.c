@@ -160,15 +160,6 @@ static int priv_setstash(lua_State *L)
     return 0;
 }
 
-/* setstreamsink(fn | nil): where exec's stream = true lines go, as fn(line, "stdout") */
-static int priv_setstreamsink(lua_State *L)
-{
-    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_settop(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, STREAM_SINK);
-    return 0;
-}
-
 /* setstrict(bool): primitives raise their nil, message failures (inside playbooks) */
 static int priv_setstrict(lua_State *L)
 {
@@ -176,30 +167,18 @@ static int priv_setstrict(lua_State *L)
     return 0;
 }
 
-/* setprotector(fn | nil): fn(path) says whether an unfinished run references path */
-static int priv_setprotector(lua_State *L)
+/*
+** The setters of the runner's callbacks, one function over its registry field:
+**   setstreamsink(fn | nil): where exec's stream = true lines go, as fn(line, "stdout")
+**   setticker(fn | nil): called about every 0.1 s while exec.run or sys.sleep waits
+**   setprotector(fn | nil): fn(path) says whether an unfinished run references path
+**   setjournal(fn | nil): fn() gives the journal's db, for the hash module's manifests
+*/
+static int priv_setcallback(lua_State *L)
 {
     if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
     lua_settop(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, PROTECTOR);
-    return 0;
-}
-
-/* setjournal(fn | nil): fn() gives the journal's db, for the hash module's manifests */
-static int priv_setjournal(lua_State *L)
-{
-    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_settop(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, JOURNAL_DB);
-    return 0;
-}
-
-/* setticker(fn | nil): called about every 0.1 s while exec.run or sys.sleep waits */
-static int priv_setticker(lua_State *L)
-{
-    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_settop(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, TICKER);
+    lua_setfield(L, LUA_REGISTRYINDEX, lua_tostring(L, lua_upvalueindex(1)));
     return 0;
 }
 
@@ -229,11 +208,7 @@ int hrun_openprivate(lua_State *L)
         {"inverse", priv_inverse},
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
-        {"setstreamsink", priv_setstreamsink},
-        {"setticker", priv_setticker},
         {"setstrict", priv_setstrict},
-        {"setprotector", priv_setprotector},
-        {"setjournal", priv_setjournal},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},
@@ -241,6 +216,17 @@ int hrun_openprivate(lua_State *L)
         {NULL, NULL},
     };
     luaL_newlib(L, funcs);
+    static const char *const callbacks[][2] = {
+        {"setstreamsink", STREAM_SINK},
+        {"setticker", TICKER},
+        {"setprotector", PROTECTOR},
+        {"setjournal", JOURNAL_DB},
+    };
+    for (size_t i = 0; i < sizeof callbacks / sizeof callbacks[0]; i++) {
+        lua_pushstring(L, callbacks[i][1]);
+        lua_pushcclosure(L, priv_setcallback, 1);
+        lua_setfield(L, -2, callbacks[i][0]);
+    }
     hrun_opensqlite(L);
     hrun_openlock(L);
     hrun_opendigest(L);
