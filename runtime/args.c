@@ -29,6 +29,24 @@ int hrun_fail(lua_State *L, const char *what, const char *obj, int err)
     return 3;
 }
 
+void hrun_setclose(lua_State *L, const char *type, lua_CFunction close, const luaL_Reg *methods)
+{
+    if (luaL_newmetatable(L, type)) {
+        if (methods) {
+            lua_newtable(L);
+            luaL_setfuncs(L, methods, 0);
+            lua_setfield(L, -2, "__index");
+        }
+        lua_pushcfunction(L, close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, close);
+        lua_setfield(L, -2, "__close");
+        lua_pushliteral(L, "locked");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_setmetatable(L, -2);
+}
+
 void hrun_addop(lua_State *L, int idx, const char *op, int n)
 {
     lua_createtable(L, n, 0);

@@ -54,15 +54,7 @@ static int lock_acquire(lua_State *L)
     const char *path = hrun_checkpath(L, 1, NULL);
     Lock *k = lua_newuserdatauv(L, sizeof(Lock), 0);
     k->fd = -1;
-    if (luaL_newmetatable(L, LOCK_TYPE)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, lock_release);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, lock_release);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, LOCK_TYPE, lock_release, methods);
     if ((k->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
         return hrun_fail(L, "lock", path, errno);
     if (flock(k->fd, LOCK_EX | LOCK_NB) < 0) {

@@ -197,13 +197,7 @@ static int btrfs_list(lua_State *L)
     if ((e = btrfs_util_subvolume_id(root, &top))) return fail(L, "btrfs.list", dir, e);
     Iter *i = lua_newuserdatauv(L, sizeof(Iter), 0);
     i->it = NULL;
-    if (luaL_newmetatable(L, "hrun.btrfs.iter")) {
-        lua_pushcfunction(L, iter_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, iter_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, "hrun.btrfs.iter", iter_close, NULL);
     lua_toclose(L, -1);
     if ((e = btrfs_util_create_subvolume_iterator(root, top, 0, &i->it)))
         return fail(L, "btrfs.list", dir, e);
@@ -592,13 +586,7 @@ static int btrfs_prune(lua_State *L)
     lua_settop(L, 2);
     Prune *p = lua_newuserdatauv(L, sizeof(Prune), 0); /* 3 */
     p->snaps = NULL, p->n = 0, p->dir = NULL;
-    if (luaL_newmetatable(L, "hrun.btrfs.prune")) {
-        lua_pushcfunction(L, prune_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, prune_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, "hrun.btrfs.prune", prune_close, NULL);
     lua_toclose(L, 3);
     if ((p->dir = opendir(dir)) == NULL) return hrun_fail(L, "btrfs.prune", dir, errno);
     size_t cap = 0;
@@ -733,13 +721,7 @@ static int btrfs_scrub(lua_State *L)
     Capture *c = lua_newuserdatauv(L, sizeof(Capture), 0);
     memset(c, 0, sizeof *c);
     hrun_proc_init(&c->proc);
-    if (luaL_newmetatable(L, "hrun.btrfs.capture")) {
-        lua_pushcfunction(L, capture_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, capture_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, "hrun.btrfs.capture", capture_close, NULL);
     lua_toclose(L, 2);
     struct statfs sf;
     if (statfs(path, &sf) < 0) return hrun_fail(L, "btrfs.scrub", path, errno);

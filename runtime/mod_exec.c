@@ -75,15 +75,7 @@ static Run *run_new(lua_State *L)
     hrun_proc_init(&r->proc);
     r->errref = LUA_NOREF;
     r->L = L;
-    if (luaL_newmetatable(L, PROC_TYPE)) {
-        lua_pushcfunction(L, run_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, run_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushliteral(L, "locked");
-        lua_setfield(L, -2, "__metatable");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, PROC_TYPE, run_close, NULL);
     return r;
 }
 

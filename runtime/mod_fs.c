@@ -79,15 +79,7 @@ static Tmp *tmp_new(lua_State *L)
     t->dir = NULL;
     t->globbed = t->isdir = t->committed = 0;
     t->path[0] = '\0';
-    if (luaL_newmetatable(L, TMP_TYPE)) {
-        lua_pushcfunction(L, tmp_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, tmp_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushliteral(L, "locked");
-        lua_setfield(L, -2, "__metatable");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, TMP_TYPE, tmp_close, NULL);
     lua_toclose(L, -1);
     return t;
 }

@@ -307,7 +307,7 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
     Tree *t = lua_newuserdatauv(L, sizeof(Tree), 0);
     memset(t, 0, sizeof *t);
     pthread_mutex_init(&t->look_mu, NULL);
-    luaL_setmetatable(L, TREE_TYPE);
+    hrun_setclose(L, TREE_TYPE, tree_close, NULL);
     lua_toclose(L, -1);
     t->db = db;
     /* what is open (the runner's pending writes) is committed: the batches are ours */
@@ -936,13 +936,6 @@ static const hrun_Prim hash_prims[] = {
 
 int luaopen_hrun_hash(lua_State *L)
 {
-    if (luaL_newmetatable(L, TREE_TYPE)) {
-        lua_pushcfunction(L, tree_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, tree_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
     hrun_newmodule(L, "hash", hash_prims);
     return 1;
 }

@@ -212,13 +212,7 @@ static json_t **doc_new(lua_State *L)
 {
     json_t **doc = lua_newuserdatauv(L, sizeof(json_t *), 0);
     *doc = NULL;
-    if (luaL_newmetatable(L, DOC_TYPE)) {
-        lua_pushcfunction(L, doc_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, doc_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, DOC_TYPE, doc_close, NULL);
     lua_toclose(L, -1);
     return doc;
 }

@@ -199,15 +199,7 @@ static int db_open(lua_State *L)
     d->db = NULL;
     lua_newtable(L);
     lua_setiuservalue(L, -2, 1);
-    if (luaL_newmetatable(L, DB_TYPE)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, db_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, db_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_setmetatable(L, -2);
+    hrun_setclose(L, DB_TYPE, db_close, methods);
     /* the journal and its -wal and -shm files: readable by root only */
     mode_t mask = umask(077);
     int rc = sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);

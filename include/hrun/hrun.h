@@ -100,6 +100,11 @@ int hrun_fail(lua_State *L, const char *what, const char *obj, int err);
 /* [-0, +3, m] Pushes nil, the formatted message, and `code`; returns 3. */
 int hrun_failf(lua_State *L, const char *code, const char *fmt, ...);
 
+/* [-0, +0, m] Gives the userdata on top its metatable `type` — made on first use, with
+** `close` as both __gc and __close (one idempotent close: rule 5), `methods` (or NULL)
+** as __index, and locked. */
+void hrun_setclose(lua_State *L, const char *type, lua_CFunction close, const luaL_Reg *methods);
+
 /* [-n, +0, m] For inverse functions: appends {op = op, args = {the n values on top}} to
 ** the list of undo operations at idx. */
 void hrun_addop(lua_State *L, int idx, const char *op, int n);
