@@ -504,9 +504,13 @@ hrun_HashPool *hrun_hashpool_start(const hrun_HashOpts *o)
         p->started_scanner = pthread_create(&p->scanner, NULL, scanner_main, p) == 0;
     else
         p->scanned = 1; /* no totals wanted */
+    /* counted under the lock: a hasher done with a small tree before the count is set
+    ** would otherwise have its decrement overwritten, and the pool never finish */
+    pthread_mutex_lock(&p->mu);
     for (int i = 0; p->hashers && i < n; i++)
         if (pthread_create(&p->hashers[p->nhashers], NULL, hasher_main, p) == 0) p->nhashers++;
     p->hashers_running = p->nhashers;
+    pthread_mutex_unlock(&p->mu);
     return p;
 }
 
