@@ -247,6 +247,56 @@ static int push_dir(Stack *s, char *dir)
     return 0;
 }
 
+typedef struct Names {
+    struct Name {
+        char *name;
+        unsigned char type;
+    } * v;
+    size_t n, cap;
+} Names;
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const struct Name *)a)->name, ((const struct Name *)b)->name);
+}
+
+/* Reads a directory's entries but . and .., sorted by name (bytes). -1: out of memory
+** (what was read is kept). */
+static int read_names(DIR *d, Names *names)
+{
+    int rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.' &&
+            (de->d_name[1] == 0 || (de->d_name[1] == '.' && !de->d_name[2])))
+            continue;
+        if (names->n == names->cap) {
+            size_t cap = names->cap ? names->cap * 2 : 64;
+            struct Name *v = realloc(names->v, cap * sizeof *v);
+            if (v == NULL) {
+                rc = -1;
+                break;
+            }
+            names->v = v, names->cap = cap;
+        }
+        char *name = strdup(de->d_name);
+        if (name == NULL) {
+            rc = -1;
+            break;
+        }
+        names->v[names->n].name = name;
+        names->v[names->n++].type = de->d_type;
+    }
+    if (names->n > 1) qsort(names->v, names->n, sizeof *names->v, by_name);
+    return rc;
+}
+
+static void free_names(Names *names)
+{
+    for (size_t i = 0; i < names->n; i++) free(names->v[i].name);
+    free(names->v);
+}
+
 /* Walks the tree; for each entry calls visit(p, rel, len, &st, dirfd, name) (the
 ** pre-scan and the walker differ there). Directories on other filesystems (with
 ** one_file_system) and excluded paths are not entered. */
@@ -274,24 +324,31 @@ static void walk(hrun_HashPool *p, Visit visit)
             free(dir);
             continue; /* the directory itself was reported with its error already */
         }
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL && !p->cancel) {
-            if (de->d_name[0] == '.' &&
-                (de->d_name[1] == 0 || (de->d_name[1] == '.' && !de->d_name[2])))
-                continue;
+        /* the names in byte order: entries reach the journal's index nearly in key order
+        ** (an insert beside the last one is cheaper: measured ~9 % less CPU for the writer
+        ** on the small bench tree than with readdir's hash order) */
+        Names names = {0};
+        if (read_names(d, &names) < 0 && *dir) {
+            /* the directory is recorded again, with the error: the manifest is incomplete */
+            char *again = strdup(dir);
+            if (again) visit(p, again, strlen(again), NULL, p->rootfd, again, ENOMEM);
+        }
+        size_t first_sub = stack.n;
+        for (size_t i = 0; i < names.n && !p->cancel; i++) {
+            const char *name = names.v[i].name;
             size_t len;
-            char *rel = join(dir, de->d_name, &len);
+            char *rel = join(dir, name, &len);
             if (rel == NULL) continue;
             if (excluded(p, rel)) {
                 free(rel);
                 continue;
             }
-            if (de->d_type == DT_REG) { /* its hasher stats the open file: one lookup less */
-                visit(p, rel, len, NULL, dirfd(d), de->d_name, -1);
+            if (names.v[i].type == DT_REG) { /* its hasher stats the open file: one lookup less */
+                visit(p, rel, len, NULL, dirfd(d), name, -1);
                 continue;
             }
             struct stat st;
-            int err = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? errno : 0;
+            int err = fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? errno : 0;
             int descend = !err && S_ISDIR(st.st_mode) &&
                           !(p->o.one_file_system && st.st_dev != rootst.st_dev);
             if (descend) {
@@ -299,8 +356,15 @@ static void walk(hrun_HashPool *p, Visit visit)
                 char *copy = strdup(rel);
                 if (copy && push_dir(&stack, copy) < 0) free(copy);
             }
-            visit(p, rel, len, err ? NULL : &st, dirfd(d), de->d_name, err);
+            visit(p, rel, len, err ? NULL : &st, dirfd(d), name, err);
         }
+        /* the stack pops last first: reversed, the subdirectories are entered in order */
+        for (size_t i = first_sub, j = stack.n; i + 1 < j; i++, j--) {
+            char *tmp = stack.dirs[i];
+            stack.dirs[i] = stack.dirs[j - 1];
+            stack.dirs[j - 1] = tmp;
+        }
+        free_names(&names);
         closedir(d);
         free(dir);
     }

@@ -76,6 +76,25 @@ int hrun_repl_addhistory(lua_State *L);
 int hrun_repl_open(lua_State *L);
 int hrun_repl_close(lua_State *L);
 
+/* [-0, +0, e] For inverse functions of other modules that change a file (mod_fs.c):
+** appends to the list at idx how to put path back as it is now — its bytes saved in
+** the run's stash and restored (fs._restore), or removed when it does not exist. */
+void hrun_undo_change(lua_State *L, int idx, const char *what, const char *path);
+
+/* The body of fs.write (path, data [, opts]): atomic, fsync'ed, mode and owner kept. For
+** a module whose primitive writes a file as part of its job (lua_call it; it does not
+** go through the dispatcher, the module's own primitive is the journaled effect). */
+int hrun_fs_write(lua_State *L);
+
+/* Removes path and, if a directory, everything under it (not following symlinks).
+** 0, or -1 with errno. */
+int hrun_rmtree(const char *path);
+
+/* [-0, +1, m] Pushes a function that runs a command as exec.run does (argv, opts →
+** result), its messages starting with `what` (a static string), without going through
+** the dispatcher: for modules whose one primitive runs a tool (nixos.rebuild). */
+void hrun_pushexec(lua_State *L, const char *what);
+
 /* [-(n+1), +(0|1), -] Calls the function below its n arguments under a protected
 ** call whose handler adds a traceback when -v is on (one helper for every C→Lua
 ** callback). Returns LUA_OK with one result, or an error status with the error. */

@@ -476,6 +476,17 @@ static int exec_sh(lua_State *L)
     return run_command(L, "exec.sh");
 }
 
+static int exec_raw(lua_State *L)
+{
+    return run_command(L, lua_touserdata(L, lua_upvalueindex(1)));
+}
+
+void hrun_pushexec(lua_State *L, const char *what)
+{
+    lua_pushlightuserdata(L, (void *)what);
+    lua_pushcclosure(L, exec_raw, 1);
+}
+
 /* Whether this call writes: not with {readonly = true}. Must not raise. */
 static int exec_writes(lua_State *L)
 {

@@ -381,7 +381,7 @@ static int fs_glob(lua_State *L)
 ** it; the directory is fsynced. An existing file keeps its mode and owner unless `mode`
 ** is given; a symlink is written through to its target.
 */
-static int fs_write(lua_State *L)
+int hrun_fs_write(lua_State *L)
 {
     static const char *const opts[] = {"mode", NULL};
     const char *path = hrun_checkpath(L, 1, NULL);
@@ -864,6 +864,19 @@ static void undo_change(lua_State *L, int idx, const char *what, const char *pat
     }
 }
 
+int hrun_rmtree(const char *path)
+{
+    Walk w;
+    walk_start(&w, path);
+    return remove_at(AT_FDCWD, path, &w, 0);
+}
+
+void hrun_undo_change(lua_State *L, int idx, const char *what, const char *path)
+{
+    struct stat st;
+    undo_change(L, idx, what, path, lstat(path, &st) == 0);
+}
+
 static int fs_write_inverse(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -984,7 +997,7 @@ static const hrun_Prim fs_prims[] = {
     {.name = "list", .func = fs_list, .kind = HRUN_READ, .cap = "fs"},
     {.name = "glob", .func = fs_glob, .kind = HRUN_READ, .cap = "fs"},
     {.name = "write",
-     .func = fs_write,
+     .func = hrun_fs_write,
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = fs_write_inverse},

@@ -19,6 +19,8 @@ static const luaL_Reg hrun_modules[] = {
     {"sys", luaopen_hrun_sys},
     {"btrfs", luaopen_hrun_btrfs},
     {"hash", luaopen_hrun_hash},
+    {"git", luaopen_hrun_git},
+    {"nixos", luaopen_hrun_nixos},
     {NULL, NULL},
     /* clang-format on */
 };
@@ -147,6 +149,13 @@ static int priv_inverse(lua_State *L)
     return hrun_inverse(L, name, lua_gettop(L) - 1);
 }
 
+/* preview(name, ...) → what a planned write would change (a table), or nil */
+static int priv_preview(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    return hrun_preview(L, name, lua_gettop(L) - 1);
+}
+
 /* setstash(dir, run | nil): the run's stash, where inverses save what writes destroy */
 static int priv_setstash(lua_State *L)
 {
@@ -206,6 +215,7 @@ int hrun_openprivate(lua_State *L)
         {"sethooks", hrun_setluahooks},
         {"setdeadline", priv_setdeadline},
         {"inverse", priv_inverse},
+        {"preview", priv_preview},
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
         {"setstrict", priv_setstrict},

@@ -233,6 +233,22 @@ int hrun_inverse(lua_State *L, const char *fullname, int n)
     return 2;
 }
 
+int hrun_preview(lua_State *L, const char *fullname, int n)
+{
+    const Entry *e = find_entry(L, fullname);
+    if (e == NULL) return luaL_error(L, "no primitive named '%s'", fullname);
+    if (e->prim->preview == NULL) {
+        lua_pop(L, n);
+        lua_pushnil(L);
+        return 1;
+    }
+    int base = lua_gettop(L) - n;
+    lua_pushcfunction(L, e->prim->preview);
+    lua_insert(L, base + 1);
+    lua_call(L, n, 1);
+    return 1;
+}
+
 const char *hrun_stashdir(lua_State *L)
 {
     return hrun_runtime(L)->stash_dir;

@@ -45,6 +45,11 @@ typedef struct hrun_Prim {
     /* It destroys what it cannot give back (btrfs.delete): in a playbook step it is
     ** refused unless the step has its own undo or says irreversible = true. */
     int destroys;
+    /* For a write, in plan mode only: [-0, +1, e] with the call's arguments at 1..top,
+    ** pushes what the call would change for the plan to show — a table with `lines`
+    ** (text for people) and any data (nixos.rebuild switch: the closure diff) — or nil.
+    ** It may read and build, never change the system. NULL: nothing to show. */
+    lua_CFunction preview;
 } hrun_Prim;
 
 /* One call of a primitive, as the hooks see it. */
@@ -75,6 +80,10 @@ void hrun_newmodule(lua_State *L, const char *module, const hrun_Prim *prims);
 /* [-0, +1, e] Runs the inverse function of primitive `fullname` with the n values on
 ** top as its arguments (popped); pushes its list of operations, or nil and why. */
 int hrun_inverse(lua_State *L, const char *fullname, int n);
+
+/* [-0, +1, e] Runs the preview function of primitive `fullname` with the n values on
+** top as its arguments (popped); pushes its table, or nil when it has none. */
+int hrun_preview(lua_State *L, const char *fullname, int n);
 
 /* Where inverse functions save what a write will destroy (the current run's stash
 ** directory), or NULL outside a journaled run. */
@@ -193,6 +202,8 @@ int luaopen_hrun_json(lua_State *L);
 int luaopen_hrun_sys(lua_State *L);
 int luaopen_hrun_btrfs(lua_State *L);
 int luaopen_hrun_hash(lua_State *L);
+int luaopen_hrun_git(lua_State *L);
+int luaopen_hrun_nixos(lua_State *L);
 
 /* }==================================================================== */
 

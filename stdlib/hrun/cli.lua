@@ -433,7 +433,7 @@ rollback() undoes what the session did.]],
       else
         io.stderr:write("hrun: no history: ", err, "\n")
       end
-      ropts.banner = string.format("hrun %s (%s) — modules: btrfs exec fs hash json sys%s. Ctrl-D exits.",
+      ropts.banner = string.format("hrun %s (%s) — modules: btrfs exec fs git hash json nixos sys%s. Ctrl-D exits.",
         priv.version, _VERSION,
         session and (" — playbook " .. session.pb.name .. ": phases(), steps(), run_step(name)") or "")
       status = repl.interactive(priv, ropts)

@@ -27,6 +27,7 @@ M.Bad = Bad
 function M.modules(priv, state)
   return {
     fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"), hash = require("hrun.hash"),
+    git = require("hrun.git"), nixos = require("hrun.nixos"),
     journal = journal_mod.public(priv, state),
   }
 end

@@ -34,6 +34,25 @@ end
 placeholders["btrfs.prune"] = function()
   return { kept = {}, deleted = {}, protected = {}, planned = true }
 end
+placeholders["nixos.rebuild"] = function(action)
+  return { ok = true, action = action, stdout = "", stderr = "", seconds = 0, planned = true }
+end
+placeholders["nixos.rollback"] = function(opts)
+  return { generation = opts and opts.to, planned = true }
+end
+placeholders["nixos.flake_update"] = function()
+  return true
+end
+placeholders["git.commit"] = function()
+  return "(planned commit)"
+end
+placeholders["git.tag"] = placeholders["git.commit"]
+placeholders["git.clone"] = function(_, dir)
+  return { path = dir, planned = true }
+end
+placeholders["git.init"] = function(dir)
+  return { path = dir, planned = true }
+end
 placeholders["btrfs.scrub"] = function()
   return { ok = true, corrected = 0, uncorrectable = 0, unverified = 0, errors = {}, planned = true }
 end
@@ -186,8 +205,9 @@ function Runner:before(call, ...)
     if not inverse then
       self.irreversible_planned = self.irreversible_planned + 1
     end
+    local preview = self.priv.preview(call.name, ...)
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
-      op = call.name, args = arglist(args), inverse = inverse, no_inverse = why })
+      op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview })
     return true, placeholder(call.name, ...)
   end
   if not cur then

@@ -149,6 +149,9 @@ local plain_events = {
     if ev.planned or self.verbose then
       self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", M.call(ev.op, ev.args),
         M.inverse(ev.inverse, ev.no_inverse))
+      for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
+        self:line(ev.time, "      %s", l)
+      end
     end
   end,
   output = function(self, ev)
@@ -303,6 +306,10 @@ local tty_events = {
       local inv = M.inverse(ev.inverse, ev.no_inverse)
       self:print("      " .. arrow .. M.call(ev.op, ev.args))
       self:print(self:c(ev.inverse and "2" or "33", "          " .. inv))
+      for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
+        local colour = l:sub(1, 1) == "+" and "32" or l:sub(1, 1) == "-" and "31" or "36"
+        self:print(self:c(colour, "          " .. l))
+      end
     end
   end,
   output = function(self, ev)

@@ -1,0 +1,1216 @@
+/*
+** mod_git.c — the `git` module through libgit2 (no git CLI): open, init, clone, head,
+** status, log, tags, commit, tag, delete_tag, checkout_paths, checkout, fetch, diff.
+**
+** Every function takes the repository's directory first, so a journaled call and its
+** inverse are plain JSON; `git.open(dir)` returns a repository object whose methods
+** call those functions with its path (through the dispatcher: journaled like any other).
+*/
+#include <errno.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <git2.h>
+
+#include "internal.h"
+
+#define REPO_TYPE "hrun.git.repo"
+
+/* {======================================================
+** Errors and opening
+** ======================================================= */
+
+/* [-0, +3, m] nil, "what: obj: libgit2's message", code */
+static int fail(lua_State *L, const char *what, const char *obj, int rc)
+{
+    const git_error *e = git_error_last();
+    const char *msg = e && e->message ? e->message : "unknown error";
+    const char *code = rc == GIT_ENOTFOUND       ? "ENOENT"
+                       : rc == GIT_EEXISTS       ? "EEXIST"
+                       : rc == GIT_EAMBIGUOUS    ? "EAMBIGUOUS"
+                       : rc == GIT_EUNBORNBRANCH ? "EUNBORN"
+                       : rc == GIT_EUSER         ? "EINTR"
+                       : rc == GIT_ECONFLICT     ? "ECONFLICT"
+                                                 : "EGIT";
+    if (obj) return hrun_failf(L, code, "%s: %s: %s", what, obj, msg);
+    return hrun_failf(L, code, "%s: %s", what, msg);
+}
+
+typedef struct Repo {
+    git_repository *r;
+} Repo;
+
+static int repo_gc(lua_State *L)
+{
+    Repo *h = lua_touserdata(L, 1);
+    if (h->r) git_repository_free(h->r);
+    h->r = NULL;
+    return 0;
+}
+
+/*
+** [-0, +1, m] Opens the repository at (or above, as git finds it) dir; the handle on
+** the stack is closed when the function returns. Returns NULL after pushing the
+** failure (nil, message, code) — 3 values then.
+*/
+static git_repository *open_repo(lua_State *L, const char *what, const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        hrun_fail(L, what, dir, errno);
+        return NULL;
+    }
+    Repo *h = lua_newuserdatauv(L, sizeof(Repo), 0);
+    h->r = NULL;
+    hrun_setclose(L, "hrun.git.handle", repo_gc, NULL);
+    lua_toclose(L, -1);
+    int rc = git_repository_open_ext(&h->r, dir, 0, NULL);
+    if (rc == GIT_ENOTFOUND) {
+        hrun_failf(L, "ENOTREPO", "%s: %s: not in a git repository", what, dir);
+        return NULL;
+    }
+    if (rc < 0) {
+        fail(L, what, dir, rc);
+        return NULL;
+    }
+    return h->r;
+}
+
+/* [-0, +0, -] Hex of an object id. */
+static void oid_hex(const git_oid *id, char out[GIT_OID_HEXSZ + 1])
+{
+    git_oid_tostr(out, GIT_OID_HEXSZ + 1, id);
+}
+
+static void push_oid(lua_State *L, const git_oid *id)
+{
+    char hex[GIT_OID_HEXSZ + 1];
+    oid_hex(id, hex);
+    lua_pushstring(L, hex);
+}
+
+/* Resolves rev ("HEAD~1", a tag, a branch, an id) to a commit. */
+static int resolve_commit(git_commit **out, git_repository *r, const char *rev)
+{
+    git_object *obj;
+    int rc = git_revparse_single(&obj, r, rev);
+    if (rc < 0) return rc;
+    rc = git_object_peel((git_object **)out, obj, GIT_OBJECT_COMMIT);
+    git_object_free(obj);
+    return rc;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Reading
+** ======================================================= */
+
+/* [-0, +1, m] The repository object: {path, gitdir, bare} with the methods. */
+static void push_repo(lua_State *L, git_repository *r)
+{
+    const char *wd = git_repository_workdir(r), *gd = git_repository_path(r);
+    lua_createtable(L, 0, 3);
+    char buf[PATH_MAX];
+    const char *path = wd ? wd : gd;
+    size_t n = strlen(path);
+    if (n > 1 && path[n - 1] == '/') n--; /* libgit2 ends them with a slash */
+    snprintf(buf, sizeof buf, "%.*s", (int)n, path);
+    lua_pushstring(L, buf);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, gd);
+    lua_setfield(L, -2, "gitdir");
+    lua_pushboolean(L, git_repository_is_bare(r));
+    lua_setfield(L, -2, "bare");
+    luaL_setmetatable(L, REPO_TYPE);
+}
+
+/* The directory argument: a path string, or a repository object. */
+static const char *check_dir(lua_State *L, int arg)
+{
+    if (lua_type(L, arg) == LUA_TTABLE) {
+        lua_getfield(L, arg, "path");
+        lua_replace(L, arg);
+    }
+    return hrun_checkpath(L, arg, NULL);
+}
+
+/*
+** git.open(dir) → repo | nil, message, code ("ENOTREPO": dir is in no repository)
+** Finds the repository as git does (dir or a directory above it).
+*/
+static int l_open(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    git_repository *r = open_repo(L, "git.open", dir);
+    if (r == NULL) return 3;
+    push_repo(L, r);
+    return 1;
+}
+
+/*
+** git.head(dir) → {commit, branch, detached, unborn, summary}
+** commit is nil in a repository without commits (unborn = true).
+*/
+static int l_head(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    git_repository *r = open_repo(L, "git.head", dir);
+    if (r == NULL) return 3;
+    lua_createtable(L, 0, 5);
+    int unborn = git_repository_head_unborn(r) == 1;
+    int detached = git_repository_head_detached(r) == 1;
+    lua_pushboolean(L, unborn);
+    lua_setfield(L, -2, "unborn");
+    lua_pushboolean(L, detached);
+    lua_setfield(L, -2, "detached");
+    git_reference *head = NULL;
+    if (unborn) {
+        /* HEAD names a branch that has no commit yet */
+        if (git_reference_lookup(&head, r, "HEAD") == 0) {
+            const char *target = git_reference_symbolic_target(head);
+            if (target && strncmp(target, "refs/heads/", 11) == 0) {
+                lua_pushstring(L, target + 11);
+                lua_setfield(L, -2, "branch");
+            }
+            git_reference_free(head);
+        }
+        return 1;
+    }
+    int rc = git_repository_head(&head, r);
+    if (rc < 0) return fail(L, "git.head", dir, rc);
+    if (!detached) {
+        lua_pushstring(L, git_reference_shorthand(head));
+        lua_setfield(L, -2, "branch");
+    }
+    git_commit *c;
+    rc = git_commit_lookup(&c, r, git_reference_target(head));
+    git_reference_free(head);
+    if (rc < 0) return fail(L, "git.head", dir, rc);
+    push_oid(L, git_commit_id(c));
+    lua_setfield(L, -2, "commit");
+    lua_pushstring(L, git_commit_summary(c) ? git_commit_summary(c) : "");
+    lua_setfield(L, -2, "summary");
+    git_commit_free(c);
+    return 1;
+}
+
+static const char *index_status(unsigned s)
+{
+    if (s & GIT_STATUS_INDEX_NEW) return "added";
+    if (s & GIT_STATUS_INDEX_MODIFIED) return "modified";
+    if (s & GIT_STATUS_INDEX_DELETED) return "deleted";
+    if (s & GIT_STATUS_INDEX_RENAMED) return "renamed";
+    if (s & GIT_STATUS_INDEX_TYPECHANGE) return "typechange";
+    return NULL;
+}
+
+static const char *worktree_status(unsigned s)
+{
+    if (s & GIT_STATUS_WT_NEW) return "untracked";
+    if (s & GIT_STATUS_WT_MODIFIED) return "modified";
+    if (s & GIT_STATUS_WT_DELETED) return "deleted";
+    if (s & GIT_STATUS_WT_RENAMED) return "renamed";
+    if (s & GIT_STATUS_WT_TYPECHANGE) return "typechange";
+    if (s & GIT_STATUS_CONFLICTED) return "conflicted";
+    return NULL;
+}
+
+static const char *const status_options[] = {"untracked", "ignored", NULL};
+
+/*
+** git.status(dir [, {untracked = true, ignored = false}]) → {clean, files}
+** files: {{path, index = "added"|"modified"|…|nil, worktree = "modified"|"untracked"|…|nil}}
+** in path order; clean is true when there is nothing (untracked files count, as they
+** do for `git status`, unless untracked = false).
+*/
+static int l_status(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    hrun_checkopts(L, 2, status_options);
+    int untracked = hrun_optbool(L, 2, "untracked", 1);
+    int ignored = hrun_optbool(L, 2, "ignored", 0);
+    git_repository *r = open_repo(L, "git.status", dir);
+    if (r == NULL) return 3;
+    if (git_repository_is_bare(r))
+        return hrun_failf(L, "EBARE", "git.status: %s: a bare repository has no working tree", dir);
+    git_status_options o;
+    git_status_options_init(&o, GIT_STATUS_OPTIONS_VERSION);
+    o.show = GIT_STATUS_SHOW_INDEX_AND_WORKDIR;
+    o.flags = GIT_STATUS_OPT_RENAMES_HEAD_TO_INDEX | GIT_STATUS_OPT_SORT_CASE_SENSITIVELY;
+    if (untracked)
+        o.flags |= GIT_STATUS_OPT_INCLUDE_UNTRACKED | GIT_STATUS_OPT_RECURSE_UNTRACKED_DIRS;
+    if (ignored) o.flags |= GIT_STATUS_OPT_INCLUDE_IGNORED;
+    git_status_list *list;
+    int rc = git_status_list_new(&list, r, &o);
+    if (rc < 0) return fail(L, "git.status", dir, rc);
+    size_t n = git_status_list_entrycount(list);
+    lua_createtable(L, 0, 2);
+    lua_createtable(L, (int)n, 0);
+    lua_Integer k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const git_status_entry *e = git_status_byindex(list, i);
+        const git_diff_delta *d = e->head_to_index ? e->head_to_index : e->index_to_workdir;
+        if (d == NULL) continue;
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, d->new_file.path ? d->new_file.path : d->old_file.path);
+        lua_setfield(L, -2, "path");
+        const char *is = index_status(e->status), *ws = worktree_status(e->status);
+        if (e->status & GIT_STATUS_IGNORED) ws = "ignored";
+        if (is) {
+            lua_pushstring(L, is);
+            lua_setfield(L, -2, "index");
+        }
+        if (ws) {
+            lua_pushstring(L, ws);
+            lua_setfield(L, -2, "worktree");
+        }
+        lua_rawseti(L, -2, ++k);
+    }
+    git_status_list_free(list);
+    lua_setfield(L, -2, "files");
+    lua_pushboolean(L, k == 0);
+    lua_setfield(L, -2, "clean");
+    return 1;
+}
+
+/* [-0, +1, m] {id, summary, message, author, email, time} of a commit */
+static void push_commit(lua_State *L, git_commit *c)
+{
+    const git_signature *a = git_commit_author(c);
+    lua_createtable(L, 0, 6);
+    push_oid(L, git_commit_id(c));
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, git_commit_summary(c) ? git_commit_summary(c) : "");
+    lua_setfield(L, -2, "summary");
+    lua_pushstring(L, git_commit_message(c) ? git_commit_message(c) : "");
+    lua_setfield(L, -2, "message");
+    lua_pushstring(L, a->name);
+    lua_setfield(L, -2, "author");
+    lua_pushstring(L, a->email);
+    lua_setfield(L, -2, "email");
+    lua_pushinteger(L, (lua_Integer)git_commit_time(c));
+    lua_setfield(L, -2, "time");
+}
+
+static const char *const log_options[] = {"from", "to", NULL};
+
+/*
+** git.log(dir [, n [, {from = REV, to = REV}]]) → {{id, summary, message, author, email,
+** time}, …} newest first; n: at most that many (default 20; 0: all); from: where to
+** start (default HEAD); to: stop before this commit and its ancestors (git log to..from).
+*/
+static int l_log(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    lua_Integer n = luaL_optinteger(L, 2, 20);
+    hrun_checkopts(L, 3, log_options);
+    const char *from = hrun_optstring(L, 3, "from", "HEAD", NULL);
+    const char *to = hrun_optstring(L, 3, "to", NULL, NULL);
+    if (n < 0) luaL_argerror(L, 2, "must not be negative");
+    git_repository *r = open_repo(L, "git.log", dir);
+    if (r == NULL) return 3;
+    lua_newtable(L);
+    if (strcmp(from, "HEAD") == 0 && git_repository_head_unborn(r) == 1) return 1;
+    git_revwalk *w;
+    git_commit *c;
+    int rc = git_revwalk_new(&w, r);
+    if (rc < 0) return fail(L, "git.log", dir, rc);
+    git_revwalk_sorting(w, GIT_SORT_TIME);
+    if ((rc = resolve_commit(&c, r, from)) < 0) {
+        git_revwalk_free(w);
+        return fail(L, "git.log", from, rc);
+    }
+    rc = git_revwalk_push(w, git_commit_id(c));
+    git_commit_free(c);
+    if (rc == 0 && to) {
+        if ((rc = resolve_commit(&c, r, to)) < 0) {
+            git_revwalk_free(w);
+            return fail(L, "git.log", to, rc);
+        }
+        rc = git_revwalk_hide(w, git_commit_id(c));
+        git_commit_free(c);
+    }
+    git_oid id;
+    lua_Integer k = 0;
+    while (rc == 0 && (n == 0 || k < n) && git_revwalk_next(&id, w) == 0) {
+        if ((rc = git_commit_lookup(&c, r, &id)) < 0) break;
+        push_commit(L, c);
+        git_commit_free(c);
+        lua_rawseti(L, -2, ++k);
+    }
+    git_revwalk_free(w);
+    if (rc < 0) return fail(L, "git.log", dir, rc);
+    return 1;
+}
+
+/*
+** git.tags(dir [, pattern]) → {{name, commit, annotated, message}, …} sorted by name;
+** pattern: a glob ("v1.*").
+*/
+static int l_tags(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    const char *pattern = luaL_optstring(L, 2, "*");
+    git_repository *r = open_repo(L, "git.tags", dir);
+    if (r == NULL) return 3;
+    git_strarray names;
+    int rc = git_tag_list_match(&names, pattern, r);
+    if (rc < 0) return fail(L, "git.tags", dir, rc);
+    lua_createtable(L, (int)names.count, 0);
+    for (size_t i = 0; i < names.count; i++) {
+        char ref[1024];
+        git_object *obj;
+        snprintf(ref, sizeof ref, "refs/tags/%s", names.strings[i]);
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, names.strings[i]);
+        lua_setfield(L, -2, "name");
+        if (git_revparse_single(&obj, r, ref) == 0) {
+            int annotated = git_object_type(obj) == GIT_OBJECT_TAG;
+            lua_pushboolean(L, annotated);
+            lua_setfield(L, -2, "annotated");
+            if (annotated && git_tag_message((git_tag *)obj)) {
+                lua_pushstring(L, git_tag_message((git_tag *)obj));
+                lua_setfield(L, -2, "message");
+            }
+            git_object *peeled;
+            if (git_object_peel(&peeled, obj, GIT_OBJECT_COMMIT) == 0) {
+                push_oid(L, git_object_id(peeled));
+                lua_setfield(L, -2, "commit");
+                git_object_free(peeled);
+            }
+            git_object_free(obj);
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    git_strarray_dispose(&names);
+    return 1;
+}
+
+/* git_diff_print's line callback: the patch text into a buffer */
+static int diff_line(const git_diff_delta *d, const git_diff_hunk *h, const git_diff_line *l,
+                     void *ud)
+{
+    (void)d, (void)h;
+    luaL_Buffer *b = ud;
+    if (l->origin == GIT_DIFF_LINE_CONTEXT || l->origin == GIT_DIFF_LINE_ADDITION ||
+        l->origin == GIT_DIFF_LINE_DELETION)
+        luaL_addchar(b, l->origin);
+    luaL_addlstring(b, l->content, l->content_len);
+    return 0;
+}
+
+/*
+** git.diff(dir, from [, to]) → {files = {{path, status}}, patch = "unified diff"}
+** Between two commits (to: default HEAD), as `git diff from to`.
+*/
+static int l_diff(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    const char *from = luaL_checkstring(L, 2);
+    const char *to = luaL_optstring(L, 3, "HEAD");
+    git_repository *r = open_repo(L, "git.diff", dir);
+    if (r == NULL) return 3;
+    git_commit *a = NULL, *b = NULL;
+    git_tree *ta = NULL, *tb = NULL;
+    git_diff *diff = NULL;
+    int rc;
+    const char *bad = from;
+    if ((rc = resolve_commit(&a, r, from)) == 0 &&
+        (bad = to, rc = resolve_commit(&b, r, to)) == 0 && (rc = git_commit_tree(&ta, a)) == 0 &&
+        (rc = git_commit_tree(&tb, b)) == 0)
+        rc = git_diff_tree_to_tree(&diff, r, ta, tb, NULL);
+    git_tree_free(ta), git_tree_free(tb), git_commit_free(a), git_commit_free(b);
+    if (rc < 0) return fail(L, "git.diff", bad, rc);
+    lua_createtable(L, 0, 2);
+    size_t n = git_diff_num_deltas(diff);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        const git_diff_delta *d = git_diff_get_delta(diff, i);
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, d->new_file.path);
+        lua_setfield(L, -2, "path");
+        lua_pushstring(L, d->status == GIT_DELTA_ADDED      ? "added"
+                          : d->status == GIT_DELTA_DELETED  ? "deleted"
+                          : d->status == GIT_DELTA_RENAMED  ? "renamed"
+                          : d->status == GIT_DELTA_MODIFIED ? "modified"
+                                                            : "changed");
+        lua_setfield(L, -2, "status");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "files");
+    luaL_Buffer buf;
+    luaL_buffinit(L, &buf);
+    rc = git_diff_print(diff, GIT_DIFF_FORMAT_PATCH, diff_line, &buf);
+    luaL_pushresult(&buf);
+    git_diff_free(diff);
+    if (rc < 0) return fail(L, "git.diff", dir, rc);
+    lua_setfield(L, -2, "patch");
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Writing
+** ======================================================= */
+
+/* The signature for commits and tags: git config's user, else hrun <user@host>. */
+static int signature(git_signature **sig, git_repository *r)
+{
+    if (git_signature_default(sig, r) == 0) return 0;
+    char host[256] = "localhost", email[512];
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    struct passwd *pw = getpwuid(geteuid());
+    snprintf(email, sizeof email, "%s@%s", pw ? pw->pw_name : "root", host);
+    return git_signature_now(sig, "hrun", email);
+}
+
+static const char *const init_options[] = {"bare", "branch", NULL};
+
+/*
+** git.init(dir [, {bare, branch = "main"}]) → repo | nil, message, code
+** A new repository (dir is made if missing); an existing one is an error (EEXIST).
+*/
+static int l_init(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    hrun_checkopts(L, 2, init_options);
+    int bare = hrun_optbool(L, 2, "bare", 0);
+    const char *branch = hrun_optstring(L, 2, "branch", "main", NULL);
+    git_repository *r;
+    if (git_repository_open_ext(&r, dir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) == 0) {
+        git_repository_free(r);
+        return hrun_failf(L, "EEXIST", "git.init: %s: already a git repository", dir);
+    }
+    git_repository_init_options o;
+    git_repository_init_options_init(&o, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
+    o.flags = GIT_REPOSITORY_INIT_MKPATH | (bare ? GIT_REPOSITORY_INIT_BARE : 0);
+    o.initial_head = branch;
+    int rc = git_repository_init_ext(&r, dir, &o);
+    if (rc < 0) return fail(L, "git.init", dir, rc);
+    push_repo(L, r);
+    git_repository_free(r);
+    return 1;
+}
+
+/* Undo of init and clone: remove what they make (dir if new, else its .git). */
+static int init_inverse(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    int bare = lua_type(L, 2) == LUA_TTABLE && (lua_getfield(L, 2, "bare"), lua_toboolean(L, -1));
+    lua_settop(L, list);
+    if (stat(dir, &st) == 0 && !bare)
+        lua_pushfstring(L, "%s/.git", dir);
+    else
+        lua_pushstring(L, dir);
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "force");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "recursive");
+    hrun_addop(L, list, "fs.remove", 2);
+    return 1;
+}
+
+typedef struct Progress {
+    lua_State *L;
+    int fn;     /* stack index of the progress function, 0: none */
+    int errref; /* its error, LUA_NOREF: none */
+    double last;
+} Progress;
+
+static int on_transfer(const git_indexer_progress *s, void *ud)
+{
+    Progress *p = ud;
+    if (hrun_interrupted()) return GIT_EUSER;
+    if (p->fn == 0) return 0;
+    double now = hrun_monotime();
+    int last = s->received_objects == s->total_objects && s->indexed_deltas == s->total_deltas;
+    if (now - p->last < 0.1 && !last) return 0;
+    p->last = now;
+    lua_State *L = p->L;
+    lua_pushvalue(L, p->fn);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)s->received_objects);
+    lua_setfield(L, -2, "received_objects");
+    lua_pushinteger(L, (lua_Integer)s->total_objects);
+    lua_setfield(L, -2, "total_objects");
+    lua_pushinteger(L, (lua_Integer)s->indexed_objects);
+    lua_setfield(L, -2, "indexed_objects");
+    lua_pushinteger(L, (lua_Integer)s->received_bytes);
+    lua_setfield(L, -2, "received_bytes");
+    if (hrun_pcallback(L, 1) != LUA_OK) {
+        p->errref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return GIT_EUSER;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* After a transfer: the progress function's error or the interrupt, raised. */
+static void raise_transfer(lua_State *L, Progress *p)
+{
+    if (p->errref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->errref);
+        luaL_unref(L, LUA_REGISTRYINDEX, p->errref);
+        lua_error(L);
+    }
+    if (hrun_interrupted()) hrun_raiseinterrupt(L);
+}
+
+/* Moves HEAD (detached) and the working tree to commit c. */
+static int checkout_detached(git_repository *r, git_commit *c)
+{
+    git_checkout_options co;
+    git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
+    co.checkout_strategy = GIT_CHECKOUT_SAFE;
+    int rc = git_checkout_tree(r, (git_object *)c, &co);
+    if (rc == 0) rc = git_repository_set_head_detached(r, git_commit_id(c));
+    return rc;
+}
+
+static const char *const clone_options[] = {"ref", "bare", "progress", NULL};
+
+/*
+** git.clone(url, dir [, {ref, bare, progress}]) → repo | nil, message, code
+** ref: a branch (checked out), a tag or a commit (HEAD detached there); progress:
+** function({received_objects, total_objects, indexed_objects, received_bytes}).
+** On failure nothing is left at dir.
+*/
+static int l_clone(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    const char *dir = hrun_checkpath(L, 2, NULL);
+    hrun_checkopts(L, 3, clone_options);
+    const char *ref = hrun_optstring(L, 3, "ref", NULL, NULL);
+    int bare = hrun_optbool(L, 3, "bare", 0);
+    Progress p = {L, 0, LUA_NOREF, 0};
+    if (hrun_optfield(L, 3, "progress", LUA_TFUNCTION)) p.fn = lua_gettop(L);
+    struct stat st;
+    if (lstat(dir, &st) == 0 && !(S_ISDIR(st.st_mode) && rmdir(dir) == 0))
+        return hrun_failf(L, "EEXIST", "git.clone: %s: exists and is not an empty directory", dir);
+    git_clone_options o;
+    git_clone_options_init(&o, GIT_CLONE_OPTIONS_VERSION);
+    o.bare = bare;
+    o.fetch_opts.callbacks.transfer_progress = on_transfer;
+    o.fetch_opts.callbacks.payload = &p;
+    git_repository *r = NULL;
+    int rc = git_clone(&r, url, dir, &o);
+    if (rc == 0 && ref) {
+        /* a branch of the remote, else a tag or commit id: HEAD detached there */
+        char remote_ref[1024];
+        git_reference *branch = NULL;
+        git_commit *c = NULL;
+        snprintf(remote_ref, sizeof remote_ref, "refs/remotes/origin/%s", ref);
+        if (git_reference_lookup(&branch, r, remote_ref) == 0) {
+            git_reference *local = NULL;
+            git_commit *tip = NULL;
+            char head_ref[1024];
+            snprintf(head_ref, sizeof head_ref, "refs/heads/%s", ref);
+            rc = git_commit_lookup(&tip, r, git_reference_target(branch));
+            if (rc == 0 && !bare) rc = checkout_detached(r, tip);
+            if (rc == 0) rc = git_branch_create(&local, r, ref, tip, 1);
+            if (rc == 0) rc = git_branch_set_upstream(local, remote_ref + 13);
+            if (rc == 0) rc = git_repository_set_head(r, head_ref);
+            git_reference_free(local), git_commit_free(tip), git_reference_free(branch);
+        } else if ((rc = resolve_commit(&c, r, ref)) == 0) {
+            rc = bare ? git_repository_set_head_detached(r, git_commit_id(c))
+                      : checkout_detached(r, c);
+            git_commit_free(c);
+        }
+    }
+    if (rc < 0) {
+        lua_settop(L, 3);
+        fail(L, "git.clone", ref && r ? ref : url, rc);
+        git_repository_free(r);
+        hrun_rmtree(dir); /* nothing half-cloned is left behind */
+        raise_transfer(L, &p);
+        return 3;
+    }
+    push_repo(L, r);
+    git_repository_free(r);
+    return 1;
+}
+
+static int clone_inverse(lua_State *L)
+{
+    lua_remove(L, 1); /* (url, dir, opts) → (dir, opts) */
+    return init_inverse(L);
+}
+
+static const char *const fetch_options[] = {"remote", "progress", NULL};
+
+/*
+** git.fetch(dir [, {remote = "origin", progress}]) → true | nil, message, code
+** Updates the remote's branches and tags (its remote-tracking refs and the tags).
+*/
+static int l_fetch(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    hrun_checkopts(L, 2, fetch_options);
+    const char *name = hrun_optstring(L, 2, "remote", "origin", NULL);
+    Progress p = {L, 0, LUA_NOREF, 0};
+    if (hrun_optfield(L, 2, "progress", LUA_TFUNCTION)) p.fn = lua_gettop(L);
+    git_repository *r = open_repo(L, "git.fetch", dir);
+    if (r == NULL) return 3;
+    git_remote *remote;
+    int rc = git_remote_lookup(&remote, r, name);
+    if (rc < 0) return fail(L, "git.fetch", name, rc);
+    git_fetch_options o;
+    git_fetch_options_init(&o, GIT_FETCH_OPTIONS_VERSION);
+    o.callbacks.transfer_progress = on_transfer;
+    o.callbacks.payload = &p;
+    o.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_ALL;
+    rc = git_remote_fetch(remote, NULL, &o, NULL);
+    git_remote_free(remote);
+    raise_transfer(L, &p);
+    if (rc < 0) return fail(L, "git.fetch", name, rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Nothing to undo for a fetch: it only adds objects and moves remote-tracking refs. */
+static int nothing_inverse(lua_State *L)
+{
+    lua_newtable(L);
+    return 1;
+}
+
+/* Adds paths (a list at idx) or everything (all) to the index, as git add does
+** (deletions included). */
+static int stage(git_repository *r, git_index *ix, lua_State *L, int idx, int all, const char **bad)
+{
+    int rc = 0;
+    if (all) {
+        char *star = "*";
+        git_strarray everything = {&star, 1};
+        rc = git_index_add_all(ix, &everything, GIT_INDEX_ADD_DEFAULT, NULL, NULL);
+        if (rc == 0) rc = git_index_update_all(ix, &everything, NULL, NULL);
+        return rc;
+    }
+    const char *wd = git_repository_workdir(r);
+    lua_Integer n = luaL_len(L, idx);
+    for (lua_Integer i = 1; i <= n && rc == 0; i++) {
+        lua_rawgeti(L, idx, i);
+        const char *path = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the list keeps the string */
+        char full[PATH_MAX];
+        struct stat st;
+        *bad = path;
+        snprintf(full, sizeof full, "%s%s", wd, path);
+        rc = lstat(full, &st) == 0 ? git_index_add_bypath(ix, path)
+                                   : git_index_remove_bypath(ix, path);
+    }
+    return rc;
+}
+
+/* The list at field `paths` of the options at arg: strings, relative to the work tree. */
+static int opt_paths(lua_State *L, int arg, const char *what)
+{
+    if (!hrun_optfield(L, arg, "paths", LUA_TTABLE)) return 0;
+    int idx = lua_gettop(L);
+    lua_Integer n = luaL_len(L, idx);
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (lua_rawgeti(L, idx, i) != LUA_TSTRING)
+            luaL_argerror(L, arg,
+                          lua_pushfstring(L, "field 'paths': %s needs a list of paths", what));
+        const char *s = lua_tostring(L, -1);
+        if (s[0] == '/' || strcmp(s, "..") == 0 || strncmp(s, "../", 3) == 0)
+            luaL_argerror(L, arg,
+                          lua_pushfstring(L, "field 'paths': '%s' is not inside the work tree", s));
+        lua_pop(L, 1);
+    }
+    return idx;
+}
+
+static const char *const commit_options[] = {"paths", "all", "allow_empty", NULL};
+
+/*
+** git.commit(dir, message [, {paths = {…} | all = true, allow_empty}]) → commit id
+** | nil, message, code. Stages the paths (or every change, with all) and commits the
+** index on the current branch; author and committer from git config (user.name,
+** user.email), else "hrun <user@host>". Without anything to commit: ENOCHANGE, unless
+** allow_empty.
+*/
+static int l_commit(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    const char *message = luaL_checkstring(L, 2);
+    hrun_checkopts(L, 3, commit_options);
+    int paths = opt_paths(L, 3, "git.commit");
+    int all = hrun_optbool(L, 3, "all", 0);
+    int allow_empty = hrun_optbool(L, 3, "allow_empty", 0);
+    if (paths && all) luaL_argerror(L, 3, "paths and all exclude each other");
+    git_repository *r = open_repo(L, "git.commit", dir);
+    if (r == NULL) return 3;
+    if (git_repository_is_bare(r))
+        return hrun_failf(L, "EBARE", "git.commit: %s: a bare repository has no working tree", dir);
+    git_index *ix = NULL;
+    git_tree *tree = NULL;
+    git_commit *parent = NULL;
+    git_signature *sig = NULL;
+    git_oid tree_id, id;
+    const char *bad = dir;
+    int rc = git_repository_index(&ix, r);
+    if (rc == 0 && (paths || all)) rc = stage(r, ix, L, paths, all, &bad);
+    if (rc == 0) bad = dir, rc = git_index_write(ix);
+    if (rc == 0) rc = git_index_write_tree(&tree_id, ix);
+    if (rc == 0) rc = git_tree_lookup(&tree, r, &tree_id);
+    if (rc == 0 && git_repository_head_unborn(r) != 1) {
+        git_object *head;
+        if ((rc = git_revparse_single(&head, r, "HEAD^{commit}")) == 0) parent = (git_commit *)head;
+    }
+    int unchanged = rc == 0 && !allow_empty &&
+                    (parent ? git_oid_equal(git_commit_tree_id(parent), &tree_id)
+                            : git_tree_entrycount(tree) == 0);
+    if (rc == 0 && !unchanged) rc = signature(&sig, r);
+    if (rc == 0 && !unchanged)
+        rc = git_commit_create_v(&id, r, "HEAD", sig, sig, NULL, message, tree, parent ? 1 : 0,
+                                 parent);
+    git_signature_free(sig), git_commit_free(parent), git_tree_free(tree), git_index_free(ix);
+    if (rc < 0) return fail(L, "git.commit", bad, rc);
+    if (unchanged) return hrun_failf(L, "ENOCHANGE", "git.commit: %s: nothing to commit", dir);
+    push_oid(L, &id);
+    return 1;
+}
+
+/* [-0, +0, m] Appends {op = "git._setref", args = {dir, ref, old or false, {…}}}; for
+** a commit's undo (commit = 1) only from the commit made, and the index too. */
+static void add_setref(lua_State *L, int list, const char *dir, const char *ref, const git_oid *old,
+                       int commit)
+{
+    lua_pushstring(L, dir);
+    lua_pushstring(L, ref);
+    if (old)
+        push_oid(L, old);
+    else
+        lua_pushboolean(L, 0);
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, commit);
+    lua_setfield(L, -2, "only_from_child");
+    lua_pushboolean(L, commit);
+    lua_setfield(L, -2, "reset_index");
+    hrun_addop(L, list, "git._setref", 4);
+}
+
+/* Undo of commit: the branch back where it was and the index with it, the working tree
+** kept (`git reset --mixed HEAD~1`): the changes are there again, uncommitted. */
+static int commit_inverse(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    git_repository *r;
+    if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1; /* the commit will fail */
+    git_reference *head = NULL, *target = NULL;
+    if (git_reference_lookup(&head, r, "HEAD") == 0) {
+        char root[PATH_MAX];
+        snprintf(root, sizeof root, "%s",
+                 git_repository_workdir(r) ? git_repository_workdir(r) : dir);
+        const char *branch = git_reference_type(head) == GIT_REFERENCE_SYMBOLIC
+                                 ? git_reference_symbolic_target(head)
+                                 : "HEAD";
+        if (git_reference_lookup(&target, r, branch) == 0)
+            add_setref(L, list, root, branch, git_reference_target(target), 1);
+        else
+            add_setref(L, list, root, branch, NULL, 1);
+        git_reference_free(target);
+        git_reference_free(head);
+    }
+    git_repository_free(r);
+    return 1;
+}
+
+static const char *const setref_options[] = {"only_from_child", "reset_index", NULL};
+
+/* The index as the tree of commit id (or empty), the working tree untouched. */
+static int reset_index(git_repository *r, const git_oid *id)
+{
+    git_index *ix;
+    git_commit *c = NULL;
+    git_tree *tree = NULL;
+    int rc = git_repository_index(&ix, r);
+    if (rc < 0) return rc;
+    if (id && (rc = git_commit_lookup(&c, r, id)) == 0) rc = git_commit_tree(&tree, c);
+    if (rc == 0) rc = tree ? git_index_read_tree(ix, tree) : git_index_clear(ix);
+    if (rc == 0) rc = git_index_write(ix);
+    git_tree_free(tree), git_commit_free(c), git_index_free(ix);
+    return rc;
+}
+
+/*
+** git._setref(dir, ref, id | false [, {only_from_child, reset_index}]) → true
+** Undo operation: points ref at id again, or deletes it (false). only_from_child: only
+** when ref now points at a child of id (the commit being undone) or at id already; a
+** branch that moved on since is an error, not lost work. reset_index: the index too.
+*/
+static int l_setref(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    const char *ref = luaL_checkstring(L, 2);
+    const char *hex = lua_toboolean(L, 3) ? luaL_checkstring(L, 3) : NULL;
+    hrun_checkopts(L, 4, setref_options);
+    int guard = hrun_optbool(L, 4, "only_from_child", 0);
+    int index = hrun_optbool(L, 4, "reset_index", 0);
+    git_repository *r = open_repo(L, "git._setref", dir);
+    if (r == NULL) return 3;
+    git_oid id;
+    if (hex && git_oid_fromstr(&id, hex) < 0) luaL_argerror(L, 3, "not an object id");
+    git_reference *cur = NULL;
+    int rc = git_reference_lookup(&cur, r, ref);
+    if (rc < 0 && rc != GIT_ENOTFOUND) return fail(L, "git._setref", ref, rc);
+    if (guard && cur) {
+        const git_oid *now = git_reference_target(cur);
+        git_commit *c = NULL;
+        int ok = hex && git_oid_equal(now, &id);
+        if (!ok && git_commit_lookup(&c, r, now) == 0) {
+            ok = hex ? git_commit_parentcount(c) > 0 &&
+                           git_oid_equal(git_commit_parent_id(c, 0), &id)
+                     : git_commit_parentcount(c) == 0;
+            git_commit_free(c);
+        }
+        if (!ok) {
+            git_reference_free(cur);
+            return hrun_failf(L, "EMOVED", "git._setref: %s: %s moved on since; left alone", dir,
+                              ref);
+        }
+    }
+    if (hex) {
+        git_reference *out;
+        rc = git_reference_create(&out, r, ref, &id, 1, "hrun: undo");
+        if (rc == 0) git_reference_free(out);
+    } else if (cur) {
+        rc = git_reference_delete(cur);
+    }
+    git_reference_free(cur);
+    if (rc == 0 && index && !git_repository_is_bare(r)) rc = reset_index(r, hex ? &id : NULL);
+    if (rc < 0) return fail(L, "git._setref", ref, rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* "refs/tags/NAME" in buf; raises for a name git refuses. */
+static const char *tag_ref(lua_State *L, int arg, char *buf, size_t size)
+{
+    const char *name = luaL_checkstring(L, arg);
+    int valid = 0;
+    snprintf(buf, size, "refs/tags/%s", name);
+    if (git_reference_name_is_valid(&valid, buf) < 0 || !valid)
+        luaL_argerror(L, arg, lua_pushfstring(L, "'%s' is not a valid tag name", name));
+    return name;
+}
+
+static const char *const tag_options[] = {"message", "target", "force", NULL};
+
+/*
+** git.tag(dir, name [, {message, target = "HEAD", force}]) → the tag's id | nil, message,
+** code. With message an annotated tag (tagger as for commits), else a lightweight one;
+** an existing tag is an error (EEXIST) unless force.
+*/
+static int l_tag(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    char ref[1024];
+    const char *name = tag_ref(L, 2, ref, sizeof ref);
+    hrun_checkopts(L, 3, tag_options);
+    const char *message = hrun_optstring(L, 3, "message", NULL, NULL);
+    const char *target = hrun_optstring(L, 3, "target", "HEAD", NULL);
+    int force = hrun_optbool(L, 3, "force", 0);
+    git_repository *r = open_repo(L, "git.tag", dir);
+    if (r == NULL) return 3;
+    git_object *obj;
+    int rc = git_revparse_single(&obj, r, target);
+    if (rc < 0) return fail(L, "git.tag", target, rc);
+    git_oid id;
+    git_signature *sig = NULL;
+    if (message) {
+        if ((rc = signature(&sig, r)) == 0)
+            rc = git_tag_create(&id, r, name, obj, sig, message, force);
+    } else {
+        rc = git_tag_create_lightweight(&id, r, name, obj, force);
+    }
+    git_signature_free(sig);
+    git_object_free(obj);
+    if (rc == GIT_EEXISTS) return hrun_failf(L, "EEXIST", "git.tag: %s: tag exists", name);
+    if (rc < 0) return fail(L, "git.tag", name, rc);
+    push_oid(L, &id);
+    return 1;
+}
+
+/* Undo of tag and delete_tag: the tag's ref as it is now (or gone). */
+static int tagref_inverse(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    char ref[1024];
+    tag_ref(L, 2, ref, sizeof ref);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    git_repository *r;
+    if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1;
+    git_reference *cur = NULL;
+    const char *root =
+        git_repository_workdir(r) ? git_repository_workdir(r) : git_repository_path(r);
+    if (git_reference_lookup(&cur, r, ref) == 0) {
+        add_setref(L, list, root, ref, git_reference_target(cur), 0);
+        git_reference_free(cur);
+    } else {
+        add_setref(L, list, root, ref, NULL, 0);
+    }
+    git_repository_free(r);
+    return 1;
+}
+
+/*
+** git.delete_tag(dir, name) → true | nil, message, code (ENOENT: no such tag)
+** The tag object stays in the repository until git gc: the undo puts the tag back.
+*/
+static int l_delete_tag(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    char ref[1024];
+    const char *name = tag_ref(L, 2, ref, sizeof ref);
+    git_repository *r = open_repo(L, "git.delete_tag", dir);
+    if (r == NULL) return 3;
+    int rc = git_tag_delete(r, name);
+    if (rc == GIT_ENOTFOUND)
+        return hrun_failf(L, "ENOENT", "git.delete_tag: %s: no such tag", name);
+    if (rc < 0) return fail(L, "git.delete_tag", name, rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The paths argument: a non-empty list of strings inside the work tree. */
+static void check_paths(lua_State *L, int arg, const char *what)
+{
+    luaL_checktype(L, arg, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, arg);
+    if (n == 0) luaL_argerror(L, arg, "an empty list of paths");
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (lua_rawgeti(L, arg, i) != LUA_TSTRING)
+            luaL_argerror(L, arg, lua_pushfstring(L, "%s needs a list of paths", what));
+        const char *s = lua_tostring(L, -1);
+        if (s[0] == '/' || strcmp(s, "..") == 0 || strncmp(s, "../", 3) == 0)
+            luaL_argerror(L, arg, lua_pushfstring(L, "'%s' is not inside the work tree", s));
+        lua_pop(L, 1);
+    }
+}
+
+/*
+** git.checkout_paths(dir, rev, paths) → true | nil, message, code
+** As `git checkout REV -- PATHS`: each path's content at rev into the working tree and
+** the index. A path that rev does not have is an error (ENOENT) and nothing changes.
+*/
+static int l_checkout_paths(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    const char *rev = luaL_checkstring(L, 2);
+    check_paths(L, 3, "git.checkout_paths");
+    git_repository *r = open_repo(L, "git.checkout_paths", dir);
+    if (r == NULL) return 3;
+    git_commit *c;
+    git_tree *tree = NULL;
+    int rc = resolve_commit(&c, r, rev);
+    if (rc < 0) return fail(L, "git.checkout_paths", rev, rc);
+    rc = git_commit_tree(&tree, c);
+    git_commit_free(c);
+    if (rc < 0) return fail(L, "git.checkout_paths", rev, rc);
+    lua_Integer n = luaL_len(L, 3);
+    char **v = lua_newuserdatauv(L, sizeof(char *) * (size_t)n, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 3, i);
+        v[i - 1] = (char *)lua_tostring(L, -1);
+        lua_pop(L, 1);
+        git_tree_entry *e;
+        if (git_tree_entry_bypath(&e, tree, v[i - 1]) < 0) {
+            git_tree_free(tree);
+            return hrun_failf(L, "ENOENT", "git.checkout_paths: %s: not in %s", v[i - 1], rev);
+        }
+        git_tree_entry_free(e);
+    }
+    git_checkout_options co;
+    git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
+    co.checkout_strategy = GIT_CHECKOUT_FORCE | GIT_CHECKOUT_DISABLE_PATHSPEC_MATCH;
+    co.paths.strings = v;
+    co.paths.count = (size_t)n;
+    rc = git_checkout_tree(r, (git_object *)tree, &co);
+    git_tree_free(tree);
+    if (rc < 0) return fail(L, "git.checkout_paths", dir, rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Undo of checkout_paths: each path's present bytes back (saved in the run's stash). */
+static int checkout_paths_inverse(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    if (lua_type(L, 3) != LUA_TTABLE) return 1;
+    git_repository *r;
+    if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1;
+    const char *wd = git_repository_workdir(r);
+    char root[PATH_MAX];
+    snprintf(root, sizeof root, "%s", wd ? wd : "");
+    git_repository_free(r);
+    if (wd == NULL) return 1;
+    lua_Integer n = luaL_len(L, 3);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 3, i);
+        const char *path = lua_tostring(L, -1);
+        if (path) {
+            char full[PATH_MAX];
+            snprintf(full, sizeof full, "%s%s", root, path);
+            hrun_undo_change(L, list, "git.checkout_paths", full);
+        }
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
+/*
+** git.checkout(dir, rev) → commit id | nil, message, code
+** The working tree at rev with HEAD detached there (a pinned checkout); refused (ECONFLICT)
+** when it would overwrite local changes.
+*/
+static int l_checkout(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    const char *rev = luaL_checkstring(L, 2);
+    git_repository *r = open_repo(L, "git.checkout", dir);
+    if (r == NULL) return 3;
+    git_commit *c;
+    int rc = resolve_commit(&c, r, rev);
+    if (rc < 0) return fail(L, "git.checkout", rev, rc);
+    rc = checkout_detached(r, c);
+    if (rc == 0) push_oid(L, git_commit_id(c));
+    git_commit_free(c);
+    if (rc < 0) return fail(L, "git.checkout", rev, rc);
+    return 1;
+}
+
+/* Undo of checkout: back to where HEAD is now. */
+static int checkout_inverse(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    git_repository *r;
+    if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1;
+    git_object *head;
+    if (git_revparse_single(&head, r, "HEAD^{commit}") == 0) {
+        lua_pushstring(L, dir);
+        push_oid(L, git_object_id(head));
+        hrun_addop(L, list, "git.checkout", 2);
+        git_object_free(head);
+    }
+    git_repository_free(r);
+    return 1;
+}
+
+/* }====================================================== */
+
+static const hrun_Prim git_prims[] = {
+    {.name = "open", .func = l_open, .kind = HRUN_READ, .cap = "git"},
+    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "git"},
+    {.name = "status", .func = l_status, .kind = HRUN_READ, .cap = "git"},
+    {.name = "log", .func = l_log, .kind = HRUN_READ, .cap = "git"},
+    {.name = "tags", .func = l_tags, .kind = HRUN_READ, .cap = "git"},
+    {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "git"},
+    {.name = "init", .func = l_init, .kind = HRUN_WRITE, .cap = "git", .inverse = init_inverse},
+    {.name = "clone", .func = l_clone, .kind = HRUN_WRITE, .cap = "git", .inverse = clone_inverse},
+    {.name = "fetch",
+     .func = l_fetch,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = nothing_inverse},
+    {.name = "commit",
+     .func = l_commit,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = commit_inverse},
+    {.name = "tag", .func = l_tag, .kind = HRUN_WRITE, .cap = "git", .inverse = tagref_inverse},
+    {.name = "delete_tag",
+     .func = l_delete_tag,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = tagref_inverse},
+    {.name = "checkout_paths",
+     .func = l_checkout_paths,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = checkout_paths_inverse},
+    {.name = "checkout",
+     .func = l_checkout,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = checkout_inverse},
+    {.name = "_setref", .func = l_setref, .kind = HRUN_WRITE, .cap = "git"},
+    {0},
+};
+
+/* A repository method: the module's function (upvalue 1) with the repository's path
+** in place of self — through the dispatcher, so its writes are journaled. */
+static int repo_call(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "path");
+    lua_replace(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int repo_tostring(lua_State *L)
+{
+    lua_getfield(L, 1, "path");
+    lua_pushfstring(L, "git repository %s", lua_tostring(L, -1));
+    return 1;
+}
+
+static int git_shutdown(lua_State *L)
+{
+    (void)L;
+    git_libgit2_shutdown();
+    return 0;
+}
+
+int luaopen_hrun_git(lua_State *L)
+{
+    static const char *const methods[] = {"head",       "status",         "log",      "tags",
+                                          "diff",       "fetch",          "commit",   "tag",
+                                          "delete_tag", "checkout_paths", "checkout", NULL};
+    git_libgit2_init();
+    hrun_newmodule(L, "git", git_prims); /* module */
+    luaL_newmetatable(L, REPO_TYPE);
+    lua_createtable(L, 0, 12);
+    for (const char *const *m = methods; *m; m++) {
+        lua_getfield(L, -3, *m);
+        lua_pushcclosure(L, repo_call, 1);
+        lua_setfield(L, -2, *m);
+    }
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, repo_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "locked");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+    /* libgit2's global state ends with the Lua state */
+    lua_newuserdatauv(L, 0, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, git_shutdown);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
