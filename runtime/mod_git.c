@@ -596,6 +596,10 @@ static int l_clone(lua_State *L)
     Progress p = {L, 0, LUA_NOREF, 0};
     if (hrun_optfield(L, 3, "progress", LUA_TFUNCTION)) p.fn = lua_gettop(L);
     struct stat st;
+    /* a local path (no scheme, not host:path): one that is not there is named as such */
+    const char *colon = strchr(url, ':'), *slash = strchr(url, '/');
+    int is_path = strstr(url, "://") == NULL && (colon == NULL || (slash && slash < colon));
+    if (is_path && stat(url, &st) < 0) return hrun_fail(L, "git.clone", url, errno);
     if (lstat(dir, &st) == 0 && !(S_ISDIR(st.st_mode) && rmdir(dir) == 0))
         return hrun_failf(L, "EEXIST", "git.clone: %s: exists and is not an empty directory", dir);
     git_clone_options o;

@@ -946,7 +946,7 @@ static int l_diff(lua_State *L)
         if (lua_rawget(L, pa) == LUA_TNIL) {
             add_change(L, added, lua_tostring(L, vb - 1), 0, vb);
         } else {
-            push_versions(L, vb - 0 + 1);
+            push_versions(L, vb + 1);
             push_versions(L, vb);
             if (strcmp(lua_tostring(L, -1), lua_tostring(L, -2)) != 0)
                 add_change(L, changed, lua_tostring(L, vb - 1), vb + 1, vb);

@@ -12,6 +12,8 @@ if [ "${1:-}" = "--sanitize" ]; then
     flags=(-DHRUN_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
     # Lua, libedit and jansson are not instrumented; leaks in them at exit are theirs
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+    # leaks inside the system's libraries that hrun cannot free: tests/lsan.supp says which
+    export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/lsan.supp:print_suppressions=0}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 fi
 if [ "${HRUN_SKIP_INSTALL:-}" = "" ]; then

@@ -45,6 +45,7 @@ local flags = {
   ["--from"] = { key = "from", value = "STEP", only = { playbook = true, plan = true } },
   ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
+  ["--require-clean"] = { key = "require_clean", only = { playbook = true, plan = true } },
   ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
   ["--force"] = { key = "force", only = { resume = true } },
   ["-n"] = { key = "count", value = "N", only = { runs = true } },
@@ -58,6 +59,7 @@ local flags = {
   ["--exclude"] = { key = "exclude", value = "GLOB", multi = true, only = { hash = true } },
   ["--one-file-system"] = { key = "one_file_system", only = { hash = true } },
   ["--quick"] = { key = "quick", only = { verify = true } },
+  ["--update"] = { key = "update", only = { fetch = true } },
 }
 
 local function flag_names()
@@ -72,8 +74,8 @@ end
 -- }======================================================
 
 local commands = {}
-local command_order = { "playbook", "plan", "check", "resume", "rollback", "runs", "show", "hash", "verify", "run",
-  "-e", "repl", "version", "help" }
+local command_order = { "playbook", "plan", "check", "resume", "rollback", "runs", "show", "hash", "verify", "fetch",
+  "run", "-e", "repl", "version", "help" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
 -- $XDG_STATE_HOME/hrun (~/.local/state/hrun). Created 0700 when `create`.
@@ -214,6 +216,7 @@ run holds the lock, 130 interrupted.
   --plan            run the checks and reads, list the writes, change nothing
   --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
   --only PHASE      run one phase
+  --require-clean   refuse a playbook whose git repository has changes not committed
   --debug           open the REPL when a step fails: retry, skip, continue, roll back
   --break STEP      open the REPL before STEP]],
   run = function(opts, args)
@@ -336,6 +339,48 @@ inode are unchanged, as rsync does. Exit status 0 when nothing differs, 1 otherw
       usage_error("verify takes NAME|FILE and an optional PATH")
     end
     return protected_status(opts, require("hrun.hashcmd").verify, priv, opts, args)
+  end,
+}
+
+commands.fetch = {
+  usage = "hrun fetch URL[@REF] [NAME] | hrun fetch --update NAME",
+  summary = "get a shared playbook repository, pinned to a commit",
+  help = [[
+Clones the git repository at URL (a path, file://, git://, https://) into the state
+directory as NAME (default: the URL's last element without .git), at REF (a branch, a
+tag or a commit; default: the remote's HEAD), and pins it to that commit: a lock file
+records URL, ref and commit. Its playbooks then run as hrun NAME/PLAYBOOK.lua.
+--update NAME fetches again and shows the log and the diff from the pinned commit to
+the branch's or tag's new one, then moves the pin when you say so (--yes: without
+asking). A fetch that fails leaves nothing behind.]],
+  run = function(opts, args)
+    local fetch = require "hrun.fetch"
+    local state = need_state(opts)
+    if opts.update then
+      if #args ~= 1 then
+        usage_error("fetch --update takes the NAME of a fetched repository")
+      end
+    elseif #args < 1 or #args > 2 then
+      usage_error("fetch takes URL[@REF] and an optional NAME")
+    end
+    local ok, res = xpcall(function()
+      local dir, err = state_dir(opts, true)
+      if not dir then
+        error(err, 0)
+      end
+      if opts.update then
+        return fetch.update(priv, opts, state, args[1])
+      end
+      return fetch.fetch(priv, opts, state, args[1], args[2])
+    end, handler(opts))
+    if ok then
+      return res
+    end
+    report_error(opts, type(res) == "table" and res.message or res)
+    if getmetatable(res) == fetch.Usage then
+      return EXIT_USAGE
+    end
+    return priv.interrupted() > 0 and EXIT_INTERRUPTED or EXIT_FAILED
   end,
 }
 
@@ -535,13 +580,18 @@ local function is_file_arg(word)
   return word == "-" or word:match("%.lua$") or word:find("/", 1, true)
 end
 
--- A file that calls playbook{…} is a playbook; other .lua files are scripts.
+-- A file that calls playbook{…} is a playbook; other .lua files are scripts. NAME/x.lua
+-- that is not here may be a fetched repository's playbook (resolved once --state is
+-- known): its options are hrun's.
 local function kind_of_file(path)
   if path == "-" then
     return "run"
   end
   local src = fs.read(path)
   if src and require("hrun.dsl").is_playbook_source(src) then
+    return "playbook"
+  end
+  if not src and path:match("^[%w_][%w._-]*/.") and not fs.exists(path) then
     return "playbook"
   end
   return "run"
@@ -612,6 +662,16 @@ local function parse(args)
       words[#words + 1] = a
     end
     i = i + 1
+  end
+  -- a fetched repository's playbook: hrun NAME/playbook.lua
+  if (name == "run" or name == "playbook" or name == "plan" or name == "check") and words[1] then
+    local found = require("hrun.fetch").resolve(state_dir(opts, false), words[1])
+    if found then
+      words[1] = found
+      if name == "run" or name == "playbook" then
+        name = kind_of_file(found)
+      end
+    end
   end
   if opts.help then
     return "help", opts, { name }

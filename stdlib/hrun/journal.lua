@@ -181,11 +181,11 @@ end
 -- ======================================================
 
 function Journal:new_run(r)
-  local _, id = self:write([[INSERT INTO runs (playbook, version, path, hash, params, mode, status,
-      on_failure, host, user, pid, hrun_version, started)
-      VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)]],
-    r.playbook, r.version, r.path, r.hash, codec.encode(r.params), r.mode, r.on_failure, r.host,
-    r.user, r.pid, r.hrun_version, r.started)
+  local _, id = self:write([[INSERT INTO runs (playbook, version, path, hash, git_commit, git_dirty,
+      params, mode, status, on_failure, host, user, pid, hrun_version, started)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)]],
+    r.playbook, r.version, r.path, r.hash, r.git_commit, r.git_dirty, codec.encode(r.params), r.mode,
+    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started)
   self:commit()
   return id
 end

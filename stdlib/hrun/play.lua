@@ -148,15 +148,46 @@ local function stash_dir(state, run_id)
   return dir
 end
 
--- begin_run(priv, state, pb, path, hash, params, mode) → lock, journal, run id: takes the
--- state directory's lock, journals a new run (mode "debug" with --debug or from the
--- REPL) and points the stash at it.
-function M.begin_run(priv, state, pb, path, hash, params, mode)
+-- The playbook's provenance: {commit, dirty, files, root} of the git repository it is in
+-- (dirty: tracked files changed and not committed; untracked files do not count, as for
+-- `git describe --dirty`), or nil outside one.
+function M.provenance(path)
+  local git = require "hrun.git"
+  local repo = git.open(path:match("^(.*)/[^/]*$") or ".")
+  if not repo or repo.bare then
+    return nil
+  end
+  local head = assert(git.head(repo.path))
+  local status = assert(git.status(repo.path, { untracked = false }))
+  return { commit = head.commit, dirty = not status.clean, files = status.files, root = repo.path }
+end
+
+-- --require-clean: the playbook must come from a commit, not from changes nobody committed.
+local function require_clean(path, prov)
+  if not prov then
+    bad(string.format("--require-clean: %s is not in a git repository: no commit says what runs", path))
+  elseif not prov.commit then
+    bad(string.format("--require-clean: %s has no commit yet", prov.root))
+  elseif prov.dirty then
+    local lines = { string.format("--require-clean: %s has changes not committed:", prov.root) }
+    for _, f in ipairs(prov.files) do
+      lines[#lines + 1] = string.format("  %s (%s)", f.path, f.index or f.worktree)
+    end
+    bad(lines)
+  end
+end
+
+-- begin_run(priv, state, pb, path, hash, params, mode [, prov]) → lock, journal, run id:
+-- takes the state directory's lock, journals a new run with its provenance (mode "debug"
+-- with --debug or from the REPL) and points the stash at it.
+function M.begin_run(priv, state, pb, path, hash, params, mode, prov)
   assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
   local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
     ui_mod.timestamp(sys.now())))
   local j = open_journal(priv, state)
+  prov = prov or M.provenance(path)
   local run_id = j:new_run({ playbook = pb.name, version = pb.version, path = path, hash = hash, params = params,
+    git_commit = prov and prov.commit, git_dirty = prov and prov.commit and (prov.dirty and 1 or 0),
     mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
     hrun_version = priv.version, started = sys.now() })
@@ -188,17 +219,21 @@ function M.run(priv, opts, path, state, setup)
     bad(problems)
   end
   check_selection(priv, pb, opts)
+  local prov = M.provenance(path)
+  if opts.require_clean then
+    require_clean(path, prov)
+  end
   local ui = new_ui(priv, opts)
   if opts.plan then
     local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, plan = true, path = path,
-      opts = opts })
+      opts = opts, git = prov })
     return r:run()
   end
   -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
   local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
-    (opts.debug or opts.break_at) and "debug" or "run")
+    (opts.debug or opts.break_at) and "debug" or "run", prov)
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
-    path = path, opts = opts })
+    path = path, opts = opts, git = prov })
   if setup then
     setup(r)
   end

@@ -737,8 +737,9 @@ end
 -- The run from start to end: returns the exit status.
 function Runner:run()
   local started = sys.now()
+  local git = self.git and self.git.commit and { commit = self.git.commit, dirty = self.git.dirty } or nil
   self:emit({ event = "run-start", run = self.run_id, playbook = self.pb.name, version = self.pb.version,
-    path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params })
+    path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params, git = git })
   self:install_hooks()
   local ok, failure = pcall(self.execute, self)
   if not ok then -- the engine itself failed (the journal, a hook), or Ctrl-C hit it

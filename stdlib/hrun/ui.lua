@@ -47,6 +47,14 @@ function M.call(op, args)
   return table.concat(parts, " ")
 end
 
+-- " @ 1a2b3c4d5e6f (dirty)": where a playbook came from, for the run's first line
+function M.git(g)
+  if not g or not g.commit then
+    return ""
+  end
+  return " @ " .. g.commit:sub(1, 12) .. (g.dirty and " (dirty)" or "")
+end
+
 function M.inverse(inverse, why)
   if not inverse then
     return "cannot be undone: " .. tostring(why)
@@ -116,9 +124,9 @@ local plain_events = {
     if ev.rollback then
       self:line(ev.time, "rollback of run %s (%s)", tostring(ev.run), tostring(ev.playbook))
     else
-      self:line(ev.time, "%s %s%s%s (%s)", ev.plan and "plan" or "run", ev.playbook,
+      self:line(ev.time, "%s %s%s%s (%s%s)", ev.plan and "plan" or "run", ev.playbook,
         ev.version and (" " .. ev.version) or "",
-        ev.run and (" #" .. ev.run) or "", ev.path)
+        ev.run and (" #" .. ev.run) or "", ev.path, M.git(ev.git))
     end
   end,
   ["phase-start"] = function(self, ev)
@@ -262,7 +270,7 @@ local tty_events = {
         .. self:c("2", " (" .. tostring(ev.playbook) .. ")"))
     else
       self:print(self:c("1", (ev.plan and "plan " or "▶ ") .. ev.playbook .. (ev.version and (" " .. ev.version) or ""))
-        .. self:c("2", (ev.run and (" · run " .. ev.run) or "") .. " · " .. tostring(ev.path)
+        .. self:c("2", (ev.run and (" · run " .. ev.run) or "") .. " · " .. tostring(ev.path) .. M.git(ev.git)
           .. (ev.plan and " · nothing will be changed" or "")))
     end
   end,

@@ -116,6 +116,21 @@ describe("nixos generations", function()
     has(listed, "(current)")
   end)
 
+  it("reads the kernel from boot.json when the system has no kernel modules", function()
+    local d = tmpdir()
+    local sys1 = d .. "/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-host-24.11"
+    fs.mkdir(sys1, { parents = true })
+    fs.write(sys1 .. "/boot.json", json.encode({ ["org.nixos.bootspec.v1"] = {
+      kernel = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-linux-6.6.63/bzImage" } }))
+    fs.write(sys1 .. "/nixos-version", "24.11.711815.8edf06bea5bc (Vicuna)\n")
+    exec.run({ "ln", "-s", sys1, d .. "/system-7-link" })
+    exec.run({ "ln", "-s", "system-7-link", d .. "/system" })
+    local gens = assert(nixos.generations({ profile = d .. "/system" }))
+    eq(#gens, 1)
+    eq({ gens[1].number, gens[1].kernel, gens[1].version, gens[1].current, gens[1].path },
+      { 7, "6.6.63", "24.11.711815.8edf06bea5bc (Vicuna)", true, sys1 })
+  end)
+
   it("names a missing profile", function()
     local dir, env = host()
     local out = lua_in(env, string.format([[print(nixos.generations({ profile = %q }))]], dir .. "/nope/system"))
