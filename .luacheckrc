@@ -4,12 +4,13 @@ max_line_length = 120
 codes = true
 
 -- hrun's modules are globals in scripts, the REPL and playbooks
-local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos" }
+local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service" }
 
 files["stdlib"] = { read_globals = hrun_globals }
 -- playbooks load into an environment of their own: the modules and the DSL
 local playbook_globals = {
-  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "journal", "playbook", "phase", "step", "check",
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "journal",
+  "playbook", "phase", "step", "check",
 }
 files["playbooks"] = { read_globals = playbook_globals }
 files["tests/playbooks"] = { read_globals = playbook_globals }

@@ -86,6 +86,11 @@ void hrun_undo_change(lua_State *L, int idx, const char *what, const char *path)
 ** go through the dispatcher, the module's own primitive is the journaled effect). */
 int hrun_fs_write(lua_State *L);
 
+/* The bodies of json.encode (value [, opts]) → string and json.decode (string) → value,
+** for modules that speak JSON inside their own primitive (lua_call them). */
+int hrun_json_encode(lua_State *L);
+int hrun_json_decode(lua_State *L);
+
 /* Removes path and, if a directory, everything under it (not following symlinks).
 ** 0, or -1 with errno. */
 int hrun_rmtree(const char *path);

@@ -224,7 +224,7 @@ static const char *const encode_options[] = {"indent", "sort_keys", NULL};
 ** Raises for what JSON cannot say (functions, cycles, NaN, mixed or sparse keys,
 ** invalid UTF-8), naming where in the value it is.
 */
-static int json_encode(lua_State *L)
+int hrun_json_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
     hrun_checkopts(L, 2, encode_options);
@@ -304,7 +304,7 @@ static void push_json(lua_State *L, json_t *v, int depth)
 }
 
 /* json.decode(text) → value | nil, "json.decode: line L column C: why", "EJSON" */
-static int json_decode(lua_State *L)
+int hrun_json_decode(lua_State *L)
 {
     size_t len;
     const char *text = luaL_checklstring(L, 1, &len);
@@ -352,8 +352,8 @@ static int json_object_(lua_State *L)
 }
 
 static const hrun_Prim json_prims[] = {
-    {.name = "encode", .func = json_encode, .kind = HRUN_PURE},
-    {.name = "decode", .func = json_decode, .kind = HRUN_PURE},
+    {.name = "encode", .func = hrun_json_encode, .kind = HRUN_PURE},
+    {.name = "decode", .func = hrun_json_decode, .kind = HRUN_PURE},
     {.name = "array", .func = json_array_, .kind = HRUN_PURE},
     {.name = "object", .func = json_object_, .kind = HRUN_PURE},
     {0},

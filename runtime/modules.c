@@ -21,6 +21,8 @@ static const luaL_Reg hrun_modules[] = {
     {"hash", luaopen_hrun_hash},
     {"git", luaopen_hrun_git},
     {"nixos", luaopen_hrun_nixos},
+    {"http", luaopen_hrun_http},
+    {"service", luaopen_hrun_service},
     {NULL, NULL},
     /* clang-format on */
 };

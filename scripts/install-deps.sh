@@ -11,9 +11,13 @@ apt-get update -q
 # build: compiler, CMake, the libraries hrun links; lua5.4 brings luac (hrun check's lint)
 $APT install --no-install-recommends \
     build-essential cmake pkg-config \
-    liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev libbtrfsutil-dev libxxhash-dev libgit2-dev lua5.4
+    liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev libbtrfsutil-dev libxxhash-dev libgit2-dev libcurl4-openssl-dev libsystemd-dev lua5.4
 # tests and checks: a terminal for the REPL tests, the Lua linter, the C formatter, the
 # git CLI (the reference the git tests compare with, and git daemon), nix with a private
 # store (the nixos tests; nixos-rebuild itself is a stand-in in tests/fixtures), python3
+# and openssl (the HTTP fixture and its certificate), systemd-nspawn and mmdebstrap (a real
+# systemd in a container for the service tests; without recommends, which would edit
+# /etc/nsswitch.conf)
 $APT install --no-install-recommends tmux lua-check clang-format procps sqlite3 \
-    btrfs-progs util-linux e2fsprogs git nix-bin python3
+    btrfs-progs util-linux e2fsprogs git nix-bin python3 openssl \
+    systemd-container mmdebstrap

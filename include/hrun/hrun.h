@@ -204,6 +204,8 @@ int luaopen_hrun_btrfs(lua_State *L);
 int luaopen_hrun_hash(lua_State *L);
 int luaopen_hrun_git(lua_State *L);
 int luaopen_hrun_nixos(lua_State *L);
+int luaopen_hrun_http(lua_State *L);
+int luaopen_hrun_service(lua_State *L);
 
 /* }==================================================================== */
 

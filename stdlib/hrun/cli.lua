@@ -46,6 +46,8 @@ local flags = {
   ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
   ["--require-clean"] = { key = "require_clean", only = { playbook = true, plan = true } },
+  ["--notify"] = { key = "notify", value = "URL", multi = true,
+    only = { playbook = true, resume = true, rollback = true } },
   ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
   ["--force"] = { key = "force", only = { resume = true } },
   ["-n"] = { key = "count", value = "N", only = { runs = true } },
@@ -217,6 +219,7 @@ run holds the lock, 130 interrupted.
   --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
   --only PHASE      run one phase
   --require-clean   refuse a playbook whose git repository has changes not committed
+  --notify URL      report the run's end to an ntfy topic URL (json:URL: as JSON)
   --debug           open the REPL when a step fails: retry, skip, continue, roll back
   --break STEP      open the REPL before STEP]],
   run = function(opts, args)
@@ -478,7 +481,8 @@ rollback() undoes what the session did.]],
       else
         io.stderr:write("hrun: no history: ", err, "\n")
       end
-      ropts.banner = string.format("hrun %s (%s) — modules: btrfs exec fs git hash json nixos sys%s. Ctrl-D exits.",
+      ropts.banner = string.format(
+        "hrun %s (%s) — modules: btrfs exec fs git hash http json nixos service sys%s. Ctrl-D exits.",
         priv.version, _VERSION,
         session and (" — playbook " .. session.pb.name .. ": phases(), steps(), run_step(name)") or "")
       status = repl.interactive(priv, ropts)

@@ -772,13 +772,35 @@ function Runner:run()
     self.journal:set_run(self.run_id, { status = status, error = failure, ended = sys.now(),
       interrupted = self.interrupted and 1 or 0 })
   end
-  self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
+  local ev = { event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
     seconds = sys.now() - started, planned = self.plan and self.planned or nil,
-    irreversible = self.plan and self.irreversible_planned or nil })
+    irreversible = self.plan and self.irreversible_planned or nil }
+  self:emit(ev)
   if not self.plan then
     self.journal:commit()
+    self:notify(ev)
   end
   return exit
+end
+
+-- --notify URL…: the run's end, sent once it is journaled; a notification that fails
+-- is reported and changes nothing else.
+function Runner:notify(ev)
+  local urls = self.opts and self.opts.notify
+  if not urls then
+    return
+  end
+  local notify = require "hrun.notify"
+  ev.playbook = ev.playbook or (self.pb and self.pb.name) or self.playbook_name
+  for _, url in ipairs(urls) do
+    local ok, sent, why = pcall(notify.run_end, url, ev, sys.hostname())
+    if not ok then
+      why = sent
+    end
+    if not (ok and sent) then
+      self:emit({ event = "error", message = "--notify " .. url .. ": " .. tostring(why) })
+    end
+  end
 end
 
 -- Rolls back a finished or crashed run from the journal (hrun rollback).
@@ -795,8 +817,10 @@ function Runner:rollback_run(reason)
   end
   self.journal:set_run(self.run_id, { status = status, ended = sys.now() })
   local exit = status == "rolled-back" and 0 or M.EXIT["rollback-incomplete"]
-  self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, seconds = sys.now() - started })
+  local ev = { event = "run-end", run = self.run_id, status = status, exit = exit, seconds = sys.now() - started }
+  self:emit(ev)
   self.journal:commit()
+  self:notify(ev)
   return exit
 end
 
