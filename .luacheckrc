@@ -4,12 +4,12 @@ max_line_length = 120
 codes = true
 
 -- hrun's modules are globals in scripts, the REPL and playbooks
-local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service" }
+local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service", "podman" }
 
 files["stdlib"] = { read_globals = hrun_globals }
 -- playbooks load into an environment of their own: the modules and the DSL
 local playbook_globals = {
-  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "journal",
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "journal",
   "playbook", "phase", "step", "check",
 }
 files["playbooks"] = { read_globals = playbook_globals }

@@ -23,6 +23,7 @@ static const luaL_Reg hrun_modules[] = {
     {"nixos", luaopen_hrun_nixos},
     {"http", luaopen_hrun_http},
     {"service", luaopen_hrun_service},
+    {"podman", luaopen_hrun_podman},
     {NULL, NULL},
     /* clang-format on */
 };

@@ -17,7 +17,7 @@ $APT install --no-install-recommends \
 # store (the nixos tests; nixos-rebuild itself is a stand-in in tests/fixtures), python3
 # and openssl (the HTTP fixture and its certificate), systemd-nspawn and mmdebstrap (a real
 # systemd in a container for the service tests; without recommends, which would edit
-# /etc/nsswitch.conf)
+# /etc/nsswitch.conf), podman and runc (containers from an imported busybox image)
 $APT install --no-install-recommends tmux lua-check clang-format procps sqlite3 \
     btrfs-progs util-linux e2fsprogs git nix-bin python3 openssl \
-    systemd-container mmdebstrap
+    systemd-container mmdebstrap podman runc catatonit

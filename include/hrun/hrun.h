@@ -206,6 +206,7 @@ int luaopen_hrun_git(lua_State *L);
 int luaopen_hrun_nixos(lua_State *L);
 int luaopen_hrun_http(lua_State *L);
 int luaopen_hrun_service(lua_State *L);
+int luaopen_hrun_podman(lua_State *L);
 
 /* }==================================================================== */
 

@@ -28,7 +28,7 @@ function M.modules(priv, state)
   return {
     fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"), hash = require("hrun.hash"),
     git = require("hrun.git"), nixos = require("hrun.nixos"), http = require("hrun.http"),
-    service = require("hrun.service"),
+    service = require("hrun.service"), podman = require("hrun.podman"),
     notify = require("hrun.notify"),
     journal = journal_mod.public(priv, state),
   }
