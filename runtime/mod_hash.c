@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <sqlite3.h>
 
 #include "hrun/hashpool.h"
@@ -369,6 +370,16 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
     if (interrupted) hrun_raiseinterrupt(L);
 }
 
+/* Removes a manifest and its entries (inside the caller's transaction, if any). */
+static void drop_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql,
+             "DELETE FROM entries WHERE manifest = %lld; DELETE FROM manifests WHERE id = %lld",
+             (long long)id, (long long)id);
+    exec_sql(L, db, sql);
+}
+
 static const char *const tree_options[] = {
     "algo", "threads", "exclude", "one_file_system", "save", "progress", "resume", "quick", NULL};
 
@@ -432,14 +443,7 @@ static int hash_tree(lua_State *L)
         sqlite3_bind_int64(st2, 1, id);
     } else {
         exec_sql(L, db, "BEGIN IMMEDIATE");
-        if (id) { /* a new hash of that name replaces the old */
-            char sql[128];
-            snprintf(
-                sql, sizeof sql,
-                "DELETE FROM entries WHERE manifest = %lld; DELETE FROM manifests WHERE id = %lld",
-                (long long)id, (long long)id);
-            exec_sql(L, db, sql);
-        }
+        if (id) drop_manifest(L, db, id); /* a new hash of that name replaces the old */
         st2 = prep(L, db,
                    "INSERT INTO manifests (name, root, algo, status, started, options) "
                    "VALUES (?, ?, ?, 'running', ?, ?)");
@@ -578,15 +582,6 @@ static int files_only(sqlite3 *db, sqlite3_int64 id)
     return yes;
 }
 
-static void drop_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id)
-{
-    char sql[128];
-    snprintf(sql, sizeof sql,
-             "DELETE FROM entries WHERE manifest = %lld; DELETE FROM manifests WHERE id = %lld",
-             (long long)id, (long long)id);
-    exec_sql(L, db, sql);
-}
-
 /* hash.compare(m1, m2) → {ok, files, bytes, changed, missing, added, meta, errors}: what
 ** m2 says against m1 (manifests, names or ids) */
 static int hash_compare(lua_State *L)
@@ -603,6 +598,17 @@ static int hash_compare(lua_State *L)
 
 static const char *const verify_options[] = {"quick", "threads", "progress", NULL};
 
+/* hash.verify's work, protected: (opts, root, algo, a, b, quick) → the difference */
+static int verify_body(lua_State *L)
+{
+    sqlite3 *db = journal_db(L);
+    sqlite3_int64 a = lua_tointeger(L, 4), b = lua_tointeger(L, 5);
+    hash_into(L, 1, lua_tostring(L, 2), (enum hrun_algo)lua_tointeger(L, 3), db, b,
+              lua_toboolean(L, 6) ? a : 0, 0);
+    push_diff(L, db, a, b, files_only(db, a));
+    return 1;
+}
+
 /*
 ** hash.verify(manifest | name, [root,] [{quick, threads, progress}]) → {ok, files, bytes,
 **   changed, missing, added, meta, errors} | nil, message, code
@@ -613,6 +619,7 @@ static int hash_verify(lua_State *L)
 {
     int optarg = lua_istable(L, 2) ? 2 : 3;
     hrun_checkopts(L, optarg, verify_options);
+    lua_settop(L, 3);
     sqlite3 *db = journal_db(L);
     sqlite3_int64 a = manifest_id(L, db, 1);
     if (!a)
@@ -639,10 +646,19 @@ static int hash_verify(lua_State *L)
     sqlite3_finalize(st);
     sqlite3_int64 b = sqlite3_last_insert_rowid(db);
     int quick = hrun_optbool(L, optarg, "quick", 0);
-    /* the verification's own hash is a scratch manifest, gone afterwards */
-    hash_into(L, optarg, real, (enum hrun_algo)algo, db, b, quick ? a : 0, 0);
-    push_diff(L, db, a, b, files_only(db, a));
+    /* the verification's own hash is a scratch manifest, gone afterwards — also when the
+    ** hash is interrupted or fails */
+    lua_pushcfunction(L, verify_body);
+    lua_pushvalue(L, optarg);
+    lua_pushstring(L, real);
+    lua_pushinteger(L, algo);
+    lua_pushinteger(L, a);
+    lua_pushinteger(L, b);
+    lua_pushboolean(L, quick);
+    int status = lua_pcall(L, 6, 1, 0);
+    if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "ROLLBACK");
     drop_manifest(L, db, b);
+    if (status != LUA_OK) return lua_error(L);
     return 1;
 }
 
@@ -661,16 +677,118 @@ static int format_algo(const char *format)
     return -1;
 }
 
-static const char *check_format(lua_State *L, int arg)
+static const char *check_format(lua_State *L, int arg, int hrun)
 {
     const char *format = hrun_optstring(L, arg, "format", "sha256sum", NULL);
     if (strcmp(format, "sha256sum") && strcmp(format, "b2sum") && strcmp(format, "xxhsum") &&
-        strcmp(format, "coreutils"))
+        strcmp(format, "coreutils") && !(hrun && strcmp(format, "hrun") == 0))
         luaL_argerror(
             L, arg,
-            lua_pushfstring(L, "field 'format': sha256sum, b2sum, xxhsum or coreutils, not '%s'",
-                            format));
+            lua_pushfstring(L, "field 'format': sha256sum, b2sum, xxhsum, coreutils%s, not '%s'",
+                            hrun ? " or hrun" : "", format));
     return format;
+}
+
+/* [-0, +0, m] One JSON line (compact, sorted keys) of obj into b; obj is released. */
+static void add_json_line(luaL_Buffer *b, json_t *obj)
+{
+    char *line = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(obj);
+    if (line == NULL) return;
+    luaL_addstring(b, line);
+    luaL_addchar(b, '\n');
+    free(line);
+}
+
+static json_t *hex_of(const unsigned char *d, size_t n)
+{
+    char buf[2 * 64 + 1];
+    if (n > 64) n = 64;
+    for (size_t i = 0; i < n; i++) {
+        buf[2 * i] = hexdigits[d[i] >> 4];
+        buf[2 * i + 1] = hexdigits[d[i] & 15];
+    }
+    return json_stringn(buf, 2 * n);
+}
+
+/* [-0, +0, m] A byte string as a JSON field: key (valid UTF-8) or key_hex (any bytes). */
+static void set_bytes(json_t *obj, const char *key, const void *s, size_t n)
+{
+    json_t *v = json_stringn(s, n); /* NULL: not valid UTF-8 */
+    if (v) {
+        json_object_set_new(obj, key, v);
+        return;
+    }
+    char hkey[32];
+    snprintf(hkey, sizeof hkey, "%s_hex", key);
+    char *h = malloc(2 * n + 1);
+    if (h == NULL) return;
+    for (size_t i = 0; i < n; i++) {
+        h[2 * i] = hexdigits[((const unsigned char *)s)[i] >> 4];
+        h[2 * i + 1] = hexdigits[((const unsigned char *)s)[i] & 15];
+    }
+    json_object_set_new(obj, hkey, json_stringn(h, 2 * n));
+    free(h);
+}
+
+/* The hrun format: a header line with the manifest, then every entry (files, links,
+** directories, specials) with its metadata, as JSON lines in path order. */
+static void export_hrun(lua_State *L, sqlite3 *db, sqlite3_int64 id, luaL_Buffer *b)
+{
+    static const char *const types[][2] = {
+        {"f", "file"}, {"l", "link"}, {"d", "dir"}, {"s", "special"}};
+    sqlite3_stmt *st =
+        prep(L, db,
+             "SELECT root, algo, status, "
+             "(SELECT count(*) FROM entries WHERE manifest = m.id AND type = 'f'), "
+             "(SELECT coalesce(sum(size), 0) FROM entries WHERE manifest = m.id AND type = 'f'), "
+             "(SELECT count(*) FROM entries WHERE manifest = m.id AND error IS NOT NULL), "
+             "name, started, ended FROM manifests m WHERE id = ?");
+    sqlite3_bind_int64(st, 1, id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        json_t *h = json_object();
+        json_object_set_new(h, "hrun_manifest", json_integer(1));
+        set_bytes(h, "root", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        json_object_set_new(h, "algo", json_string((const char *)sqlite3_column_text(st, 1)));
+        json_object_set_new(h, "status", json_string((const char *)sqlite3_column_text(st, 2)));
+        json_object_set_new(h, "files", json_integer(sqlite3_column_int64(st, 3)));
+        json_object_set_new(h, "bytes", json_integer(sqlite3_column_int64(st, 4)));
+        json_object_set_new(h, "errors", json_integer(sqlite3_column_int64(st, 5)));
+        if (sqlite3_column_type(st, 6) != SQLITE_NULL)
+            json_object_set_new(h, "name", json_string((const char *)sqlite3_column_text(st, 6)));
+        json_object_set_new(h, "started", json_real(sqlite3_column_double(st, 7)));
+        if (sqlite3_column_type(st, 8) != SQLITE_NULL)
+            json_object_set_new(h, "ended", json_real(sqlite3_column_double(st, 8)));
+        add_json_line(b, h);
+    }
+    sqlite3_finalize(st);
+    st = prep(
+        L, db,
+        "SELECT path, type, size, mode, mtime_ns, dev, ino, target, digest, error FROM entries "
+        "WHERE manifest = ? ORDER BY path");
+    sqlite3_bind_int64(st, 1, id);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        json_t *e = json_object();
+        set_bytes(e, "path", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        const char *t = (const char *)sqlite3_column_text(st, 1);
+        for (size_t i = 0; t && i < sizeof types / sizeof types[0]; i++)
+            if (strcmp(t, types[i][0]) == 0)
+                json_object_set_new(e, "type", json_string(types[i][1]));
+        static const char *const ints[] = {"size", "mode", "mtime_ns", "dev", "ino"};
+        for (int i = 0; i < 5; i++)
+            if (sqlite3_column_type(st, 2 + i) != SQLITE_NULL)
+                json_object_set_new(e, ints[i], json_integer(sqlite3_column_int64(st, 2 + i)));
+        if (sqlite3_column_type(st, 7) != SQLITE_NULL)
+            set_bytes(e, "target", sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7));
+        if (sqlite3_column_type(st, 8) != SQLITE_NULL)
+            json_object_set_new(
+                e, "digest",
+                hex_of(sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8)));
+        if (sqlite3_column_type(st, 9) != SQLITE_NULL)
+            json_object_set_new(e, "error", json_string((const char *)sqlite3_column_text(st, 9)));
+        add_json_line(b, e);
+    }
+    sqlite3_finalize(st);
 }
 
 /* export's inverse is fs.write's: the file it replaces comes back */
@@ -683,22 +801,44 @@ static int hash_export_inverse(lua_State *L)
 
 static const char *const export_options[] = {"format", NULL};
 
+/* [-1, +(1|3), e] Writes the text on top to the file at arg 2 — fs.write's body (atomic
+** and durable; not a second journaled effect: hash.export is the one) — and returns it. */
+static int write_export(lua_State *L)
+{
+    lua_pushcfunction(L, hrun_fs_write);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -3);
+    lua_call(L, 2, 3);
+    if (lua_isnil(L, -3)) return 3;
+    lua_pushvalue(L, 2);
+    return 1;
+}
+
 /*
 ** hash.export(manifest | name, file [, {format = "sha256sum"}]) → file | nil, msg, code
 ** The manifest's files, one line each: "<digest>  <path>" relative to its root — GNU
 ** coreutils' format (a name with a backslash or a newline escaped, the line starting
 ** with a backslash) for sha256sum, b2sum and coreutils; xxhsum's (no escaping) for
-** xxhsum. The format must match the manifest's algorithm. Written atomically.
+** xxhsum. The format must match the manifest's algorithm. format = "hrun": JSON lines,
+** the manifest first, then every entry with its metadata (any algorithm). Written
+** atomically.
 */
 static int hash_export(lua_State *L)
 {
     hrun_checkpath(L, 2, NULL);
     hrun_checkopts(L, 3, export_options);
-    const char *format = check_format(L, 3);
+    const char *format = check_format(L, 3, 1);
     sqlite3 *db = journal_db(L);
     sqlite3_int64 id = manifest_id(L, db, 1);
     if (!id)
         return hrun_failf(L, "ENOENT", "hash.export: no manifest %s", luaL_tolstring(L, 1, NULL));
+    luaL_Buffer b;
+    if (strcmp(format, "hrun") == 0) {
+        luaL_buffinit(L, &b);
+        export_hrun(L, db, id, &b);
+        luaL_pushresult(&b);
+        return write_export(L);
+    }
     sqlite3_stmt *st = prep(L, db, "SELECT algo FROM manifests WHERE id = ?");
     sqlite3_bind_int64(st, 1, id);
     sqlite3_step(st);
@@ -710,7 +850,6 @@ static int hash_export(lua_State *L)
                           hrun_algo_name((enum hrun_algo)algo), format,
                           hrun_algo_name((enum hrun_algo)want));
     int escape = strcmp(format, "xxhsum") != 0;
-    luaL_Buffer b;
     luaL_buffinit(L, &b);
     st = prep(
         L, db,
@@ -745,16 +884,7 @@ static int hash_export(lua_State *L)
     }
     sqlite3_finalize(st);
     luaL_pushresult(&b);
-    /* fs.write makes it atomic and durable */
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_getfield(L, -1, "hrun.fs");
-    lua_getfield(L, -1, "write");
-    lua_pushvalue(L, 2);
-    lua_pushvalue(L, -5);
-    lua_call(L, 2, 3);
-    if (lua_isnil(L, -3)) return 3;
-    lua_pushvalue(L, 2);
-    return 1;
+    return write_export(L);
 }
 
 static int unhex(int c)
@@ -777,7 +907,7 @@ static int hash_import(lua_State *L)
 {
     const char *file = hrun_checkpath(L, 1, NULL);
     hrun_checkopts(L, 2, import_options);
-    const char *format = check_format(L, 2);
+    const char *format = check_format(L, 2, 0);
     const char *root = hrun_optstring(L, 2, "root", NULL, NULL);
     const char *name = hrun_optstring(L, 2, "name", NULL, NULL);
     lua_settop(L, 2);

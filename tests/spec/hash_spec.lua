@@ -166,6 +166,22 @@ describe("verify and compare", function()
     eq(r.code, 1)
     has(r.stdout, "changed  with space")
   end)
+
+  it("leaves no scratch manifest behind, also when the verification is stopped", function()
+    local root = odd_tree()
+    local st = state()
+    eq(hrun_in(st, { "hash", root, "--save", "m" }).code, 0)
+    local r = hrun_in(st, { "-e", [[
+      local before = #hash.manifests()
+      assert(hash.verify("m"))
+      print(pcall(hash.verify, "m", { progress = function() error("stopped by the caller") end }))
+      print(before, #hash.manifests())
+    ]] })
+    eq(r.code, 0, r.stderr)
+    has(r.stdout, "false\t")
+    has(r.stdout, "stopped by the caller")
+    has(r.stdout, "\n1\t1\n")
+  end)
 end)
 
 describe("sha256sum, b2sum and xxhsum files", function()
@@ -245,5 +261,47 @@ describe("hrun hash", function()
     eq(r.code, 1)
     has(r.stderr, "hash.tree: " .. root .. "/nope: No such file or directory")
     eq(hrun_in(st, { "hash", root, "-a", "md5" }).code, 1)
+  end)
+end)
+
+describe("the hrun format", function()
+  it("exports every entry with its metadata as JSON lines, any name kept", function()
+    local root = odd_tree()
+    local st = state()
+    local r = hrun_in(st, { "hash", root, "-a", "sha256", "--save", "odd" })
+    eq(r.code, 0, r.stderr)
+    r = hrun_in(st, { "hash", root, "-a", "sha256", "--format", "hrun" })
+    eq(r.code, 0, r.stderr)
+    local lines = {}
+    for line in r.stdout:gmatch("[^\n]+") do
+      lines[#lines + 1] = json.decode(line)
+    end
+    local head = table.remove(lines, 1)
+    eq({ head.hrun_manifest, head.algo, head.status, head.files, head.root },
+      { 1, "sha256", "complete", 9, root })
+    local by = {}
+    for _, e in ipairs(lines) do
+      local path = e.path or (e.path_hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+      by[path] = e
+    end
+    eq(#lines, 14, "every entry: files, links, directories, the fifo")
+    eq(by["plain.txt"].digest, tool({ "sha256sum", "plain.txt" }, root):match("^(%x+)"))
+    eq({ by["plain.txt"].type, by["plain.txt"].size, by["plain.txt"].mode },
+      { "file", 6, fs.stat(root .. "/plain.txt").mode })
+    eq(by["plain.txt"].ino, by["sub/hardlink"].ino, "hard links share an inode")
+    eq({ by.symlink.type, by.symlink.target }, { "link", "plain.txt" })
+    eq(by.sub.type, "dir")
+    eq(by.fifo.type, "special")
+    eq(by["new\nline"].type, "file")
+    eq(by["bad\xffutf8"].path_hex, "626164ff75746638", "a name that is not UTF-8 is kept as hex")
+    local d = tmpdir()
+    r = hrun_in(st, { "-e", string.format("assert(hash.export('odd', %q, { format = 'hrun' }))",
+      d .. "/odd.jsonl") })
+    eq(r.code, 0, r.stderr)
+    local n = 0
+    for _ in fs.read(d .. "/odd.jsonl"):gmatch("[^\n]+") do
+      n = n + 1
+    end
+    eq(n, 15, "the manifest, then its 14 entries")
   end)
 end)
