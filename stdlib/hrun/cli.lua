@@ -316,7 +316,8 @@ Hashes every entry under each PATH (symlinks recorded, not followed) with N thre
 (-j; default: the CPUs) into a manifest kept in the journal; --save NAME names it for
 hrun verify. -a xxh128 (default), sha256 or blake2b. -o FILE also writes the files'
 digests in --format sha256sum, b2sum, xxhsum or coreutils (the default for -o), or
-every entry with its metadata as JSON lines (--format hrun); --format alone prints them. --exclude GLOB (repeatable), --one-file-system.
+every entry with its metadata as JSON lines (--format hrun); --format alone prints
+them. --exclude GLOB (repeatable), --one-file-system.
 --resume NAME continues a hash that was killed. A progress bar on a terminal, progress
 events with --json. Exit status 1 when an entry could not be read (the manifest is
 incomplete).]],
