@@ -159,8 +159,11 @@ function M.provenance(path)
   if not repo or repo.bare then
     return nil
   end
-  local head = assert(git.head(repo.path))
-  local status = assert(git.status(repo.path, { untracked = false }))
+  local head = git.head(repo.path)
+  local status = git.status(repo.path, { untracked = false })
+  if not head or not status then -- a repository git cannot read: no provenance to record
+    return nil
+  end
   return { commit = head.commit, dirty = not status.clean, files = status.files, root = repo.path }
 end
 
