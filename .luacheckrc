@@ -9,7 +9,7 @@ local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nix
 files["stdlib"] = { read_globals = hrun_globals }
 -- playbooks load into an environment of their own: the modules and the DSL
 local playbook_globals = {
-  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "journal",
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "pg", "checks", "journal",
   "playbook", "phase", "step", "check",
 }
 files["playbooks"] = { read_globals = playbook_globals }

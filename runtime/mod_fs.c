@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <linux/fs.h>
 
@@ -266,6 +267,32 @@ static void settime(lua_State *L, const char *k, struct timespec ts)
 ** fs.stat(path [, {follow = true}]) → {type, size, mode, uid, gid, nlink, ino, dev,
 **   atime, mtime, ctime, mtime_ns, target (links)} | nil, message, code
 */
+/*
+** fs.statfs(path) → {total, free, available, files, files_free, block_size} | nil, msg,
+** code: the filesystem path is on, in bytes (available: what an unprivileged user may
+** still write, as df shows it) and inodes.
+*/
+static int fs_statfs(lua_State *L)
+{
+    const char *path = hrun_checkpath(L, 1, NULL);
+    struct statvfs v;
+    if (statvfs(path, &v) < 0) return hrun_fail(L, "fs.statfs", path, errno);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, (lua_Integer)((unsigned long long)v.f_blocks * v.f_frsize));
+    lua_setfield(L, -2, "total");
+    lua_pushinteger(L, (lua_Integer)((unsigned long long)v.f_bfree * v.f_frsize));
+    lua_setfield(L, -2, "free");
+    lua_pushinteger(L, (lua_Integer)((unsigned long long)v.f_bavail * v.f_frsize));
+    lua_setfield(L, -2, "available");
+    lua_pushinteger(L, (lua_Integer)v.f_files);
+    lua_setfield(L, -2, "files");
+    lua_pushinteger(L, (lua_Integer)v.f_ffree);
+    lua_setfield(L, -2, "files_free");
+    lua_pushinteger(L, (lua_Integer)v.f_frsize);
+    lua_setfield(L, -2, "block_size");
+    return 1;
+}
+
 static int fs_stat(lua_State *L)
 {
     static const char *const opts[] = {"follow", NULL};
@@ -994,6 +1021,7 @@ static const hrun_Prim fs_prims[] = {
     {.name = "read", .func = fs_read, .kind = HRUN_READ, .cap = "fs"},
     {.name = "exists", .func = fs_exists, .kind = HRUN_READ, .cap = "fs"},
     {.name = "stat", .func = fs_stat, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "statfs", .func = fs_statfs, .kind = HRUN_READ, .cap = "fs"},
     {.name = "list", .func = fs_list, .kind = HRUN_READ, .cap = "fs"},
     {.name = "glob", .func = fs_glob, .kind = HRUN_READ, .cap = "fs"},
     {.name = "write",

@@ -29,7 +29,7 @@ function M.modules(priv, state)
     fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"), hash = require("hrun.hash"),
     git = require("hrun.git"), nixos = require("hrun.nixos"), http = require("hrun.http"),
     service = require("hrun.service"), podman = require("hrun.podman"),
-    notify = require("hrun.notify"),
+    notify = require("hrun.notify"), pg = require("hrun.pg"), checks = require("hrun.checks"),
     journal = journal_mod.public(priv, state),
   }
 end

@@ -1,0 +1,153 @@
+-- hrun.pg: PostgreSQL backups with checks — pg_dumpall into a file whose size and
+-- SHA-256 are returned (to keep in the step's state), restore with the checksum checked
+-- first, the server's version. Connection options are libpq's environment (PGHOST,
+-- PGPORT, PGUSER) or {host, port, user}; commands from PATH (`bin` for another directory).
+
+local exec = require "hrun.exec"
+local fs = require "hrun.fs"
+local hash = require "hrun.hash"
+local sys = require "hrun.sys"
+
+local M = {}
+
+-- The last line pg_dumpall writes: a dump without it was cut short.
+local COMPLETE = "-- PostgreSQL database cluster dump complete"
+
+local known = { host = true, port = true, user = true, bin = true, timeout = true, sha256 = true,
+  database = true, stop_on_error = true }
+
+local function options(what, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error(string.format("bad argument to '%s' (options table expected, got %s)", what, type(opts)), 3)
+  end
+  for k in pairs(opts) do
+    if not known[k] then
+      error(string.format("bad argument to '%s' (unknown option '%s')", what, tostring(k)), 3)
+    end
+  end
+  local env = {}
+  if opts.host then
+    env.PGHOST = opts.host
+  end
+  if opts.port then
+    env.PGPORT = tostring(opts.port)
+  end
+  if opts.user then
+    env.PGUSER = opts.user
+  end
+  return opts, env
+end
+
+local function command(opts, name)
+  return opts.bin and (opts.bin .. "/" .. name) or name
+end
+
+-- The end of a command's stderr, for messages.
+local function tail(s)
+  s = (s or ""):gsub("%s+$", "")
+  return s:match("([^\n]*)$")
+end
+
+-- pg.dumpall(file [, {host, port, user, bin, timeout}]) → {file, bytes, sha256, seconds}
+-- | nil, message, code. file must not exist: it is created first (journaled: undoing
+-- the step removes it), then pg_dumpall writes it; a dump that fails or was cut short
+-- (no "dump complete" line) is an error (EDUMP) and the file is removed. In a plan
+-- nothing is dumped ({file, planned = true}).
+function M.dumpall(file, opts)
+  if type(file) ~= "string" or file == "" then
+    error("bad argument #1 to 'pg.dumpall' (a file path expected)", 2)
+  end
+  local env
+  opts, env = options("pg.dumpall", opts)
+  if fs.exists(file) then
+    return nil, string.format("pg.dumpall: %s: exists (a dump never replaces another)", file), "EEXIST"
+  end
+  local ok, err, code = fs.write(file, "", { mode = "0600" })
+  if not ok then
+    return nil, "pg.dumpall: " .. err, code
+  end
+  if not fs.exists(file) then -- a plan stood in for the write: nothing is dumped either
+    return { file = file, planned = true }
+  end
+  local started = sys.now()
+  local r, why, rcode = exec.run({ command(opts, "pg_dumpall"), "-f", file }, { env = env, check = false,
+    readonly = true, timeout = opts.timeout })
+  local fail
+  if not r then
+    fail = { why, rcode }
+  elseif not r.ok then
+    fail = { string.format("pg.dumpall: pg_dumpall failed (%s): %s", r.code and ("exit " .. r.code) or r.signal,
+      tail(r.stderr)), "EDUMP" }
+  else
+    local data = fs.read(file) or ""
+    if not data:find(COMPLETE, math.max(1, #data - 200), true) then
+      fail = { string.format("pg.dumpall: %s: the dump is incomplete (no '%s' line)", file, COMPLETE), "EDUMP" }
+    end
+  end
+  if fail then
+    fs.remove(file) -- what is there must not pass for a dump
+    return nil, fail[1], fail[2]
+  end
+  local digest = assert(hash.file(file, { algo = "sha256" }))
+  local st = assert(fs.stat(file))
+  return { file = file, bytes = st.size, sha256 = digest, seconds = sys.now() - started }
+end
+
+-- pg.restore(file [, {sha256, database = "postgres", stop_on_error = false, host, port,
+-- user, bin, timeout}]) → {errors, stderr, seconds} | nil, message, code. With sha256, a
+-- file whose digest differs is refused (ECHECKSUM) before anything is run. errors counts
+-- the ERROR lines psql printed (a dumpall into a fresh cluster has one: the role it
+-- connects as exists already); stop_on_error stops at the first.
+function M.restore(file, opts)
+  if type(file) ~= "string" or file == "" then
+    error("bad argument #1 to 'pg.restore' (a file path expected)", 2)
+  end
+  local env
+  opts, env = options("pg.restore", opts)
+  if not fs.exists(file) then
+    return nil, string.format("pg.restore: %s: No such file or directory", file), "ENOENT"
+  end
+  if opts.sha256 then
+    local digest = assert(hash.file(file, { algo = "sha256" }))
+    if digest ~= opts.sha256 then
+      return nil, string.format("pg.restore: %s: sha256 %s, not the %s recorded", file, digest, opts.sha256),
+        "ECHECKSUM"
+    end
+  end
+  local started = sys.now()
+  local argv = { command(opts, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=" .. (opts.stop_on_error and 1 or 0),
+    "-f", file, "-d", opts.database or "postgres" }
+  local r, why, code = exec.run(argv, { env = env, check = false, timeout = opts.timeout })
+  if not r then
+    return nil, why, code
+  end
+  local errors = 0
+  for _ in r.stderr:gmatch("ERROR:") do
+    errors = errors + 1
+  end
+  if not r.ok then
+    return nil, string.format("pg.restore: psql stopped (%s): %s", r.code and ("exit " .. r.code) or r.signal,
+      tail(r.stderr)), "ERESTORE"
+  end
+  return { errors = errors, stderr = r.stderr, seconds = sys.now() - started }
+end
+
+-- pg.version([{host, port, user, bin}]) → "15.18 (Debian 15.18-0+deb12u1)", major (15)
+-- | nil, message, code: the server's version.
+function M.version(opts)
+  local env
+  opts, env = options("pg.version", opts)
+  local r, why, code = exec.run({ command(opts, "psql"), "-X", "-A", "-t", "-c", "SHOW server_version",
+    "-d", opts.database or "postgres" }, { env = env, check = false, readonly = true, timeout = opts.timeout or 30 })
+  if not r then
+    return nil, why, code
+  end
+  if not r.ok then
+    return nil, "pg.version: " .. tail(r.stderr), "EPG"
+  end
+  local v = r.stdout:gsub("%s+$", "")
+  return v, tonumber(v:match("^(%d+)"))
+end
+
+return M

@@ -1,0 +1,179 @@
+-- pg against a real PostgreSQL 15 cluster (initdb as the postgres user in the test's own
+-- directory, a unix socket only, no TCP), and checks against this machine.
+
+local PGBIN = "/usr/lib/postgresql/15/bin"
+
+-- A running cluster with a database "app" and a table of 1000 rows; stopped when the
+-- test ends. Returns the libpq environment and the directory.
+local function cluster()
+  need_root()
+  if not fs.exists(PGBIN .. "/initdb") then
+    skip("PostgreSQL 15 is not installed")
+  end
+  -- short: the socket path must stay under 108 bytes
+  local d = exec.run({ "mktemp", "-d", "/tmp/pg-XXXXXX" }).stdout:gsub("\n$", "")
+  exec.run({ "chown", "postgres:postgres", d })
+  local data = d .. "/data"
+  local function as_pg(argv)
+    local a = { "runuser", "-u", "postgres", "--" }
+    for _, x in ipairs(argv) do
+      a[#a + 1] = x
+    end
+    return exec.run(a, { timeout = 60 })
+  end
+  after(function()
+    if fs.exists(data .. "/postmaster.pid") then
+      exec.run({ "runuser", "-u", "postgres", "--", PGBIN .. "/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop" },
+        { check = false, timeout = 30 })
+    end
+    exec.run({ "rm", "-rf", d }, { check = false })
+  end)
+  as_pg({ PGBIN .. "/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8",
+    "--no-sync" })
+  as_pg({ PGBIN .. "/pg_ctl", "-D", data, "-l", d .. "/server.log", "-w", "-o",
+    "-k " .. d .. " -p 55439 -c listen_addresses='' -c fsync=off", "start" })
+  local env = { PGHOST = d, PGPORT = "55439", PGUSER = "postgres" }
+  exec.run({ "psql", "-X", "-q", "-c", "CREATE DATABASE app", "-c", "CREATE ROLE immich LOGIN" }, { env = env })
+  exec.run({ "psql", "-X", "-q", "-d", "app", "-c", "CREATE TABLE t (id int PRIMARY KEY, v text)",
+    "-c", "INSERT INTO t SELECT g, 'row' || g FROM generate_series(1, 1000) g" }, { env = env })
+  return env, d, function(argv)
+    return as_pg(argv)
+  end
+end
+
+local function psql(env, db, sql)
+  return exec.run({ "psql", "-X", "-A", "-t", "-d", db, "-c", sql }, { env = env }).stdout:gsub("%s+$", "")
+end
+
+describe("pg", function()
+  it("dumps every database with its size and sha256, and says the server's version", function()
+    local env, d = cluster()
+    local out = hrun_cmd({ "-e", string.format([[
+      local pg = require "hrun.pg"
+      local r = assert(pg.dumpall(%q))
+      print(r.file, r.bytes, r.sha256)
+      print(pg.dumpall(%q))
+      print(pg.version())
+    ]], d .. "/all.sql", d .. "/all.sql") }, { env = env })
+    eq(out.code, 0, out.stderr)
+    local file, bytes, digest = out.stdout:match("^(%S+)\t(%d+)\t(%x+)\n")
+    eq(file, d .. "/all.sql")
+    eq(tonumber(bytes), fs.stat(file).size)
+    eq(digest, exec.run({ "sha256sum", file }).stdout:match("^(%x+)"))
+    has(fs.read(file), "CREATE DATABASE app")
+    has(fs.read(file), "CREATE ROLE immich")
+    has(out.stdout, "nil\tpg.dumpall: " .. file .. ": exists (a dump never replaces another)\tEEXIST")
+    has(out.stdout, "\n15.")
+    eq(fs.stat(file).mode, tonumber("600", 8), "a dump is readable by root only")
+  end)
+
+  it("restores into a fresh cluster after checking the checksum", function()
+    local env, d = cluster()
+    local dump = d .. "/all.sql"
+    local r = hrun_cmd({ "-e", string.format([[print(require("hrun.pg").dumpall(%q).sha256)]], dump) }, { env = env })
+    eq(r.code, 0, r.stderr)
+    local digest = r.stdout:gsub("%s+$", "")
+    -- lose the data, then restore it
+    exec.run({ "psql", "-X", "-q", "-c", "DROP DATABASE app", "-c", "DROP ROLE immich" }, { env = env })
+    r = hrun_cmd({ "-e", string.format([[
+      local pg = require "hrun.pg"
+      print(pg.restore(%q, { sha256 = string.rep("0", 64) }))
+      local res = assert(pg.restore(%q, { sha256 = %q }))
+      print("errors", res.errors)
+    ]], dump, dump, digest) }, { env = env })
+    eq(r.code, 0, r.stderr)
+    has(r.stdout, "ECHECKSUM")
+    has(r.stdout, "errors\t1", "only: role postgres already exists")
+    eq(psql(env, "app", "SELECT count(*) FROM t"), "1000")
+    eq(psql(env, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'immich'"), "1")
+  end)
+
+  it("fails on a server that is down, and leaves no file; a plan dumps nothing", function()
+    local env, d, as_pg = cluster()
+    as_pg({ PGBIN .. "/pg_ctl", "-D", d .. "/data", "-m", "fast", "-w", "stop" })
+    local r = hrun_cmd({ "-e", string.format([[print(require("hrun.pg").dumpall(%q))]], d .. "/x.sql") },
+      { env = env })
+    eq(r.code, 0, r.stderr)
+    has(r.stdout, "nil\tpg.dumpall: pg_dumpall failed (exit 1): ")
+    has(r.stdout, "EDUMP")
+    eq(fs.exists(d .. "/x.sql"), false)
+    local p = playbook_file(d, "pb.lua", string.format([[
+return playbook { name = "backup",
+  phase "p" { step "dump" { run = function(ctx) ctx.state.dump = pg.dumpall(%q) end } },
+}]], d .. "/plan.sql"))
+    r = hrun_cmd({ "plan", p, "--state", d .. "/state" }, { env = env })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "would fs.write " .. d .. "/plan.sql")
+    eq(fs.exists(d .. "/plan.sql"), false)
+  end)
+
+  it("is undone with the step: the dump file goes", function()
+    local env, d = cluster()
+    local p = playbook_file(d, "pb.lua", string.format([[
+return playbook { name = "backup",
+  phase "p" {
+    step "dump" { run = function(ctx) ctx.state.dump = pg.dumpall(%q) end },
+    step "fail" { run = function() error("upgrade failed") end },
+  },
+}]], d .. "/run.sql"))
+    local r = hrun_cmd({ p, "--state", d .. "/state" }, { env = env })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    eq(fs.exists(d .. "/run.sql"), false)
+  end)
+end)
+
+describe("checks", function()
+  it("cgroup v2, free space and mounts, each with its reason", function()
+    local checks = require "hrun.checks"
+    local d = tmpdir()
+    fs.mkdir(d .. "/fake")
+    eq({ checks.cgroup_v2(d .. "/fake") },
+      { false, d .. "/fake is not cgroup v2 (no cgroup.controllers): the host runs cgroup v1 or hybrid" })
+    fs.write(d .. "/fake/cgroup.controllers", "cpu io memory\n")
+    eq(checks.cgroup_v2(d .. "/fake"), true)
+    local okk, msg, info = checks.free_space(d, { bytes = 1 })
+    eq(okk, true, msg)
+    ok(info.available > 0 and info.total >= info.available)
+    okk, msg = checks.free_space(d, { bytes = info.total * 2 })
+    eq(okk, false)
+    has(msg, "needed")
+    okk, msg = checks.free_space(d .. "/nope", { bytes = 1 })
+    eq(okk, false)
+    has(msg, "fs.statfs: " .. d .. "/nope: No such file or directory")
+    eq(checks.mounted("/proc"), true)
+    eq(select(3, checks.mounted("/proc")).fstype, "proc")
+    eq({ checks.mounted("/proc", { fstype = "ext4" }) }, { false, "/proc is proc, not ext4",
+      select(3, checks.mounted("/proc")) })
+    eq(checks.mounted(d), false)
+  end)
+
+  it("lists failed units but those excused (systemd in a container)", function()
+    need_root()
+    need("systemd-nspawn")
+    -- reuse the service tests' container through a tiny chunk run against it
+    local fixtures = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
+    local rootfs = (HRUN:find("/") and HRUN:match("^(.*)/[^/]+$") or "/var/tmp") .. "/nspawn-rootfs"
+    exec.run({ fixtures .. "/container.sh", "build", rootfs }, { timeout = 600 })
+    local run = tmpdir() .. "/run"
+    local ns = exec.run({ fixtures .. "/container.sh", "boot", rootfs, run }, { timeout = 60 }).stdout:match("^(%d+)")
+    after(function()
+      exec.run({ fixtures .. "/container.sh", "poweroff", ns, run }, { check = false, timeout = 30 })
+    end)
+    local env = { DBUS_SYSTEM_BUS_ADDRESS = "unix:path=" .. run .. "/dbus/system_bus_socket" }
+    local r = hrun_cmd({ "-e", [[
+      local checks = require "hrun.checks"
+      print(checks.no_failed_units())
+      service.start("hrun-fail")
+      print(checks.no_failed_units())
+      print(checks.no_failed_units({ except = { "hrun-f*" } }))
+    ]] }, { env = env })
+    eq(r.code, 0, r.stderr)
+    local lines = {}
+    for l in r.stdout:gmatch("[^\n]+") do
+      lines[#lines + 1] = l
+    end
+    has(lines[1], "true\tno failed units")
+    has(lines[2], "false\tfailed units: hrun-fail.service")
+    has(lines[3], "true\tno failed units")
+  end)
+end)
