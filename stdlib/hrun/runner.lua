@@ -53,6 +53,21 @@ end
 placeholders["git.init"] = function(dir)
   return { path = dir, planned = true }
 end
+placeholders["http.request"] = function(url)
+  return { status = 200, headers = {}, body = "", url = url, seconds = 0, planned = true }
+end
+placeholders["http.post"] = placeholders["http.request"]
+for _, verb in ipairs({ "start", "restart", "reload", "stop" }) do
+  placeholders["service." .. verb] = function(unit)
+    return { unit = unit, load = "loaded", active = verb == "stop" and "inactive" or "active", planned = true }
+  end
+end
+for _, verb in ipairs({ "start", "restart", "stop" }) do
+  placeholders["podman." .. verb] = function(name)
+    return { name = name, running = verb ~= "stop", status = verb == "stop" and "exited" or "running",
+      planned = true }
+  end
+end
 placeholders["btrfs.scrub"] = function()
   return { ok = true, corrected = 0, uncorrectable = 0, unverified = 0, errors = {}, planned = true }
 end

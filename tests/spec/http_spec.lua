@@ -118,7 +118,7 @@ return playbook { name = "notify",
   phase "p" {
     step "s" { run = function()
       assert(http.get(%q).status == 200)
-      http.post(%q, { text = "upgrade started" })
+      assert(http.post(%q, { text = "upgrade started" }).status == 200) -- a plan stands in
     end },
   },
 }]], u .. "/status/200", u .. "/echo"))

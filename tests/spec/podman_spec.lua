@@ -92,7 +92,7 @@ describe("podman", function()
     local p = playbook_file(d, "pb.lua", [[
 return playbook { name = "containers", params = { fail = false },
   phase "p" {
-    step "stop web" { run = function() podman.stop("web", { timeout = 1 }) end },
+    step "stop web" { run = function() assert(not podman.stop("web", { timeout = 1 }).running) end },
     step "work" { run = function(ctx) if ctx.params.fail then error("database migration failed") end end },
     step "restart" { irreversible = true, run = function() podman.restart("web", { timeout = 1 }) end },
   },

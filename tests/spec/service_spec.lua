@@ -152,7 +152,7 @@ describe("service in playbooks", function()
     local p = playbook_file(d, "pb.lua", [[
 return playbook { name = "maintenance", params = { fail = false },
   phase "p" {
-    step "stop web" { run = function() service.stop("hrun-web") end },
+    step "stop web" { run = function() assert(service.stop("hrun-web").active == "inactive") end },
     step "work" { run = function(ctx) if ctx.params.fail then error("migration failed") end end },
     step "restart web" { irreversible = true, run = function() service.restart("hrun-web") end },
   },
