@@ -9,6 +9,26 @@
 
 #include "internal.h"
 
+void hrun_atclose(lua_State *L, lua_CFunction fn)
+{
+    lua_newuserdatauv(L, 0, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, fn);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void hrun_undo_startstop(lua_State *L, int idx, const char *module, const char *name, int starting,
+                         int running)
+{
+    if (starting == running) return; /* the call changes nothing to undo */
+    char op[64];
+    snprintf(op, sizeof op, "%s.%s", module, starting ? "stop" : "start");
+    lua_pushstring(L, name);
+    hrun_addop(L, idx, op, 1);
+}
+
 const char *hrun_errname(int err)
 {
     static _Thread_local char buf[16];

@@ -95,6 +95,16 @@ int hrun_json_decode(lua_State *L);
 ** 0, or -1 with errno. */
 int hrun_rmtree(const char *path);
 
+/* [-0, +0, m] Calls fn (a library's global clean-up: git_libgit2_shutdown, …) when the
+** Lua state closes. */
+void hrun_atclose(lua_State *L, lua_CFunction fn);
+
+/* [-0, +0, m] For the inverse of a start or a stop (of a unit, a container): appends
+** "<module>.stop" (or ".start") of name to the list at idx when the call changes whether
+** it runs — running: whether it runs now. */
+void hrun_undo_startstop(lua_State *L, int idx, const char *module, const char *name, int starting,
+                         int running);
+
 /* [-0, +1, m] Pushes a function that runs a command as exec.run does (argv, opts →
 ** result), its messages starting with `what` (a static string), without going through
 ** the dispatcher: for modules whose one primitive runs a tool (nixos.rebuild). */

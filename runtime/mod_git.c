@@ -1209,12 +1209,6 @@ int luaopen_hrun_git(lua_State *L)
     lua_pushliteral(L, "locked");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
-    /* libgit2's global state ends with the Lua state */
-    lua_newuserdatauv(L, 0, 0);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, git_shutdown);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    luaL_ref(L, LUA_REGISTRYINDEX);
+    hrun_atclose(L, git_shutdown); /* libgit2's global state ends with the Lua state */
     return 1;
 }

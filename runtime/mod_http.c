@@ -524,12 +524,6 @@ int luaopen_hrun_http(lua_State *L)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     hrun_newmodule(L, "http", http_prims);
-    /* libcurl's global state ends with the Lua state */
-    lua_newuserdatauv(L, 0, 0);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, http_shutdown);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    luaL_ref(L, LUA_REGISTRYINDEX);
+    hrun_atclose(L, http_shutdown); /* libcurl's global state ends with the Lua state */
     return 1;
 }

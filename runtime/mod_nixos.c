@@ -545,16 +545,22 @@ static int rebuild_writes(lua_State *L)
 }
 
 /* [-0, +0, m] Appends {op = "nixos.rollback", args = {{profile, to, action}}}. */
-static void add_rollback(lua_State *L, int list, const char *profile, long to, const char *action)
+static void add_profile_op(lua_State *L, int list, const char *op, const char *profile,
+                           const char *key, long n, const char *action)
 {
     lua_createtable(L, 0, 3);
     lua_pushstring(L, profile);
     lua_setfield(L, -2, "profile");
-    lua_pushinteger(L, to);
-    lua_setfield(L, -2, "to");
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, key);
     lua_pushstring(L, action);
     lua_setfield(L, -2, "action");
-    hrun_addop(L, list, "nixos.rollback", 1);
+    hrun_addop(L, list, op, 1);
+}
+
+static void add_rollback(lua_State *L, int list, const char *profile, long to, const char *action)
+{
+    add_profile_op(L, list, "nixos.rollback", profile, "to", to, action);
 }
 
 /* Undo of a rebuild: switch/boot → the generation current before; test → activate it
@@ -591,14 +597,7 @@ static int rebuild_inverse(lua_State *L)
     }
     if (strcmp(action, "test") == 0) {
         /* test does not touch the profile: activating its current generation undoes it */
-        lua_createtable(L, 0, 3);
-        lua_pushstring(L, profile);
-        lua_setfield(L, -2, "profile");
-        lua_pushinteger(L, cur);
-        lua_setfield(L, -2, "generation");
-        lua_pushliteral(L, "test");
-        lua_setfield(L, -2, "action");
-        hrun_addop(L, list, "nixos._activate", 1);
+        add_profile_op(L, list, "nixos._activate", profile, "generation", cur, "test");
     } else {
         add_rollback(L, list, profile, cur, action);
     }
@@ -1429,12 +1428,24 @@ static int file_inverse(lua_State *L)
     return 1;
 }
 
-/* A flake directory argument; its flake.nix's path in nix. */
-static const char *check_flake_dir(lua_State *L, int arg, char *nix, size_t size)
+/*
+** The start of a `nix flake …` command on the directory at arg 1 (options at 2, checked
+** against known; `stream` read): pushes its argv, up to "flake", and returns its index;
+** 0 after pushing the failure when DIR/flake.nix is not there.
+*/
+static int flake_command(lua_State *L, const char *what, const char *const known[],
+                         const char **dir, int *stream)
 {
-    const char *dir = hrun_checkpath(L, arg, NULL);
-    snprintf(nix, size, "%s/flake.nix", dir);
-    return dir;
+    *dir = hrun_checkpath(L, 1, NULL);
+    hrun_checkopts(L, 2, known);
+    *stream = hrun_optbool(L, 2, "stream", 1);
+    char nix[PATH_MAX + 16];
+    struct stat st;
+    snprintf(nix, sizeof nix, "%s/flake.nix", *dir);
+    if (stat(nix, &st) < 0) return hrun_fail(L, what, nix, errno), 0;
+    int argv = nix_argv(L);
+    argv_add(L, argv, "flake");
+    return argv;
 }
 
 static const char *const update_options[] = {"inputs", "stream", NULL};
@@ -1446,14 +1457,10 @@ static const char *const update_options[] = {"inputs", "stream", NULL};
 */
 static int l_flake_update(lua_State *L)
 {
-    char nix[PATH_MAX];
-    const char *dir = check_flake_dir(L, 1, nix, sizeof nix);
-    hrun_checkopts(L, 2, update_options);
-    int stream = hrun_optbool(L, 2, "stream", 1);
-    struct stat st;
-    if (stat(nix, &st) < 0) return hrun_fail(L, "nixos.flake_update", nix, errno);
-    int argv = nix_argv(L);
-    argv_add(L, argv, "flake");
+    const char *dir;
+    int stream;
+    int argv = flake_command(L, "nixos.flake_update", update_options, &dir, &stream);
+    if (argv == 0) return 3;
     if (hrun_optfield(L, 2, "inputs", LUA_TTABLE)) {
         int inputs = lua_gettop(L);
         lua_Integer n = luaL_len(L, inputs);
@@ -1495,14 +1502,10 @@ static const char *const check_options[] = {"stream", NULL};
 */
 static int l_flake_check(lua_State *L)
 {
-    char nix[PATH_MAX];
-    const char *dir = check_flake_dir(L, 1, nix, sizeof nix);
-    hrun_checkopts(L, 2, check_options);
-    int stream = hrun_optbool(L, 2, "stream", 1);
-    struct stat st;
-    if (stat(nix, &st) < 0) return hrun_fail(L, "nixos.flake_check", nix, errno);
-    int argv = nix_argv(L);
-    argv_add(L, argv, "flake");
+    const char *dir;
+    int stream;
+    int argv = flake_command(L, "nixos.flake_check", check_options, &dir, &stream);
+    if (argv == 0) return 3;
     argv_add(L, argv, "check");
     argv_add(L, argv, "--no-write-lock-file"); /* a read: it runs in plans too */
     argv_add(L, argv, dir);

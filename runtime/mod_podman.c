@@ -265,10 +265,7 @@ static int start_stop_inverse(lua_State *L, int starting)
     lua_getfield(L, -1, "running");
     int running = lua_toboolean(L, -1);
     lua_settop(L, 2);
-    if (starting != running) { /* the call changes something: undo it */
-        lua_pushstring(L, name);
-        hrun_addop(L, 2, starting ? "podman.stop" : "podman.start", 1);
-    }
+    hrun_undo_startstop(L, 2, "podman", name, starting, running);
     return 1;
 }
 

@@ -423,13 +423,7 @@ static int start_stop_inverse(lua_State *L, int starting)
     int was_active = active && (strcmp(active, "active") == 0 || strcmp(active, "reloading") == 0 ||
                                 strcmp(active, "activating") == 0);
     lua_settop(L, 2);
-    if (starting && !was_active) {
-        lua_pushstring(L, unit);
-        hrun_addop(L, 2, "service.stop", 1);
-    } else if (!starting && was_active) {
-        lua_pushstring(L, unit);
-        hrun_addop(L, 2, "service.start", 1);
-    }
+    hrun_undo_startstop(L, 2, "service", unit, starting, was_active);
     return 1;
 }
 

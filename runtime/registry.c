@@ -216,36 +216,41 @@ static const Entry *find_entry(lua_State *L, const char *fullname)
     return found;
 }
 
-int hrun_inverse(lua_State *L, const char *fullname, int n)
+/* The entry of primitive fullname; raises when there is none. */
+static const Entry *check_entry(lua_State *L, const char *fullname)
 {
     const Entry *e = find_entry(L, fullname);
-    if (e == NULL) return luaL_error(L, "no primitive named '%s'", fullname);
-    if (e->prim->kind != HRUN_WRITE || e->prim->inverse == NULL) {
-        lua_pop(L, n);
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s cannot be undone", fullname);
-        return 2;
-    }
+    if (e == NULL) luaL_error(L, "no primitive named '%s'", fullname);
+    return e;
+}
+
+/* [-n, +nres, e] Calls fn with the n values on top, in their place; nres results. */
+static int call_with(lua_State *L, lua_CFunction fn, int n, int nres)
+{
     int base = lua_gettop(L) - n;
-    lua_pushcfunction(L, e->prim->inverse);
+    lua_pushcfunction(L, fn);
     lua_insert(L, base + 1);
-    lua_call(L, n, 2);
+    lua_call(L, n, nres);
+    return nres;
+}
+
+int hrun_inverse(lua_State *L, const char *fullname, int n)
+{
+    const Entry *e = check_entry(L, fullname);
+    if (e->prim->kind == HRUN_WRITE && e->prim->inverse)
+        return call_with(L, e->prim->inverse, n, 2);
+    lua_pop(L, n);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s cannot be undone", fullname);
     return 2;
 }
 
 int hrun_preview(lua_State *L, const char *fullname, int n)
 {
-    const Entry *e = find_entry(L, fullname);
-    if (e == NULL) return luaL_error(L, "no primitive named '%s'", fullname);
-    if (e->prim->preview == NULL) {
-        lua_pop(L, n);
-        lua_pushnil(L);
-        return 1;
-    }
-    int base = lua_gettop(L) - n;
-    lua_pushcfunction(L, e->prim->preview);
-    lua_insert(L, base + 1);
-    lua_call(L, n, 1);
+    const Entry *e = check_entry(L, fullname);
+    if (e->prim->preview) return call_with(L, e->prim->preview, n, 1);
+    lua_pop(L, n);
+    lua_pushnil(L);
     return 1;
 }
 

@@ -41,14 +41,7 @@ function M.no_failed_units(opts)
   return false, "failed units: " .. table.concat(left, ", "), left
 end
 
-local function human(bytes)
-  local units = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" }
-  local i = 1
-  while bytes >= 1024 and i < #units do
-    bytes, i = bytes / 1024, i + 1
-  end
-  return string.format(i == 1 and "%d %s" or "%.1f %s", bytes, units[i])
-end
+local human = require("hrun.ui").bytes
 
 -- checks.free_space(path, {bytes = N} | {percent = P}) → ok, message, {available, total,
 -- percent}: at least that much is available to write on path's filesystem.

@@ -16,14 +16,7 @@ local function shown(p)
   return p
 end
 
-local function human(bytes)
-  local units = { "B", "KiB", "MiB", "GiB", "TiB" }
-  local i = 1
-  while bytes >= 1024 and i < #units do
-    bytes, i = bytes / 1024, i + 1
-  end
-  return string.format(i == 1 and "%d %s" or "%.1f %s", bytes, units[i])
-end
+local human = ui.bytes
 
 -- A progress function: a bar redrawn in place on a terminal, an event a second with
 -- --json, nothing otherwise.

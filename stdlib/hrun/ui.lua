@@ -68,6 +68,16 @@ function M.inverse(inverse, why)
   return "undo: " .. table.concat(ops, "; ")
 end
 
+-- "512 B", "1.5 GiB": a size for people
+function M.bytes(n)
+  local units = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" }
+  local i = 1
+  while n >= 1024 and i < #units do
+    n, i = n / 1024, i + 1
+  end
+  return string.format(i == 1 and "%d %s" or "%.1f %s", n, units[i])
+end
+
 function M.seconds(s)
   if s == nil then
     return ""
