@@ -22,6 +22,7 @@ files["tests"] = {
   -- the spec runner's helpers, defined as globals for the spec files
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
-    "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal",
+    "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
+    "systemd_container", "hrun_chunk",
   },
 }

@@ -192,6 +192,41 @@ function playbook_file(dir, name, source)
   return path
 end
 
+-- free_port() → a TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)
+function free_port()
+  local out = exec.run({ "python3", "-c",
+    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }).stdout
+  return (out:gsub("%s+$", ""))
+end
+
+-- systemd_container() → the environment that points hrun at a real systemd (PID 1 of a
+-- systemd-nspawn container, tests/fixtures/container.sh; its root file system built once
+-- beside the hrun under test), and its web unit's health URL; powered off when the test
+-- ends.
+function systemd_container()
+  need_root()
+  need("systemd-nspawn")
+  need("mmdebstrap")
+  local fixtures = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
+  local rootfs = (HRUN:find("/") and HRUN:match("^(.*)/[^/]+$") or "/var/tmp") .. "/nspawn-rootfs"
+  local port = free_port()
+  exec.run({ fixtures .. "/container.sh", "build", rootfs }, { env = { HRUN_CT_PORT = port }, timeout = 600 })
+  local run = tmpdir() .. "/run"
+  local ns = exec.run({ fixtures .. "/container.sh", "boot", rootfs, run }, { timeout = 60 }).stdout:match("^(%d+)")
+  after(function()
+    exec.run({ fixtures .. "/container.sh", "poweroff", ns, run }, { check = false, timeout = 30 })
+  end)
+  return { DBUS_SYSTEM_BUS_ADDRESS = "unix:path=" .. run .. "/dbus/system_bus_socket" },
+    "http://127.0.0.1:" .. port .. "/health"
+end
+
+-- hrun_chunk(env, code) → what hrun -e CODE printed, run with env added (it must exit 0)
+function hrun_chunk(env, code)
+  local r = hrun_cmd({ "-e", code }, { env = env })
+  eq(r.code, 0, r.stderr)
+  return r.stdout
+end
+
 -- {======================================================
 -- terminal(command, ready): a real terminal (tmux) running command; t:type(text, keys…)
 -- types, t:wait(text) waits for the screen to show text, t:line(text, expect) types a

@@ -193,8 +193,7 @@ local function remote()
   exec.run({ "git", "-C", bare, "tag", "v2", c2 })
   exec.run({ "touch", bare .. "/git-daemon-export-ok" })
   -- a free port on loopback: the kernel picks one, the daemon takes it just after
-  local port = trim(exec.run({ "python3", "-c",
-    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }).stdout)
+  local port = free_port()
   local pidfile = d .. "/daemon.pid"
   exec.run({ "git", "daemon", "--reuseaddr", "--listen=127.0.0.1", "--port=" .. port, "--base-path=" .. d,
     "--export-all", "--pid-file=" .. pidfile, "--detach", d })

@@ -148,18 +148,7 @@ describe("checks", function()
   end)
 
   it("lists failed units but those excused (systemd in a container)", function()
-    need_root()
-    need("systemd-nspawn")
-    -- reuse the service tests' container through a tiny chunk run against it
-    local fixtures = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
-    local rootfs = (HRUN:find("/") and HRUN:match("^(.*)/[^/]+$") or "/var/tmp") .. "/nspawn-rootfs"
-    exec.run({ fixtures .. "/container.sh", "build", rootfs }, { timeout = 600 })
-    local run = tmpdir() .. "/run"
-    local ns = exec.run({ fixtures .. "/container.sh", "boot", rootfs, run }, { timeout = 60 }).stdout:match("^(%d+)")
-    after(function()
-      exec.run({ fixtures .. "/container.sh", "poweroff", ns, run }, { check = false, timeout = 30 })
-    end)
-    local env = { DBUS_SYSTEM_BUS_ADDRESS = "unix:path=" .. run .. "/dbus/system_bus_socket" }
+    local env = systemd_container()
     local r = hrun_cmd({ "-e", [[
       local checks = require "hrun.checks"
       print(checks.no_failed_units())

@@ -21,8 +21,7 @@ local function sandbox()
   for k, v in out:gmatch("([%w_]+)=([^\n]*)") do
     env[k] = v
   end
-  local port = trim(exec.run({ "python3", "-c",
-    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }).stdout)
+  local port = free_port()
   exec.run({ "podman", "run", "-d", "--init", "--name", "web", "localhost/hrun-busybox:test", "httpd", "-f", "-p",
     "127.0.0.1:" .. port, "-h", "/www" }, { env = env })
   exec.run({ "podman", "run", "--name", "failer", "localhost/hrun-busybox:test", "sh", "-c",
@@ -32,38 +31,32 @@ local function sandbox()
   return env, url
 end
 
-local function lua_in(env, code)
-  local r = hrun_cmd({ "-e", code }, { env = env })
-  eq(r.code, 0, r.stderr)
-  return r.stdout
-end
-
 describe("podman", function()
   it("lists and inspects containers as podman sees them", function()
     local env = sandbox()
-    local ps = json.decode(lua_in(env, "print(json.encode(podman.ps()))"))
+    local ps = json.decode(hrun_chunk(env, "print(json.encode(podman.ps()))"))
     eq(#ps, 1)
     eq({ ps[1].name, ps[1].state, ps[1].image }, { "web", "running", "localhost/hrun-busybox:test" })
-    local all = json.decode(lua_in(env, "print(json.encode(podman.ps({ all = true })))"))
+    local all = json.decode(hrun_chunk(env, "print(json.encode(podman.ps({ all = true })))"))
     eq({ all[1].name, all[1].state, all[1].exit_code, all[2].name }, { "failer", "exited", 7, "web" })
-    local i = json.decode(lua_in(env, [[local i = podman.inspect("web") i.raw = nil print(json.encode(i))]]))
+    local i = json.decode(hrun_chunk(env, [[local i = podman.inspect("web") i.raw = nil print(json.encode(i))]]))
     eq({ i.name, i.status, i.running, i.restarts }, { "web", "running", true, 0 })
     ok(i.pid > 0)
     local id = trim(exec.run({ "podman", "inspect", "--format", "{{.Id}}", "web" }, { env = env }).stdout)
     eq(i.id, id, "the id podman itself reports")
-    has(lua_in(env, 'print(podman.inspect("nope"))'), "nil\tpodman.inspect: nope: ")
-    has(lua_in(env, 'print(podman.inspect("nope"))'), "no such container nope\tENOENT")
+    has(hrun_chunk(env, 'print(podman.inspect("nope"))'), "nil\tpodman.inspect: nope: ")
+    has(hrun_chunk(env, 'print(podman.inspect("nope"))'), "no such container nope\tENOENT")
   end)
 
   it("reads a container's logs, the last lines with tail", function()
     local env = sandbox()
-    eq(lua_in(env, 'print(podman.logs("failer"))'), "line1\nline2\n\toops\n\n")
-    eq(lua_in(env, 'local o, e = podman.logs("failer", { tail = 2 }) io.write(o, "|", e)'), "line2\n|oops\n")
+    eq(hrun_chunk(env, 'print(podman.logs("failer"))'), "line1\nline2\n\toops\n\n")
+    eq(hrun_chunk(env, 'local o, e = podman.logs("failer", { tail = 2 }) io.write(o, "|", e)'), "line2\n|oops\n")
   end)
 
   it("stops, starts and restarts, returning the state, and the URL follows", function()
     local env, url = sandbox()
-    local out = lua_in(env, string.format([[
+    local out = hrun_chunk(env, string.format([[
       local s = podman.stop("web", { timeout = 2 })
       print(s.status, s.running, s.exit_code)
       print(select(3, http.get(%q)))
@@ -103,7 +96,7 @@ return playbook { name = "containers", params = { fail = false },
     has(r.stdout, "a restart cannot be undone")
     r = hrun_cmd({ p, "--state", d .. "/state", "-p", "fail=true" }, { env = env })
     eq(r.code, 1, r.stdout .. r.stderr)
-    eq(json.decode(lua_in(env, 'print(json.encode({ podman.inspect("web").running }))')), { true })
+    eq(json.decode(hrun_chunk(env, 'print(json.encode({ podman.inspect("web").running }))')), { true })
     assert(http.wait(url, { timeout = 10, interval = 0.1 }))
   end)
 end)

@@ -2,60 +2,26 @@
 -- (tests/fixtures/container.sh), reached through DBUS_SYSTEM_BUS_ADDRESS, with units
 -- that start, fail, start slowly and crash; hrun runs as a child with that address.
 
-local FIXTURES = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
--- the container's root file system is built once and kept beside the hrun under test
-local ROOTFS = (HRUN:find("/") and HRUN:match("^(.*)/[^/]+$") or "/var/tmp") .. "/nspawn-rootfs"
-
-local function trim(s)
-  return (s:gsub("%s+$", ""))
-end
-
--- Boots the container (powered off when the test ends); returns the environment that
--- points hrun at its systemd, and the web unit's URL.
-local function container()
-  need_root()
-  need("systemd-nspawn")
-  need("mmdebstrap")
-  local port = trim(exec.run({ "python3", "-c",
-    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }).stdout)
-  exec.run({ FIXTURES .. "/container.sh", "build", ROOTFS }, { env = { HRUN_CT_PORT = port }, timeout = 600 })
-  local run = tmpdir() .. "/run"
-  local booted = exec.run({ FIXTURES .. "/container.sh", "boot", ROOTFS, run }, { timeout = 60 })
-  local ns = trim(booted.stdout):match("^(%d+)")
-  after(function()
-    exec.run({ FIXTURES .. "/container.sh", "poweroff", ns, run }, { check = false, timeout = 30 })
-  end)
-  return { DBUS_SYSTEM_BUS_ADDRESS = "unix:path=" .. run .. "/dbus/system_bus_socket" },
-    "http://127.0.0.1:" .. port .. "/health"
-end
-
--- Runs a chunk in hrun -e against the container; returns what it printed.
-local function lua_in(env, code)
-  local r = hrun_cmd({ "-e", code }, { env = env })
-  eq(r.code, 0, r.stderr)
-  return r.stdout
-end
-
 describe("service status", function()
   it("reads a unit's state, and says not-found for one that does not exist", function()
-    local env = container()
-    local st = json.decode(lua_in(env, 'print(json.encode(service.status("hrun-web")))'))
+    local env = systemd_container()
+    local st = json.decode(hrun_chunk(env, 'print(json.encode(service.status("hrun-web")))'))
     eq({ st.unit, st.load, st.active, st.sub, st.result },
       { "hrun-web.service", "loaded", "active", "running", "success" })
     ok(st.main_pid > 0, "a main pid")
     ok(math.abs(st.since - sys.now()) < 120, "since: seconds since the epoch")
     eq(st.restarts, 0)
-    st = json.decode(lua_in(env, 'print(json.encode(service.status("no-such-thing")))'))
+    st = json.decode(hrun_chunk(env, 'print(json.encode(service.status("no-such-thing")))'))
     eq({ st.unit, st.load, st.active }, { "no-such-thing.service", "not-found", "inactive" })
-    eq(lua_in(env, 'print(service.is_enabled("hrun-web")) print(service.is_enabled("hrun-fail.service"))'),
+    eq(hrun_chunk(env, 'print(service.is_enabled("hrun-web")) print(service.is_enabled("hrun-fail.service"))'),
       "true\tenabled\nfalse\tstatic\n")
-    local list = json.decode(lua_in(env, 'print(json.encode(service.list("hrun-*")))'))
+    local list = json.decode(hrun_chunk(env, 'print(json.encode(service.list("hrun-*")))'))
     eq(#list, 1, "loaded units only: the web server")
     eq(list[1].unit, "hrun-web.service")
   end)
 
   it("names the bus it cannot reach", function()
-    local out = lua_in({ DBUS_SYSTEM_BUS_ADDRESS = "unix:path=/nonexistent/bus" }, 'print(service.status("x"))')
+    local out = hrun_chunk({ DBUS_SYSTEM_BUS_ADDRESS = "unix:path=/nonexistent/bus" }, 'print(service.status("x"))')
     eq(out, "nil\tservice.status: cannot reach systemd on the system bus (unix:path=/nonexistent/bus): "
       .. "No such file or directory\tENOBUS\n")
   end)
@@ -63,8 +29,8 @@ end)
 
 describe("service jobs", function()
   it("stops and starts, waiting for the job, and the URL answers again", function()
-    local env, url = container()
-    local out = lua_in(env, string.format([[
+    local env, url = systemd_container()
+    local out = hrun_chunk(env, string.format([[
       local s = service.stop("hrun-web")
       print(s.job, s.active, s.sub)
       print(http.get(%q))
@@ -86,20 +52,20 @@ describe("service jobs", function()
   end)
 
   it("reports a unit that fails, with the state it is left in, and lists it as failed", function()
-    local env = container()
-    eq(lua_in(env, 'print(service.start("hrun-fail"))'),
+    local env = systemd_container()
+    eq(hrun_chunk(env, 'print(service.start("hrun-fail"))'),
       "nil\tservice.start: hrun-fail.service: the job failed (now failed, result exit-code)\tEUNIT\n")
-    local failed = json.decode(lua_in(env, 'print(json.encode(service.failed()))'))
+    local failed = json.decode(hrun_chunk(env, 'print(json.encode(service.failed()))'))
     eq(#failed, 1)
     eq({ failed[1].unit, failed[1].active, failed[1].sub }, { "hrun-fail.service", "failed", "failed" })
-    eq(lua_in(env, 'print(service.start("no-such-thing"))'),
+    eq(hrun_chunk(env, 'print(service.start("no-such-thing"))'),
       "nil\tservice.start: no-such-thing.service: no such unit\tENOENT\n")
     checkerr("not a unit name", service.start, "../etc/passwd")
   end)
 
   it("waits for a slow unit, and gives up at the timeout", function()
-    local env = container()
-    local out = lua_in(env, [[
+    local env = systemd_container()
+    local out = hrun_chunk(env, [[
       local t = sys.now()
       local s = service.start("hrun-slow")
       print(s.active, sys.now() - t >= 1.9)
@@ -117,8 +83,8 @@ describe("service jobs", function()
   end)
 
   it("counts the restarts of a crashing unit", function()
-    local env = container()
-    local st = json.decode(lua_in(env, [[
+    local env = systemd_container()
+    local st = json.decode(hrun_chunk(env, [[
       service.start("hrun-flaky", { wait = false })
       local st
       for _ = 1, 100 do -- until systemd restarted it twice (bounded: 10 s)
@@ -133,8 +99,8 @@ describe("service jobs", function()
   end)
 
   it("reloads a unit that can reload, and refuses one that is not running", function()
-    local env = container()
-    local out = lua_in(env, [[
+    local env = systemd_container()
+    local out = hrun_chunk(env, [[
       print(service.reload("hrun-oneshot"))
       service.start("hrun-oneshot")
       local s = service.reload("hrun-oneshot")
@@ -147,7 +113,7 @@ end)
 
 describe("service in playbooks", function()
   it("undoes a stop by starting the unit again, and plans say restart cannot be undone", function()
-    local env, url = container()
+    local env, url = systemd_container()
     local d = tmpdir()
     local p = playbook_file(d, "pb.lua", [[
 return playbook { name = "maintenance", params = { fail = false },
@@ -164,7 +130,7 @@ return playbook { name = "maintenance", params = { fail = false },
     eq(http.get(url).status, 200, "the plan stopped nothing")
     r = hrun_cmd({ p, "--state", d .. "/state", "-p", "fail=true" }, { env = env })
     eq(r.code, 1, r.stdout .. r.stderr)
-    eq(json.decode(lua_in(env, 'print(json.encode(service.status("hrun-web")))')).active, "active")
+    eq(json.decode(hrun_chunk(env, 'print(json.encode(service.status("hrun-web")))')).active, "active")
     eq(http.get(url).body, "ok\n", "the URL answers again after the rollback")
     r = hrun_cmd({ p, "--state", d .. "/state" }, { env = env })
     eq(r.code, 0, r.stdout .. r.stderr)
