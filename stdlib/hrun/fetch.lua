@@ -122,7 +122,8 @@ function M.fetch(priv, opts, state, spec, name)
   end
   local head = assert(git.head(tmp))
   local kind = head.branch and "branch" or "commit"
-  if not head.branch and ref and #git.tags(tmp, ref) == 1 and git.tags(tmp, ref)[1].name == ref then
+  local tags = not head.branch and ref and git.tags(tmp, ref) or {}
+  if #tags == 1 and tags[1].name == ref then
     kind = "tag"
   end
   assert(git.checkout(tmp, head.commit)) -- the pin: HEAD detached at the commit
