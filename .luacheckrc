@@ -23,6 +23,6 @@ files["tests"] = {
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
-    "systemd_container", "hrun_chunk",
+    "systemd_container", "hrun_chunk", "FIXTURES", "PG_BIN", "pg_cluster", "nix_host",
   },
 }

@@ -1361,29 +1361,14 @@ static int find_input(const char *src, size_t len, const char *input, Match m[2]
 ** left alone. An input that is missing (ENOENT) or declared twice (EAMBIGUOUS), or whose
 ** URL is not a plain string, is an error and the file is not touched.
 */
-static int l_flake_set_input(lua_State *L)
+/*
+** [-0, +2|3, e] The text of a flake.nix (at src, named file in messages) with the URL of
+** input replaced: pushes the new text and the old URL, returns 2; or pushes nil, message,
+** code and returns 3.
+*/
+static int set_input_text(lua_State *L, const char *file, const char *src, size_t len,
+                          const char *input, const char *url, size_t ulen)
 {
-    const char *file = hrun_checkpath(L, 1, NULL);
-    const char *input = luaL_checkstring(L, 2);
-    size_t ulen;
-    const char *url = luaL_checklstring(L, 3, &ulen);
-    if (*input == '\0') luaL_argerror(L, 2, "empty input name");
-    for (const char *c = url; *c; c++)
-        if (*c == '"' || *c == '\\' || *c == '\n' || (*c == '$' && c[1] == '{'))
-            luaL_argerror(L, 3, "a URL with a quote, backslash, newline or ${ in it");
-    FILE *f = fopen(file, "rb");
-    if (f == NULL) return hrun_fail(L, "nixos.flake_set_input", file, errno);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&b, chunk, n);
-    int rerr = ferror(f) ? errno : 0;
-    fclose(f);
-    if (rerr) return hrun_fail(L, "nixos.flake_set_input", file, rerr);
-    luaL_pushresult(&b);
-    size_t len;
-    const char *src = lua_tolstring(L, -1, &len);
     Match m[2];
     int found = find_input(src, len, input, m);
     if (found == 0)
@@ -1397,17 +1382,51 @@ static int l_flake_set_input(lua_State *L)
         return hrun_failf(L, "EINVAL",
                           "nixos.flake_set_input: %s:%d: the url of '%s' is not a plain string",
                           file, m[0].line, input);
-    lua_pushlstring(L, m[0].start, (size_t)(m[0].end - m[0].start)); /* the old URL */
-    int old = lua_gettop(L);
-    if (strlen(url) == (size_t)(m[0].end - m[0].start) && memcmp(url, m[0].start, ulen) == 0)
-        return 1; /* already so: nothing written */
-    lua_pushcfunction(L, hrun_fs_write);
-    lua_pushstring(L, file);
+    luaL_Buffer b;
     luaL_buffinit(L, &b);
     luaL_addlstring(&b, src, (size_t)(m[0].start - src));
     luaL_addlstring(&b, url, ulen);
     luaL_addlstring(&b, m[0].end, (size_t)(src + len - m[0].end));
     luaL_pushresult(&b);
+    lua_pushlstring(L, m[0].start, (size_t)(m[0].end - m[0].start));
+    return 2;
+}
+
+static const char *check_url(lua_State *L, int arg, size_t *ulen)
+{
+    const char *url = luaL_checklstring(L, arg, ulen);
+    for (const char *c = url; *c; c++)
+        if (*c == '"' || *c == '\\' || *c == '\n' || (*c == '$' && c[1] == '{'))
+            luaL_argerror(L, arg, "a URL with a quote, backslash, newline or ${ in it");
+    return url;
+}
+
+static int l_flake_set_input(lua_State *L)
+{
+    const char *file = hrun_checkpath(L, 1, NULL);
+    const char *input = luaL_checkstring(L, 2);
+    size_t ulen;
+    const char *url = check_url(L, 3, &ulen);
+    if (*input == '\0') luaL_argerror(L, 2, "empty input name");
+    FILE *f = fopen(file, "rb");
+    if (f == NULL) return hrun_fail(L, "nixos.flake_set_input", file, errno);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&b, chunk, n);
+    int rerr = ferror(f) ? errno : 0;
+    fclose(f);
+    if (rerr) return hrun_fail(L, "nixos.flake_set_input", file, rerr);
+    luaL_pushresult(&b);
+    size_t len;
+    const char *src = lua_tolstring(L, -1, &len);
+    if (set_input_text(L, file, src, len, input, url, ulen) == 3) return 3;
+    int old = lua_gettop(L); /* the old URL, above the new text */
+    if (lua_rawequal(L, old - 2, old - 1)) return 1; /* already so: nothing written */
+    lua_pushcfunction(L, hrun_fs_write);
+    lua_pushstring(L, file);
+    lua_pushvalue(L, old - 1);
     lua_call(L, 2, 3);
     if (lua_isnil(L, -3)) {
         lua_pushfstring(L, "nixos.flake_set_input: %s", lua_tostring(L, -2));
@@ -1416,6 +1435,20 @@ static int l_flake_set_input(lua_State *L)
     }
     lua_settop(L, old);
     return 1;
+}
+
+/*
+** nixos._set_input_text(text, input, url [, name]) → the text with input's URL replaced,
+** the old URL | nil, message, code: what flake_set_input would write, for plans (which
+** build what the edits make without making them). name: the file, for messages.
+*/
+static int l_set_input_text(lua_State *L)
+{
+    size_t len, ulen;
+    const char *src = luaL_checklstring(L, 1, &len);
+    const char *input = luaL_checkstring(L, 2);
+    const char *url = check_url(L, 3, &ulen);
+    return set_input_text(L, luaL_optstring(L, 4, "flake.nix"), src, len, input, url, ulen);
 }
 
 /* Undo of flake_set_input: the file's bytes back. */
@@ -1545,6 +1578,7 @@ static const hrun_Prim nixos_prims[] = {
      .cap = "nix",
      .inverse = lock_inverse},
     {.name = "_activate", .func = l_activate, .kind = HRUN_WRITE, .cap = "nix"},
+    {.name = "_set_input_text", .func = l_set_input_text, .kind = HRUN_PURE, .cap = "nix"},
     {0},
 };
 

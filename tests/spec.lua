@@ -139,6 +139,9 @@ end
 
 -- HRUN: the hrun binary under test; hrun_cmd(args [, opts]) runs it (check = false)
 HRUN = sys.env("HRUN_BIN") or "hrun"
+-- FIXTURES: tests/fixtures; PG_BIN: PostgreSQL 15's programs
+FIXTURES = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
+PG_BIN = "/usr/lib/postgresql/15/bin"
 function hrun_cmd(args, opts)
   local argv = { HRUN }
   for _, a in ipairs(args) do
@@ -199,25 +202,91 @@ function free_port()
   return (out:gsub("%s+$", ""))
 end
 
--- systemd_container() → the environment that points hrun at a real systemd (PID 1 of a
--- systemd-nspawn container, tests/fixtures/container.sh; its root file system built once
--- beside the hrun under test), and its web unit's health URL; powered off when the test
--- ends.
-function systemd_container()
+-- systemd_container([units]) → the environment that points hrun at a real systemd (PID 1
+-- of a systemd-nspawn container, tests/fixtures/container.sh; its root file system built
+-- once beside the hrun under test), and its web unit's health URL; powered off when the
+-- test ends. units: {["name.service"] = "unit file text"}, runtime units of this boot,
+-- started with it.
+function systemd_container(units)
   need_root()
   need("systemd-nspawn")
   need("mmdebstrap")
-  local fixtures = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
   local rootfs = (HRUN:find("/") and HRUN:match("^(.*)/[^/]+$") or "/var/tmp") .. "/nspawn-rootfs"
   local port = free_port()
-  exec.run({ fixtures .. "/container.sh", "build", rootfs }, { env = { HRUN_CT_PORT = port }, timeout = 600 })
-  local run = tmpdir() .. "/run"
-  local ns = exec.run({ fixtures .. "/container.sh", "boot", rootfs, run }, { timeout = 60 }).stdout:match("^(%d+)")
+  exec.run({ FIXTURES .. "/container.sh", "build", rootfs }, { env = { HRUN_CT_PORT = port }, timeout = 600 })
+  local dir = tmpdir()
+  local run = dir .. "/run"
+  local argv = { FIXTURES .. "/container.sh", "boot", rootfs, run }
+  if units then
+    fs.mkdir(dir .. "/units")
+    for name, text in pairs(units) do
+      fs.write(dir .. "/units/" .. name, text)
+    end
+    argv[#argv + 1] = dir .. "/units"
+  end
+  local ns = exec.run(argv, { timeout = 60 }).stdout:match("^(%d+)")
   after(function()
-    exec.run({ fixtures .. "/container.sh", "poweroff", ns, run }, { check = false, timeout = 30 })
+    exec.run({ FIXTURES .. "/container.sh", "poweroff", ns, run }, { check = false, timeout = 30 })
   end)
   return { DBUS_SYSTEM_BUS_ADDRESS = "unix:path=" .. run .. "/dbus/system_bus_socket" },
     "http://127.0.0.1:" .. port .. "/health"
+end
+
+-- pg_cluster() → the libpq environment, the directory and a function running argv as the
+-- postgres user: a real PostgreSQL 15 cluster (initdb in the test's own directory, a unix
+-- socket only, a port of its own) with a database "app" (a table of 1000 rows) and a role
+-- "immich"; stopped and removed when the test ends.
+function pg_cluster()
+  need_root()
+  if not fs.exists(PG_BIN .. "/initdb") then
+    skip("PostgreSQL 15 is not installed")
+  end
+  -- short: the socket path must stay under 108 bytes
+  local d = exec.run({ "mktemp", "-d", "/tmp/pg-XXXXXX" }).stdout:gsub("\n$", "")
+  exec.run({ "chown", "postgres:postgres", d })
+  local data = d .. "/data"
+  local port = free_port()
+  local function as_pg(argv)
+    local a = { "runuser", "-u", "postgres", "--" }
+    for _, x in ipairs(argv) do
+      a[#a + 1] = x
+    end
+    return exec.run(a, { timeout = 60 })
+  end
+  after(function()
+    if fs.exists(data .. "/postmaster.pid") then
+      exec.run({ "runuser", "-u", "postgres", "--", PG_BIN .. "/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop" },
+        { check = false, timeout = 30 })
+    end
+    exec.run({ "rm", "-rf", d }, { check = false })
+  end)
+  as_pg({ PG_BIN .. "/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8",
+    "--no-sync" })
+  as_pg({ PG_BIN .. "/pg_ctl", "-D", data, "-l", d .. "/server.log", "-w", "-o",
+    "-k " .. d .. " -p " .. port .. " -c listen_addresses='' -c fsync=off", "start" })
+  local env = { PGHOST = d, PGPORT = port, PGUSER = "postgres" }
+  exec.run({ "psql", "-X", "-q", "-c", "CREATE DATABASE app", "-c", "CREATE ROLE immich LOGIN" }, { env = env })
+  exec.run({ "psql", "-X", "-q", "-d", "app", "-c", "CREATE TABLE t (id int PRIMARY KEY, v text)",
+    "-c", "INSERT INTO t SELECT g, 'row' || g FROM generate_series(1, 1000) g" }, { env = env })
+  return env, d, function(argv)
+    return as_pg(argv)
+  end
+end
+
+-- nix_host([seed]) → the sandbox directory and the environment for hrun: a NixOS-like
+-- host in a private nix store (tests/fixtures/nix-sandbox.sh): generations 1 and 2,
+-- /etc/nixos as a git repository, package-set releases 24.05 and 24.11 (and a broken
+-- one); seed: the flake of the upgrade plan (nixpkgs-stable, … host hwc-server).
+function nix_host(seed)
+  need("nix")
+  need("nix-env")
+  local dir = tmpdir() .. "/nix"
+  local out = exec.run({ FIXTURES .. "/nix-sandbox.sh", dir, seed and "seed" or nil }).stdout
+  local env = {}
+  for k, v in out:gmatch("([%w_]+)=([^\n]*)") do
+    env[k] = v
+  end
+  return dir, env
 end
 
 -- hrun_chunk(env, code) → what hrun -e CODE printed, run with env added (it must exit 0)

@@ -44,13 +44,20 @@ end
 local human = require("hrun.ui").bytes
 
 -- checks.free_space(path, {bytes = N} | {percent = P}) → ok, message, {available, total,
--- percent}: at least that much is available to write on path's filesystem.
+-- percent}: at least that much is available to write on path's filesystem. A path that
+-- does not exist yet (a backup directory a step will make) is measured at its nearest
+-- existing parent.
 function M.free_space(path, want)
   assert(type(path) == "string", "bad argument #1 to 'checks.free_space' (path expected)")
   want = want or {}
-  local s, err = fs.statfs(path)
-  if not s then
-    return false, err, nil
+  local at = path
+  while not fs.exists(at) and at:find("/[^/]+/*$") do
+    at = at:gsub("/[^/]+/*$", "")
+    at = at ~= "" and at or "/"
+  end
+  local ok, s, err = pcall(fs.statfs, at)
+  if not ok or not s then
+    return false, ok and err or tostring(s), nil
   end
   local percent = s.total > 0 and s.available * 100 / s.total or 0
   local info = { available = s.available, total = s.total, percent = percent }

@@ -67,7 +67,7 @@ local migrations = {
       args TEXT NOT NULL,              -- for people (long strings cut): JSON
       inverse TEXT,                    -- how to undo it, exact: JSON list of {op, args}
       no_inverse TEXT,                 -- why it cannot be undone
-      status TEXT NOT NULL,            -- intent, done, failed, undone, undo-failed
+      status TEXT NOT NULL,            -- intent, done, failed, partial, undone, undo-failed
       result TEXT, error TEXT,
       started REAL NOT NULL, ended REAL
     );
@@ -262,7 +262,7 @@ end
 -- before, newest first.
 function Journal:effects_to_undo(step)
   local rows = self.db:query([[SELECT * FROM effects WHERE step = ?
-      AND status IN ('intent', 'done', 'undo-failed') ORDER BY id DESC]], step)
+      AND status IN ('intent', 'done', 'partial', 'undo-failed') ORDER BY id DESC]], step)
   for _, e in ipairs(rows) do
     e.inverse = codec.decode(e.inverse)
   end

@@ -49,40 +49,33 @@ local function tail(s)
   return s:match("([^\n]*)$")
 end
 
--- pg.dumpall(file [, {host, port, user, bin, timeout}]) → {file, bytes, sha256, seconds}
--- | nil, message, code. file must not exist: it is created first (journaled: undoing
--- the step removes it), then pg_dumpall writes it; a dump that fails or was cut short
--- (no "dump complete" line) is an error (EDUMP) and the file is removed. In a plan
--- nothing is dumped ({file, planned = true}).
-function M.dumpall(file, opts)
-  if type(file) ~= "string" or file == "" then
-    error("bad argument #1 to 'pg.dumpall' (a file path expected)", 2)
-  end
-  local env
-  opts, env = options("pg.dumpall", opts)
+-- What pg.dumpall and pg.dump share: file must not exist; it is created first (journaled:
+-- undoing the step removes it), then the command writes it; a dump that fails or was cut
+-- short (no closing "dump complete" line) is an error (EDUMP) and the file is removed. In a
+-- plan nothing is dumped ({file, planned = true}).
+local function dump(what, argv, complete, file, opts, env)
   if fs.exists(file) then
-    return nil, string.format("pg.dumpall: %s: exists (a dump never replaces another)", file), "EEXIST"
+    return nil, string.format("%s: %s: exists (a dump never replaces another)", what, file), "EEXIST"
   end
   local ok, err, code = fs.write(file, "", { mode = "0600" })
   if not ok then
-    return nil, "pg.dumpall: " .. err, code
+    return nil, what .. ": " .. err, code
   end
   if not fs.exists(file) then -- a plan stood in for the write: nothing is dumped either
     return { file = file, planned = true }
   end
   local started = sys.now()
-  local r, why, rcode = exec.run({ command(opts, "pg_dumpall"), "-f", file }, { env = env, check = false,
-    readonly = true, timeout = opts.timeout })
+  local r, why, rcode = exec.run(argv, { env = env, check = false, readonly = true, timeout = opts.timeout })
   local fail
   if not r then
     fail = { why, rcode }
   elseif not r.ok then
-    fail = { string.format("pg.dumpall: pg_dumpall failed (%s): %s", r.code and ("exit " .. r.code) or r.signal,
-      tail(r.stderr)), "EDUMP" }
+    fail = { string.format("%s: %s failed (%s): %s", what, argv[1]:match("[^/]*$"),
+      r.code and ("exit " .. r.code) or r.signal, tail(r.stderr)), "EDUMP" }
   else
     local data = fs.read(file) or ""
-    if not data:find(COMPLETE, math.max(1, #data - 200), true) then
-      fail = { string.format("pg.dumpall: %s: the dump is incomplete (no '%s' line)", file, COMPLETE), "EDUMP" }
+    if not data:find(complete, math.max(1, #data - 200), true) then
+      fail = { string.format("%s: %s: the dump is incomplete (no '%s' line)", what, file, complete), "EDUMP" }
     end
   end
   if fail then
@@ -94,15 +87,66 @@ function M.dumpall(file, opts)
   return { file = file, bytes = st.size, sha256 = digest, seconds = sys.now() - started }
 end
 
+local function check_file(what, file)
+  if type(file) ~= "string" or file == "" then
+    error(string.format("bad argument to '%s' (a file path expected)", what), 3)
+  end
+end
+
+-- pg.dumpall(file [, {host, port, user, bin, timeout}]) → {file, bytes, sha256, seconds}
+-- | nil, message, code: every database and role, as pg_dumpall writes them (see dump).
+function M.dumpall(file, opts)
+  check_file("pg.dumpall", file)
+  local env
+  opts, env = options("pg.dumpall", opts)
+  return dump("pg.dumpall", { command(opts, "pg_dumpall"), "-f", file }, COMPLETE, file, opts, env)
+end
+
+-- pg.dump(database, file [, {host, port, user, bin, timeout}]) → {file, bytes, sha256,
+-- seconds} | nil, message, code: one database as SQL that creates it again (pg_dump
+-- --create: pg.restore(file, {database = "postgres"}) brings it back).
+function M.dump(database, file, opts)
+  if type(database) ~= "string" or database == "" then
+    error("bad argument #1 to 'pg.dump' (a database name expected)", 2)
+  end
+  check_file("pg.dump", file)
+  local env
+  opts, env = options("pg.dump", opts)
+  return dump("pg.dump", { command(opts, "pg_dump"), "--create", "-f", file, "-d", database },
+    "-- PostgreSQL database dump complete", file, opts, env)
+end
+
+-- pg.exec(sql [, {database = "postgres", host, port, user, bin, timeout}]) → the rows
+-- psql printed (unaligned, tuples only) | nil, message, code (EPG, psql's error). A write:
+-- journaled without an inverse, listed and not run in plans. One statement at a time
+-- (DROP DATABASE cannot run inside the transaction several would share).
+function M.exec(sql, opts)
+  if type(sql) ~= "string" or sql == "" then
+    error("bad argument #1 to 'pg.exec' (SQL expected)", 2)
+  end
+  local env
+  opts, env = options("pg.exec", opts)
+  local r, why, code = exec.run({ command(opts, "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql,
+    "-d", opts.database or "postgres" }, { env = env, check = false, timeout = opts.timeout or 300 })
+  if not r then
+    return nil, why, code
+  end
+  if r.planned then
+    return ""
+  end
+  if not r.ok then
+    return nil, "pg.exec: " .. tail(r.stderr), "EPG"
+  end
+  return (r.stdout:gsub("%s+$", ""))
+end
+
 -- pg.restore(file [, {sha256, database = "postgres", stop_on_error = false, host, port,
 -- user, bin, timeout}]) → {errors, stderr, seconds} | nil, message, code. With sha256, a
 -- file whose digest differs is refused (ECHECKSUM) before anything is run. errors counts
 -- the ERROR lines psql printed (a dumpall into a fresh cluster has one: the role it
 -- connects as exists already); stop_on_error stops at the first.
 function M.restore(file, opts)
-  if type(file) ~= "string" or file == "" then
-    error("bad argument #1 to 'pg.restore' (a file path expected)", 2)
-  end
+  check_file("pg.restore", file)
   local env
   opts, env = options("pg.restore", opts)
   if not fs.exists(file) then

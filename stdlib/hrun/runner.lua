@@ -141,6 +141,114 @@ function M.new(o)
 end
 
 -- {======================================================
+-- Plans see their own flake edits: a planned flake_set_input keeps the text it would
+-- write, a planned flake_update the inputs it would update, and the closure diff of a
+-- planned rebuild is built from a scratch copy of the flake with those applied — so the
+-- plan of an upgrade shows what the upgrade changes, not what is running now.
+-- ======================================================
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function clean(path)
+  return (path:gsub("/%./", "/"):gsub("/+$", ""))
+end
+
+-- The planned result of flake_set_input (the URL it replaces: an input that is missing
+-- fails the step here, as it would in the run) or flake_update (true).
+function Runner:plan_flake_edit(name, target, a, b)
+  self.flake_edits = self.flake_edits or {}
+  self.flake_updates = self.flake_updates or {}
+  if name == "nixos.flake_update" then
+    local dir = clean(target)
+    local inputs = type(a) == "table" and a.inputs
+    local pending = self.flake_updates[dir] or {}
+    if not inputs then
+      pending.all = true
+    else
+      for _, i in ipairs(inputs) do
+        pending[#pending + 1] = i
+      end
+    end
+    self.flake_updates[dir] = pending
+    return true
+  end
+  local file = clean(target)
+  local text = self.flake_edits[file]
+  if not text then
+    local err
+    text, err = require("hrun.fs").read(file)
+    if not text then
+      error("nixos.flake_set_input: " .. err, 0)
+    end
+  end
+  local new, old = require("hrun.nixos")._set_input_text(text, a, b, file)
+  if not new then
+    error(old, 0)
+  end
+  self.flake_edits[file] = new
+  return old
+end
+
+-- The preview of a planned nixos.rebuild, from the flake as the planned edits leave it.
+function Runner:plan_rebuild_preview(action, opts)
+  local flake = type(opts) == "table" and type(opts.flake) == "string" and opts.flake
+  local dir, attr
+  if flake then
+    dir, attr = flake:match("^([^#]*)(.*)$")
+    dir = clean(dir ~= "" and dir or ".")
+  end
+  local files, updates = {}, dir and self.flake_updates and self.flake_updates[dir]
+  for file, text in pairs(dir and self.flake_edits or {}) do
+    if file:sub(1, #dir + 1) == dir .. "/" then
+      files[file:sub(#dir + 2)] = text
+    end
+  end
+  if not updates and next(files) == nil then
+    return self.priv.preview("nixos.rebuild", action, opts)
+  end
+  local exec = require "hrun.exec"
+  local scratch = exec.run({ "mktemp", "-d", (sys.env("TMPDIR") or "/tmp") .. "/hrun-plan-flake-XXXXXX" },
+    { readonly = true }).stdout:gsub("%s+$", "")
+  local ok, preview = pcall(function()
+    exec.run({ "cp", "-a", dir, scratch .. "/flake" }, { readonly = true })
+    for rel, text in pairs(files) do
+      local path = scratch .. "/flake/" .. rel
+      exec.run({ "mkdir", "-p", dirname(path) }, { readonly = true })
+      local f = assert(io.open(path, "wb"))
+      f:write(text)
+      f:close()
+    end
+    local o = {}
+    for k, v in pairs(opts) do
+      o[k] = v
+    end
+    o.flake = scratch .. "/flake" .. attr
+    o.extra_args = {}
+    for _, a in ipairs(opts.extra_args or {}) do
+      o.extra_args[#o.extra_args + 1] = a
+    end
+    if updates and updates.all then
+      o.extra_args[#o.extra_args + 1] = "--recreate-lock-file"
+    else
+      for _, i in ipairs(updates or {}) do
+        o.extra_args[#o.extra_args + 1] = "--update-input"
+        o.extra_args[#o.extra_args + 1] = i
+      end
+    end
+    return self.priv.preview("nixos.rebuild", action, o)
+  end)
+  exec.run({ "rm", "-rf", scratch }, { readonly = true, check = false })
+  if not ok then
+    error(preview, 0)
+  end
+  return preview
+end
+
+-- }======================================================
+
+-- {======================================================
 -- Events: to the journal (real runs) and to the screen
 -- ======================================================
 
@@ -220,9 +328,17 @@ function Runner:before(call, ...)
     if not inverse then
       self.irreversible_planned = self.irreversible_planned + 1
     end
-    local preview = self.priv.preview(call.name, ...)
+    local preview
+    if call.name == "nixos.rebuild" then
+      preview = self:plan_rebuild_preview(...)
+    else
+      preview = self.priv.preview(call.name, ...)
+    end
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
       op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview })
+    if call.name == "nixos.flake_set_input" or call.name == "nixos.flake_update" then
+      return true, self:plan_flake_edit(call.name, ...)
+    end
     return true, placeholder(call.name, ...)
   end
   if not cur then
@@ -240,6 +356,11 @@ function Runner:before(call, ...)
   self:maybe_crash("effect-intent")
 end
 
+-- Writes whose failure may still have changed the system: nixos-rebuild can fail after
+-- the profile moved or while activating (switch-to-configuration exits 4 when units fail
+-- to start), a rollback half way. Their failures are journaled `partial`, and undone.
+local PARTIAL = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true }
+
 function Runner:after(call, nres, ...)
   if not call.writes or self.undoing or self.plan then
     return
@@ -256,6 +377,9 @@ function Runner:after(call, nres, ...)
     status, err = "failed", second and message_of(second) or "returned nothing"
   else
     result = codec.summary(first)
+  end
+  if status == "failed" and PARTIAL[call.name] then
+    status = "partial"
   end
   self.journal:effect_end(id, status, result, err, sys.now())
   self:maybe_crash("effect-done")

@@ -2,7 +2,6 @@
 -- status codes as values, JSON both ways, headers, redirects, timeouts, TLS with a
 -- self-signed certificate made here by openssl, unix sockets, and http.wait.
 
-local FIXTURES = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
 
 -- Starts the fixture server (args: extra arguments); returns its base URL. Stopped when
 -- the test ends.

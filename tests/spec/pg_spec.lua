@@ -1,53 +1,13 @@
 -- pg against a real PostgreSQL 15 cluster (initdb as the postgres user in the test's own
 -- directory, a unix socket only, no TCP), and checks against this machine.
 
-local PGBIN = "/usr/lib/postgresql/15/bin"
-
--- A running cluster with a database "app" and a table of 1000 rows; stopped when the
--- test ends. Returns the libpq environment and the directory.
-local function cluster()
-  need_root()
-  if not fs.exists(PGBIN .. "/initdb") then
-    skip("PostgreSQL 15 is not installed")
-  end
-  -- short: the socket path must stay under 108 bytes
-  local d = exec.run({ "mktemp", "-d", "/tmp/pg-XXXXXX" }).stdout:gsub("\n$", "")
-  exec.run({ "chown", "postgres:postgres", d })
-  local data = d .. "/data"
-  local function as_pg(argv)
-    local a = { "runuser", "-u", "postgres", "--" }
-    for _, x in ipairs(argv) do
-      a[#a + 1] = x
-    end
-    return exec.run(a, { timeout = 60 })
-  end
-  after(function()
-    if fs.exists(data .. "/postmaster.pid") then
-      exec.run({ "runuser", "-u", "postgres", "--", PGBIN .. "/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop" },
-        { check = false, timeout = 30 })
-    end
-    exec.run({ "rm", "-rf", d }, { check = false })
-  end)
-  as_pg({ PGBIN .. "/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8",
-    "--no-sync" })
-  as_pg({ PGBIN .. "/pg_ctl", "-D", data, "-l", d .. "/server.log", "-w", "-o",
-    "-k " .. d .. " -p 55439 -c listen_addresses='' -c fsync=off", "start" })
-  local env = { PGHOST = d, PGPORT = "55439", PGUSER = "postgres" }
-  exec.run({ "psql", "-X", "-q", "-c", "CREATE DATABASE app", "-c", "CREATE ROLE immich LOGIN" }, { env = env })
-  exec.run({ "psql", "-X", "-q", "-d", "app", "-c", "CREATE TABLE t (id int PRIMARY KEY, v text)",
-    "-c", "INSERT INTO t SELECT g, 'row' || g FROM generate_series(1, 1000) g" }, { env = env })
-  return env, d, function(argv)
-    return as_pg(argv)
-  end
-end
-
 local function psql(env, db, sql)
   return exec.run({ "psql", "-X", "-A", "-t", "-d", db, "-c", sql }, { env = env }).stdout:gsub("%s+$", "")
 end
 
 describe("pg", function()
   it("dumps every database with its size and sha256, and says the server's version", function()
-    local env, d = cluster()
+    local env, d = pg_cluster()
     local out = hrun_cmd({ "-e", string.format([[
       local pg = require "hrun.pg"
       local r = assert(pg.dumpall(%q))
@@ -68,7 +28,7 @@ describe("pg", function()
   end)
 
   it("restores into a fresh cluster after checking the checksum", function()
-    local env, d = cluster()
+    local env, d = pg_cluster()
     local dump = d .. "/all.sql"
     local r = hrun_cmd({ "-e", string.format([[print(require("hrun.pg").dumpall(%q).sha256)]], dump) }, { env = env })
     eq(r.code, 0, r.stderr)
@@ -89,8 +49,8 @@ describe("pg", function()
   end)
 
   it("fails on a server that is down, and leaves no file; a plan dumps nothing", function()
-    local env, d, as_pg = cluster()
-    as_pg({ PGBIN .. "/pg_ctl", "-D", d .. "/data", "-m", "fast", "-w", "stop" })
+    local env, d, as_pg = pg_cluster()
+    as_pg({ PG_BIN .. "/pg_ctl", "-D", d .. "/data", "-m", "fast", "-w", "stop" })
     local r = hrun_cmd({ "-e", string.format([[print(require("hrun.pg").dumpall(%q))]], d .. "/x.sql") },
       { env = env })
     eq(r.code, 0, r.stderr)
@@ -108,7 +68,7 @@ return playbook { name = "backup",
   end)
 
   it("is undone with the step: the dump file goes", function()
-    local env, d = cluster()
+    local env, d = pg_cluster()
     local p = playbook_file(d, "pb.lua", string.format([[
 return playbook { name = "backup",
   phase "p" {

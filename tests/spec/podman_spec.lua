@@ -1,7 +1,6 @@
 -- podman with real containers from an imported busybox image (no registry), its storage
 -- and configuration in the test's own directory (tests/fixtures/podman-sandbox.sh).
 
-local FIXTURES = arg[0]:match("^(.*)/[^/]+$") .. "/fixtures"
 
 local function trim(s)
   return (s:gsub("%s+$", ""))
