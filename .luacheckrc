@@ -9,7 +9,8 @@ local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nix
 files["stdlib"] = { read_globals = hrun_globals }
 -- playbooks load into an environment of their own: the modules and the DSL
 local playbook_globals = {
-  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "pg", "checks", "journal",
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "pg", "checks",
+  "migrate", "journal",
   "playbook", "phase", "step", "check",
 }
 files["playbooks"] = { read_globals = playbook_globals }
@@ -23,6 +24,6 @@ files["tests"] = {
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
-    "systemd_container", "hrun_chunk", "FIXTURES", "PG_BIN", "pg_cluster", "nix_host",
+    "systemd_container", "hrun_chunk", "FIXTURES", "PG_BIN", "pg_cluster", "nix_host", "btrfs_volume",
   },
 }

@@ -861,6 +861,15 @@ static int hash_export(lua_State *L)
         size_t plen = (size_t)sqlite3_column_bytes(st, 0);
         const unsigned char *d = sqlite3_column_blob(st, 1);
         int dlen = sqlite3_column_bytes(st, 1);
+        if (!escape && (memchr(path, '\n', plen) || memchr(path, '\r', plen))) {
+            /* xxhsum has no escaping: the line would read back as another name */
+            lua_pushlstring(L, path, plen);
+            sqlite3_finalize(st);
+            return hrun_failf(L, "EINVAL",
+                              "hash.export: %s: a name with a newline cannot be written in "
+                              "xxhsum's format (use coreutils' format, which escapes it)",
+                              lua_tostring(L, -1));
+        }
         int special = escape && (memchr(path, '\\', plen) || memchr(path, '\n', plen) ||
                                  memchr(path, '\r', plen));
         if (special) luaL_addchar(&b, '\\');

@@ -1422,7 +1422,7 @@ static int l_flake_set_input(lua_State *L)
     size_t len;
     const char *src = lua_tolstring(L, -1, &len);
     if (set_input_text(L, file, src, len, input, url, ulen) == 3) return 3;
-    int old = lua_gettop(L); /* the old URL, above the new text */
+    int old = lua_gettop(L);                         /* the old URL, above the new text */
     if (lua_rawequal(L, old - 2, old - 1)) return 1; /* already so: nothing written */
     lua_pushcfunction(L, hrun_fs_write);
     lua_pushstring(L, file);

@@ -205,9 +205,10 @@ end
 -- systemd_container([units]) → the environment that points hrun at a real systemd (PID 1
 -- of a systemd-nspawn container, tests/fixtures/container.sh; its root file system built
 -- once beside the hrun under test), and its web unit's health URL; powered off when the
--- test ends. units: {["name.service"] = "unit file text"}, runtime units of this boot,
--- started with it.
-function systemd_container(units)
+-- test ends. units: {["name.service"] = "unit file text"}, runtime units of this boot
+-- (started with it when WantedBy=multi-user.target); binds: host paths mounted at the
+-- same place inside.
+function systemd_container(units, binds)
   need_root()
   need("systemd-nspawn")
   need("mmdebstrap")
@@ -223,6 +224,9 @@ function systemd_container(units)
       fs.write(dir .. "/units/" .. name, text)
     end
     argv[#argv + 1] = dir .. "/units"
+    for _, b in ipairs(binds or {}) do
+      argv[#argv + 1] = b
+    end
   end
   local ns = exec.run(argv, { timeout = 60 }).stdout:match("^(%d+)")
   after(function()
@@ -287,6 +291,51 @@ function nix_host(seed)
     env[k] = v
   end
   return dir, env
+end
+
+-- btrfs_volume(devices [, dup]) → the mount point, the loop devices, the directory: a
+-- btrfs on `devices` sparse images over loop devices (data RAID5 and metadata RAID1 on
+-- three; `dup`: two copies of everything on one); unmounted and detached when the test
+-- ends.
+function btrfs_volume(devices, dup)
+  need_root()
+  need("mkfs.btrfs")
+  need("losetup")
+  local dir = tmpdir()
+  local loops = {}
+  after(function()
+    exec.run({ "umount", dir .. "/mnt" }, { check = false })
+    for _, l in ipairs(loops) do
+      exec.run({ "losetup", "-d", l }, { check = false })
+    end
+    exec.run({ "btrfs", "device", "scan", "--forget" }, { check = false })
+  end)
+  for i = 1, devices do
+    local img = dir .. "/disk" .. i .. ".img"
+    exec.run({ "truncate", "-s", devices == 1 and "300M" or "512M", img })
+    loops[i] = exec.run({ "losetup", "--find", "--show", img }).stdout:gsub("%s+$", "")
+  end
+  local mkfs = { "mkfs.btrfs", "-f", "-q" }
+  if dup then
+    for _, a in ipairs({ "-d", "dup", "-m", "dup" }) do
+      mkfs[#mkfs + 1] = a
+    end
+  elseif devices > 1 then
+    for _, a in ipairs({ "-d", "raid5", "-m", "raid1" }) do
+      mkfs[#mkfs + 1] = a
+    end
+  end
+  for _, l in ipairs(loops) do
+    mkfs[#mkfs + 1] = l
+  end
+  exec.run(mkfs)
+  fs.mkdir(dir .. "/mnt")
+  local devopts = {}
+  for _, l in ipairs(loops) do
+    devopts[#devopts + 1] = "device=" .. l
+  end
+  exec.run({ "mount", "-t", "btrfs", "-o", table.concat(devopts, ","), loops[1], dir .. "/mnt" })
+  return dir .. "/mnt", loops, dir
 end
 
 -- hrun_chunk(env, code) → what hrun -e CODE printed, run with env added (it must exit 0)

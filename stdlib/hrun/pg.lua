@@ -116,18 +116,15 @@ function M.dump(database, file, opts)
     "-- PostgreSQL database dump complete", file, opts, env)
 end
 
--- pg.exec(sql [, {database = "postgres", host, port, user, bin, timeout}]) → the rows
--- psql printed (unaligned, tuples only) | nil, message, code (EPG, psql's error). A write:
--- journaled without an inverse, listed and not run in plans. One statement at a time
--- (DROP DATABASE cannot run inside the transaction several would share).
-function M.exec(sql, opts)
+local function psql_c(what, sql, opts, readonly)
   if type(sql) ~= "string" or sql == "" then
-    error("bad argument #1 to 'pg.exec' (SQL expected)", 2)
+    error(string.format("bad argument #1 to '%s' (SQL expected)", what), 3)
   end
   local env
-  opts, env = options("pg.exec", opts)
+  opts, env = options(what, opts)
   local r, why, code = exec.run({ command(opts, "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql,
-    "-d", opts.database or "postgres" }, { env = env, check = false, timeout = opts.timeout or 300 })
+    "-d", opts.database or "postgres" }, { env = env, check = false, readonly = readonly,
+    timeout = opts.timeout or 300 })
   if not r then
     return nil, why, code
   end
@@ -135,9 +132,35 @@ function M.exec(sql, opts)
     return ""
   end
   if not r.ok then
-    return nil, "pg.exec: " .. tail(r.stderr), "EPG"
+    return nil, what .. ": " .. tail(r.stderr), "EPG"
   end
   return (r.stdout:gsub("%s+$", ""))
+end
+
+-- pg.exec(sql [, {database = "postgres", host, port, user, bin, timeout}]) → what psql
+-- printed (unaligned, tuples only) | nil, message, code (EPG, psql's error). A write:
+-- journaled without an inverse, listed and not run in plans. One statement at a time
+-- (DROP DATABASE cannot run inside the transaction several would share).
+function M.exec(sql, opts)
+  return psql_c("pg.exec", sql, opts, false)
+end
+
+-- pg.query(sql [, opts]) → the rows, a list of lists of strings | nil, message, code: a
+-- read (runs in plans too); say so only of SQL that changes nothing.
+function M.query(sql, opts)
+  local out, err, code = psql_c("pg.query", sql, opts, true)
+  if not out then
+    return nil, err, code
+  end
+  local rows = {}
+  for line in out:gmatch("[^\n]+") do
+    local row = {}
+    for field in (line .. "|"):gmatch("([^|]*)|") do
+      row[#row + 1] = field
+    end
+    rows[#rows + 1] = row
+  end
+  return rows
 end
 
 -- pg.restore(file [, {sha256, database = "postgres", stop_on_error = false, host, port,

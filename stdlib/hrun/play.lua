@@ -30,6 +30,7 @@ function M.modules(priv, state)
     git = require("hrun.git"), nixos = require("hrun.nixos"), http = require("hrun.http"),
     service = require("hrun.service"), podman = require("hrun.podman"),
     notify = require("hrun.notify"), pg = require("hrun.pg"), checks = require("hrun.checks"),
+    migrate = require("hrun.migrate"),
     journal = journal_mod.public(priv, state),
   }
 end

@@ -4,12 +4,12 @@
 -- systemd in nspawn running units named like the server's. Run for real, rolled back
 -- later, and failed on purpose (a build that fails, units that fail to activate).
 
-local PLAYBOOK = exec.run({ "realpath", arg[0]:match("^(.*)/tests/[^/]+$") .. "/playbooks/nixos-upgrade-24.05-24.11.lua" },
-  { readonly = true }).stdout:gsub("\n$", "")
+local ROOT = exec.run({ "realpath", arg[0]:match("^(.*)/tests/[^/]+$") }, { readonly = true }).stdout:gsub("\n$", "")
+local PLAYBOOK = ROOT .. "/playbooks/nixos-upgrade-24.05-24.11.lua"
 
 local function unit(description, port)
-  return string.format("[Unit]\nDescription=%s\n[Service]\nExecStart=/bin/busybox httpd -f -p 127.0.0.1:%s -h /srv\n",
-    description, port)
+  return string.format("[Unit]\nDescription=%s\n[Service]\nExecStart=/bin/busybox httpd -f -p 127.0.0.1:%s -h /srv\n"
+    .. "[Install]\nWantedBy=multi-user.target\n", description, port)
 end
 
 -- The host: returns a table with the directories, the environment for hrun and the

@@ -2,49 +2,6 @@
 -- RAID5, metadata RAID1), on sparse image files over loop devices, made and removed by
 -- each test.
 
--- A mounted btrfs on `devices` loop devices (data RAID5 and metadata RAID1 on three;
--- `dup`: two copies of everything on one); unmounted and detached when the test ends.
-local function filesystem(devices, dup)
-  need_root()
-  need("mkfs.btrfs")
-  need("losetup")
-  local dir = tmpdir()
-  local loops = {}
-  after(function()
-    exec.run({ "umount", dir .. "/mnt" }, { check = false })
-    for _, l in ipairs(loops) do
-      exec.run({ "losetup", "-d", l }, { check = false })
-    end
-    exec.run({ "btrfs", "device", "scan", "--forget" }, { check = false })
-  end)
-  for i = 1, devices do
-    local img = dir .. "/disk" .. i .. ".img"
-    exec.run({ "truncate", "-s", devices == 1 and "300M" or "512M", img })
-    loops[i] = exec.run({ "losetup", "--find", "--show", img }).stdout:gsub("%s+$", "")
-  end
-  local mkfs = { "mkfs.btrfs", "-f", "-q" }
-  if dup then
-    for _, a in ipairs({ "-d", "dup", "-m", "dup" }) do
-      mkfs[#mkfs + 1] = a
-    end
-  elseif devices > 1 then
-    for _, a in ipairs({ "-d", "raid5", "-m", "raid1" }) do
-      mkfs[#mkfs + 1] = a
-    end
-  end
-  for _, l in ipairs(loops) do
-    mkfs[#mkfs + 1] = l
-  end
-  exec.run(mkfs)
-  fs.mkdir(dir .. "/mnt")
-  local devopts = {}
-  for _, l in ipairs(loops) do
-    devopts[#devopts + 1] = "device=" .. l
-  end
-  exec.run({ "mount", "-t", "btrfs", "-o", table.concat(devopts, ","), loops[1], dir .. "/mnt" })
-  return dir .. "/mnt", loops, dir
-end
-
 local function fill(dir, n)
   fs.mkdir(dir .. "/photos/2024 summer", { parents = true })
   for i = 1, n do
@@ -59,7 +16,7 @@ for _, devices in ipairs({ 1, 3 }) do
 
   describe("btrfs on " .. kind, function()
     it("creates, snapshots, describes, lists, flips read-only, deletes", function()
-      local mnt = filesystem(devices)
+      local mnt = btrfs_volume(devices)
       eq(btrfs.create(mnt .. "/@data"), mnt .. "/@data")
       ok(btrfs.is_subvolume(mnt .. "/@data"))
       eq(btrfs.is_subvolume(mnt), true, "the top of the filesystem is subvolume 5")
@@ -98,7 +55,7 @@ for _, devices in ipairs({ 1, 3 }) do
     end)
 
     it("restores a snapshot: every byte back, the old target kept aside", function()
-      local mnt = filesystem(devices)
+      local mnt = btrfs_volume(devices)
       btrfs.create(mnt .. "/@data")
       fill(mnt .. "/@data", 20)
       local before = tree(mnt .. "/@data")
@@ -116,7 +73,7 @@ for _, devices in ipairs({ 1, 3 }) do
     end)
 
     it("snapshots and deletes nested subvolumes with recursive", function()
-      local mnt = filesystem(devices)
+      local mnt = btrfs_volume(devices)
       btrfs.create(mnt .. "/@root")
       btrfs.create(mnt .. "/@root/var")
       fs.write(mnt .. "/@root/var/log", "nested")
@@ -131,7 +88,7 @@ for _, devices in ipairs({ 1, 3 }) do
     end)
 
     it("names the path and the reason, and changes nothing", function()
-      local mnt = filesystem(devices)
+      local mnt = btrfs_volume(devices)
       btrfs.create(mnt .. "/@data")
       fs.mkdir(mnt .. "/plain")
       fails("ENOTSUBVOL", "btrfs.snapshot: " .. mnt .. "/plain: not a btrfs subvolume", btrfs.snapshot,
@@ -159,7 +116,7 @@ for _, devices in ipairs({ 1, 3 }) do
 
     it("says when permission is missing", function()
       need("setpriv")
-      local mnt, _, dir = filesystem(devices)
+      local mnt, _, dir = btrfs_volume(devices)
       btrfs.create(mnt .. "/@data")
       exec.run({ "chmod", "755", dir, mnt, mnt .. "/@data" })
       local script = "local ok, err, code = btrfs.snapshot(...) io.write(tostring(code), ' ', tostring(err))"
@@ -203,7 +160,7 @@ return playbook {
 
 describe("btrfs in playbooks", function()
   local function setup()
-    local mnt, _, dir = filesystem(1)
+    local mnt, _, dir = btrfs_volume(1)
     btrfs.create(mnt .. "/@data")
     fill(mnt .. "/@data", 3)
     btrfs.create(mnt .. "/old")
@@ -299,7 +256,7 @@ describe("btrfs.prune", function()
   end
 
   it("keeps exactly what the policy says", function()
-    local mnt, _, dir = filesystem(1)
+    local mnt, _, dir = btrfs_volume(1)
     snapshots(mnt)
     local res = prune(mnt, dir .. "/state", { keep_last = 2, keep_daily = 3, keep_monthly = 3 })
     table.sort(res.kept)
@@ -324,7 +281,7 @@ describe("btrfs.prune", function()
   end)
 
   it("never deletes a snapshot an unfinished run still references", function()
-    local mnt, _, dir = filesystem(1)
+    local mnt, _, dir = btrfs_volume(1)
     snapshots(mnt)
     local state = dir .. "/state"
     local p = playbook_file(dir, "keeper.lua", [[
@@ -392,7 +349,7 @@ describe("btrfs.scrub", function()
   it("corrects one damaged copy and reports both damaged (one device, two copies)", function()
     need("filefrag")
     need("btrfs-map-logical")
-    local mnt, loops = filesystem(1, true)
+    local mnt, loops = btrfs_volume(1, true)
     exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/big", "bs=1M", "count=8", "status=none" })
     local r = btrfs.scrub(mnt)
     eq({ r.ok, r.corrected, r.uncorrectable, r.status }, { true, 0, 0, "finished" })
@@ -411,7 +368,7 @@ describe("btrfs.scrub", function()
   it("on RAID5: rebuilds a damaged device's stripes, and reports data and parity both lost", function()
     need("filefrag")
     need("btrfs-map-logical")
-    local mnt, loops = filesystem(3)
+    local mnt, loops = btrfs_volume(3)
     exec.run({ "dd", "if=/dev/urandom", "of=" .. mnt .. "/big", "bs=1M", "count=16", "status=none" })
     local r = btrfs.scrub(mnt)
     eq({ r.ok, r.corrected, r.uncorrectable }, { true, 0, 0 })
