@@ -1355,13 +1355,6 @@ static int find_input(const char *src, size_t len, const char *input, Match m[2]
 }
 
 /*
-** nixos.flake_set_input(flake_nix, input, url) → the URL it replaced | nil, message, code
-** Rewrites only that input's URL string (inputs.X.url = "…", inputs = { X.url = "…"; },
-** inputs = { X = { url = "…"; }; } or inputs.X = { url = "…"; }), every other byte
-** left alone. An input that is missing (ENOENT) or declared twice (EAMBIGUOUS), or whose
-** URL is not a plain string, is an error and the file is not touched.
-*/
-/*
 ** [-0, +2|3, e] The text of a flake.nix (at src, named file in messages) with the URL of
 ** input replaced: pushes the new text and the old URL, returns 2; or pushes nil, message,
 ** code and returns 3.
@@ -1401,6 +1394,13 @@ static const char *check_url(lua_State *L, int arg, size_t *ulen)
     return url;
 }
 
+/*
+** nixos.flake_set_input(flake_nix, input, url) → the URL it replaced | nil, message, code
+** Rewrites only that input's URL string (inputs.X.url = "…", inputs = { X.url = "…"; },
+** inputs = { X = { url = "…"; }; } or inputs.X = { url = "…"; }), every other byte
+** left alone. An input that is missing (ENOENT) or declared twice (EAMBIGUOUS), or whose
+** URL is not a plain string, is an error and the file is not touched.
+*/
 static int l_flake_set_input(lua_State *L)
 {
     const char *file = hrun_checkpath(L, 1, NULL);
