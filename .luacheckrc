@@ -24,6 +24,6 @@ files["tests"] = {
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
-    "systemd_container", "hrun_chunk", "FIXTURES", "PG_BIN", "pg_cluster", "nix_host", "btrfs_volume",
+    "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "nix_host", "btrfs_volume",
   },
 }

@@ -74,6 +74,12 @@ local function profile(p)
   return { profile = p.profile }
 end
 
+-- nixos-rebuild ACTION --flake <flake>#<host>, the generations read from params.profile.
+local function rebuild(ctx, action)
+  local p = ctx.params
+  return nixos.rebuild(action, { flake = p.flake .. "#" .. p.host, profile = p.profile })
+end
+
 local function unit_names(list)
   local names = {}
   for _, u in ipairs(list) do
@@ -245,21 +251,16 @@ return playbook {
   phase "build and switch" {
     step "build" {
       description = "nixos-rebuild build: nothing activated",
-      run = function(ctx)
-        nixos.rebuild("build", { flake = ctx.params.flake .. "#" .. ctx.params.host, profile = ctx.params.profile })
-      end,
+      run = function(ctx) rebuild(ctx, "build") end,
     },
     step "test" {
       description = "nixos-rebuild test: activated, not the boot default",
-      run = function(ctx)
-        nixos.rebuild("test", { flake = ctx.params.flake .. "#" .. ctx.params.host, profile = ctx.params.profile })
-      end,
+      run = function(ctx) rebuild(ctx, "test") end,
     },
     step "switch" {
       description = "nixos-rebuild switch; undone by switching to the generation before",
       run = function(ctx)
-        local r = nixos.rebuild("switch", { flake = ctx.params.flake .. "#" .. ctx.params.host,
-          profile = ctx.params.profile })
+        local r = rebuild(ctx, "switch")
         ctx.state.generation, ctx.state.previous = r.generation, r.previous
       end,
       verify = function(ctx)

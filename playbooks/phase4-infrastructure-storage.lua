@@ -22,15 +22,6 @@
 -- host the snapshots, manifests and dumps are removed and the services start again. To
 -- go back to ZimaOS after a new-host run: boot its drive; the array is as it was.
 
-local function sorted(list)
-  local out = {}
-  for i, v in ipairs(list) do
-    out[i] = v
-  end
-  table.sort(out)
-  return out
-end
-
 -- Where the manifests and dumps travel: on the array.
 local function carry(p)
   return p.array .. "/" .. p.carry_dir
@@ -43,6 +34,10 @@ end
 local function pg_opts(db)
   return { host = db.host ~= "" and db.host or nil, port = db.port ~= 0 and db.port or nil,
     user = db.user ~= "" and db.user or nil }
+end
+
+local function no_failed_units(ctx)
+  return checks.no_failed_units({ except = ctx.params.failed_allowed })
 end
 
 local function old_host(ctx) return ctx.params.stage == "old-host" end
@@ -93,9 +88,7 @@ return playbook {
     check "every subvolume is there" (function(ctx)
       return migrate.check_subvolumes(ctx.params.array, ctx.params.subvolumes)
     end),
-    check "no failed units" (function(ctx)
-      return checks.no_failed_units({ except = ctx.params.failed_allowed })
-    end),
+    check "no failed units" (no_failed_units),
   },
 
   -- {=================== on the old host, before the move ===================
@@ -130,7 +123,7 @@ return playbook {
         local p = ctx.params
         local names = migrate.manifests(ctx, ctx.shared.snapshots, { algo = p.algo, prefix = p.tag:gsub("/", "-") })
         fs.mkdir(carry(p), { mode = "0700" })
-        for _, sub in ipairs(sorted(p.subvolumes)) do
+        for _, sub in ipairs(p.subvolumes) do
           if not ctx.plan then
             hash.export(names[sub], manifest_file(p, sub), { format = "coreutils" })
           end
@@ -241,9 +234,7 @@ return playbook {
       end
       return true
     end),
-    check "no failed units" (function(ctx)
-      return checks.no_failed_units({ except = ctx.params.failed_allowed })
-    end),
+    check "no failed units" (no_failed_units),
     step "run the backup" {
       description = "the backup system is functional: its unit runs to success",
       when = function(ctx) return ctx.params.backup.unit ~= "" end,

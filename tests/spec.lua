@@ -338,6 +338,30 @@ function btrfs_volume(devices, dup)
   return dir .. "/mnt", loops, dir
 end
 
+-- hrun_on(h, args [, extra_env]) → hrun's result, run on a sandbox host h = {env, params,
+-- state, work}: with h.env (and extra_env) in the environment, in h.work, with
+-- `--params h.params` (for the commands that take them) and `--state h.state`.
+function hrun_on(h, args, extra_env)
+  local env = {}
+  for k, v in pairs(h.env) do
+    env[k] = v
+  end
+  for k, v in pairs(extra_env or {}) do
+    env[k] = v
+  end
+  local argv = {}
+  for _, a in ipairs(args) do
+    argv[#argv + 1] = a
+  end
+  if args[1] ~= "rollback" and args[1] ~= "show" then
+    argv[#argv + 1] = "--params"
+    argv[#argv + 1] = h.params
+  end
+  argv[#argv + 1] = "--state"
+  argv[#argv + 1] = h.state
+  return hrun_cmd(argv, { env = env, cwd = h.work, timeout = 300 })
+end
+
 -- hrun_chunk(env, code) → what hrun -e CODE printed, run with env added (it must exit 0)
 function hrun_chunk(env, code)
   local r = hrun_cmd({ "-e", code }, { env = env })

@@ -112,9 +112,9 @@ end
 -- written copy kept aside and named in the log — and the snapshots are deleted.
 function M.restore_changed(ctx, mount)
   local gens = ctx.state.generations or {}
+  btrfs.sync(mount)
   for sub, snap in pairs(ctx.state.snapshots or {}) do
     local live = join(mount, sub)
-    btrfs.sync(mount)
     if gens[sub] and btrfs.info(live).generation ~= gens[sub] then
       local aside = btrfs.restore(snap, live)
       ctx.log("%s was written: restored from %s (what it was is kept as %s)", sub, snap, aside)

@@ -136,6 +136,8 @@ function M.new(o)
   r.crash_counts = {}
   r.planned = 0
   r.irreversible_planned = 0
+  r.flake_edits = {} -- plans: flake file → the text the planned edits leave
+  r.flake_updates = {} -- plans: flake dir → the inputs planned to update ({all = true}: all)
   r.ro_params = readonly(r.params or {})
   return r
 end
@@ -158,8 +160,6 @@ end
 -- The planned result of flake_set_input (the URL it replaces: an input that is missing
 -- fails the step here, as it would in the run) or flake_update (true).
 function Runner:plan_flake_edit(name, target, a, b)
-  self.flake_edits = self.flake_edits or {}
-  self.flake_updates = self.flake_updates or {}
   if name == "nixos.flake_update" then
     local dir = clean(target)
     local inputs = type(a) == "table" and a.inputs
@@ -199,7 +199,7 @@ function Runner:plan_rebuild_preview(action, opts)
     dir, attr = flake:match("^([^#]*)(.*)$")
     dir = clean(dir ~= "" and dir or ".")
   end
-  local files, updates = {}, dir and self.flake_updates and self.flake_updates[dir]
+  local files, updates = {}, dir and self.flake_updates[dir]
   for file, text in pairs(dir and self.flake_edits or {}) do
     if file:sub(1, #dir + 1) == dir .. "/" then
       files[file:sub(#dir + 2)] = text

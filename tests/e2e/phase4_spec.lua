@@ -19,7 +19,7 @@ local function httpd(port)
 end
 
 -- The server: the array with data, its services, the database, the flake. Returns a
--- table with paths and a function to run the playbook.
+-- table with paths and ways to look at the host (hrun_on runs the playbook there).
 local function server(extra)
   local h = { work = tmpdir() }
   h.array = btrfs_volume(3)
@@ -76,26 +76,6 @@ local function server(extra)
   end
   h.params = h.work .. "/server.json"
   fs.write(h.params, json.encode(params))
-  function h.run(args, env_extra)
-    local env = {}
-    for k, v in pairs(h.env) do
-      env[k] = v
-    end
-    for k, v in pairs(env_extra or {}) do
-      env[k] = v
-    end
-    local argv = {}
-    for _, a in ipairs(args) do
-      argv[#argv + 1] = a
-    end
-    if args[1] ~= "rollback" then
-      argv[#argv + 1] = "--params"
-      argv[#argv + 1] = h.params
-    end
-    argv[#argv + 1] = "--state"
-    argv[#argv + 1] = h.state
-    return hrun_cmd(argv, { env = env, cwd = h.work, timeout = 300 })
-  end
   function h.data()
     local t = {}
     for _, sub in ipairs(SUBVOLUMES) do
@@ -116,7 +96,7 @@ local function server(extra)
 end
 
 local function old_host(h)
-  local r = h.run({ PLAYBOOK, "-p", "stage=old-host" })
+  local r = hrun_on(h, { PLAYBOOK, "-p", "stage=old-host" })
   eq(r.code, 0, r.stdout .. r.stderr)
   return r
 end
@@ -142,7 +122,7 @@ describe("phase 4: the array and the infrastructure, in place", function()
       .. "/.hrun-migration/migration-phase4-photos.xxh128'" }, { check = false })
     eq(c.code, 0, c.stdout .. c.stderr)
 
-    r = h.run({ PLAYBOOK, "-p", "stage=new-host" })
+    r = hrun_on(h, { PLAYBOOK, "-p", "stage=new-host" })
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "5 subvolumes match their manifests")
     for _, u in ipairs({ "postgresql", "redis-nextcloud", "traefik" }) do
@@ -153,7 +133,7 @@ describe("phase 4: the array and the infrastructure, in place", function()
     has(fs.read(h.array .. "/nextcloud/config.php"), "upgraded")
 
     -- later: the new host's run undone; the old host's snapshots stay
-    r = hrun_cmd({ "rollback", "2", "--state", h.state }, { env = h.env, cwd = h.work, timeout = 300 })
+    r = hrun_on(h, { "rollback", "2" })
     eq(r.code, 0, r.stdout .. r.stderr)
     eq(h.tags(), "")
     eq(h.generation(), "system-2-link")
@@ -168,7 +148,7 @@ describe("phase 4: the array and the infrastructure, in place", function()
     old_host(h)
     -- the array changed between the hosts (a bit flipped, a write that should not be)
     fs.write(h.array .. "/photos/2024 summer/IMG 0007.jpg", string.rep("X", 21000))
-    local r = h.run({ PLAYBOOK, "-p", "stage=new-host" })
+    local r = hrun_on(h, { PLAYBOOK, "-p", "stage=new-host" })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout, "photos: changed: 2024 summer/IMG 0007.jpg")
     has(r.stdout .. r.stderr, "checksums differ: photos (1 changed, 0 missing, 0 added")
@@ -183,7 +163,7 @@ describe("phase 4: the array and the infrastructure, in place", function()
     } })
     local before = h.data()
     old_host(h)
-    local r = h.run({ PLAYBOOK, "-p", "stage=new-host" })
+    local r = hrun_on(h, { PLAYBOOK, "-p", "stage=new-host" })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout .. r.stderr, "hrun-fail.service: the job failed")
     has(r.stdout, "nextcloud was written: restored from")
@@ -208,7 +188,7 @@ describe("phase 4: the array and the infrastructure, in place", function()
     local head = exec.run({ "git", "-C", h.etc, "rev-parse", "HEAD" }).stdout
     local before = h.data()
     old_host(h)
-    local r = h.run({ PLAYBOOK, "-p", "stage=new-host" })
+    local r = hrun_on(h, { PLAYBOOK, "-p", "stage=new-host" })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout .. r.stderr, "a broken release, as the test asked")
     eq(exec.run({ "git", "-C", h.etc, "rev-parse", "HEAD" }).stdout, head)

@@ -57,27 +57,6 @@ local function server(extra)
   return h
 end
 
-local function hrun_on(h, args, extra_env)
-  local env = {}
-  for k, v in pairs(h.env) do
-    env[k] = v
-  end
-  for k, v in pairs(extra_env or {}) do
-    env[k] = v
-  end
-  local argv = {}
-  for _, a in ipairs(args) do
-    argv[#argv + 1] = a
-  end
-  if args[1] ~= "rollback" and args[1] ~= "show" then
-    argv[#argv + 1] = "--params"
-    argv[#argv + 1] = h.params
-  end
-  argv[#argv + 1] = "--state"
-  argv[#argv + 1] = h.state
-  return hrun_cmd(argv, { env = env, cwd = h.work, timeout = 300 })
-end
-
 -- What the rollback must give back: the flake's files (git's own aside) and HEAD, the
 -- current generation.
 local function snapshot(h)
