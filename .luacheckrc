@@ -4,13 +4,15 @@ max_line_length = 120
 codes = true
 
 -- hrun's modules are globals in scripts, the REPL and playbooks
-local hrun_globals = { "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service", "podman" }
+local hrun_globals = {
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service", "podman", "sqlite",
+}
 
 files["stdlib"] = { read_globals = hrun_globals }
 -- playbooks load into an environment of their own: the modules and the DSL
 local playbook_globals = {
-  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "pg", "checks",
-  "migrate", "journal",
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "sqlite", "pg",
+  "checks", "migrate", "journal",
   "playbook", "phase", "step", "check",
 }
 files["playbooks"] = { read_globals = playbook_globals }
@@ -24,6 +26,7 @@ files["tests"] = {
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
-    "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "nix_host", "btrfs_volume",
+    "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "podman_sandbox", "nix_host",
+    "btrfs_volume",
   },
 }

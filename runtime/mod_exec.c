@@ -213,8 +213,37 @@ static int fail_or_raise(lua_State *L, int check)
     return lua_error(L);
 }
 
-static const char *const run_options[] = {"cwd",   "env",   "clear_env", "stdin",    "timeout",
-                                          "grace", "check", "stream",    "readonly", NULL};
+static const char *const run_options[] = {"cwd",      "env",   "clear_env", "stdin",
+                                          "timeout",  "grace", "check",     "stream",
+                                          "readonly", "undo",  NULL};
+
+/* [-0, +0, v] Field `undo` of the options at 2: the command that undoes this one — an
+** argv for exec.run, a shell command for exec.sh — or absent. */
+static void check_undo(lua_State *L, const char *what)
+{
+    if (lua_type(L, 2) != LUA_TTABLE) return;
+    int t = lua_getfield(L, 2, "undo");
+    int sh = strcmp(what, "exec.sh") == 0;
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (sh && t != LUA_TSTRING)
+        luaL_argerror(
+            L, 2,
+            lua_pushfstring(L, "field 'undo': a command expected, got %s", luaL_typename(L, -1)));
+    if (!sh) {
+        lua_Integer n = t == LUA_TTABLE ? luaL_len(L, -1) : 0;
+        if (n < 1) luaL_argerror(L, 2, "field 'undo': an argv (a non-empty array) expected");
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+                luaL_argerror(L, 2,
+                              lua_pushfstring(L, "field 'undo': argv[%I] must be a string", i));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
 
 /* [-0, +0, v] argv from the table at 1 into r->argv (pointers into its strings). */
 static void check_argv(lua_State *L, Run *r)
@@ -368,6 +397,7 @@ static int run_command(lua_State *L, const char *what)
     int check = hrun_optbool(L, 2, "check", 1);
     int clear = hrun_optbool(L, 2, "clear_env", 0);
     hrun_optbool(L, 2, "readonly", 0); /* checked here, used by the registry (exec_writes) */
+    check_undo(L, what);               /* used by the registry (exec_inverse) */
     if (timeout < 0) luaL_argerror(L, 2, "field 'timeout': must not be negative");
     if (grace < 0) luaL_argerror(L, 2, "field 'grace': must not be negative");
     if (cwd && strlen(cwd) == 0) luaL_argerror(L, 2, "field 'cwd': empty path");
@@ -448,7 +478,9 @@ static int run_command(lua_State *L, const char *what)
 **                        | nil, message, code     (cannot start; only with check=false)
 ** opts: cwd, env (added; false unsets), clear_env, stdin (string), timeout, grace,
 ** check (default true: raise unless it exits 0), stream (true or function(line, name)),
-** readonly (the call only reads: not recorded as a write in plans).
+** readonly (the call only reads: not recorded as a write in plans), undo (an argv: the
+** command that undoes this one — journaled as its inverse, run with the same cwd, env,
+** clear_env and timeout).
 */
 static int exec_run(lua_State *L)
 {
@@ -457,7 +489,7 @@ static int exec_run(lua_State *L)
 
 /*
 ** exec.sh(command [, opts]) → as exec.run, running /bin/sh -c command: the one way to
-** a shell.
+** a shell (undo: a shell command too).
 */
 static int exec_sh(lua_State *L)
 {
@@ -498,9 +530,54 @@ static int exec_writes(lua_State *L)
     return !readonly;
 }
 
+/* The inverse of a command run with {undo = …}: that command, with the same cwd, env,
+** clear_env and timeout (and check: its failure is the undo's). Without one, none. */
+static int exec_inverse(lua_State *L, const char *op)
+{
+    static const char *const kept[] = {"cwd", "env", "clear_env", "timeout", NULL};
+    if (lua_type(L, 2) != LUA_TTABLE || lua_getfield(L, 2, "undo") == LUA_TNIL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s cannot be undone", op);
+        return 2;
+    }
+    int undo = lua_gettop(L);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    lua_pushvalue(L, undo);
+    lua_newtable(L);
+    for (int i = 0; kept[i]; i++) {
+        if (lua_getfield(L, 2, kept[i]) == LUA_TNIL)
+            lua_pop(L, 1);
+        else
+            lua_setfield(L, -2, kept[i]);
+    }
+    hrun_addop(L, list, op, 2);
+    return 1;
+}
+
+static int exec_run_inverse(lua_State *L)
+{
+    return exec_inverse(L, "exec.run");
+}
+
+static int exec_sh_inverse(lua_State *L)
+{
+    return exec_inverse(L, "exec.sh");
+}
+
 static const hrun_Prim exec_prims[] = {
-    {.name = "run", .func = exec_run, .kind = HRUN_WRITE, .cap = "exec", .writes = exec_writes},
-    {.name = "sh", .func = exec_sh, .kind = HRUN_WRITE, .cap = "exec", .writes = exec_writes},
+    {.name = "run",
+     .func = exec_run,
+     .kind = HRUN_WRITE,
+     .cap = "exec",
+     .writes = exec_writes,
+     .inverse = exec_run_inverse},
+    {.name = "sh",
+     .func = exec_sh,
+     .kind = HRUN_WRITE,
+     .cap = "exec",
+     .writes = exec_writes,
+     .inverse = exec_sh_inverse},
     {0},
 };
 

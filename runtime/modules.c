@@ -24,6 +24,7 @@ static const luaL_Reg hrun_modules[] = {
     {"http", luaopen_hrun_http},
     {"service", luaopen_hrun_service},
     {"podman", luaopen_hrun_podman},
+    {"sqlite", luaopen_hrun_sqlite},
     {NULL, NULL},
     /* clang-format on */
 };

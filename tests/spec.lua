@@ -236,6 +236,25 @@ function systemd_container(units, binds)
     "http://127.0.0.1:" .. port .. "/health"
 end
 
+-- podman_sandbox() → the environment for podman and hrun: a private podman (its storage
+-- and configuration in the test's directory, tests/fixtures/podman-sandbox.sh) with the
+-- image localhost/hrun-busybox:test; every container and what podman made removed when
+-- the test ends.
+function podman_sandbox()
+  need_root()
+  need("podman")
+  local dir = tmpdir() .. "/podman"
+  after(function()
+    exec.run({ FIXTURES .. "/podman-sandbox.sh", "teardown", dir }, { check = false, timeout = 60 })
+  end)
+  local out = exec.run({ FIXTURES .. "/podman-sandbox.sh", "setup", dir }, { timeout = 120 }).stdout
+  local env = {}
+  for k, v in out:gmatch("([%w_]+)=([^\n]*)") do
+    env[k] = v
+  end
+  return env
+end
+
 -- pg_cluster() → the libpq environment, the directory and a function running argv as the
 -- postgres user: a real PostgreSQL 15 cluster (initdb in the test's own directory, a unix
 -- socket only, a port of its own) with a database "app" (a table of 1000 rows) and a role

@@ -207,6 +207,7 @@ int luaopen_hrun_nixos(lua_State *L);
 int luaopen_hrun_http(lua_State *L);
 int luaopen_hrun_service(lua_State *L);
 int luaopen_hrun_podman(lua_State *L);
+int luaopen_hrun_sqlite(lua_State *L);
 
 /* }==================================================================== */
 

@@ -483,7 +483,7 @@ rollback() undoes what the session did.]],
         io.stderr:write("hrun: no history: ", err, "\n")
       end
       ropts.banner = string.format(
-        "hrun %s (%s) — modules: btrfs exec fs git hash http json nixos podman service sys%s. Ctrl-D exits.",
+        "hrun %s (%s) — modules: btrfs exec fs git hash http json nixos podman service sqlite sys%s. Ctrl-D exits.",
         priv.version, _VERSION,
         session and (" — playbook " .. session.pb.name .. ": phases(), steps(), run_step(name)") or "")
       status = repl.interactive(priv, ropts)

@@ -8,14 +8,34 @@
 -- A service is {unit = "…", url = "…" (optional), status = {200, …} (optional),
 -- match = "…" (optional), timeout = seconds (optional)}; a subvolume a path relative to
 -- the array's mount point.
+--
+-- Phases 1–3 move containerised services from the old host to NixOS, one after the
+-- other: a moved service (a "move") is a service with, in addition,
+--   name       what it is called in logs, backups and the proxy ("vaultwarden")
+--   container  its container on the old host (default: name)
+--   data       its data directory under the old host's app data ("vaultwarden")
+--   to         where that data lives on NixOS ("/var/lib/vaultwarden")
+--   sqlite     its SQLite databases, relative to data: {{file = "db.sqlite3",
+--              tables = {"users", "ciphers"}}, …} — backed up, checked, rows counted
+--   postgres   its PostgreSQL databases: {{database = "nextcloud"}, …} — dumped from the
+--              old server, restored on the new one, rows counted on both
+--   host       its name at the proxy ("vault.example.org"), routed to `backend`
+--   backend    what the proxy sends it to on NixOS (default: url's scheme://host:port)
+--   public     its URL as users reach it, asked once the proxy points at NixOS
+--   old_url    its URL on the old host, asked before anything stops
 
 local btrfs = require "hrun.btrfs"
+local exec = require "hrun.exec"
 local fs = require "hrun.fs"
 local git = require "hrun.git"
 local hash = require "hrun.hash"
 local http = require "hrun.http"
 local nixos = require "hrun.nixos"
+local pg = require "hrun.pg"
 local service = require "hrun.service"
+local sqlite = require "hrun.sqlite"
+local sys = require "hrun.sys"
+local ui = require "hrun.ui"
 
 local M = {}
 
@@ -135,7 +155,9 @@ function M.deploy(ctx, cfg)
   local r = nixos.rebuild("switch", { flake = cfg.flake .. "#" .. cfg.host,
     profile = cfg.profile ~= "" and cfg.profile or nil })
   ctx.state.generation, ctx.state.previous = r.generation, r.previous
-  ctx.log("generation %s (was %s)", tostring(r.generation), tostring(r.previous))
+  if not ctx.plan then
+    ctx.log("generation %s (was %s)", tostring(r.generation), tostring(r.previous))
+  end
   return r.generation
 end
 
@@ -170,10 +192,12 @@ end
 function M.start(ctx, services)
   for _, svc in ipairs(services) do
     local st = service.start(svc.unit, { timeout = svc.timeout or 120 })
-    if svc.url and svc.url ~= "" and not st.planned then
-      http.wait(svc.url, { status = svc.status, match = svc.match, timeout = svc.timeout or 120, interval = 1 })
+    if not st.planned then
+      if svc.url and svc.url ~= "" then
+        http.wait(svc.url, { status = svc.status, match = svc.match, timeout = svc.timeout or 120, interval = 1 })
+      end
+      ctx.log("%s: %s%s", st.unit, st.active, svc.url and svc.url ~= "" and (", " .. svc.url .. " answers") or "")
     end
-    ctx.log("%s: %s%s", st.unit, st.active, svc.url and svc.url ~= "" and (", " .. svc.url .. " answers") or "")
   end
 end
 
@@ -204,6 +228,481 @@ function M.check_subvolumes(mount, subvolumes)
     return false, "not btrfs subvolumes: " .. table.concat(bad, ", ")
   end
   return true
+end
+
+-- {======================================================
+-- Moving services (phases 1–3)
+-- ======================================================
+
+local move_fields = {
+  name = "string", container = "string", unit = "string", data = "string", to = "string", url = "string",
+  status = "table", match = "string", timeout = "number", sqlite = "table", postgres = "table", host = "string",
+  backend = "string", public = "string", old_url = "string",
+}
+
+-- migrate.check_moves(moves) → ok, message: every move names its unit and its data, with
+-- fields of the right types (a params file's mistake, named, before anything runs).
+function M.check_moves(moves)
+  local bad, seen = {}, {}
+  for i, m in ipairs(moves) do
+    local who = type(m) == "table" and type(m.name) == "string" and m.name or ("services[" .. i .. "]")
+    if type(m) ~= "table" then
+      bad[#bad + 1] = who .. ": a table expected"
+    else
+      for k, v in pairs(m) do
+        if not move_fields[k] then
+          bad[#bad + 1] = string.format("%s: unknown field '%s'", who, tostring(k))
+        elseif type(v) ~= move_fields[k] then
+          bad[#bad + 1] = string.format("%s: field '%s' must be a %s, not a %s", who, k, move_fields[k], type(v))
+        end
+      end
+      for _, k in ipairs({ "name", "unit", "data", "to" }) do
+        if m[k] == nil or m[k] == "" then
+          bad[#bad + 1] = string.format("%s: field '%s' is missing", who, k)
+        end
+      end
+      if type(m.to) == "string" and m.to:sub(1, 1) ~= "/" then
+        bad[#bad + 1] = string.format("%s: field 'to' must be an absolute path", who)
+      end
+      for j, db in ipairs(type(m.sqlite) == "table" and m.sqlite or {}) do
+        if type(db) ~= "table" or type(db.file) ~= "string" or (db.tables and type(db.tables) ~= "table") then
+          bad[#bad + 1] = string.format("%s: sqlite[%d] must be {file = \"…\", tables = {…}}", who, j)
+        end
+      end
+      for j, db in ipairs(type(m.postgres) == "table" and m.postgres or {}) do
+        if type(db) ~= "table" or type(db.database) ~= "string" then
+          bad[#bad + 1] = string.format("%s: postgres[%d] must be {database = \"…\"}", who, j)
+        end
+      end
+      if seen[m.name] then
+        bad[#bad + 1] = string.format("%s: named twice", who)
+      end
+      seen[m.name or who] = true
+    end
+  end
+  if #bad > 0 then
+    return false, table.concat(bad, "; ")
+  end
+  return true, string.format("%d services to move", #moves)
+end
+
+-- The old host's data directory of a move.
+function M.old_data(old, m)
+  return join(old.appdata, m.data)
+end
+
+-- migrate.check_sources(old, moves) → ok, message: each move's data is on the old host
+-- (a directory) and its place on NixOS is free (absent, or an empty directory).
+function M.check_sources(old, moves)
+  local bad = {}
+  for _, m in ipairs(moves) do
+    local from = M.old_data(old, m)
+    local st = fs.exists(from) and fs.stat(from)
+    if not st or st.type ~= "dir" then
+      bad[#bad + 1] = string.format("%s: %s is not a directory", m.name, from)
+    end
+    for _, db in ipairs(m.sqlite or {}) do
+      if not fs.exists(join(from, db.file)) then
+        bad[#bad + 1] = string.format("%s: no database %s", m.name, join(from, db.file))
+      end
+    end
+    if fs.exists(m.to) and #(fs.list(m.to) or {}) > 0 then
+      bad[#bad + 1] = string.format("%s: %s exists and is not empty (moved already? look, then move it away)",
+        m.name, m.to)
+    end
+  end
+  if #bad > 0 then
+    return false, table.concat(bad, "; ")
+  end
+  return true, string.format("%d data directories to move", #moves)
+end
+
+-- A command template of the old host's ({"ssh", "root@zimaos", "docker", "stop",
+-- "{container}"}) for a move: {name}, {container} and {unit} replaced.
+local function command(template, m)
+  local argv = {}
+  for i, a in ipairs(template) do
+    argv[i] = a:gsub("{(%w+)}", { name = m.name, container = m.container or m.name, unit = m.unit })
+  end
+  return argv
+end
+
+-- migrate.stop_old(ctx, old, moves) — each move's container on the old host stopped
+-- (old.stop), each undone by starting it again (old.start); when it stopped is kept in
+-- ctx.shared.stopped (the downtime is measured from there).
+function M.stop_old(ctx, old, moves)
+  ctx.shared.stopped = ctx.shared.stopped or {}
+  for _, m in ipairs(moves) do
+    if old.stop and #old.stop > 0 then
+      local r = exec.run(command(old.stop, m), { timeout = 300,
+        undo = old.start and #old.start > 0 and command(old.start, m) or nil })
+      if not r.planned then
+        ctx.log("%s stopped on the old host", m.container or m.name)
+      end
+    end
+    ctx.shared.stopped[m.name] = sys.now()
+  end
+end
+
+-- migrate.sqlite_counts(file, tables) → {table = rows} | nil, message: the rows of each
+-- table, after SQLite's integrity check passed.
+function M.sqlite_counts(file, tables)
+  local rows, err = sqlite.query(file, "PRAGMA integrity_check")
+  if not rows then
+    return nil, err
+  end
+  if rows[1].integrity_check ~= "ok" then
+    return nil, string.format("%s: integrity check: %s", file, rows[1].integrity_check)
+  end
+  local counts = {}
+  for _, t in ipairs(tables or {}) do
+    local r, why = sqlite.query(file, string.format('SELECT count(*) AS n FROM "%s"', t:gsub('"', '""')))
+    if not r then
+      return nil, why
+    end
+    counts[t] = r[1].n
+  end
+  return counts
+end
+
+-- The user tables of a PostgreSQL database and their rows: {["schema.table"] = rows}.
+function M.pg_counts(database, opts)
+  local o = { database = database }
+  for k, v in pairs(opts or {}) do
+    o[k] = v
+  end
+  local tables, err = pg.query("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+    .. "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN "
+    .. "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1", o)
+  if not tables then
+    return nil, err
+  end
+  local counts, parts = {}, {}
+  for _, t in ipairs(tables) do
+    parts[#parts + 1] = string.format("SELECT %s, count(*) FROM %s", "'" .. t[1]:gsub("'", "''") .. "'", t[1])
+  end
+  if #parts == 0 then
+    return counts
+  end
+  local rows, why = pg.query(table.concat(parts, " UNION ALL "), o)
+  if not rows then
+    return nil, why
+  end
+  for _, r in ipairs(rows) do
+    counts[r[1]] = tonumber(r[2])
+  end
+  return counts
+end
+
+-- Connection options of a server description {host, port, user} ("" and 0 = libpq's default).
+function M.pg_server(s)
+  s = s or {}
+  return { host = s.host ~= "" and s.host or nil, port = s.port ~= 0 and s.port or nil,
+    user = s.user ~= "" and s.user or nil }
+end
+
+-- migrate.backup(ctx, old, moves, dir, pg_old) — every database of every move backed up
+-- in dir/<name>/ before its data moves: SQLite's through its backup API (then checked:
+-- integrity and rows per table), PostgreSQL's with pg_dump (complete, sha256). A backup
+-- that fails stops the phase: nothing moves without one. What was found is kept in
+-- ctx.shared.backups[name] (files, sha256, rows) for the success checks.
+function M.backup(ctx, old, moves, dir, pg_old)
+  ctx.shared.backups = {}
+  for _, m in ipairs(moves) do
+    local into = join(dir, m.name)
+    local found = { sqlite = {}, postgres = {} }
+    if #(m.sqlite or {}) + #(m.postgres or {}) > 0 and not fs.exists(into) then
+      fs.mkdir(into, { parents = true, mode = "0700" })
+    end
+    for _, db in ipairs(m.sqlite or {}) do
+      local file = join(into, (db.file:gsub("/", "-")))
+      local b = assert(sqlite.backup(join(M.old_data(old, m), db.file), file))
+      local rec = { file = file }
+      if not ctx.plan then
+        rec.rows = assert(M.sqlite_counts(file, db.tables))
+        rec.sha256 = assert(hash.file(file, { algo = "sha256" }))
+        ctx.log("%s: %s backed up (%d bytes, sha256 %s), integrity ok%s", m.name, db.file, b.bytes, rec.sha256,
+          db.tables and #db.tables > 0 and (", rows " .. M.show_counts(rec.rows)) or "")
+      end
+      found.sqlite[db.file] = rec
+    end
+    for _, db in ipairs(m.postgres or {}) do
+      local d = assert(pg.dump(db.database, join(into, db.database .. ".sql"), M.pg_server(pg_old)))
+      local rec = { file = d.file, sha256 = d.sha256 }
+      if not d.planned then
+        rec.rows = assert(M.pg_counts(db.database, M.pg_server(pg_old)))
+        ctx.log("%s: database %s dumped (%d bytes, sha256 %s)", m.name, db.database, d.bytes, d.sha256)
+      end
+      found.postgres[db.database] = rec
+    end
+    ctx.shared.backups[m.name] = found
+  end
+end
+
+-- "users 2, ciphers 500", sorted by table.
+function M.show_counts(counts)
+  local names, out = {}, {}
+  for t in pairs(counts or {}) do
+    names[#names + 1] = t
+  end
+  table.sort(names)
+  for _, t in ipairs(names) do
+    out[#out + 1] = string.format("%s %d", t, counts[t])
+  end
+  return table.concat(out, ", ")
+end
+
+-- migrate.copy(ctx, old, moves, {algo}) — each move's data copied to its place on NixOS
+-- (owners, modes and times kept; undone by removing the copy), after a checksum manifest
+-- of the old data (named migration-<name>); the copy verified against it: a single
+-- byte that differs fails the step. The SQLite databases in the copy are checked and
+-- their rows compared with the backup's.
+function M.copy(ctx, old, moves, opts)
+  opts = opts or {}
+  for _, m in ipairs(moves) do
+    local from, name = M.old_data(old, m), "migration-" .. m.name
+    if fs.exists(m.to) then
+      fs.remove(m.to) -- an empty directory (the pre-flight said so)
+    end
+    local parent = m.to:match("^(.*)/[^/]+$")
+    if parent and parent ~= "" and not fs.exists(parent) then
+      fs.mkdir(parent, { parents = true })
+    end
+    if ctx.plan then
+      fs.copy(from, m.to, { recursive = true })
+    else
+      local manifest = hash.tree(from, { algo = opts.algo, save = name })
+      if not manifest.complete then
+        error(string.format("%s: %d entries of %s could not be read", m.name, manifest.errors, from))
+      end
+      fs.copy(from, m.to, { recursive = true })
+      local r = hash.verify(name, m.to)
+      if not r.ok then
+        local first = r.changed[1] or r.missing[1] or r.added[1] or r.errors[1]
+        error(string.format("%s: the copy in %s differs from %s (%d changed, %d missing, %d added%s)", m.name, m.to,
+          from, #r.changed, #r.missing, #r.added, first and (", e.g. " .. first) or ""))
+      end
+      ctx.log("%s: %d files, %s copied to %s, checksums match", m.name, manifest.files, ui.bytes(manifest.bytes), m.to)
+      local backups = (ctx.shared.backups or {})[m.name] or { sqlite = {} }
+      for _, db in ipairs(m.sqlite or {}) do
+        local rows = assert(M.sqlite_counts(join(m.to, db.file), db.tables))
+        local want = backups.sqlite[db.file] and backups.sqlite[db.file].rows or {}
+        for t, n in pairs(want) do
+          if rows[t] ~= n then
+            error(string.format("%s: %s: table %s has %d rows, the old host's %d", m.name, db.file, t, rows[t], n))
+          end
+        end
+      end
+    end
+  end
+end
+
+-- migrate.restore_databases(ctx, moves, pg_new) — each move's PostgreSQL databases
+-- restored on the new server from the dumps migrate.backup made (checksum checked
+-- first; a database that exists there already is refused); undone by dropping it.
+-- Rows compared, table by table, with the old server's.
+function M.restore_databases(ctx, moves, pg_new)
+  local server = M.pg_server(pg_new)
+  for _, m in ipairs(moves) do
+    for _, db in ipairs(m.postgres or {}) do
+      local rec = ctx.shared.backups[m.name].postgres[db.database]
+      local there = assert(pg.query(string.format("SELECT 1 FROM pg_database WHERE datname = '%s'",
+        db.database:gsub("'", "''")), server))
+      if #there > 0 and not ctx.plan then
+        error(string.format("%s: database %s exists on the new server already (restored before? drop it first)",
+          m.name, db.database))
+      end
+      local o = { sha256 = rec.sha256, stop_on_error = true, creates = db.database }
+      for k, v in pairs(server) do
+        o[k] = v
+      end
+      if ctx.plan and not fs.exists(rec.file) then
+        ctx.log("would restore %s from %s (the dump this run makes), dropped again on undo", db.database, rec.file)
+      else
+        assert(pg.restore(rec.file, o))
+      end
+      if not ctx.plan then
+        local rows = assert(M.pg_counts(db.database, server))
+        for t, n in pairs(rec.rows) do
+          if rows[t] ~= n then
+            error(string.format("%s: %s.%s has %s rows on the new server, %d on the old", m.name, db.database, t,
+              tostring(rows[t]), n))
+          end
+        end
+        ctx.log("%s: database %s restored, rows match (%d tables)", m.name, db.database, #M.keys(rec.rows))
+      end
+    end
+  end
+end
+
+function M.keys(t)
+  local out = {}
+  for k in pairs(t or {}) do
+    out[#out + 1] = k
+  end
+  table.sort(out)
+  return out
+end
+
+-- migrate.check_rows(moves, backups, pg_new) → ok, message: no rows lost — each table
+-- the backups counted has at least as many rows now (the services run: they add).
+function M.check_rows(moves, backups, pg_new)
+  local bad, n = {}, 0
+  for _, m in ipairs(moves) do
+    local b = backups and backups[m.name] or { sqlite = {}, postgres = {} }
+    for _, db in ipairs(m.sqlite or {}) do
+      local rows, err = M.sqlite_counts(join(m.to, db.file), db.tables)
+      if not rows then
+        bad[#bad + 1] = err
+      else
+        for t, was in pairs(b.sqlite[db.file] and b.sqlite[db.file].rows or {}) do
+          n = n + 1
+          if (rows[t] or 0) < was then
+            bad[#bad + 1] = string.format("%s: %s: %s has %d rows, %d before", m.name, db.file, t, rows[t] or 0, was)
+          end
+        end
+      end
+    end
+    for _, db in ipairs(m.postgres or {}) do
+      local rows, err = M.pg_counts(db.database, M.pg_server(pg_new))
+      if not rows then
+        bad[#bad + 1] = string.format("%s: %s", m.name, err)
+      else
+        for t, was in pairs(b.postgres[db.database] and b.postgres[db.database].rows or {}) do
+          n = n + 1
+          if (rows[t] or 0) < was then
+            bad[#bad + 1] = string.format("%s: %s.%s has %d rows, %d before", m.name, db.database, t, rows[t] or 0,
+              was)
+          end
+        end
+      end
+    end
+  end
+  if #bad > 0 then
+    return false, table.concat(bad, "; ")
+  end
+  return true, string.format("no rows lost (%d tables counted)", n)
+end
+
+-- What the proxy sends a move to: its backend, or its URL's scheme://host:port.
+local function backend(m)
+  return m.backend or (m.url and m.url:match("^(%a[%w+.-]*://[^/]+)"))
+end
+
+-- migrate.routes(moves, label) → the text of a Traefik dynamic configuration file (its
+-- file provider) routing each move's host to its backend on NixOS.
+function M.routes(moves, label)
+  local out = { "# Written by hrun (" .. label .. "): these services are served by NixOS now.",
+    "# Undoing the run puts back what was here.", "http:", "  routers:" }
+  local services = { "  services:" }
+  for _, m in ipairs(moves) do
+    if m.host and backend(m) then
+      out[#out + 1] = string.format("    %s:\n      rule: \"Host(`%s`)\"\n      service: %s", m.name, m.host, m.name)
+      services[#services + 1] = string.format("    %s:\n      loadBalancer:\n        servers:\n          - url: \"%s\"",
+        m.name, backend(m))
+    end
+  end
+  return table.concat(out, "\n") .. "\n" .. table.concat(services, "\n") .. "\n"
+end
+
+-- migrate.check_public(moves) → ok, message: each move's public URL answers (through
+-- the proxy, now pointing at NixOS) as its health URL must.
+function M.check_public(moves)
+  local bad, n = {}, 0
+  for _, m in ipairs(moves) do
+    if m.public and m.public ~= "" then
+      n = n + 1
+      local r, err = http.request(m.public, { timeout = 15 })
+      if not r then
+        bad[#bad + 1] = err
+      elseif r.status >= 400 then
+        bad[#bad + 1] = string.format("%s answered %d", m.public, r.status)
+      elseif m.match and not r.body:find(m.match) then
+        bad[#bad + 1] = string.format("%s: the answer does not match '%s'", m.public, m.match)
+      end
+    end
+  end
+  if #bad > 0 then
+    return false, table.concat(bad, "; ")
+  end
+  return true, string.format("%d public URLs answer", n)
+end
+
+-- migrate.check_old(moves) → ok, message: each move answers on the old host (old_url) —
+-- what a rollback goes back to works.
+function M.check_old(moves)
+  local bad = {}
+  for _, m in ipairs(moves) do
+    if m.old_url and m.old_url ~= "" then
+      local r, err = http.request(m.old_url, { timeout = 15 })
+      if not r or r.status >= 400 then
+        bad[#bad + 1] = r and string.format("%s answered %d", m.old_url, r.status) or err
+      end
+    end
+  end
+  if #bad > 0 then
+    return false, "the old host does not answer: " .. table.concat(bad, "; ")
+  end
+  return true
+end
+
+-- migrate.check_downtime(ctx, moves, max) → ok, message: from each container's stop on
+-- the old host to now (its service healthy on NixOS) took at most max seconds.
+function M.check_downtime(ctx, moves, max)
+  local worst, who = 0, nil
+  for _, m in ipairs(moves) do
+    local t = (ctx.shared.stopped or {})[m.name]
+    if t and sys.now() - t > worst then
+      worst, who = sys.now() - t, m.name
+    end
+  end
+  local msg = who and string.format("longest downtime %.0f s (%s)", worst, who) or "nothing was stopped"
+  if max and max > 0 and worst > max then
+    return false, string.format("%s, more than the %d s allowed", msg, max)
+  end
+  return true, msg
+end
+
+-- migrate.check_offsite({unit, max_age}) → ok, message: the offsite backup (a oneshot
+-- unit, restic's or borg's) last ran to success, at most max_age seconds ago (0: any
+-- time). "Before starting ANY phase: full backup of all data (offsite)".
+function M.check_offsite(offsite)
+  if not offsite or not offsite.unit or offsite.unit == "" then
+    return true, "no offsite backup unit given: not checked"
+  end
+  local st = service.status(offsite.unit)
+  if st.load ~= "loaded" then
+    return false, string.format("%s is %s", st.unit, st.load)
+  end
+  if st.result ~= "success" or st.active == "failed" then
+    return false, string.format("%s: its last run ended with %s", st.unit, tostring(st.result))
+  end
+  local age = st.since and st.since > 0 and sys.now() - st.since
+  if not age then
+    return false, st.unit .. " has not run since boot"
+  end
+  if (offsite.max_age or 0) > 0 and age > offsite.max_age then
+    return false, string.format("%s last succeeded %.1f h ago (at most %.1f h allowed)", st.unit, age / 3600,
+      offsite.max_age / 3600)
+  end
+  return true, string.format("%s succeeded %.1f h ago", st.unit, age / 3600)
+end
+
+-- migrate.check_committed({flake}) → ok, message: the configuration's repository has
+-- nothing uncommitted (what is deployed is what git has: rollback and tags mean something).
+function M.check_committed(config)
+  local st, err = git.status(config.flake)
+  if not st then
+    return false, err
+  end
+  if not st.clean then
+    local names = {}
+    for i, f in ipairs(st.files) do
+      names[i] = f.path
+    end
+    return false, string.format("%s has uncommitted changes: %s", config.flake, table.concat(names, ", "))
+  end
+  return true, config.flake .. " is committed"
 end
 
 -- migrate.tag(ctx, flake, name, message): the configuration's HEAD tagged (annotated);

@@ -14,7 +14,7 @@ local M = {}
 local COMPLETE = "-- PostgreSQL database cluster dump complete"
 
 local known = { host = true, port = true, user = true, bin = true, timeout = true, sha256 = true,
-  database = true, stop_on_error = true }
+  database = true, stop_on_error = true, creates = true }
 
 local function options(what, opts)
   opts = opts or {}
@@ -163,11 +163,13 @@ function M.query(sql, opts)
   return rows
 end
 
--- pg.restore(file [, {sha256, database = "postgres", stop_on_error = false, host, port,
--- user, bin, timeout}]) → {errors, stderr, seconds} | nil, message, code. With sha256, a
--- file whose digest differs is refused (ECHECKSUM) before anything is run. errors counts
--- the ERROR lines psql printed (a dumpall into a fresh cluster has one: the role it
--- connects as exists already); stop_on_error stops at the first.
+-- pg.restore(file [, {sha256, database = "postgres", stop_on_error = false, creates, host,
+-- port, user, bin, timeout}]) → {errors, stderr, seconds} | nil, message, code. With
+-- sha256, a file whose digest differs is refused (ECHECKSUM) before anything is run.
+-- errors counts the ERROR lines psql printed (a dumpall into a fresh cluster has one: the
+-- role it connects as exists already); stop_on_error stops at the first. creates: the
+-- database the file makes (a pg.dump of it) — undoing the restore drops it; without it a
+-- restore cannot be undone.
 function M.restore(file, opts)
   check_file("pg.restore", file)
   local env
@@ -185,7 +187,12 @@ function M.restore(file, opts)
   local started = sys.now()
   local argv = { command(opts, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=" .. (opts.stop_on_error and 1 or 0),
     "-f", file, "-d", opts.database or "postgres" }
-  local r, why, code = exec.run(argv, { env = env, check = false, timeout = opts.timeout })
+  local undo
+  if opts.creates then
+    undo = { command(opts, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c",
+      string.format('DROP DATABASE IF EXISTS "%s" WITH (FORCE)', opts.creates:gsub('"', '""')) }
+  end
+  local r, why, code = exec.run(argv, { env = env, check = false, timeout = opts.timeout, undo = undo })
   if not r then
     return nil, why, code
   end

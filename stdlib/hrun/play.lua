@@ -28,7 +28,7 @@ function M.modules(priv, state)
   return {
     fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"), hash = require("hrun.hash"),
     git = require("hrun.git"), nixos = require("hrun.nixos"), http = require("hrun.http"),
-    service = require("hrun.service"), podman = require("hrun.podman"),
+    service = require("hrun.service"), podman = require("hrun.podman"), sqlite = require("hrun.sqlite"),
     notify = require("hrun.notify"), pg = require("hrun.pg"), checks = require("hrun.checks"),
     migrate = require("hrun.migrate"),
     journal = journal_mod.public(priv, state),

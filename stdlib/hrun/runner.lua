@@ -25,6 +25,9 @@ local placeholders = {
   ["fs.rename"] = function(_, dst)
     return dst
   end,
+  ["sqlite.backup"] = function(_, dst)
+    return { file = dst, bytes = 0, pages = 0, seconds = 0, planned = true }
+  end,
 }
 placeholders["exec.sh"] = placeholders["exec.run"]
 placeholders["btrfs.snapshot"] = placeholders["fs.copy"]
@@ -596,19 +599,24 @@ function Runner:run_check(check)
   elseif not res then
     err = msg ~= nil and tostring(msg) or "the check returned false"
   end
+  local status = err and "failed" or "ok"
+  if err and self.plan and self.planned > 0 then
+    -- what it checks may be what the planned writes change: only the run can tell
+    status, err = "unknown", "fails now (" .. err .. "), before the writes planned above"
+  end
   if self.priv.interrupted() > 0 then
     self.priv.clearinterrupt()
     self.interrupted = true
-    err = "interrupted"
+    status, err = "failed", "interrupted"
   end
   if not self.plan then
     local id = self.journal:new_step({ run = self.run_id, phase = check.phase, name = check.name, kind = "check",
       started = started })
     self.journal:end_step(id, { status = err and "failed" or "done", attempts = 1, error = err, ended = sys.now() })
   end
-  self:emit({ event = "check", phase = check.phase, check = check.name, status = err and "failed" or "ok",
-    error = err, seconds = sys.now() - started })
-  return err == nil, err
+  self:emit({ event = "check", phase = check.phase, check = check.name, status = status, error = err,
+    message = not err and msg ~= nil and tostring(msg) or nil, seconds = sys.now() - started })
+  return status ~= "failed", err
 end
 
 -- }======================================================

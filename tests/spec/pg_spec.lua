@@ -80,6 +80,35 @@ return playbook { name = "backup",
     eq(r.code, 1, r.stdout .. r.stderr)
     eq(fs.exists(d .. "/run.sql"), false)
   end)
+
+  it("moves a database to another server; undoing the restore drops it there", function()
+    local old = pg_cluster()
+    local new = pg_cluster()
+    local d = tmpdir()
+    exec.run({ "psql", "-X", "-q", "-c", "DROP DATABASE app" }, { env = new })
+    local p = playbook_file(d, "pb.lua", string.format([[
+local old = { host = %q, port = %s, user = "postgres" }
+local new = { host = %q, port = %s, user = "postgres" }
+return playbook { name = "move",
+  phase "p" {
+    step "move app" { run = function()
+      local dump = assert(pg.dump("app", %q, old))
+      assert(pg.restore(dump.file, { sha256 = dump.sha256, stop_on_error = true, creates = "app",
+        host = new.host, port = new.port, user = new.user }))
+      local rows = assert(pg.query("SELECT count(*) FROM t", { database = "app", host = new.host, port = new.port,
+        user = new.user }))
+      assert(rows[1][1] == "1000", "rows: " .. rows[1][1])
+    end },
+    step "fail" { run = function(ctx) assert(ctx.plan, "the new server is wrong") end },
+  },
+}]], old.PGHOST, old.PGPORT, new.PGHOST, new.PGPORT, d .. "/app.sql"))
+    local r = hrun_cmd({ p, "--state", d .. "/state" })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout .. r.stderr, "the new server is wrong")
+    eq(psql(new, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'app'"), "0", "dropped again")
+    eq(psql(old, "app", "SELECT count(*) FROM t"), "1000", "the old one untouched")
+    eq(fs.exists(d .. "/app.sql"), false)
+  end)
 end)
 
 describe("checks", function()

@@ -9,17 +9,7 @@ end
 -- A private podman with a web container running and a container that exited 7; returns
 -- the environment for hrun, the web container's health URL.
 local function sandbox()
-  need_root()
-  need("podman")
-  local dir = tmpdir() .. "/podman"
-  after(function()
-    exec.run({ FIXTURES .. "/podman-sandbox.sh", "teardown", dir }, { check = false, timeout = 60 })
-  end)
-  local out = exec.run({ FIXTURES .. "/podman-sandbox.sh", "setup", dir }, { timeout = 120 }).stdout
-  local env = {}
-  for k, v in out:gmatch("([%w_]+)=([^\n]*)") do
-    env[k] = v
-  end
+  local env = podman_sandbox()
   local port = free_port()
   exec.run({ "podman", "run", "-d", "--init", "--name", "web", "localhost/hrun-busybox:test", "httpd", "-f", "-p",
     "127.0.0.1:" .. port, "-h", "/www" }, { env = env })

@@ -320,6 +320,29 @@ return playbook { name = "cmd",
     has(r.stdout, "plan: 1 write, 1 cannot be undone")
     eq(fs.exists("/tmp/hrun-never-made"), false)
   end)
+
+  it("undoes commands by the command each was given as its undo, newest first", function()
+    local d, _, state = setup()
+    local log = d .. "/log"
+    local p = playbook_file(d, "cmds.lua", string.format([[
+local log = %q
+return playbook { name = "cmds",
+  phase "p" {
+    step "stop the old" { run = function()
+      exec.run({ "sh", "-c", "echo stop a >> " .. log }, { undo = { "sh", "-c", "echo start a >> " .. log } })
+      exec.sh("echo stop b >> $LOG", { env = { LOG = log }, undo = "echo start b >> $LOG" })
+    end },
+    step "fails" { run = function(ctx) assert(ctx.plan, "the new one does not answer") end },
+  } }]], log))
+    local r = run({ "plan", p, "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "[undo: exec.run sh -c \"echo start a >> " .. log .. "\"]")
+    has(r.stdout, "plan: 2 writes; nothing was changed")
+    eq(fs.exists(log), false)
+    r = run({ p, "--state", state })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    eq(fs.read(log), "stop a\nstop b\nstart b\nstart a\n")
+  end)
 end)
 
 describe("the lock", function()

@@ -1,0 +1,215 @@
+-- End to end: the playbooks of migration phases 1–3 (services moved from the old host's
+-- containers to NixOS) on a sandbox built from real parts — the old host's "Docker" is a
+-- real podman running the services' containers over their app data (busybox httpd
+-- serving it), its PostgreSQL a real cluster; NixOS is systemd in nspawn with units
+-- named as NixOS names them (podman-<name>), serving the data where it was copied, a
+-- second PostgreSQL cluster, a private nix store with the server's flake in git. Each
+-- phase runs for real; failures (a unit that fails, a database that is corrupt) are
+-- proven rolled back: the old containers running again, nothing left on the new side.
+
+local ROOT = exec.run({ "realpath", arg[0]:match("^(.*)/tests/[^/]+$") }, { readonly = true }).stdout:gsub("\n$", "")
+local IMAGE = "localhost/hrun-busybox:test"
+
+local function playbook_path(name)
+  return ROOT .. "/playbooks/" .. name .. ".lua"
+end
+
+local function sqlite_db(file, sql)
+  exec.run({ "sqlite3", file }, { stdin = sql })
+end
+
+-- The two hosts. services: {name = {port_old, port_new, files = {path = content}, fail}}
+-- — each gets app data with a health file, a container on the old host and a unit on
+-- the new one. Returns h (hrun_on runs playbooks on it) with ways to look at both sides.
+local function hosts(services)
+  local h = { work = tmpdir(), old = {}, new = {} }
+  local podman = podman_sandbox()
+  h.appdata = h.work .. "/zimaos/AppData"
+  h.lib = h.work .. "/nixos/var/lib"
+  fs.mkdir(h.lib, { parents = true })
+  fs.mkdir(h.work .. "/traefik/dynamic", { parents = true })
+  h.proxy = h.work .. "/traefik/dynamic/migration.yml"
+  fs.write(h.proxy, "# routes to ZimaOS\n")
+  local units = {}
+  for name, s in pairs(services) do
+    local data = h.appdata .. "/" .. name
+    fs.mkdir(data, { parents = true })
+    fs.write(data .. "/health", name .. " ok\n")
+    for path, content in pairs(s.files or {}) do
+      local dir = path:match("^(.*)/[^/]+$")
+      if dir then
+        fs.mkdir(data .. "/" .. dir, { parents = true })
+      end
+      fs.write(data .. "/" .. path, content)
+    end
+    s.old, s.new = free_port(), free_port()
+    exec.run({ "podman", "run", "-d", "--init", "--name", name, "-v", data .. ":/data", IMAGE, "httpd", "-f", "-p",
+      "127.0.0.1:" .. s.old, "-h", "/data" }, { env = podman })
+    s.old_url = "http://127.0.0.1:" .. s.old .. "/health"
+    s.url = "http://127.0.0.1:" .. s.new .. "/health"
+    units["podman-" .. name .. ".service"] = string.format("[Unit]\nDescription=%s on NixOS (stand-in)\n"
+      .. "[Service]\nExecStart=%s\n", name, s.fail and "/bin/false" or
+      string.format("/bin/busybox httpd -f -p 127.0.0.1:%d -h %s/%s", s.new, h.lib, name))
+  end
+  h.nix, h.env = nix_host(true)
+  for k, v in pairs(podman) do
+    h.env[k] = v
+  end
+  for k, v in pairs(systemd_container(units, { h.lib })) do
+    h.env[k] = v
+  end
+  h.pg_old, h.pg_old_dir = pg_cluster()
+  h.pg_new, h.pg_new_dir = pg_cluster()
+  h.etc = h.nix .. "/etc-nixos"
+  h.state = h.work .. "/state"
+  h.backups = h.work .. "/backups"
+  h.services = services
+  function h.params(moves, extra)
+    local p = {
+      old = { appdata = h.appdata, stop = { "podman", "stop", "-t", "2", "{container}" },
+        start = { "podman", "start", "{container}" } },
+      pg_old = { host = h.pg_old_dir, port = tonumber(h.pg_old.PGPORT), user = "postgres" },
+      pg_new = { host = h.pg_new_dir, port = tonumber(h.pg_new.PGPORT), user = "postgres" },
+      config = { flake = h.etc, host = "hwc-server", ref = "", profile = h.nix .. "/profiles/system" },
+      backup_dir = h.backups, proxy = { file = h.proxy }, services = moves,
+    }
+    for _, m in ipairs(moves) do
+      local s = services[m.name]
+      m.unit, m.data, m.to = "podman-" .. m.name, m.name, h.lib .. "/" .. m.name
+      m.url, m.old_url, m.public, m.match = s.url, s.old_url, s.url, m.name:gsub("%p", "%%%0") .. " ok"
+      m.timeout = 20
+    end
+    for k, v in pairs(extra or {}) do
+      p[k] = v
+    end
+    h.paramfile = h.work .. "/params.json"
+    fs.write(h.paramfile, json.encode(p))
+  end
+  -- h.run(playbook [, command]): hrun [command] playbooks/<playbook>.lua --params …
+  function h.run(name, cmd)
+    local argv = { cmd, playbook_path(name) }
+    if not cmd then
+      argv = { playbook_path(name) }
+    end
+    return hrun_on({ env = h.env, params = h.paramfile, state = h.state, work = h.work }, argv)
+  end
+  function h.rollback()
+    return hrun_on({ env = h.env, state = h.state, work = h.work }, { "rollback" })
+  end
+  function h.running(container)
+    return exec.run({ "podman", "inspect", "--format", "{{.State.Running}}", container },
+      { env = podman }).stdout:gsub("\n$", "")
+  end
+  function h.active(u)
+    return hrun_chunk(h.env, string.format("print(service.status(%q).active)", u)):gsub("\n$", "")
+  end
+  function h.generation()
+    return exec.run({ "readlink", h.nix .. "/profiles/system" }, { readonly = true }).stdout:gsub("\n$", "")
+  end
+  function h.tags()
+    return exec.run({ "git", "-C", h.etc, "tag" }, { readonly = true }).stdout
+  end
+  function h.psql(env, db, sql)
+    return exec.run({ "psql", "-X", "-A", "-t", "-d", db, "-c", sql }, { env = env }).stdout:gsub("%s+$", "")
+  end
+  -- the configuration the phase deploys, committed
+  fs.write(h.etc .. "/label", "services")
+  exec.run({ "git", "-C", h.etc, "-c", "user.name=admin", "-c", "user.email=admin@hwc", "commit", "-qam",
+    "the services on NixOS" }, { env = h.env })
+  return h
+end
+
+-- What is on the new side: nothing once a run is rolled back.
+local function nothing_moved(h, names)
+  for _, name in ipairs(names) do
+    eq(fs.exists(h.lib .. "/" .. name), false, name .. "'s copy removed")
+    eq(h.active("podman-" .. name), "inactive", name)
+    eq(h.running(name), "true", name .. " runs on the old host again")
+  end
+  eq(fs.read(h.proxy), "# routes to ZimaOS\n")
+  eq(h.generation(), "system-2-link")
+  eq(h.tags(), "")
+  eq(#fs.glob(h.backups .. "/*/*"), 0, "no backups left")
+end
+
+describe("phase 1: the non-critical services", function()
+  it("moves them with their data and databases; `hrun rollback` gives them back to the old host", function()
+    local h = hosts({
+      ["uptime-kuma"] = { files = { ["upload/logo.png"] = string.rep("\137PNG", 5000) } },
+      memos = { files = { ["assets/odd name\nwith newline.txt"] = "memo", [".thumbnail_cache/a"] = "" } },
+      linkwarden = { files = { ["archives/1/page.pdf"] = string.rep("%PDF", 30000) } },
+    })
+    sqlite_db(h.appdata .. "/uptime-kuma/kuma.db", [[
+PRAGMA journal_mode = WAL;
+CREATE TABLE monitor (id INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY, monitor_id INT, status INT);
+INSERT INTO monitor (name) VALUES ('nextcloud'), ('immich');
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+  INSERT INTO heartbeat (monitor_id, status) SELECT i % 2 + 1, 1 FROM n;
+]])
+    exec.run({ "psql", "-X", "-q", "-c", "CREATE DATABASE linkwarden" }, { env = h.pg_old })
+    exec.run({ "psql", "-X", "-q", "-d", "linkwarden", "-c", 'CREATE TABLE "Link" (id int PRIMARY KEY, url text)',
+      "-c", "INSERT INTO \"Link\" SELECT g, 'https://example.org/' || g FROM generate_series(1, 750) g",
+      "-c", "CREATE TABLE users (id int)" }, { env = h.pg_old })
+    h.params({
+      { name = "uptime-kuma", sqlite = { { file = "kuma.db", tables = { "monitor", "heartbeat" } } },
+        host = "status.example.org" },
+      { name = "memos" },
+      { name = "linkwarden", postgres = { { database = "linkwarden" } }, host = "links.example.org" },
+    })
+    local before = {}
+    for _, name in ipairs({ "uptime-kuma", "memos", "linkwarden" }) do
+      before[name] = tree(h.appdata .. "/" .. name)
+    end
+
+    -- the plan changes nothing
+    local r = h.run("phase1-non-critical", "plan")
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "would exec.run podman stop -t 2 uptime-kuma  [undo: exec.run podman start uptime-kuma]")
+    eq(h.running("memos"), "true")
+
+    r = h.run("phase1-non-critical")
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "uptime-kuma: kuma.db backed up")
+    has(r.stdout, "rows heartbeat 2000, monitor 2")
+    has(r.stdout, "checksums match")
+    has(r.stdout, "linkwarden: database linkwarden restored, rows match (2 tables)")
+    has(r.stdout, "3 public URLs answer")
+    has(r.stdout, "no rows lost (4 tables counted)")
+    for name, t in pairs(before) do
+      eq(tree(h.lib .. "/" .. name), t, name .. ": the copy is the old data, byte for byte")
+      eq(h.active("podman-" .. name), "active", name)
+      eq(h.running(name), "false", name .. " stopped on the old host")
+      eq(tree(h.appdata .. "/" .. name), t, name .. ": the old data untouched")
+    end
+    eq(h.psql(h.pg_new, "linkwarden", 'SELECT count(*) FROM "Link"'), "750")
+    has(fs.read(h.proxy), "rule: \"Host(`links.example.org`)\"")
+    has(fs.read(h.proxy), "- url: \"http://127.0.0.1:" .. h.services.linkwarden.new .. "\"")
+    eq(h.generation(), "system-3-link")
+    eq(h.tags(), "migration/phase1\n")
+
+    -- later: back to the old host
+    r = h.rollback()
+    eq(r.code, 0, r.stdout .. r.stderr)
+    nothing_moved(h, { "uptime-kuma", "memos", "linkwarden" })
+    eq(h.psql(h.pg_new, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'linkwarden'"), "0")
+    eq(h.psql(h.pg_old, "linkwarden", 'SELECT count(*) FROM "Link"'), "750")
+    for name, t in pairs(before) do
+      eq(tree(h.appdata .. "/" .. name), t)
+    end
+  end)
+
+  it("refuses a services list with a mistake, naming the service and the field, and stops nothing", function()
+    local h = hosts({ memos = {} })
+    h.params({ { name = "memos" } })
+    local p = json.decode(fs.read(h.paramfile))
+    p.services[1].to = "var/lib/memos"
+    p.services[1].sqllite = {}
+    fs.write(h.paramfile, json.encode(p))
+    local r = h.run("phase1-non-critical")
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "memos: unknown field 'sqllite'")
+    has(r.stdout, "memos: field 'to' must be an absolute path")
+    eq(h.running("memos"), "true")
+  end)
+end)
