@@ -404,6 +404,29 @@ static int l_reload(lua_State *L)
 }
 
 /* Undo of start and stop: the unit back in the state it is in now (active or not). */
+/*
+** service._reset_failed(unit) → true | nil, message, code
+** Undo operation: forgets that the unit failed (systemctl reset-failed), so a unit a
+** run started and saw fail is not left failed by its rollback.
+*/
+static int l_reset_failed(lua_State *L)
+{
+    const char *unit = unit_name(L, 1);
+    sd_bus *bus = open_bus(L, "service._reset_failed");
+    if (bus == NULL) return 3;
+    sd_bus_error e = SD_BUS_ERROR_NULL;
+    int r = sd_bus_call_method(bus, SD_DEST, SD_PATH, SD_MGR, "ResetFailedUnit", &e, NULL, "s", unit);
+    /* not loaded (collected once stopped): nothing remembers a failure */
+    if (r < 0 && !sd_bus_error_has_name(&e, "org.freedesktop.systemd1.NoSuchUnit"))
+        return bus_fail(L, "service._reset_failed", unit, &e, r);
+    sd_bus_error_free(&e);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The inverse of start (starting) or stop: the other one, when the call changes the
+** unit's state; a start's also forgets a failure the start may end in (if the unit had
+** not failed before it). */
 static int start_stop_inverse(lua_State *L, int starting)
 {
     const char *unit = unit_name(L, 1);
@@ -422,8 +445,13 @@ static int start_stop_inverse(lua_State *L, int starting)
     const char *active = lua_tostring(L, -1);
     int was_active = active && (strcmp(active, "active") == 0 || strcmp(active, "reloading") == 0 ||
                                 strcmp(active, "activating") == 0);
+    int was_failed = active && strcmp(active, "failed") == 0;
     lua_settop(L, 2);
     hrun_undo_startstop(L, 2, "service", unit, starting, was_active);
+    if (starting && !was_active && !was_failed) {
+        lua_pushstring(L, unit);
+        hrun_addop(L, 2, "service._reset_failed", 1);
+    }
     return 1;
 }
 
@@ -458,6 +486,7 @@ static const hrun_Prim service_prims[] = {
      .cap = "service",
      .inverse = start_inverse},
     {.name = "stop", .func = l_stop, .kind = HRUN_WRITE, .cap = "service", .inverse = stop_inverse},
+    {.name = "_reset_failed", .func = l_reset_failed, .kind = HRUN_WRITE, .cap = "service"},
     {.name = "restart",
      .func = l_restart,
      .kind = HRUN_WRITE,

@@ -39,6 +39,15 @@ local ui = require "hrun.ui"
 
 local M = {}
 
+-- A primitive's failure as values even in a step (where it raises): nil, message.
+local function try(fn, ...)
+  local res = table.pack(pcall(fn, ...))
+  if res[1] then
+    return table.unpack(res, 2, res.n)
+  end
+  return nil, (tostring(res[2]):gsub("^[^\n:]+:%d+: ", ""))
+end
+
 local function join(a, b)
   return (a:gsub("/+$", "")) .. "/" .. b
 end
@@ -168,7 +177,7 @@ function M.healthy(svc)
     return false, string.format("%s is %s (%s/%s)", st.unit, st.active, st.load, st.sub or "?")
   end
   if svc.url and svc.url ~= "" then
-    local r, err = http.request(svc.url, { timeout = 10 })
+    local r, err = try(http.request, svc.url, { timeout = 10 })
     if not r then
       return false, err
     end
@@ -187,6 +196,26 @@ function M.healthy(svc)
   return true, st.unit .. " is active"
 end
 
+-- migrate.wait_healthy(svc, timeout) — until the service is healthy (its unit active,
+-- its URL answering); raises with why not after timeout seconds, or at once when its
+-- unit failed (a service that died does not answer later).
+function M.wait_healthy(svc, timeout)
+  local deadline = sys.now() + timeout
+  while true do
+    local ok, why = M.healthy(svc)
+    if ok then
+      return
+    end
+    if service.status(svc.unit).active == "failed" then
+      error(why .. " — it failed while its URL was awaited", 0)
+    end
+    if sys.now() > deadline then
+      error(string.format("%s: not healthy after %d s: %s", svc.unit, timeout, why), 0)
+    end
+    sys.sleep(1)
+  end
+end
+
 -- migrate.start(ctx, services) — each service in order: started (undone: stopped, if it
 -- was not running) and waited for: its URL must answer before the next one starts.
 function M.start(ctx, services)
@@ -194,7 +223,7 @@ function M.start(ctx, services)
     local st = service.start(svc.unit, { timeout = svc.timeout or 120 })
     if not st.planned then
       if svc.url and svc.url ~= "" then
-        http.wait(svc.url, { status = svc.status, match = svc.match, timeout = svc.timeout or 120, interval = 1 })
+        M.wait_healthy(svc, svc.timeout or 120)
       end
       ctx.log("%s: %s%s", st.unit, st.active, svc.url and svc.url ~= "" and (", " .. svc.url .. " answers") or "")
     end
@@ -294,6 +323,10 @@ end
 -- migrate.check_sources(old, moves) → ok, message: each move's data is on the old host
 -- (a directory) and its place on NixOS is free (absent, or an empty directory).
 function M.check_sources(old, moves)
+  if not fs.exists(old.appdata) then
+    return false, string.format("the old host's app data is not at %s: mount it there (read-only is enough)",
+      old.appdata)
+  end
   local bad = {}
   for _, m in ipairs(moves) do
     local from = M.old_data(old, m)
@@ -301,7 +334,7 @@ function M.check_sources(old, moves)
     if not st or st.type ~= "dir" then
       bad[#bad + 1] = string.format("%s: %s is not a directory", m.name, from)
     end
-    for _, db in ipairs(m.sqlite or {}) do
+    for _, db in ipairs(st and m.sqlite or {}) do
       if not fs.exists(join(from, db.file)) then
         bad[#bad + 1] = string.format("%s: no database %s", m.name, join(from, db.file))
       end
@@ -347,7 +380,7 @@ end
 -- migrate.sqlite_counts(file, tables) → {table = rows} | nil, message: the rows of each
 -- table, after SQLite's integrity check passed.
 function M.sqlite_counts(file, tables)
-  local rows, err = sqlite.query(file, "PRAGMA integrity_check")
+  local rows, err = try(sqlite.query, file, "PRAGMA integrity_check")
   if not rows then
     return nil, err
   end
@@ -356,7 +389,7 @@ function M.sqlite_counts(file, tables)
   end
   local counts = {}
   for _, t in ipairs(tables or {}) do
-    local r, why = sqlite.query(file, string.format('SELECT count(*) AS n FROM "%s"', t:gsub('"', '""')))
+    local r, why = try(sqlite.query, file, string.format('SELECT count(*) AS n FROM "%s"', t:gsub('"', '""')))
     if not r then
       return nil, why
     end
@@ -436,6 +469,36 @@ function M.backup(ctx, old, moves, dir, pg_old)
       found.postgres[db.database] = rec
     end
     ctx.shared.backups[m.name] = found
+  end
+end
+
+-- migrate.prove_backups(ctx, moves, names, dir) — the SQLite backups of the moves named
+-- (a mandatory backup) proven restorable before their data moves: each restored into a
+-- scratch file beside it, checked, its rows compared with what migrate.backup counted in
+-- the live database, then the scratch file removed. (PostgreSQL dumps are proven by
+-- their restore on the new server, rows compared, before any service starts.)
+function M.prove_backups(ctx, moves, names, dir)
+  local wanted = {}
+  for _, n in ipairs(names or {}) do
+    wanted[n] = true
+  end
+  for _, m in ipairs(moves) do
+    for _, db in ipairs(wanted[m.name] and m.sqlite or {}) do
+      local rec = ctx.shared.backups[m.name].sqlite[db.file]
+      local scratch = join(join(dir, m.name), "restore-test." .. (db.file:gsub("/", "-")))
+      sqlite.backup(rec.file, scratch)
+      if not ctx.plan then
+        local rows = assert(M.sqlite_counts(scratch, db.tables))
+        for t, n in pairs(rec.rows) do
+          if rows[t] ~= n then
+            error(string.format("%s: the backup of %s restores %s with %s rows, not %d", m.name, db.file, t,
+              tostring(rows[t]), n))
+          end
+        end
+        ctx.log("%s: the backup of %s restores, rows match (%s)", m.name, db.file, M.show_counts(rows))
+      end
+      fs.remove(scratch)
+    end
   end
 end
 
@@ -612,7 +675,7 @@ function M.check_public(moves)
   for _, m in ipairs(moves) do
     if m.public and m.public ~= "" then
       n = n + 1
-      local r, err = http.request(m.public, { timeout = 15 })
+      local r, err = try(http.request, m.public, { timeout = 15 })
       if not r then
         bad[#bad + 1] = err
       elseif r.status >= 400 then
@@ -634,7 +697,7 @@ function M.check_old(moves)
   local bad = {}
   for _, m in ipairs(moves) do
     if m.old_url and m.old_url ~= "" then
-      local r, err = http.request(m.old_url, { timeout = 15 })
+      local r, err = try(http.request, m.old_url, { timeout = 15 })
       if not r or r.status >= 400 then
         bad[#bad + 1] = r and string.format("%s answered %d", m.old_url, r.status) or err
       end

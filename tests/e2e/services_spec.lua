@@ -213,3 +213,124 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     eq(h.running("memos"), "true")
   end)
 end)
+
+describe("phase 2: the media stack", function()
+  it("refuses to start a download client before the VPN gateway; rolls back when a service fails", function()
+    local h = hosts({
+      gluetun = { files = { ["wireguard/wg0.conf"] = "[Interface]\nPrivateKey = secret\n" } },
+      qbittorrent = { files = { ["qBittorrent/BT_backup/abc.fastresume"] = string.rep("d", 4000),
+        ["qBittorrent/BT_backup/abc.torrent"] = string.rep("t", 9000) } },
+      sonarr = {},
+      emby = { fail = true, files = { ["metadata/library/poster.jpg"] = string.rep("J", 70000) } },
+    })
+    sqlite_db(h.appdata .. "/sonarr/sonarr.db", [[
+CREATE TABLE History (Id INTEGER PRIMARY KEY, SeriesId INT, EventType INT, Date TEXT);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+  INSERT INTO History (SeriesId, EventType, Date) SELECT i % 7, 1, '2025-01-01' FROM n;
+]])
+    sqlite_db(h.appdata .. "/emby/library.db", [[
+PRAGMA journal_mode = WAL;
+CREATE TABLE MediaItems (Id INTEGER PRIMARY KEY, Name TEXT);
+CREATE TABLE UserDatas (UserId INT, ItemId INT, Played INT, PlaybackPositionTicks INT);
+INSERT INTO MediaItems (Name) VALUES ('Film'), ('Series');
+INSERT INTO UserDatas VALUES (1, 1, 1, 0), (1, 2, 0, 12345);
+]])
+    local media = h.work .. "/array/media"
+    fs.mkdir(media .. "/tv", { parents = true })
+    fs.write(media .. "/tv/episode.mkv", "frames")
+    local moves = {
+      { name = "qbittorrent" },
+      { name = "gluetun" },
+      { name = "sonarr", sqlite = { { file = "sonarr.db", tables = { "History" } } } },
+      { name = "emby", sqlite = { { file = "library.db", tables = { "MediaItems", "UserDatas" } } } },
+    }
+    local vpn = { unit = "podman-gluetun", url = h.services.gluetun.url, match = "gluetun ok" }
+    h.params(moves, { vpn = vpn, media_paths = { media .. "/tv" } })
+    local r = h.run("phase2-media-stack")
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "the VPN gateway (podman-gluetun) must be the first service: qbittorrent would start outside")
+    eq(h.running("qbittorrent"), "true")
+
+    moves[1], moves[2] = moves[2], moves[1]
+    h.params(moves, { vpn = vpn, media_paths = { media .. "/tv" } })
+    local before = {}
+    for name in pairs(h.services) do
+      before[name] = tree(h.appdata .. "/" .. name)
+    end
+    r = h.run("phase2-media-stack")
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "sonarr: sonarr.db backed up")
+    has(r.stdout, "rows History 300")
+    has(r.stdout, "emby: library.db backed up")
+    has(r.stdout, "rows MediaItems 2, UserDatas 2")
+    -- the tunnel before any download client
+    local up, tunnel, qbit = r.stdout:find("podman%-gluetun%.service: active"),
+      r.stdout:find("the tunnel is up"), r.stdout:find("podman%-qbittorrent%.service: active")
+    ok(up and tunnel and qbit and up < tunnel and tunnel < qbit, r.stdout)
+    has(r.stdout .. r.stderr, "podman-emby.service")
+    has(r.stdout, "undo stop the services on the old host: undone")
+    nothing_moved(h, { "gluetun", "qbittorrent", "sonarr", "emby" })
+    for name, t in pairs(before) do
+      eq(tree(h.appdata .. "/" .. name), t, name .. ": the old data untouched")
+    end
+  end)
+end)
+
+describe("phase 3: the critical services", function()
+  local function critical()
+    local h = hosts({
+      nextcloud = { files = { ["data/admin/files/Documents/report.odt"] = string.rep("odt", 20000),
+        ["config/config.php"] = "<?php $CONFIG = array('dbtype' => 'pgsql');\n" } },
+      vaultwarden = { files = { ["rsa_key.pem"] = "-----BEGIN PRIVATE KEY-----\n" } },
+    })
+    sqlite_db(h.appdata .. "/vaultwarden/db.sqlite3", [[
+PRAGMA journal_mode = WAL;
+CREATE TABLE users (uuid TEXT PRIMARY KEY, email TEXT);
+CREATE TABLE ciphers (uuid TEXT PRIMARY KEY, user_uuid TEXT, data BLOB);
+INSERT INTO users VALUES ('u1', 'admin@example.org'), ('u2', 'family@example.org');
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+  INSERT INTO ciphers SELECT 'c' || i, 'u1', randomblob(300) FROM n;
+]])
+    exec.run({ "psql", "-X", "-q", "-c", "CREATE DATABASE nextcloud" }, { env = h.pg_old })
+    exec.run({ "psql", "-X", "-q", "-d", "nextcloud", "-c", "CREATE TABLE oc_filecache (fileid bigint, path text)",
+      "-c", "INSERT INTO oc_filecache SELECT g, 'files/' || g FROM generate_series(1, 5000) g",
+      "-c", "CREATE TABLE oc_users (uid text)", "-c", "INSERT INTO oc_users VALUES ('admin'), ('family')" },
+      { env = h.pg_old })
+    h.params({
+      { name = "nextcloud", postgres = { { database = "nextcloud" } }, host = "cloud.example.org" },
+      { name = "vaultwarden", sqlite = { { file = "db.sqlite3", tables = { "users", "ciphers" } } },
+        host = "vault.example.org" },
+    }, { mandatory_backup = { "vaultwarden" }, max_downtime = 300 })
+    return h
+  end
+
+  it("moves Nextcloud's PostgreSQL and Vaultwarden with a backup proven first", function()
+    local h = critical()
+    local r = h.run("phase3-critical-services")
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "vaultwarden: the backup of db.sqlite3 restores, rows match (ciphers 400, users 2)")
+    has(r.stdout, "nextcloud: database nextcloud restored, rows match (2 tables)")
+    has(r.stdout, "check the downtime was short: ok (longest downtime")
+    eq(h.psql(h.pg_new, "nextcloud", "SELECT count(*) FROM oc_filecache"), "5000")
+    eq(tree(h.lib .. "/vaultwarden"), tree(h.appdata .. "/vaultwarden"))
+    eq(fs.glob(h.backups .. "/vaultwarden/*"), { h.backups .. "/vaultwarden/db.sqlite3" }, "no scratch left")
+    eq(h.tags(), "migration/phase3\n")
+    r = h.rollback()
+    eq(r.code, 0, r.stdout .. r.stderr)
+    nothing_moved(h, { "nextcloud", "vaultwarden" })
+    eq(h.psql(h.pg_new, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'nextcloud'"), "0")
+  end)
+
+  it("moves nothing when Vaultwarden's database is corrupt: its backup is mandatory", function()
+    local h = critical()
+    -- a damaged page in the middle of the database (a disk error, a bad sector)
+    local db = h.appdata .. "/vaultwarden/db.sqlite3"
+    local bytes = fs.read(db)
+    fs.write(db, bytes:sub(1, 12288) .. string.rep("\255", 8192) .. bytes:sub(12288 + 8193))
+    local r = h.run("phase3-critical-services")
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "step back up their databases: failed")
+    has(r.stdout .. r.stderr, "vaultwarden")
+    nothing_moved(h, { "nextcloud", "vaultwarden" })
+  end)
+end)

@@ -17,14 +17,23 @@ describe("the shipped playbooks", function()
 
   it("accept their example parameters", function()
     local pairs_ = {
-      ["nixos-upgrade-24.05-24.11.lua"] = "hwc-server-24.11.lua",
-      ["phase4-infrastructure-storage.lua"] = "phase4-homelab.lua",
+      ["nixos-upgrade-24.05-24.11.lua"] = { "hwc-server-24.11.lua" },
+      ["phase0-preparation.lua"] = { "phase0-homelab.lua" },
+      ["phase1-non-critical.lua"] = { "homelab.lua", "phase1-homelab.lua" },
+      ["phase2-media-stack.lua"] = { "homelab.lua", "phase2-homelab.lua" },
+      ["phase3-critical-services.lua"] = { "homelab.lua", "phase3-homelab.lua" },
+      ["phase4-infrastructure-storage.lua"] = { "phase4-homelab.lua" },
     }
-    for pb, params in pairs(pairs_) do
-      local r = hrun_cmd({ "plan", ROOT .. "/playbooks/" .. pb, "--params", ROOT .. "/playbooks/params/" .. params,
-        "--state", tmpdir() .. "/state" })
+    for pb, files in pairs(pairs_) do
+      local argv = { "plan", ROOT .. "/playbooks/" .. pb, "--state", tmpdir() .. "/state" }
+      for _, f in ipairs(files) do
+        argv[#argv + 1] = "--params"
+        argv[#argv + 1] = ROOT .. "/playbooks/params/" .. f
+      end
+      local r = hrun_cmd(argv)
       ok(r.code == 0 or r.code == 1, pb .. ": exit " .. r.code .. ": " .. r.stdout .. r.stderr)
       has(r.stdout, "phase pre-flight", pb)
+      has(r.stdout, "check ", pb)
     end
     -- a wrong one is refused before anything runs
     local d = tmpdir()

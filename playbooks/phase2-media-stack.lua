@@ -1,0 +1,171 @@
+-- phase2-media-stack.lua — Phase 2 of the ZimaOS → NixOS migration: the media stack —
+-- Gluetun (the VPN gateway), qBittorrent, Prowlarr, Sonarr, Radarr, Lidarr, Bazarr and
+-- Emby — moves from its Docker containers on ZimaOS to NixOS.
+--
+--   hrun plan playbooks/phase2-media-stack.lua --params my-phase2.lua
+--   hrun playbooks/phase2-media-stack.lua --params my-phase2.lua
+--
+-- What this phase adds to phase 1's way of moving a service (see phase1-non-critical.lua):
+--   * the VPN gateway first: Gluetun must be the first service listed; it starts alone
+--     and its tunnel must be up (its control server says so) before any download client
+--     starts — nothing downloads outside the tunnel, not even for a second;
+--   * download and watch history kept: qBittorrent's state (BT_backup), the *arr apps'
+--     databases and Emby's library database move with their data, each SQLite database
+--     backed up, checked and its history tables' rows compared (`sqlite` per service);
+--   * the media library at the same paths: every `media_paths` entry must be there on
+--     NixOS (the array, or its NFS export until phase 4) before anything stops.
+--
+-- Run on the NixOS host, with the old host's app data mounted there (read-only is
+-- enough: `sshfs -o ro root@zimaos:/DATA/AppData /mnt/zimaos`) and its containers
+-- reachable by a command (`ssh root@zimaos docker stop …`). For each service, in order:
+-- its container stopped on the old host, its databases backed up and checked, its data
+-- copied and verified byte for byte against a checksum manifest of the old data, its
+-- PostgreSQL databases restored on the new server with every table's rows compared.
+-- Then the configuration is switched to, the services start in order and must answer,
+-- the proxy routes their names to NixOS, and the success criteria are checked.
+--
+-- Rollback (a failure rolls back at once; `hrun rollback` later — the plan's "switch back
+-- in < 5 minutes"): the proxy's routes put back, the new services stopped, the generation
+-- before, the restored databases dropped, the copies and backups removed, and the
+-- containers on the old host started again. The old host's data is only ever read.
+
+local function no_failed_units(ctx)
+  return checks.no_failed_units({ except = ctx.params.failed_allowed })
+end
+
+local function vpn_first(ctx)
+  local p = ctx.params
+  local first = p.services[1]
+  if not first or first.unit ~= p.vpn.unit then
+    return false, string.format("the VPN gateway (%s) must be the first service: %s would start outside the tunnel",
+      p.vpn.unit, first and first.name or "nothing")
+  end
+  return true
+end
+
+local function tunnel_up(ctx)
+  local vpn = ctx.params.vpn
+  local r, err = http.request(vpn.url, { timeout = 10 })
+  if not r then
+    return false, err
+  end
+  if r.status ~= 200 or (vpn.match ~= "" and not r.body:find(vpn.match)) then
+    return false, string.format("%s: the tunnel is not up (%d: %s)", vpn.url, r.status, r.body:sub(1, 200))
+  end
+  return true, vpn.url .. " says the tunnel is up"
+end
+
+return playbook {
+  name = "phase2-media-stack", version = "1.0.0",
+  description = "Migration phase 2: the media stack moves from ZimaOS to NixOS, the VPN gateway first",
+  capabilities = { "fs", "hash", "nixos", "git", "service", "http", "exec" },
+  params = {
+    old = {
+      appdata = "/mnt/zimaos/AppData",     -- the old host's app data, mounted here
+      stop = { "ssh", "root@zimaos.lan", "docker", "stop", "{container}" },
+      start = { "ssh", "root@zimaos.lan", "docker", "start", "{container}" },
+    },
+    pg_old = { host = "zimaos.lan", port = 5432, user = "postgres" }, -- the old host's PostgreSQL
+    pg_new = { host = "/run/postgresql", port = 5432, user = "postgres" },
+    config = { flake = "/etc/nixos", host = "hwc-server", ref = "", profile = "" },
+    backup_dir = "/var/backups/hrun-migration/phase2",
+    proxy = { file = "" },                 -- a Traefik dynamic configuration file ("" = no proxy step)
+    offsite = { unit = "", max_age = 86400 }, -- the offsite backup that must have succeeded lately
+    algo = "xxh128",
+    max_downtime = 0,                      -- seconds a service may be down (0 = not checked)
+    failed_allowed = {},
+    tag = "migration/phase2",
+    -- the VPN gateway: its unit (the first service) and its control server's status
+    vpn = { unit = "podman-gluetun", url = "http://127.0.0.1:8000/v1/openvpn/status", match = "running" },
+    media_paths = {},                      -- the library's paths, the same on NixOS as on ZimaOS
+    services = {
+      { name = "gluetun", unit = "podman-gluetun", data = "gluetun", to = "/var/lib/gluetun" },
+      { name = "qbittorrent", unit = "podman-qbittorrent", data = "qbittorrent", to = "/var/lib/qbittorrent",
+        url = "http://127.0.0.1:8080/" },
+    },
+  },
+
+  phase "pre-flight" {
+    check "the services are described right" (function(ctx) return migrate.check_moves(ctx.params.services) end),
+    check "their data is on the old host, their place free here" (function(ctx)
+      return migrate.check_sources(ctx.params.old, ctx.params.services)
+    end),
+    check "the VPN gateway comes first" (vpn_first),
+    check "the media library is where it was" (function(ctx)
+      for _, path in ipairs(ctx.params.media_paths) do
+        if not fs.exists(path) or #fs.list(path) == 0 then
+          return false, path .. " is missing or empty here: mount the library at the same path first"
+        end
+      end
+      return true, string.format("%d library paths in place", #ctx.params.media_paths)
+    end),
+    check "they answer on the old host" (function(ctx) return migrate.check_old(ctx.params.services) end),
+    check "the offsite backup succeeded lately" (function(ctx) return migrate.check_offsite(ctx.params.offsite) end),
+    check "the configuration is committed" (function(ctx) return migrate.check_committed(ctx.params.config) end),
+    check "no failed units" (no_failed_units),
+  },
+
+  phase "move the data" {
+    step "stop the services on the old host" {
+      description = "undone by starting them there again",
+      run = function(ctx) migrate.stop_old(ctx, ctx.params.old, ctx.params.services) end,
+    },
+    step "back up their databases" {
+      description = "nothing moves without a backup that is checked",
+      run = function(ctx)
+        local p = ctx.params
+        migrate.backup(ctx, p.old, p.services, p.backup_dir, p.pg_old)
+      end,
+    },
+    step "copy their data" {
+      description = "verified against a checksum manifest of the old data",
+      run = function(ctx) migrate.copy(ctx, ctx.params.old, ctx.params.services, { algo = ctx.params.algo }) end,
+    },
+    step "restore their PostgreSQL databases" {
+      run = function(ctx) migrate.restore_databases(ctx, ctx.params.services, ctx.params.pg_new) end,
+    },
+  },
+
+  phase "deploy" {
+    step "switch to the configuration" {
+      run = function(ctx) migrate.deploy(ctx, ctx.params.config) end,
+    },
+    step "bring the VPN gateway up first" {
+      description = "Gluetun alone, until its tunnel is up",
+      run = function(ctx)
+        migrate.start(ctx, { ctx.params.services[1] })
+        if not ctx.plan then
+          local vpn = ctx.params.vpn
+          http.wait(vpn.url, { match = vpn.match ~= "" and vpn.match or nil, timeout = 120, interval = 1 })
+          ctx.log("the tunnel is up: %s", vpn.url)
+        end
+      end,
+    },
+    step "start the download clients and the rest in order" {
+      run = function(ctx) migrate.start(ctx, { table.unpack(ctx.params.services, 2) }) end,
+    },
+    step "route the proxy to NixOS" {
+      when = function(ctx) return ctx.params.proxy.file ~= "" end,
+      run = function(ctx) fs.write(ctx.params.proxy.file, migrate.routes(ctx.params.services, "phase 2")) end,
+    },
+  },
+
+  phase "success criteria" {
+    check "the VPN tunnel is up" (tunnel_up),
+    check "every service runs and answers" (function(ctx) return migrate.check_services(ctx.params.services) end),
+    check "they answer at the same URLs" (function(ctx) return migrate.check_public(ctx.params.services) end),
+    check "no history lost" (function(ctx)
+      return migrate.check_rows(ctx.params.services, ctx.shared.backups, ctx.params.pg_new)
+    end),
+    check "the downtime was short" (function(ctx)
+      return migrate.check_downtime(ctx, ctx.params.services, ctx.params.max_downtime)
+    end),
+    check "no failed units" (no_failed_units),
+    step "tag the configuration" {
+      run = function(ctx)
+        local p = ctx.params
+        migrate.tag(ctx, p.config.flake, p.tag, "Migration phase 2 done: the media stack runs on NixOS")
+      end,
+    },
+  },
+}

@@ -1,0 +1,145 @@
+-- phase3-critical-services.lua — Phase 3 of the ZimaOS → NixOS migration: the services
+-- used every day with zero tolerance for data loss — Nextcloud, Immich, Paperless-NGX,
+-- Vaultwarden, Joplin Server — move from their Docker containers on ZimaOS to NixOS.
+--
+--   hrun plan playbooks/phase3-critical-services.lua --params my-phase3.lua
+--   hrun playbooks/phase3-critical-services.lua --params my-phase3.lua
+--
+-- What this phase adds to phase 1's way of moving a service (see phase1-non-critical.lua):
+--   * mandatory backups: each service in `mandatory_backup` (Vaultwarden) must list its
+--     database, and its backup is proven restorable — restored into a scratch file,
+--     checked, its rows compared with the live database — before its data moves;
+--   * Nextcloud's and Immich's PostgreSQL databases dumped from the old server and
+--     restored on the new one, every table's rows compared (`postgres` per service);
+--   * the data sync gap: from a container's stop on ZimaOS to its service answering on
+--     NixOS at most `max_downtime` seconds (the plan's 5 minutes).
+--
+-- Run on the NixOS host, with the old host's app data mounted there (read-only is
+-- enough: `sshfs -o ro root@zimaos:/DATA/AppData /mnt/zimaos`) and its containers
+-- reachable by a command (`ssh root@zimaos docker stop …`). For each service, in order:
+-- its container stopped on the old host, its databases backed up and checked, its data
+-- copied and verified byte for byte against a checksum manifest of the old data, its
+-- PostgreSQL databases restored on the new server with every table's rows compared.
+-- Then the configuration is switched to, the services start in order and must answer,
+-- the proxy routes their names to NixOS, and the success criteria are checked.
+--
+-- Rollback (a failure rolls back at once; `hrun rollback` later — the plan's "switch back
+-- in < 5 minutes"): the proxy's routes put back, the new services stopped, the generation
+-- before, the restored databases dropped, the copies and backups removed, and the
+-- containers on the old host started again. The old host's data is only ever read.
+
+local function no_failed_units(ctx)
+  return checks.no_failed_units({ except = ctx.params.failed_allowed })
+end
+
+return playbook {
+  name = "phase3-critical-services", version = "1.0.0",
+  description = "Migration phase 3: the critical services move from ZimaOS to NixOS, backups proven first",
+  capabilities = { "fs", "hash", "nixos", "git", "service", "http", "exec" },
+  params = {
+    old = {
+      appdata = "/mnt/zimaos/AppData",     -- the old host's app data, mounted here
+      stop = { "ssh", "root@zimaos.lan", "docker", "stop", "{container}" },
+      start = { "ssh", "root@zimaos.lan", "docker", "start", "{container}" },
+    },
+    pg_old = { host = "zimaos.lan", port = 5432, user = "postgres" }, -- the old host's PostgreSQL
+    pg_new = { host = "/run/postgresql", port = 5432, user = "postgres" },
+    config = { flake = "/etc/nixos", host = "hwc-server", ref = "", profile = "" },
+    backup_dir = "/var/backups/hrun-migration/phase3",
+    proxy = { file = "" },                 -- a Traefik dynamic configuration file ("" = no proxy step)
+    offsite = { unit = "", max_age = 86400 }, -- the offsite backup that must have succeeded lately
+    algo = "xxh128",
+    max_downtime = 300,                    -- seconds a service may be down: no sync gap over 5 minutes
+    failed_allowed = {},
+    tag = "migration/phase3",
+    mandatory_backup = { "vaultwarden" },  -- services whose backup must be proven restorable
+    services = {
+      { name = "vaultwarden", unit = "podman-vaultwarden", data = "vaultwarden", to = "/var/lib/vaultwarden",
+        url = "http://127.0.0.1:8222/alive",
+        sqlite = { { file = "db.sqlite3", tables = { "users", "ciphers", "folders", "attachments" } } } },
+    },
+  },
+
+  phase "pre-flight" {
+    check "the services are described right" (function(ctx) return migrate.check_moves(ctx.params.services) end),
+    check "their data is on the old host, their place free here" (function(ctx)
+      return migrate.check_sources(ctx.params.old, ctx.params.services)
+    end),
+    check "they answer on the old host" (function(ctx) return migrate.check_old(ctx.params.services) end),
+    check "the mandatory backups can be made" (function(ctx)
+      local by_name = {}
+      for _, m in ipairs(ctx.params.services) do
+        by_name[m.name] = m
+      end
+      for _, name in ipairs(ctx.params.mandatory_backup) do
+        local m = by_name[name]
+        if m and #(m.sqlite or {}) + #(m.postgres or {}) == 0 then
+          return false, name .. ": its backup is mandatory, but it lists no database (sqlite or postgres)"
+        end
+      end
+      return true
+    end),
+    check "the offsite backup succeeded lately" (function(ctx) return migrate.check_offsite(ctx.params.offsite) end),
+    check "the configuration is committed" (function(ctx) return migrate.check_committed(ctx.params.config) end),
+    check "no failed units" (no_failed_units),
+  },
+
+  phase "move the data" {
+    step "stop the services on the old host" {
+      description = "undone by starting them there again",
+      run = function(ctx) migrate.stop_old(ctx, ctx.params.old, ctx.params.services) end,
+    },
+    step "back up their databases" {
+      description = "nothing moves without a backup that is checked",
+      run = function(ctx)
+        local p = ctx.params
+        migrate.backup(ctx, p.old, p.services, p.backup_dir, p.pg_old)
+      end,
+    },
+    step "prove the mandatory backups restore" {
+      description = "each restored into a scratch file, checked, its rows compared",
+      run = function(ctx)
+        local p = ctx.params
+        migrate.prove_backups(ctx, p.services, p.mandatory_backup, p.backup_dir)
+      end,
+    },
+    step "copy their data" {
+      description = "verified against a checksum manifest of the old data",
+      run = function(ctx) migrate.copy(ctx, ctx.params.old, ctx.params.services, { algo = ctx.params.algo }) end,
+    },
+    step "restore their PostgreSQL databases" {
+      run = function(ctx) migrate.restore_databases(ctx, ctx.params.services, ctx.params.pg_new) end,
+    },
+  },
+
+  phase "deploy" {
+    step "switch to the configuration" {
+      run = function(ctx) migrate.deploy(ctx, ctx.params.config) end,
+    },
+    step "start the services in order" {
+      run = function(ctx) migrate.start(ctx, ctx.params.services) end,
+    },
+    step "route the proxy to NixOS" {
+      when = function(ctx) return ctx.params.proxy.file ~= "" end,
+      run = function(ctx) fs.write(ctx.params.proxy.file, migrate.routes(ctx.params.services, "phase 3")) end,
+    },
+  },
+
+  phase "success criteria" {
+    check "every service runs and answers" (function(ctx) return migrate.check_services(ctx.params.services) end),
+    check "they answer at the same URLs" (function(ctx) return migrate.check_public(ctx.params.services) end),
+    check "no data lost" (function(ctx)
+      return migrate.check_rows(ctx.params.services, ctx.shared.backups, ctx.params.pg_new)
+    end),
+    check "the downtime was short" (function(ctx)
+      return migrate.check_downtime(ctx, ctx.params.services, ctx.params.max_downtime)
+    end),
+    check "no failed units" (no_failed_units),
+    step "tag the configuration" {
+      run = function(ctx)
+        local p = ctx.params
+        migrate.tag(ctx, p.config.flake, p.tag, "Migration phase 3 done: the critical services run on NixOS")
+      end,
+    },
+  },
+}
