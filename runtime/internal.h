@@ -64,6 +64,13 @@ struct sqlite3 *hrun_db_check(lua_State *L, int idx);
 /* [-0, +1, m] Column i of the row st is on, as a Lua value (text and blobs as strings). */
 void hrun_push_column(lua_State *L, struct sqlite3_stmt *st, int i);
 
+/* fsync of a directory (what a rename into it needs to be durable); -1 and errno. */
+int hrun_fsync_dir(const char *dir);
+
+/* [-0, +1, m] Steps st to its end, pushing its rows {{column = value, …}, …}; returns
+** the last sqlite3_step code (SQLITE_DONE when every row was read). */
+int hrun_push_rows(lua_State *L, struct sqlite3_stmt *st);
+
 /* Registry field: function() → the journal's db userdata, opened on first use (set by
 ** the command line and by the runner); the hash module keeps manifests there. */
 #define JOURNAL_DB "hrun.journaldb"

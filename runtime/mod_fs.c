@@ -105,7 +105,7 @@ static const char *base_of(const char *path)
     return slash ? slash + 1 : path;
 }
 
-static int fsync_dir(const char *dir)
+int hrun_fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -146,7 +146,7 @@ static int commit_tmp(Tmp *t, const char *target)
     if (rename(t->path, target) < 0) return -1;
     t->committed = 1;
     dir_of(target, dir, sizeof dir);
-    return fsync_dir(dir);
+    return hrun_fsync_dir(dir);
 }
 
 static int write_all(int fd, const char *data, size_t len)
@@ -779,7 +779,7 @@ static int fs_copy(lua_State *L)
             return hrun_fail(L, "fs.copy", dst, errno);
         t->committed = 1;
         dir_of(dst, dir, sizeof dir);
-        fsync_dir(dir);
+        hrun_fsync_dir(dir);
     } else {
         if (dst_exists && S_ISDIR(dst_st.st_mode))
             return hrun_failf(L, "EISDIR",
@@ -821,9 +821,9 @@ static int fs_rename(lua_State *L)
     }
     char dir[PATH_MAX];
     dir_of(dst, dir, sizeof dir);
-    fsync_dir(dir);
+    hrun_fsync_dir(dir);
     dir_of(src, dir, sizeof dir);
-    fsync_dir(dir);
+    hrun_fsync_dir(dir);
     lua_pushvalue(L, 2);
     return 1;
 }
@@ -1010,7 +1010,7 @@ static int fs_restore(lua_State *L)
     if (renameat(t->fd, "x", AT_FDCWD, path) < 0) return hrun_fail(L, "fs._restore", path, errno);
     char dir[PATH_MAX];
     dir_of(path, dir, sizeof dir);
-    fsync_dir(dir);
+    hrun_fsync_dir(dir);
     lua_pushvalue(L, 1);
     return 1;
 }

@@ -415,7 +415,8 @@ static int l_reset_failed(lua_State *L)
     sd_bus *bus = open_bus(L, "service._reset_failed");
     if (bus == NULL) return 3;
     sd_bus_error e = SD_BUS_ERROR_NULL;
-    int r = sd_bus_call_method(bus, SD_DEST, SD_PATH, SD_MGR, "ResetFailedUnit", &e, NULL, "s", unit);
+    int r =
+        sd_bus_call_method(bus, SD_DEST, SD_PATH, SD_MGR, "ResetFailedUnit", &e, NULL, "s", unit);
     /* not loaded (collected once stopped): nothing remembers a failure */
     if (r < 0 && !sd_bus_error_has_name(&e, "org.freedesktop.systemd1.NoSuchUnit"))
         return bus_fail(L, "service._reset_failed", unit, &e, r);

@@ -70,17 +70,6 @@ static sqlite3 *open_readonly(const char *file, int *rc)
     return db;
 }
 
-static int fsync_path(const char *path, int flags)
-{
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    errno = err;
-    return rc;
-}
-
 /*
 ** sqlite.backup(src, dst) → {file, bytes, pages, seconds} | nil, message, code
 ** A consistent copy of the database src (read-only; its writers go on, a copy started
@@ -136,7 +125,8 @@ static int sqlite_backup(lua_State *L)
     /* one self-contained file: a copy of a WAL database would be one too */
     if (rc == SQLITE_OK) rc = sqlite3_exec(to, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL);
     if (rc == SQLITE_OK) rc = sqlite3_close(to), to = NULL;
-    if (rc == SQLITE_OK && (fsync_path(tmp, O_RDONLY) < 0 || rename(tmp, dst) < 0)) {
+    /* SQLite synced the copy when its last page was committed */
+    if (rc == SQLITE_OK && rename(tmp, dst) < 0) {
         int err = errno;
         unlink(tmp);
         sqlite3_close(from);
@@ -154,7 +144,7 @@ static int sqlite_backup(lua_State *L)
     snprintf(dir, sizeof dir, "%s", dst);
     char *slash = strrchr(dir, '/');
     if (slash) slash[slash == dir] = '\0'; /* "/x" → "/" */
-    if (fsync_path(slash ? dir : ".", O_RDONLY | O_DIRECTORY) < 0 || stat(dst, &st) < 0)
+    if (hrun_fsync_dir(slash ? dir : ".") < 0 || stat(dst, &st) < 0)
         return hrun_fail(L, "sqlite.backup", dst, errno);
     lua_createtable(L, 0, 4);
     lua_pushstring(L, dst);
@@ -255,18 +245,7 @@ static int sqlite_query(lua_State *L)
         sqlite3_close(db);
         return luaL_argerror(L, 2, misuse);
     }
-    lua_newtable(L);
-    lua_Integer n = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int cols = sqlite3_column_count(st);
-        lua_createtable(L, 0, cols);
-        for (int i = 0; i < cols; i++) {
-            hrun_push_column(L, st, i);
-            lua_setfield(L, -2, sqlite3_column_name(st, i));
-        }
-        lua_rawseti(L, -2, ++n);
-    }
-    if (rc != SQLITE_DONE) {
+    if ((rc = hrun_push_rows(L, st)) != SQLITE_DONE) {
         int r = fail_db(L, "sqlite.query", file, db, rc);
         sqlite3_finalize(st);
         sqlite3_close(db);

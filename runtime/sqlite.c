@@ -120,11 +120,8 @@ void hrun_push_column(lua_State *L, struct sqlite3_stmt *st, int i)
     }
 }
 
-/* db:query(sql, ...) → {{column = value, …}, …} */
-static int db_query(lua_State *L)
+int hrun_push_rows(lua_State *L, struct sqlite3_stmt *st)
 {
-    Db *d = checkdb(L);
-    sqlite3_stmt *st = prepare(L, d, 3);
     lua_newtable(L);
     lua_Integer n = 0;
     int rc;
@@ -137,6 +134,15 @@ static int db_query(lua_State *L)
         }
         lua_rawseti(L, -2, ++n);
     }
+    return rc;
+}
+
+/* db:query(sql, ...) → {{column = value, …}, …} */
+static int db_query(lua_State *L)
+{
+    Db *d = checkdb(L);
+    sqlite3_stmt *st = prepare(L, d, 3);
+    int rc = hrun_push_rows(L, st);
     if (rc != SQLITE_DONE) {
         sqlite3_reset(st);
         return fail(L, d->db, lua_tostring(L, 2));

@@ -381,6 +381,22 @@ function hrun_on(h, args, extra_env)
   return hrun_cmd(argv, { env = env, cwd = h.work, timeout = 300 })
 end
 
+-- host_views(h) → h, given ways to look at a sandbox host {env, nix, etc}: h.active(unit)
+-- (its ActiveState), h.generation() (what the system profile links to), h.tags() (the
+-- flake repository's tags, a line each).
+function host_views(h)
+  function h.active(u)
+    return hrun_chunk(h.env, string.format("print(service.status(%q).active)", u)):gsub("\n$", "")
+  end
+  function h.generation()
+    return exec.run({ "readlink", h.nix .. "/profiles/system" }, { readonly = true }).stdout:gsub("\n$", "")
+  end
+  function h.tags()
+    return exec.run({ "git", "-C", h.etc, "tag" }, { readonly = true }).stdout
+  end
+  return h
+end
+
 -- hrun_chunk(env, code) → what hrun -e CODE printed, run with env added (it must exit 0)
 function hrun_chunk(env, code)
   local r = hrun_cmd({ "-e", code }, { env = env })

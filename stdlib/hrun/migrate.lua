@@ -52,6 +52,21 @@ local function join(a, b)
   return (a:gsub("/+$", "")) .. "/" .. b
 end
 
+-- A check's answer: ok with msg when nothing is in bad, else what is (prefix first).
+local function verdict(bad, msg, prefix)
+  if #bad > 0 then
+    return false, (prefix or "") .. table.concat(bad, "; ")
+  end
+  return true, msg
+end
+
+-- "1 changed, 0 missing, 0 added, e.g. photos/a.jpg": what a hash.verify found.
+local function differences(r)
+  local first = r.changed[1] or r.missing[1] or r.added[1] or r.errors[1]
+  return string.format("%d changed, %d missing, %d added%s", #r.changed, #r.missing, #r.added,
+    first and (", e.g. " .. first) or "")
+end
+
 -- A UTC time for names: 2026-03-01T12-30-00Z (btrfs.prune reads it back).
 local function stamp()
   return os.date("!%Y-%m-%dT%H-%M-%SZ")
@@ -125,9 +140,7 @@ function M.verify(mount, manifests, opts)
     local r = hash.verify(manifests[sub], join(mount, sub), { quick = opts and opts.quick })
     results[sub] = r
     if not r.ok then
-      local first = r.changed[1] or r.missing[1] or r.added[1] or r.errors[1]
-      bad[#bad + 1] = string.format("%s (%d changed, %d missing, %d added%s)", sub, #r.changed, #r.missing,
-        #r.added, first and (", e.g. " .. first) or "")
+      bad[#bad + 1] = string.format("%s (%s)", sub, differences(r))
     end
   end
   if #bad > 0 then
@@ -239,10 +252,7 @@ function M.check_services(services)
       bad[#bad + 1] = why
     end
   end
-  if #bad > 0 then
-    return false, table.concat(bad, "; ")
-  end
-  return true, string.format("%d services healthy", #services)
+  return verdict(bad, string.format("%d services healthy", #services))
 end
 
 -- migrate.check_subvolumes(mount, subvolumes) → ok, message: each is a btrfs subvolume.
@@ -309,10 +319,7 @@ function M.check_moves(moves)
       seen[m.name or who] = true
     end
   end
-  if #bad > 0 then
-    return false, table.concat(bad, "; ")
-  end
-  return true, string.format("%d services to move", #moves)
+  return verdict(bad, string.format("%d services to move", #moves))
 end
 
 -- The old host's data directory of a move.
@@ -344,10 +351,7 @@ function M.check_sources(old, moves)
         m.name, m.to)
     end
   end
-  if #bad > 0 then
-    return false, table.concat(bad, "; ")
-  end
-  return true, string.format("%d data directories to move", #moves)
+  return verdict(bad, string.format("%d data directories to move", #moves))
 end
 
 -- A command template of the old host's ({"ssh", "root@zimaos", "docker", "stop",
@@ -541,9 +545,7 @@ function M.copy(ctx, old, moves, opts)
       fs.copy(from, m.to, { recursive = true })
       local r = hash.verify(name, m.to)
       if not r.ok then
-        local first = r.changed[1] or r.missing[1] or r.added[1] or r.errors[1]
-        error(string.format("%s: the copy in %s differs from %s (%d changed, %d missing, %d added%s)", m.name, m.to,
-          from, #r.changed, #r.missing, #r.added, first and (", e.g. " .. first) or ""))
+        error(string.format("%s: the copy in %s differs from %s (%s)", m.name, m.to, from, differences(r)))
       end
       ctx.log("%s: %d files, %s copied to %s, checksums match", m.name, manifest.files, ui.bytes(manifest.bytes), m.to)
       local backups = (ctx.shared.backups or {})[m.name] or { sqlite = {} }
@@ -641,10 +643,7 @@ function M.check_rows(moves, backups, pg_new)
       end
     end
   end
-  if #bad > 0 then
-    return false, table.concat(bad, "; ")
-  end
-  return true, string.format("no rows lost (%d tables counted)", n)
+  return verdict(bad, string.format("no rows lost (%d tables counted)", n))
 end
 
 -- What the proxy sends a move to: its backend, or its URL's scheme://host:port.
@@ -685,10 +684,7 @@ function M.check_public(moves)
       end
     end
   end
-  if #bad > 0 then
-    return false, table.concat(bad, "; ")
-  end
-  return true, string.format("%d public URLs answer", n)
+  return verdict(bad, string.format("%d public URLs answer", n))
 end
 
 -- migrate.check_old(moves) → ok, message: each move answers on the old host (old_url) —
@@ -703,10 +699,7 @@ function M.check_old(moves)
       end
     end
   end
-  if #bad > 0 then
-    return false, "the old host does not answer: " .. table.concat(bad, "; ")
-  end
-  return true
+  return verdict(bad, nil, "the old host does not answer: ")
 end
 
 -- migrate.check_downtime(ctx, moves, max) → ok, message: from each container's stop on

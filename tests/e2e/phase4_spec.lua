@@ -83,16 +83,7 @@ local function server(extra)
     end
     return t
   end
-  function h.active(u)
-    return hrun_chunk(h.env, string.format("print(service.status(%q).active)", u)):gsub("\n$", "")
-  end
-  function h.generation()
-    return exec.run({ "readlink", h.nix .. "/profiles/system" }, { readonly = true }).stdout:gsub("\n$", "")
-  end
-  function h.tags()
-    return exec.run({ "git", "-C", h.etc, "tag" }, { readonly = true }).stdout
-  end
-  return h
+  return host_views(h)
 end
 
 local function old_host(h)

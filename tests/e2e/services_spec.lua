@@ -100,15 +100,6 @@ local function hosts(services)
     return exec.run({ "podman", "inspect", "--format", "{{.State.Running}}", container },
       { env = podman }).stdout:gsub("\n$", "")
   end
-  function h.active(u)
-    return hrun_chunk(h.env, string.format("print(service.status(%q).active)", u)):gsub("\n$", "")
-  end
-  function h.generation()
-    return exec.run({ "readlink", h.nix .. "/profiles/system" }, { readonly = true }).stdout:gsub("\n$", "")
-  end
-  function h.tags()
-    return exec.run({ "git", "-C", h.etc, "tag" }, { readonly = true }).stdout
-  end
   function h.psql(env, db, sql)
     return exec.run({ "psql", "-X", "-A", "-t", "-d", db, "-c", sql }, { env = env }).stdout:gsub("%s+$", "")
   end
@@ -116,7 +107,7 @@ local function hosts(services)
   fs.write(h.etc .. "/label", "services")
   exec.run({ "git", "-C", h.etc, "-c", "user.name=admin", "-c", "user.email=admin@hwc", "commit", "-qam",
     "the services on NixOS" }, { env = h.env })
-  return h
+  return host_views(h)
 end
 
 -- What is on the new side: nothing once a run is rolled back.
