@@ -100,7 +100,7 @@ return playbook {
       local gens = nixos.generations({ profile = p ~= "" and p or nil })
       for _, g in ipairs(gens) do
         if g.current then
-          return true, string.format("generation %d (%s)", g.number, g.version or "?")
+          return migrate.found(ctx, true, string.format("generation %d (%s)", g.number, g.version or "?"))
         end
       end
       return false, "no current system generation: is this NixOS?"
@@ -142,7 +142,8 @@ return playbook {
           down[#down + 1] = string.format("%s is %s", info.name, info.status)
         end
       end
-      return #down == 0, #down == 0 and string.format("%d containers running", c.count) or table.concat(down, "; ")
+      return migrate.found(ctx, #down == 0, #down == 0 and string.format("%d containers running", c.count)
+        or table.concat(down, "; "))
     end),
     step "remove the test containers" {
       irreversible = true, -- what it removes, the step before made: nothing to give back
@@ -171,7 +172,8 @@ return playbook {
       end
       local msg = string.format("write %.0f MB/s (at least %g), read %.0f MB/s (at least %g)", r.write,
         t.min_write, r.read, t.min_read)
-      return r.scrub and r.write >= t.min_write and r.read >= t.min_read, r.scrub and msg or (msg .. "; scrub failed")
+      return migrate.found(ctx, r.scrub and r.write >= t.min_write and r.read >= t.min_read,
+        r.scrub and msg or (msg .. "; scrub failed"))
     end),
     step "tag the configuration" {
       run = function(ctx)

@@ -97,12 +97,14 @@ return playbook {
 
   phase "success criteria" {
     check "every service runs and answers" (function(ctx) return migrate.check_services(ctx.params.services) end),
-    check "they answer at the same URLs" (function(ctx) return migrate.check_public(ctx.params.services) end),
+    check "they answer at the same URLs" (function(ctx)
+      return migrate.found(ctx, migrate.check_public(ctx.params.services))
+    end),
     check "no data lost" (function(ctx)
-      return migrate.check_rows(ctx.params.services, ctx.shared.backups, ctx.params.pg_new)
+      return migrate.found(ctx, migrate.check_rows(ctx.params.services, ctx.shared.backups, ctx.params.pg_new))
     end),
     check "the downtime was short" (function(ctx)
-      return migrate.check_downtime(ctx, ctx.params.services, ctx.params.max_downtime)
+      return migrate.found(ctx, migrate.check_downtime(ctx, ctx.params.services, ctx.params.max_downtime))
     end),
     check "no failed units" (no_failed_units),
     step "tag the configuration" {

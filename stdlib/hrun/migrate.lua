@@ -719,6 +719,16 @@ function M.check_downtime(ctx, moves, max)
   return true, msg
 end
 
+-- migrate.found(ctx, ok, message) → ok, message: a check's answer, its message logged
+-- under the check when it passed (what it found: "longest downtime 42 s") — for checks
+-- whose message says more than why not.
+function M.found(ctx, ok, message)
+  if ok and message then
+    ctx.log("%s", message)
+  end
+  return ok, message
+end
+
 -- migrate.check_offsite({unit, max_age}) → ok, message: the offsite backup (a oneshot
 -- unit, restic's or borg's) last ran to success, at most max_age seconds ago (0: any
 -- time). "Before starting ANY phase: full backup of all data (offsite)".

@@ -615,7 +615,7 @@ function Runner:run_check(check)
     self.journal:end_step(id, { status = err and "failed" or "done", attempts = 1, error = err, ended = sys.now() })
   end
   self:emit({ event = "check", phase = check.phase, check = check.name, status = status, error = err,
-    message = not err and msg ~= nil and tostring(msg) or nil, seconds = sys.now() - started })
+    seconds = sys.now() - started })
   return status ~= "failed", err
 end
 

@@ -146,8 +146,7 @@ local plain_events = {
     self:line(ev.time, "phase %s skipped (%s)", ev.phase, ev.reason)
   end,
   check = function(self, ev)
-    self:line(ev.time, "  check %s: %s%s", ev.check, ev.status, ev.error and (": " .. ev.error)
-      or ev.message and (" (" .. ev.message .. ")") or "")
+    self:line(ev.time, "  check %s: %s%s", ev.check, ev.status, ev.error and (": " .. ev.error) or "")
   end,
   ["step-start"] = function(self, ev)
     self:line(ev.time, "  step %s ...", ev.step)
@@ -295,9 +294,6 @@ local tty_events = {
     local mark = ev.status == "ok" and self:c("32", "✓") or ev.status == "unknown" and self:c("33", "?")
       or self:c("31", "✗")
     self:print("  " .. mark .. " " .. pad(ev.check, 44) .. self:c("2", "check " .. M.seconds(ev.seconds)))
-    if ev.message then
-      self:print(self:c("2", "      " .. ev.message))
-    end
     if ev.error then
       self:print(self:c(ev.status == "unknown" and "33" or "31", "      " .. ev.error:gsub("\n", "\n      ")))
     end
