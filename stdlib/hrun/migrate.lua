@@ -67,6 +67,29 @@ local function differences(r)
     first and (", e.g. " .. first) or "")
 end
 
+-- The first table (by name) whose rows counted now differ from those wanted: its name,
+-- its rows now (nil: not counted) and wanted; nil when every one matches.
+local function rows_differ(now, want)
+  for _, t in ipairs(M.keys(want)) do
+    if now[t] ~= want[t] then
+      return t, now[t], want[t]
+    end
+  end
+end
+
+-- Each table of `before` with fewer rows now is added to bad, as label .. "<table> has …";
+-- returns how many tables were compared.
+local function add_losses(bad, label, now, before)
+  local n = 0
+  for t, was in pairs(before or {}) do
+    n = n + 1
+    if (now[t] or 0) < was then
+      bad[#bad + 1] = string.format("%s%s has %d rows, %d before", label, t, now[t] or 0, was)
+    end
+  end
+  return n
+end
+
 -- A UTC time for names: 2026-03-01T12-30-00Z (btrfs.prune reads it back).
 local function stamp()
   return os.date("!%Y-%m-%dT%H-%M-%SZ")
@@ -493,11 +516,10 @@ function M.prove_backups(ctx, moves, names, dir)
       sqlite.backup(rec.file, scratch)
       if not ctx.plan then
         local rows = assert(M.sqlite_counts(scratch, db.tables))
-        for t, n in pairs(rec.rows) do
-          if rows[t] ~= n then
-            error(string.format("%s: the backup of %s restores %s with %s rows, not %d", m.name, db.file, t,
-              tostring(rows[t]), n))
-          end
+        local t, now, want = rows_differ(rows, rec.rows)
+        if t then
+          error(string.format("%s: the backup of %s restores %s with %s rows, not %d", m.name, db.file, t,
+            tostring(now), want))
         end
         ctx.log("%s: the backup of %s restores, rows match (%s)", m.name, db.file, M.show_counts(rows))
       end
@@ -519,6 +541,35 @@ function M.show_counts(counts)
   return table.concat(out, ", ")
 end
 
+-- The copy of one move's data, between a manifest of the old data (not in plans) and
+-- the copy's verification against it; then its SQLite databases' rows compared.
+local function copy_verified(ctx, m, from, name, algo)
+  local manifest
+  if not ctx.plan then
+    manifest = hash.tree(from, { algo = algo, save = name })
+    if not manifest.complete then
+      error(string.format("%s: %d entries of %s could not be read", m.name, manifest.errors, from))
+    end
+  end
+  fs.copy(from, m.to, { recursive = true })
+  if ctx.plan then
+    return
+  end
+  local r = hash.verify(name, m.to)
+  if not r.ok then
+    error(string.format("%s: the copy in %s differs from %s (%s)", m.name, m.to, from, differences(r)))
+  end
+  ctx.log("%s: %d files, %s copied to %s, checksums match", m.name, manifest.files, ui.bytes(manifest.bytes), m.to)
+  local backups = (ctx.shared.backups or {})[m.name] or { sqlite = {} }
+  for _, db in ipairs(m.sqlite or {}) do
+    local rows = assert(M.sqlite_counts(join(m.to, db.file), db.tables))
+    local t, now, want = rows_differ(rows, backups.sqlite[db.file] and backups.sqlite[db.file].rows or {})
+    if t then
+      error(string.format("%s: %s: table %s has %s rows, the old host's %d", m.name, db.file, t, tostring(now), want))
+    end
+  end
+end
+
 -- migrate.copy(ctx, old, moves, {algo}) — each move's data copied to its place on NixOS
 -- (owners, modes and times kept; undone by removing the copy), after a checksum manifest
 -- of the old data (named migration-<name>); the copy verified against it: a single
@@ -535,30 +586,7 @@ function M.copy(ctx, old, moves, opts)
     if parent and parent ~= "" and not fs.exists(parent) then
       fs.mkdir(parent, { parents = true })
     end
-    if ctx.plan then
-      fs.copy(from, m.to, { recursive = true })
-    else
-      local manifest = hash.tree(from, { algo = opts.algo, save = name })
-      if not manifest.complete then
-        error(string.format("%s: %d entries of %s could not be read", m.name, manifest.errors, from))
-      end
-      fs.copy(from, m.to, { recursive = true })
-      local r = hash.verify(name, m.to)
-      if not r.ok then
-        error(string.format("%s: the copy in %s differs from %s (%s)", m.name, m.to, from, differences(r)))
-      end
-      ctx.log("%s: %d files, %s copied to %s, checksums match", m.name, manifest.files, ui.bytes(manifest.bytes), m.to)
-      local backups = (ctx.shared.backups or {})[m.name] or { sqlite = {} }
-      for _, db in ipairs(m.sqlite or {}) do
-        local rows = assert(M.sqlite_counts(join(m.to, db.file), db.tables))
-        local want = backups.sqlite[db.file] and backups.sqlite[db.file].rows or {}
-        for t, n in pairs(want) do
-          if rows[t] ~= n then
-            error(string.format("%s: %s: table %s has %d rows, the old host's %d", m.name, db.file, t, rows[t], n))
-          end
-        end
-      end
-    end
+    copy_verified(ctx, m, from, name, opts.algo)
   end
 end
 
@@ -587,12 +615,10 @@ function M.restore_databases(ctx, moves, pg_new)
         assert(pg.restore(rec.file, o))
       end
       if not ctx.plan then
-        local rows = assert(M.pg_counts(db.database, server))
-        for t, n in pairs(rec.rows) do
-          if rows[t] ~= n then
-            error(string.format("%s: %s.%s has %s rows on the new server, %d on the old", m.name, db.database, t,
-              tostring(rows[t]), n))
-          end
+        local t, now, want = rows_differ(assert(M.pg_counts(db.database, server)), rec.rows)
+        if t then
+          error(string.format("%s: %s.%s has %s rows on the new server, %d on the old", m.name, db.database, t,
+            tostring(now), want))
         end
         ctx.log("%s: database %s restored, rows match (%d tables)", m.name, db.database, #M.keys(rec.rows))
       end
@@ -620,12 +646,8 @@ function M.check_rows(moves, backups, pg_new)
       if not rows then
         bad[#bad + 1] = err
       else
-        for t, was in pairs(b.sqlite[db.file] and b.sqlite[db.file].rows or {}) do
-          n = n + 1
-          if (rows[t] or 0) < was then
-            bad[#bad + 1] = string.format("%s: %s: %s has %d rows, %d before", m.name, db.file, t, rows[t] or 0, was)
-          end
-        end
+        n = n + add_losses(bad, string.format("%s: %s: ", m.name, db.file), rows,
+          b.sqlite[db.file] and b.sqlite[db.file].rows)
       end
     end
     for _, db in ipairs(m.postgres or {}) do
@@ -633,13 +655,8 @@ function M.check_rows(moves, backups, pg_new)
       if not rows then
         bad[#bad + 1] = string.format("%s: %s", m.name, err)
       else
-        for t, was in pairs(b.postgres[db.database] and b.postgres[db.database].rows or {}) do
-          n = n + 1
-          if (rows[t] or 0) < was then
-            bad[#bad + 1] = string.format("%s: %s.%s has %d rows, %d before", m.name, db.database, t, rows[t] or 0,
-              was)
-          end
-        end
+        n = n + add_losses(bad, string.format("%s: %s.", m.name, db.database), rows,
+          b.postgres[db.database] and b.postgres[db.database].rows)
       end
     end
   end
@@ -667,6 +684,19 @@ function M.routes(moves, label)
   return table.concat(out, "\n") .. "\n" .. table.concat(services, "\n") .. "\n"
 end
 
+-- Why url does not answer (an error, a status of 400 or more, a body not matching match),
+-- or nil when it does.
+local function why_not_answering(url, match)
+  local r, err = try(http.request, url, { timeout = 15 })
+  if not r then
+    return err
+  elseif r.status >= 400 then
+    return string.format("%s answered %d", url, r.status)
+  elseif match and not r.body:find(match) then
+    return string.format("%s: the answer does not match '%s'", url, match)
+  end
+end
+
 -- migrate.check_public(moves) → ok, message: each move's public URL answers (through
 -- the proxy, now pointing at NixOS) as its health URL must.
 function M.check_public(moves)
@@ -674,14 +704,7 @@ function M.check_public(moves)
   for _, m in ipairs(moves) do
     if m.public and m.public ~= "" then
       n = n + 1
-      local r, err = try(http.request, m.public, { timeout = 15 })
-      if not r then
-        bad[#bad + 1] = err
-      elseif r.status >= 400 then
-        bad[#bad + 1] = string.format("%s answered %d", m.public, r.status)
-      elseif m.match and not r.body:find(m.match) then
-        bad[#bad + 1] = string.format("%s: the answer does not match '%s'", m.public, m.match)
-      end
+      bad[#bad + 1] = why_not_answering(m.public, m.match)
     end
   end
   return verdict(bad, string.format("%d public URLs answer", n))
@@ -693,10 +716,7 @@ function M.check_old(moves)
   local bad = {}
   for _, m in ipairs(moves) do
     if m.old_url and m.old_url ~= "" then
-      local r, err = try(http.request, m.old_url, { timeout = 15 })
-      if not r or r.status >= 400 then
-        bad[#bad + 1] = r and string.format("%s answered %d", m.old_url, r.status) or err
-      end
+      bad[#bad + 1] = why_not_answering(m.old_url)
     end
   end
   return verdict(bad, nil, "the old host does not answer: ")
