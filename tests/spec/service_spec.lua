@@ -135,4 +135,25 @@ return playbook { name = "maintenance", params = { fail = false },
     r = hrun_cmd({ p, "--state", d .. "/state" }, { env = env })
     eq(r.code, 0, r.stdout .. r.stderr)
   end)
+
+  it("undoes a start that ended in failure: stopped, and its failed state forgotten", function()
+    local env = systemd_container()
+    local d = tmpdir()
+    local p = playbook_file(d, "pb.lua", [[
+return playbook { name = "start",
+  phase "p" {
+    step "start" { run = function() service.start("hrun-fail", { wait = false }) end },
+    step "look" { run = function()
+      sys.sleep(1)
+      error("hrun-fail is " .. service.status("hrun-fail").active)
+    end },
+  },
+}]])
+    local r = hrun_cmd({ "plan", p, "--state", d .. "/state" }, { env = env })
+    has(r.stdout, "[undo: service.stop hrun-fail.service; service._reset_failed hrun-fail.service]")
+    r = hrun_cmd({ p, "--state", d .. "/state" }, { env = env })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "hrun-fail is failed")
+    eq(json.decode(hrun_chunk(env, 'print(json.encode(service.status("hrun-fail")))')).active, "inactive")
+  end)
 end)
