@@ -242,8 +242,11 @@ function M.wait_healthy(svc, timeout)
     if ok then
       return
     end
-    if service.status(svc.unit).active == "failed" then
-      error(why .. " — it failed while its URL was awaited", 0)
+    -- named by its unit's state, whichever of the unit and the URL the last look caught
+    local st = service.status(svc.unit)
+    if st.active == "failed" then
+      error(string.format("%s failed (%s/%s, result %s) while %s was awaited", st.unit, st.load, st.sub or "?",
+        tostring(st.result), svc.url), 0)
     end
     if sys.now() > deadline then
       error(string.format("%s: not healthy after %d s: %s", svc.unit, timeout, why), 0)
