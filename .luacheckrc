@@ -5,21 +5,21 @@ codes = true
 
 -- hrun's modules are globals in scripts, the REPL and playbooks
 local hrun_globals = {
-  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service", "podman", "sqlite",
+  "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "service", "podman", "sqlite", "secrets",
 }
 
 files["stdlib"] = { read_globals = hrun_globals }
 -- playbooks load into an environment of their own: the modules and the DSL
 local playbook_globals = {
   "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "sqlite", "pg",
-  "checks", "migrate", "journal",
+  "checks", "migrate", "journal", "secrets",
   "playbook", "phase", "step", "check",
 }
 files["playbooks"] = { read_globals = playbook_globals }
 files["tests/playbooks"] = { read_globals = playbook_globals }
 files["bench"] = { read_globals = playbook_globals }
 -- the corpus of malformed playbooks is malformed on purpose
-exclude_files = { "tests/playbooks/bad/*.lua" }
+exclude_files = { "tests/playbooks/bad/*.lua", "tests/fuzz/corpus/**" }
 files["tests"] = {
   read_globals = hrun_globals,
   -- the spec runner's helpers, defined as globals for the spec files
@@ -27,6 +27,6 @@ files["tests"] = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
     "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "podman_sandbox", "nix_host",
-    "btrfs_volume", "host_views",
+    "btrfs_volume", "host_views", "http_server",
   },
 }

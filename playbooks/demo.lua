@@ -45,6 +45,12 @@ local function serve(ctx, port)
   end
 end
 
+-- A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick).
+local function free_port()
+  return tonumber(exec.run({ "python3", "-c", "import socket; s = socket.socket(); "
+    .. "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }, { readonly = true }).stdout) or 2283
+end
+
 local function stop_serving(ctx, port)
   local start, stop = server_commands(ctx, port)
   exec.sh(stop, { undo = start })
@@ -53,7 +59,7 @@ end
 return playbook {
   name = "demo", version = "2.0",
   description = "Upgrade a sandbox photo server; its health check fails; hrun gives back every byte",
-  capabilities = { "fs", "btrfs", "hash", "nixos", "git", "http", "exec" },
+  capabilities = { "fs", "btrfs", "hash", "nix", "git", "net", "exec" },
   params = {
     root = "/tmp/hrun-demo",               -- the sandbox: its volume, mount point and service
     nix = "",                              -- a nix sandbox (scripts/demo.sh makes one), or none
@@ -91,8 +97,7 @@ return playbook {
         fs.write(library(ctx) .. "/www/health", "photos 1.4 ok\n")
         local port = ctx.params.port
         if port == 0 then
-          port = tonumber(exec.run({ "python3", "-c", "import socket; s = socket.socket(); "
-            .. "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }, { readonly = true }).stdout) or 2283
+          port = free_port()
         end
         ctx.shared.port = port
         serve(ctx, port)
@@ -164,7 +169,8 @@ return playbook {
     step "restart on the new port" {
       run = function(ctx)
         stop_serving(ctx, ctx.shared.port)
-        local port = ctx.shared.port + 1
+        -- a new port nothing listens on (port + 1 may be another program's)
+        local port = ctx.params.port == 0 and free_port() or ctx.params.port + 1
         if not ctx.params.fail then
           serve(ctx, port)
         end

@@ -80,7 +80,7 @@ end
 return playbook {
   name = "phase0-preparation", version = "1.0.0",
   description = "Migration phase 0: the NixOS test machine proves what the migration needs",
-  capabilities = { "fs", "nixos", "git", "service", "exec" },
+  capabilities = { "fs", "nix", "git", "service", "exec" },
   params = {
     config = { flake = "/etc/nixos", profile = "" },
     min_uptime = 24,                       -- hours up without trouble ("runs stably")

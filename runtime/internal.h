@@ -18,7 +18,40 @@ typedef struct hrun_Runtime {
     int lua_after;
     int stood_in; /* the before hook stood in for the call just made: no after hook */
     int strict;   /* inside a playbook's functions: nil, message returns raise */
+    struct hrun_Sandbox *sandbox; /* the capabilities a sandboxed playbook declared; NULL: none */
+    int trusted;                  /* > 0: the engine's own work, outside the sandbox */
 } hrun_Runtime;
+
+typedef struct hrun_Sandbox hrun_Sandbox;
+
+/* [-0, +0, v] The sandbox's check of a call of p (arguments at 1..top): raises, naming
+** the capability missing, unless the declared capabilities cover what it touches. */
+void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname);
+
+/* The bytes of the secret at idx (secrets.read), or NULL when it is not one. */
+const char *hrun_tosecret(lua_State *L, int idx, size_t *len);
+
+/* The bytes of the string or secret at idx, or NULL when it is neither (no numbers). */
+const char *hrun_tobytes(lua_State *L, int idx, size_t *len);
+
+/* How many secrets are alive (0: nothing to mask). */
+int hrun_secrets_live(void);
+
+/* Is p the bytes of a live secret (an argv entry taken from one)? */
+int hrun_secret_owns(const char *p);
+
+/* [-0, +1, m] The text at idx with every live secret's bytes replaced by "<secret>". */
+void hrun_mask(lua_State *L, int idx);
+
+/* While set, json.encode writes a secret's bytes instead of "<secret>" (http's json). */
+extern int hrun_json_reveal;
+
+/* Lifts the sandbox and frees it. */
+void hrun_sandbox_close(hrun_Runtime *rt);
+
+/* [-0, +0, m] Adds to the private library on top: sandbox, capability, trusted, allowed,
+** capsused (sandbox.c). */
+void hrun_opensandbox(lua_State *L);
 
 static inline hrun_Runtime *hrun_runtime(lua_State *L)
 {

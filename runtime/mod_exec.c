@@ -154,6 +154,10 @@ static void push_command(lua_State *L, char *const *argv)
     for (int i = 0; argv[i]; i++) {
         const unsigned char *s = (const unsigned char *)argv[i];
         if (i > 0) luaL_addchar(&b, ' ');
+        if (hrun_secret_owns(argv[i])) {
+            luaL_addstring(&b, "<secret>");
+            continue;
+        }
         int plain = *s != '\0';
         for (const unsigned char *p = s; *p; p++)
             if (!(strchr("_./=:,+@%-", *p) || (*p >= '0' && *p <= '9') ||
@@ -253,11 +257,12 @@ static void check_argv(lua_State *L, Run *r)
     if (n < 1) luaL_argerror(L, 1, "argv is empty");
     for (lua_Integer i = 1; i <= n; i++) {
         size_t len;
-        if (lua_rawgeti(L, 1, i) != LUA_TSTRING)
+        lua_rawgeti(L, 1, i);
+        const char *s = hrun_tobytes(L, -1, &len); /* a string or a secret */
+        if (s == NULL)
             luaL_argerror(
                 L, 1,
                 lua_pushfstring(L, "argv[%I] must be a string, got %s", i, luaL_typename(L, -1)));
-        const char *s = lua_tolstring(L, -1, &len);
         if (memchr(s, '\0', len))
             luaL_argerror(L, 1, lua_pushfstring(L, "argv[%I] contains a NUL byte", i));
         lua_pop(L, 1);
@@ -266,7 +271,7 @@ static void check_argv(lua_State *L, Run *r)
         luaL_error(L, "not enough memory");
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
-        r->argv[i - 1] = (char *)lua_tostring(L, -1); /* anchored by the argv table */
+        r->argv[i - 1] = (char *)hrun_tobytes(L, -1, NULL); /* anchored by the argv table */
         lua_pop(L, 1);
     }
 }
@@ -302,9 +307,11 @@ static void build_env(lua_State *L, Run *r, int clear)
                 lua_pushvalue(L, -2);
                 lua_pushnil(L);
                 lua_rawset(L, strs); /* false unsets */
-            } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+            } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ||
+                       hrun_tosecret(L, -1, NULL)) {
                 size_t vlen;
-                const char *v = lua_tolstring(L, -1, &vlen);
+                const char *v = hrun_tosecret(L, -1, &vlen);
+                if (v == NULL) v = lua_tolstring(L, -1, &vlen);
                 if (strlen(v) != vlen)
                     luaL_argerror(L, 2,
                                   lua_pushfstring(L, "field 'env': %s contains a NUL byte", k));
@@ -391,7 +398,16 @@ static int run_command(lua_State *L, const char *what)
     check_argv(L, r);
     size_t inlen = 0;
     const char *cwd = hrun_optstring(L, 2, "cwd", NULL, NULL);
-    const char *input = hrun_optstring(L, 2, "stdin", NULL, &inlen);
+    const char *input = NULL;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_getfield(L, 2, "stdin"); /* anchored by the options table */
+        input = hrun_tobytes(L, -1, &inlen);
+        if (input == NULL && !lua_isnil(L, -1))
+            luaL_argerror(L, 2,
+                          lua_pushfstring(L, "field 'stdin': string or secret expected, got %s",
+                                          luaL_typename(L, -1)));
+        lua_pop(L, 1);
+    }
     double timeout = hrun_optnumber(L, 2, "timeout", 0);
     double grace = hrun_optnumber(L, 2, "grace", 2);
     int check = hrun_optbool(L, 2, "check", 1);
@@ -565,19 +581,69 @@ static int exec_sh_inverse(lua_State *L)
     return exec_inverse(L, "exec.sh");
 }
 
+/* {======================================================
+** Targets (the sandbox): the program a call runs, and its undo's
+** ======================================================= */
+
+/* [-0, +?, -] Adds the program of the argv at idx (or /bin/sh for a command string). */
+static int add_program(lua_State *L, int idx, hrun_Target *t, int n)
+{
+    if (n >= HRUN_MAXTARGETS) return n;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        t[n].value = "/bin/sh";
+    } else if (lua_type(L, idx) == LUA_TTABLE && lua_rawgeti(L, idx, 1) == LUA_TSTRING) {
+        t[n].value = lua_tostring(L, -1); /* anchored on the stack until the check ends */
+    } else {
+        return n;
+    }
+    t[n].cap = NULL;
+    t[n].base = NULL;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "cwd");
+        if (lua_rawget(L, 2) == LUA_TSTRING) t[n].base = lua_tostring(L, -1);
+    }
+    return n + 1;
+}
+
+static int exec_targets(lua_State *L, hrun_Target *t, int shell)
+{
+    int n = shell ? (lua_type(L, 1) == LUA_TSTRING ? add_program(L, 1, t, 0) : 0)
+                  : add_program(L, 1, t, 0);
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "undo");
+        lua_rawget(L, 2);
+        n = add_program(L, lua_gettop(L), t, n);
+    }
+    return n;
+}
+
+static int run_targets(lua_State *L, hrun_Target *t)
+{
+    return exec_targets(L, t, 0);
+}
+
+static int sh_targets(lua_State *L, hrun_Target *t)
+{
+    return exec_targets(L, t, 1);
+}
+
+/* }====================================================== */
+
 static const hrun_Prim exec_prims[] = {
     {.name = "run",
      .func = exec_run,
      .kind = HRUN_WRITE,
      .cap = "exec",
      .writes = exec_writes,
-     .inverse = exec_run_inverse},
+     .inverse = exec_run_inverse,
+     .targets = run_targets},
     {.name = "sh",
      .func = exec_sh,
      .kind = HRUN_WRITE,
      .cap = "exec",
      .writes = exec_writes,
-     .inverse = exec_sh_inverse},
+     .inverse = exec_sh_inverse,
+     .targets = sh_targets},
     {0},
 };
 

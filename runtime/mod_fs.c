@@ -413,8 +413,8 @@ int hrun_fs_write(lua_State *L)
     static const char *const opts[] = {"mode", NULL};
     const char *path = hrun_checkpath(L, 1, NULL);
     size_t len;
-    if (lua_type(L, 2) != LUA_TSTRING) luaL_typeerror(L, 2, "string");
-    const char *data = lua_tolstring(L, 2, &len);
+    const char *data = hrun_tobytes(L, 2, &len); /* a string or a secret */
+    if (data == NULL) luaL_typeerror(L, 2, "string or secret");
     hrun_checkopts(L, 3, opts);
     mode_t mode = opt_mode(L, 3, (mode_t)-1);
     lua_settop(L, 3);
@@ -1017,35 +1017,75 @@ static int fs_restore(lua_State *L)
 
 /* }====================================================== */
 
+/* The sandbox's target of fs.glob: the directory its pattern starts from (what comes
+** before the first wildcard, up to its last '/'). */
+static int glob_targets(lua_State *L, hrun_Target *t)
+{
+    if (lua_type(L, 1) != LUA_TSTRING) return 0;
+    const char *pattern = lua_tostring(L, 1);
+    size_t wild = strcspn(pattern, "*?[{\\");
+    const char *slash = NULL;
+    for (const char *p = pattern; p < pattern + wild; p++)
+        if (*p == '/') slash = p;
+    if (slash == NULL)
+        lua_pushliteral(L, ".");
+    else
+        lua_pushlstring(L, pattern, slash == pattern ? 1 : (size_t)(slash - pattern));
+    if (wild == strlen(pattern)) lua_pushvalue(L, 1), lua_replace(L, -2); /* no wildcard */
+    t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL};
+    return 1;
+}
+
 static const hrun_Prim fs_prims[] = {
-    {.name = "read", .func = fs_read, .kind = HRUN_READ, .cap = "fs"},
-    {.name = "exists", .func = fs_exists, .kind = HRUN_READ, .cap = "fs"},
-    {.name = "stat", .func = fs_stat, .kind = HRUN_READ, .cap = "fs"},
-    {.name = "statfs", .func = fs_statfs, .kind = HRUN_READ, .cap = "fs"},
-    {.name = "list", .func = fs_list, .kind = HRUN_READ, .cap = "fs"},
-    {.name = "glob", .func = fs_glob, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "read", .func = fs_read, .kind = HRUN_READ, .cap = "fs", .targets = hrun_targets_arg1},
+    {.name = "exists",
+     .func = fs_exists,
+     .kind = HRUN_READ,
+     .cap = "fs",
+     .targets = hrun_targets_arg1},
+    {.name = "stat", .func = fs_stat, .kind = HRUN_READ, .cap = "fs", .targets = hrun_targets_arg1},
+    {.name = "statfs",
+     .func = fs_statfs,
+     .kind = HRUN_READ,
+     .cap = "fs",
+     .targets = hrun_targets_arg1},
+    {.name = "list", .func = fs_list, .kind = HRUN_READ, .cap = "fs", .targets = hrun_targets_arg1},
+    {.name = "glob", .func = fs_glob, .kind = HRUN_READ, .cap = "fs", .targets = glob_targets},
     {.name = "write",
      .func = hrun_fs_write,
      .kind = HRUN_WRITE,
      .cap = "fs",
-     .inverse = fs_write_inverse},
+     .inverse = fs_write_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "mkdir",
      .func = fs_mkdir,
      .kind = HRUN_WRITE,
      .cap = "fs",
-     .inverse = fs_mkdir_inverse},
+     .inverse = fs_mkdir_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "remove",
      .func = fs_remove,
      .kind = HRUN_WRITE,
      .cap = "fs",
-     .inverse = fs_remove_inverse},
-    {.name = "copy", .func = fs_copy, .kind = HRUN_WRITE, .cap = "fs", .inverse = fs_copy_inverse},
+     .inverse = fs_remove_inverse,
+     .targets = hrun_targets_arg1},
+    {.name = "copy",
+     .func = fs_copy,
+     .kind = HRUN_WRITE,
+     .cap = "fs",
+     .inverse = fs_copy_inverse,
+     .targets = hrun_targets_args12},
     {.name = "rename",
      .func = fs_rename,
      .kind = HRUN_WRITE,
      .cap = "fs",
-     .inverse = fs_rename_inverse},
-    {.name = "_restore", .func = fs_restore, .kind = HRUN_WRITE, .cap = "fs"},
+     .inverse = fs_rename_inverse,
+     .targets = hrun_targets_args12},
+    {.name = "_restore",
+     .func = fs_restore,
+     .kind = HRUN_WRITE,
+     .cap = "fs",
+     .targets = hrun_targets_args12},
     {0},
 };
 

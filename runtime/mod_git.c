@@ -1122,42 +1122,90 @@ static int checkout_inverse(lua_State *L)
 
 /* }====================================================== */
 
+/* The sandbox's targets of git.clone(url, dir): the directory, and the URL (net) or,
+** for a local repository, its path. */
+static int clone_targets(lua_State *L, hrun_Target *t)
+{
+    int n = hrun_targets_arg2(L, t);
+    if (lua_type(L, 1) == LUA_TSTRING && n < HRUN_MAXTARGETS) {
+        const char *url = lua_tostring(L, 1);
+        t[n++] = (hrun_Target){strstr(url, "://") || strchr(url, '@') ? "net" : NULL, url, NULL};
+    }
+    return n;
+}
+
+/* git.fetch(dir): the repository, and the network (wherever its remote points). */
+static int fetch_targets(lua_State *L, hrun_Target *t)
+{
+    int n = hrun_targets_arg1(L, t);
+    t[n++] = (hrun_Target){"net", NULL, NULL};
+    return n;
+}
+
 static const hrun_Prim git_prims[] = {
-    {.name = "open", .func = l_open, .kind = HRUN_READ, .cap = "git"},
-    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "git"},
-    {.name = "status", .func = l_status, .kind = HRUN_READ, .cap = "git"},
-    {.name = "log", .func = l_log, .kind = HRUN_READ, .cap = "git"},
-    {.name = "tags", .func = l_tags, .kind = HRUN_READ, .cap = "git"},
-    {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "git"},
-    {.name = "init", .func = l_init, .kind = HRUN_WRITE, .cap = "git", .inverse = init_inverse},
-    {.name = "clone", .func = l_clone, .kind = HRUN_WRITE, .cap = "git", .inverse = clone_inverse},
+    {.name = "open", .func = l_open, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
+    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
+    {.name = "status",
+     .func = l_status,
+     .kind = HRUN_READ,
+     .cap = "git",
+     .targets = hrun_targets_arg1},
+    {.name = "log", .func = l_log, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
+    {.name = "tags", .func = l_tags, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
+    {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
+    {.name = "init",
+     .func = l_init,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = init_inverse,
+     .targets = hrun_targets_arg1},
+    {.name = "clone",
+     .func = l_clone,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = clone_inverse,
+     .targets = clone_targets},
     {.name = "fetch",
      .func = l_fetch,
      .kind = HRUN_WRITE,
      .cap = "git",
-     .inverse = nothing_inverse},
+     .inverse = nothing_inverse,
+     .targets = fetch_targets},
     {.name = "commit",
      .func = l_commit,
      .kind = HRUN_WRITE,
      .cap = "git",
-     .inverse = commit_inverse},
-    {.name = "tag", .func = l_tag, .kind = HRUN_WRITE, .cap = "git", .inverse = tagref_inverse},
+     .inverse = commit_inverse,
+     .targets = hrun_targets_arg1},
+    {.name = "tag",
+     .func = l_tag,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .inverse = tagref_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "delete_tag",
      .func = l_delete_tag,
      .kind = HRUN_WRITE,
      .cap = "git",
-     .inverse = tagref_inverse},
+     .inverse = tagref_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "checkout_paths",
      .func = l_checkout_paths,
      .kind = HRUN_WRITE,
      .cap = "git",
-     .inverse = checkout_paths_inverse},
+     .inverse = checkout_paths_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "checkout",
      .func = l_checkout,
      .kind = HRUN_WRITE,
      .cap = "git",
-     .inverse = checkout_inverse},
-    {.name = "_setref", .func = l_setref, .kind = HRUN_WRITE, .cap = "git"},
+     .inverse = checkout_inverse,
+     .targets = hrun_targets_arg1},
+    {.name = "_setref",
+     .func = l_setref,
+     .kind = HRUN_WRITE,
+     .cap = "git",
+     .targets = hrun_targets_arg1},
     {0},
 };
 

@@ -617,8 +617,8 @@ static int verify_body(lua_State *L)
 */
 static int hash_verify(lua_State *L)
 {
-    int optarg = lua_istable(L, 2) ? 2 : 3;
-    hrun_checkopts(L, optarg, verify_options);
+    int opts_at = lua_istable(L, 2) ? 2 : 3;
+    hrun_checkopts(L, opts_at, verify_options);
     lua_settop(L, 3);
     sqlite3 *db = journal_db(L);
     sqlite3_int64 a = manifest_id(L, db, 1);
@@ -632,7 +632,7 @@ static int hash_verify(lua_State *L)
     int algo = hrun_algo_parse((const char *)sqlite3_column_text(st, 1));
     sqlite3_finalize(st);
     const char *root =
-        optarg == 3 && !lua_isnoneornil(L, 2) ? hrun_checkpath(L, 2, NULL) : lua_tostring(L, -1);
+        opts_at == 3 && !lua_isnoneornil(L, 2) ? hrun_checkpath(L, 2, NULL) : lua_tostring(L, -1);
     char real[4096];
     if (realpath(root, real) == NULL) return hrun_fail(L, "hash.verify", root, errno);
     if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
@@ -645,11 +645,11 @@ static int hash_verify(lua_State *L)
     if (sqlite3_step(st) != SQLITE_DONE) db_fail(L, db);
     sqlite3_finalize(st);
     sqlite3_int64 b = sqlite3_last_insert_rowid(db);
-    int quick = hrun_optbool(L, optarg, "quick", 0);
+    int quick = hrun_optbool(L, opts_at, "quick", 0);
     /* the verification's own hash is a scratch manifest, gone afterwards — also when the
     ** hash is interrupted or fails */
     lua_pushcfunction(L, verify_body);
-    lua_pushvalue(L, optarg);
+    lua_pushvalue(L, opts_at);
     lua_pushstring(L, real);
     lua_pushinteger(L, algo);
     lua_pushinteger(L, a);
@@ -1058,18 +1058,41 @@ static int hash_manifests(lua_State *L)
 
 /* }====================================================== */
 
+/* hash.import(file, {root}): the file it reads, and the root it describes. */
+static int import_targets(lua_State *L, hrun_Target *t)
+{
+    return hrun_targets_field(L, 2, "root", t, hrun_targets_arg1(L, t), NULL);
+}
+
 static const hrun_Prim hash_prims[] = {
-    {.name = "file", .func = hash_file, .kind = HRUN_READ, .cap = "hash"},
-    {.name = "tree", .func = hash_tree, .kind = HRUN_READ, .cap = "hash"},
-    {.name = "verify", .func = hash_verify, .kind = HRUN_READ, .cap = "hash"},
+    {.name = "file",
+     .func = hash_file,
+     .kind = HRUN_READ,
+     .cap = "hash",
+     .targets = hrun_targets_arg1},
+    {.name = "tree",
+     .func = hash_tree,
+     .kind = HRUN_READ,
+     .cap = "hash",
+     .targets = hrun_targets_arg1},
+    {.name = "verify",
+     .func = hash_verify,
+     .kind = HRUN_READ,
+     .cap = "hash",
+     .targets = hrun_targets_arg2},
     {.name = "compare", .func = hash_compare, .kind = HRUN_READ, .cap = "hash"},
-    {.name = "import", .func = hash_import, .kind = HRUN_READ, .cap = "hash"},
+    {.name = "import",
+     .func = hash_import,
+     .kind = HRUN_READ,
+     .cap = "hash",
+     .targets = import_targets},
     {.name = "manifests", .func = hash_manifests, .kind = HRUN_READ, .cap = "hash"},
     {.name = "export",
      .func = hash_export,
      .kind = HRUN_WRITE,
      .cap = "hash",
-     .inverse = hash_export_inverse},
+     .inverse = hash_export_inverse,
+     .targets = hrun_targets_arg2},
     {0},
 };
 

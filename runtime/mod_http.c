@@ -183,12 +183,21 @@ static int request(lua_State *L, const char *what)
     const char *body = NULL;
     lua_pushnil(L); /* 4 */
     if (lua_istable(L, 2)) {
-        body = hrun_optstring(L, 2, "body", NULL, &blen);
+        lua_getfield(L, 2, "body"); /* a string or a secret, anchored by the options */
+        body = hrun_tobytes(L, -1, &blen);
+        if (body == NULL && !lua_isnil(L, -1))
+            luaL_argerror(L, 2,
+                          lua_pushfstring(L, "field 'body': string or secret expected, got %s",
+                                          luaL_typename(L, -1)));
+        lua_pop(L, 1);
         if (lua_getfield(L, 2, "json") != LUA_TNIL) {
             if (body) luaL_argerror(L, 2, "body and json exclude each other");
             lua_pushcfunction(L, hrun_json_encode);
             lua_insert(L, -2);
-            lua_call(L, 1, 1);
+            hrun_json_reveal = 1; /* the request carries the secrets in it */
+            int status = lua_pcall(L, 1, 1, 0);
+            hrun_json_reveal = 0;
+            if (status != LUA_OK) return lua_error(L);
             lua_replace(L, 4);
             body = lua_tolstring(L, 4, &blen);
         } else {
@@ -203,9 +212,10 @@ static int request(lua_State *L, const char *what)
         int h = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, h)) {
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-                luaL_argerror(L, 2, "field 'headers': {name = value} strings");
-            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+            const char *value = hrun_tobytes(L, -1, NULL); /* a string or a secret */
+            if (lua_type(L, -2) != LUA_TSTRING || value == NULL)
+                luaL_argerror(L, 2, "field 'headers': {name = value} strings (or secrets)");
+            const char *name = lua_tostring(L, -2);
             if (strpbrk(name, ":\r\n") || strpbrk(value, "\r\n"))
                 luaL_argerror(L, 2, lua_pushfstring(L, "field 'headers': bad header '%s'", name));
             lua_pushfstring(L, *value ? "%s: %s" : "%s;", name, value);
@@ -359,14 +369,15 @@ static int l_head(lua_State *L)
     return request(L, "http.head");
 }
 
-/* http.post(url, body [, opts]): a string body as it is, a table as JSON */
+/* http.post(url, body [, opts]): a string (or secret) body as it is, a table as JSON */
 static int l_post(lua_State *L)
 {
     lua_settop(L, 3);
     int t = lua_type(L, 2);
-    if (t != LUA_TSTRING && t != LUA_TTABLE) luaL_typeerror(L, 2, "string or table");
+    if (t != LUA_TSTRING && t != LUA_TTABLE && !hrun_tosecret(L, 2, NULL))
+        luaL_typeerror(L, 2, "string, secret or table");
     lua_pushvalue(L, 2);
-    set_opt(L, 3, t == LUA_TSTRING ? "body" : "json");
+    set_opt(L, 3, t == LUA_TTABLE ? "json" : "body");
     lua_pushliteral(L, "POST");
     set_opt(L, 3, "method");
     lua_remove(L, 2);
@@ -505,11 +516,16 @@ static const hrun_Prim http_prims[] = {
      .func = l_request,
      .kind = HRUN_WRITE,
      .cap = "net",
-     .writes = request_writes},
-    {.name = "get", .func = l_get, .kind = HRUN_READ, .cap = "net"},
-    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "net"},
-    {.name = "post", .func = l_post, .kind = HRUN_WRITE, .cap = "net"},
-    {.name = "wait", .func = l_wait, .kind = HRUN_READ, .cap = "net"},
+     .writes = request_writes,
+     .targets = hrun_targets_arg1},
+    {.name = "get", .func = l_get, .kind = HRUN_READ, .cap = "net", .targets = hrun_targets_arg1},
+    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "net", .targets = hrun_targets_arg1},
+    {.name = "post",
+     .func = l_post,
+     .kind = HRUN_WRITE,
+     .cap = "net",
+     .targets = hrun_targets_arg1},
+    {.name = "wait", .func = l_wait, .kind = HRUN_READ, .cap = "net", .targets = hrun_targets_arg1},
     {0},
 };
 

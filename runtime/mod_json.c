@@ -18,6 +18,8 @@
 #define OBJECT_MT "hrun.json.object"
 #define MAX_DEPTH 200
 
+int hrun_json_reveal;
+
 /* json.null: a light userdata no other value equals */
 static const char null_sentinel;
 #define JSON_NULLP ((void *)&null_sentinel)
@@ -187,14 +189,23 @@ static json_t *to_json(Enc *e, int idx)
         return table_to_json(e, idx);
     case LUA_TLIGHTUSERDATA:
         if (lua_touserdata(L, idx) == JSON_NULLP) return json_null();
-        /* fall through */
-    default: {
-        char msg[64];
-        snprintf(msg, sizeof msg, "a value of type %s", luaL_typename(L, idx));
-        enc_error(e, msg);
-        return NULL;
+        break;
+    case LUA_TUSERDATA: {
+        size_t len;
+        const char *s = hrun_tosecret(L, idx, &len);
+        if (s == NULL) break;
+        if (!hrun_json_reveal) return json_string("<secret>");
+        json_t *v = json_stringn(s, len);
+        if (v == NULL) enc_error(e, "a secret that is not valid UTF-8");
+        return v;
     }
+    default:
+        break;
     }
+    char msg[64];
+    snprintf(msg, sizeof msg, "a value of type %s", luaL_typename(L, idx));
+    enc_error(e, msg);
+    return NULL;
 }
 
 /* }====================================================== */
@@ -253,9 +264,23 @@ int hrun_json_encode(lua_State *L)
 ** JSON -> Lua
 ** ======================================================= */
 
+/* Is v nested deeper than MAX_DEPTH levels (what json.encode refuses), counting from depth? */
+static int too_deep(json_t *v, int depth)
+{
+    if (depth >= MAX_DEPTH) return 1;
+    size_t i;
+    const char *k;
+    json_t *item;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, item) if (too_deep(item, depth + 1)) return 1;
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, k, item) if (too_deep(item, depth + 1)) return 1;
+    }
+    return 0;
+}
+
 static void push_json(lua_State *L, json_t *v, int depth)
 {
-    if (depth > MAX_DEPTH) luaL_error(L, "json.decode: nested too deep");
     luaL_checkstack(L, 4, "json.decode");
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
@@ -315,6 +340,9 @@ int hrun_json_decode(lua_State *L)
     if (*doc == NULL)
         return hrun_failf(L, "EJSON", "json.decode: line %d column %d: %s", err.line, err.column,
                           err.text);
+    /* found by tests/fuzz (corpus/json/deep-201.json): this was a raise, not a value */
+    if (too_deep(*doc, 0))
+        return hrun_failf(L, "EJSON", "json.decode: nested deeper than %d levels", MAX_DEPTH);
     push_json(L, *doc, 0);
     return 1;
 }

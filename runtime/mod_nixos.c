@@ -1549,19 +1549,37 @@ static int l_flake_check(lua_State *L)
 
 /* }====================================================== */
 
+/* nixos.rebuild(action, {flake = "path#host"}): the flake's directory (a flake that is
+** not a path is left to an unscoped nix capability: it is compared as a relative path). */
+static int rebuild_targets(lua_State *L, hrun_Target *t)
+{
+    if (lua_type(L, 2) != LUA_TTABLE) return 0;
+    lua_pushliteral(L, "flake");
+    if (lua_rawget(L, 2) != LUA_TSTRING) return 0;
+    const char *flake = lua_tostring(L, -1);
+    lua_pushlstring(L, flake, strcspn(flake, "#"));
+    t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL};
+    return 1;
+}
+
 static const hrun_Prim nixos_prims[] = {
     {.name = "generations", .func = l_generations, .kind = HRUN_READ, .cap = "nix"},
     {.name = "current", .func = l_current, .kind = HRUN_READ, .cap = "nix"},
     {.name = "needs_reboot", .func = l_needs_reboot, .kind = HRUN_READ, .cap = "nix"},
     {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "nix"},
-    {.name = "flake_check", .func = l_flake_check, .kind = HRUN_READ, .cap = "nix"},
+    {.name = "flake_check",
+     .func = l_flake_check,
+     .kind = HRUN_READ,
+     .cap = "nix",
+     .targets = hrun_targets_arg1},
     {.name = "rebuild",
      .func = l_rebuild,
      .kind = HRUN_WRITE,
      .cap = "nix",
      .writes = rebuild_writes,
      .inverse = rebuild_inverse,
-     .preview = rebuild_preview},
+     .preview = rebuild_preview,
+     .targets = rebuild_targets},
     {.name = "rollback",
      .func = l_rollback,
      .kind = HRUN_WRITE,
@@ -1571,12 +1589,14 @@ static const hrun_Prim nixos_prims[] = {
      .func = l_flake_set_input,
      .kind = HRUN_WRITE,
      .cap = "nix",
-     .inverse = file_inverse},
+     .inverse = file_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "flake_update",
      .func = l_flake_update,
      .kind = HRUN_WRITE,
      .cap = "nix",
-     .inverse = lock_inverse},
+     .inverse = lock_inverse,
+     .targets = hrun_targets_arg1},
     {.name = "_activate", .func = l_activate, .kind = HRUN_WRITE, .cap = "nix"},
     {.name = "_set_input_text", .func = l_set_input_text, .kind = HRUN_PURE, .cap = "nix"},
     {0},

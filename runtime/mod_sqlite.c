@@ -257,12 +257,17 @@ static int sqlite_query(lua_State *L)
 }
 
 static const hrun_Prim sqlite_prims[] = {
-    {.name = "query", .func = sqlite_query, .kind = HRUN_READ, .cap = "fs"},
+    {.name = "query",
+     .func = sqlite_query,
+     .kind = HRUN_READ,
+     .cap = "fs",
+     .targets = hrun_targets_arg1},
     {.name = "backup",
      .func = sqlite_backup,
      .kind = HRUN_WRITE,
      .cap = "fs",
-     .inverse = sqlite_backup_inverse},
+     .inverse = sqlite_backup_inverse,
+     .targets = hrun_targets_args12},
     {0},
 };
 

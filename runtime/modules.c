@@ -2,6 +2,7 @@
 ** modules.c — the one table of hrun's modules (adding one is one line), the state
 ** that carries them, and the private library handed to the Lua engine.
 */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@ static const luaL_Reg hrun_modules[] = {
     {"service", luaopen_hrun_service},
     {"podman", luaopen_hrun_podman},
     {"sqlite", luaopen_hrun_sqlite},
+    {"secrets", luaopen_hrun_secrets},
     {NULL, NULL},
     /* clang-format on */
 };
@@ -34,13 +36,76 @@ static int runtime_gc(lua_State *L)
     hrun_Runtime *rt = lua_touserdata(L, 1);
     free(rt->stash_dir);
     rt->stash_dir = NULL;
+    hrun_sandbox_close(rt);
     return 0;
 }
 
+/* {======================================================
+** The Lua heap, counted: a sandboxed playbook runs under a limit (priv.memlimit)
+** ======================================================= */
+
+/* Room the engine gets once a limit is hit, to report it and roll back. */
+#define MEMORY_RESERVE (64u << 20)
+
+static struct {
+    size_t used;  /* bytes the Lua state holds */
+    size_t limit; /* 0: none */
+    int hit;      /* an allocation was refused since the limit was set */
+} heap;
+
+static void *counted_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        heap.used -= old;
+        return NULL;
+    }
+    if (heap.limit && nsize > old && heap.used - old + nsize > heap.limit) {
+        if (!heap.hit) heap.limit += MEMORY_RESERVE; /* then the limit is the limit */
+        heap.hit = 1;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) heap.used = heap.used - old + nsize;
+    return p;
+}
+
+/* memlimit(bytes | 0) → bytes in use: sets (0: lifts) the limit on the Lua heap */
+static int priv_memlimit(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 0, 1, "must not be negative");
+    heap.limit = (size_t)n;
+    heap.hit = 0;
+    lua_pushinteger(L, (lua_Integer)heap.used);
+    return 1;
+}
+
+/* memhit() → whether an allocation was refused under the current limit, the limit */
+static int priv_memhit(lua_State *L)
+{
+    lua_pushboolean(L, heap.hit);
+    lua_pushinteger(L, (lua_Integer)(heap.hit ? heap.limit - MEMORY_RESERVE : heap.limit));
+    return 2;
+}
+
+/* As lauxlib's: the message of an error nobody catches. */
+static int panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "hrun: unprotected error in a call to Lua: %s\n", msg ? msg : "?");
+    return 0;
+}
+
+/* }====================================================== */
+
 lua_State *hrun_newstate(void)
 {
-    lua_State *L = luaL_newstate();
+    lua_State *L = lua_newstate(counted_alloc, NULL);
     if (L == NULL) return NULL;
+    lua_atpanic(L, panic);
     hrun_Runtime *rt = lua_newuserdatauv(L, sizeof *rt, 0);
     memset(rt, 0, sizeof *rt);
     rt->lua_before = rt->lua_after = LUA_NOREF;
@@ -52,6 +117,14 @@ lua_State *hrun_newstate(void)
     lua_setfield(L, LUA_REGISTRYINDEX, "hrun.runtime");
     *(hrun_Runtime **)lua_getextraspace(L) = rt;
     luaL_openlibs(L);
+    /* strings' metatable is everyone's: a playbook may not reach it to change it */
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     for (const luaL_Reg *m = hrun_modules; m->name; m++) {
         lua_pushcfunction(L, m->func);
@@ -173,6 +246,21 @@ static int priv_setstash(lua_State *L)
     return 0;
 }
 
+/* mask(text) → text with every live secret's bytes shown as <secret> */
+static int priv_mask(lua_State *L)
+{
+    if (lua_type(L, 1) != LUA_TSTRING) return lua_settop(L, 1), 1;
+    hrun_mask(L, 1);
+    return 1;
+}
+
+/* secrets() → how many secrets are alive */
+static int priv_secrets(lua_State *L)
+{
+    lua_pushinteger(L, hrun_secrets_live());
+    return 1;
+}
+
 /* setstrict(bool): primitives raise their nil, message failures (inside playbooks) */
 static int priv_setstrict(lua_State *L)
 {
@@ -223,6 +311,10 @@ int hrun_openprivate(lua_State *L)
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
         {"setstrict", priv_setstrict},
+        {"memlimit", priv_memlimit},
+        {"mask", priv_mask},
+        {"secrets", priv_secrets},
+        {"memhit", priv_memhit},
         {"readline", hrun_repl_readline},
         {"addhistory", hrun_repl_addhistory},
         {"repl_open", hrun_repl_open},
@@ -244,6 +336,7 @@ int hrun_openprivate(lua_State *L)
     hrun_opensqlite(L);
     hrun_openlock(L);
     hrun_opendigest(L);
+    hrun_opensandbox(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

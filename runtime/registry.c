@@ -92,6 +92,8 @@ static int dispatch(lua_State *L)
     hrun_Runtime *rt = hrun_runtime(L);
     int nargs = lua_gettop(L);
     e->calls++;
+    if (rt->sandbox && rt->trusted == 0 && e->prim->cap)
+        hrun_sandbox_check(L, e->prim, e->fullname);
     lua_pushvalue(L, lua_upvalueindex(2)); /* protected_call over this entry */
     lua_insert(L, 1);
     rt->stood_in = 0;

@@ -18,7 +18,9 @@ $APT install --no-install-recommends \
 # and openssl (the HTTP fixture and its certificate), systemd-nspawn and mmdebstrap (a real
 # systemd in a container for the service tests; without recommends, which would edit
 # /etc/nsswitch.conf), podman and runc (containers from an imported busybox image),
-# PostgreSQL 15 (the pg tests run a throwaway cluster of their own)
+# PostgreSQL 15 (the pg tests run a throwaway cluster of their own), clang and its
+# libFuzzer runtime (scripts/fuzz.sh)
 $APT install --no-install-recommends tmux lua-check clang-format procps sqlite3 \
     btrfs-progs util-linux e2fsprogs git nix-bin python3 openssl \
-    systemd-container mmdebstrap podman runc catatonit postgresql-15 postgresql-client-15
+    systemd-container mmdebstrap podman runc catatonit postgresql-15 postgresql-client-15 \
+    clang libclang-rt-14-dev

@@ -195,6 +195,38 @@ function playbook_file(dir, name, source)
   return path
 end
 
+-- http_server([args, scheme]) → the base URL of tests/fixtures/httpd.py started with
+-- args (and its directory); stopped when the test ends.
+function http_server(args, scheme)
+  need("python3")
+  local d = tmpdir()
+  local out = d .. "/port"
+  local argv = { "python3", FIXTURES .. "/httpd.py" }
+  for _, a in ipairs(args or {}) do
+    argv[#argv + 1] = a
+  end
+  local cmd = {}
+  for _, a in ipairs(argv) do
+    cmd[#cmd + 1] = "'" .. a:gsub("'", "'\\''") .. "'"
+  end
+  -- in the background, its pid kept to stop it
+  exec.sh(table.concat(cmd, " ") .. " > " .. out .. " 2>" .. d .. "/err & echo $! > " .. d .. "/pid")
+  after(function()
+    local pid = fs.read(d .. "/pid")
+    if pid then
+      exec.run({ "kill", (pid:gsub("%s", "")) }, { check = false })
+    end
+  end)
+  for _ = 1, 100 do
+    local port = fs.read(out)
+    if port and port:find("\n") then
+      return string.format("%s://127.0.0.1:%s", scheme or "http", port:gsub("%s", "")), d
+    end
+    sys.sleep(0.05)
+  end
+  error("the fixture server did not start: " .. tostring(fs.read(d .. "/err")))
+end
+
 -- free_port() → a TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)
 function free_port()
   local out = exec.run({ "python3", "-c",

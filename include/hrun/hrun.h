@@ -27,6 +27,16 @@ enum hrun_kind {
     HRUN_WRITE, /* changes it (fs.write, exec.run): recorded in plan mode, journaled */
 };
 
+/* What one call touches, for the capability sandbox: a path (fs, btrfs, hash, git, nix,
+** secrets), a program (exec), a unit or container (service), a URL (net). */
+typedef struct hrun_Target {
+    const char *cap;   /* the capability it falls under; NULL: the primitive's */
+    const char *value; /* a string among the call's arguments (or anchored on the stack) */
+    const char *base;  /* a relative path's directory (exec's cwd); NULL: hrun's */
+} hrun_Target;
+
+#define HRUN_MAXTARGETS 4
+
 /* Declared with designated initializers: {.name = "write", .func = fs_write, …}. */
 typedef struct hrun_Prim {
     const char *name;   /* field in the module table: "write"; "_name": internal (undo) */
@@ -50,7 +60,26 @@ typedef struct hrun_Prim {
     ** (text for people) and any data (nixos.rebuild switch: the closure diff) — or nil.
     ** It may read and build, never change the system. NULL: nothing to show. */
     lua_CFunction preview;
+    /* For the sandbox: [-0, +?, -] with the call's arguments at 1..top, fills t with what
+    ** this call touches and returns how many (it may push values the targets point
+    ** into). Must not raise; an argument of the wrong type is left to the primitive.
+    ** NULL: the call touches nothing in particular (any capability of its name will do). */
+    int (*targets)(lua_State *L, hrun_Target *t);
 } hrun_Prim;
+
+/* Targets functions for the common shapes: argument 1, argument 2, arguments 1 and 2;
+** and one that adds the string field `field` of the table at `arg` (as capability
+** `cap`, NULL: the primitive's) to the n targets in t, returning the new count. */
+int hrun_targets_arg1(lua_State *L, hrun_Target *t);
+int hrun_targets_arg2(lua_State *L, hrun_Target *t);
+int hrun_targets_args12(lua_State *L, hrun_Target *t);
+int hrun_targets_field(lua_State *L, int arg, const char *field, hrun_Target *t, int n,
+                       const char *cap);
+
+/* An absolute form of path (relative to base, or the working directory when NULL):
+** without "." and "..", with the symlinks of its longest existing prefix resolved.
+** 0, or -1 with errno. */
+int hrun_normpath(const char *path, const char *base, char *out, size_t size);
 
 /* One call of a primitive, as the hooks see it. */
 typedef struct hrun_Call {
@@ -208,6 +237,7 @@ int luaopen_hrun_http(lua_State *L);
 int luaopen_hrun_service(lua_State *L);
 int luaopen_hrun_podman(lua_State *L);
 int luaopen_hrun_sqlite(lua_State *L);
+int luaopen_hrun_secrets(lua_State *L);
 
 /* }==================================================================== */
 

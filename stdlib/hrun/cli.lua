@@ -50,6 +50,9 @@ local flags = {
     only = { playbook = true, resume = true, rollback = true } },
   ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
   ["--force"] = { key = "force", only = { resume = true } },
+  ["--sandbox"] = { key = "sandbox", only = { playbook = true, plan = true, check = true } },
+  ["--memory-limit"] = { key = "memory_limit", value = "SIZE",
+    only = { playbook = true, plan = true, check = true, resume = true, rollback = true } },
   ["-n"] = { key = "count", value = "N", only = { runs = true } },
   ["--md"] = { key = "md", only = { show = true } },
   ["-a"] = { key = "algo", value = "ALGO", only = { hash = true } },
@@ -221,9 +224,15 @@ run holds the lock, 130 interrupted.
   --require-clean   refuse a playbook whose git repository has changes not committed
   --notify URL      report the run's end to an ntfy topic URL (json:URL: as JSON)
   --debug           open the REPL when a step fails: retry, skip, continue, roll back
-  --break STEP      open the REPL before STEP]],
+  --break STEP      open the REPL before STEP
+  --sandbox         allow only the playbook's declared capabilities (always, for a
+                    playbook from 'hrun fetch'); see docs/security.md
+  --memory-limit SIZE  the Lua heap a sandboxed playbook may use (default 512M)]],
   run = function(opts, args)
     local path = one_arg("a playbook", args, "path")
+    if (opts.debug or opts.break_at) and (opts.sandbox or require("hrun.play").fetched(priv, path)) then
+      usage_error("--debug and --break open a REPL with every power: not for a sandboxed playbook")
+    end
     if opts.debug or opts.break_at then
       return play(opts, require("hrun.debugger").run, path, need_state(opts))
     end
@@ -238,7 +247,9 @@ commands.plan = {
 Runs the checks and every read; records each write instead of doing it, and lists it
 under its phase and step with how it would be undone ("cannot be undone" where no
 inverse exists). Writes return stand-ins (a write returns its path, a command
-succeeds with empty output). Same as hrun PLAYBOOK --plan.]],
+succeeds with empty output). Same as hrun PLAYBOOK --plan. Ends with the capabilities
+the playbook declares and those its run would use — each path, program, unit and URL —
+marking any the declaration does not cover (a sandboxed run would refuse them).]],
   run = function(opts, args)
     opts.plan = true
     return play(opts, require("hrun.play").run, one_arg("plan", args, "playbook"), need_state(opts))
@@ -250,8 +261,10 @@ commands.check = {
   summary = "validate and lint a playbook, run nothing",
   help = [[
 Loads and validates the playbook (unknown fields, steps without run, duplicate names,
-wrong types — each with file:line), then lints it: globals it reads that the playbook
-environment does not have, globals it sets. Exit status 0 clean, 3 problems.]],
+wrong types, malformed capabilities — each with file:line), then lints it: globals it
+reads that the playbook environment does not have, globals it sets, and modules it
+calls whose capability it does not declare. Lists the capabilities it declares and
+those its source uses. Exit status 0 clean, 3 problems.]],
   run = function(opts, args)
     return play(opts, require("hrun.play").check, one_arg("check", args, "playbook"), need_state(opts))
   end,
@@ -400,6 +413,11 @@ An uncaught error prints file:line: message (a traceback with -v) and exits 1.]]
   run = function(opts, args)
     local path = args[1]
     local fn, err
+    if path ~= "-" and require("hrun.play").fetched(priv, path) then
+      report_error(opts, path .. ": a fetched repository's scripts do not run (they would have every " ..
+        "power); only its playbooks do, in the capability sandbox")
+      return EXIT_USAGE
+    end
     if path == "-" then
       fn, err = load(io.stdin:read("a"), "=stdin", "t")
     else

@@ -96,6 +96,8 @@ function M.summary(v, limit)
       return require("hrun.pretty").utf8(s)
     elseif t == "number" or t == "boolean" or x == json.null then
       return x
+    elseif t == "userdata" and getmetatable(x) == "hrun.secret" then
+      return "<secret>"
     elseif t == "table" then
       if depth > 6 then
         return "{…}"

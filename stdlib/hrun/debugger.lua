@@ -192,6 +192,10 @@ end
 -- session(priv, opts, path, state) → a session whose env the REPL uses
 function M.session(priv, opts, path, state)
   path = play.absolute(path)
+  if play.fetched(priv, path) then
+    error(setmetatable({ lines = { path .. ": a playbook from hrun fetch runs in the capability sandbox; " ..
+      "the REPL and the debugger have every power" } }, play.Bad), 0)
+  end
   local pb, hash = play.load(priv, path, state)
   local params, problems = dsl.params(pb, opts.params_files or {}, opts.params or {}, priv.nearest)
   if not params then

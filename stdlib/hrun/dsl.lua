@@ -203,8 +203,9 @@ end
 
 -- validate(object, nearest, where) → playbook description | nil, {"file:line: problem", …}
 -- where: {file, line} of the playbook{} call, known from the source ("return playbook
--- {…}" is a tail call: the call leaves no frame to read it from).
-function M.validate(pb, nearest, where)
+-- {…}" is a tail call: the call leaves no frame to read it from). capability(text) →
+-- true | nil, why checks a declared capability's grammar.
+function M.validate(pb, nearest, where, capability)
   local p = new_problems(nearest)
   if M.is_playbook(pb) and where and pb.loc.line < 1 then
     pb.loc = where
@@ -230,6 +231,11 @@ function M.validate(pb, nearest, where)
     for i, c in ipairs(b.capabilities) do
       if type(c) ~= "string" then
         p:add(pb.loc, "playbook: capabilities[%d] must be a string", i)
+      elseif capability then
+        local ok, why = capability(c)
+        if not ok then
+          p:add(pb.loc, "playbook: capabilities[%d]: %s", i, why)
+        end
       end
     end
   end
@@ -287,9 +293,17 @@ local function copy(t)
   return c
 end
 
--- environment(modules) → a fresh table for one playbook: the safe globals, copies of
--- the safe libraries, the hrun modules given ({name = module}) and the DSL.
-function M.environment(modules)
+-- environment(modules [, guard]) → a fresh table for one playbook: the safe globals,
+-- copies of the safe libraries, copies of the hrun modules given ({name = module}; a
+-- playbook that changes its fs.write changes its own copy, never the engine's) without
+-- their internal functions (_name), and the DSL. guard: {allowed, mask} from the engine:
+-- allowed(what, cap, path) → true | nil, why is the sandbox's say on the files io.open
+-- and io.lines read; mask(text) hides the secrets in what print and io.write show.
+function M.environment(modules, guard)
+  local allowed = guard and guard.allowed
+  local mask = guard and guard.mask or function(s)
+    return s
+  end
   local env = {}
   for _, k in ipairs(SAFE) do
     env[k] = _G[k]
@@ -298,20 +312,45 @@ function M.environment(modules)
     env[k] = copy(_G[k])
   end
   env.os = { time = os.time, date = os.date, clock = os.clock, difftime = os.difftime, getenv = os.getenv }
+  env.print = function(...)
+    local n, parts = select("#", ...), {}
+    for i = 1, n do
+      parts[i] = mask(tostring((select(i, ...))))
+    end
+    io.stdout:write(table.concat(parts, "\t"), "\n")
+  end
   env.io = {
     write = function(...)
-      return io.stdout:write(...)
+      local args = table.pack(...)
+      for i = 1, args.n do
+        if type(args[i]) == "string" then
+          args[i] = mask(args[i])
+        end
+      end
+      return io.stdout:write(table.unpack(args, 1, args.n))
     end,
     -- reading only: writes go through fs, which plan mode and the journal see
     open = function(path, mode)
-      if mode ~= nil and not tostring(mode):match("^r b?$") and mode ~= "r" and mode ~= "rb" then
+      if mode ~= nil and mode ~= "r" and mode ~= "rb" then
         error("io.open: playbooks open files for reading only; write with fs.write", 2)
+      end
+      if allowed and type(path) == "string" then
+        local ok, why = allowed("io.open", "fs", path)
+        if not ok then
+          error(why, 2)
+        end
       end
       return io.open(path, mode)
     end,
     lines = function(path, ...)
       if path == nil then
         error("io.lines: a path is needed", 2)
+      end
+      if allowed and type(path) == "string" then
+        local ok, why = allowed("io.lines", "fs", path)
+        if not ok then
+          error(why, 2)
+        end
       end
       return io.lines(path, ...)
     end,
@@ -330,14 +369,45 @@ function M.environment(modules)
     error(string.format("require: playbooks may require hrun's modules only (hrun.%s …), not '%s'",
       "fs", tostring(name)), 2)
   end
+  local copies = {}
   for name, mod in pairs(modules) do
-    env[name] = mod
+    local c = {}
+    for k, v in pairs(mod) do
+      if type(k) ~= "string" or k:sub(1, 1) ~= "_" then
+        c[k] = v
+      end
+    end
+    copies[name], env[name] = c, c
   end
+  modules = copies
   for name, fn in pairs(M.constructors()) do
     env[name] = fn
   end
   env._G = env
   return env
+end
+
+-- plain(v) → a copy of v as data: tables without metatables (read with next, so no
+-- metamethod runs), strings, numbers, booleans; raises on anything else (a function
+-- among a playbook's parameters) and on a table inside itself.
+function M.plain(v, seen)
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then
+    return v
+  elseif t ~= "table" then
+    error(string.format("a %s where only data (strings, numbers, booleans, tables) may be", t), 0)
+  end
+  seen = seen or {}
+  if seen[v] then
+    error("a table that contains itself where only data may be", 0)
+  end
+  seen[v] = true
+  local out = {}
+  for k, x in next, v do
+    out[M.plain(k, seen)] = M.plain(x, seen)
+  end
+  seen[v] = nil
+  return out
 end
 
 -- Is this source a playbook (it calls playbook{…} / playbook(…)), or a plain script?

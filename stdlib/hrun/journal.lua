@@ -108,6 +108,11 @@ local migrations = {
       PRIMARY KEY (manifest, path)
     ) WITHOUT ROWID;
   ]],
+  -- 3: runs in the capability sandbox (a fetched playbook, --sandbox) stay there when
+  -- resumed or rolled back
+  [3] = [[
+    ALTER TABLE runs ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 0
+  ]],
 }
 
 M.schema_version = #migrations
@@ -141,6 +146,10 @@ function M.open(priv, dir)
       return nil, err, code
     end
   end
+  local sok, serr, scode = priv.securedir(dir)
+  if not sok then
+    return nil, serr, scode
+  end
   local path = dir .. "/journal.db"
   local db, err, code = priv.db_open(path)
   if not db then
@@ -167,7 +176,17 @@ function Journal:write(sql, ...)
   if not self.db:in_transaction() then
     self.db:exec("BEGIN IMMEDIATE")
   end
-  return self.db:run(sql, ...)
+  -- no secret's bytes reach the journal, whatever text carries them
+  if self.priv.secrets() == 0 then
+    return self.db:run(sql, ...)
+  end
+  local args = table.pack(...)
+  for i = 1, args.n do
+    if type(args[i]) == "string" then
+      args[i] = self.priv.mask(args[i])
+    end
+  end
+  return self.db:run(sql, table.unpack(args, 1, args.n))
 end
 
 function Journal:commit()
@@ -182,10 +201,10 @@ end
 
 function Journal:new_run(r)
   local _, id = self:write([[INSERT INTO runs (playbook, version, path, hash, git_commit, git_dirty,
-      params, mode, status, on_failure, host, user, pid, hrun_version, started)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)]],
+      params, mode, status, on_failure, host, user, pid, hrun_version, started, sandbox)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)]],
     r.playbook, r.version, r.path, r.hash, r.git_commit, r.git_dirty, codec.encode(r.params), r.mode,
-    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started)
+    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started, r.sandbox or 0)
   self:commit()
   return id
 end

@@ -29,29 +29,108 @@ function M.modules(priv, state)
     fs = fs, exec = exec, json = json, sys = sys, btrfs = require("hrun.btrfs"), hash = require("hrun.hash"),
     git = require("hrun.git"), nixos = require("hrun.nixos"), http = require("hrun.http"),
     service = require("hrun.service"), podman = require("hrun.podman"), sqlite = require("hrun.sqlite"),
+    secrets = require("hrun.secrets"),
     notify = require("hrun.notify"), pg = require("hrun.pg"), checks = require("hrun.checks"),
     migrate = require("hrun.migrate"),
     journal = journal_mod.public(priv, state),
   }
 end
 
--- load(priv, path, state) → playbook, hash; raises Bad with every problem found.
-function M.load(priv, path, state)
+-- How long a sandboxed playbook's file may take to evaluate (it only builds tables).
+local LOAD_SECONDS = 10
+-- The Lua heap a sandboxed playbook may use unless --memory-limit says otherwise.
+local DEFAULT_MEMORY = 512 * 1024 * 1024
+
+-- Is path in a repository `hrun fetch` made (…/playbooks/NAME beside NAME.lock), in
+-- this state directory or any other?
+function M.fetched(priv, path)
+  local dir = (priv.normpath(path) or path):match("^(.*)/[^/]*$")
+  while dir and dir ~= "" do
+    local parent, name = dir:match("^(.*)/([^/]+)$")
+    if parent and parent:match("/playbooks$") and fs.exists(parent .. "/" .. name .. ".lock") then
+      return true
+    end
+    dir = parent
+  end
+  return false
+end
+
+-- --memory-limit SIZE ("512M", "2G", bytes) → bytes; raises Bad when malformed.
+function M.memory_limit(opts)
+  local text = opts.memory_limit
+  if not text then
+    return DEFAULT_MEMORY
+  end
+  local n, unit = tostring(text):match("^(%d+)([KMGkmg]?)i?[Bb]?$")
+  local scale = { [""] = 1, k = 1 << 10, m = 1 << 20, g = 1 << 30 }
+  if not n or tonumber(n) == 0 then
+    bad(string.format("--memory-limit %s: expected a size such as 512M or 2G", text))
+  end
+  return tonumber(n) * scale[unit:lower()]
+end
+
+-- Refuses (Bad, exit 3) a file root would run that others could have changed: writable
+-- by group or world, or owned by a user other than root (and the sudo user), or in a
+-- directory so (as sudo and sshd refuse them).
+local function check_trust(priv, path, what)
+  local why = priv.untrusted(path)
+  if why then
+    bad(string.format("refusing the %s %s: %s", what, path, why))
+  end
+end
+M.check_trust = check_trust
+
+-- load(priv, path, state [, sandboxed, opts]) → playbook, hash; raises Bad with every
+-- problem found. A sandboxed playbook is evaluated with no capability at all, within
+-- LOAD_SECONDS and its memory limit.
+function M.load(priv, path, state, sandboxed, opts)
+  check_trust(priv, path, "playbook")
   local src, err = fs.read(path)
   if not src then
     bad(err)
   end
-  local env = dsl.environment(M.modules(priv, state))
+  local env = dsl.environment(M.modules(priv, state), { allowed = priv.allowed, mask = priv.mask })
   local chunk, lerr = load(src, "@" .. path, "t", env)
   if not chunk then
     bad(lerr)
   end
+  if sandboxed then
+    priv.sandbox({})
+    priv.memlimit(M.memory_limit(opts or {}))
+    priv.setdeadline(priv.monotime() + LOAD_SECONDS)
+  end
+  -- a sandboxed playbook stays in the sandbox while it is read too: the validator's
+  -- pairs and field reads may run its metamethods; what comes out is plain data
+  local _, line = dsl.is_playbook_source(src)
   local ok, res = pcall(chunk)
+  local pb, problems
+  if ok then
+    ok, pb, problems = pcall(dsl.validate, res, priv.nearest, { file = path, line = line or 1 }, priv.capability)
+    if ok and pb and sandboxed then
+      local pok, params = pcall(dsl.plain, pb.params)
+      if pok then
+        pb.params, pb.capabilities = params, dsl.plain(pb.capabilities)
+      else
+        ok, pb = false, string.format("%s: playbook: params: %s", path, params)
+      end
+    end
+    res = ok and res or pb -- on failure: the error
+  end
+  if sandboxed then
+    local hit, limit = priv.memhit()
+    priv.setdeadline(0)
+    priv.memlimit(0)
+    priv.sandbox(nil)
+    if not ok and tostring(res):match("timed out$") then
+      res = string.format("%s: evaluating the playbook took longer than %d s", path, LOAD_SECONDS)
+    elseif not ok and hit then
+      res = string.format("%s: evaluating the playbook passed the memory limit of %d MiB (--memory-limit)", path,
+        limit // (1 << 20))
+    end
+  end
   if not ok then
     bad(tostring(res))
   end
-  local _, line = dsl.is_playbook_source(src)
-  local pb, problems = dsl.validate(res, priv.nearest, { file = path, line = line or 1 })
   if not pb then
     for i, p in ipairs(problems) do
       if not p:find("^[^:]+:%d+: ") then
@@ -183,10 +262,11 @@ local function require_clean(path, prov)
   end
 end
 
--- begin_run(priv, state, pb, path, hash, params, mode [, prov]) → lock, journal, run id:
--- takes the state directory's lock, journals a new run with its provenance (mode "debug"
--- with --debug or from the REPL) and points the stash at it.
-function M.begin_run(priv, state, pb, path, hash, params, mode, prov)
+-- begin_run(priv, state, pb, path, hash, params, mode [, prov, sandboxed]) → lock,
+-- journal, run id: takes the state directory's lock, journals a new run with its
+-- provenance (mode "debug" with --debug or from the REPL) and whether it runs in the
+-- sandbox (so that resume and rollback keep it there), and points the stash at it.
+function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed)
   assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
   local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
     ui_mod.timestamp(sys.now())))
@@ -196,7 +276,7 @@ function M.begin_run(priv, state, pb, path, hash, params, mode, prov)
     git_commit = prov and prov.commit, git_dirty = prov and prov.commit and (prov.dirty and 1 or 0),
     mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
-    hrun_version = priv.version, started = sys.now() })
+    hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0 })
   lk:note(string.format("pid %d, run %d (%s), since %s", self_pid(), run_id, path, ui_mod.timestamp(sys.now())))
   priv.setstash(stash_dir(state, run_id), run_id)
   return lk, j, run_id
@@ -219,7 +299,11 @@ end
 -- setup(runner), if given, sees the runner before it starts (the debugger attaches).
 function M.run(priv, opts, path, state, setup)
   path = M.absolute(path)
-  local pb, hash = M.load(priv, path, state)
+  local sandboxed = opts.sandbox or M.fetched(priv, path)
+  local pb, hash = M.load(priv, path, state, sandboxed, opts)
+  for _, file in ipairs(opts.params_files or {}) do
+    check_trust(priv, file, "params file")
+  end
   local params, problems = dsl.params(pb, opts.params_files or {}, opts.params or {}, priv.nearest)
   if not params then
     bad(problems)
@@ -232,14 +316,14 @@ function M.run(priv, opts, path, state, setup)
   local ui = new_ui(priv, opts)
   if opts.plan then
     local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, plan = true, path = path,
-      opts = opts, git = prov })
+      opts = opts, git = prov, sandbox = sandboxed })
     return r:run()
   end
   -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
   local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
-    (opts.debug or opts.break_at) and "debug" or "run", prov)
+    (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed)
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
-    path = path, opts = opts, git = prov })
+    path = path, opts = opts, git = prov, sandbox = sandboxed })
   if setup then
     setup(r)
   end
@@ -255,27 +339,91 @@ end
 -- hrun check PLAYBOOK: validate, and lint the globals it uses
 -- ======================================================
 
--- The globals a chunk reads and writes, with their lines, from luac's listing.
+-- From luac's listing: the globals a chunk reads and writes, with their lines; and the
+-- module functions it calls by name (fs.write: {line, module, name}, with the program
+-- of an exec.run whose argv starts with a literal).
 local function globals_used(path)
   local r = exec.run({ "luac5.4", "-l", "-l", "-p", path }, { check = false, readonly = true })
   if not r.ok then
     return nil, r.stderr
   end
-  local uses = {}
-  for line, op, name in r.stdout:gmatch("%[(%d+)%]%s+([GS]ETTABUP)[^\n]-; _ENV \"([^\"]+)\"") do
-    uses[#uses + 1] = { line = tonumber(line), name = name, set = op == "SETTABUP" }
+  local uses, calls = {}, {}
+  local lines = {}
+  for l in r.stdout:gmatch("[^\n]+") do
+    lines[#lines + 1] = l
   end
-  return uses
+  for i, l in ipairs(lines) do
+    local line, op, name = l:match("%[(%d+)%]%s+([GS]ETTABUP)[^\n]-; _ENV \"([^\"]+)\"")
+    if line then
+      uses[#uses + 1] = { line = tonumber(line), name = name, set = op == "SETTABUP" }
+      local fn = op == "GETTABUP" and lines[i + 1] and lines[i + 1]:match("GETFIELD%s[^;]*; \"([%w_]+)\"")
+      if fn then
+        local call = { line = tonumber(line), module = name, name = fn }
+        if name == "exec" and fn == "run" and lines[i + 2] and lines[i + 2]:match("NEWTABLE") then
+          for j = i + 3, math.min(i + 5, #lines) do
+            local prog = lines[j]:match("LOADK%s[^;]*; \"([^\"]+)\"")
+            if prog then
+              call.program = prog
+              break
+            end
+          end
+        end
+        calls[#calls + 1] = call
+      end
+    end
+  end
+  return uses, calls
+end
+
+-- What a playbook's source says it uses: {need = "exec:pg_dumpall" | "fs", line, by}
+-- for each call of a primitive by name; helpers (pg, migrate, …) by their module name.
+local function capabilities_in_source(priv, calls)
+  local cap_of = {}
+  for _, p in ipairs(priv.primitives()) do
+    cap_of[p.name] = p.cap
+  end
+  local out, seen = {}, {}
+  for _, c in ipairs(calls) do
+    local full = c.module .. "." .. c.name
+    local cap = cap_of[full]
+    if cap then
+      local need = cap
+      if full == "exec.sh" then
+        need = "exec:/bin/sh"
+      elseif c.program then
+        need = "exec:" .. c.program
+      end
+      if not seen[need] then
+        seen[need] = true
+        out[#out + 1] = { need = need, cap = cap, scoped = need ~= cap, line = c.line, by = full }
+      end
+    end
+  end
+  return out
+end
+
+-- Is a need ("exec:pg_dumpall", "net") met by some declared capability? Scopes of
+-- paths, units and URLs are only known when the playbook runs: `hrun plan` checks them.
+local function declared_covers(declared, u)
+  for _, d in ipairs(declared) do
+    local name, scope = d:match("^([^:]+):?(.*)$")
+    if name == u.cap and (scope == "" or not u.scoped or d == u.need or u.cap ~= "exec") then
+      return true
+    end
+  end
+  return false
 end
 
 function M.check(priv, opts, path, state)
-  local pb = M.load(priv, path, state)
+  local sandboxed = opts.sandbox or M.fetched(priv, path)
+  local pb = M.load(priv, path, state, sandboxed, opts)
   check_selection(priv, pb, opts)
   local env = dsl.environment(M.modules(priv, state))
   local warnings = {}
-  local uses, err = globals_used(path)
+  local uses, calls = globals_used(path)
+  local used = {}
   if not uses then
-    warnings[#warnings + 1] = "the lint could not run: " .. tostring(err)
+    warnings[#warnings + 1] = "the lint could not run: " .. tostring(calls)
   else
     local names = {}
     for k in pairs(env) do
@@ -290,6 +438,14 @@ function M.check(priv, opts, path, state)
           near and string.format(" (did you mean '%s'?)", near) or "")
       end
     end
+    used = capabilities_in_source(priv, calls)
+    for _, u in ipairs(used) do
+      u.declared = declared_covers(pb.capabilities, u)
+      if not u.declared then
+        warnings[#warnings + 1] = string.format("%s:%d: %s needs the capability '%s', which the playbook does " ..
+          "not declare", path, u.line, u.by, u.need)
+      end
+    end
   end
   local steps, checks = 0, 0
   for _, ph in ipairs(pb.phases) do
@@ -302,16 +458,28 @@ function M.check(priv, opts, path, state)
     end
   end
   if opts.json then
+    local list = json.array()
+    for _, u in ipairs(used) do
+      list[#list + 1] = { need = u.need, by = u.by, line = u.line, declared = u.declared }
+    end
     io.stdout:write(json.encode({ event = "check", playbook = pb.name, ok = #warnings == 0, warnings = warnings,
-      phases = #pb.phases, steps = steps, checks = checks, capabilities = json.array(pb.capabilities) }), "\n")
+      phases = #pb.phases, steps = steps, checks = checks, capabilities = json.array(pb.capabilities),
+      uses = list, sandbox = sandboxed or false }), "\n")
   else
     for _, w in ipairs(warnings) do
       io.stderr:write("hrun: warning: ", w, "\n")
     end
-    io.stdout:write(string.format("%s: %s%s — %d phase%s, %d step%s, %d check%s; capabilities: %s\n", path,
+    io.stdout:write(string.format("%s: %s%s — %d phase%s, %d step%s, %d check%s\n", path,
       pb.name, pb.version and (" " .. pb.version) or "", #pb.phases, #pb.phases == 1 and "" or "s", steps,
-      steps == 1 and "" or "s", checks, checks == 1 and "" or "s",
-      #pb.capabilities > 0 and table.concat(pb.capabilities, ", ") or "none declared"))
+      steps == 1 and "" or "s", checks, checks == 1 and "" or "s"))
+    io.stdout:write("  capabilities declared: ",
+      #pb.capabilities > 0 and table.concat(pb.capabilities, ", ") or "none", "\n")
+    local needs = {}
+    for _, u in ipairs(used) do
+      needs[#needs + 1] = u.need .. (u.declared and "" or " (not declared)")
+    end
+    io.stdout:write("  capabilities used by name in the source: ", #needs > 0 and table.concat(needs, ", ") or
+      "none", "\n  (paths, units and URLs are known when it runs: hrun plan lists each)\n")
   end
   return #warnings == 0 and 0 or EXIT_BAD
 end
@@ -349,13 +517,15 @@ local function open_run(priv, state, arg, doing)
 end
 
 -- The playbook of a journaled run, if it is still there and unchanged.
-local function reload(priv, r, state)
+local function reload(priv, r, state, opts)
   if not fs.exists(r.path) then
     return nil, "the playbook " .. r.path .. " is gone"
   end
-  local ok, pb, hash = pcall(M.load, priv, r.path, state)
+  M.memory_limit(opts) -- a malformed --memory-limit is the command line's problem
+  local ok, pb, hash = pcall(M.load, priv, r.path, state, r.sandbox == 1, opts)
   if not ok then
-    return nil, "the playbook " .. r.path .. " no longer loads"
+    local why = getmetatable(pb) == Bad and table.concat(pb.lines, "; ") or tostring(pb)
+    return nil, "the playbook " .. r.path .. " no longer loads (" .. why .. ")"
   end
   if hash ~= r.hash then
     return nil, string.format("the playbook %s changed since run %d began", r.path, r.id), pb, hash
@@ -368,7 +538,7 @@ function M.resume(priv, opts, arg, state)
   if r.status ~= "running" and r.status ~= "stopped" then
     bad(string.format("run %d is %s: there is nothing to resume", r.id, r.status))
   end
-  local pb, why, changed = reload(priv, r, state)
+  local pb, why, changed = reload(priv, r, state, opts)
   if not pb and changed and opts.force then
     io.stderr:write("hrun: warning: ", why, "; resuming anyway (--force)\n")
     pb = changed
@@ -380,7 +550,7 @@ function M.resume(priv, opts, arg, state)
   priv.setstash(stash_dir(state, r.id), r.id)
   local ui = new_ui(priv, opts)
   local run = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = r.params, journal = j, run_id = r.id,
-    path = r.path, opts = opts, shared = r.shared, resumed = true })
+    path = r.path, opts = opts, shared = r.shared, resumed = true, sandbox = r.sandbox == 1 })
   -- completed steps are not run again; the step that was running when hrun stopped is
   -- undone (unless it says resume = "rerun") and runs again from its start
   local done = {}
@@ -422,13 +592,14 @@ function M.rollback(priv, opts, arg, state)
     io.stdout:write(string.format("run %d is already rolled back: nothing to undo\n", r.id))
     return 0
   end
-  local pb, why = reload(priv, r, state)
+  local pb, why = reload(priv, r, state, opts)
   if not pb then
     io.stderr:write("hrun: warning: ", why, ": undoing with the journaled inverses only\n")
   end
   priv.setstash(stash_dir(state, r.id), r.id)
   local run = runner_mod.new({ priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j,
-    run_id = r.id, path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook })
+    run_id = r.id, path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook,
+    sandbox = r.sandbox == 1 })
   local exit = run:rollback_run(string.format("hrun rollback %d", r.id))
   priv.setstash(nil)
   j:close()

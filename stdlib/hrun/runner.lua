@@ -103,6 +103,34 @@ local function arglist(args)
   return out
 end
 
+-- A copy of a call's arguments as plain data (tables copied without their metatables,
+-- functions and userdata left out), for the engine's own work outside the sandbox: no
+-- playbook code can run from it.
+local function plain(v, depth)
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then
+    return v
+  elseif t ~= "table" or (depth or 0) > 20 then
+    return nil
+  end
+  local out = {}
+  for k, x in next, v do
+    local pk = plain(k, 21)
+    if pk ~= nil then
+      out[pk] = plain(x, (depth or 0) + 1)
+    end
+  end
+  return out
+end
+
+local function plain_args(...)
+  local args = table.pack(...)
+  for i = 1, args.n do
+    args[i] = plain(args[i])
+  end
+  return table.unpack(args, 1, args.n)
+end
+
 -- A read-only view of t (and of the tables in it).
 local function readonly(t)
   if type(t) ~= "table" then
@@ -255,7 +283,32 @@ end
 -- Events: to the journal (real runs) and to the screen
 -- ======================================================
 
+-- Every live secret's bytes in the strings of v shown as <secret> (a command that
+-- echoed a password, an error that quotes one): events are masked before they are
+-- journaled or shown.
+-- Tables are copied (a playbook's own are never changed); one with a metatable other
+-- than a JSON array's is left as it is.
+local function masked(mask, v, depth)
+  if type(v) == "string" then
+    return mask(v)
+  elseif type(v) ~= "table" or depth > 8 then
+    return v
+  end
+  local mt = getmetatable(v)
+  if mt ~= nil and not (type(mt) == "table" and mt.__name == "array") then
+    return v
+  end
+  local out = setmetatable({}, mt)
+  for k, x in next, v do
+    out[k] = masked(mask, x, depth + 1)
+  end
+  return out
+end
+
 function Runner:emit(ev)
+  if self.priv.secrets() > 0 then
+    ev = masked(self.priv.mask, ev, 0)
+  end
   ev.time = ev.time or sys.now()
   if self.journal and self.run_id then
     self.journal:event(self.run_id, ev)
@@ -333,14 +386,14 @@ function Runner:before(call, ...)
     end
     local preview
     if call.name == "nixos.rebuild" then
-      preview = self:plan_rebuild_preview(...)
+      preview = self.priv.trusted(self.plan_rebuild_preview, self, plain_args(...))
     else
       preview = self.priv.preview(call.name, ...)
     end
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
       op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview })
     if call.name == "nixos.flake_set_input" or call.name == "nixos.flake_update" then
-      return true, self:plan_flake_edit(call.name, ...)
+      return true, self.priv.trusted(self.plan_flake_edit, self, call.name, plain_args(...))
     end
     return true, placeholder(call.name, ...)
   end
@@ -389,6 +442,14 @@ function Runner:after(call, nres, ...)
 end
 
 function Runner:install_hooks()
+  -- a sandboxed playbook's functions may use what it declares, no more; a plan of any
+  -- playbook records what it uses (audit: nothing refused)
+  if self.sandbox then
+    self.priv.sandbox(self.pb and self.pb.capabilities or {}, true, self.plan or false)
+    self.priv.memlimit(require("hrun.play").memory_limit(self.opts or {}))
+  elseif self.plan then
+    self.priv.sandbox(self.pb.capabilities, false)
+  end
   self.priv.setstrict(true)
   self.priv.sethooks(function(call, ...)
     return self:before(call, ...)
@@ -414,6 +475,8 @@ function Runner:install_hooks()
 end
 
 function Runner:remove_hooks()
+  self.priv.sandbox(nil)
+  self.priv.memlimit(0)
   self.priv.setstrict(false)
   self.priv.sethooks(nil)
   self.priv.setstreamsink(nil)
@@ -474,6 +537,18 @@ function Runner:ask(step)
   return false, "not confirmed: " .. step.confirm
 end
 
+-- A memory error under a sandbox's memory limit says which limit.
+function Runner:explain(err)
+  if err == "not enough memory" then
+    local hit, limit = self.priv.memhit()
+    if hit then
+      return string.format("memory limit reached: the playbook's Lua heap would pass %d MiB (--memory-limit)",
+        limit // (1 << 20))
+    end
+  end
+  return err
+end
+
 -- One attempt of run + verify, under the step's deadline.
 function Runner:attempt(step, ctx)
   local deadline = step.timeout and (self.priv.monotime() + step.timeout) or 0
@@ -490,6 +565,7 @@ function Runner:attempt(step, ctx)
   end
   self.priv.setdeadline(0)
   if not ok then
+    err = self:explain(err)
     if self.priv.interrupted() > 0 then
       self.priv.clearinterrupt()
       self.interrupted = true
@@ -595,7 +671,7 @@ function Runner:run_check(check)
   local ok, res, msg = self:call_as("check", check.name, check.phase, check.fn, ctx)
   local err
   if not ok then
-    err = res
+    err = self:explain(res)
   elseif not res then
     err = msg ~= nil and tostring(msg) or "the check returned false"
   end
@@ -670,7 +746,7 @@ function Runner:undo_effects(step_id, irreversible)
       -- the engine's own undo operations: failures come back as values, not errors
       self.undoing = true
       self.priv.setstrict(false)
-      ok, err = Runner.run_inverse(e)
+      ok, err = self.priv.trusted(Runner.run_inverse, e)
       self.priv.setstrict(true)
       self.undoing = false
     end
@@ -896,6 +972,9 @@ function Runner:run()
     self.priv.clearinterrupt()
     self.interrupted = true
   end
+  if self.plan then
+    self:emit_capabilities()
+  end
   local status
   if self.plan then
     status = failure and "failed" or "planned"
@@ -928,6 +1007,21 @@ function Runner:run()
     self:notify(ev)
   end
   return exit
+end
+
+-- A plan's account of capabilities: what the playbook declares, what its run would
+-- use (each path, program, unit and URL) and whether the declaration covers it.
+function Runner:emit_capabilities()
+  local used = self.priv.capsused()
+  table.sort(used, function(a, b)
+    return a.need < b.need
+  end)
+  local list = json.array()
+  for _, u in ipairs(used) do
+    list[#list + 1] = { need = u.need, cap = u.cap, by = u.by, calls = u.calls, declared = u.declared }
+  end
+  self:emit({ event = "capabilities", declared = json.array(self.pb.capabilities), used = list,
+    sandbox = self.sandbox or false })
 end
 
 -- --notify URL…: the run's end, sent once it is journaled; a notification that fails

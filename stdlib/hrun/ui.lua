@@ -195,6 +195,11 @@ local plain_events = {
   error = function(self, ev)
     self:line(ev.time, "error: %s", ev.message)
   end,
+  capabilities = function(self, ev)
+    for _, l in ipairs(M.capability_lines(ev)) do
+      self:line(ev.time, "%s", l)
+    end
+  end,
   ["run-end"] = function(self, ev)
     self:line(ev.time, "%s", M.summary(ev))
   end,
@@ -357,6 +362,11 @@ local tty_events = {
   error = function(self, ev)
     self:print(self:c("31", "error: " .. ev.message))
   end,
+  capabilities = function(self, ev)
+    for _, l in ipairs(M.capability_lines(ev)) do
+      self:print(l:find("NOT DECLARED", 1, true) and self:c("33", l) or self:c("2", l))
+    end
+  end,
   ["run-end"] = function(self, ev)
     local good = ev.status == "done" or ev.status == "planned" or ev.status == "rolled-back" and ev.exit == 0
     self:print(self:c(good and "1;32" or "1;31", (good and "✓ " or "✗ ") .. M.summary(ev)))
@@ -371,6 +381,35 @@ function Tty:event(ev)
 end
 
 -- }======================================================
+
+-- A plan's capabilities event as lines: what is declared, then each thing used (those
+-- not declared first and all of them; of the others the first 30).
+function M.capability_lines(ev)
+  local lines = { "capabilities declared: " .. (#ev.declared > 0 and table.concat(ev.declared, ", ") or "none") }
+  if #ev.used == 0 then
+    lines[#lines + 1] = "capabilities used: none"
+    return lines
+  end
+  lines[#lines + 1] = "capabilities used:"
+  local shown = 0
+  for pass = 1, 2 do
+    for _, u in ipairs(ev.used) do
+      local ok = u.declared
+      if (pass == 1) ~= ok then
+        shown = shown + 1
+        if not ok or shown <= 30 then
+          lines[#lines + 1] = string.format("  %s %s (%s%s)%s", ok and "ok" or "NOT DECLARED", u.need, u.by,
+            u.calls > 1 and (" ×" .. u.calls) or "", ok and "" or (ev.sandbox and " — the sandbox refuses it" or
+            " — a sandboxed run refuses it"))
+        end
+      end
+    end
+  end
+  if shown > 30 then
+    lines[#lines + 1] = string.format("  … and %d more, all declared", shown - 30)
+  end
+  return lines
+end
 
 -- The last line of a run, for people.
 function M.summary(ev)

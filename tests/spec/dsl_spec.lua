@@ -147,7 +147,7 @@ describe("hrun check", function()
     local d = tmpdir()
     local r = hrun_cmd({ "check", simple(d), "--state", d })
     eq(r.code, 0, r.stderr)
-    has(r.stdout, "simple — 2 phases, 2 steps, 0 checks; capabilities: none declared")
+    has(r.stdout, "simple — 2 phases, 2 steps, 0 checks\n  capabilities declared: none\n")
     local p = playbook_file(d, "lint.lua", [[
 return playbook {
   name = "lint",

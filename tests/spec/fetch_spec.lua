@@ -18,6 +18,7 @@ local PLAYBOOK = [[
 return playbook {
   name = "shared-backup", version = "%s",
   params = { out = "" },
+  capabilities = { "fs:/tmp" },
   phase "backup" {
     step "write" { run = function(ctx) fs.write(ctx.params.out, "written by %s\n") end },
   },
@@ -85,6 +86,39 @@ describe("playbook provenance", function()
     r = hrun_cmd({ "plan", loose, "--require-clean", "--state", state, "-p", "out=" .. d .. "/out2" })
     eq(r.code, 3)
     has(r.stderr, "is not in a git repository")
+  end)
+end)
+
+describe("a fetched playbook", function()
+  it("runs in the capability sandbox; its scripts do not run, nor --debug", function()
+    local d, work, bare = shared()
+    fs.write(work .. "/greedy.lua", [[
+return playbook { name = "greedy", capabilities = { "fs:/tmp" },
+  phase "p" { step "s" { run = function() fs.write("/etc/hrun-greedy", "x") end } } }]])
+    fs.write(work .. "/script.lua", [[fs.write("/etc/hrun-script", "x")]])
+    commit_all(work, "more")
+    exec.run({ "git", "-C", work, "push", "-q", bare, "main" })
+    local state = state_of(d)
+    eq(hrun_cmd({ "fetch", "file://" .. bare, "--state", state }).code, 0)
+    local r = hrun_cmd({ "shared/greedy.lua", "--state", state })
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, "sandbox: fs.write needs the capability 'fs:/etc/hrun-greedy', which the playbook does not " ..
+      "declare (it declares: fs:/tmp)")
+    eq(fs.exists("/etc/hrun-greedy"), false)
+    -- however it is named
+    r = hrun_cmd({ state .. "/playbooks/shared/greedy.lua", "--state", d .. "/other-state" })
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, "sandbox: fs.write needs the capability 'fs:/etc/hrun-greedy'")
+    r = hrun_cmd({ "shared/script.lua", "--state", state })
+    eq(r.code, 3)
+    has(r.stderr, "a fetched repository's scripts do not run")
+    eq(fs.exists("/etc/hrun-script"), false)
+    r = hrun_cmd({ "shared/greedy.lua", "--debug", "--state", state })
+    eq(r.code, 3)
+    has(r.stderr, "--debug and --break open a REPL with every power: not for a sandboxed playbook")
+    r = hrun_cmd({ "repl", state .. "/playbooks/shared/greedy.lua", "--state", state }, { stdin = "" })
+    eq(r.code, 3)
+    has(r.stderr, "the REPL and the debugger have every power")
   end)
 end)
 

@@ -80,7 +80,7 @@ describe("fs.write and fs.read", function()
 
   it("raises on misuse", function()
     checkerr("bad argument #1 to 'fs.write' (string expected, got number)", fs.write, 1, "x")
-    checkerr("bad argument #2 to 'fs.write' (string expected, got no value)", fs.write, "/tmp/x")
+    checkerr("bad argument #2 to 'fs.write' (string or secret expected, got no value)", fs.write, "/tmp/x")
     checkerr("bad argument #1 to 'fs.read' (path contains a NUL byte)", fs.read, "a\0b")
     checkerr("bad argument #1 to 'fs.read' (empty path)", fs.read, "")
     checkerr("unknown option 'mdoe' (did you mean 'mode'?)", fs.write, "/tmp/x", "", { mdoe = 1 })

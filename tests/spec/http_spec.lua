@@ -3,37 +3,7 @@
 -- self-signed certificate made here by openssl, unix sockets, and http.wait.
 
 
--- Starts the fixture server (args: extra arguments); returns its base URL. Stopped when
--- the test ends.
-local function server(args, scheme)
-  need("python3")
-  local d = tmpdir()
-  local out = d .. "/port"
-  local argv = { "python3", FIXTURES .. "/httpd.py" }
-  for _, a in ipairs(args or {}) do
-    argv[#argv + 1] = a
-  end
-  local cmd = {}
-  for _, a in ipairs(argv) do
-    cmd[#cmd + 1] = "'" .. a:gsub("'", "'\\''") .. "'"
-  end
-  -- in the background, its pid kept to stop it
-  exec.sh(table.concat(cmd, " ") .. " > " .. out .. " 2>" .. d .. "/err & echo $! > " .. d .. "/pid")
-  after(function()
-    local pid = fs.read(d .. "/pid")
-    if pid then
-      exec.run({ "kill", (pid:gsub("%s", "")) }, { check = false })
-    end
-  end)
-  for _ = 1, 100 do
-    local port = fs.read(out)
-    if port and port:find("\n") then
-      return string.format("%s://127.0.0.1:%s", scheme or "http", port:gsub("%s", "")), d
-    end
-    sys.sleep(0.05)
-  end
-  error("the fixture server did not start: " .. tostring(fs.read(d .. "/err")))
-end
+local server = http_server
 
 describe("http requests", function()
   it("returns status codes as values, with headers and bodies", function()

@@ -56,6 +56,12 @@ describe("json.decode", function()
     fails("EJSON", "json.decode", json.decode, "")
     checkerr("bad argument #1 to 'json.decode' (string expected, got table)", json.decode, {})
   end)
+
+  it("returns nil, message, code for text nested too deep (it raised: found by tests/fuzz)", function()
+    fails("EJSON", "json.decode: nested deeper than 200 levels", json.decode, string.rep("[", 201) ..
+      string.rep("]", 201))
+    eq(#json.decode(string.rep("[", 200) .. string.rep("]", 200)), 1)
+  end)
 end)
 
 describe("json.array and json.object", function()

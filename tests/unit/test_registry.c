@@ -116,7 +116,7 @@ static void test_misuse_names_primitive_and_line(void)
     const char *err = run(L, "\n\nexec.run(5)");
     CHECK_STR(err, "t:3: bad argument #1 to 'exec.run' (table expected, got number)");
     err = run(L, "local w = fs.write\nw('/tmp/x', {})");
-    CHECK_STR(err, "t:2: bad argument #2 to 'fs.write' (string expected, got table)");
+    CHECK_STR(err, "t:2: bad argument #2 to 'fs.write' (string or secret expected, got table)");
     err = run(L, "exec.run({'true'}, {timout = 1})");
     CHECK_STR(
         err,
