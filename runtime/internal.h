@@ -69,6 +69,10 @@ int hrun_setluahooks(lua_State *L);
 /* Re-arms the interrupt/deadline hook as the runtime's state requires. */
 void hrun_armhook(lua_State *L);
 
+/* Gives coroutine co a count hook that watches for interrupts and the deadline (hooks
+** are per thread: one made before a step's deadline was set would otherwise run on). */
+void hrun_armthread(lua_State *co);
+
 /* Registry field: the function that stream = true lines go to (priv.setstreamsink);
 ** absent: hrun's own stdout and stderr. */
 #define STREAM_SINK "hrun.streamsink"

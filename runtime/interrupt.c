@@ -20,11 +20,12 @@ static lua_State *volatile hooked_state;
 /* How often (in VM instructions) a step with a deadline looks at the clock. */
 #define DEADLINE_COUNT 10000
 
-/* The one hook: an interrupt first, then the step's deadline. */
+/* The one hook: an interrupt first, then the step's deadline. On the main thread it goes
+** back to what the deadline needs; a coroutine's stays (hrun_armthread). */
 static void hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    hrun_armhook(L);
+    if (L == hooked_state) hrun_armhook(L);
     if (interrupts) hrun_raiseinterrupt(L);
     double deadline = hrun_runtime(L)->deadline;
     if (deadline > 0 && hrun_monotime() >= deadline) hrun_raisetimeout(L);
@@ -36,6 +37,11 @@ void hrun_armhook(lua_State *L)
         lua_sethook(L, hook, LUA_MASKCOUNT, DEADLINE_COUNT);
     else
         lua_sethook(L, NULL, 0, 0);
+}
+
+void hrun_armthread(lua_State *co)
+{
+    lua_sethook(co, hook, LUA_MASKCOUNT, DEADLINE_COUNT);
 }
 
 void hrun_setdeadline(lua_State *L, double deadline)

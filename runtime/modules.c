@@ -246,6 +246,16 @@ static int priv_setstash(lua_State *L)
     return 0;
 }
 
+/* armthread(co) → co: interrupts and the step's deadline reach code running in it */
+static int priv_armthread(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co != NULL, 1, "coroutine");
+    hrun_armthread(co);
+    lua_settop(L, 1);
+    return 1;
+}
+
 /* mask(text) → text with every live secret's bytes shown as <secret> */
 static int priv_mask(lua_State *L)
 {
@@ -313,6 +323,7 @@ int hrun_openprivate(lua_State *L)
         {"setstrict", priv_setstrict},
         {"memlimit", priv_memlimit},
         {"mask", priv_mask},
+        {"armthread", priv_armthread},
         {"secrets", priv_secrets},
         {"memhit", priv_memhit},
         {"readline", hrun_repl_readline},

@@ -298,7 +298,8 @@ end
 -- playbook that changes its fs.write changes its own copy, never the engine's) without
 -- their internal functions (_name), and the DSL. guard: {allowed, mask} from the engine:
 -- allowed(what, cap, path) → true | nil, why is the sandbox's say on the files io.open
--- and io.lines read; mask(text) hides the secrets in what print and io.write show.
+-- and io.lines read; mask(text) hides the secrets in what print and io.write show;
+-- armthread(co) lets timeouts and interrupts reach a coroutine.
 function M.environment(modules, guard)
   local allowed = guard and guard.allowed
   local mask = guard and guard.mask or function(s)
@@ -310,6 +311,27 @@ function M.environment(modules, guard)
   end
   for _, k in ipairs(LIBS) do
     env[k] = copy(_G[k])
+  end
+  -- hooks are per thread: a coroutine is armed each time it resumes, so that a step's
+  -- timeout and Ctrl-C stop a loop in it too
+  local arm = guard and guard.armthread
+  if arm then
+    env.coroutine.resume = function(co, ...)
+      if type(co) == "thread" then
+        arm(co)
+      end
+      return coroutine.resume(co, ...)
+    end
+    env.coroutine.wrap = function(f)
+      local co = coroutine.create(f)
+      return function(...)
+        local r = table.pack(coroutine.resume(arm(co), ...))
+        if not r[1] then
+          error(r[2], 0)
+        end
+        return table.unpack(r, 2, r.n)
+      end
+    end
   end
   env.os = { time = os.time, date = os.date, clock = os.clock, difftime = os.difftime, getenv = os.getenv }
   env.print = function(...)

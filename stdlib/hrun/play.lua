@@ -89,7 +89,8 @@ function M.load(priv, path, state, sandboxed, opts)
   if not src then
     bad(err)
   end
-  local env = dsl.environment(M.modules(priv, state), { allowed = priv.allowed, mask = priv.mask })
+  local env = dsl.environment(M.modules(priv, state),
+    { allowed = priv.allowed, mask = priv.mask, armthread = priv.armthread })
   local chunk, lerr = load(src, "@" .. path, "t", env)
   if not chunk then
     bad(lerr)

@@ -157,6 +157,7 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     local r = h.run("phase1-non-critical", "plan")
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "would exec.run podman stop -t 2 uptime-kuma  [undo: exec.run podman start uptime-kuma]")
+    ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses")
     eq(h.running("memos"), "true")
 
     r = h.run("phase1-non-critical")

@@ -6,7 +6,8 @@ local dsl = require "hrun.dsl"
 local play = require "hrun.play"
 
 return function(data)
-  local env = dsl.environment(play.modules(priv, nil), { allowed = priv.allowed, mask = priv.mask })
+  local env = dsl.environment(play.modules(priv, nil), { allowed = priv.allowed, mask = priv.mask,
+    armthread = priv.armthread })
   local chunk = load(data, "=fuzz", "t", env)
   if not chunk then
     return

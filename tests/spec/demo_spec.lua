@@ -55,6 +55,8 @@ describe("the demo playbook", function()
     has(r.stdout, "would exec.run mount -o loop")
     has(r.stdout, "would nixos.rebuild switch")
     has(r.stdout, "nothing was changed")
+    has(r.stdout, "capabilities declared: fs, btrfs, hash, nix, git, net, exec")
+    ok(not r.stdout:find("NOT DECLARED", 1, true), "the demo declares all it uses:\n" .. r.stdout)
     eq(h.left(), h.nothing)
   end)
 

@@ -229,6 +229,30 @@ return playbook { name = "copies", params = { dir = "" },
   end)
 end)
 
+describe("a step's timeout and Ctrl-C", function()
+  it("stop a loop in a coroutine made before the step began", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "co.lua", [[
+local spin = coroutine.wrap(function() while true do end end)
+local co = coroutine.create(function() while true do end end)
+return playbook { name = "co", params = { how = "wrap" },
+  phase "p" { step "s" { timeout = 0.5, run = function(ctx)
+    if ctx.params.how == "wrap" then spin() else assert(coroutine.resume(co)) end
+  end } } }]])
+    for _, how in ipairs({ "wrap", "resume" }) do
+      local r = run({ p, "--state", d .. "/state", "-p", "how=" .. how })
+      eq(r.code, 1, how .. ": " .. r.stdout)
+      has(r.stdout, "step 's' failed: timed out after 0.5 s")
+    end
+    local q = playbook_file(d, "int.lua", [[
+local spin = coroutine.wrap(function() while true do end end)
+return playbook { name = "int", phase "p" { step "s" { run = function() spin() end } } }]])
+    local r = exec.sh(string.format("%s %s --state %s & pid=$!; sleep 1; kill -INT $pid; wait $pid; echo status=$?",
+      shq(HRUN), shq(q), shq(d .. "/state2")), { check = false })
+    has(r.stdout, "status=130")
+  end)
+end)
+
 describe("files root runs", function()
   it("are refused when others could have changed them, with exit 3 and the reason", function()
     need_root()

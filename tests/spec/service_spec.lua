@@ -36,10 +36,12 @@ describe("service jobs", function()
       print(http.get(%q))
       s = service.start("hrun-web.service")
       print(s.job, s.active, s.sub)
+      -- "active" is the process started, not yet listening: under ASan it takes a moment
+      assert(http.wait(%q, { timeout = 20 }))
       print(http.get(%q).body)
       s = service.restart("hrun-web")
       print(s.job, s.active)
-    ]], url, url))
+    ]], url, url, url))
     local lines = {}
     for l in out:gmatch("[^\n]+") do
       lines[#lines + 1] = l
