@@ -409,24 +409,34 @@ function M.environment(modules, guard)
   return env
 end
 
--- plain(v) → a copy of v as data: tables without metatables (read with next, so no
--- metamethod runs), strings, numbers, booleans; raises on anything else (a function
--- among a playbook's parameters) and on a table inside itself.
-function M.plain(v, seen)
+-- plain(v [, lenient]) → a copy of v as data: tables without metatables (read with next,
+-- so no metamethod runs), strings, numbers, booleans. Anything else (a function among a
+-- playbook's parameters) raises, or with lenient is left out; so does a table inside
+-- itself.
+function M.plain(v, lenient, seen)
   local t = type(v)
   if t == "string" or t == "number" or t == "boolean" then
     return v
   elseif t ~= "table" then
+    if lenient then
+      return nil
+    end
     error(string.format("a %s where only data (strings, numbers, booleans, tables) may be", t), 0)
   end
   seen = seen or {}
   if seen[v] then
+    if lenient then
+      return nil
+    end
     error("a table that contains itself where only data may be", 0)
   end
   seen[v] = true
   local out = {}
   for k, x in next, v do
-    out[M.plain(k, seen)] = M.plain(x, seen)
+    local pk = M.plain(k, lenient, seen)
+    if pk ~= nil then
+      out[pk] = M.plain(x, lenient, seen)
+    end
   end
   seen[v] = nil
   return out

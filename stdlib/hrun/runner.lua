@@ -103,30 +103,14 @@ local function arglist(args)
   return out
 end
 
--- A copy of a call's arguments as plain data (tables copied without their metatables,
--- functions and userdata left out), for the engine's own work outside the sandbox: no
--- playbook code can run from it.
-local function plain(v, depth)
-  local t = type(v)
-  if t == "string" or t == "number" or t == "boolean" then
-    return v
-  elseif t ~= "table" or (depth or 0) > 20 then
-    return nil
-  end
-  local out = {}
-  for k, x in next, v do
-    local pk = plain(k, 21)
-    if pk ~= nil then
-      out[pk] = plain(x, (depth or 0) + 1)
-    end
-  end
-  return out
-end
-
+-- A call's arguments as plain data (dsl.plain: tables without metatables, functions and
+-- userdata left out), for the engine's own work outside the sandbox: no playbook code
+-- can run from them.
 local function plain_args(...)
+  local plain = require("hrun.dsl").plain
   local args = table.pack(...)
   for i = 1, args.n do
-    args[i] = plain(args[i])
+    args[i] = plain(args[i], true)
   end
   return table.unpack(args, 1, args.n)
 end
