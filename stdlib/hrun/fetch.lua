@@ -225,6 +225,20 @@ function M.update(priv, opts, state, name)
   return 0
 end
 
+-- Is path (absolute, symlinks resolved) inside a checkout `hrun fetch` made — some
+-- STATE's playbooks/NAME with its NAME.lock beside it — of any state directory?
+function M.within(path)
+  local dir = path:match("^(.*)/[^/]*$")
+  while dir and dir ~= "" do
+    local state, name = dir:match("^(.*)/playbooks/([^/]+)$")
+    if state and fs.exists(lock_path(state, name)) then
+      return true
+    end
+    dir = dir:match("^(.*)/[^/]*$")
+  end
+  return false
+end
+
 -- `hrun NAME/playbook.lua`: a path that does not exist here but names a fetched
 -- repository's file resolves to it.
 function M.resolve(state, path)

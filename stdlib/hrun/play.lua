@@ -41,18 +41,9 @@ local LOAD_SECONDS = 10
 -- The Lua heap a sandboxed playbook may use unless --memory-limit says otherwise.
 local DEFAULT_MEMORY = 512 * 1024 * 1024
 
--- Is path in a repository `hrun fetch` made (…/playbooks/NAME beside NAME.lock), in
--- this state directory or any other?
+-- Is path in a repository `hrun fetch` made, in this state directory or any other?
 function M.fetched(priv, path)
-  local dir = (priv.normpath(path) or path):match("^(.*)/[^/]*$")
-  while dir and dir ~= "" do
-    local parent, name = dir:match("^(.*)/([^/]+)$")
-    if parent and parent:match("/playbooks$") and fs.exists(parent .. "/" .. name .. ".lock") then
-      return true
-    end
-    dir = parent
-  end
-  return false
+  return require("hrun.fetch").within(priv.normpath(path) or path)
 end
 
 -- --memory-limit SIZE ("512M", "2G", bytes) → bytes; raises Bad when malformed.
@@ -78,7 +69,6 @@ local function check_trust(priv, path, what)
     bad(string.format("refusing the %s %s: %s", what, path, why))
   end
 end
-M.check_trust = check_trust
 
 -- load(priv, path, state [, sandboxed, opts]) → playbook, hash; raises Bad with every
 -- problem found. A sandboxed playbook is evaluated with no capability at all, within
