@@ -21,7 +21,8 @@
 #include "hrun/hashpool.h"
 #include "xxh_avx2.h"
 
-#define QUEUE_MAX 4096
+#define QUEUE_MAX 4096        /* files waiting for a hasher */
+#define WINDOW    16384       /* entries the walk may be ahead of the taker */
 #define READ_SIZE (128 << 10) /* fits the cache: the page cache's copy is hashed while hot */
 #define BATCH     64          /* entries a hasher takes at once */
 #define MAP_FROM  (64 << 20)  /* files this large are hashed through mmap */
@@ -74,21 +75,29 @@ static int hash_mapped(int fd, uint64_t len, enum hrun_algo a, unsigned char *ou
     return 0;
 }
 
-int hrun_hash_fd(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size)
+/* Reads fd to its end into the digest. expect >= 0: the size fstat gave — a short read
+** that reaches it is the end (one read a small file, not two). */
+static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size,
+                     int64_t expect)
 {
     int err = 0;
     ssize_t n;
+    int64_t total = 0;
+#define READ_ALL(update)                                                                           \
+    while ((n = read(fd, buf, size)) != 0) {                                                       \
+        if (n < 0) {                                                                               \
+            if (errno == EINTR) continue;                                                          \
+            err = errno;                                                                           \
+            break;                                                                                 \
+        }                                                                                          \
+        update;                                                                                    \
+        total += n;                                                                                \
+        if ((size_t)n < size && total == expect) break;                                            \
+    }
     if (a == HRUN_XXH128 && __builtin_cpu_supports("avx2")) {
         void *s = hrun_xxh3_avx2_new();
         if (s == NULL) return ENOMEM;
-        while ((n = read(fd, buf, size)) != 0) {
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                err = errno;
-                break;
-            }
-            hrun_xxh3_avx2_update(s, buf, (size_t)n);
-        }
+        READ_ALL(hrun_xxh3_avx2_update(s, buf, (size_t)n))
         hrun_xxh3_avx2_digest(s, out);
         return err;
     }
@@ -96,14 +105,7 @@ int hrun_hash_fd(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t
         XXH3_state_t *s = XXH3_createState();
         if (s == NULL) return ENOMEM;
         XXH3_128bits_reset(s);
-        while ((n = read(fd, buf, size)) != 0) {
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                err = errno;
-                break;
-            }
-            XXH3_128bits_update(s, buf, (size_t)n);
-        }
+        READ_ALL(XXH3_128bits_update(s, buf, (size_t)n))
         XXH128_canonical_t c;
         XXH128_canonicalFromHash(&c, XXH3_128bits_digest(s));
         memcpy(out, c.digest, 16);
@@ -113,22 +115,27 @@ int hrun_hash_fd(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL) return ENOMEM;
     EVP_DigestInit_ex(ctx, a == HRUN_SHA256 ? EVP_sha256() : EVP_blake2b512(), NULL);
-    while ((n = read(fd, buf, size)) != 0) {
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            err = errno;
-            break;
-        }
-        EVP_DigestUpdate(ctx, buf, (size_t)n);
-    }
+    READ_ALL(EVP_DigestUpdate(ctx, buf, (size_t)n))
+#undef READ_ALL
     unsigned int len;
     EVP_DigestFinal_ex(ctx, out, &len);
     EVP_MD_CTX_free(ctx);
     return err;
 }
 
+int hrun_hash_fd(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size)
+{
+    return hash_read(fd, a, out, buf, size, -1);
+}
+
+int hrun_pathcmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    return c ? c : (alen > blen) - (alen < blen);
+}
+
 /* {======================================================
-** Queues
+** The work queue, and finished entries put back in the walk's order
 ** ======================================================= */
 
 typedef struct Queue {
@@ -141,8 +148,15 @@ struct hrun_HashPool {
     hrun_HashOpts o;
     char **exclude;
     int rootfd;
+    dev_t rootdev;
     pthread_mutex_t mu;
-    Queue work, done;
+    Queue work; /* files for the hashers */
+    /* finished entries by seq % WINDOW: the taker gives them in order from `taken` on,
+    ** and the walker stays within WINDOW of it (memory bounded, a hasher on a huge
+    ** file or not) */
+    hrun_Entry **ring;
+    uint64_t next_seq, taken, unsignalled;
+    pthread_cond_t ready, room;
     pthread_t walker, scanner, *hashers;
     int nhashers, hashers_running;
     int walking, scanned;
@@ -170,9 +184,7 @@ static void q_push(hrun_HashPool *p, Queue *q, hrun_Entry *e)
         q->head = e;
     q->tail = e;
     q->n++;
-    /* wake a hasher for every piece of work; the owner of the done queue only once a
-    ** good batch waits (it looks every 0.1 s anyway): fewer context switches */
-    if (q == &p->work || q->n % 1024 == 0) pthread_cond_signal(&q->not_empty);
+    pthread_cond_signal(&q->not_empty);
 }
 
 static hrun_Entry *q_pop(Queue *q)
@@ -187,22 +199,39 @@ static hrun_Entry *q_pop(Queue *q)
     return e;
 }
 
-static void deliver(hrun_HashPool *p, Queue *q, hrun_Entry *e)
+/* With p->mu held: e is finished. The taker is woken once a good batch waits (it looks
+** every 0.1 s anyway): fewer context switches. */
+static void finish(hrun_HashPool *p, hrun_Entry *e)
 {
-    pthread_mutex_lock(&p->mu);
-    q_push(p, q, e);
-    pthread_mutex_unlock(&p->mu);
+    e->next = NULL;
+    p->ring[e->seq % WINDOW] = e;
+    if (++p->unsignalled >= 1024) {
+        p->unsignalled = 0;
+        pthread_cond_signal(&p->ready);
+    }
+}
+
+/* The quick check: the earlier manifest's digest for a file whose size, mtime and inode
+** are unchanged. */
+static int reuse(hrun_Entry *e)
+{
+    const hrun_Prior *o = &e->prior;
+    if (!o->valid || e->type != 'f' || !e->statted || e->err || o->size != e->size ||
+        o->mtime_ns != e->mtime_ns || o->ino != e->ino)
+        return 0;
+    memcpy(e->digest, o->digest, o->dlen);
+    e->has_digest = e->reused = 1;
+    return 1;
 }
 
 /* }====================================================== */
 
 /* {======================================================
-** Walking
+** Walking, in path order
 ** ======================================================= */
 
 static int excluded(const hrun_HashPool *p, const char *rel)
 {
-    if (p->exclude == NULL) return 0;
     const char *base = strrchr(rel, '/');
     base = base ? base + 1 : rel;
     for (char **g = p->exclude; *g; g++) {
@@ -213,9 +242,8 @@ static int excluded(const hrun_HashPool *p, const char *rel)
     return 0;
 }
 
-static char *join(const char *dir, const char *name, size_t *len)
+static char *join(const char *dir, size_t dl, const char *name, size_t nl, size_t *len)
 {
-    size_t dl = strlen(dir), nl = strlen(name);
     char *s = malloc(dl + nl + 2);
     if (s == NULL) return NULL;
     if (dl) {
@@ -230,146 +258,214 @@ static char *join(const char *dir, const char *name, size_t *len)
     return s;
 }
 
-typedef struct Stack {
-    char **dirs;
-    size_t n, cap;
-} Stack;
+/*
+** A directory's listing. Each name is an item; a subdirectory is a second item too, its
+** descent, sorted as NAME/: so "a" (the entry), "a-b", "a/…" (what a holds), "a0" — the
+** order of the paths' bytes, which is the journal's. A directory is read when its entry
+** is reached (its error belongs to that entry) and entered when its descent is.
+*/
+typedef struct Level Level;
 
-static int push_dir(Stack *s, char *dir)
+typedef struct Item {
+    const char *name;
+    size_t off, len;       /* off: where name is in the names (they move while they grow) */
+    unsigned char type;    /* d_type (DT_UNKNOWN resolved) */
+    unsigned char descend; /* the descent of a directory */
+    Level *child;          /* a descent's listing, once read */
+} Item;
+
+struct Level {
+    DIR *d;    /* open while its items are walked */
+    char *dir; /* relative to the root; "" for the root */
+    size_t dirlen;
+    char *names; /* NUL-ended, end to end */
+    Item *items;
+    size_t n, next;
+};
+
+static void level_free(Level *lv)
 {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        char **d = realloc(s->dirs, cap * sizeof *d);
-        if (d == NULL) return -1;
-        s->dirs = d, s->cap = cap;
+    if (lv == NULL) return;
+    for (size_t i = 0; i < lv->n; i++) level_free(lv->items[i].child);
+    if (lv->d) closedir(lv->d);
+    free(lv->dir);
+    free(lv->names);
+    free(lv->items);
+    free(lv);
+}
+
+static int by_key(const void *x, const void *y)
+{
+    const Item *a = x, *b = y;
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->name, b->name, n);
+    if (c) return c;
+    if (a->len == b->len) return a->descend - b->descend; /* the entry, then its descent */
+    /* one name is the other's start: what follows it is '/' for a descent, else nothing */
+    int ca = n < a->len ? (unsigned char)a->name[n] : a->descend ? '/' : -1;
+    int cb = n < b->len ? (unsigned char)b->name[n] : b->descend ? '/' : -1;
+    return ca - cb;
+}
+
+/* Reads directory fd (taken over) at dir (taken over). *err: a read's error (what was read
+** is kept). NULL, with fd and dir released, when nothing could be. */
+static Level *list_dir(hrun_HashPool *p, int fd, char *dir, size_t dirlen, int *err)
+{
+    Level *lv = calloc(1, sizeof *lv);
+    if (lv == NULL || (lv->d = fdopendir(fd)) == NULL) {
+        *err = lv ? errno : ENOMEM;
+        close(fd);
+        free(dir);
+        free(lv);
+        return NULL;
     }
-    s->dirs[s->n++] = dir;
-    return 0;
-}
-
-typedef struct Names {
-    struct Name {
-        char *name;
-        unsigned char type;
-    } * v;
-    size_t n, cap;
-} Names;
-
-static int by_name(const void *a, const void *b)
-{
-    return strcmp(((const struct Name *)a)->name, ((const struct Name *)b)->name);
-}
-
-/* Reads a directory's entries but . and .., sorted by name (bytes). -1: out of memory
-** (what was read is kept). */
-static int read_names(DIR *d, Names *names)
-{
-    int rc = 0;
+    lv->dir = dir, lv->dirlen = dirlen;
+    size_t used = 0, size = 0, cap = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.' &&
-            (de->d_name[1] == 0 || (de->d_name[1] == '.' && !de->d_name[2])))
-            continue;
-        if (names->n == names->cap) {
-            size_t cap = names->cap ? names->cap * 2 : 64;
-            struct Name *v = realloc(names->v, cap * sizeof *v);
-            if (v == NULL) {
-                rc = -1;
-                break;
-            }
-            names->v = v, names->cap = cap;
-        }
-        char *name = strdup(de->d_name);
-        if (name == NULL) {
-            rc = -1;
+    for (;;) {
+        errno = 0;
+        if ((de = readdir(lv->d)) == NULL) {
+            if (errno) *err = errno;
             break;
         }
-        names->v[names->n].name = name;
-        names->v[names->n++].type = de->d_type;
+        const char *name = de->d_name;
+        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0))) continue;
+        unsigned char type = de->d_type;
+        struct stat st;
+        if (type == DT_UNKNOWN && fstatat(dirfd(lv->d), name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            type = IFTODT(st.st_mode);
+        size_t nl = strlen(name);
+        if (p->exclude) {
+            size_t rl;
+            char *rel = join(dir, dirlen, name, nl, &rl);
+            int out = rel == NULL || excluded(p, rel);
+            free(rel);
+            if (out) continue;
+        }
+        if (used + nl + 1 > size || lv->n + 2 > cap) {
+            size_t nsize = used + nl + 1 > size ? 2 * size + 4096 : size;
+            size_t ncap = lv->n + 2 > cap ? 2 * cap + 64 : cap;
+            char *names = realloc(lv->names, nsize);
+            if (names) lv->names = names, size = nsize;
+            Item *items = names ? realloc(lv->items, ncap * sizeof *items) : NULL;
+            if (items == NULL) {
+                *err = ENOMEM;
+                break;
+            }
+            lv->items = items, cap = ncap;
+        }
+        memcpy(lv->names + used, name, nl + 1);
+        lv->items[lv->n++] = (Item){NULL, used, nl, type, 0, NULL};
+        if (type == DT_DIR) lv->items[lv->n++] = (Item){NULL, used, nl, type, 1, NULL};
+        used += nl + 1;
     }
-    if (names->n > 1) qsort(names->v, names->n, sizeof *names->v, by_name);
-    return rc;
+    for (size_t i = 0; i < lv->n; i++) lv->items[i].name = lv->names + lv->items[i].off;
+    if (lv->n > 1) qsort(lv->items, lv->n, sizeof *lv->items, by_key);
+    return lv;
 }
 
-static void free_names(Names *names)
+/* The descent item of it (a directory's entry) in its listing: after it, among the names
+** that start with its name. */
+static Item *descent_of(Level *lv, Item *it)
 {
-    for (size_t i = 0; i < names->n; i++) free(names->v[i].name);
-    free(names->v);
+    for (Item *j = it + 1; j < lv->items + lv->n; j++) {
+        if (j->len < it->len || memcmp(j->name, it->name, it->len) != 0) break;
+        if (j->descend && j->len == it->len) return j;
+    }
+    return NULL;
 }
 
-/* Walks the tree; for each entry calls visit(p, rel, len, &st, dirfd, name) (the
-** pre-scan and the walker differ there). Directories on other filesystems (with
-** one_file_system) and excluded paths are not entered. */
+/* Every path under directory rel ("rel/…") comes before `after`. */
+static int subtree_before(const char *rel, size_t len, const char *after, size_t alen)
+{
+    int c = memcmp(after, rel, alen < len ? alen : len);
+    if (c) return c > 0;
+    return alen > len && (unsigned char)after[len] > '/';
+}
+
+/* For each entry, visit(p, rel, len, st, dirfd, name, err): st NULL when it could not be
+** stat'ed (err says why) or was not (err -1: a regular file by its directory entry);
+** err is a directory's read error. Excluded paths, other filesystems (one_file_system)
+** and, when resuming, paths up to `after` are left out. */
 typedef void (*Visit)(hrun_HashPool *p, char *rel, size_t len, const struct stat *st, int dirfd,
                       const char *name, int err);
 
 static void walk(hrun_HashPool *p, Visit visit)
 {
-    Stack stack = {0};
-    struct stat rootst;
-    if (fstat(p->rootfd, &rootst) < 0) return;
+    size_t depth = 0, cap = 0;
+    Level **stack = NULL;
+    int err = 0;
+    /* a new open: the walker and the pre-scan must not share offsets */
+    int fd = openat(p->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     char *top = strdup("");
-    if (top == NULL || push_dir(&stack, top) < 0) {
-        free(top);
+    Level *lv = fd >= 0 && top ? list_dir(p, fd, top, 0, &err) : NULL;
+    if (lv == NULL) {
+        if (fd >= 0 && top == NULL) close(fd);
+        if (top && fd < 0) free(top);
         return;
     }
-    while (stack.n > 0 && !p->cancel) {
-        char *dir = stack.dirs[--stack.n];
-        /* a new open of each directory: the walker and the pre-scan must not share offsets */
-        int fd =
-            openat(p->rootfd, *dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-        if (d == NULL) {
-            if (fd >= 0) close(fd);
-            free(dir);
-            continue; /* the directory itself was reported with its error already */
+    const char *after = p->o.after;
+    size_t alen = p->o.afterlen;
+    for (;;) {
+        if (depth == cap) {
+            Level **more = realloc(stack, (cap ? 2 * cap : 16) * sizeof *stack);
+            if (more == NULL) { /* out of memory: the walk ends short */
+                level_free(lv);
+                break;
+            }
+            stack = more, cap = cap ? 2 * cap : 16;
         }
-        /* the names in byte order: entries reach the journal's index nearly in key order
-        ** (an insert beside the last one is cheaper: measured ~9 % less CPU for the writer
-        ** on the small bench tree than with readdir's hash order) */
-        Names names = {0};
-        if (read_names(d, &names) < 0 && *dir) {
-            /* the directory is recorded again, with the error: the manifest is incomplete */
-            char *again = strdup(dir);
-            if (again) visit(p, again, strlen(again), NULL, p->rootfd, again, ENOMEM);
-        }
-        size_t first_sub = stack.n;
-        for (size_t i = 0; i < names.n && !p->cancel; i++) {
-            const char *name = names.v[i].name;
+        stack[depth++] = lv;
+        lv = NULL;
+        while (depth > 0 && !p->cancel && lv == NULL) {
+            Level *at = stack[depth - 1];
+            if (at->next == at->n) {
+                level_free(at);
+                depth--;
+                continue;
+            }
+            Item *it = &at->items[at->next++];
+            if (it->descend) {
+                lv = it->child; /* entered next (NULL: it could not be read, or not entered) */
+                it->child = NULL;
+                continue;
+            }
             size_t len;
-            char *rel = join(dir, name, &len);
+            char *rel = join(at->dir, at->dirlen, it->name, it->len, &len);
             if (rel == NULL) continue;
-            if (excluded(p, rel)) {
+            int skip = after && hrun_pathcmp(rel, len, after, alen) <= 0;
+            if (skip && (it->type != DT_DIR || subtree_before(rel, len, after, alen))) {
                 free(rel);
                 continue;
             }
-            if (names.v[i].type == DT_REG) { /* its hasher stats the open file: one lookup less */
-                visit(p, rel, len, NULL, dirfd(d), name, -1);
+            if (it->type == DT_REG) { /* its hasher stats the open file: one lookup less */
+                visit(p, rel, len, NULL, dirfd(at->d), it->name, -1);
                 continue;
             }
             struct stat st;
-            int err = fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? errno : 0;
-            int descend = !err && S_ISDIR(st.st_mode) &&
-                          !(p->o.one_file_system && st.st_dev != rootst.st_dev);
-            if (descend) {
-                /* unreadable directories are reported by the walker's visit */
-                char *copy = strdup(rel);
-                if (copy && push_dir(&stack, copy) < 0) free(copy);
+            int serr = fstatat(dirfd(at->d), it->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? errno : 0;
+            int lerr = 0;
+            Item *descent = serr == 0 && S_ISDIR(st.st_mode) ? descent_of(at, it) : NULL;
+            if (descent && !(p->o.one_file_system && st.st_dev != p->rootdev)) {
+                int cfd =
+                    openat(dirfd(at->d), it->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                char *cdir = cfd >= 0 ? strdup(rel) : NULL;
+                if (cfd < 0)
+                    lerr = errno;
+                else if (cdir == NULL)
+                    lerr = ENOMEM, close(cfd);
+                else
+                    descent->child = list_dir(p, cfd, cdir, len, &lerr);
             }
-            visit(p, rel, len, err ? NULL : &st, dirfd(d), name, err);
+            if (skip)
+                free(rel);
+            else
+                visit(p, rel, len, serr ? NULL : &st, dirfd(at->d), it->name, serr ? serr : lerr);
         }
-        /* the stack pops last first: reversed, the subdirectories are entered in order */
-        for (size_t i = first_sub, j = stack.n; i + 1 < j; i++, j--) {
-            char *tmp = stack.dirs[i];
-            stack.dirs[i] = stack.dirs[j - 1];
-            stack.dirs[j - 1] = tmp;
-        }
-        free_names(&names);
-        closedir(d);
-        free(dir);
+        if (lv == NULL) break;
     }
-    while (stack.n > 0) free(stack.dirs[--stack.n]);
-    free(stack.dirs);
+    while (depth > 0) level_free(stack[--depth]);
+    free(stack);
 }
 
 static void count(hrun_HashPool *p, char *rel, size_t len, const struct stat *st, int dirfd,
@@ -397,6 +493,16 @@ static void *scanner_main(void *arg)
     return NULL;
 }
 
+static void set_stat(hrun_Entry *e, const struct stat *st)
+{
+    e->size = (uint64_t)st->st_size;
+    e->dev = (uint64_t)st->st_dev;
+    e->ino = (uint64_t)st->st_ino;
+    e->mode = st->st_mode & 07777;
+    e->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    e->statted = 1;
+}
+
 static void found(hrun_HashPool *p, char *rel, size_t len, const struct stat *st, int dirfd,
                   const char *name, int err)
 {
@@ -413,16 +519,11 @@ static void found(hrun_HashPool *p, char *rel, size_t len, const struct stat *st
     }
     e->err = err;
     if (st) {
-        e->statted = 1;
+        set_stat(e, st);
         e->type = S_ISREG(st->st_mode)   ? 'f'
                   : S_ISDIR(st->st_mode) ? 'd'
                   : S_ISLNK(st->st_mode) ? 'l'
                                          : 's';
-        e->size = (uint64_t)st->st_size;
-        e->dev = (uint64_t)st->st_dev;
-        e->ino = (uint64_t)st->st_ino;
-        e->mode = st->st_mode & 07777;
-        e->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
     }
     if (e->type == 'l') {
         char target[4096];
@@ -432,14 +533,21 @@ static void found(hrun_HashPool *p, char *rel, size_t len, const struct stat *st
             e->target = strdup(target);
         }
     }
-    if (e->type == 'd' && !err && faccessat(dirfd, name, R_OK | X_OK, AT_EACCESS) < 0)
-        e->err = errno;
-    int verdict = p->o.lookup ? p->o.lookup(p->o.lookup_ud, e) : 0;
-    if (verdict == 1) {
+    if (p->o.lookup) p->o.lookup(p->o.lookup_ud, e);
+    int hash = e->type == 'f' && !e->err && !reuse(e);
+    pthread_mutex_lock(&p->mu);
+    while (p->next_seq - p->taken >= WINDOW && !p->cancel) pthread_cond_wait(&p->room, &p->mu);
+    if (p->cancel) { /* stopping: its place in the ring may be taken */
+        pthread_mutex_unlock(&p->mu);
         hrun_entry_free(e);
         return;
     }
-    deliver(p, e->type == 'f' && !e->err && verdict == 0 ? &p->work : &p->done, e);
+    e->seq = p->next_seq++;
+    if (hash)
+        q_push(p, &p->work, e);
+    else
+        finish(p, e);
+    pthread_mutex_unlock(&p->mu);
 }
 
 static void *walker_main(void *arg)
@@ -449,6 +557,7 @@ static void *walker_main(void *arg)
     pthread_mutex_lock(&p->mu);
     p->walking = 0;
     pthread_cond_broadcast(&p->work.not_empty);
+    pthread_cond_broadcast(&p->ready);
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
@@ -465,30 +574,19 @@ static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
     if (fd < 0 && errno == EPERM) /* O_NOATIME needs the file's owner or root */
         fd = openat(p->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
-    if (fd >= 0 && !e->statted && fstat(fd, &st) == 0) {
-        e->size = (uint64_t)st.st_size;
-        e->dev = (uint64_t)st.st_dev;
-        e->ino = (uint64_t)st.st_ino;
-        e->mode = st.st_mode & 07777;
-        e->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-        e->statted = 1;
-        if (p->o.lookup && p->o.lookup(p->o.lookup_ud, e) == 2) { /* quick: unchanged */
+    if (fd < 0) {
+        e->err = errno;
+        /* unreadable: its metadata still belongs in the manifest */
+        if (!e->statted && fstatat(p->rootfd, e->path, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            set_stat(e, &st);
+        return;
+    }
+    if (!e->statted && fstat(fd, &st) == 0) {
+        set_stat(e, &st);
+        if (reuse(e)) { /* quick: unchanged */
             close(fd);
             return;
         }
-    }
-    if (fd < 0) {
-        int err = errno;
-        /* unreadable: its metadata still belongs in the manifest */
-        if (!e->statted && fstatat(p->rootfd, e->path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-            e->size = (uint64_t)st.st_size, e->dev = (uint64_t)st.st_dev,
-            e->ino = (uint64_t)st.st_ino;
-            e->mode = st.st_mode & 07777;
-            e->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-            e->statted = 1;
-        }
-        e->err = err;
-        return;
     }
     if (e->size >= MAP_FROM && hash_mapped(fd, e->size, p->o.algo, e->digest) == 0) {
         e->has_digest = 1;
@@ -496,7 +594,8 @@ static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
         return;
     }
     if (e->size >= (1 << 20)) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    e->err = hrun_hash_fd(fd, p->o.algo, e->digest, buf, READ_SIZE);
+    e->err =
+        hash_read(fd, p->o.algo, e->digest, buf, READ_SIZE, e->statted ? (int64_t)e->size : -1);
     e->has_digest = e->err == 0;
     close(fd);
 }
@@ -526,7 +625,7 @@ static void *hasher_main(void *arg)
         pthread_mutex_lock(&p->mu);
         while (batch) {
             hrun_Entry *next = batch->next;
-            q_push(p, &p->done, batch);
+            finish(p, batch);
             batch = next;
         }
         pthread_mutex_unlock(&p->mu);
@@ -534,7 +633,7 @@ static void *hasher_main(void *arg)
     free(buf);
     pthread_mutex_lock(&p->mu);
     p->hashers_running--;
-    pthread_cond_broadcast(&p->done.not_empty);
+    pthread_cond_broadcast(&p->ready);
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
@@ -544,11 +643,20 @@ hrun_HashPool *hrun_hashpool_start(const hrun_HashOpts *o)
     hrun_HashPool *p = calloc(1, sizeof *p);
     if (p == NULL) return NULL;
     p->o = *o;
-    if ((p->rootfd = open(o->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-        int err = errno;
+    struct stat st;
+    if ((p->rootfd = open(o->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+        fstat(p->rootfd, &st) < 0 || (p->ring = calloc(WINDOW, sizeof *p->ring)) == NULL) {
+        int err = p->rootfd < 0 ? errno : ENOMEM;
+        if (p->rootfd >= 0) close(p->rootfd);
         free(p);
         errno = err;
         return NULL;
+    }
+    p->rootdev = st.st_dev;
+    if (o->after) { /* the caller's copy may go: ours */
+        char *after = malloc(o->afterlen ? o->afterlen : 1);
+        if (after) memcpy(after, o->after, o->afterlen);
+        p->o.after = after;
     }
     if (o->exclude) {
         size_t n = 0;
@@ -558,7 +666,8 @@ hrun_HashPool *hrun_hashpool_start(const hrun_HashOpts *o)
     }
     pthread_mutex_init(&p->mu, NULL);
     q_init(&p->work);
-    q_init(&p->done);
+    pthread_cond_init(&p->ready, NULL);
+    pthread_cond_init(&p->room, NULL);
     p->walking = 1;
     int n = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) n = 1;
@@ -586,17 +695,18 @@ hrun_Entry *hrun_hashpool_take(hrun_HashPool *p, double wait, int *done)
     until.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
     if (until.tv_nsec >= 1000000000) until.tv_sec++, until.tv_nsec -= 1000000000;
     pthread_mutex_lock(&p->mu);
-    while (p->done.head == NULL && (p->hashers_running > 0 || p->walking) &&
-           pthread_cond_timedwait(&p->done.not_empty, &p->mu, &until) == 0) {
+    while (p->ring[p->taken % WINDOW] == NULL && (p->hashers_running > 0 || p->walking) &&
+           pthread_cond_timedwait(&p->ready, &p->mu, &until) == 0) {
     }
-    hrun_Entry *list = p->done.head;
-    for (hrun_Entry *e = list; e; e = e->next) {
+    hrun_Entry *list = NULL, **tail = &list, *e;
+    while ((e = p->ring[p->taken % WINDOW]) != NULL) {
+        p->ring[p->taken++ % WINDOW] = NULL;
+        *tail = e, tail = &e->next;
         p->files++;
         if (e->type == 'f') p->bytes += e->size;
     }
-    p->done.head = p->done.tail = NULL;
-    p->done.n = 0;
-    pthread_cond_broadcast(&p->done.not_full);
+    if (list) pthread_cond_broadcast(&p->room);
+    /* cancelled, some entries never finish: what follows them is not given */
     *done = !p->walking && p->hashers_running == 0 && list == NULL;
     pthread_mutex_unlock(&p->mu);
     return list;
@@ -618,7 +728,7 @@ void hrun_hashpool_cancel(hrun_HashPool *p)
     p->cancel = 1;
     pthread_cond_broadcast(&p->work.not_empty);
     pthread_cond_broadcast(&p->work.not_full);
-    pthread_cond_broadcast(&p->done.not_full);
+    pthread_cond_broadcast(&p->room);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -626,24 +736,17 @@ void hrun_hashpool_free(hrun_HashPool *p)
 {
     if (p == NULL) return;
     hrun_hashpool_cancel(p);
-    /* drain while they finish: a thread may wait for room in the done queue */
-    for (;;) {
-        int done;
-        hrun_entry_free(hrun_hashpool_take(p, 0.05, &done));
-        pthread_mutex_lock(&p->mu);
-        int idle = !p->walking && p->hashers_running == 0;
-        pthread_mutex_unlock(&p->mu);
-        if (idle) break;
-    }
     pthread_join(p->walker, NULL);
     if (p->started_scanner) pthread_join(p->scanner, NULL);
     for (int i = 0; i < p->nhashers; i++) pthread_join(p->hashers[i], NULL);
     hrun_entry_free(p->work.head);
-    hrun_entry_free(p->done.head);
+    for (size_t i = 0; i < WINDOW; i++) hrun_entry_free(p->ring[i]);
+    free(p->ring);
     free(p->hashers);
     if (p->exclude)
         for (char **g = p->exclude; *g; g++) free(*g);
     free(p->exclude);
+    free((char *)p->o.after);
     close(p->rootfd);
     pthread_mutex_destroy(&p->mu);
     free(p);

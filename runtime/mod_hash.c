@@ -17,9 +17,11 @@
 #include <sqlite3.h>
 
 #include "hrun/hashpool.h"
+#include "hrun/manifest.h"
 #include "internal.h"
 
-#define TREE_TYPE "hrun.hash.tree"
+#define TREE_TYPE    "hrun.hash.tree"
+#define STREAMS_TYPE "hrun.hash.streams"
 
 static const char hexdigits[] = "0123456789abcdef";
 
@@ -125,14 +127,9 @@ static sqlite3_int64 manifest_id(lua_State *L, sqlite3 *db, int arg)
 /* [-0, +1, e] The manifest's row as a table. */
 static void push_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id)
 {
-    sqlite3_stmt *st =
-        prep(L, db,
-             "SELECT id, name, root, algo, status, started, ended, source, "
-             "(SELECT count(*) FROM entries WHERE manifest = m.id AND type = 'f'), "
-             "(SELECT coalesce(sum(size), 0) FROM entries WHERE manifest = m.id AND type = 'f'), "
-             "(SELECT count(*) FROM entries WHERE manifest = m.id), "
-             "(SELECT count(*) FROM entries WHERE manifest = m.id AND error IS NOT NULL) "
-             "FROM manifests m WHERE id = ?");
+    sqlite3_stmt *st = prep(L, db,
+                            "SELECT id, name, root, algo, status, started, ended, source, files, "
+                            "bytes, entries, errors FROM manifests WHERE id = ?");
     sqlite3_bind_int64(st, 1, id);
     if (sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
@@ -158,93 +155,156 @@ static void push_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id)
 /* }====================================================== */
 
 /* {======================================================
+** A manifest's entries, written and read in path order (hrun/manifest.h); the
+** packers and cursors live in a to-be-closed userdata, so a Lua error leaks none
+** ======================================================= */
+typedef struct Streams {
+    hrun_Packer packer;
+    int packing;
+    hrun_Cursor cursor[2];
+    int cursors;
+} Streams;
+
+static int streams_close(lua_State *L)
+{
+    Streams *s = luaL_checkudata(L, 1, STREAMS_TYPE);
+    if (s->packing) hrun_packer_free(&s->packer);
+    s->packing = 0;
+    for (int i = 0; i < s->cursors; i++) hrun_cursor_close(&s->cursor[i]);
+    s->cursors = 0;
+    return 0;
+}
+
+/* [-0, +1, e] A new Streams, to be closed with the caller's frame. */
+static Streams *new_streams(lua_State *L)
+{
+    Streams *s = lua_newuserdatauv(L, sizeof(Streams), 0);
+    memset(s, 0, sizeof *s);
+    hrun_setclose(L, STREAMS_TYPE, streams_close, NULL);
+    lua_toclose(L, -1);
+    return s;
+}
+
+/* [-0, +0, e] Opens a cursor over manifest id in s. */
+static hrun_Cursor *open_cursor(lua_State *L, Streams *s, sqlite3 *db, sqlite3_int64 id)
+{
+    hrun_Cursor *c = &s->cursor[s->cursors];
+    if (hrun_cursor_open(c, db, id) != SQLITE_OK) db_fail(L, db);
+    s->cursors++;
+    return c;
+}
+
+/* [-0, +0, e] The cursor's next entry: 1, or 0 at the end; raises when it cannot be read. */
+static int next_entry(lua_State *L, sqlite3 *db, hrun_Cursor *c, hrun_MEntry *e)
+{
+    int r = hrun_cursor_next(c, e);
+    if (r < 0)
+        luaL_error(L, "hash: journal: %s",
+                   c->rc == SQLITE_CORRUPT ? "a manifest's entries do not decode"
+                                           : sqlite3_errmsg(db));
+    return r;
+}
+
+/* [-0, +0, e] Starts the packer of s on manifest id. */
+static hrun_Packer *open_packer(lua_State *L, Streams *s, sqlite3 *db, sqlite3_int64 id)
+{
+    s->packing = 1;
+    if (hrun_packer_init(&s->packer, db, id) != SQLITE_OK) db_fail(L, db);
+    return &s->packer;
+}
+
+static void packer_check(lua_State *L, sqlite3 *db, int rc)
+{
+    if (rc == SQLITE_NOMEM) luaL_error(L, "hash: journal: out of memory");
+    if (rc != SQLITE_OK) db_fail(L, db);
+}
+
+/* }====================================================== */
+
+/* {======================================================
 ** Hashing a tree into a manifest
 ** ======================================================= */
 
 typedef struct Tree {
     hrun_HashPool *pool;
-    sqlite3 *ro;        /* the walker's own read-only connection (resume, quick) */
-    sqlite3_stmt *look; /* SELECT … FROM entries WHERE manifest = ? AND path = ? */
-    sqlite3_int64 look_id;
-    int resume;              /* look_id is this manifest: skip what it has */
-    pthread_mutex_t look_mu; /* the walker and the hashers share the statement */
     sqlite3 *db;
-    sqlite3_stmt *ins;
+    hrun_Packer packer;
+    int packing;
+    /* quick: the earlier manifest, read in step with the walk on the walker's own
+    ** read-only connection */
+    sqlite3 *ro;
+    hrun_Cursor old;
+    int reading; /* old is open */
+    int has;     /* cur is old's next entry */
+    hrun_MEntry cur;
 } Tree;
 
 static int tree_close(lua_State *L)
 {
     Tree *t = luaL_checkudata(L, 1, TREE_TYPE);
-    hrun_hashpool_free(t->pool);
+    hrun_hashpool_free(t->pool); /* first: the walker reads old */
     t->pool = NULL;
-    sqlite3_finalize(t->look);
-    t->look = NULL;
+    if (t->reading) hrun_cursor_close(&t->old);
+    t->reading = 0;
     sqlite3_close_v2(t->ro);
     t->ro = NULL;
-    sqlite3_finalize(t->ins);
-    t->ins = NULL;
+    if (t->packing) hrun_packer_free(&t->packer);
+    t->packing = 0;
+    /* what was written is a prefix of the walk: kept, a resume continues after it */
     if (t->db && !sqlite3_get_autocommit(t->db)) sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
     t->db = NULL;
     return 0;
 }
 
-/* The walker's question (its thread): skip, reuse a digest, or hash. */
-static int lookup(void *ud, hrun_Entry *e)
+/* The walker's question (its thread, in path order): what did the earlier manifest say of
+** this path? Both go in path order: one merge. A manifest that cannot be read only
+** means hashing everything. */
+static void lookup(void *ud, hrun_Entry *e)
 {
     Tree *t = ud;
-    if (t->look == NULL) return 0;
-    if (!t->resume && !e->statted) return 0; /* quick needs the metadata: asked again */
-    pthread_mutex_lock(&t->look_mu);
-    sqlite3_reset(t->look);
-    sqlite3_bind_int64(t->look, 1, t->look_id);
-    sqlite3_bind_blob(t->look, 2, e->path, (int)e->pathlen, SQLITE_STATIC);
-    int verdict = 0;
-    if (sqlite3_step(t->look) == SQLITE_ROW) {
-        if (t->resume) {
-            verdict = 1;
-        } else if (e->type == 'f' && sqlite3_column_text(t->look, 0)[0] == 'f' &&
-                   (uint64_t)sqlite3_column_int64(t->look, 1) == e->size &&
-                   sqlite3_column_int64(t->look, 2) == e->mtime_ns &&
-                   (uint64_t)sqlite3_column_int64(t->look, 3) == e->ino &&
-                   sqlite3_column_bytes(t->look, 4) > 0 && sqlite3_column_bytes(t->look, 4) <= 64) {
-            /* the quick check: same size, mtime and inode — trust the digest */
-            memcpy(e->digest, sqlite3_column_blob(t->look, 4),
-                   (size_t)sqlite3_column_bytes(t->look, 4));
-            e->has_digest = e->reused = 1;
-            verdict = 2;
-        }
+    while (t->has && hrun_pathcmp(t->cur.path, t->cur.pathlen, e->path, e->pathlen) < 0)
+        t->has = hrun_cursor_next(&t->old, &t->cur) > 0;
+    if (!t->has || t->cur.pathlen != e->pathlen || memcmp(t->cur.path, e->path, e->pathlen) != 0)
+        return;
+    if (e->type == 'f' && t->cur.type == 'f' && t->cur.has_meta && t->cur.dlen > 0 &&
+        !t->cur.error) {
+        hrun_Prior *p = &e->prior;
+        p->valid = 1;
+        p->size = t->cur.size, p->ino = t->cur.ino, p->mtime_ns = t->cur.mtime_ns;
+        memcpy(p->digest, t->cur.digest, t->cur.dlen);
+        p->dlen = t->cur.dlen;
     }
-    sqlite3_reset(t->look);
-    pthread_mutex_unlock(&t->look_mu);
-    return verdict;
 }
 
-static void insert(lua_State *L, Tree *t, sqlite3_int64 id, const hrun_Entry *e, size_t dlen)
+static void add_entry(lua_State *L, Tree *t, const hrun_Entry *e, size_t dlen)
 {
-    sqlite3_stmt *s = t->ins;
-    char type[2] = {e->type, 0};
-    sqlite3_reset(s);
-    sqlite3_bind_int64(s, 1, id);
-    sqlite3_bind_blob(s, 2, e->path, (int)e->pathlen, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, type, 1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(s, 4, (sqlite3_int64)e->size);
-    sqlite3_bind_int64(s, 5, e->mode);
-    sqlite3_bind_int64(s, 6, e->mtime_ns);
-    sqlite3_bind_int64(s, 7, (sqlite3_int64)e->dev);
-    sqlite3_bind_int64(s, 8, (sqlite3_int64)e->ino);
-    if (e->target)
-        sqlite3_bind_blob(s, 9, e->target, (int)strlen(e->target), SQLITE_STATIC);
-    else
-        sqlite3_bind_null(s, 9);
-    if (e->has_digest)
-        sqlite3_bind_blob(s, 10, e->digest, (int)dlen, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(s, 10);
-    if (e->err)
-        sqlite3_bind_text(s, 11, strerror(e->err), -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(s, 11);
-    if (sqlite3_step(s) != SQLITE_DONE) db_fail(L, t->db);
+    hrun_MEntry m = {
+        .path = e->path,
+        .pathlen = e->pathlen,
+        .type = e->type,
+        .has_meta = e->statted,
+        .size = e->size,
+        .dev = e->dev,
+        .ino = e->ino,
+        .mode = e->mode,
+        .mtime_ns = e->mtime_ns,
+        .target = e->target,
+        .targetlen = e->target ? strlen(e->target) : 0,
+        .digest = e->has_digest ? e->digest : NULL,
+        .dlen = e->has_digest ? dlen : 0,
+        .error = e->err ? strerror(e->err) : NULL,
+    };
+    m.errlen = m.error ? strlen(m.error) : 0;
+    packer_check(L, t->db, hrun_packer_add(&t->packer, &m));
+}
+
+/* [-0, +0, e] Commits what was written since the last commit. */
+static void commit(lua_State *L, Tree *t, int crash_at, int *commits)
+{
+    packer_check(L, t->db, hrun_packer_flush(&t->packer));
+    exec_sql(L, t->db, "COMMIT");
+    /* the test suite's fault injection: killed after the Nth committed batch */
+    if (crash_at > 0 && ++*commits == crash_at) raise(SIGKILL);
 }
 
 /* [-0, +0, e] Calls the progress function (at index fn) with the pool's numbers. */
@@ -280,10 +340,11 @@ static void report(lua_State *L, int fn, hrun_HashPool *pool, double started)
 /*
 ** [-0, +0, e] Hashes root into manifest id (created by the caller). opts at arg:
 ** algo, threads, exclude, one_file_system, progress. quick_id: a manifest whose
-** digests are trusted for unchanged files (0: none); resume: skip what id has.
+** digests are trusted for unchanged files (0: none); after (afterlen bytes): resuming,
+** the last path id has (NULL: none).
 */
 static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo algo, sqlite3 *db,
-                      sqlite3_int64 id, sqlite3_int64 quick_id, int resume)
+                      sqlite3_int64 id, sqlite3_int64 quick_id, const char *after, size_t afterlen)
 {
     int top = lua_gettop(L);
     int threads = (int)hrun_optinteger(L, arg, "threads", 0);
@@ -307,30 +368,25 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
     }
     Tree *t = lua_newuserdatauv(L, sizeof(Tree), 0);
     memset(t, 0, sizeof *t);
-    pthread_mutex_init(&t->look_mu, NULL);
     hrun_setclose(L, TREE_TYPE, tree_close, NULL);
     lua_toclose(L, -1);
     t->db = db;
     /* what is open (the runner's pending writes) is committed: the batches are ours */
     if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
-    t->ins =
-        prep(L, db,
-             "INSERT OR REPLACE INTO entries (manifest, path, type, size, mode, mtime_ns, dev, "
-             "ino, target, digest, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    if (quick_id || resume) {
+    t->packing = 1;
+    if (hrun_packer_init(&t->packer, db, id) != SQLITE_OK) db_fail(L, db);
+    if (quick_id) {
         const char *file = sqlite3_db_filename(db, "main");
         if (sqlite3_open_v2(file, &t->ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, NULL) !=
                 SQLITE_OK ||
-            sqlite3_prepare_v2(t->ro,
-                               "SELECT type, size, mtime_ns, ino, digest FROM entries "
-                               "WHERE manifest = ? AND path = ?",
-                               -1, &t->look, NULL) != SQLITE_OK)
+            hrun_cursor_open(&t->old, t->ro, quick_id) != SQLITE_OK)
             luaL_error(L, "hash: journal: %s", sqlite3_errmsg(t->ro));
+        t->reading = 1;
         sqlite3_busy_timeout(t->ro, 5000);
-        t->look_id = resume ? id : quick_id;
-        t->resume = resume;
+        t->has = hrun_cursor_next(&t->old, &t->cur) > 0;
     }
-    hrun_HashOpts o = {root, algo, threads, onefs, exclude, lookup, t, progress != 0};
+    hrun_HashOpts o = {root, algo,          threads, onefs,   exclude, quick_id ? lookup : NULL,
+                       t,    progress != 0, after,   afterlen};
     if ((t->pool = hrun_hashpool_start(&o)) == NULL) {
         int err = errno;
         lua_settop(L, top);
@@ -338,23 +394,24 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
     }
     size_t dlen = hrun_algo_size(algo);
     double started = hrun_monotime(), last_report = 0, last_commit = started;
-    int batch = 0, done = 0, interrupted = 0, commits = 0, crash_at = 0, batch_max = 20000;
+    int batch = 0, done = 0, interrupted = 0, commits = 0, crash_at = 0, batch_max = 100000;
     const char *crash = getenv("HRUN_TEST_CRASH");
     if (crash && sscanf(crash, "hash-commit:%d", &crash_at) == 1) batch_max = 1000;
     while (!done) {
         hrun_Entry *list = hrun_hashpool_take(t->pool, 0.1, &done);
+        double now = hrun_monotime();
         for (hrun_Entry *e = list; e; e = e->next) {
             if (batch == 0) exec_sql(L, db, "BEGIN IMMEDIATE");
-            insert(L, t, id, e, dlen);
-            batch++;
+            add_entry(L, t, e, dlen);
+            if (++batch >= batch_max) {
+                commit(L, t, crash_at, &commits);
+                batch = 0, last_commit = now;
+            }
         }
         hrun_entry_free(list);
-        double now = hrun_monotime();
-        if (batch > 0 && (batch >= batch_max || now - last_commit > 1 || done)) {
-            exec_sql(L, db, "COMMIT");
+        if (batch > 0 && (now - last_commit > 1 || done)) { /* and every second */
+            commit(L, t, crash_at, &commits);
             batch = 0, last_commit = now;
-            /* the test suite's fault injection: killed after the Nth committed batch */
-            if (crash_at > 0 && ++commits == crash_at) raise(SIGKILL);
         }
         if (hrun_interrupted() && !interrupted) {
             interrupted = 1;
@@ -365,7 +422,6 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
             last_report = now;
         }
     }
-    if (batch > 0) exec_sql(L, db, "COMMIT");
     lua_settop(L, top); /* closes the pool */
     if (interrupted) hrun_raiseinterrupt(L);
 }
@@ -375,9 +431,43 @@ static void drop_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id)
 {
     char sql[128];
     snprintf(sql, sizeof sql,
-             "DELETE FROM entries WHERE manifest = %lld; DELETE FROM manifests WHERE id = %lld",
+             "DELETE FROM chunks WHERE manifest = %lld; DELETE FROM manifests WHERE id = %lld",
              (long long)id, (long long)id);
     exec_sql(L, db, sql);
+}
+
+/* [-0, +0, e] A new manifest's row (inside the caller's transaction, if any, which a
+** failure rolls back); its id. An imported one (source) is complete at once. */
+static sqlite3_int64 new_manifest(lua_State *L, sqlite3 *db, const char *name, const char *root,
+                                  enum hrun_algo algo, const char *options, const char *source)
+{
+    sqlite3_stmt *st = prep(L, db,
+                            "INSERT INTO manifests (name, root, algo, status, started, ended, "
+                            "options, source) VALUES (?1, ?2, ?3, iif(?6 IS NULL, 'running', "
+                            "'complete'), ?4, iif(?6 IS NULL, NULL, ?4), ?5, ?6)");
+    if (name)
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 1);
+    sqlite3_bind_blob(st, 2, root, (int)strlen(root), SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, hrun_algo_name(algo), -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 4, hrun_walltime());
+    if (options)
+        sqlite3_bind_text(st, 5, options, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
+    if (source)
+        sqlite3_bind_text(st, 6, source, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 6);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        lua_pushstring(L, sqlite3_errmsg(db));
+        if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        luaL_error(L, "hash: journal: %s", lua_tostring(L, -1));
+    }
+    return sqlite3_last_insert_rowid(db);
 }
 
 static const char *const tree_options[] = {
@@ -424,6 +514,8 @@ static int hash_tree(lua_State *L)
         lua_pop(L, 1);
     }
     sqlite3_stmt *st2;
+    const char *after = NULL;
+    size_t afterlen = 0;
     if (resume) {
         if (!id)
             return hrun_failf(L, "ENOENT", "hash.tree: no manifest named '%s' to resume", name);
@@ -439,40 +531,35 @@ static int hash_tree(lua_State *L)
         if (!same)
             return hrun_failf(L, "EINVAL", "hash.tree: manifest '%s' was not hashed with %s", name,
                               hrun_algo_name(algo));
+        /* the walk goes in path order and commits what it has done in that order: it
+        ** continues after the last path committed, as if it had paused there */
+        st2 = prep(L, db, "SELECT last FROM chunks WHERE manifest = ? ORDER BY id DESC LIMIT 1");
+        sqlite3_bind_int64(st2, 1, id);
+        if (sqlite3_step(st2) == SQLITE_ROW) {
+            lua_pushlstring(L, sqlite3_column_blob(st2, 0), (size_t)sqlite3_column_bytes(st2, 0));
+            after = lua_tolstring(L, -1, &afterlen); /* anchored on the stack */
+        }
+        sqlite3_finalize(st2);
         st2 = prep(L, db, "UPDATE manifests SET status = 'running' WHERE id = ?");
         sqlite3_bind_int64(st2, 1, id);
+        int rc = sqlite3_step(st2);
+        sqlite3_finalize(st2);
+        if (rc != SQLITE_DONE) db_fail(L, db);
     } else {
         exec_sql(L, db, "BEGIN IMMEDIATE");
         if (id) drop_manifest(L, db, id); /* a new hash of that name replaces the old */
-        st2 = prep(L, db,
-                   "INSERT INTO manifests (name, root, algo, status, started, options) "
-                   "VALUES (?, ?, ?, 'running', ?, ?)");
-        if (name)
-            sqlite3_bind_text(st2, 1, name, -1, SQLITE_TRANSIENT);
-        else
-            sqlite3_bind_null(st2, 1);
-        sqlite3_bind_blob(st2, 2, real, (int)strlen(real), SQLITE_TRANSIENT);
-        sqlite3_bind_text(st2, 3, hrun_algo_name(algo), -1, SQLITE_STATIC);
-        sqlite3_bind_double(st2, 4, hrun_walltime());
-        sqlite3_bind_text(
-            st2, 5, hrun_optbool(L, 2, "one_file_system", 0) ? "{\"one_file_system\":true}" : "{}",
-            -1, SQLITE_STATIC);
-    }
-    int rc = sqlite3_step(st2);
-    sqlite3_finalize(st2);
-    if (rc != SQLITE_DONE) db_fail(L, db);
-    if (!resume) {
-        id = sqlite3_last_insert_rowid(db);
+        id = new_manifest(
+            L, db, name, real, algo,
+            hrun_optbool(L, 2, "one_file_system", 0) ? "{\"one_file_system\":true}" : "{}", NULL);
         exec_sql(L, db, "COMMIT");
     }
-    hash_into(L, 2, real, algo, db, id, quick_id, resume);
+    hash_into(L, 2, real, algo, db, id, quick_id, after, afterlen);
     st2 = prep(L, db,
-               "UPDATE manifests SET status = CASE WHEN EXISTS (SELECT 1 FROM entries WHERE "
-               "manifest = ?1 AND error IS NOT NULL) THEN 'incomplete' ELSE 'complete' END, "
-               "ended = ?2 WHERE id = ?1");
+               "UPDATE manifests SET status = CASE WHEN errors > 0 THEN 'incomplete' ELSE "
+               "'complete' END, ended = ?2 WHERE id = ?1");
     sqlite3_bind_int64(st2, 1, id);
     sqlite3_bind_double(st2, 2, hrun_walltime());
-    rc = sqlite3_step(st2);
+    int rc = sqlite3_step(st2);
     sqlite3_finalize(st2);
     if (rc != SQLITE_DONE) db_fail(L, db);
     push_manifest(L, db, id);
@@ -485,89 +572,90 @@ static int hash_tree(lua_State *L)
 ** Differences between two manifests
 ** ======================================================= */
 
-/* [-0, +0, e] Fills list `field` of the table on top with the paths the query gives. */
-static void collect(lua_State *L, sqlite3 *db, const char *field, const char *sql, sqlite3_int64 a,
-                    sqlite3_int64 b, int files_only)
+/* The same bytes, or both absent (SQL's IS). */
+static int same(const void *a, size_t alen, const void *b, size_t blen)
 {
-    sqlite3_stmt *st = prep(L, db, sql);
-    sqlite3_bind_int64(st, 1, a);
-    sqlite3_bind_int64(st, 2, b);
-    sqlite3_bind_int(st, 3, files_only);
-    lua_newtable(L);
-    lua_Integer n = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        lua_pushlstring(L, (const char *)sqlite3_column_blob(st, 0),
-                        (size_t)sqlite3_column_bytes(st, 0));
-        lua_rawseti(L, -2, ++n);
-    }
-    sqlite3_finalize(st);
-    lua_setfield(L, -2, field);
+    return (a == NULL) == (b == NULL) && alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
+}
+
+/* [-0, +0, m] Appends s to the list at index list. */
+static void append(lua_State *L, int list, const char *s, size_t len)
+{
+    lua_pushlstring(L, s, len);
+    lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
 }
 
 /*
 ** [-0, +1, e] {ok, files, bytes, changed, missing, added, meta, errors}: what b (the
-** tree now) says against a (the reference). files_only: a is an imported sha256sum
-** file, a list of files to check: as with sha256sum -c, other files are not "added".
+** tree now) says against a (the reference), in one merge of the two in path order (the
+** lists come in that order). files_only: a is an imported sha256sum file, a list of
+** files to check: as with sha256sum -c, other files are not "added".
 */
 static void push_diff(lua_State *L, sqlite3 *db, sqlite3_int64 a, sqlite3_int64 b, int files_only)
 {
+    static const char *const lists[] = {"changed", "missing", "added", "meta", "errors"};
+    enum { CHANGED, MISSING, ADDED, META, ERRORS };
+    int top = lua_gettop(L);
+    Streams *s = new_streams(L);
+    hrun_Cursor *ca = open_cursor(L, s, db, a), *cb = open_cursor(L, s, db, b);
+    int list = lua_gettop(L) + 1;
+    for (int i = 0; i < 5; i++) lua_newtable(L);
+    hrun_MEntry x, y;
+    int hx = next_entry(L, db, ca, &x), hy = next_entry(L, db, cb, &y);
+    lua_Integer files = 0, bytes = 0;
+    while (hx || hy) {
+        int c = !hx ? 1 : !hy ? -1 : hrun_pathcmp(x.path, x.pathlen, y.path, y.pathlen);
+        if (c < 0) { /* only in a */
+            if (!files_only || x.type == 'f') append(L, list + MISSING, x.path, x.pathlen);
+            hx = next_entry(L, db, ca, &x);
+            continue;
+        }
+        if (y.error && (!files_only || y.type == 'f')) {
+            luaL_Buffer e;
+            luaL_buffinit(L, &e);
+            luaL_addlstring(&e, y.path, y.pathlen);
+            luaL_addstring(&e, ": ");
+            luaL_addlstring(&e, y.error, y.errlen);
+            luaL_pushresult(&e);
+            lua_rawseti(L, list + ERRORS, (lua_Integer)lua_rawlen(L, list + ERRORS) + 1);
+        }
+        if (y.type == 'f' && (c == 0 || !files_only)) files++, bytes += (lua_Integer)y.size;
+        if (c > 0) { /* only in b */
+            if (!files_only) append(L, list + ADDED, y.path, y.pathlen);
+            hy = next_entry(L, db, cb, &y);
+            continue;
+        }
+        int digests = same(x.digest, x.dlen, y.digest, y.dlen);
+        int targets = same(x.target, x.targetlen, y.target, y.targetlen);
+        if (!files_only || x.type == 'f') {
+            if (x.type != y.type || (x.type == 'f' && !digests && !y.error) ||
+                (x.type == 'l' && !targets))
+                append(L, list + CHANGED, x.path, x.pathlen);
+        }
+        /* metadata only: the same content, another mode or mtime */
+        if (!files_only && x.type == y.type && (x.type != 'f' || digests) &&
+            (x.type != 'l' || targets) && x.has_meta && y.has_meta &&
+            (x.mode != y.mode || (x.type == 'f' && x.mtime_ns != y.mtime_ns)))
+            append(L, list + META, x.path, x.pathlen);
+        hx = next_entry(L, db, ca, &x);
+        hy = next_entry(L, db, cb, &y);
+    }
     lua_createtable(L, 0, 8);
-    collect(L, db, "changed",
-            "SELECT x.path FROM entries x JOIN entries y ON y.manifest = ?2 AND y.path = x.path "
-            "WHERE x.manifest = ?1 AND (?3 = 0 OR x.type = 'f') AND (x.type <> y.type OR (x.type = "
-            "'f' AND "
-            "x.digest IS NOT y.digest AND y.error IS NULL) OR (x.type = 'l' AND x.target IS NOT "
-            "y.target)) "
-            "ORDER BY x.path",
-            a, b, files_only);
-    collect(
-        L, db, "missing",
-        "SELECT x.path FROM entries x WHERE x.manifest = ?1 AND NOT EXISTS (SELECT 1 FROM entries "
-        "y "
-        "WHERE y.manifest = ?2 AND y.path = x.path) AND (?3 = 0 OR x.type = 'f') ORDER BY x.path",
-        a, b, files_only);
-    collect(L, db, "added",
-            "SELECT y.path FROM entries y WHERE y.manifest = ?2 AND NOT EXISTS (SELECT 1 FROM "
-            "entries x "
-            "WHERE x.manifest = ?1 AND x.path = y.path) AND ?3 = 0 ORDER BY y.path",
-            a, b, files_only);
-    /* metadata only: the same content, another mode or mtime */
-    collect(
-        L, db, "meta",
-        "SELECT x.path FROM entries x JOIN entries y ON y.manifest = ?2 AND y.path = x.path "
-        "WHERE x.manifest = ?1 AND ?3 = 0 AND x.type = y.type AND (x.type <> 'f' OR x.digest IS "
-        "y.digest) "
-        "AND (x.type <> 'l' OR x.target IS y.target) AND (x.mode <> y.mode OR (x.type = 'f' AND "
-        "x.mtime_ns <> y.mtime_ns)) ORDER BY x.path",
-        a, b, files_only);
-    collect(L, db, "errors",
-            "SELECT y.path || ': ' || y.error FROM entries y WHERE y.manifest = ?2 AND y.error IS "
-            "NOT NULL "
-            "AND (?3 = 0 OR y.type = 'f') AND ?1 = ?1 ORDER BY y.path",
-            a, b, files_only);
-    sqlite3_stmt *st =
-        prep(L, db,
-             "SELECT count(*), coalesce(sum(size), 0) FROM entries y WHERE manifest = ?2 "
-             "AND type = 'f' AND (?3 = 0 OR EXISTS (SELECT 1 FROM entries x WHERE "
-             "x.manifest = ?1 AND x.path = y.path))");
-    sqlite3_bind_int64(st, 1, a);
-    sqlite3_bind_int64(st, 2, b);
-    sqlite3_bind_int(st, 3, files_only);
-    sqlite3_step(st);
-    lua_pushinteger(L, sqlite3_column_int64(st, 0));
-    lua_setfield(L, -2, "files");
-    lua_pushinteger(L, sqlite3_column_int64(st, 1));
-    lua_setfield(L, -2, "bytes");
-    sqlite3_finalize(st);
     int ok = 1;
-    static const char *const bad[] = {"changed", "missing", "added", "errors"};
-    for (int i = 0; i < 4; i++) {
-        lua_getfield(L, -1, bad[i]);
-        ok &= lua_rawlen(L, -1) == 0;
-        lua_pop(L, 1);
+    for (int i = 0; i < 5; i++) {
+        if (i != META) ok &= lua_rawlen(L, list + i) == 0;
+        lua_pushvalue(L, list + i);
+        lua_setfield(L, -2, lists[i]);
     }
     lua_pushboolean(L, ok);
     lua_setfield(L, -2, "ok");
+    lua_pushinteger(L, files);
+    lua_setfield(L, -2, "files");
+    lua_pushinteger(L, bytes);
+    lua_setfield(L, -2, "bytes");
+    lua_closeslot(L, top + 1); /* the cursors */
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
 }
 
 static int files_only(sqlite3 *db, sqlite3_int64 id)
@@ -604,7 +692,7 @@ static int verify_body(lua_State *L)
     sqlite3 *db = journal_db(L);
     sqlite3_int64 a = lua_tointeger(L, 4), b = lua_tointeger(L, 5);
     hash_into(L, 1, lua_tostring(L, 2), (enum hrun_algo)lua_tointeger(L, 3), db, b,
-              lua_toboolean(L, 6) ? a : 0, 0);
+              lua_toboolean(L, 6) ? a : 0, NULL, 0);
     push_diff(L, db, a, b, files_only(db, a));
     return 1;
 }
@@ -636,15 +724,7 @@ static int hash_verify(lua_State *L)
     char real[4096];
     if (realpath(root, real) == NULL) return hrun_fail(L, "hash.verify", root, errno);
     if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
-    st = prep(L, db,
-              "INSERT INTO manifests (name, root, algo, status, started) VALUES (NULL, ?, ?, "
-              "'running', ?)");
-    sqlite3_bind_blob(st, 1, real, (int)strlen(real), SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, hrun_algo_name((enum hrun_algo)algo), -1, SQLITE_STATIC);
-    sqlite3_bind_double(st, 3, hrun_walltime());
-    if (sqlite3_step(st) != SQLITE_DONE) db_fail(L, db);
-    sqlite3_finalize(st);
-    sqlite3_int64 b = sqlite3_last_insert_rowid(db);
+    sqlite3_int64 b = new_manifest(L, db, NULL, real, (enum hrun_algo)algo, NULL, NULL);
     int quick = hrun_optbool(L, opts_at, "quick", 0);
     /* the verification's own hash is a scratch manifest, gone afterwards — also when the
     ** hash is interrupted or fails */
@@ -733,17 +813,13 @@ static void set_bytes(json_t *obj, const char *key, const void *s, size_t n)
 
 /* The hrun format: a header line with the manifest, then every entry (files, links,
 ** directories, specials) with its metadata, as JSON lines in path order. */
-static void export_hrun(lua_State *L, sqlite3 *db, sqlite3_int64 id, luaL_Buffer *b)
+static void export_hrun(lua_State *L, sqlite3 *db, sqlite3_int64 id, hrun_Cursor *c, luaL_Buffer *b)
 {
     static const char *const types[][2] = {
         {"f", "file"}, {"l", "link"}, {"d", "dir"}, {"s", "special"}};
-    sqlite3_stmt *st =
-        prep(L, db,
-             "SELECT root, algo, status, "
-             "(SELECT count(*) FROM entries WHERE manifest = m.id AND type = 'f'), "
-             "(SELECT coalesce(sum(size), 0) FROM entries WHERE manifest = m.id AND type = 'f'), "
-             "(SELECT count(*) FROM entries WHERE manifest = m.id AND error IS NOT NULL), "
-             "name, started, ended FROM manifests m WHERE id = ?");
+    sqlite3_stmt *st = prep(L, db,
+                            "SELECT root, algo, status, files, bytes, errors, name, started, "
+                            "ended FROM manifests WHERE id = ?");
     sqlite3_bind_int64(st, 1, id);
     if (sqlite3_step(st) == SQLITE_ROW) {
         json_t *h = json_object();
@@ -762,33 +838,24 @@ static void export_hrun(lua_State *L, sqlite3 *db, sqlite3_int64 id, luaL_Buffer
         add_json_line(b, h);
     }
     sqlite3_finalize(st);
-    st = prep(
-        L, db,
-        "SELECT path, type, size, mode, mtime_ns, dev, ino, target, digest, error FROM entries "
-        "WHERE manifest = ? ORDER BY path");
-    sqlite3_bind_int64(st, 1, id);
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    hrun_MEntry m;
+    while (next_entry(L, db, c, &m)) {
         json_t *e = json_object();
-        set_bytes(e, "path", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
-        const char *t = (const char *)sqlite3_column_text(st, 1);
-        for (size_t i = 0; t && i < sizeof types / sizeof types[0]; i++)
-            if (strcmp(t, types[i][0]) == 0)
-                json_object_set_new(e, "type", json_string(types[i][1]));
-        static const char *const ints[] = {"size", "mode", "mtime_ns", "dev", "ino"};
-        for (int i = 0; i < 5; i++)
-            if (sqlite3_column_type(st, 2 + i) != SQLITE_NULL)
-                json_object_set_new(e, ints[i], json_integer(sqlite3_column_int64(st, 2 + i)));
-        if (sqlite3_column_type(st, 7) != SQLITE_NULL)
-            set_bytes(e, "target", sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7));
-        if (sqlite3_column_type(st, 8) != SQLITE_NULL)
-            json_object_set_new(
-                e, "digest",
-                hex_of(sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8)));
-        if (sqlite3_column_type(st, 9) != SQLITE_NULL)
-            json_object_set_new(e, "error", json_string((const char *)sqlite3_column_text(st, 9)));
+        set_bytes(e, "path", m.path, m.pathlen);
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+            if (m.type == types[i][0][0]) json_object_set_new(e, "type", json_string(types[i][1]));
+        if (m.has_meta) {
+            json_object_set_new(e, "size", json_integer((json_int_t)m.size));
+            json_object_set_new(e, "mode", json_integer(m.mode));
+            json_object_set_new(e, "mtime_ns", json_integer(m.mtime_ns));
+            json_object_set_new(e, "dev", json_integer((json_int_t)m.dev));
+            json_object_set_new(e, "ino", json_integer((json_int_t)m.ino));
+        }
+        if (m.target) set_bytes(e, "target", m.target, m.targetlen);
+        if (m.dlen) json_object_set_new(e, "digest", hex_of(m.digest, m.dlen));
+        if (m.error) json_object_set_new(e, "error", json_stringn(m.error, m.errlen));
         add_json_line(b, e);
     }
-    sqlite3_finalize(st);
 }
 
 /* export's inverse is fs.write's: the file it replaces comes back */
@@ -833,9 +900,10 @@ static int hash_export(lua_State *L)
     if (!id)
         return hrun_failf(L, "ENOENT", "hash.export: no manifest %s", luaL_tolstring(L, 1, NULL));
     luaL_Buffer b;
+    hrun_Cursor *c = open_cursor(L, new_streams(L), db, id); /* before the buffer's slots */
     if (strcmp(format, "hrun") == 0) {
         luaL_buffinit(L, &b);
-        export_hrun(L, db, id, &b);
+        export_hrun(L, db, id, c, &b);
         luaL_pushresult(&b);
         return write_export(L);
     }
@@ -851,20 +919,15 @@ static int hash_export(lua_State *L)
                           hrun_algo_name((enum hrun_algo)want));
     int escape = strcmp(format, "xxhsum") != 0;
     luaL_buffinit(L, &b);
-    st = prep(
-        L, db,
-        "SELECT path, digest FROM entries WHERE manifest = ? AND type = 'f' AND digest IS NOT NULL "
-        "ORDER BY path");
-    sqlite3_bind_int64(st, 1, id);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *path = sqlite3_column_blob(st, 0);
-        size_t plen = (size_t)sqlite3_column_bytes(st, 0);
-        const unsigned char *d = sqlite3_column_blob(st, 1);
-        int dlen = sqlite3_column_bytes(st, 1);
+    hrun_MEntry m;
+    while (next_entry(L, db, c, &m)) {
+        if (m.type != 'f' || m.dlen == 0) continue;
+        const char *path = m.path;
+        size_t plen = m.pathlen;
         if (!escape && (memchr(path, '\n', plen) || memchr(path, '\r', plen))) {
             /* xxhsum has no escaping: the line would read back as another name */
+            luaL_pushresult(&b);
             lua_pushlstring(L, path, plen);
-            sqlite3_finalize(st);
             return hrun_failf(L, "EINVAL",
                               "hash.export: %s: a name with a newline cannot be written in "
                               "xxhsum's format (use coreutils' format, which escapes it)",
@@ -873,25 +936,24 @@ static int hash_export(lua_State *L)
         int special = escape && (memchr(path, '\\', plen) || memchr(path, '\n', plen) ||
                                  memchr(path, '\r', plen));
         if (special) luaL_addchar(&b, '\\');
-        for (int i = 0; i < dlen; i++) {
-            luaL_addchar(&b, hexdigits[d[i] >> 4]);
-            luaL_addchar(&b, hexdigits[d[i] & 15]);
+        for (size_t i = 0; i < m.dlen; i++) {
+            luaL_addchar(&b, hexdigits[m.digest[i] >> 4]);
+            luaL_addchar(&b, hexdigits[m.digest[i] & 15]);
         }
         luaL_addstring(&b, "  ");
         for (size_t i = 0; i < plen; i++) {
-            char c = path[i];
-            if (special && c == '\\')
+            char ch = path[i];
+            if (special && ch == '\\')
                 luaL_addstring(&b, "\\\\");
-            else if (special && c == '\n')
+            else if (special && ch == '\n')
                 luaL_addstring(&b, "\\n");
-            else if (special && c == '\r')
+            else if (special && ch == '\r')
                 luaL_addstring(&b, "\\r");
             else
-                luaL_addchar(&b, c);
+                luaL_addchar(&b, ch);
         }
         luaL_addchar(&b, '\n');
     }
-    sqlite3_finalize(st);
     luaL_pushresult(&b);
     return write_export(L);
 }
@@ -905,6 +967,22 @@ static int unhex(int c)
 }
 
 static const char *const import_options[] = {"format", "root", "name", NULL};
+
+/* One line of an imported file: the name (unescaped), its digest's hex, its place. */
+typedef struct Line {
+    const char *path;
+    size_t plen;
+    const char *hex;
+    int dlen;
+    size_t at;
+} Line;
+
+static int by_line(const void *x, const void *y)
+{
+    const Line *a = x, *b = y;
+    int c = hrun_pathcmp(a->path, a->plen, b->path, b->plen);
+    return c ? c : (a->at > b->at) - (a->at < b->at);
+}
 
 /*
 ** hash.import(file [, {format = "sha256sum", root, name}]) → manifest | nil, msg, code
@@ -944,39 +1022,14 @@ static int hash_import(lua_State *L)
     if (realpath(root, real) == NULL) return hrun_fail(L, "hash.import", root, errno);
     size_t len;
     const char *text = lua_tolstring(L, 3, &len);
-    sqlite3 *db = journal_db(L);
-    if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
-    int algo = format_algo(format);
-    exec_sql(L, db, "BEGIN IMMEDIATE");
-    if (name) {
-        lua_pushstring(L, name);
-        sqlite3_int64 old = manifest_id(L, db, lua_gettop(L));
-        lua_pop(L, 1);
-        if (old) drop_manifest(L, db, old);
-    }
-    sqlite3_stmt *st =
-        prep(L, db,
-             "INSERT INTO manifests (name, root, algo, status, started, ended, source) "
-             "VALUES (?, ?, '?', 'complete', ?, ?, ?)");
-    if (name)
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(st, 1);
-    sqlite3_bind_blob(st, 2, real, (int)strlen(real), SQLITE_TRANSIENT);
-    sqlite3_bind_double(st, 3, hrun_walltime());
-    sqlite3_bind_double(st, 4, hrun_walltime());
-    sqlite3_bind_text(st, 5, file, -1, SQLITE_TRANSIENT);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        exec_sql(L, db, "ROLLBACK");
-        db_fail(L, db);
-    }
-    sqlite3_finalize(st);
-    sqlite3_int64 id = sqlite3_last_insert_rowid(db);
-    st =
-        prep(L, db,
-             "INSERT OR REPLACE INTO entries (manifest, path, type, digest) VALUES (?, ?, 'f', ?)");
-    luaL_Buffer pb;
-    int lineno = 0;
+    /* every line read first, nothing written: a bad line changes nothing */
+    size_t lines = 1;
+    for (const char *p = text; (p = memchr(p, '\n', len - (size_t)(p - text))) != NULL; p++)
+        lines++;
+    Line *rows = lua_newuserdatauv(L, lines * sizeof(Line), 0); /* 4 */
+    lua_newtable(L); /* 5: the unescaped names, anchored */
+    size_t nrows = 0;
+    int algo = format_algo(format), lineno = 0;
     for (const char *p = text, *end = text + len; p < end;) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (eol == NULL) eol = end;
@@ -986,55 +1039,75 @@ static int hash_import(lua_State *L)
         if (q == eol) continue;
         int escaped = *q == '\\';
         if (escaped) q++;
-        unsigned char digest[64];
+        const char *hex = q;
         int dlen = 0;
-        while (q + 1 < eol && unhex(q[0]) >= 0 && unhex(q[1]) >= 0 && dlen < 64) {
-            digest[dlen++] = (unsigned char)(unhex(q[0]) << 4 | unhex(q[1]));
-            q += 2;
-        }
+        while (q + 1 < eol && unhex(q[0]) >= 0 && unhex(q[1]) >= 0 && dlen < 64) q += 2, dlen++;
         int line_algo = dlen == 16   ? HRUN_XXH128
                         : dlen == 32 ? HRUN_SHA256
                         : dlen == 64 ? HRUN_BLAKE2B
                                      : -1;
         if (line_algo < 0 || q + 2 > eol || q[0] != ' ' || (q[1] != ' ' && q[1] != '*') ||
-            (algo >= 0 && line_algo != algo)) {
-            sqlite3_finalize(st);
-            exec_sql(L, db, "ROLLBACK");
+            (algo >= 0 && line_algo != algo))
             return hrun_failf(L, "EINVAL", "hash.import: %s:%d: not a %s line", file, lineno,
                               format);
-        }
         algo = line_algo;
         q += 2;
-        luaL_buffinit(L, &pb);
-        for (; q < eol; q++) {
-            if (escaped && *q == '\\' && q + 1 < eol) {
-                q++;
-                luaL_addchar(&pb, *q == 'n' ? '\n' : *q == 'r' ? '\r' : *q);
-            } else {
-                luaL_addchar(&pb, *q);
+        const char *path = q;
+        size_t plen = (size_t)(eol - q);
+        if (escaped && memchr(q, '\\', plen)) {
+            luaL_Buffer pb;
+            luaL_buffinit(L, &pb);
+            for (; q < eol; q++) {
+                if (*q == '\\' && q + 1 < eol) {
+                    q++;
+                    luaL_addchar(&pb, *q == 'n' ? '\n' : *q == 'r' ? '\r' : *q);
+                } else {
+                    luaL_addchar(&pb, *q);
+                }
             }
+            luaL_pushresult(&pb);
+            path = lua_tolstring(L, -1, &plen);
+            lua_rawseti(L, 5, (lua_Integer)lua_rawlen(L, 5) + 1);
         }
-        luaL_pushresult(&pb);
-        size_t plen;
-        const char *path = lua_tolstring(L, -1, &plen);
         while (plen > 2 && path[0] == '.' && path[1] == '/') path += 2, plen -= 2;
-        sqlite3_reset(st);
-        sqlite3_bind_int64(st, 1, id);
-        sqlite3_bind_blob(st, 2, path, (int)plen, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 3, digest, dlen, SQLITE_TRANSIENT);
-        if (sqlite3_step(st) != SQLITE_DONE) db_fail(L, db);
+        rows[nrows] = (Line){path, plen, hex, dlen, nrows};
+        nrows++;
+    }
+    if (algo < 0) return hrun_failf(L, "EINVAL", "hash.import: %s: no digests in it", file);
+    /* in path order, as manifests are kept; of a path listed twice, the last line counts */
+    qsort(rows, nrows, sizeof *rows, by_line);
+    sqlite3 *db = journal_db(L);
+    if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
+    Streams *streams = new_streams(L);
+    exec_sql(L, db, "BEGIN IMMEDIATE");
+    if (name) {
+        lua_pushstring(L, name);
+        sqlite3_int64 old = manifest_id(L, db, lua_gettop(L));
         lua_pop(L, 1);
+        if (old) drop_manifest(L, db, old);
     }
-    sqlite3_finalize(st);
-    if (algo < 0) {
-        exec_sql(L, db, "ROLLBACK");
-        return hrun_failf(L, "EINVAL", "hash.import: %s: no digests in it", file);
+    sqlite3_int64 id = new_manifest(L, db, name, real, (enum hrun_algo)algo, NULL, file);
+    hrun_Packer *k = open_packer(L, streams, db, id);
+    for (size_t i = 0; i < nrows; i++) {
+        const Line *r = &rows[i];
+        if (i + 1 < nrows && r->plen == r[1].plen && memcmp(r->path, r[1].path, r->plen) == 0)
+            continue;
+        unsigned char digest[64];
+        for (int j = 0; j < r->dlen; j++)
+            digest[j] = (unsigned char)(unhex(r->hex[2 * j]) << 4 | unhex(r->hex[2 * j + 1]));
+        hrun_MEntry m = {.path = r->path,
+                         .pathlen = r->plen,
+                         .type = 'f',
+                         .digest = digest,
+                         .dlen = (size_t)r->dlen};
+        int rc = hrun_packer_add(k, &m);
+        if (rc == SQLITE_OK && i + 1 == nrows) rc = hrun_packer_flush(k);
+        if (rc != SQLITE_OK) {
+            lua_pushstring(L, rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(db));
+            exec_sql(L, db, "ROLLBACK");
+            return luaL_error(L, "hash: journal: %s", lua_tostring(L, -1));
+        }
     }
-    st = prep(L, db, "UPDATE manifests SET algo = ? WHERE id = ?");
-    sqlite3_bind_text(st, 1, hrun_algo_name((enum hrun_algo)algo), -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, id);
-    sqlite3_step(st);
-    sqlite3_finalize(st);
     exec_sql(L, db, "COMMIT");
     push_manifest(L, db, id);
     return 1;

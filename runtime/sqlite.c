@@ -9,6 +9,7 @@
 
 #include <sqlite3.h>
 
+#include "hrun/manifest.h"
 #include "internal.h"
 
 #define DB_TYPE "hrun.db"
@@ -218,6 +219,7 @@ static int db_open(lua_State *L)
         return 3;
     }
     sqlite3_busy_timeout(d->db, 5000);
+    hrun_manifest_sqlfuncs(d->db); /* the journal's migrations use them */
     char *msg = NULL;
     if (sqlite3_exec(d->db,
                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",

@@ -18,11 +18,22 @@ size_t hrun_algo_size(enum hrun_algo a);
 const char *hrun_algo_name(enum hrun_algo a);
 int hrun_algo_parse(const char *name);
 
+/* What an earlier manifest says of a file (quick mode): its digest is taken over when
+** the file's size, mtime and inode are the same now. */
+typedef struct hrun_Prior {
+    int valid;
+    uint64_t size, ino;
+    int64_t mtime_ns;
+    unsigned char digest[64];
+    size_t dlen;
+} hrun_Prior;
+
 /* One entry of a tree. */
 typedef struct hrun_Entry {
-    char *path; /* relative to the root, bytes; "" for the root itself */
+    char *path; /* relative to the root, bytes */
     size_t pathlen;
-    char type; /* 'f' file, 'l' symlink, 'd' directory, 's' special */
+    uint64_t seq; /* its place in the walk: entries are taken in this order */
+    char type;    /* 'f' file, 'l' symlink, 'd' directory, 's' special */
     uint64_t size, dev, ino;
     uint32_t mode; /* permission bits */
     int64_t mtime_ns;
@@ -33,16 +44,19 @@ typedef struct hrun_Entry {
     int reused;  /* the digest came from an earlier manifest (quick mode) */
     int statted; /* size, mode, mtime, dev and ino are known (a file's come from its
                  ** hasher's fstat: the walker only reads its name) */
+    hrun_Prior prior;
     struct hrun_Entry *next;
 } hrun_Entry;
 
 void hrun_entry_free(hrun_Entry *e);
 
-/* What the engine asks about an entry (resume, quick check): return 0 to hash it, 1 to
-** skip it (already in the manifest), 2 when *e was given a digest to reuse
-** (e->has_digest, e->reused set). Asked by the walker (e->statted is 0 for a file) and,
-** for files, again by a hasher once it has the file's fstat: from several threads. */
-typedef int (*hrun_HashLookup)(void *ud, hrun_Entry *e);
+/* Orders paths as the walk gives them: bytes, unsigned, a prefix first (memcmp's
+** order, and SQLite's for BLOBs). */
+int hrun_pathcmp(const char *a, size_t alen, const char *b, size_t blen);
+
+/* Called by the walker for each entry it gives, in the walk's order: it may fill e->prior
+** (quick mode). Only the walker's thread calls it. */
+typedef void (*hrun_HashLookup)(void *ud, hrun_Entry *e);
 
 typedef struct hrun_HashOpts {
     const char *root;
@@ -53,6 +67,10 @@ typedef struct hrun_HashOpts {
     hrun_HashLookup lookup;
     void *lookup_ud;
     int prescan; /* count the tree first, in parallel, for progress totals */
+    /* resume: only paths after this one (NULL: all), as if the walk had paused there;
+    ** directories whose every path comes before it are not entered */
+    const char *after;
+    size_t afterlen;
 } hrun_HashOpts;
 
 typedef struct hrun_HashPool hrun_HashPool;
@@ -60,9 +78,10 @@ typedef struct hrun_HashPool hrun_HashPool;
 /* Starts the threads; NULL with errno when the root cannot be read. */
 hrun_HashPool *hrun_hashpool_start(const hrun_HashOpts *o);
 
-/* Takes the entries finished so far (a list the caller frees with hrun_entry_free),
-** waiting up to `wait` seconds for one. *done is set once the walk and every hash
-** have finished and the list returned is the last. */
+/* Takes the entries finished so far, in the walk's order — paths ascending by
+** hrun_pathcmp, a directory's entry before what it holds — as a list the caller frees
+** with hrun_entry_free, waiting up to `wait` seconds for one. *done is set once the
+** walk and every hash have finished and the list returned is the last. */
 hrun_Entry *hrun_hashpool_take(hrun_HashPool *p, double wait, int *done);
 
 /* Progress: entries and bytes finished, and the pre-scan's totals (*scanned is set

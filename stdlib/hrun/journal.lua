@@ -113,6 +113,34 @@ local migrations = {
   [3] = [[
     ALTER TABLE runs ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 0
   ]],
+  -- 4: a manifest's entries packed in path order, ~64 KiB a row (runtime/manifest.c), not
+  -- one row each: writing them cost more than hashing small files; the rows of schema 2
+  -- are packed by hrun_chunk(), 1024 a chunk
+  [4] = [[
+    CREATE TABLE chunks (
+      id INTEGER PRIMARY KEY,          -- a manifest's chunks in this order hold its paths in order
+      manifest INTEGER NOT NULL,
+      entries INTEGER NOT NULL,
+      last BLOB NOT NULL,              -- its last path (where a resumed hash goes on)
+      data BLOB NOT NULL
+    );
+    CREATE INDEX chunks_manifest ON chunks(manifest, id);
+    ALTER TABLE manifests ADD COLUMN entries INTEGER NOT NULL DEFAULT 0;
+    UPDATE manifests SET
+      entries = (SELECT count(*) FROM entries e WHERE e.manifest = manifests.id),
+      files = (SELECT count(*) FROM entries e WHERE e.manifest = manifests.id AND e.type = 'f'),
+      bytes = (SELECT coalesce(sum(size), 0) FROM entries e
+               WHERE e.manifest = manifests.id AND e.type = 'f'),
+      errors = (SELECT count(*) FROM entries e
+                WHERE e.manifest = manifests.id AND e.error IS NOT NULL);
+    INSERT INTO chunks (manifest, entries, last, data)
+      SELECT manifest, count(*), max(path),
+             hrun_chunk(path, type, size, mode, mtime_ns, dev, ino, target, digest, error)
+      FROM (SELECT *, (row_number() OVER (PARTITION BY manifest ORDER BY path) - 1) / 1024 AS part
+            FROM entries)
+      GROUP BY manifest, part ORDER BY manifest, part;
+    DROP TABLE entries
+  ]],
 }
 
 M.schema_version = #migrations

@@ -165,6 +165,14 @@ describe("verify and compare", function()
     local r = hrun_in(st, { "verify", "q" })
     eq(r.code, 1)
     has(r.stdout, "changed  with space")
+    -- the quick check walks beside the manifest: what came and went is still seen
+    fs.write(root .. "/a new one", "new")
+    fs.write(root .. "/plain.txt", "other content, other size")
+    fs.remove(root .. "/empty")
+    r = hrun_in(st, { "verify", "q", "--quick", "--json" })
+    eq(r.code, 1)
+    local v = json.decode(r.stdout)
+    eq({ v.changed, v.missing, v.added }, { { "plain.txt" }, { "empty" }, { "a new one" } })
   end)
 
   it("leaves no scratch manifest behind, also when the verification is stopped", function()
@@ -228,19 +236,28 @@ describe("a hash killed with SIGKILL", function()
   it("resumes where it stopped and ends as a full hash would", function()
     local d = tmpdir()
     local root = d .. "/many"
+    -- names that sort beside a directory's ("d1 a" < "d1" + "/" < "d10"): the walk must
+    -- go on exactly after the last path it committed
     exec.sh("mkdir -p " .. root .. " && cd " .. root .. " && for i in $(seq 1 30); do mkdir d$i; " ..
+      "echo a > 'd'$i' a'; echo b > d$i.b; " ..
       "for j in $(seq 1 100); do echo $i-$j > d$i/f$j; done; done")
     local st = state()
-    local r = hrun_in(st, { "hash", root, "--save", "big" }, { env = { HRUN_TEST_CRASH = "hash-commit:1" } })
-    eq(r.signal, "SIGKILL")
-    r = hrun_in(st, { "hash", "--resume", "big" })
-    eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, "3000 files")
+    for crash = 1, 2 do
+      local r = hrun_in(st, { "hash", root, "--save", "big" }, { env = { HRUN_TEST_CRASH = "hash-commit:" .. crash } })
+      eq(r.signal, "SIGKILL")
+      r = hrun_in(st, { "hash", "--resume", "big" })
+      eq(r.code, 0, r.stdout .. r.stderr)
+      has(r.stdout, "3060 files")
+    end
+    local r
     eq(hrun_in(st, { "hash", root, "--save", "fresh" }).code, 0)
-    fs.write(d .. "/c.lua", "io.write(json.encode(hash.compare('fresh', 'big')))")
-    local c = json.decode(hrun_in(st, { d .. "/c.lua" }).stdout)
+    fs.write(d .. "/c.lua", "io.write(json.encode({ hash.compare('fresh', 'big'), " ..
+      "hash.manifests()[1].entries, hash.manifests()[2].entries }))")
+    local out = json.decode(hrun_in(st, { d .. "/c.lua" }).stdout)
+    local c = out[1]
     eq(c.ok, true)
-    eq(c.files, 3000)
+    eq(c.files, 3060)
+    eq(out[2], out[3], "as many entries as a hash that was not stopped: none twice")
     r = hrun_in(st, { "hash", "--resume", "big" })
     eq(r.code, 1)
     has(r.stderr, "manifest 'big' is complete: nothing to resume")
@@ -311,5 +328,83 @@ describe("the hrun format", function()
       n = n + 1
     end
     eq(n, 15, "the manifest, then its 14 entries")
+  end)
+end)
+
+-- the paths of an export in the hrun format
+local function exported(st, name)
+  local d = tmpdir()
+  local r = hrun_in(st, { "-e", string.format("assert(hash.export(%q, %q, { format = 'hrun' }))", name, d .. "/x") })
+  eq(r.code, 0, r.stderr)
+  local lines = {}
+  for line in fs.read(d .. "/x"):gmatch("[^\n]+") do
+    lines[#lines + 1] = line
+  end
+  return lines
+end
+
+local function path_of(e)
+  return e.path or (e.path_hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+describe("a manifest's entries", function()
+  it("are kept in the order of their paths' bytes, a directory right before what it holds", function()
+    local d = tmpdir()
+    local root = d .. "/t"
+    fs.mkdir(root .. "/a/x", { parents = true })
+    for _, f in ipairs({ "a-b", "a0", "a b", "a.c", "a/z", "a/x/y" }) do
+      fs.write(root .. "/" .. f, f)
+    end
+    local st = state()
+    eq(hrun_in(st, { "hash", root, "--save", "t" }).code, 0)
+    local paths = {}
+    for i, line in ipairs(exported(st, "t")) do
+      if i > 1 then
+        paths[#paths + 1] = path_of(json.decode(line))
+      end
+    end
+    eq(paths, { "a", "a b", "a-b", "a.c", "a/x", "a/x/y", "a/z", "a0" })
+  end)
+
+  it("written by an hrun that kept a row each (journal schema 3) are packed, none lost", function()
+    need("sqlite3")
+    local root = odd_tree()
+    local st = state()
+    eq(hrun_in(st, { "hash", root, "--save", "odd" }).code, 0)
+    eq(hrun_in(st, { "hash", root .. "/sub", "-a", "sha256", "--save", "sub" }).code, 0)
+    local before = { odd = exported(st, "odd"), sub = exported(st, "sub") }
+    -- the journal as the hrun before packing left it: one row an entry in `entries`
+    local function blob(s)
+      return s and ("x'" .. s:gsub(".", function(c) return string.format("%02x", c:byte()) end) .. "'") or "NULL"
+    end
+    local function unhex(h)
+      return h and (h:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end))
+    end
+    local sql = { [[
+      CREATE TABLE entries (manifest INTEGER NOT NULL, path BLOB NOT NULL, type TEXT NOT NULL,
+        size INTEGER, mode INTEGER, mtime_ns INTEGER, dev INTEGER, ino INTEGER, target BLOB,
+        digest BLOB, error TEXT, PRIMARY KEY (manifest, path)) WITHOUT ROWID;]] }
+    local types = { file = "f", link = "l", dir = "d", special = "s" }
+    for _, name in ipairs({ "odd", "sub" }) do
+      for i, line in ipairs(before[name]) do
+        if i > 1 then
+          local e = json.decode(line)
+          sql[#sql + 1] = string.format(
+            "INSERT INTO entries SELECT id, %s, '%s', %d, %d, %d, %d, %d, %s, %s, %s FROM manifests WHERE name = '%s';",
+            blob(path_of(e)), types[e.type], e.size, e.mode, e.mtime_ns, e.dev, e.ino,
+            blob(e.target), blob(unhex(e.digest)), e.error and ("'" .. e.error .. "'") or "NULL", name)
+        end
+      end
+    end
+    sql[#sql + 1] = [[DROP TABLE chunks; ALTER TABLE manifests DROP COLUMN entries;
+      UPDATE manifests SET files = 0, bytes = 0, errors = 0; PRAGMA user_version = 3;]]
+    exec.run({ "sqlite3", st .. "/journal.db" }, { stdin = table.concat(sql, "\n") })
+    eq(exec.run({ "sqlite3", st .. "/journal.db", "PRAGMA user_version" }).stdout, "3\n")
+    -- the next hrun migrates: the same manifests, entry for entry, and they verify
+    eq(exported(st, "odd"), before.odd)
+    eq(exported(st, "sub"), before.sub)
+    eq(exec.run({ "sqlite3", st .. "/journal.db", "PRAGMA user_version" }).stdout, "4\n")
+    local r = hrun_in(st, { "verify", "odd" })
+    eq(r.code, 0, r.stdout .. r.stderr)
   end)
 end)
