@@ -34,6 +34,11 @@ const char *hrun_tosecret(lua_State *L, int idx, size_t *len);
 /* The bytes of the string or secret at idx, or NULL when it is neither (no numbers). */
 const char *hrun_tobytes(lua_State *L, int idx, size_t *len);
 
+/* [-0, +0, v] Field `field` of the options table at arg as hrun_tobytes gives it (kept
+** alive by the table), or NULL when the table or the field is absent; another type is
+** an argument error. */
+const char *hrun_optbytes(lua_State *L, int arg, const char *field, size_t *len);
+
 /* How many secrets are alive (0: nothing to mask). */
 int hrun_secrets_live(void);
 

@@ -398,16 +398,7 @@ static int run_command(lua_State *L, const char *what)
     check_argv(L, r);
     size_t inlen = 0;
     const char *cwd = hrun_optstring(L, 2, "cwd", NULL, NULL);
-    const char *input = NULL;
-    if (lua_type(L, 2) == LUA_TTABLE) {
-        lua_getfield(L, 2, "stdin"); /* anchored by the options table */
-        input = hrun_tobytes(L, -1, &inlen);
-        if (input == NULL && !lua_isnil(L, -1))
-            luaL_argerror(L, 2,
-                          lua_pushfstring(L, "field 'stdin': string or secret expected, got %s",
-                                          luaL_typename(L, -1)));
-        lua_pop(L, 1);
-    }
+    const char *input = hrun_optbytes(L, 2, "stdin", &inlen);
     double timeout = hrun_optnumber(L, 2, "timeout", 0);
     double grace = hrun_optnumber(L, 2, "grace", 2);
     int check = hrun_optbool(L, 2, "check", 1);

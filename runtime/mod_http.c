@@ -180,16 +180,9 @@ static int request(lua_State *L, const char *what)
 
     /* the request body: body (a string), or json (a value, encoded into slot 4) */
     size_t blen = 0;
-    const char *body = NULL;
+    const char *body = hrun_optbytes(L, 2, "body", &blen);
     lua_pushnil(L); /* 4 */
     if (lua_istable(L, 2)) {
-        lua_getfield(L, 2, "body"); /* a string or a secret, anchored by the options */
-        body = hrun_tobytes(L, -1, &blen);
-        if (body == NULL && !lua_isnil(L, -1))
-            luaL_argerror(L, 2,
-                          lua_pushfstring(L, "field 'body': string or secret expected, got %s",
-                                          luaL_typename(L, -1)));
-        lua_pop(L, 1);
         if (lua_getfield(L, 2, "json") != LUA_TNIL) {
             if (body) luaL_argerror(L, 2, "body and json exclude each other");
             lua_pushcfunction(L, hrun_json_encode);

@@ -94,6 +94,19 @@ const char *hrun_tobytes(lua_State *L, int idx, size_t *len)
     return hrun_tosecret(L, idx, len);
 }
 
+const char *hrun_optbytes(lua_State *L, int arg, const char *field, size_t *len)
+{
+    if (lua_type(L, arg) != LUA_TTABLE) return NULL;
+    lua_getfield(L, arg, field);
+    const char *s = hrun_tobytes(L, -1, len);
+    if (s == NULL && !lua_isnil(L, -1))
+        luaL_argerror(L, arg,
+                      lua_pushfstring(L, "field '%s': string or secret expected, got %s", field,
+                                      luaL_typename(L, -1)));
+    lua_pop(L, 1); /* the bytes stay anchored by the options table */
+    return s;
+}
+
 int hrun_secrets_live(void)
 {
     int n = 0;

@@ -341,6 +341,15 @@ function M.environment(modules, guard)
     end
     io.stdout:write(table.concat(parts, "\t"), "\n")
   end
+  -- in the sandbox a file read is checked as fs's: the error names the playbook's line
+  local function may_read(fn, path)
+    if allowed and type(path) == "string" then
+      local ok, why = allowed(fn, "fs", path)
+      if not ok then
+        error(why, 3)
+      end
+    end
+  end
   env.io = {
     write = function(...)
       local args = table.pack(...)
@@ -356,24 +365,14 @@ function M.environment(modules, guard)
       if mode ~= nil and mode ~= "r" and mode ~= "rb" then
         error("io.open: playbooks open files for reading only; write with fs.write", 2)
       end
-      if allowed and type(path) == "string" then
-        local ok, why = allowed("io.open", "fs", path)
-        if not ok then
-          error(why, 2)
-        end
-      end
+      may_read("io.open", path)
       return io.open(path, mode)
     end,
     lines = function(path, ...)
       if path == nil then
         error("io.lines: a path is needed", 2)
       end
-      if allowed and type(path) == "string" then
-        local ok, why = allowed("io.lines", "fs", path)
-        if not ok then
-          error(why, 2)
-        end
-      end
+      may_read("io.lines", path)
       return io.lines(path, ...)
     end,
   }
