@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hrun/hashpool.h"
 #include "hrun/manifest.h"
 
 #define CHUNK_BYTES (64 << 10) /* a chunk is written once it holds this much */
@@ -47,7 +48,8 @@ static size_t put_varint(unsigned char *p, uint64_t v)
     return n;
 }
 
-int hrun_chunk_add(hrun_Chunk *c, const hrun_MEntry *e)
+/* Appends e (its path must sort after the one before); 0 or ENOMEM. */
+static int chunk_add(hrun_Chunk *c, const hrun_MEntry *e)
 {
     size_t shared = 0, max = c->prevlen < e->pathlen ? c->prevlen : e->pathlen;
     while (shared < max && c->prev[shared] == e->path[shared]) shared++;
@@ -105,13 +107,13 @@ int hrun_chunk_add(hrun_Chunk *c, const hrun_MEntry *e)
     return 0;
 }
 
-void hrun_chunk_reset(hrun_Chunk *c)
+static void chunk_reset(hrun_Chunk *c)
 {
     c->len = c->prevlen = 0;
     c->entries = c->files = c->bytes = c->errors = 0;
 }
 
-void hrun_chunk_free(hrun_Chunk *c)
+static void chunk_free(hrun_Chunk *c)
 {
     free(c->buf);
     free(c->prev);
@@ -160,13 +162,13 @@ int hrun_packer_flush(hrun_Packer *k)
     rc = sqlite3_step(k->count);
     sqlite3_reset(k->count);
     if (rc != SQLITE_DONE) return rc;
-    hrun_chunk_reset(c);
+    chunk_reset(c);
     return SQLITE_OK;
 }
 
 int hrun_packer_add(hrun_Packer *k, const hrun_MEntry *e)
 {
-    if (hrun_chunk_add(&k->chunk, e)) return SQLITE_NOMEM;
+    if (chunk_add(&k->chunk, e)) return SQLITE_NOMEM;
     return k->chunk.len >= CHUNK_BYTES ? hrun_packer_flush(k) : SQLITE_OK;
 }
 
@@ -174,7 +176,7 @@ void hrun_packer_free(hrun_Packer *k)
 {
     sqlite3_finalize(k->insert);
     sqlite3_finalize(k->count);
-    hrun_chunk_free(&k->chunk);
+    chunk_free(&k->chunk);
     k->insert = k->count = NULL;
 }
 
@@ -378,9 +380,7 @@ static void chunk_step(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 static int by_path(const void *x, const void *y)
 {
     const Row *a = x, *b = y;
-    size_t n = a->pathlen < b->pathlen ? a->pathlen : b->pathlen;
-    int c = memcmp(a->path, b->path, n);
-    return c ? c : (a->pathlen > b->pathlen) - (a->pathlen < b->pathlen);
+    return hrun_pathcmp(a->path, a->pathlen, b->path, b->pathlen);
 }
 
 static void chunk_final(sqlite3_context *ctx)
@@ -393,12 +393,12 @@ static void chunk_final(sqlite3_context *ctx)
     hrun_Chunk c = {0};
     int nomem = rows->nomem;
     if (rows->n > 1) qsort(rows->v, rows->n, sizeof *rows->v, by_path);
-    for (size_t i = 0; i < rows->n && !nomem; i++) nomem = hrun_chunk_add(&c, &rows->v[i].e);
+    for (size_t i = 0; i < rows->n && !nomem; i++) nomem = chunk_add(&c, &rows->v[i].e);
     if (nomem)
         sqlite3_result_error_nomem(ctx);
     else
         sqlite3_result_blob(ctx, c.buf, (int)c.len, SQLITE_TRANSIENT);
-    hrun_chunk_free(&c);
+    chunk_free(&c);
     for (size_t i = 0; i < rows->n; i++) {
         Row *r = &rows->v[i];
         free(r->path);

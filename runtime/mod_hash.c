@@ -165,13 +165,17 @@ typedef struct Streams {
     int cursors;
 } Streams;
 
-static int streams_close(lua_State *L)
+static void streams_release(Streams *s)
 {
-    Streams *s = luaL_checkudata(L, 1, STREAMS_TYPE);
     if (s->packing) hrun_packer_free(&s->packer);
     s->packing = 0;
     for (int i = 0; i < s->cursors; i++) hrun_cursor_close(&s->cursor[i]);
     s->cursors = 0;
+}
+
+static int streams_close(lua_State *L)
+{
+    streams_release(luaL_checkudata(L, 1, STREAMS_TYPE));
     return 0;
 }
 
@@ -228,28 +232,22 @@ static void packer_check(lua_State *L, sqlite3 *db, int rc)
 typedef struct Tree {
     hrun_HashPool *pool;
     sqlite3 *db;
-    hrun_Packer packer;
-    int packing;
-    /* quick: the earlier manifest, read in step with the walk on the walker's own
-    ** read-only connection */
+    /* its packer writes the manifest; with quick, its cursor reads the earlier one in step
+    ** with the walk, on the walker's own read-only connection ro */
+    Streams io;
     sqlite3 *ro;
-    hrun_Cursor old;
-    int reading; /* old is open */
-    int has;     /* cur is old's next entry */
+    int has; /* cur is the earlier manifest's next entry */
     hrun_MEntry cur;
 } Tree;
 
 static int tree_close(lua_State *L)
 {
     Tree *t = luaL_checkudata(L, 1, TREE_TYPE);
-    hrun_hashpool_free(t->pool); /* first: the walker reads old */
+    hrun_hashpool_free(t->pool); /* first: the walker reads the earlier manifest */
     t->pool = NULL;
-    if (t->reading) hrun_cursor_close(&t->old);
-    t->reading = 0;
+    streams_release(&t->io);
     sqlite3_close_v2(t->ro);
     t->ro = NULL;
-    if (t->packing) hrun_packer_free(&t->packer);
-    t->packing = 0;
     /* what was written is a prefix of the walk: kept, a resume continues after it */
     if (t->db && !sqlite3_get_autocommit(t->db)) sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
     t->db = NULL;
@@ -263,7 +261,7 @@ static void lookup(void *ud, hrun_Entry *e)
 {
     Tree *t = ud;
     while (t->has && hrun_pathcmp(t->cur.path, t->cur.pathlen, e->path, e->pathlen) < 0)
-        t->has = hrun_cursor_next(&t->old, &t->cur) > 0;
+        t->has = hrun_cursor_next(&t->io.cursor[0], &t->cur) > 0;
     if (!t->has || t->cur.pathlen != e->pathlen || memcmp(t->cur.path, e->path, e->pathlen) != 0)
         return;
     if (e->type == 'f' && t->cur.type == 'f' && t->cur.has_meta && t->cur.dlen > 0 &&
@@ -295,13 +293,13 @@ static void add_entry(lua_State *L, Tree *t, const hrun_Entry *e, size_t dlen)
         .error = e->err ? strerror(e->err) : NULL,
     };
     m.errlen = m.error ? strlen(m.error) : 0;
-    packer_check(L, t->db, hrun_packer_add(&t->packer, &m));
+    packer_check(L, t->db, hrun_packer_add(&t->io.packer, &m));
 }
 
 /* [-0, +0, e] Commits what was written since the last commit. */
 static void commit(lua_State *L, Tree *t, int crash_at, int *commits)
 {
-    packer_check(L, t->db, hrun_packer_flush(&t->packer));
+    packer_check(L, t->db, hrun_packer_flush(&t->io.packer));
     exec_sql(L, t->db, "COMMIT");
     /* the test suite's fault injection: killed after the Nth committed batch */
     if (crash_at > 0 && ++*commits == crash_at) raise(SIGKILL);
@@ -373,17 +371,14 @@ static void hash_into(lua_State *L, int arg, const char *root, enum hrun_algo al
     t->db = db;
     /* what is open (the runner's pending writes) is committed: the batches are ours */
     if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
-    t->packing = 1;
-    if (hrun_packer_init(&t->packer, db, id) != SQLITE_OK) db_fail(L, db);
+    open_packer(L, &t->io, db, id);
     if (quick_id) {
         const char *file = sqlite3_db_filename(db, "main");
         if (sqlite3_open_v2(file, &t->ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, NULL) !=
-                SQLITE_OK ||
-            hrun_cursor_open(&t->old, t->ro, quick_id) != SQLITE_OK)
-            luaL_error(L, "hash: journal: %s", sqlite3_errmsg(t->ro));
-        t->reading = 1;
+            SQLITE_OK)
+            db_fail(L, t->ro);
         sqlite3_busy_timeout(t->ro, 5000);
-        t->has = hrun_cursor_next(&t->old, &t->cur) > 0;
+        t->has = hrun_cursor_next(open_cursor(L, &t->io, t->ro, quick_id), &t->cur) > 0;
     }
     hrun_HashOpts o = {root, algo,          threads, onefs,   exclude, quick_id ? lookup : NULL,
                        t,    progress != 0, after,   afterlen};

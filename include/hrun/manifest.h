@@ -38,11 +38,6 @@ typedef struct hrun_Chunk {
     uint64_t entries, files, bytes, errors;
 } hrun_Chunk;
 
-/* Appends e (its path must sort after the one before); 0 or ENOMEM. */
-int hrun_chunk_add(hrun_Chunk *c, const hrun_MEntry *e);
-void hrun_chunk_reset(hrun_Chunk *c);
-void hrun_chunk_free(hrun_Chunk *c);
-
 /* Writes a manifest's entries, in path order, into the caller's transactions: a chunk is
 ** written when it is full and by hrun_packer_flush (before each commit), with the
 ** manifest's counts (entries, files, bytes, errors) brought up to date. */
