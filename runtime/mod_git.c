@@ -44,6 +44,28 @@ typedef struct Repo {
     git_repository *r;
 } Repo;
 
+static int git_shutdown(lua_State *L)
+{
+    (void)L;
+    git_libgit2_shutdown();
+    return 0;
+}
+
+/* [-0, +0, m] libgit2's global state, made by the first call that needs it and ended
+** with the Lua state: its TLS set-up parses every CA certificate of the system, half of
+** hrun's start-up (~15 ms) when made for every run. */
+static void need_libgit2(lua_State *L)
+{
+    static const char made = 0; /* its address keys the registry */
+    int have = lua_rawgetp(L, LUA_REGISTRYINDEX, &made) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (have) return;
+    hrun_atclose(L, git_shutdown); /* first: it may raise, and then nothing is made */
+    git_libgit2_init();
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &made);
+}
+
 static int repo_gc(lua_State *L)
 {
     Repo *h = lua_touserdata(L, 1);
@@ -64,6 +86,7 @@ static git_repository *open_repo(lua_State *L, const char *what, const char *dir
         hrun_fail(L, what, dir, errno);
         return NULL;
     }
+    need_libgit2(L);
     Repo *h = lua_newuserdatauv(L, sizeof(Repo), 0);
     h->r = NULL;
     hrun_setclose(L, "hrun.git.handle", repo_gc, NULL);
@@ -483,6 +506,7 @@ static int l_init(lua_State *L)
     hrun_checkopts(L, 2, init_options);
     int bare = hrun_optbool(L, 2, "bare", 0);
     const char *branch = hrun_optstring(L, 2, "branch", "main", NULL);
+    need_libgit2(L);
     git_repository *r;
     if (git_repository_open_ext(&r, dir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) == 0) {
         git_repository_free(r);
@@ -593,6 +617,7 @@ static int l_clone(lua_State *L)
     hrun_checkopts(L, 3, clone_options);
     const char *ref = hrun_optstring(L, 3, "ref", NULL, NULL);
     int bare = hrun_optbool(L, 3, "bare", 0);
+    need_libgit2(L);
     Progress p = {L, 0, LUA_NOREF, 0};
     if (hrun_optfield(L, 3, "progress", LUA_TFUNCTION)) p.fn = lua_gettop(L);
     struct stat st;
@@ -814,6 +839,7 @@ static int commit_inverse(lua_State *L)
     lua_newtable(L);
     int list = lua_gettop(L);
     git_repository *r;
+    need_libgit2(L);
     if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1; /* the commit will fail */
     git_reference *head = NULL, *target = NULL;
     if (git_reference_lookup(&head, r, "HEAD") == 0) {
@@ -907,6 +933,7 @@ static const char *tag_ref(lua_State *L, int arg, char *buf, size_t size)
 {
     const char *name = luaL_checkstring(L, arg);
     int valid = 0;
+    need_libgit2(L);
     snprintf(buf, size, "refs/tags/%s", name);
     if (git_reference_name_is_valid(&valid, buf) < 0 || !valid)
         luaL_argerror(L, arg, lua_pushfstring(L, "'%s' is not a valid tag name", name));
@@ -959,6 +986,7 @@ static int tagref_inverse(lua_State *L)
     lua_newtable(L);
     int list = lua_gettop(L);
     git_repository *r;
+    need_libgit2(L);
     if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1;
     git_reference *cur = NULL;
     const char *root =
@@ -1060,6 +1088,7 @@ static int checkout_paths_inverse(lua_State *L)
     int list = lua_gettop(L);
     if (lua_type(L, 3) != LUA_TTABLE) return 1;
     git_repository *r;
+    need_libgit2(L);
     if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1;
     const char *wd = git_repository_workdir(r);
     char root[PATH_MAX];
@@ -1108,6 +1137,7 @@ static int checkout_inverse(lua_State *L)
     lua_newtable(L);
     int list = lua_gettop(L);
     git_repository *r;
+    need_libgit2(L);
     if (git_repository_open_ext(&r, dir, 0, NULL) < 0) return 1;
     git_object *head;
     if (git_revparse_single(&head, r, "HEAD^{commit}") == 0) {
@@ -1230,19 +1260,11 @@ static int repo_tostring(lua_State *L)
     return 1;
 }
 
-static int git_shutdown(lua_State *L)
-{
-    (void)L;
-    git_libgit2_shutdown();
-    return 0;
-}
-
 int luaopen_hrun_git(lua_State *L)
 {
     static const char *const methods[] = {"head",       "status",         "log",      "tags",
                                           "diff",       "fetch",          "commit",   "tag",
                                           "delete_tag", "checkout_paths", "checkout", NULL};
-    git_libgit2_init();
     hrun_newmodule(L, "git", git_prims); /* module */
     luaL_newmetatable(L, REPO_TYPE);
     lua_createtable(L, 0, 12);
@@ -1257,6 +1279,5 @@ int luaopen_hrun_git(lua_State *L)
     lua_pushliteral(L, "locked");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
-    hrun_atclose(L, git_shutdown); /* libgit2's global state ends with the Lua state */
     return 1;
 }
