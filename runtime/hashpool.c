@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "hrun/hashpool.h"
+#include "sha256x.h"
 #include "xxh_avx2.h"
 
 #define QUEUE_MAX 4096        /* files waiting for a hasher */
@@ -26,6 +27,7 @@
 #define READ_SIZE (128 << 10) /* fits the cache: the page cache's copy is hashed while hot */
 #define BATCH     64          /* entries a hasher takes at once */
 #define MAP_FROM  (64 << 20)  /* files this large are hashed through mmap */
+#define MAP_STEP  (256 << 20) /* of a mapping, hashed between two looks at a stop */
 
 size_t hrun_algo_size(enum hrun_algo a)
 {
@@ -56,29 +58,37 @@ void hrun_entry_free(hrun_Entry *e)
     }
 }
 
-/* Hashes a large file through a mapping: no copy out of the page cache (measured: the
-** copy is a fifth of hashing a warm tree). Returns 0, or -1 to fall back to read. */
-static int hash_mapped(int fd, uint64_t len, enum hrun_algo a, unsigned char *out)
+/* Hashes a large file through mappings of MAP_STEP at a time: no copy out of the page
+** cache (measured: the copy is a fifth of hashing a warm tree), page tables made in one
+** go (MAP_POPULATE), memory bounded however large the file. Returns 0, an errno (of a
+** later mapping, or ECANCELED when *stop was set part-way), or -1 to fall back to read. */
+static int hash_mapped(int fd, uint64_t len, enum hrun_algo a, unsigned char *out,
+                       const _Atomic int *stop)
 {
     if (a != HRUN_XXH128 || !__builtin_cpu_supports("avx2")) return -1;
-    void *m = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-    if (m == MAP_FAILED) return -1;
-    madvise(m, (size_t)len, MADV_SEQUENTIAL);
     void *s = hrun_xxh3_avx2_new();
-    if (s == NULL) {
-        munmap(m, (size_t)len);
-        return -1;
+    if (s == NULL) return -1;
+    int err = 0;
+    for (uint64_t at = 0; at < len && !err; at += MAP_STEP) {
+        size_t n = len - at < MAP_STEP ? (size_t)(len - at) : MAP_STEP;
+        void *m = mmap(NULL, n, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, (off_t)at);
+        if (m == MAP_FAILED) {
+            err = at == 0 ? -1 : errno;
+            break;
+        }
+        hrun_xxh3_avx2_update(s, m, n);
+        munmap(m, n);
+        if (stop && *stop) err = ECANCELED;
     }
-    hrun_xxh3_avx2_update(s, m, (size_t)len);
     hrun_xxh3_avx2_digest(s, out);
-    munmap(m, (size_t)len);
-    return 0;
+    return err;
 }
 
 /* Reads fd to its end into the digest. expect >= 0: the size fstat gave — a short read
-** that reaches it is the end (one read a small file, not two). */
+** that reaches it is the end (one read a small file, not two). Returns 0 or an errno,
+** ECANCELED when *stop (if given) was set part-way. */
 static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size,
-                     int64_t expect)
+                     int64_t expect, const _Atomic int *stop)
 {
     int err = 0;
     ssize_t n;
@@ -93,6 +103,10 @@ static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, si
         update;                                                                                    \
         total += n;                                                                                \
         if ((size_t)n < size && total == expect) break;                                            \
+        if (stop && *stop) {                                                                       \
+            err = ECANCELED;                                                                       \
+            break;                                                                                 \
+        }                                                                                          \
     }
     if (a == HRUN_XXH128 && __builtin_cpu_supports("avx2")) {
         void *s = hrun_xxh3_avx2_new();
@@ -125,7 +139,7 @@ static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, si
 
 int hrun_hash_fd(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size)
 {
-    return hash_read(fd, a, out, buf, size, -1);
+    return hash_read(fd, a, out, buf, size, -1, NULL);
 }
 
 int hrun_pathcmp(const char *a, size_t alen, const char *b, size_t blen)
@@ -159,6 +173,7 @@ struct hrun_HashPool {
     pthread_cond_t ready, room;
     pthread_t walker, scanner, *hashers;
     int nhashers, hashers_running;
+    int lanes; /* SHA-256 files hashed at once by a hasher (hash_lanes), 0: one by one */
     int walking, scanned;
     _Atomic int cancel;
     uint64_t files, bytes, total_files, total_bytes;
@@ -564,12 +579,14 @@ static void *walker_main(void *arg)
 
 /* }====================================================== */
 
-static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
+/* {======================================================
+** Hashing
+** ======================================================= */
+
+/* Opens e's file to be hashed: the fd, or -1 when e is finished already (it cannot be
+** opened, e->err says why; or the quick check found it unchanged). */
+static int open_entry(hrun_HashPool *p, hrun_Entry *e)
 {
-    if (buf == NULL) {
-        e->err = ENOMEM;
-        return;
-    }
     int fd = openat(p->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
     if (fd < 0 && errno == EPERM) /* O_NOATIME needs the file's owner or root */
         fd = openat(p->rootfd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -579,58 +596,248 @@ static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
         /* unreadable: its metadata still belongs in the manifest */
         if (!e->statted && fstatat(p->rootfd, e->path, &st, AT_SYMLINK_NOFOLLOW) == 0)
             set_stat(e, &st);
-        return;
+        return -1;
     }
     if (!e->statted && fstat(fd, &st) == 0) {
         set_stat(e, &st);
         if (reuse(e)) { /* quick: unchanged */
             close(fd);
-            return;
+            return -1;
         }
     }
-    if (e->size >= MAP_FROM && hash_mapped(fd, e->size, p->o.algo, e->digest) == 0) {
-        e->has_digest = 1;
-        close(fd);
+    if (e->size >= (1 << 20)) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return fd;
+}
+
+static void hash_one(hrun_HashPool *p, hrun_Entry *e, char *buf)
+{
+    if (buf == NULL) {
+        e->err = ENOMEM;
         return;
     }
-    if (e->size >= (1 << 20)) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    e->err =
-        hash_read(fd, p->o.algo, e->digest, buf, READ_SIZE, e->statted ? (int64_t)e->size : -1);
+    int fd = open_entry(p, e);
+    if (fd < 0) return;
+    int err = e->size >= MAP_FROM ? hash_mapped(fd, e->size, p->o.algo, e->digest, &p->cancel) : -1;
+    e->err = err >= 0 ? err
+                      : hash_read(fd, p->o.algo, e->digest, buf, READ_SIZE,
+                                  e->statted ? (int64_t)e->size : -1, &p->cancel);
     e->has_digest = e->err == 0;
     close(fd);
 }
 
+/* A hasher's one trip through the lock: hands the finished entries of `done` to the taker,
+** then takes up to `want` files, waiting for some if `wait`. NULL: none now, or none ever
+** (the walk is over and the queue empty, or the pool is cancelled). */
+static hrun_Entry *trade(hrun_HashPool *p, hrun_Entry *done, int want, int wait)
+{
+    pthread_mutex_lock(&p->mu);
+    while (done) {
+        hrun_Entry *next = done->next;
+        finish(p, done);
+        done = next;
+    }
+    while (wait && p->work.head == NULL && p->walking && !p->cancel)
+        pthread_cond_wait(&p->work.not_empty, &p->mu);
+    hrun_Entry *batch = NULL, **tail = &batch, *e;
+    while (!p->cancel && want-- > 0 && (e = q_pop(&p->work)) != NULL) *tail = e, tail = &e->next;
+    pthread_mutex_unlock(&p->mu);
+    return batch;
+}
+
+/* One file after another (xxh128, blake2b; sha256 where no lanes run). */
+static void hash_each(hrun_HashPool *p)
+{
+    char *buf = malloc(READ_SIZE);
+    hrun_Entry *batch = NULL;
+    /* a batch at a time: fewer trips through the lock for small files */
+    while ((batch = trade(p, batch, BATCH, 1)) != NULL)
+        for (hrun_Entry *e = batch; e; e = e->next) hash_one(p, e, buf);
+    free(buf);
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** SHA-256 in lanes: a hasher keeps 8 or 16 files open and compresses a block of each
+** at once (sha256x.c). A lane reads its file into its own buffer; each step hashes as
+** many blocks as the emptiest lane holds, then the lanes run dry are refilled — the next
+** part of their file, or the next file.
+** ======================================================= */
+
+#define LANE_READ (64 << 10)        /* one read of a lane */
+#define LANE_SPAN (LANE_READ + 192) /* its buffer: a partial block kept, padding appended */
+#define FEW_LANES 2 /* this many left with no file waiting: one stream each is faster */
+
+typedef struct Lane {
+    hrun_Entry *e; /* NULL: idle */
+    int fd;
+    uint64_t total;  /* bytes of the file read */
+    size_t pos, end; /* buf[pos, end) is not hashed yet */
+    int padded;      /* the file is read, its padding appended */
+    unsigned char *buf;
+} Lane;
+
+typedef struct Lanes {
+    int n;
+    hrun_Sha256x s;
+    Lane lane[HRUN_SHA256X_MAX];
+    unsigned char *mem; /* the lanes' buffers, then what idle lanes hash */
+    uint32_t off[HRUN_SHA256X_MAX];
+    hrun_Entry *done; /* finished, for the next trade */
+} Lanes;
+
+static void lane_done(Lanes *ls, Lane *l, int err)
+{
+    hrun_Entry *e = l->e;
+    e->err = err;
+    e->has_digest = err == 0;
+    close(l->fd);
+    e->next = ls->done, ls->done = e;
+    l->e = NULL;
+}
+
+/* Reads until the lane holds a whole block (or its file is read and padded). */
+static void lane_fill(Lanes *ls, Lane *l)
+{
+    if (l->padded || l->end - l->pos >= 64) return;
+    memmove(l->buf, l->buf + l->pos, l->end - l->pos);
+    l->end -= l->pos, l->pos = 0;
+    while (l->end < 64) {
+        size_t want = LANE_READ - l->end;
+        ssize_t n = read(l->fd, l->buf + l->end, want);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            lane_done(ls, l, errno);
+            return;
+        }
+        l->end += (size_t)n, l->total += (uint64_t)n;
+        /* a short read reaching the size fstat gave is the end: one read a small file */
+        if (n == 0 || ((size_t)n < want && l->e->statted && l->total == l->e->size)) {
+            l->end += hrun_sha256x_pad(l->buf + l->end, l->total);
+            l->padded = 1;
+            return;
+        }
+    }
+}
+
+/* Hashes the rest of an unpadded lane's file one stream at a time. */
+static void lane_detach(hrun_HashPool *p, Lanes *ls, Lane *l, int i)
+{
+    size_t left = l->end - l->pos; /* read, not hashed */
+    void *one = hrun_sha256x_detach(&ls->s, i, l->total - left);
+    if (one == NULL) {
+        lane_done(ls, l, ENOMEM);
+        return;
+    }
+    hrun_sha256_update(one, l->buf + l->pos, left);
+    int err = 0;
+    ssize_t n;
+    while ((n = read(l->fd, l->buf, LANE_READ)) != 0) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 || p->cancel) {
+            err = n < 0 ? errno : ECANCELED;
+            break;
+        }
+        hrun_sha256_update(one, l->buf, (size_t)n);
+        l->total += (uint64_t)n;
+        if ((size_t)n < LANE_READ && l->e->statted && l->total == l->e->size) break;
+    }
+    hrun_sha256_final(one, l->e->digest);
+    lane_done(ls, l, err);
+}
+
+static void hash_lanes(hrun_HashPool *p)
+{
+    Lanes ls = {.n = p->lanes};
+    if ((ls.mem = calloc((size_t)ls.n + 1, LANE_SPAN)) == NULL) {
+        hash_each(p);
+        return;
+    }
+    for (int i = 0; i < ls.n; i++) ls.lane[i].buf = ls.mem + (size_t)i * LANE_SPAN;
+    hrun_Entry *todo = NULL;
+    int over = 0; /* no more files will come */
+    for (;;) {
+        int idle = 0, active = 0;
+        for (int i = 0; i < ls.n; i++) idle += ls.lane[i].e == NULL;
+        if (ls.done || (todo == NULL && idle > 0 && !over)) {
+            int wait = idle == ls.n && todo == NULL;
+            /* no more than the idle lanes take: what waits in the queue stays there for
+            ** the other hashers */
+            hrun_Entry *more = trade(p, ls.done, todo ? 0 : idle, wait);
+            ls.done = NULL;
+            if (more)
+                todo = more;
+            else if (wait)
+                over = 1;
+        }
+        if (p->cancel) break;
+        for (int i = 0; i < ls.n; i++) {
+            Lane *l = &ls.lane[i];
+            while (l->e == NULL && todo) {
+                hrun_Entry *e = todo;
+                todo = e->next, e->next = NULL;
+                int fd = open_entry(p, e);
+                if (fd < 0) {
+                    e->next = ls.done, ls.done = e;
+                    continue;
+                }
+                *l = (Lane){.e = e, .fd = fd, .buf = l->buf};
+                hrun_sha256x_reset(&ls.s, i);
+            }
+            if (l->e) lane_fill(&ls, l);
+            active += l->e != NULL;
+        }
+        if (active > 0 && active <= FEW_LANES && active < ls.n && todo == NULL) {
+            /* no file waits (the walk's last, or the walker is behind): a lane of its
+            ** own each would be slower than one stream */
+            for (int i = 0; i < ls.n; i++) {
+                if (ls.lane[i].e == NULL || ls.lane[i].padded) continue;
+                lane_detach(p, &ls, &ls.lane[i], i);
+                active--;
+            }
+        }
+        if (active == 0) {
+            if (over && todo == NULL && ls.done == NULL) break;
+            continue;
+        }
+        size_t blocks = SIZE_MAX;
+        for (int i = 0; i < ls.n; i++) {
+            Lane *l = &ls.lane[i];
+            ls.off[i] =
+                (uint32_t)(l->e ? (size_t)(l->buf - ls.mem) + l->pos : (size_t)ls.n * LANE_SPAN);
+            if (l->e && (l->end - l->pos) / 64 < blocks) blocks = (l->end - l->pos) / 64;
+        }
+        hrun_sha256x_blocks(&ls.s, ls.n, ls.mem, ls.off, blocks);
+        for (int i = 0; i < ls.n; i++) {
+            Lane *l = &ls.lane[i];
+            if (l->e == NULL) continue;
+            l->pos += blocks * 64;
+            if (l->padded && l->pos == l->end) {
+                hrun_sha256x_digest(&ls.s, i, l->e->digest);
+                lane_done(&ls, l, 0);
+            }
+        }
+    }
+    /* cancelled: what is held is not hashed */
+    for (int i = 0; i < ls.n; i++)
+        if (ls.lane[i].e) {
+            close(ls.lane[i].fd);
+            hrun_entry_free(ls.lane[i].e);
+        }
+    hrun_entry_free(todo);
+    trade(p, ls.done, 0, 0);
+    free(ls.mem);
+}
+
+/* }====================================================== */
+
 static void *hasher_main(void *arg)
 {
     hrun_HashPool *p = arg;
-    char *buf = malloc(READ_SIZE);
-    for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (p->work.head == NULL && p->walking && !p->cancel)
-            pthread_cond_wait(&p->work.not_empty, &p->mu);
-        /* a batch at a time: fewer trips through the lock for small files */
-        hrun_Entry *batch = NULL, **tail = &batch;
-        for (int i = 0; i < BATCH; i++) {
-            hrun_Entry *e = q_pop(&p->work);
-            if (e == NULL) break;
-            *tail = e, tail = &e->next;
-        }
-        pthread_mutex_unlock(&p->mu);
-        if (batch == NULL) break;
-        if (p->cancel) { /* stopping: what is left is not hashed */
-            hrun_entry_free(batch);
-            continue;
-        }
-        for (hrun_Entry *e = batch; e; e = e->next) hash_one(p, e, buf);
-        pthread_mutex_lock(&p->mu);
-        while (batch) {
-            hrun_Entry *next = batch->next;
-            finish(p, batch);
-            batch = next;
-        }
-        pthread_mutex_unlock(&p->mu);
-    }
-    free(buf);
+    if (p->lanes)
+        hash_lanes(p);
+    else
+        hash_each(p);
     pthread_mutex_lock(&p->mu);
     p->hashers_running--;
     pthread_cond_broadcast(&p->ready);
@@ -669,6 +876,7 @@ hrun_HashPool *hrun_hashpool_start(const hrun_HashOpts *o)
     pthread_cond_init(&p->ready, NULL);
     pthread_cond_init(&p->room, NULL);
     p->walking = 1;
+    p->lanes = o->algo == HRUN_SHA256 ? hrun_sha256x_lanes() : 0;
     int n = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) n = 1;
     p->hashers = calloc((size_t)n, sizeof(pthread_t));

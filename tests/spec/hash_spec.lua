@@ -114,7 +114,7 @@ describe("hash.tree", function()
     fs.mkdir(st, { mode = "0700" })
     exec.run({ "chown", "65534:65534", st })
     local r = exec.run({ "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HRUN, "--state", st, "hash",
-      root, "--save", "n" }, { check = false })
+      root, "--save", "n", "-a", "sha256" }, { check = false }) -- in lanes: one fails to open
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout, "INCOMPLETE: 1 entries could not be read")
     local v = exec.run({ "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HRUN, "--state", st, "verify",
@@ -261,6 +261,75 @@ describe("a hash killed with SIGKILL", function()
     r = hrun_in(st, { "hash", "--resume", "big" })
     eq(r.code, 1)
     has(r.stderr, "manifest 'big' is complete: nothing to resume")
+  end)
+end)
+
+describe("sha256 over many files at once", function()
+  -- Each hasher keeps 16 (AVX-512) or 8 (AVX2) files in SIMD lanes; HRUN_SHA256_LANES
+  -- lowers that, 0 being one file at a time through OpenSSL.
+  local function sized_tree()
+    local d = tmpdir()
+    local root = d .. "/sizes"
+    fs.mkdir(root)
+    local sizes = { 0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 121, 127, 128, 129, 65535, 65536, 65537,
+      65536 + 55, 65536 + 56, 131072 + 63, 1000000, 3 * 1048576 + 7 }
+    for i = 1, 300 do
+      sizes[#sizes + 1] = (i * 7919) % (i % 3 == 0 and 200000 or 3000)
+    end
+    local block = string.rep("0123456789abcdef\n\0\255", 200000)
+    for i, n in ipairs(sizes) do
+      fs.write(string.format("%s/f%03d", root, i), block:sub(i, i + n - 1))
+    end
+    return root, d, #sizes
+  end
+
+  it("gives sha256sum's digests for files of every size around a block and a read", function()
+    local root, d, n = sized_tree()
+    local st = state()
+    local outs = {}
+    for _, lanes in ipairs({ "", "8", "0" }) do
+      local r = hrun_in(st, { "hash", root, "-a", "sha256", "--format", "sha256sum", "-j", "2" },
+        { env = { HRUN_SHA256_LANES = lanes } })
+      eq(r.code, 0, r.stderr)
+      outs[#outs + 1] = r.stdout
+    end
+    eq(outs[2], outs[1], "8 lanes and the best kernel agree")
+    eq(outs[3], outs[1], "one file at a time agrees")
+    fs.write(d .. "/SHA256SUMS", outs[1])
+    local check = exec.run({ "sha256sum", "--strict", "-c", d .. "/SHA256SUMS" }, { cwd = root, check = false })
+    ok(check.ok, check.stdout .. check.stderr)
+    eq(select(2, check.stdout:gsub(": OK\n", "")), n)
+  end)
+
+  it("closes every file it holds when stopped part-way", function()
+    local root = sized_tree()
+    -- sparse: 1.6 GB to hash, none of it on the disk
+    exec.sh("cd " .. shq(root) .. " && for i in $(seq 1 200); do truncate -s 8M big$i; done")
+    local function fds()
+      return #assert(fs.list("/proc/self/fd"))
+    end
+    local d = tmpdir()
+    assert(hash.tree(d)) -- the journal's files are open from here on
+    local before = fds()
+    local ok_, err = pcall(hash.tree, root, { algo = "sha256", progress = function()
+      error("stopped by the caller")
+    end })
+    eq(ok_, false)
+    has(err, "stopped by the caller")
+    eq(fds(), before, "no file left open")
+    local m = assert(hash.tree(root, { algo = "sha256" }))
+    eq(m.files, 522)
+    eq(m.complete, true)
+  end)
+
+  it("stops on Ctrl-C inside a huge file, not at its end", function()
+    local d = tmpdir()
+    exec.run({ "truncate", "-s", "16G", d .. "/huge" }) -- a minute of SHA-256 on one core
+    local t0 = sys.clock()
+    local r = exec.sh(string.format("%s --state %s hash -a sha256 %s & pid=$!; sleep 1; kill -INT $pid; " ..
+      "wait $pid; echo status=$?", shq(HRUN), shq(state()), shq(d)), { timeout = 120 })
+    has(r.stdout, "status=130")
+    ok(sys.clock() - t0 < 10, "stopped within seconds")
   end)
 end)
 
