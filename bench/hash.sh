@@ -99,7 +99,7 @@ else:
       "0.38; the row `no lanes` is hrun with that switched off (`HRUN_SHA256_LANES=0`), a file a",
       "thread through OpenSSL."]
 lines += [
-  "xxh128 uses AVX2 (a build of libxxhash's own code, chosen at run time) and maps files of 64 MiB and",
+  "xxh128 uses AVX2 (a build of libxxhash's own code, chosen at run time) and maps files of 4 MiB and",
   "more instead of copying them out of the page cache. Timings on this shared VM vary by ±25 % from one",
   "run to the next: compare the rows of one table, not across tables.", "",
   "Where the small tree's time goes (perf, 2026-11-21): the two hashers take four fifths of",

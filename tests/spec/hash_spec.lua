@@ -83,6 +83,17 @@ describe("hash.tree", function()
     eq(lines, 9)
   end)
 
+  it("hashes large files through mappings, a window at a time, to xxhsum's digests", function()
+    local root = tmpdir() .. "/large"
+    fs.mkdir(root)
+    -- 4 MiB and more are mapped, 256 MiB at a time: one file of one window, one of two
+    exec.sh("cd " .. shq(root) .. " && head -c 5000000 /dev/urandom > five && truncate -s 300M two " ..
+      "&& printf end >> two")
+    local r = hrun_in(state(), { "hash", root, "--format", "xxhsum" })
+    eq(r.code, 0, r.stderr)
+    eq(r.stdout, tool({ "xxhsum", "-H2", "five", "two" }, root))
+  end)
+
   it("excludes globs and stays on one filesystem", function()
     need_root()
     local root = odd_tree()
