@@ -2,7 +2,7 @@
 ** sha256x.h — multi-buffer SHA-256: the compression function run on 8 (AVX2) or 16
 ** (AVX-512) independent messages at once, one per SIMD lane (sha256x.c). A CPU without the
 ** SHA instructions computes one SHA-256 stream at ~0.4 GB/s a core; many files at once
-** go 3-5x faster this way. Padding and the reading of files are the caller's.
+** go 4-6x faster this way. Padding and the reading of files are the caller's.
 */
 #ifndef HRUN_SHA256X_H
 #define HRUN_SHA256X_H
