@@ -85,34 +85,49 @@ static int hash_mapped(int fd, uint64_t len, enum hrun_algo a, unsigned char *ou
     return err;
 }
 
-/* Reads fd to its end into the digest. expect >= 0: the size fstat gave — a short read
-** that reaches it is the end (one read a small file, not two). Returns 0 or an errno,
-** ECANCELED when *stop (if given) was set part-way. */
+typedef void (*Update)(void *ctx, const void *data, size_t len);
+
+/* Reads fd to its end into update(ctx, ...), size bytes at a time. expect >= 0: the bytes
+** left by the size fstat gave — a short read that reaches it is the end (one read a small
+** file, not two). Returns 0 or an errno, ECANCELED when *stop (if given) was set
+** part-way. */
+static int read_all(int fd, char *buf, size_t size, int64_t expect, const _Atomic int *stop,
+                    Update update, void *ctx)
+{
+    ssize_t n;
+    int64_t total = 0;
+    while ((n = read(fd, buf, size)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        update(ctx, buf, (size_t)n);
+        total += n;
+        if ((size_t)n < size && total == expect) break;
+        if (stop && *stop) return ECANCELED;
+    }
+    return 0;
+}
+
+static void xxh3_update(void *s, const void *data, size_t len)
+{
+    XXH3_128bits_update(s, data, len);
+}
+
+static void evp_update(void *ctx, const void *data, size_t len)
+{
+    EVP_DigestUpdate(ctx, data, len);
+}
+
+/* Reads fd to its end into the digest (read_all's expect and stop). */
 static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, size_t size,
                      int64_t expect, const _Atomic int *stop)
 {
-    int err = 0;
-    ssize_t n;
-    int64_t total = 0;
-#define READ_ALL(update)                                                                           \
-    while ((n = read(fd, buf, size)) != 0) {                                                       \
-        if (n < 0) {                                                                               \
-            if (errno == EINTR) continue;                                                          \
-            err = errno;                                                                           \
-            break;                                                                                 \
-        }                                                                                          \
-        update;                                                                                    \
-        total += n;                                                                                \
-        if ((size_t)n < size && total == expect) break;                                            \
-        if (stop && *stop) {                                                                       \
-            err = ECANCELED;                                                                       \
-            break;                                                                                 \
-        }                                                                                          \
-    }
+    int err;
     if (a == HRUN_XXH128 && __builtin_cpu_supports("avx2")) {
         void *s = hrun_xxh3_avx2_new();
         if (s == NULL) return ENOMEM;
-        READ_ALL(hrun_xxh3_avx2_update(s, buf, (size_t)n))
+        err = read_all(fd, buf, size, expect, stop, hrun_xxh3_avx2_update, s);
         hrun_xxh3_avx2_digest(s, out);
         return err;
     }
@@ -120,7 +135,7 @@ static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, si
         XXH3_state_t *s = XXH3_createState();
         if (s == NULL) return ENOMEM;
         XXH3_128bits_reset(s);
-        READ_ALL(XXH3_128bits_update(s, buf, (size_t)n))
+        err = read_all(fd, buf, size, expect, stop, xxh3_update, s);
         XXH128_canonical_t c;
         XXH128_canonicalFromHash(&c, XXH3_128bits_digest(s));
         memcpy(out, c.digest, 16);
@@ -130,8 +145,7 @@ static int hash_read(int fd, enum hrun_algo a, unsigned char *out, char *buf, si
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL) return ENOMEM;
     EVP_DigestInit_ex(ctx, a == HRUN_SHA256 ? EVP_sha256() : EVP_blake2b512(), NULL);
-    READ_ALL(EVP_DigestUpdate(ctx, buf, (size_t)n))
-#undef READ_ALL
+    err = read_all(fd, buf, size, expect, stop, evp_update, ctx);
     unsigned int len;
     EVP_DigestFinal_ex(ctx, out, &len);
     EVP_MD_CTX_free(ctx);
@@ -731,18 +745,8 @@ static void lane_detach(hrun_HashPool *p, Lanes *ls, Lane *l, int i)
         return;
     }
     hrun_sha256_update(one, l->buf + l->pos, left);
-    int err = 0;
-    ssize_t n;
-    while ((n = read(l->fd, l->buf, LANE_READ)) != 0) {
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 || p->cancel) {
-            err = n < 0 ? errno : ECANCELED;
-            break;
-        }
-        hrun_sha256_update(one, l->buf, (size_t)n);
-        l->total += (uint64_t)n;
-        if ((size_t)n < LANE_READ && l->e->statted && l->total == l->e->size) break;
-    }
+    int64_t rest = l->e->statted ? (int64_t)l->e->size - (int64_t)l->total : -1;
+    int err = read_all(l->fd, (char *)l->buf, LANE_READ, rest, &p->cancel, hrun_sha256_update, one);
     hrun_sha256_final(one, l->e->digest);
     lane_done(ls, l, err);
 }
