@@ -117,6 +117,10 @@ int hrun_push_rows(lua_State *L, struct sqlite3_stmt *st);
 ** the command line and by the runner); the hash module keeps manifests there. */
 #define JOURNAL_DB "hrun.journaldb"
 void hrun_opendigest(lua_State *L);
+/* [-0, +0, m] Add to the private table on top: undo.c's state, seteffect, leftovers,
+** targets; children.c's setspawnsink, reap. */
+void hrun_openundo(lua_State *L);
+void hrun_openchildren(lua_State *L);
 void hrun_openlock(lua_State *L);
 
 /* The REPL's line editor (runtime/repl.c), private entry points of the engine. */

@@ -348,6 +348,8 @@ int hrun_openprivate(lua_State *L)
     hrun_openlock(L);
     hrun_opendigest(L);
     hrun_opensandbox(L);
+    hrun_openundo(L);
+    hrun_openchildren(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
