@@ -4,6 +4,8 @@
 #ifndef HRUN_INTERNAL_H
 #define HRUN_INTERNAL_H
 
+#include <errno.h>
+
 #include "hrun/hrun.h"
 
 /* Per-state runtime data; a userdata anchored in the registry, its address kept in
@@ -20,6 +22,8 @@ typedef struct hrun_Runtime {
     int strict;   /* inside a playbook's functions: nil, message returns raise */
     struct hrun_Sandbox *sandbox; /* the capabilities a sandboxed playbook declared; NULL: none */
     int trusted;                  /* > 0: the engine's own work, outside the sandbox */
+    lua_Integer effect_run;       /* the effect being made (priv.seteffect), 0: none; */
+    lua_Integer effect_id;        /* temporaries are named from it */
 } hrun_Runtime;
 
 typedef struct hrun_Sandbox hrun_Sandbox;
@@ -117,9 +121,46 @@ int hrun_push_rows(lua_State *L, struct sqlite3_stmt *st);
 ** the command line and by the runner); the hash module keeps manifests there. */
 #define JOURNAL_DB "hrun.journaldb"
 void hrun_opendigest(lua_State *L);
-/* [-0, +0, m] Add to the private table on top: undo.c's state, seteffect, leftovers,
-** targets; children.c's setspawnsink, reap. */
+/* [-0, +0, m] Add to the private table on top: undo.c's state, restate, seteffect,
+** leftovers; children.c's setspawnsink, reap. */
 void hrun_openundo(lua_State *L);
+
+/* {======================================================
+** Careful undo (undo.c): states, their fingerprints, temporaries named from the effect
+** ======================================================= */
+
+/* The template of a temporary beside target (mkstemp's XXXXXX at its end) into out:
+** DIR/.BASENAME.hrun-<run>-<effect>-XXXXXX while an effect is set (priv.seteffect), so
+** that leftovers finds it after a crash; DIR/.BASENAME.hrun-XXXXXX otherwise. 0, or -1
+** (ENAMETOOLONG). */
+int hrun_tmpname(lua_State *L, const char *target, char *out, size_t size);
+
+/* path made absolute (relative to the working directory) and clean of ".", ".." and
+** doubled slashes, lexically: symlinks are not resolved. 0, or -1 with errno. */
+int hrun_abspath(const char *path, char *out, size_t size);
+
+/* [-1, +0, m] For state functions: appends {kind, target, key = the value on top} to
+** the array at list. */
+void hrun_addstate(lua_State *L, int list, const char *kind, const char *target);
+
+/* [-0, +0, m] Appends a "path" entry for path (made absolute: its key and target). */
+void hrun_addpath(lua_State *L, int list, const char *path);
+
+/* The fingerprint of each kind of state: [-0, +1, m] with the key at 1, pushes a
+** readable string, equal exactly when the state is; "absent" when nothing is there;
+** "unreadable: why" when it cannot be known (they never raise for the world). */
+int hrun_path_fp(lua_State *L);      /* undo.c: key = absolute path */
+int hrun_subvolume_fp(lua_State *L); /* mod_btrfs.c: key = absolute path */
+int hrun_ref_fp(lua_State *L);       /* mod_git.c: key = {repo, ref} */
+int hrun_unit_fp(lua_State *L);      /* mod_service.c: key = unit name */
+int hrun_container_fp(lua_State *L); /* mod_podman.c: key = container name */
+int hrun_profile_fp(lua_State *L);   /* mod_nixos.c: key = a profile's link */
+
+/* Removes path and everything under it, never following a symlink nor entering
+** another filesystem than path's own. 0, or -1 with errno. */
+int hrun_rmtree_onefs(const char *path);
+
+/* }====================================================== */
 void hrun_openchildren(lua_State *L);
 void hrun_openlock(lua_State *L);
 
@@ -162,6 +203,37 @@ void hrun_undo_startstop(lua_State *L, int idx, const char *module, const char *
 ** result), its messages starting with `what` (a static string), without going through
 ** the dispatcher: for modules whose one primitive runs a tool (nixos.rebuild). */
 void hrun_pushexec(lua_State *L, const char *what);
+
+/* {======================================================
+** Children: what spawn.c tells of each child it starts (children.c's spawn sink)
+** ======================================================= */
+
+struct hrun_Proc;
+struct hrun_SpawnOpts;
+
+/* Called by hrun_spawn for each child right after the fork, before the child may exec
+** (it waits on a gate pipe): 0 lets it run; non-zero refuses it — it is killed at the
+** gate, having run nothing, and hrun_spawn returns HRUN_REFUSED. Main thread only. */
+typedef int (*hrun_SpawnReport)(void *ud, const struct hrun_Proc *p, const char *argv0);
+
+/* What hrun_spawn returns for a child its report refused (an errno value). */
+#define HRUN_REFUSED ECANCELED
+
+/* hrun_spawn reporting the child to `report` (NULL: to nobody) instead of the one
+** hrun_setspawnreport installed. */
+int hrun_spawn_reported(struct hrun_Proc *p, const struct hrun_SpawnOpts *o,
+                        hrun_SpawnReport report, void *ud);
+
+/* Installs the report of every hrun_spawn (NULL: none); children.c does, while a spawn
+** sink is set. */
+void hrun_setspawnreport(hrun_SpawnReport report, void *ud);
+
+/* [-0, +(0|1), -] The report to the spawn sink (priv.setspawnsink) of the state of the
+** lua_State ud, called on that thread: 0 when it returned or none is set; -1 when it
+** raised, its error then on top. For a primitive that has its lua_State at hand. */
+int hrun_children_report(void *ud, const struct hrun_Proc *p, const char *argv0);
+
+/* }====================================================== */
 
 /* [-(n+1), +(0|1), -] Calls the function below its n arguments under a protected
 ** call whose handler adds a traceback when -v is on (one helper for every C→Lua

@@ -379,16 +379,18 @@ static int btrfs_sync(lua_State *L)
     return 1;
 }
 
-/* The name restore's inverse chose for target (computed just before the call, which
-** must use the same one even if the clock's second turned in between). */
+/* The name restore's inverse and state chose for target (computed just before the
+** call, which must use the same one even if the clock's second turned in between). */
 static char planned_target[PATH_MAX], planned_aside[PATH_MAX];
 
-/* The name target is moved aside to: <target>.hrun-<run>-<time>. */
-static void aside_name(lua_State *L, const char *target, char *out, size_t size)
+/* The name target is moved aside to: <target>.hrun-<run>-<time>. plan: for the inverse
+** and the state, the name is kept for the call (and given again to the other); the call
+** takes it. */
+static void aside_name(lua_State *L, const char *target, char *out, size_t size, int plan)
 {
     if (planned_target[0] && strcmp(planned_target, target) == 0) {
         snprintf(out, size, "%s", planned_aside);
-        planned_target[0] = '\0';
+        if (!plan) planned_target[0] = '\0';
         return;
     }
     char when[32];
@@ -401,6 +403,10 @@ static void aside_name(lua_State *L, const char *target, char *out, size_t size)
         snprintf(out, size, "%s.hrun-%lld-%s", target, (long long)run, when);
     else
         snprintf(out, size, "%s.hrun-%s", target, when);
+    if (plan) {
+        snprintf(planned_target, sizeof planned_target, "%s", target);
+        snprintf(planned_aside, sizeof planned_aside, "%s", out);
+    }
 }
 
 /*
@@ -422,7 +428,7 @@ static int btrfs_restore(lua_State *L)
     if (exists) {
         if ((e = btrfs_util_is_subvolume(target)))
             return fail(L, "btrfs.restore", target, e); /* replace a subvolume, not any dir */
-        aside_name(L, target, aside, sizeof aside);
+        aside_name(L, target, aside, sizeof aside, 0);
         if (rename(target, aside) < 0) return hrun_fail(L, "btrfs.restore", target, errno);
     }
     if ((e = btrfs_util_create_snapshot(snap, target, 0, NULL, NULL))) {
@@ -451,9 +457,7 @@ static int btrfs_restore_inverse(lua_State *L)
     hrun_addop(L, list, "btrfs.delete", 1);
     if (lstat(target, &st) == 0) {
         /* the name restore will choose, kept for it */
-        aside_name(L, target, aside, sizeof aside);
-        snprintf(planned_target, sizeof planned_target, "%s", target);
-        snprintf(planned_aside, sizeof planned_aside, "%s", aside);
+        aside_name(L, target, aside, sizeof aside, 1);
         lua_pushstring(L, aside);
         lua_pushvalue(L, 2);
         lua_createtable(L, 0, 1);
@@ -461,6 +465,111 @@ static int btrfs_restore_inverse(lua_State *L)
         lua_setfield(L, -2, "replace");
         hrun_addop(L, list, "fs.rename", 3);
     }
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** States, for the careful undo (runtime/undo.c)
+** ======================================================= */
+
+/*
+** A subvolume's fingerprint: "absent"; "subvolume <uuid> rw"; "subvolume <uuid> ro
+** ctransid N"; "not a subvolume: …"; "unreadable: …". The uuid tells a subvolume from
+** another made in its place (a snapshot gets a new one), the flag a set_readonly.
+** Found on a real btrfs (kernel 6.1, libbtrfsutil 6.2): `generation` moves whenever the
+** subvolume's root is in a transaction — a snapshot of it bumps it — so it says nothing
+** about writes. `ctransid` (the transaction of the last change to its files) stays
+** through reads, snapshots, a rename and set_readonly, and moves when a file in it is
+** written, once that transaction commits. It is kept for read-only subvolumes only: a
+** writable one is written by the run's own later steps (a subvolume created, then
+** filled), and undoing those writes moves ctransid on again rather than back, so it
+** would call every such subvolume changed; and on a relatime mount one read after a
+** write moves it too. A read-only one changes only if someone made it writable.
+*/
+int hrun_subvolume_fp(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    struct stat st;
+    if (path == NULL) return lua_pushliteral(L, "unreadable: no path in the key"), 1;
+    if (lstat(path, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return lua_pushliteral(L, "absent"), 1;
+        return lua_pushfstring(L, "unreadable: %s", strerror(errno)), 1;
+    }
+    errno = 0;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(path);
+    if (e == BTRFS_UTIL_ERROR_NOT_SUBVOLUME || e == BTRFS_UTIL_ERROR_NOT_BTRFS) {
+        lua_pushfstring(L, "not a subvolume: ");
+        hrun_path_fp(L); /* what is there instead */
+        lua_concat(L, 2);
+        return 1;
+    }
+    struct btrfs_util_subvolume_info info;
+    if (e == BTRFS_UTIL_OK) e = btrfs_util_subvolume_info(path, 0, &info);
+    if (e) {
+        int err = errno;
+        return lua_pushfstring(L, "unreadable: %s%s%s", btrfs_util_strerror(e), err ? ": " : "",
+                               err ? strerror(err) : ""),
+               1;
+    }
+    push_uuid(L, info.uuid);
+    const char *uuid = lua_tostring(L, -1);
+    if (info.flags & 1)
+        lua_pushfstring(L, "subvolume %s ro ctransid %I", uuid ? uuid : "(no uuid)",
+                        (lua_Integer)info.ctransid);
+    else
+        lua_pushfstring(L, "subvolume %s rw", uuid ? uuid : "(no uuid)");
+    return 1;
+}
+
+/* [-0, +0, m] Appends a subvolume entry for path (made absolute) to the array at list. */
+static void add_subvolume(lua_State *L, int list, const char *path)
+{
+    char abs[PATH_MAX];
+    if (hrun_abspath(path, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", path);
+    lua_pushstring(L, abs);
+    hrun_addstate(L, list, "subvolume", abs);
+}
+
+/* btrfs.create and btrfs.set_readonly: the subvolume */
+static int btrfs_path_state(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_newtable(L);
+    add_subvolume(L, lua_gettop(L), path);
+    return 1;
+}
+
+/* btrfs.snapshot: the new one (its source is only read) */
+static int btrfs_snapshot_state(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    const char *dst = luaL_checkstring(L, 2);
+    lua_newtable(L);
+    add_subvolume(L, lua_gettop(L), dst);
+    return 1;
+}
+
+/* btrfs.restore: the target and the name it is moved aside to (the aside's entry says
+** so: killed between the move and the snapshot, leftovers moves it back) */
+static int btrfs_restore_state(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    const char *target = luaL_checkstring(L, 2);
+    char aside[PATH_MAX], abs[PATH_MAX];
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    add_subvolume(L, list, target);
+    if (lstat(target, &st) < 0) return 1; /* nothing to move aside */
+    aside_name(L, target, aside, sizeof aside, 1);
+    add_subvolume(L, list, aside);
+    lua_rawgeti(L, list, 2);
+    if (hrun_abspath(target, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", target);
+    lua_pushstring(L, abs);
+    lua_setfield(L, -2, "aside_of");
+    lua_pop(L, 1);
     return 1;
 }
 
@@ -831,12 +940,14 @@ static const hrun_Prim btrfs_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .inverse = btrfs_create_inverse,
+     .state = btrfs_path_state,
      .targets = hrun_targets_arg1},
     {.name = "snapshot",
      .func = btrfs_snapshot,
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .inverse = btrfs_snapshot_inverse,
+     .state = btrfs_snapshot_state,
      .targets = hrun_targets_args12},
     {.name = "delete",
      .func = btrfs_delete,
@@ -849,12 +960,14 @@ static const hrun_Prim btrfs_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .inverse = btrfs_set_readonly_inverse,
+     .state = btrfs_path_state,
      .targets = hrun_targets_arg1},
     {.name = "restore",
      .func = btrfs_restore,
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .inverse = btrfs_restore_inverse,
+     .state = btrfs_restore_state,
      .targets = hrun_targets_args12},
     {.name = "prune",
      .func = btrfs_prune,

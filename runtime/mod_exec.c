@@ -451,7 +451,12 @@ static int run_command(lua_State *L, const char *what)
     lua_getfield(L, LUA_REGISTRYINDEX, TICKER);
     if (lua_isfunction(L, -1)) o.tick = on_tick, o.tick_interval = 0.1;
     lua_pop(L, 1);
-    if ((err = hrun_spawn(&r->proc, &o)) != 0) {
+    /* the spawn sink (the journal) is told of the child, on this thread, before it runs;
+    ** when it raises, the child has run nothing and its error is ours */
+    int top = lua_gettop(L);
+    err = hrun_spawn_reported(&r->proc, &o, hrun_children_report, L);
+    if (err == HRUN_REFUSED && lua_gettop(L) > top) return lua_error(L);
+    if (err != 0) {
         hrun_failf(L, hrun_errname(err), "%s: %s: %s", what, r->argv[0], strerror(err));
         return fail_or_raise(L, check);
     }

@@ -99,12 +99,6 @@ static void dir_of(const char *path, char *buf, size_t size)
         snprintf(buf, size, "%.*s", (int)(slash - path), path);
 }
 
-static const char *base_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
 int hrun_fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -116,17 +110,11 @@ int hrun_fsync_dir(const char *dir)
     return rc;
 }
 
-/* Creates a temporary beside `target` (a file, or a directory when isdir) in t. */
-static int make_tmp(Tmp *t, const char *target, int isdir)
+/* Creates a temporary beside `target` (a file, or a directory when isdir) in t, named
+** from the effect being made (hrun_tmpname): a crash leaves nothing leftovers misses. */
+static int make_tmp(lua_State *L, Tmp *t, const char *target, int isdir)
 {
-    char dir[PATH_MAX];
-    dir_of(target, dir, sizeof dir);
-    if ((size_t)snprintf(t->path, sizeof t->path, "%s/.%s.hrun-XXXXXX", dir, base_of(target)) >=
-        sizeof t->path) {
-        t->path[0] = '\0';
-        errno = ENAMETOOLONG;
-        return -1;
-    }
+    if (hrun_tmpname(L, target, t->path, sizeof t->path) < 0) return -1;
     t->isdir = isdir;
     if (isdir) {
         if (mkdtemp(t->path) == NULL) return t->path[0] = '\0', -1;
@@ -430,7 +418,8 @@ int hrun_fs_write(lua_State *L)
     }
     if (exists && S_ISDIR(st.st_mode)) return hrun_fail(L, "fs.write", path, EISDIR);
     if (mode == (mode_t)-1) mode = exists ? st.st_mode & 07777 : default_mode(0666);
-    if (make_tmp(t, target, 0) < 0 || write_all(t->fd, data, len) < 0 || fchmod(t->fd, mode) < 0 ||
+    if (make_tmp(L, t, target, 0) < 0 || write_all(t->fd, data, len) < 0 ||
+        fchmod(t->fd, mode) < 0 ||
         (exists && (st.st_uid != geteuid() || st.st_gid != getegid()) &&
          fchown(t->fd, st.st_uid, st.st_gid) < 0 && errno != EPERM) ||
         commit_tmp(t, target) < 0)
@@ -742,7 +731,7 @@ static int fs_copy(lua_State *L)
         if (dst_exists) return hrun_fail(L, "fs.copy", dst, EEXIST);
         Walk w;
         walk_start(&w, src);
-        if (make_tmp(t, dst, 1) < 0) return hrun_fail(L, "fs.copy", dst, errno);
+        if (make_tmp(L, t, dst, 1) < 0) return hrun_fail(L, "fs.copy", dst, errno);
         /* the top directory is the temporary itself: copy its entries, then its metadata */
         if ((t->fd = open(t->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
             return hrun_fail(L, "fs.copy", dst, errno);
@@ -786,7 +775,7 @@ static int fs_copy(lua_State *L)
                               "fs.copy: %s: is a directory (give the whole destination path)", dst);
         int in = open(src, O_RDONLY | O_CLOEXEC);
         if (in < 0) return hrun_fail(L, "fs.copy", src, errno);
-        int rc = make_tmp(t, dst, 0);
+        int rc = make_tmp(L, t, dst, 0);
         int err = errno;
         if (rc == 0 && (rc = copy_data(in, t->fd, reflink)) < 0) err = errno;
         close(in);
@@ -898,6 +887,15 @@ int hrun_rmtree(const char *path)
     return remove_at(AT_FDCWD, path, &w, 0);
 }
 
+int hrun_rmtree_onefs(const char *path)
+{
+    struct stat st;
+    Walk w;
+    if (lstat(path, &st) < 0) return -1;
+    walk_start(&w, path);
+    return remove_at(AT_FDCWD, path, &w, st.st_dev);
+}
+
 void hrun_undo_change(lua_State *L, int idx, const char *what, const char *path)
 {
     struct stat st;
@@ -996,7 +994,7 @@ static int fs_restore(lua_State *L)
     struct stat st;
     Walk w;
     walk_start(&w, saved);
-    if (make_tmp(t, path, 1) < 0) return hrun_fail(L, "fs._restore", path, errno);
+    if (make_tmp(L, t, path, 1) < 0) return hrun_fail(L, "fs._restore", path, errno);
     /* staged as "x" in a temporary directory beside path (t->fd holds it open) */
     if ((t->fd = open(t->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
         return hrun_fail(L, "fs._restore", path, errno);
@@ -1012,6 +1010,76 @@ static int fs_restore(lua_State *L)
     dir_of(path, dir, sizeof dir);
     hrun_fsync_dir(dir);
     lua_pushvalue(L, 1);
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** States: what each write changes, for the careful undo (runtime/undo.c)
+** ======================================================= */
+
+/* fs.write: the file (a symlink's target: the write goes through it) */
+static int fs_write_state(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char real[PATH_MAX];
+    struct stat st;
+    lua_newtable(L);
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && realpath(path, real)) path = real;
+    hrun_addpath(L, lua_gettop(L), path);
+    return 1;
+}
+
+/* fs.mkdir: the directory, and each parent it will make */
+static int fs_mkdir_state(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char buf[PATH_MAX];
+    struct stat st;
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    if (hrun_abspath(path, buf, sizeof buf) < 0) return 1;
+    hrun_addpath(L, list, buf);
+    int parents = lua_istable(L, 2) && (lua_getfield(L, 2, "parents"), lua_toboolean(L, -1));
+    lua_settop(L, list);
+    while (parents) {
+        char *slash = strrchr(buf, '/');
+        if (slash == NULL || slash == buf) break;
+        *slash = '\0';
+        if (lstat(buf, &st) == 0) break;
+        hrun_addpath(L, list, buf);
+    }
+    return 1;
+}
+
+/* fs.remove and fs._restore: the path itself */
+static int fs_path_state(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), path);
+    return 1;
+}
+
+/* fs.copy: the destination */
+static int fs_copy_state(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    const char *dst = luaL_checkstring(L, 2);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), dst);
+    return 1;
+}
+
+/* fs.rename: both names */
+static int fs_rename_state(lua_State *L)
+{
+    const char *src = luaL_checkstring(L, 1);
+    const char *dst = luaL_checkstring(L, 2);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), src);
+    hrun_addpath(L, lua_gettop(L), dst);
     return 1;
 }
 
@@ -1056,35 +1124,41 @@ static const hrun_Prim fs_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = fs_write_inverse,
+     .state = fs_write_state,
      .targets = hrun_targets_arg1},
     {.name = "mkdir",
      .func = fs_mkdir,
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = fs_mkdir_inverse,
+     .state = fs_mkdir_state,
      .targets = hrun_targets_arg1},
     {.name = "remove",
      .func = fs_remove,
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = fs_remove_inverse,
+     .state = fs_path_state,
      .targets = hrun_targets_arg1},
     {.name = "copy",
      .func = fs_copy,
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = fs_copy_inverse,
+     .state = fs_copy_state,
      .targets = hrun_targets_args12},
     {.name = "rename",
      .func = fs_rename,
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = fs_rename_inverse,
+     .state = fs_rename_state,
      .targets = hrun_targets_args12},
     {.name = "_restore",
      .func = fs_restore,
      .kind = HRUN_WRITE,
      .cap = "fs",
+     .state = fs_path_state,
      .targets = hrun_targets_args12},
     {0},
 };

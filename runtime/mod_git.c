@@ -1152,6 +1152,228 @@ static int checkout_inverse(lua_State *L)
 
 /* }====================================================== */
 
+/* {======================================================
+** States, for the careful undo (runtime/undo.c)
+** ======================================================= */
+
+/* [-0, +0, m] Gives the last entry of the array at list the lock files (NULL-ended
+** names in gitdir, which ends with a slash) a kill in the middle of the call may leave. */
+static void set_locks(lua_State *L, int list, const char *gitdir, const char *const names[])
+{
+    lua_rawgeti(L, list, (lua_Integer)lua_rawlen(L, list));
+    lua_newtable(L);
+    for (int i = 0; names[i]; i++) {
+        lua_pushfstring(L, "%s%s.lock", gitdir, names[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "locks");
+    lua_pop(L, 1);
+}
+
+/* The repository's directory for people and keys: its work tree, or its git directory
+** when bare, absolute, without the trailing slash. */
+static void repo_root(git_repository *r, char *out, size_t size)
+{
+    const char *wd = git_repository_workdir(r);
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", wd ? wd : git_repository_path(r));
+    if (hrun_abspath(buf, out, size) < 0) snprintf(out, size, "%s", buf);
+}
+
+/* [-0, +0, m] Appends a "ref" entry for ref of r to the array at list, with the lock
+** files the call may leave (index: it writes the index too). */
+static void add_ref(lua_State *L, int list, git_repository *r, const char *ref, int index)
+{
+    char root[PATH_MAX];
+    repo_root(r, root, sizeof root);
+    const char *target = lua_pushfstring(L, "%s %s", root, ref);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, root);
+    lua_setfield(L, -2, "repo");
+    lua_pushstring(L, ref);
+    lua_setfield(L, -2, "ref");
+    hrun_addstate(L, list, "ref", target);
+    lua_pop(L, 1);
+    const char *const with_index[] = {ref, "HEAD", "packed-refs", "index", NULL};
+    const char *const without[] = {ref, "HEAD", "packed-refs", NULL};
+    set_locks(L, list, git_repository_path(r), index ? with_index : without);
+}
+
+/* [-0, +1, m] The repository of the call's directory (argument 1), for a state function:
+** its handle is closed when the function returns; NULL when there is none (the call
+** will fail: nothing to compare). */
+static git_repository *state_repo(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    need_libgit2(L);
+    Repo *h = lua_newuserdatauv(L, sizeof(Repo), 0);
+    h->r = NULL;
+    hrun_setclose(L, "hrun.git.handle", repo_gc, NULL);
+    lua_toclose(L, -1);
+    if (git_repository_open_ext(&h->r, dir, 0, NULL) < 0) h->r = NULL;
+    return h->r;
+}
+
+/* git.commit: the branch HEAD points to (HEAD itself when detached) */
+static int commit_state(lua_State *L)
+{
+    git_repository *r = state_repo(L);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    git_reference *head = NULL;
+    if (r == NULL || git_reference_lookup(&head, r, "HEAD") < 0) return 1;
+    char ref[1024];
+    snprintf(ref, sizeof ref, "%s",
+             git_reference_type(head) == GIT_REFERENCE_SYMBOLIC
+                 ? git_reference_symbolic_target(head)
+                 : "HEAD");
+    git_reference_free(head);
+    add_ref(L, list, r, ref, 1);
+    return 1;
+}
+
+/* git.tag and git.delete_tag: the tag's ref */
+static int tag_state(lua_State *L)
+{
+    char ref[1024];
+    tag_ref(L, 2, ref, sizeof ref);
+    git_repository *r = state_repo(L);
+    lua_newtable(L);
+    if (r) add_ref(L, lua_gettop(L), r, ref, 0);
+    return 1;
+}
+
+/* git._setref: the ref */
+static int setref_state(lua_State *L)
+{
+    const char *ref = luaL_checkstring(L, 2);
+    git_repository *r = state_repo(L);
+    lua_newtable(L);
+    if (r) add_ref(L, lua_gettop(L), r, ref, 0);
+    return 1;
+}
+
+/* git.checkout: HEAD (the commit it is at: its undo puts that back, detached) */
+static int checkout_state(lua_State *L)
+{
+    git_repository *r = state_repo(L);
+    lua_newtable(L);
+    if (r) add_ref(L, lua_gettop(L), r, "HEAD", 1);
+    return 1;
+}
+
+/* git.checkout_paths: each file */
+static int checkout_paths_state(lua_State *L)
+{
+    luaL_checktype(L, 3, LUA_TTABLE);
+    git_repository *r = state_repo(L);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    const char *wd = r ? git_repository_workdir(r) : NULL;
+    if (wd == NULL) return 1;
+    static const char *const index[] = {"index", NULL};
+    lua_Integer n = luaL_len(L, 3);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 3, i);
+        const char *path = lua_tostring(L, -1);
+        if (path) {
+            char full[PATH_MAX];
+            snprintf(full, sizeof full, "%s%s", wd, path);
+            hrun_addpath(L, list, full);
+            set_locks(L, list, git_repository_path(r), index);
+        }
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
+/* git.init: what its undo removes (dir, or dir/.git when dir is there already) */
+static int init_state(lua_State *L)
+{
+    const char *dir = check_dir(L, 1);
+    struct stat st;
+    int bare = lua_type(L, 2) == LUA_TTABLE && (lua_getfield(L, 2, "bare"), lua_toboolean(L, -1));
+    lua_newtable(L);
+    if (stat(dir, &st) == 0 && !bare)
+        lua_pushfstring(L, "%s/.git", dir);
+    else
+        lua_pushstring(L, dir);
+    hrun_addpath(L, lua_gettop(L) - 1, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* git.clone: the directory */
+static int clone_state(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    const char *dir = hrun_checkpath(L, 2, NULL);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), dir);
+    return 1;
+}
+
+/*
+** A ref's fingerprint, key {repo, ref}: "absent"; "commit <id>"; "tag <id> on commit
+** <id>" (an annotated tag); "-> refs/heads/x" (symbolic); HEAD's is the commit it
+** resolves to, attached or not ("unborn" before the first commit).
+*/
+int hrun_ref_fp(lua_State *L)
+{
+    if (!lua_istable(L, 1)) return lua_pushliteral(L, "unreadable: no {repo, ref} key"), 1;
+    lua_getfield(L, 1, "repo");
+    lua_getfield(L, 1, "ref");
+    const char *dir = lua_tostring(L, -2), *ref = lua_tostring(L, -1);
+    if (dir == NULL || ref == NULL) return lua_pushliteral(L, "unreadable: no {repo, ref} key"), 1;
+    struct stat st;
+    if (stat(dir, &st) < 0) return lua_pushliteral(L, "absent"), 1;
+    need_libgit2(L);
+    Repo *h = lua_newuserdatauv(L, sizeof(Repo), 0);
+    h->r = NULL;
+    hrun_setclose(L, "hrun.git.handle", repo_gc, NULL);
+    lua_toclose(L, -1);
+    int rc = git_repository_open_ext(&h->r, dir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL);
+    if (rc == GIT_ENOTFOUND) return lua_pushliteral(L, "absent"), 1;
+    const git_error *e;
+    char hex[GIT_OID_HEXSZ + 1], peeled[GIT_OID_HEXSZ + 1];
+    if (rc == 0 && strcmp(ref, "HEAD") == 0) {
+        git_object *head;
+        if ((rc = git_revparse_single(&head, h->r, "HEAD^{commit}")) == 0) {
+            oid_hex(git_object_id(head), hex);
+            git_object_free(head);
+            return lua_pushfstring(L, "commit %s", hex), 1;
+        }
+        if (git_repository_head_unborn(h->r) == 1) return lua_pushliteral(L, "unborn"), 1;
+    } else if (rc == 0) {
+        git_reference *cur;
+        if ((rc = git_reference_lookup(&cur, h->r, ref)) == GIT_ENOTFOUND)
+            return lua_pushliteral(L, "absent"), 1;
+        if (rc == 0 && git_reference_type(cur) == GIT_REFERENCE_SYMBOLIC) {
+            lua_pushfstring(L, "-> %s", git_reference_symbolic_target(cur));
+        } else if (rc == 0) {
+            git_object *obj = NULL, *c = NULL;
+            oid_hex(git_reference_target(cur), hex);
+            if (git_object_lookup(&obj, h->r, git_reference_target(cur), GIT_OBJECT_ANY) < 0)
+                lua_pushfstring(L, "object %s", hex);
+            else if (git_object_type(obj) != GIT_OBJECT_TAG)
+                lua_pushfstring(L, "%s %s", git_object_type2string(git_object_type(obj)), hex);
+            else if (git_object_peel(&c, obj, GIT_OBJECT_ANY) == 0) {
+                oid_hex(git_object_id(c), peeled);
+                lua_pushfstring(L, "tag %s on %s %s", hex,
+                                git_object_type2string(git_object_type(c)), peeled);
+            } else
+                lua_pushfstring(L, "tag %s", hex);
+            git_object_free(c), git_object_free(obj);
+        }
+        git_reference_free(cur);
+        if (rc == 0) return 1;
+    }
+    e = git_error_last();
+    return lua_pushfstring(L, "unreadable: %s", e && e->message ? e->message : "git error"), 1;
+}
+
+/* }====================================================== */
+
 /* The sandbox's targets of git.clone(url, dir): the directory, and the URL (net) or,
 ** for a local repository, its path. */
 static int clone_targets(lua_State *L, hrun_Target *t)
@@ -1188,12 +1410,14 @@ static const hrun_Prim git_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = init_inverse,
+     .state = init_state,
      .targets = hrun_targets_arg1},
     {.name = "clone",
      .func = l_clone,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = clone_inverse,
+     .state = clone_state,
      .targets = clone_targets},
     {.name = "fetch",
      .func = l_fetch,
@@ -1206,35 +1430,41 @@ static const hrun_Prim git_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = commit_inverse,
+     .state = commit_state,
      .targets = hrun_targets_arg1},
     {.name = "tag",
      .func = l_tag,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = tagref_inverse,
+     .state = tag_state,
      .targets = hrun_targets_arg1},
     {.name = "delete_tag",
      .func = l_delete_tag,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = tagref_inverse,
+     .state = tag_state,
      .targets = hrun_targets_arg1},
     {.name = "checkout_paths",
      .func = l_checkout_paths,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = checkout_paths_inverse,
+     .state = checkout_paths_state,
      .targets = hrun_targets_arg1},
     {.name = "checkout",
      .func = l_checkout,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = checkout_inverse,
+     .state = checkout_state,
      .targets = hrun_targets_arg1},
     {.name = "_setref",
      .func = l_setref,
      .kind = HRUN_WRITE,
      .cap = "git",
+     .state = setref_state,
      .targets = hrun_targets_arg1},
     {0},
 };

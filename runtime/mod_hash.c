@@ -861,6 +861,14 @@ static int hash_export_inverse(lua_State *L)
     return hrun_inverse(L, "fs.write", 1);
 }
 
+/* export's state is the file it writes (a symlink's target: written through) */
+static int hash_export_state(lua_State *L)
+{
+    lua_settop(L, 2);
+    lua_remove(L, 1);
+    return hrun_state(L, "fs.write", 1);
+}
+
 static const char *const export_options[] = {"format", NULL};
 
 /* [-1, +(1|3), e] Writes the text on top to the file at arg 2 — fs.write's body (atomic
@@ -1160,6 +1168,7 @@ static const hrun_Prim hash_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "hash",
      .inverse = hash_export_inverse,
+     .state = hash_export_state,
      .targets = hrun_targets_arg2},
     {0},
 };

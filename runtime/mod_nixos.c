@@ -1549,6 +1549,125 @@ static int l_flake_check(lua_State *L)
 
 /* }====================================================== */
 
+/* {======================================================
+** States, for the careful undo (runtime/undo.c)
+** ======================================================= */
+
+#define CURRENT_SYSTEM "/run/current-system"
+
+/*
+** A profile's fingerprint, key = its link (a profile, or /run/current-system):
+** "generation 42 /nix/store/…-nixos-system-…" (the generation its link names, and the
+** store path it is), "/nix/store/…" for a link that is no generation's, "absent".
+*/
+int hrun_profile_fp(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    char link[PATH_MAX], real[PATH_MAX];
+    if (path == NULL) return lua_pushliteral(L, "unreadable: no profile in the key"), 1;
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n < 0 && (errno == ENOENT || errno == ENOTDIR)) return lua_pushliteral(L, "absent"), 1;
+    if (n < 0 && errno == EINVAL) { /* not a link */
+        lua_pushliteral(L, "not a link: ");
+        hrun_path_fp(L);
+        lua_concat(L, 2);
+        return 1;
+    }
+    if (n < 0) return lua_pushfstring(L, "unreadable: %s", strerror(errno)), 1;
+    link[n] = '\0';
+    /* PROFILE -> PROFILE-N-link */
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    const char *lbase = strrchr(link, '/') ? strrchr(link, '/') + 1 : link;
+    size_t blen = strlen(base);
+    long gen = 0;
+    if (strncmp(lbase, base, blen) == 0 && lbase[blen] == '-' &&
+        isdigit((unsigned char)lbase[blen + 1])) {
+        char *end;
+        gen = strtol(lbase + blen + 1, &end, 10);
+        if (strcmp(end, "-link") != 0) gen = 0;
+    }
+    if (realpath(path, real) == NULL)
+        return lua_pushfstring(L, "-> %s (dangling: %s)", link, strerror(errno)), 1;
+    if (gen)
+        lua_pushfstring(L, "generation %d %s", (int)gen, real);
+    else
+        lua_pushstring(L, real);
+    return 1;
+}
+
+/* [-0, +0, m] Appends a "profile" entry for the link at path to the array at list. */
+static void add_profile(lua_State *L, int list, const char *path)
+{
+    char abs[PATH_MAX];
+    if (hrun_abspath(path, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", path);
+    lua_pushstring(L, abs);
+    hrun_addstate(L, list, "profile", abs);
+}
+
+/* Is the running system's link there (a NixOS booted as such)? Where it is not, what
+** an activation changes cannot be seen: only the profile is compared. */
+static int has_current_system(void)
+{
+    struct stat st;
+    return lstat(CURRENT_SYSTEM, &st) == 0;
+}
+
+/* nixos.rebuild: switch and boot move the profile, switch and test the running system;
+** the others change nothing, and a remote host's profile is not looked at from here
+** (nil: nothing to compare, the inverse runs). A test without /run/current-system has
+** nothing to compare either. */
+static int rebuild_state(lua_State *L)
+{
+    const char *action = luaL_checkstring(L, 1);
+    int sw = strcmp(action, "switch") == 0, boot = strcmp(action, "boot") == 0,
+        test = strcmp(action, "test") == 0 && has_current_system();
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "target_host") != LUA_TNIL) sw = boot = test = 0;
+    lua_settop(L, 2);
+    if (!(sw || boot || test)) return lua_pushnil(L), 1;
+    char pbuf[PATH_MAX];
+    const char *profile = rebuild_profile(L, 2, pbuf, sizeof pbuf);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    if (sw || boot) add_profile(L, list, profile);
+    if ((sw || test) && has_current_system()) add_profile(L, list, CURRENT_SYSTEM);
+    return 1;
+}
+
+/* nixos.rollback: the profile, and the running system when it switches */
+static int rollback_state(lua_State *L)
+{
+    hrun_checkopts(L, 1, rollback_options);
+    const char *profile = opt_profile(L, 1);
+    const char *action = hrun_optstring(L, 1, "action", "switch", NULL);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    add_profile(L, list, profile);
+    if (strcmp(action, "switch") == 0 && has_current_system()) add_profile(L, list, CURRENT_SYSTEM);
+    return 1;
+}
+
+/* nixos.flake_set_input: the file */
+static int flake_file_state(lua_State *L)
+{
+    const char *file = luaL_checkstring(L, 1);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), file);
+    return 1;
+}
+
+/* nixos.flake_update: the lock file */
+static int flake_lock_state(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    char lock[PATH_MAX];
+    snprintf(lock, sizeof lock, "%s/flake.lock", dir);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), lock);
+    return 1;
+}
+
+/* }====================================================== */
+
 /* nixos.rebuild(action, {flake = "path#host"}): the flake's directory (a flake that is
 ** not a path is left to an unscoped nix capability: it is compared as a relative path). */
 static int rebuild_targets(lua_State *L, hrun_Target *t)
@@ -1578,24 +1697,28 @@ static const hrun_Prim nixos_prims[] = {
      .cap = "nix",
      .writes = rebuild_writes,
      .inverse = rebuild_inverse,
+     .state = rebuild_state,
      .preview = rebuild_preview,
      .targets = rebuild_targets},
     {.name = "rollback",
      .func = l_rollback,
      .kind = HRUN_WRITE,
      .cap = "nix",
-     .inverse = rollback_inverse},
+     .inverse = rollback_inverse,
+     .state = rollback_state},
     {.name = "flake_set_input",
      .func = l_flake_set_input,
      .kind = HRUN_WRITE,
      .cap = "nix",
      .inverse = file_inverse,
+     .state = flake_file_state,
      .targets = hrun_targets_arg1},
     {.name = "flake_update",
      .func = l_flake_update,
      .kind = HRUN_WRITE,
      .cap = "nix",
      .inverse = lock_inverse,
+     .state = flake_lock_state,
      .targets = hrun_targets_arg1},
     {.name = "_activate", .func = l_activate, .kind = HRUN_WRITE, .cap = "nix"},
     {.name = "_set_input_text", .func = l_set_input_text, .kind = HRUN_PURE, .cap = "nix"},

@@ -279,6 +279,35 @@ static int stop_inverse(lua_State *L)
     return start_stop_inverse(L, 0);
 }
 
+/* A container's fingerprint, key = its name: "running", "not running", or "absent". */
+int hrun_container_fp(lua_State *L)
+{
+    const char *name = lua_tostring(L, 1);
+    if (name == NULL) return lua_pushliteral(L, "unreadable: no container in the key"), 1;
+    lua_pushcfunction(L, l_inspect);
+    lua_pushstring(L, name);
+    if (lua_pcall(L, 1, 3, 0) != LUA_OK)
+        return lua_pushfstring(L, "unreadable: %s", luaL_tolstring(L, -1, NULL)), 1;
+    if (!lua_istable(L, -3)) {
+        const char *code = lua_tostring(L, -1);
+        if (code && strcmp(code, "ENOENT") == 0) return lua_pushliteral(L, "absent"), 1;
+        return lua_pushfstring(L, "unreadable: %s", lua_tostring(L, -2)), 1;
+    }
+    lua_getfield(L, -3, "running");
+    lua_pushstring(L, lua_toboolean(L, -1) ? "running" : "not running");
+    return 1;
+}
+
+/* start and stop: the container (a restart has no state: it cannot be undone) */
+static int container_state(lua_State *L)
+{
+    const char *name = check_name(L, 1);
+    lua_newtable(L);
+    lua_pushstring(L, name);
+    hrun_addstate(L, lua_gettop(L) - 1, "container", name);
+    return 1;
+}
+
 static int restart_inverse(lua_State *L)
 {
     lua_pushnil(L);
@@ -303,12 +332,14 @@ static const hrun_Prim podman_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = start_inverse,
+     .state = container_state,
      .targets = hrun_targets_arg1},
     {.name = "stop",
      .func = l_stop,
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = stop_inverse,
+     .state = container_state,
      .targets = hrun_targets_arg1},
     {.name = "restart",
      .func = l_restart,

@@ -466,6 +466,49 @@ static int stop_inverse(lua_State *L)
     return start_stop_inverse(L, 0);
 }
 
+/*
+** A unit's fingerprint, key = its name: its ActiveState ("active", "inactive", "failed",
+** "activating", …); "absent" when systemd has no such unit. Only start and stop have one:
+** a restart or reload cannot be undone, there is nothing to find already undone.
+*/
+int hrun_unit_fp(lua_State *L)
+{
+    const char *unit = lua_tostring(L, 1);
+    if (unit == NULL) return lua_pushliteral(L, "unreadable: no unit in the key"), 1;
+    sd_bus *bus = open_bus(L, "service");
+    if (bus == NULL) return lua_pushfstring(L, "unreadable: %s", lua_tostring(L, -2)), 1;
+    sd_bus_error e = SD_BUS_ERROR_NULL;
+    int r = unit_path(L, bus, unit, &e);
+    if (r < 0) {
+        lua_pushfstring(L, "unreadable: %s", e.message ? e.message : strerror(-r));
+        sd_bus_error_free(&e);
+        return 1;
+    }
+    lua_newtable(L);
+    r = get_string(L, bus, lua_tostring(L, -2), SD_UNIT, "LoadState", "load");
+    get_string(L, bus, lua_tostring(L, -2), SD_UNIT, "ActiveState", "active");
+    lua_getfield(L, -1, "load");
+    lua_getfield(L, -2, "active");
+    const char *load = lua_tostring(L, -2), *active = lua_tostring(L, -1);
+    if (r < 0 || active == NULL)
+        lua_pushfstring(L, "unreadable: %s", strerror(r < 0 ? -r : EIO));
+    else if (load && strcmp(load, "not-found") == 0 && strcmp(active, "inactive") == 0)
+        lua_pushliteral(L, "absent");
+    else
+        lua_pushstring(L, active);
+    return 1;
+}
+
+/* start and stop: the unit */
+static int unit_state(lua_State *L)
+{
+    const char *unit = unit_name(L, 1);
+    lua_newtable(L);
+    lua_pushstring(L, unit);
+    hrun_addstate(L, lua_gettop(L) - 1, "unit", unit);
+    return 1;
+}
+
 /* restart and reload: nothing puts a process back as it was */
 static int no_inverse(lua_State *L)
 {
@@ -494,12 +537,14 @@ static const hrun_Prim service_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = start_inverse,
+     .state = unit_state,
      .targets = hrun_targets_arg1},
     {.name = "stop",
      .func = l_stop,
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = stop_inverse,
+     .state = unit_state,
      .targets = hrun_targets_arg1},
     {.name = "_reset_failed",
      .func = l_reset_failed,

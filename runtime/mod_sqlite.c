@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,7 +87,8 @@ static int sqlite_backup(lua_State *L)
     double started = hrun_monotime();
     if (lstat(dst, &st) == 0) return hrun_fail(L, "sqlite.backup", dst, EEXIST);
     if (stat(src, &st) < 0) return hrun_fail(L, "sqlite.backup", src, errno);
-    if (snprintf(tmp, sizeof tmp, "%s.hrun-%ld.tmp", dst, (long)getpid()) >= (int)sizeof tmp)
+    /* named from the effect (its journal, tmp-journal, too): leftovers finds them */
+    if (hrun_tmpname(L, dst, tmp, sizeof tmp) < 0)
         return hrun_fail(L, "sqlite.backup", dst, ENAMETOOLONG);
     int rc;
     sqlite3 *from = open_readonly(src, &rc), *to = NULL;
@@ -95,7 +97,7 @@ static int sqlite_backup(lua_State *L)
         sqlite3_close(from);
         return n;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd = mkostemp(tmp, O_CLOEXEC); /* 0600 */
     if (fd < 0) {
         sqlite3_close(from);
         return hrun_fail(L, "sqlite.backup", dst, errno);
@@ -256,6 +258,16 @@ static int sqlite_query(lua_State *L)
     return 1;
 }
 
+/* backup's state: the copy it makes */
+static int sqlite_backup_state(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    const char *dst = luaL_checkstring(L, 2);
+    lua_newtable(L);
+    hrun_addpath(L, lua_gettop(L), dst);
+    return 1;
+}
+
 static const hrun_Prim sqlite_prims[] = {
     {.name = "query",
      .func = sqlite_query,
@@ -267,6 +279,7 @@ static const hrun_Prim sqlite_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "fs",
      .inverse = sqlite_backup_inverse,
+     .state = sqlite_backup_state,
      .targets = hrun_targets_args12},
     {0},
 };

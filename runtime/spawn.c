@@ -1,17 +1,23 @@
 /*
-** spawn.c — child processes: posix_spawn into a new process group, a poll loop that
+** spawn.c — child processes: fork and exec into a new process group, a poll loop that
 ** feeds stdin and drains stdout and stderr (so neither pipe can fill and deadlock), a
 ** timeout and interrupts that stop the whole group, SIGTERM first, SIGKILL after a grace.
+**
+** Every child is reported (children.c's spawn sink: the journal records its group) before
+** it may run its program: it waits on a gate pipe between fork and exec, and only a byte
+** written after the report opens it. A refused child dies at the gate, having run nothing.
 */
 #include <dirent.h>
 #include <errno.h>
-#include <stdio.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/pidfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -21,6 +27,16 @@
 #include "internal.h"
 
 extern char **environ;
+
+/* What hrun_spawn reports each child to (children.c installs it with a spawn sink). */
+static hrun_SpawnReport default_report;
+static void *default_report_ud;
+
+void hrun_setspawnreport(hrun_SpawnReport report, void *ud)
+{
+    default_report = report;
+    default_report_ud = ud;
+}
 
 void hrun_proc_init(hrun_Proc *p)
 {
@@ -34,61 +50,151 @@ static void closefd(int *fd)
     *fd = -1;
 }
 
+/* The file name runs (searched in PATH as execvp does, in this process so that a missing
+** program fails before anything is started): 0, or ENOENT, EACCES. */
+static int find_program(const char *name, char *out, size_t size)
+{
+    if (strchr(name, '/')) {
+        if (strlen(name) >= size) return ENAMETOOLONG;
+        strcpy(out, name);
+        return 0;
+    }
+    const char *path = getenv("PATH");
+    int err = ENOENT;
+    if (path == NULL) path = "/bin:/usr/bin";
+    for (const char *dir = path;; dir++) {
+        const char *end = strchr(dir, ':');
+        size_t len = end ? (size_t)(end - dir) : strlen(dir);
+        int n = len == 0 ? snprintf(out, size, "%s", name) /* "" is the working directory */
+                         : snprintf(out, size, "%.*s/%s", (int)len, dir, name);
+        struct stat st;
+        if (n > 0 && (size_t)n < size && stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (access(out, X_OK) == 0) return 0;
+            err = EACCES;
+        }
+        if (end == NULL) break;
+        dir = end;
+    }
+    return err;
+}
+
+/* fd moved (if need be) above the standard three, so that setting those up cannot
+** overwrite it; close-on-exec. */
+static int above_std(int fd)
+{
+    return fd > 2 ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+/* The child between fork and exec: async-signal-safe calls only (this process may have
+** threads). fds: its stdin, stdout, stderr; theirs: the parent's ends, closed first (the
+** gate's, so that the parent's death is EOF). Reports a failure as its errno on ep and
+** exits 127. */
+static _Noreturn void child(const char *file, const hrun_SpawnOpts *o, int fds[3], int gate, int ep,
+                            const int theirs[5])
+{
+    struct sigaction dfl;
+    sigset_t none;
+    char b;
+    int err = 0;
+
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, NULL);
+    setpgid(0, 0);
+    for (int i = 0; i < 5; i++)
+        if (theirs[i] >= 0) close(theirs[i]);
+    gate = above_std(gate), ep = above_std(ep);
+    for (int i = 0; i < 3; i++) fds[i] = above_std(fds[i]);
+    /* the parent opens the gate once the report is made; EOF: it refused, or died */
+    ssize_t n;
+    do n = read(gate, &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1) _exit(127);
+    for (int i = 0; i < 3 && err == 0; i++)
+        if (dup2(fds[i], i) < 0) err = errno;
+    if (err == 0 && o->cwd && chdir(o->cwd) < 0) err = errno;
+    if (err == 0) {
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(file, o->argv, o->envp ? o->envp : environ);
+        err = errno;
+    }
+    while (write(ep, &err, sizeof err) < 0 && errno == EINTR) {
+    }
+    _exit(127);
+}
+
 int hrun_spawn(hrun_Proc *p, const hrun_SpawnOpts *o)
 {
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    sigset_t none, all;
-    int rc = 0;
+    return hrun_spawn_reported(p, o, default_report, default_report_ud);
+}
 
-    if ((o->input && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
-        pipe2(err, O_CLOEXEC) < 0) {
-        rc = errno;
-        closefd(&in[0]), closefd(&in[1]), closefd(&out[0]), closefd(&out[1]);
-        return rc;
-    }
-    posix_spawn_file_actions_init(&fa);
+int hrun_spawn_reported(hrun_Proc *p, const hrun_SpawnOpts *o, hrun_SpawnReport report, void *ud)
+{
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, gate[2] = {-1, -1};
+    int ep[2] = {-1, -1};
+    char file[PATH_MAX];
+    sigset_t all, old;
+    int rc = find_program(o->argv[0], file, sizeof file);
+
+    if (rc != 0) return rc;
     if (o->input)
-        posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    else
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    if (o->cwd) posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
-
-    /* a process group of its own, so a timeout reaches its children too; the signal
-    ** dispositions and mask this process changed are reset for it */
-    posix_spawnattr_init(&attr);
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-
-    pid_t pid;
-    char *const *envp = o->envp ? o->envp : environ;
-    if (strchr(o->argv[0], '/'))
-        rc = posix_spawn(&pid, o->argv[0], &fa, &attr, o->argv, envp);
-    else
-        rc = posix_spawnp(&pid, o->argv[0], &fa, &attr, o->argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    closefd(&in[0]), closefd(&out[1]), closefd(&err[1]);
-    if (rc != 0) {
-        closefd(&in[1]), closefd(&out[0]), closefd(&err[0]);
-        return rc;
+        rc = pipe2(in, O_CLOEXEC);
+    else if ((in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
+        rc = -1;
+    if (rc < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 ||
+        pipe2(gate, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
+        rc = errno;
+        goto done;
     }
+    /* nothing may run a handler in the child before it resets them all */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0)
+        child(file, o, (int[3]){in[0], out[1], err[1]}, gate[0], ep[1],
+              (int[5]){in[1], out[0], err[0], gate[1], ep[0]});
+    rc = pid < 0 ? errno : 0;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) goto done;
+    setpgid(pid, pid); /* the child does it too: it is done before either goes on */
+    closefd(&in[0]), closefd(&out[1]), closefd(&err[1]), closefd(&gate[0]), closefd(&ep[1]);
     p->pid = p->pgid = pid;
+
+    if (report && report(ud, p, o->argv[0]) != 0) {
+        rc = HRUN_REFUSED;
+    } else {
+        ssize_t n;
+        do n = write(gate[1], "", 1);
+        while (n < 0 && errno == EINTR);
+        closefd(&gate[1]);
+        int cerr = 0;
+        do n = read(ep[0], &cerr, sizeof cerr);
+        while (n < 0 && errno == EINTR);
+        rc = n == (ssize_t)sizeof cerr ? cerr : 0; /* EOF: exec closed it */
+    }
+    if (rc != 0) {
+        /* refused: it dies at the gate, having run nothing; or its exec failed */
+        kill(-pid, SIGKILL);
+        closefd(&gate[1]);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        p->pid = 0;
+        goto done;
+    }
     p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     p->fds[0] = in[1], p->fds[1] = out[0], p->fds[2] = err[0];
+    in[1] = out[0] = err[0] = -1;
     for (int i = 0; i < 3; i++)
         if (p->fds[i] >= 0) fcntl(p->fds[i], F_SETFL, fcntl(p->fds[i], F_GETFL) | O_NONBLOCK);
     p->input_off = 0;
     p->started = hrun_monotime();
-    return 0;
+done:
+    closefd(&in[0]), closefd(&in[1]), closefd(&out[0]), closefd(&out[1]);
+    closefd(&err[0]), closefd(&err[1]), closefd(&gate[0]), closefd(&gate[1]);
+    closefd(&ep[0]), closefd(&ep[1]);
+    return rc;
 }
 
 static void signal_group(hrun_Proc *p, int sig)

@@ -174,9 +174,12 @@ static int db_exec(lua_State *L)
     const char *sql = luaL_checkstring(L, 2);
     char *msg = NULL;
     if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        lua_pushfstring(L, "journal: %s (in: %.60s)", msg ? msg : sqlite3_errmsg(d->db), sql);
+        /* lua_pushfstring knows no precision; and msg is freed before anything raises */
+        char text[512];
+        snprintf(text, sizeof text, "journal: %s (in: %.60s)", msg ? msg : sqlite3_errmsg(d->db),
+                 sql);
         sqlite3_free(msg);
-        return lua_error(L);
+        return luaL_error(L, "%s", text);
     }
     return 0;
 }

@@ -123,10 +123,13 @@ function skip(reason)
   error(setmetatable({ reason = reason }, SKIP), 0)
 end
 
--- need(program): skip unless program is on PATH
+-- need(program): fails unless program is on PATH (or, given as a path, executable).
+-- Never a skip: every program the tests call is installed by scripts/install-deps.sh,
+-- and tests/spec/deps_spec.lua checks that it names a package for each.
 function need(program)
-  if not exec.run({ "sh", "-c", "command -v " .. program }, { check = false, readonly = true }).ok then
-    skip(program .. " is not installed")
+  if not exec.run({ "sh", "-c", "command -v " .. shq(program) }, { check = false, readonly = true }).ok then
+    error(string.format("%s is not installed: scripts/install-deps.sh installs it (the tests need it; " ..
+      "tests/spec/deps_spec.lua names its Debian package)", program), 2)
   end
 end
 

@@ -65,6 +65,15 @@ typedef struct hrun_Prim {
     ** into). Must not raise; an argument of the wrong type is left to the primitive.
     ** NULL: the call touches nothing in particular (any capability of its name will do). */
     int (*targets)(lua_State *L, hrun_Target *t);
+    /* For a write whose undo can check its ground first: [-0, +1, e] with the call's
+    ** arguments at 1..top, pushes what the call changes, an array with one entry per
+    ** thing: {kind = "path", target = "/abs/path" (for people), key = what the kind's
+    ** fingerprint reads back (plain data)}, plus, for leftovers, `locks` (lock files a
+    ** kill may leave) or `aside_of`. The engine adds each entry's fingerprint
+    ** (runtime/undo.c), before the call and again before its inverse runs: equal to
+    ** before, already undone; unlike before and after, changed since. Raises only for
+    ** misuse. NULL, or nil pushed: nothing to compare (exec.run, a restart). */
+    lua_CFunction state;
 } hrun_Prim;
 
 /* Targets functions for the common shapes: argument 1, argument 2, arguments 1 and 2;
@@ -113,6 +122,11 @@ int hrun_inverse(lua_State *L, const char *fullname, int n);
 /* [-0, +1, e] Runs the preview function of primitive `fullname` with the n values on
 ** top as its arguments (popped); pushes its table, or nil when it has none. */
 int hrun_preview(lua_State *L, const char *fullname, int n);
+
+/* [-0, +1, e] Runs the state function of primitive `fullname` with the n values on
+** top as its arguments (popped); pushes its array of states (without fingerprints), or
+** nil when it has none. */
+int hrun_state(lua_State *L, const char *fullname, int n);
 
 /* Where inverse functions save what a write will destroy (the current run's stash
 ** directory), or NULL outside a journaled run. */

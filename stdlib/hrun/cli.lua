@@ -41,7 +41,7 @@ local flags = {
   ["-p"] = { key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
   ["--param"] = { key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
   ["--params"] = { key = "params_files", value = "FILE", multi = true, only = PLAYBOOK_CMDS },
-  ["--plan"] = { key = "plan", only = { playbook = true } },
+  ["--plan"] = { key = "plan", only = { playbook = true, rollback = true } },
   ["--from"] = { key = "from", value = "STEP", only = { playbook = true, plan = true } },
   ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
@@ -49,7 +49,9 @@ local flags = {
   ["--notify"] = { key = "notify", value = "URL", multi = true,
     only = { playbook = true, resume = true, rollback = true } },
   ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
-  ["--force"] = { key = "force", only = { resume = true } },
+  ["--force"] = { key = "force", only = { resume = true, rollback = true } },
+  ["-m"] = { key = "message", value = "WHY", only = { resolve = true } },
+  ["--message"] = { key = "message", value = "WHY", only = { resolve = true } },
   ["--sandbox"] = { key = "sandbox", only = { playbook = true, plan = true, check = true } },
   ["--memory-limit"] = { key = "memory_limit", value = "SIZE",
     only = { playbook = true, plan = true, check = true, resume = true, rollback = true } },
@@ -79,7 +81,8 @@ end
 -- }======================================================
 
 local commands = {}
-local command_order = { "playbook", "plan", "check", "resume", "rollback", "runs", "show", "hash", "verify", "fetch",
+local command_order = { "playbook", "plan", "check", "resume", "rollback", "resolve", "runs", "show", "hash", "verify",
+  "fetch",
   "run", "-e", "repl", "version", "help" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
@@ -285,15 +288,39 @@ began, resuming needs --force.]],
 }
 
 commands.rollback = {
-  usage = "hrun rollback [RUN]",
+  usage = "hrun rollback [RUN] [--plan] [--force]",
   summary = "undo a run's changes (default: the latest)",
   help = [[
-Undoes a finished, failed, stopped or crashed run: newest step first, each by its undo
-function (when the playbook is there unchanged) or by the inverses its writes
-journaled. What cannot be undone is reported and the run ends rollback-incomplete
-(exit 2).]],
+Undoes a finished, failed, stopped or crashed run: newest step first, a completed step
+with an undo function by that function — of the playbook version that ran it, which
+the journal keeps — and any other step by the inverses its writes journaled. Children
+a crash left running are stopped first. Every undo attempt is journaled: a step is
+undone only when its undo succeeded, and running hrun rollback RUN again retries
+exactly what is not undone yet, by the same means. An inverse that finds its work
+already done succeeds; one that finds what it would restore changed since the run
+(a file edited, a subvolume written) leaves it and fails, naming it. The run is
+rolled-back only when every step is undone; otherwise rollback-incomplete (exit 2),
+and 'hrun show RUN' says what is not undone and why.
+  --plan    list every undo in the order it would run, with its target, and whether
+            it is already undone or changed since; change nothing (--json: events)
+  --force   undo over later runs that touched the same targets (refused otherwise,
+            exit 3), overwrite what changed since the run, and undo a step whose
+            undo function is not to be had by its journaled inverses]],
   run = function(opts, args)
     return play(opts, require("hrun.play").rollback, one_arg("rollback", args, "run", true), need_state(opts))
+  end,
+}
+
+commands.resolve = {
+  usage = "hrun resolve RUN -m WHY",
+  summary = "mark a run that cannot be closed as resolved by hand",
+  help = [[
+Marks a run whose rollback is incomplete, or that crashed, as resolved by a person,
+with the reason: journaled with who and when, shown by hrun runs, show and --md. It
+changes nothing on the system and nothing of the run's steps; the run no longer
+protects its snapshots from btrfs.prune. hrun rollback RUN still works on it.]],
+  run = function(opts, args)
+    return play(opts, require("hrun.play").resolve, one_arg("resolve", args, "run"), need_state(opts))
   end,
 }
 

@@ -101,7 +101,7 @@ end
 
 -- The step as the playbook on disk now defines it (after an edit), or nil.
 function Debugger:reload(item)
-  local ok, pb = pcall(play.load, self.priv, self.runner.path, self.state)
+  local ok, pb, hash, src = pcall(play.load, self.priv, self.runner.path, self.state)
   if not ok then
     local lines = getmetatable(pb) == play.Bad and pb.lines or { tostring(pb) }
     for _, line in ipairs(lines) do
@@ -109,7 +109,7 @@ function Debugger:reload(item)
     end
     return nil
   end
-  self.runner.pb = pb
+  self.runner:adopt(pb, hash, src) -- journaled: a rollback undoes each step with the version that ran it
   return lookup(pb, item.phase .. "/" .. item.name)
 end
 
@@ -138,10 +138,11 @@ function Session:runner()
     return self.r
   end
   local priv, opts = self.priv, self.opts
-  local lk, j, id = play.begin_run(priv, self.state, self.pb, self.path, self.hash, self.params, "debug")
+  local lk, j, id = play.begin_run(priv, self.state, self.pb, self.path, self.hash, self.params, "debug", nil,
+    nil, self.src)
   self.lock, self.journal = lk, j
   self.r = runner_mod.new({ priv = priv, ui = play.new_ui(priv, opts), pb = self.pb, params = self.params,
-    journal = self.journal, run_id = id, path = self.path, opts = opts })
+    journal = self.journal, run_id = id, path = self.path, opts = opts, pb_hash = self.hash, run_hash = self.hash })
   self.r:emit({ event = "run-start", run = id, playbook = self.pb.name, version = self.pb.version, path = self.path })
   return self.r
 end
@@ -182,7 +183,7 @@ end
 function Session:close()
   if self.r then
     local status = self.rolled_back or "done"
-    self.journal:set_run(self.r.run_id, { status = status, ended = sys.now() })
+    self.journal:set_run(self.r.run_id, { status = status, outcome = status, ended = sys.now() })
     self.priv.setstash(nil)
     self.journal:close()
     self.lock:release()
@@ -196,13 +197,13 @@ function M.session(priv, opts, path, state)
     error(setmetatable({ lines = { path .. ": a playbook from hrun fetch runs in the capability sandbox; " ..
       "the REPL and the debugger have every power" } }, play.Bad), 0)
   end
-  local pb, hash = play.load(priv, path, state)
+  local pb, hash, src = play.load(priv, path, state)
   local params, problems = dsl.params(pb, opts.params_files or {}, opts.params or {}, priv.nearest)
   if not params then
     error(setmetatable({ lines = problems }, play.Bad), 0)
   end
   local s = setmetatable({ priv = priv, opts = opts, path = path, state = state, pb = pb, hash = hash,
-    params = params }, Session)
+    src = src, params = params }, Session)
   local env = setmetatable({}, { __index = _G })
   env.playbook = pb
   env.params = params

@@ -141,6 +141,63 @@ local migrations = {
       GROUP BY manifest, part ORDER BY manifest, part;
     DROP TABLE entries
   ]],
+  -- 5: undo is journaled state. A step or effect keeps its own outcome; whether it is
+  -- undone is a column beside it, and every undo attempt (a step's undo function, each
+  -- operation of an inverse) is a row with its outcome, so a rollback retries exactly
+  -- what is not undone yet. An effect keeps the state of what it changed before and
+  -- after (for "already undone" and "changed since"); a run keeps its own outcome and
+  -- time beside its later rollback's; each version of the playbook that ran a step is
+  -- kept; children are recorded while they run, to be stopped after a crash.
+  [5] = [[
+    ALTER TABLE runs ADD COLUMN outcome TEXT;          -- how the run itself ended
+    ALTER TABLE runs ADD COLUMN rollback_status TEXT;  -- of the latest hrun rollback
+    ALTER TABLE runs ADD COLUMN rollback_started REAL;
+    ALTER TABLE runs ADD COLUMN rollback_ended REAL;
+    ALTER TABLE runs ADD COLUMN resolved TEXT;         -- hrun resolve -m: why
+    ALTER TABLE runs ADD COLUMN resolved_by TEXT;
+    ALTER TABLE runs ADD COLUMN resolved_at REAL;
+    UPDATE runs SET outcome = status WHERE status NOT IN ('running');
+    ALTER TABLE steps ADD COLUMN undo_status TEXT;     -- NULL, undone, undo-failed
+    ALTER TABLE steps ADD COLUMN playbook TEXT;        -- the sha256 of the version that ran it
+    UPDATE steps SET undo_status = status,
+      status = CASE WHEN error IS NULL AND ended IS NOT NULL THEN 'done' ELSE 'failed' END
+      WHERE status IN ('undone', 'undo-failed');
+    ALTER TABLE effects ADD COLUMN undo_status TEXT;   -- NULL, undone, undo-failed, irreversible
+    ALTER TABLE effects ADD COLUMN before TEXT;        -- JSON: the state of its targets before
+    ALTER TABLE effects ADD COLUMN after TEXT;         -- … right after it
+    ALTER TABLE effects ADD COLUMN settled TEXT;       -- … and when its step ended
+    UPDATE effects SET undo_status = status,
+      status = CASE WHEN ended IS NULL THEN 'intent' ELSE 'done' END
+      WHERE status IN ('undone', 'undo-failed', 'irreversible');
+    CREATE TABLE undos (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      step INTEGER NOT NULL REFERENCES steps(id),
+      effect INTEGER REFERENCES effects(id),  -- NULL: the step's undo function
+      op INTEGER,                      -- which operation of the inverse (1-based)
+      how TEXT NOT NULL,               -- undo, inverse, already-undone, irreversible, forced
+      status TEXT NOT NULL,            -- running, ok, failed
+      error TEXT,
+      started REAL NOT NULL, ended REAL
+    );
+    CREATE INDEX undos_step ON undos(step);
+    CREATE TABLE playbooks (
+      hash TEXT PRIMARY KEY,           -- sha256 of the content
+      path TEXT NOT NULL,
+      content BLOB NOT NULL
+    );
+    CREATE TABLE children (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      step INTEGER,
+      pgid INTEGER NOT NULL, pid INTEGER NOT NULL,
+      start INTEGER NOT NULL,          -- the leader's start, clock ticks after boot
+      boot TEXT NOT NULL,              -- /proc/sys/kernel/random/boot_id
+      argv0 TEXT,
+      returned INTEGER NOT NULL DEFAULT 0  -- the call that started it returned
+    );
+    CREATE INDEX children_run ON children(run)
+  ]],
 }
 
 M.schema_version = #migrations
@@ -262,11 +319,22 @@ function Journal:end_phase(id, status, time)
   self:write("UPDATE phases SET status = ?, ended = ? WHERE id = ?", status, time, id)
 end
 
+-- Keeps a version of a playbook (its content under its sha256), once.
+function Journal:keep_playbook(hash, path, content)
+  self:write("INSERT OR IGNORE INTO playbooks (hash, path, content) VALUES (?, ?, ?)", hash, path, content)
+end
+
+-- The content of the playbook version hash, or nil when the journal does not have it.
+function Journal:playbook(hash)
+  local row = hash and self.db:query("SELECT content FROM playbooks WHERE hash = ?", hash)[1]
+  return row and row.content
+end
+
 function Journal:new_step(s)
   local _, id = self:write([[INSERT INTO steps (run, phase, name, kind, status, has_undo, irreversible,
-      started) VALUES (?, ?, ?, ?, ?, ?, ?, ?)]],
+      started, playbook) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)]],
     s.run, s.phase, s.name, s.kind, s.status or "running", s.has_undo and 1 or 0, s.irreversible and 1 or 0,
-    s.started)
+    s.started, s.playbook)
   return id
 end
 
@@ -275,8 +343,14 @@ function Journal:end_step(id, f)
     f.status, f.attempts or 0, f.state, f.error, f.ended, id)
 end
 
-function Journal:set_step_status(id, status, undo_error)
-  self:write("UPDATE steps SET status = ?, undo_error = ? WHERE id = ?", status, undo_error, id)
+function Journal:set_step_status(id, status)
+  self:write("UPDATE steps SET status = ? WHERE id = ?", status, id)
+  self:commit()
+end
+
+-- Whether a step is undone (undone, undo-failed) and why not: durable.
+function Journal:set_step_undo(id, undo_status, err)
+  self:write("UPDATE steps SET undo_status = ?, undo_error = ? WHERE id = ?", undo_status, err, id)
   self:commit()
 end
 
@@ -287,34 +361,123 @@ end
 -- ======================================================
 
 function Journal:intent(e)
-  local _, id = self:write([[INSERT INTO effects (run, step, op, args, inverse, no_inverse, status, started)
-      VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)]],
-    e.run, e.step, e.op, e.args, e.inverse and codec.encode(e.inverse) or nil, e.no_inverse, e.started)
+  local _, id = self:write([[INSERT INTO effects (run, step, op, args, inverse, no_inverse, status, started,
+      before) VALUES (?, ?, ?, ?, ?, ?, 'intent', ?, ?)]],
+    e.run, e.step, e.op, e.args, e.inverse and codec.encode(e.inverse) or nil, e.no_inverse, e.started,
+    e.before and codec.encode(e.before) or nil)
   self:commit() -- before the write acts: after a crash the journal knows it may have happened
   return id
 end
 
-function Journal:effect_end(id, status, result, err, time)
-  self:write("UPDATE effects SET status = ?, result = ?, error = ?, ended = ? WHERE id = ?",
-    status, result, err, time, id)
+function Journal:effect_end(id, status, result, err, time, after)
+  self:write("UPDATE effects SET status = ?, result = ?, error = ?, ended = ?, after = ? WHERE id = ?",
+    status, result, err, time, after and codec.encode(after) or nil, id)
 end
 
--- Durable: an undone effect must not be undone twice after a crash.
-function Journal:set_effect_status(id, status, err)
-  self:write("UPDATE effects SET status = ?, error = coalesce(?, error) WHERE id = ?", status, err, id)
+-- The state of what an effect changed as its step left it.
+function Journal:effect_settled(id, settled)
+  self:write("UPDATE effects SET settled = ? WHERE id = ?", settled and codec.encode(settled) or nil, id)
+end
+
+-- Whether an effect is undone (undone, undo-failed, irreversible) and why not: durable,
+-- so that an undone effect is never undone twice after a crash.
+function Journal:set_effect_undo(id, undo_status, err)
+  self:write("UPDATE effects SET undo_status = ?, error = coalesce(?, error) WHERE id = ?", undo_status, err, id)
   self:commit()
 end
 
--- The effects of a step that may have happened (intent or done) or whose undo failed
--- before, newest first.
+local function decode_effect(e)
+  e.inverse = codec.decode(e.inverse)
+  e.before = codec.decode(e.before)
+  e.after = codec.decode(e.after)
+  e.settled = codec.decode(e.settled)
+  return e
+end
+
+-- The effects of a step that may have happened (intent, done, partial) and are not
+-- undone yet, newest first.
 function Journal:effects_to_undo(step)
   local rows = self.db:query([[SELECT * FROM effects WHERE step = ?
-      AND status IN ('intent', 'done', 'partial', 'undo-failed') ORDER BY id DESC]], step)
+      AND status IN ('intent', 'done', 'partial') AND coalesce(undo_status, '') IN ('', 'undo-failed')
+      ORDER BY id DESC]], step)
   for _, e in ipairs(rows) do
-    e.inverse = codec.decode(e.inverse)
+    decode_effect(e)
   end
   return rows
 end
+
+-- {======================================================
+-- Undo attempts: a row each, durable before and after, so that what a crash or a
+-- failure interrupted is tried again and what succeeded never is
+-- ======================================================
+
+-- undo_begin{run, step, effect, op, how} → id
+function Journal:undo_begin(u)
+  local _, id = self:write([[INSERT INTO undos (run, step, effect, op, how, status, started)
+      VALUES (?, ?, ?, ?, ?, 'running', ?)]], u.run, u.step, u.effect, u.op, u.how, u.started)
+  self:commit()
+  return id
+end
+
+function Journal:undo_end(id, status, err, time)
+  self:write("UPDATE undos SET status = ?, error = ?, ended = ? WHERE id = ?", status, err, time, id)
+  self:commit()
+end
+
+-- The operations of an effect's inverse that an earlier attempt completed: {[op] = true};
+-- and those an earlier attempt began and did not finish (a crash, an interrupt).
+function Journal:ops_done(effect)
+  local done, begun = {}, {}
+  for _, u in ipairs(self.db:query("SELECT op, status FROM undos WHERE effect = ? AND op IS NOT NULL", effect)) do
+    if u.status == "ok" then
+      done[u.op] = true
+    elseif u.status == "running" then
+      begun[u.op] = true
+    end
+  end
+  return done, begun
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Children: recorded while they run, so that a resume or rollback after a crash stops
+-- any still running. SIGKILL loses nothing the kernel has, so this commit skips the
+-- fsync (a power cut ends the children too); when a transaction is open it rides on it.
+-- ======================================================
+
+function Journal:child(run, step, c)
+  local sql = [[INSERT INTO children (run, step, pgid, pid, start, boot, argv0) VALUES (?, ?, ?, ?, ?, ?, ?)]]
+  if self.db:in_transaction() then
+    local _, id = self:write(sql, run, step, c.pgid, c.pid, c.start, c.boot, c.argv0)
+    self:commit()
+    return id
+  end
+  self.db:exec("PRAGMA synchronous=OFF")
+  local ok, _, id = pcall(self.write, self, sql, run, step, c.pgid, c.pid, c.start, c.boot, c.argv0)
+  local cok, cerr = pcall(self.commit, self)
+  self.db:exec("PRAGMA synchronous=FULL")
+  if not ok then
+    error(_, 0)
+  elseif not cok then
+    error(cerr, 0)
+  end
+  return id
+end
+
+-- The calls that started these children returned: nothing of theirs to stop after a crash.
+function Journal:children_returned(ids)
+  for _, id in ipairs(ids) do
+    self:write("UPDATE children SET returned = 1 WHERE id = ?", id)
+  end
+end
+
+-- The children of a run whose call never returned (hrun died while it waited).
+function Journal:live_children(run)
+  return self.db:query("SELECT * FROM children WHERE run = ? AND returned = 0 ORDER BY id", run)
+end
+
+-- }======================================================
 
 -- An event: committed with the next durable write.
 function Journal:event(run, ev)
@@ -350,8 +513,9 @@ function Journal:run(id)
     s.state = codec.decode(s.state)
     s.effects = self.db:query("SELECT * FROM effects WHERE step = ? ORDER BY id", s.id)
     for _, e in ipairs(s.effects) do
-      e.inverse = codec.decode(e.inverse)
+      decode_effect(e)
     end
+    s.undos = self.db:query("SELECT * FROM undos WHERE step = ? ORDER BY id", s.id)
   end
   r.events = self.db:query("SELECT * FROM events WHERE run = ? ORDER BY id", id)
   return r
@@ -363,7 +527,7 @@ function Journal:references(path)
   local needle = require("hrun.json").encode(path):sub(2, -2)
   return #self.db:query([[SELECT 1 FROM effects e JOIN runs r ON e.run = r.id
       WHERE r.status IN ('running', 'stopped', 'rollback-incomplete')
-      AND e.status IN ('intent', 'done', 'undo-failed')
+      AND e.status IN ('intent', 'done', 'partial') AND coalesce(e.undo_status, '') <> 'undone'
       AND (instr(e.args, ?) > 0 OR instr(coalesce(e.inverse, ''), ?) > 0) LIMIT 1]], needle, needle) > 0
 end
 
@@ -372,14 +536,49 @@ function Journal:latest_run()
   return r and r.id
 end
 
--- The steps of a run that rollback must consider, newest first.
+-- The steps of a run that may have changed something and are not undone yet, newest
+-- first: what a rollback undoes (and retries).
+local UNDOABLE = [[kind = 'step' AND status IN ('done', 'failed', 'running', 'interrupted')
+      AND coalesce(undo_status, '') <> 'undone']]
+
 function Journal:steps_to_undo(run)
-  local rows = self.db:query([[SELECT * FROM steps WHERE run = ? AND kind = 'step'
-      AND status IN ('done', 'failed', 'running', 'interrupted', 'undo-failed') ORDER BY id DESC]], run)
+  local rows = self.db:query("SELECT * FROM steps WHERE run = ? AND " .. UNDOABLE .. " ORDER BY id DESC", run)
   for _, s in ipairs(rows) do
     s.state = codec.decode(s.state)
   end
   return rows
+end
+
+-- How many of a run's steps are not undone yet.
+function Journal:not_undone(run)
+  return self.db:query("SELECT count(*) AS n FROM steps WHERE run = ? AND " .. UNDOABLE, run)[1].n
+end
+
+-- The targets of a run's effects that are not undone: {{kind, target, effect, op}}.
+function Journal:targets(run)
+  local out = {}
+  for _, e in ipairs(self.db:query([[SELECT e.id, e.op, e.before, e.after FROM effects e JOIN steps s ON e.step = s.id
+      WHERE e.run = ? AND e.status IN ('intent', 'done', 'partial')
+      AND coalesce(e.undo_status, '') NOT IN ('undone')
+      AND coalesce(s.undo_status, '') <> 'undone' ORDER BY e.id]], run)) do
+    local seen = {}
+    for _, states in ipairs({ codec.decode(e.before) or {}, codec.decode(e.after) or {} }) do
+      for _, st in ipairs(states) do
+        local key = tostring(st.kind) .. "\0" .. tostring(st.target)
+        if not seen[key] then
+          seen[key] = true
+          out[#out + 1] = { kind = st.kind, target = st.target, effect = e.id, op = e.op }
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- The runs after run that are not rolled back, newest first.
+function Journal:later_runs(run)
+  return self.db:query([[SELECT id, playbook, status, started FROM runs WHERE id > ?
+      AND status <> 'rolled-back' ORDER BY id DESC]], run)
 end
 
 -- }======================================================

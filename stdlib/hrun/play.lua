@@ -70,15 +70,21 @@ local function check_trust(priv, path, what)
   end
 end
 
--- load(priv, path, state [, sandboxed, opts]) → playbook, hash; raises Bad with every
--- problem found. A sandboxed playbook is evaluated with no capability at all, within
--- LOAD_SECONDS and its memory limit.
+-- load(priv, path, state [, sandboxed, opts]) → playbook, hash, source; raises Bad with
+-- every problem found. A sandboxed playbook is evaluated with no capability at all,
+-- within LOAD_SECONDS and its memory limit.
 function M.load(priv, path, state, sandboxed, opts)
   check_trust(priv, path, "playbook")
   local src, err = fs.read(path)
   if not src then
     bad(err)
   end
+  return M.load_source(priv, path, src, state, sandboxed, opts)
+end
+
+-- load_source(priv, path, src, …): the same, from the source text (a version the
+-- journal kept); messages name path.
+function M.load_source(priv, path, src, state, sandboxed, opts)
   local env = dsl.environment(M.modules(priv, state),
     { allowed = priv.allowed, mask = priv.mask, armthread = priv.armthread })
   local chunk, lerr = load(src, "@" .. path, "t", env)
@@ -130,7 +136,7 @@ function M.load(priv, path, state, sandboxed, opts)
     end
     bad(problems)
   end
-  return pb, priv.sha256(src)
+  return pb, priv.sha256(src), src
 end
 
 -- Checks --from and --only against the playbook.
@@ -257,7 +263,7 @@ end
 -- journal, run id: takes the state directory's lock, journals a new run with its
 -- provenance (mode "debug" with --debug or from the REPL) and whether it runs in the
 -- sandbox (so that resume and rollback keep it there), and points the stash at it.
-function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed)
+function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed, src)
   assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
   local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
     ui_mod.timestamp(sys.now())))
@@ -268,6 +274,10 @@ function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed)
     mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
     hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0 })
+  if src then -- rollback undoes each step with the version of the playbook that ran it
+    j:keep_playbook(hash, path, src)
+    j:commit()
+  end
   lk:note(string.format("pid %d, run %d (%s), since %s", self_pid(), run_id, path, ui_mod.timestamp(sys.now())))
   priv.setstash(stash_dir(state, run_id), run_id)
   return lk, j, run_id
@@ -291,7 +301,7 @@ end
 function M.run(priv, opts, path, state, setup)
   path = M.absolute(path)
   local sandboxed = opts.sandbox or M.fetched(priv, path)
-  local pb, hash = M.load(priv, path, state, sandboxed, opts)
+  local pb, hash, src = M.load(priv, path, state, sandboxed, opts)
   for _, file in ipairs(opts.params_files or {}) do
     check_trust(priv, file, "params file")
   end
@@ -312,9 +322,9 @@ function M.run(priv, opts, path, state, setup)
   end
   -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
   local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
-    (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed)
+    (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed, src)
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
-    path = path, opts = opts, git = prov, sandbox = sandboxed })
+    path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash })
   if setup then
     setup(r)
   end
@@ -513,23 +523,57 @@ local function reload(priv, r, state, opts)
     return nil, "the playbook " .. r.path .. " is gone"
   end
   M.memory_limit(opts) -- a malformed --memory-limit is the command line's problem
-  local ok, pb, hash = pcall(M.load, priv, r.path, state, r.sandbox == 1, opts)
+  local ok, pb, hash, src = pcall(M.load, priv, r.path, state, r.sandbox == 1, opts)
   if not ok then
     local why = getmetatable(pb) == Bad and table.concat(pb.lines, "; ") or tostring(pb)
     return nil, "the playbook " .. r.path .. " no longer loads (" .. why .. ")"
   end
   if hash ~= r.hash then
-    return nil, string.format("the playbook %s changed since run %d began", r.path, r.id), pb, hash
+    return nil, string.format("the playbook %s changed since run %d began", r.path, r.id), pb, hash, src
   end
   return pb
+end
+
+-- versions(priv, j, r, state, opts) → fn(hash) → the playbook version the journal
+-- kept for run r, or nil and why: what rollback undoes a step with.
+local function versions(priv, j, r, state, opts)
+  local cache = {}
+  return function(hash)
+    if not cache[hash] then
+      local src = j:playbook(hash)
+      if not src then
+        cache[hash] = { nil, string.format("the journal does not keep the version of %s that ran it (sha256 %s)",
+          r.path, tostring(hash):sub(1, 16)) }
+      else
+        local ok, pb = pcall(M.load_source, priv, r.path, src, state, r.sandbox == 1, opts)
+        local why = not ok and (getmetatable(pb) == Bad and table.concat(pb.lines, "; ") or tostring(pb))
+        cache[hash] = ok and { pb } or { nil, "the version of the playbook that ran it does not load: " .. why }
+      end
+    end
+    return cache[hash][1], cache[hash][2]
+  end
+end
+
+-- The runner over a journaled run, for resume and rollback.
+local function journaled_runner(priv, opts, j, r, state, pb, extra)
+  local o = { priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j, run_id = r.id,
+    path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook, sandbox = r.sandbox == 1,
+    pb_hash = pb and r.hash, run_hash = r.hash, versions = versions(priv, j, r, state, opts),
+    outcome = r.outcome or (r.status == "running" and "crashed" or r.status) }
+  for k, v in pairs(extra or {}) do
+    o[k] = v
+  end
+  return runner_mod.new(o)
 end
 
 function M.resume(priv, opts, arg, state)
   local lk <close>, j, r = open_run(priv, state, arg, "resuming") -- luacheck: ignore 211/lk
   if r.status ~= "running" and r.status ~= "stopped" then
-    bad(string.format("run %d is %s: there is nothing to resume", r.id, r.status))
+    local hint = r.status == "rollback-incomplete" and
+      string.format(" ('hrun rollback %d' finishes undoing it)", r.id) or ""
+    bad(string.format("run %d is %s: there is nothing to resume%s", r.id, r.status, hint))
   end
-  local pb, why, changed = reload(priv, r, state, opts)
+  local pb, why, changed, changed_hash, changed_src = reload(priv, r, state, opts)
   if not pb and changed and opts.force then
     io.stderr:write("hrun: warning: ", why, "; resuming anyway (--force)\n")
     pb = changed
@@ -539,33 +583,45 @@ function M.resume(priv, opts, arg, state)
     bad(why .. ": it cannot be resumed ('hrun rollback " .. r.id .. "' undoes what it did)")
   end
   priv.setstash(stash_dir(state, r.id), r.id)
-  local ui = new_ui(priv, opts)
-  local run = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = r.params, journal = j, run_id = r.id,
-    path = r.path, opts = opts, shared = r.shared, resumed = true, sandbox = r.sandbox == 1 })
+  local run = journaled_runner(priv, opts, j, r, state, pb, { resumed = true })
+  if changed then -- the steps that run now say which version ran them
+    run:adopt(pb, changed_hash, changed_src)
+  end
   -- completed steps are not run again; the step that was running when hrun stopped is
   -- undone (unless it says resume = "rerun") and runs again from its start
   local done = {}
   for _, s in ipairs(r.steps) do
-    if s.kind == "step" and s.status == "done" then
+    if s.kind == "step" and s.status == "done" and s.undo_status ~= "undone" then
       done[s.phase .. "/" .. s.name] = true
     end
   end
   run.resume_done = done
   j:set_run(r.id, { status = "running", pid = self_pid(), interrupted = 0 })
   run:install_hooks()
+  -- children the crash left running go first: they must not race the step run again
+  run:stop_children()
   for _, s in ipairs(r.steps) do
-    if s.kind == "step" and (s.status == "running" or s.status == "interrupted" or s.status == "failed") then
+    if s.kind == "step" and (s.status == "running" or s.status == "interrupted" or s.status == "failed")
+      and s.undo_status ~= "undone" then
       local def = run:find_step(s.phase, s.name)
       if def and def.resume == "rerun" then
+        run:clean_leftovers(s.id)
         j:set_step_status(s.id, "interrupted")
+        j:set_step_undo(s.id, "undone", nil)
       else
         local ok, err = run:undo_effects(s.id, s.irreversible == 1)
-        j:set_step_status(s.id, ok and "undone" or "undo-failed", err)
+        if s.status == "running" then
+          j:set_step_status(s.id, "interrupted")
+        end
+        j:set_step_undo(s.id, ok and "undone" or "undo-failed", err)
         run:emit({ event = "undo", phase = s.phase, step = s.name, how = "inverses, before running it again",
           status = ok and "undone" or "failed", error = err })
         if not ok then
           run:remove_hooks()
-          bad(string.format("step '%s' was interrupted and its effects cannot be undone: %s", s.name, err))
+          j:set_run(r.id, { status = "running" })
+          j:commit()
+          bad(string.format("step '%s' was interrupted and its effects cannot be undone: %s ('hrun rollback %d' " ..
+            "undoes the run; 'hrun resolve %d -m WHY' closes it by hand)", s.name, err, r.id, r.id))
         end
       end
     end
@@ -577,6 +633,137 @@ function M.resume(priv, opts, arg, state)
   return exit
 end
 
+-- {======================================================
+-- Rolling back out of order: a later run that is not rolled back and touched what this
+-- rollback would undo is named, and the rollback refused unless --force.
+-- ======================================================
+
+local function overlaps(a, b)
+  local paths = { path = true, subvolume = true }
+  if a.target == b.target and (a.kind == b.kind or paths[a.kind] and paths[b.kind]) then
+    return true
+  end
+  if not (paths[a.kind] and paths[b.kind]) then
+    return false
+  end
+  local x, y = tostring(a.target), tostring(b.target)
+  return x:sub(1, #y + 1) == y .. "/" or y:sub(1, #x + 1) == x .. "/"
+end
+
+-- {{run = row, targets = {target, …}}, …}: the later runs in the way, newest first.
+local function in_the_way(j, r)
+  local mine = j:targets(r.id)
+  local out = {}
+  if #mine == 0 then
+    return out
+  end
+  for _, later in ipairs(j:later_runs(r.id)) do
+    local hits, seen = {}, {}
+    for _, t in ipairs(j:targets(later.id)) do
+      for _, m in ipairs(mine) do
+        if overlaps(t, m) and not seen[m.target] then
+          seen[m.target] = true
+          hits[#hits + 1] = m.target
+        end
+      end
+    end
+    if #hits > 0 then
+      out[#out + 1] = { run = later, targets = hits }
+    end
+  end
+  return out
+end
+
+local function in_the_way_lines(r, later)
+  local lines = {}
+  for _, w in ipairs(later) do
+    lines[#lines + 1] = string.format("run %d (%s, %s) changed since run %d what its rollback would undo: %s", w.run.id,
+      w.run.playbook, w.run.status, r.id, table.concat(w.targets, ", "))
+  end
+  return lines
+end
+
+-- }======================================================
+
+-- What hrun rollback RUN would do, newest first, changing nothing: each step's undo
+-- function or each effect's inverse, with its targets and what their state says.
+local function rollback_plan(priv, opts, j, r, run, later)
+  local items = {}
+  for _, s in ipairs(j:steps_to_undo(r.id)) do
+    if s.status == "done" and s.has_undo == 1 then
+      local def, why = run:ran_as(s)
+      local ok = def and def.undo
+      items[#items + 1] = { phase = s.phase, step = s.name, how = "undo",
+        note = ok and (s.undo_status == "undo-failed" and "will run again (it failed before)" or "will run")
+          or ("not possible: " .. (why or "the version that ran it has no undo function") ..
+            (opts.force and "; --force: by the inverses" or "")) }
+    end
+    if not (s.status == "done" and s.has_undo == 1) or (opts.force and not select(1, run:ran_as(s))) then
+      for _, e in ipairs(j:effects_to_undo(s.id)) do
+        local targets, note = {}, "will be undone"
+        for _, st in ipairs(e.before or {}) do
+          targets[#targets + 1] = st.target
+        end
+        local okr, now = pcall(priv.restate, e.before or {})
+        local outlook, diff = runner_mod.outlook(e, okr and now or nil)
+        if not e.inverse then
+          note = s.irreversible == 1 and "irreversible: left as it is" or
+            ("cannot be undone: " .. tostring(e.no_inverse))
+        elseif outlook == "already-undone" then
+          note = "already undone: nothing to do"
+        elseif outlook == "changed" then
+          note = "changed since the run: " .. diff .. (opts.force and " (--force: overwritten)" or
+            " (refused without --force)")
+        end
+        local ops = {}
+        for _, op in ipairs(e.inverse or {}) do
+          ops[#ops + 1] = ui_mod.call(op.op, op.args or {})
+        end
+        items[#items + 1] = { phase = s.phase, step = s.name, how = "inverse", op = e.op, effect = e.id,
+          targets = json.array(targets), undo = json.array(ops), note = note }
+      end
+    end
+  end
+  if opts.json then
+    for _, w in ipairs(later) do
+      io.stdout:write(json.encode({ event = "rollback-conflict", run = w.run.id, status = w.run.status,
+        targets = json.array(w.targets) }), "\n")
+    end
+    for _, it in ipairs(items) do
+      it.event = "undo-planned"
+      it.run = r.id
+      io.stdout:write(json.encode(it), "\n")
+    end
+    io.stdout:write(json.encode({ event = "rollback-plan", run = r.id, undos = #items, refused = #later > 0 and
+      not opts.force }), "\n")
+    return 0
+  end
+  local out = { string.format("hrun rollback %d would undo, newest first (nothing is changed now):", r.id) }
+  for _, line in ipairs(in_the_way_lines(r, later)) do
+    out[#out + 1] = "  ! " .. line .. (opts.force and " (--force: goes ahead)" or " (refused without --force)")
+  end
+  local last
+  for _, it in ipairs(items) do
+    if last ~= it.phase .. "/" .. it.step then
+      last = it.phase .. "/" .. it.step
+      out[#out + 1] = string.format("  step '%s' (phase %s)", it.step, it.phase)
+    end
+    if it.how == "undo" then
+      out[#out + 1] = "    undo function: " .. it.note
+    else
+      out[#out + 1] = string.format("    %s  [%s]", #it.undo > 0 and table.concat(it.undo, "; ") or it.op, it.note)
+      if #it.targets > 0 then
+        out[#out + 1] = "      target: " .. table.concat(it.targets, ", ")
+      end
+    end
+  end
+  if #items == 0 then
+    out[#out + 1] = "  nothing: every step is undone"
+  end
+  io.stdout:write(table.concat(out, "\n"), "\n")
+  return 0
+end
+
 function M.rollback(priv, opts, arg, state)
   local lk <close>, j, r = open_run(priv, state, arg, "rolling back") -- luacheck: ignore 211/lk
   if r.status == "rolled-back" then
@@ -584,17 +771,55 @@ function M.rollback(priv, opts, arg, state)
     return 0
   end
   local pb, why = reload(priv, r, state, opts)
-  if not pb then
-    io.stderr:write("hrun: warning: ", why, ": undoing with the journaled inverses only\n")
+  if not pb and not opts.plan then
+    io.stderr:write("hrun: note: ", why, ": each step is undone with the version that ran it, which the " ..
+      "journal keeps\n")
+  end
+  local run = journaled_runner(priv, opts, j, r, state, pb)
+  local later = in_the_way(j, r)
+  if opts.plan then
+    return rollback_plan(priv, opts, j, r, run, later)
+  end
+  if #later > 0 and not opts.force then
+    local lines = in_the_way_lines(r, later)
+    lines[#lines + 1] = string.format("roll those back first (newest first), or 'hrun rollback %d --force' to " ..
+      "undo run %d over them; 'hrun rollback %d --plan' shows what it would do", r.id, r.id, r.id)
+    bad(lines)
   end
   priv.setstash(stash_dir(state, r.id), r.id)
-  local run = runner_mod.new({ priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j,
-    run_id = r.id, path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook,
-    sandbox = r.sandbox == 1 })
   local exit = run:rollback_run(string.format("hrun rollback %d", r.id))
   priv.setstash(nil)
   j:close()
   return exit
+end
+
+-- hrun resolve RUN -m WHY: a person says a run that cannot be closed (rollback
+-- incomplete, crashed) is dealt with. Journaled; the run's steps stay as they are.
+function M.resolve(priv, opts, arg, state)
+  local lk <close>, j, r = open_run(priv, state, arg, "resolving") -- luacheck: ignore 211/lk
+  local why = opts.message
+  if not why or why:match("^%s*$") then
+    bad(string.format("resolve needs -m \"WHY\": what was done about run %d", r.id))
+  end
+  -- under the lock, a run that says running is one hrun did not finish: crashed
+  local status = r.status == "running" and "crashed" or r.status
+  if status ~= "rollback-incomplete" and status ~= "crashed" then
+    bad(string.format("run %d is %s: only a run whose rollback is incomplete, or that crashed, is resolved by hand",
+      r.id, status))
+  end
+  local by = sys.env("SUDO_USER") or sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or "?"
+  local now = sys.now()
+  j:set_run(r.id, { status = "resolved", resolved = why, resolved_by = by, resolved_at = now,
+    outcome = r.outcome or status })
+  j:event(r.id, { event = "resolved", time = now, by = by, message = why, was = status })
+  j:commit()
+  if opts.json then
+    io.stdout:write(json.encode({ event = "resolved", run = r.id, was = status, by = by, message = why }), "\n")
+  else
+    io.stdout:write(string.format("run %d (%s) resolved by %s: %s\n", r.id, status, by, why))
+  end
+  j:close()
+  return 0
 end
 
 -- }======================================================

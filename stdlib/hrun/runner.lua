@@ -115,6 +115,19 @@ local function plain_args(...)
   return table.unpack(args, 1, args.n)
 end
 
+-- The state of what a write changes (priv.state), or nil when it has none or it cannot
+-- be read: the engine's own work, it never fails the write.
+local function state_of(priv, name, ...)
+  local ok, states = pcall(priv.state, name, ...)
+  return ok and states or nil
+end
+
+-- The same states as they are now.
+local function restate(priv, states)
+  local ok, now = pcall(priv.restate, states)
+  return ok and now or nil
+end
+
 -- A read-only view of t (and of the tables in it).
 local function readonly(t)
   if type(t) ~= "table" then
@@ -148,6 +161,8 @@ function M.new(o)
   local r = setmetatable(o, Runner)
   r.shared = r.shared or {}
   r.effect_stack = {}
+  r.call_children = {} -- the children the current primitive call started (journal ids)
+  r.step_effects = {} -- the current step's effects with a state: {id, before}
   r.crash_counts = {}
   r.planned = 0
   r.irreversible_planned = 0
@@ -386,13 +401,19 @@ function Runner:before(call, ...)
       call.name), 0)
   end
   -- the inverse is computed (and what the write destroys saved) before the intent is
-  -- committed, and the intent before the write: after a crash, the journal knows
+  -- committed, and the intent before the write: after a crash, the journal knows. So is
+  -- the state of what it changes, to tell later whether an undo is already done or
+  -- would overwrite a change made since.
   local inverse, why = self.priv.inverse(call.name, ...)
-  local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name,
-    args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = sys.now() })
-  self.effect_stack[#self.effect_stack + 1] = id
+  local before = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
+  local started = sys.now()
   self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
     inverse = inverse, no_inverse = why })
+  local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name,
+    args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
+  self.effect_stack[#self.effect_stack + 1] = { id = id, before = before }
+  -- temporaries the write makes are named from the run and the effect: found after a crash
+  self.priv.seteffect(self.run_id, id)
   self:maybe_crash("effect-intent")
 end
 
@@ -402,13 +423,19 @@ end
 local PARTIAL = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true }
 
 function Runner:after(call, nres, ...)
+  if #self.call_children > 0 then -- the children this call started are done with
+    self.journal:children_returned(self.call_children)
+    self.call_children = {}
+  end
   if not call.writes or self.undoing or self.plan then
     return
   end
-  local id = table.remove(self.effect_stack)
-  if not id then
+  local top = table.remove(self.effect_stack)
+  if not top then
     return
   end
+  self.priv.seteffect(nil)
+  local id = top.id
   local first, second = ...
   local status, result, err = "done", nil, nil
   if nres < 0 then
@@ -421,7 +448,12 @@ function Runner:after(call, nres, ...)
   if status == "failed" and PARTIAL[call.name] then
     status = "partial"
   end
-  self.journal:effect_end(id, status, result, err, sys.now())
+  local after
+  if top.before and status ~= "failed" then
+    after = self.priv.trusted(restate, self.priv, top.before)
+    self.step_effects[#self.step_effects + 1] = top
+  end
+  self.journal:effect_end(id, status, result, err, sys.now(), after)
   self:maybe_crash("effect-done")
 end
 
@@ -451,6 +483,14 @@ function Runner:install_hooks()
       return self.journal.db
     end)
   end
+  if self.journal then
+    -- a child is journaled before its call waits for it: after a crash, resume and
+    -- rollback stop it
+    self.priv.setspawnsink(function(info)
+      local cur = self.current
+      self.call_children[#self.call_children + 1] = self.journal:child(self.run_id, cur and cur.id, info)
+    end)
+  end
   self.priv.setstreamsink(function(line, stream)
     local cur = self.current
     self:emit({ event = "output", phase = cur and cur.phase, step = cur and cur.name, stream = stream,
@@ -464,6 +504,8 @@ function Runner:remove_hooks()
   self.priv.setstrict(false)
   self.priv.sethooks(nil)
   self.priv.setstreamsink(nil)
+  self.priv.setspawnsink(nil)
+  self.priv.seteffect(nil)
   self.priv.setticker(nil)
   self.priv.setdeadline(0)
 end
@@ -585,11 +627,12 @@ function Runner:run_step(step, resumed_state)
   local id
   if not self.plan then
     id = self.journal:new_step({ run = self.run_id, phase = step.phase, name = step.name, kind = "step",
-      has_undo = step.undo ~= nil, irreversible = step.irreversible, started = started })
+      has_undo = step.undo ~= nil, irreversible = step.irreversible, started = started, playbook = self.pb_hash })
     self.last_step_id = id
     self:maybe_crash("step-start")
   end
   self:emit({ event = "step-start", phase = step.phase, step = step.name })
+  self.step_effects = {}
   local attempts, ok, err = 0
   while true do
     attempts = attempts + 1
@@ -619,6 +662,14 @@ function Runner:run_step(step, resumed_state)
     end
   end
   local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
+  if ok and not self.plan then
+    -- what the step left: an undo that finds it changed since, and not back as it was
+    -- before, finds a change made after the step (by a person, or something unjournaled)
+    for _, e in ipairs(self.step_effects) do
+      self.journal:effect_settled(e.id, self.priv.trusted(restate, self.priv, e.before))
+    end
+  end
+  self.step_effects = {}
   if not self.plan then
     self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
       ended = sys.now() })
@@ -692,52 +743,156 @@ local function operation(name)
   return m and m[fn]
 end
 
--- Runs one effect's inverse operations in order. An effect that was only intended
--- (hrun died before it finished) may not have happened: its inverse finding nothing
--- to undo (ENOENT) is fine.
-function Runner.run_inverse(e)
-  for _, op in ipairs(e.inverse) do
-    local fn = operation(op.op)
-    if not fn then
-      return false, "unknown undo operation " .. tostring(op.op)
-    end
-    local args = op.args or {}
-    local ok, r, msg, code = pcall(fn, table.unpack(args, 1, #args))
-    if not ok then
-      return false, message_of(r)
-    elseif r == nil then
-      if not (e.status == "intent" and code == "ENOENT") then
-        return false, message_of(msg)
-      end
+-- Are two lists of the same states equal?
+local function same(a, b)
+  for i, st in ipairs(a) do
+    if not b[i] or b[i].fp ~= st.fp then
+      return false
     end
   end
   return true
 end
 
--- Undoes the effects a step journaled, newest first. Returns ok, problems.
+-- The states that are neither back as they were (before), nor as the effect left them
+-- (after: later effects of the run, undone first, bring it back there), nor as its step
+-- left them (settled: a command of the step changed it after, unjournaled):
+-- "target: the run left X, now Y; …", or nil.
+local function changed_since(e, now)
+  local out = {}
+  for i, st in ipairs(e.before) do
+    local n = now[i]
+    local fp = n and n.fp
+    local a, s = e.after and e.after[i], e.settled and e.settled[i]
+    if fp ~= st.fp and not (a and fp == a.fp) and not (s and fp == s.fp) then
+      local left = s or a
+      out[#out + 1] = string.format("%s: the run left %s, now %s", tostring(st.target),
+        left and tostring(left.fp) or "?", fp and tostring(fp) or "unknown")
+    end
+  end
+  return #out > 0 and table.concat(out, "; ") or nil
+end
+
+-- What the journaled states of effect e say of undoing it, given them as they are now:
+-- "already-undone" (back as it was before, after it had changed it), "changed" and what
+-- (see changed_since; only for effects of steps that ended), or nil: run the inverse. An effect whose state shows no
+-- change, or whose step did not end, runs its inverse: the state may not see all it did.
+function M.outlook(e, now)
+  if not (now and e.before) then
+    return nil
+  end
+  local left = e.settled or e.after
+  if left and same(e.before, now) and not same(e.before, left) then
+    return "already-undone"
+  end
+  -- a step that did not end is undone at once (or after a crash): nobody came between
+  local diff = e.settled and changed_since(e, now)
+  if diff then
+    return "changed", diff
+  end
+end
+
+-- Records one undo attempt that ended at once (nothing ran).
+function Runner:undo_noted(step, effect, how, ok, err)
+  local id = self.journal:undo_begin({ run = self.run_id, step = step, effect = effect, how = how,
+    started = sys.now() })
+  self.journal:undo_end(id, ok and "ok" or "failed", err, sys.now())
+end
+
+-- Runs one operation of an inverse: ok, error. An operation that finds nothing to undo
+-- (ENOENT) is fine where the work may be done already: an effect that was only intended
+-- (hrun died before its result), or an operation an earlier attempt began.
+function Runner:run_op(op, maybe_done)
+  local fn = operation(op.op)
+  if not fn then
+    return false, "unknown undo operation " .. tostring(op.op)
+  end
+  local args = op.args or {}
+  local ok, r, msg, code = self.priv.trusted(pcall, fn, table.unpack(args, 1, #args))
+  if not ok then
+    return false, message_of(r)
+  elseif r == nil and not (maybe_done and code == "ENOENT") then
+    return false, message_of(msg)
+  end
+  return true
+end
+
+-- Undoes one effect, every attempt journaled: ok, error, how. First what a crash left
+-- (its temporaries) goes. Then, from the states journaled with it: what it changed is as
+-- it was before → already undone (nothing runs); neither as it was nor as the effect left
+-- it → changed since, not overwritten (unless --force). Otherwise the inverse's
+-- operations run in order, those an earlier attempt completed skipped.
+function Runner:undo_effect(e, irreversible)
+  local j = self.journal
+  local states = e.before or e.after
+  if states then
+    local ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
+    if ok and type(removed) == "table" and #removed > 0 then
+      self:emit({ event = "log", message = "removed what a crash left: " .. table.concat(removed, ", ") })
+    end
+  end
+  if not e.inverse then
+    if irreversible then
+      j:set_effect_undo(e.id, "irreversible")
+      return true, nil, "irreversible"
+    end
+    local err = string.format("%s %s", e.no_inverse or (e.op .. " cannot be undone"), e.args)
+    self:undo_noted(e.step, e.id, "inverse", false, err)
+    j:set_effect_undo(e.id, "undo-failed", err)
+    return false, err
+  end
+  local done, begun = j:ops_done(e.id)
+  local now = e.before and self.priv.trusted(restate, self.priv, e.before)
+  if now and next(done) == nil and next(begun) == nil then
+    local outlook, diff = M.outlook(e, now)
+    if outlook == "already-undone" then
+      self:undo_noted(e.step, e.id, "already-undone", true)
+      j:set_effect_undo(e.id, "undone")
+      return true, nil, "already undone"
+    elseif outlook == "changed" and not self.opts.force then
+      local err = string.format("%s: changed since the run: %s (hrun rollback --force overwrites it)", e.op, diff)
+      self:undo_noted(e.step, e.id, "inverse", false, err)
+      j:set_effect_undo(e.id, "undo-failed", err)
+      return false, err
+    end
+  end
+  self.undoing = true
+  self.priv.setstrict(false)
+  self.priv.seteffect(self.run_id, e.id)
+  local ok, err = true, nil
+  for i, op in ipairs(e.inverse) do
+    if not done[i] then
+      local uid = j:undo_begin({ run = self.run_id, step = e.step, effect = e.id, op = i,
+        how = self.opts.force and "forced" or "inverse", started = sys.now() })
+      self:maybe_crash("undo-op")
+      ok, err = self:run_op(op, e.status == "intent" or begun[i])
+      j:undo_end(uid, ok and "ok" or "failed", err, sys.now())
+      if not ok then
+        break
+      end
+    end
+  end
+  self.priv.seteffect(nil)
+  self.priv.setstrict(true)
+  self.undoing = false
+  local how = "inverse"
+  if not ok and e.before then
+    -- the operation failed, yet what the effect changed is back as it was
+    now = self.priv.trusted(restate, self.priv, e.before)
+    if now and same(e.before, now) then
+      ok, err, how = true, nil, "already undone"
+    end
+  end
+  j:set_effect_undo(e.id, ok and "undone" or "undo-failed", err)
+  return ok, err, how
+end
+
+-- Undoes the effects a step journaled that are not undone yet, newest first. Returns
+-- ok, problems.
 function Runner:undo_effects(step_id, irreversible)
   local problems = {}
   for _, e in ipairs(self.journal:effects_to_undo(step_id)) do
-    local ok, err
-    if not e.inverse then
-      if irreversible then
-        ok, err = true, nil
-        self.journal:set_effect_status(e.id, "irreversible", nil)
-      else
-        ok, err = false, string.format("%s %s", e.no_inverse or (e.op .. " cannot be undone"), e.args)
-      end
-    else
-      -- the engine's own undo operations: failures come back as values, not errors
-      self.undoing = true
-      self.priv.setstrict(false)
-      ok, err = self.priv.trusted(Runner.run_inverse, e)
-      self.priv.setstrict(true)
-      self.undoing = false
-    end
-    if e.inverse or not irreversible then
-      self.journal:set_effect_status(e.id, ok and "undone" or "undo-failed", err)
-    end
-    self:emit({ event = "undo-effect", op = e.op, status = ok and "undone" or "failed", error = err })
+    local ok, err, how = self:undo_effect(e, irreversible)
+    self:emit({ event = "undo-effect", op = e.op, status = ok and "undone" or "failed", how = how, error = err })
     self:maybe_crash("undo-effect")
     if not ok then
       problems[#problems + 1] = err
@@ -749,11 +904,19 @@ function Runner:undo_effects(step_id, irreversible)
   return true
 end
 
-function Runner:find_step(phase, name)
-  if not self.pb then
-    return nil
+-- Removes what a crash left of a step's effects (their temporaries) without undoing
+-- them: a step that resumes as it is (resume = "rerun").
+function Runner:clean_leftovers(step_id)
+  for _, e in ipairs(self.journal:effects_to_undo(step_id)) do
+    local states = e.before or e.after
+    if states then
+      pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
+    end
   end
-  for _, ph in ipairs(self.pb.phases) do
+end
+
+local function find_in(pb, phase, name)
+  for _, ph in ipairs(pb and pb.phases or {}) do
     if ph.name == phase then
       for _, item in ipairs(ph.items) do
         if item.kind == "step" and item.name == name then
@@ -764,49 +927,115 @@ function Runner:find_step(phase, name)
   end
 end
 
--- Undoes one journaled step: its own undo if it completed and has one, else the
--- inverses of its effects.
+function Runner:find_step(phase, name)
+  return find_in(self.pb, phase, name)
+end
+
+-- The step as the playbook version that ran it defines it (a --debug retry may have
+-- run a newer one): the file, when it is that version; else the copy the journal kept.
+-- nil and why when neither is there.
+function Runner:ran_as(s)
+  local hash = s.playbook or self.run_hash
+  local pb, why = nil, nil
+  if self.pb and (hash == nil or hash == self.pb_hash) then
+    pb = self.pb
+  elseif self.versions then
+    pb, why = self.versions(hash)
+  end
+  if not pb then
+    return nil, why or string.format("the playbook version that ran it (sha256 %s) is not available",
+      tostring(hash):sub(1, 16))
+  end
+  return find_in(pb, s.phase, s.name)
+end
+
+-- Runs a completed step's own undo function (the version that ran it), journaled.
+function Runner:run_undo_function(s, def)
+  local uid = self.journal:undo_begin({ run = self.run_id, step = s.id, how = "undo", started = sys.now() })
+  local ctx = self:ctx(s.phase, s.name, s.state)
+  self.current = { kind = "step", id = s.id, name = s.name, phase = s.phase, def = def }
+  self.undoing = true
+  local ok, err = xpcall(def.undo, self:handler(), ctx)
+  self.undoing = false
+  self.current = nil
+  if self.priv.interrupted() > 0 then
+    self.priv.clearinterrupt()
+    self.interrupted = true
+    ok, err = false, "interrupted"
+  end
+  self.journal:undo_end(uid, ok and "ok" or "failed", not ok and tostring(err) or nil, sys.now())
+  return ok, err
+end
+
+-- Undoes one journaled step: a completed step with an undo function by that function
+-- (of the version that ran it), any other by the inverses of its effects. Where the
+-- undo function is not to be had, the step is not undone (--force: by its inverses).
 function Runner:undo_step(s)
-  local def = self:find_step(s.phase, s.name)
   local ok, err, how
-  if s.status == "done" and def and def.undo then
-    how = "undo"
-    local ctx = self:ctx(s.phase, s.name, s.state)
-    self.current = { kind = "step", id = s.id, name = s.name, phase = s.phase, def = def }
-    self.undoing = true
-    ok, err = xpcall(def.undo, self:handler(), ctx)
-    self.undoing = false
-    self.current = nil
-    if self.priv.interrupted() > 0 then
-      self.priv.clearinterrupt()
-      ok, err = false, "interrupted"
+  if s.status == "done" and s.has_undo == 1 then
+    local def, why = self:ran_as(s)
+    if def and def.undo then
+      how = "undo"
+      ok, err = self:run_undo_function(s, def)
+      if not ok and self.opts.force then
+        self:emit({ event = "log", phase = s.phase, step = s.name,
+          message = "its undo function failed (" .. tostring(err) .. "): --force undoes it with its inverses" })
+        how = "inverses (--force: its undo function failed)"
+        ok, err = self:undo_effects(s.id, s.irreversible == 1)
+      end
+    else
+      why = why or "the playbook version that ran it has no undo function for it"
+      if self.opts.force then
+        how = "inverses (--force: " .. why .. ")"
+        ok, err = self:undo_effects(s.id, s.irreversible == 1)
+      else
+        how = "undo"
+        ok, err = false, "its undo function is not available: " .. why ..
+          " (hrun rollback --force undoes it with the journaled inverses instead)"
+        self:undo_noted(s.id, nil, "undo", false, err)
+      end
     end
   else
     how = "inverses"
-    if s.status == "done" and s.has_undo == 1 and not def then
-      how = "inverses (its undo function is not available: the playbook changed or is gone)"
-    end
     ok, err = self:undo_effects(s.id, s.irreversible == 1)
   end
-  self.journal:set_step_status(s.id, ok and "undone" or "undo-failed", err)
+  self.journal:set_step_undo(s.id, ok and "undone" or "undo-failed", not ok and tostring(err) or nil)
   self:emit({ event = "undo", phase = s.phase, step = s.name, how = how, status = ok and "undone" or "failed",
     error = err })
   return ok, err
 end
 
--- Rolls back every step of the run that may have changed something, newest first.
--- Returns "rolled-back" or "rollback-incomplete".
+-- Rolls back every step of the run not undone yet, newest first. Returns "rolled-back"
+-- when the journal shows every step undone, else "rollback-incomplete".
 function Runner:rollback(reason)
   self:emit({ event = "rollback-start", reason = reason })
-  local failed = 0
   for _, s in ipairs(self.journal:steps_to_undo(self.run_id)) do
-    if not self:undo_step(s) then
-      failed = failed + 1
-    end
+    self:undo_step(s)
   end
-  local status = failed == 0 and "rolled-back" or "rollback-incomplete"
-  self:emit({ event = "rollback-end", status = status, failed = failed })
+  local left = self.journal:not_undone(self.run_id)
+  local status = left == 0 and "rolled-back" or "rollback-incomplete"
+  self:emit({ event = "rollback-end", status = status, failed = left })
   return status
+end
+
+-- Stops the children a crash left running (their calls never returned), before
+-- anything else is done: they must not race the resume or the rollback.
+function Runner:stop_children()
+  local rows = self.journal:live_children(self.run_id)
+  if #rows == 0 then
+    return
+  end
+  for _, c in ipairs(self.priv.reap(rows)) do
+    self:emit({ event = "log", message = string.format("stopped %s (process group %d, %d process%s), left " ..
+      "running by the crash, with %s", tostring(c.argv0), c.pgid, c.processes, c.processes == 1 and "" or "es",
+      c.signal) })
+  end
+  local ids = {}
+  for i, c in ipairs(rows) do
+    ids[i] = c.id
+  end
+  self.journal:children_returned(ids)
+  self.journal:commit()
 end
 
 -- }======================================================
@@ -839,6 +1068,16 @@ local function selected_phases(self)
   return out
 end
 
+-- Runs the steps that follow with another version of the playbook (a --debug retry
+-- reloaded it): the journal keeps its content, and the steps it runs say which it was.
+function Runner:adopt(pb, hash, src)
+  if hash ~= self.pb_hash and self.journal then
+    self.journal:keep_playbook(hash, self.path, src)
+    self:emit({ event = "playbook-reloaded", path = self.path, hash = hash, previous = self.pb_hash })
+  end
+  self.pb, self.pb_hash = pb, hash
+end
+
 -- Runs a step; with --break or --debug, hands control to the debugger (self.debugger,
 -- hrun.debugger) before it or when it fails: retry (the playbook reloaded from disk),
 -- skip, continue (accept it as done) or roll back.
@@ -863,6 +1102,9 @@ function Runner:step_with_debugger(item)
     local undo_ok, undo_err = true, nil
     if action ~= "continue" and id then
       undo_ok, undo_err = self:undo_effects(id, item.irreversible)
+      if undo_ok then
+        self.journal:set_step_undo(id, "undone")
+      end
     end
     if not undo_ok then
       err = err .. "; its effects could not be undone: " .. undo_err
@@ -967,11 +1209,16 @@ function Runner:run()
   elseif self.pb.on_failure == "stop" then
     status = "stopped"
   else
+    -- until the rollback ends, the journal does not show the run undone
+    self.journal:set_run(self.run_id, { status = "rollback-incomplete", rollback_status = "running",
+      rollback_started = sys.now() })
+    self.journal:commit()
     local rok, res = pcall(self.rollback, self, failure)
     status = rok and res or "rollback-incomplete"
     if not rok then
       self:emit({ event = "error", message = "the rollback stopped: " .. message_of(res) })
     end
+    self.journal:set_run(self.run_id, { rollback_status = status, rollback_ended = sys.now() })
   end
   self:remove_hooks()
   local exit = status == "planned" and 0 or (status == "failed" and 1) or M.EXIT[status]
@@ -979,7 +1226,7 @@ function Runner:run()
     exit = M.EXIT.interrupted
   end
   if not self.plan then
-    self.journal:set_run(self.run_id, { status = status, error = failure, ended = sys.now(),
+    self.journal:set_run(self.run_id, { status = status, outcome = status, error = failure, ended = sys.now(),
       interrupted = self.interrupted and 1 or 0 })
   end
   local ev = { event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
@@ -1028,19 +1275,27 @@ function Runner:notify(ev)
   end
 end
 
--- Rolls back a finished or crashed run from the journal (hrun rollback).
+-- Rolls back a finished or crashed run from the journal (hrun rollback). The run keeps
+-- its own outcome and time; the rollback's are beside them.
 function Runner:rollback_run(reason)
   local started = sys.now()
   self:emit({ event = "run-start", run = self.run_id, playbook = self.playbook_name, path = self.path,
     rollback = true })
+  -- a crashed run's own end is the crash
+  self.journal:set_run(self.run_id, { status = "rollback-incomplete", rollback_status = "running",
+    rollback_started = started, outcome = self.outcome or "crashed" })
+  self.journal:commit()
   self:install_hooks()
-  local ok, status = pcall(self.rollback, self, reason)
+  local ok, status = pcall(function()
+    self:stop_children()
+    return self:rollback(reason)
+  end)
   self:remove_hooks()
   if not ok then
     self:emit({ event = "error", message = message_of(status) })
     status = "rollback-incomplete"
   end
-  self.journal:set_run(self.run_id, { status = status, ended = sys.now() })
+  self.journal:set_run(self.run_id, { status = status, rollback_status = status, rollback_ended = sys.now() })
   local exit = status == "rolled-back" and 0 or M.EXIT["rollback-incomplete"]
   local ev = { event = "run-end", run = self.run_id, status = status, exit = exit, seconds = sys.now() - started }
   self:emit(ev)

@@ -449,6 +449,8 @@ end
 -- History: hrun runs, hrun show
 -- ======================================================
 
+-- What the journal proves of a run now: a run that says running while nobody holds the
+-- lock crashed; a rollback that says running while nobody holds it did not finish.
 local function status_of(r, lock_free)
   if r.status == "running" and lock_free then
     return "crashed"
@@ -457,22 +459,115 @@ local function status_of(r, lock_free)
 end
 M.status_of = status_of
 
+-- How the run itself ended (a later rollback or resolve does not change it).
+local function outcome_of(r, lock_free)
+  if r.outcome then
+    return r.outcome
+  end
+  return r.status == "running" and (lock_free and "crashed" or "running") or r.status
+end
+
+-- A later hrun rollback (not the rollback a failed run did itself), or nil.
+local function later_rollback(r)
+  local started = r.rollback_started
+  if not started or (r.ended and started < r.ended) then
+    return nil
+  end
+  return started
+end
+
+-- What happened to the run after it ended, in a few words: "" when nothing did.
+local function afterwards(r, lock_free)
+  local notes = {}
+  local started = later_rollback(r)
+  if started then
+    local st = r.rollback_status
+    if st == "running" then
+      st = lock_free and "rollback stopped before its end" or "rolling back"
+    elseif st == "rolled-back" then
+      st = "rolled back"
+    else
+      st = "rollback incomplete"
+    end
+    notes[#notes + 1] = string.format("%s %s%s", st, M.timestamp(started),
+      r.rollback_ended and r.rollback_ended >= started and (" in " .. M.seconds(r.rollback_ended - started)) or "")
+  elseif r.rollback_status == "running" and lock_free and r.status == "rollback-incomplete" then
+    notes[#notes + 1] = "its rollback stopped before its end"
+  end
+  if r.resolved then
+    notes[#notes + 1] = string.format("resolved by %s: %s", tostring(r.resolved_by), r.resolved:gsub("\n", " "))
+  end
+  return table.concat(notes, "; ")
+end
+
 function M.runs_table(rows, lock_free)
   local out = {
-    string.format("%-5s %-20s %-28s %-20s %9s  %s", "RUN", "STARTED", "PLAYBOOK", "STATUS", "TIME", "STEPS"),
+    string.format("%-5s %-20s %-28s %-20s %9s  %-6s %s", "RUN", "STARTED", "PLAYBOOK", "STATUS", "TIME", "STEPS",
+      "AFTERWARDS"),
   }
   for _, r in ipairs(rows) do
-    out[#out + 1] = string.format("%-5d %-20s %-28s %-20s %9s  %d/%d", r.id, M.timestamp(r.started),
-      (r.playbook .. (r.version and (" " .. r.version) or "")):sub(1, 28), status_of(r, lock_free),
-      r.ended and M.seconds(r.ended - r.started) or "-", r.steps_done or 0, r.steps_run or 0)
+    out[#out + 1] = string.format("%-5d %-20s %-28s %-20s %9s  %-6s %s", r.id, M.timestamp(r.started),
+      (r.playbook .. (r.version and (" " .. r.version) or "")):sub(1, 28), outcome_of(r, lock_free),
+      r.ended and M.seconds(r.ended - r.started) or "-", string.format("%d/%d", r.steps_done or 0, r.steps_run or 0),
+      afterwards(r, lock_free)):gsub("%s+$", "")
   end
   return table.concat(out, "\n") .. "\n"
 end
 
 local function effect_line(e)
   local args = (pcall(codec.decode, e.args)) and codec.decode(e.args) or {}
-  return string.format("%s  [%s]%s", M.call(e.op, type(args) == "table" and args or {}), e.status,
+  local status = e.status .. (e.undo_status and (", " .. e.undo_status) or "")
+  return string.format("%s  [%s]%s", M.call(e.op, type(args) == "table" and args or {}), status,
     e.error and (" " .. e.error:gsub("\n", " ")) or "")
+end
+
+-- A step's status with whether it is undone: "done, undone (undo function)".
+local function step_status(s)
+  if s.kind ~= "step" or not s.undo_status then
+    return s.status
+  end
+  local how
+  for _, u in ipairs(s.undos or {}) do
+    if u.status == "ok" then
+      how = u.effect and "inverses" or "undo function"
+    end
+  end
+  return string.format("%s, %s%s", s.status, s.undo_status, how and s.undo_status == "undone" and
+    (" (" .. how .. ")") or "")
+end
+
+-- Steps that ran again in the same run (a --debug retry, a resume) and the playbook
+-- versions they ran with: {[step] = "run again (2nd time; playbook reloaded, sha256 …)"}.
+local function retries(r)
+  local seen, notes = {}, {}
+  for _, s in ipairs(r.steps) do
+    if s.kind == "step" then
+      local key = s.phase .. "/" .. s.name
+      seen[key] = (seen[key] or 0) + 1
+      local parts = {}
+      if seen[key] > 1 then
+        parts[#parts + 1] = string.format("ran again (attempt %d)", seen[key])
+      end
+      if s.playbook and s.playbook ~= r.hash then
+        parts[#parts + 1] = string.format("with the playbook as reloaded (sha256 %s)", s.playbook:sub(1, 16))
+      end
+      if #parts > 0 then
+        notes[s] = table.concat(parts, ", ")
+      end
+    end
+  end
+  return notes
+end
+
+-- The steps a rollback-incomplete (or resolved) run still has not undone, and why.
+local function not_undone(r)
+  local out = {}
+  for _, s in ipairs(r.steps) do
+    if s.kind == "step" and s.undo_status == "undo-failed" then
+      out[#out + 1] = string.format("%s/%s: %s", s.phase, s.name, tostring(s.undo_error):gsub("\n", " "))
+    end
+  end
+  return out
 end
 
 function M.show(r, lock_free)
@@ -480,8 +575,10 @@ function M.show(r, lock_free)
   local function add(fmt, ...)
     out[#out + 1] = string.format(fmt, ...)
   end
+  local current, own = status_of(r, lock_free), outcome_of(r, lock_free)
   add("run %d: %s%s", r.id, r.playbook, r.version and (" " .. r.version) or "")
-  add("  status     %s%s", status_of(r, lock_free), r.interrupted == 1 and " (interrupted)" or "")
+  add("  status     %s%s%s", current, current ~= own and (" (the run itself: " .. own .. ")") or "",
+    r.interrupted == 1 and " (interrupted)" or "")
   add("  playbook   %s (sha256 %s)", r.path, r.hash)
   if r.git_commit then
     add("  git        %s%s", r.git_commit, r.git_dirty == 1 and " (dirty)" or "")
@@ -490,18 +587,38 @@ function M.show(r, lock_free)
   if r.ended then
     add("  ended      %s (%s)", M.timestamp(r.ended), M.seconds(r.ended - r.started))
   end
+  local rb = later_rollback(r)
+  if rb then
+    add("  rollback   %s, started %s%s", r.rollback_status == "running" and (lock_free and "stopped before its end"
+      or "running") or tostring(r.rollback_status), M.timestamp(rb), r.rollback_ended and r.rollback_ended >= rb and
+      (" (" .. M.seconds(r.rollback_ended - rb) .. ")") or "")
+  end
+  if r.resolved then
+    add("  resolved   by %s at %s: %s", tostring(r.resolved_by), M.timestamp(r.resolved_at or 0), r.resolved)
+  end
   add("  params     %s", codec.summary(r.params))
   if r.error then
     add("  error      %s", r.error:gsub("\n", "\n             "))
   end
+  local left = not_undone(r)
+  if #left > 0 then
+    add("  not undone")
+    for _, l in ipairs(left) do
+      add("    %s", l)
+    end
+  end
+  local again = retries(r)
   local phase
   for _, s in ipairs(r.steps) do
     if s.phase ~= phase then
       phase = s.phase
       add("  phase %s", phase)
     end
-    add("    %s %-40s %-12s %s", s.kind == "check" and "check" or "step ", s.name, s.status,
+    add("    %s %-40s %-12s %s", s.kind == "check" and "check" or "step ", s.name, step_status(s),
       s.ended and M.seconds(s.ended - s.started) or "")
+    if again[s] then
+      add("        %s", again[s])
+    end
     if s.error then
       add("        error: %s", s.error:gsub("\n", "\n               "))
     end
@@ -522,11 +639,21 @@ function M.markdown(r, lock_free)
   local function add(fmt, ...)
     out[#out + 1] = string.format(fmt, ...)
   end
+  local current, own = status_of(r, lock_free), outcome_of(r, lock_free)
   add("## %s%s — run %d", r.playbook, r.version and (" " .. r.version) or "", r.id)
   add("")
-  add("- **Status:** %s", status_of(r, lock_free))
+  add("- **Status:** %s%s", current, current ~= own and (" (the run itself: " .. own .. ")") or "")
   add("- **Host:** %s, started %s%s", tostring(r.host), M.timestamp(r.started),
     r.ended and (", took " .. M.seconds(r.ended - r.started)) or "")
+  local rb = later_rollback(r)
+  if rb then
+    add("- **Rollback:** %s, started %s%s", tostring(r.rollback_status), M.timestamp(rb),
+      r.rollback_ended and r.rollback_ended >= rb and (", took " .. M.seconds(r.rollback_ended - rb)) or "")
+  end
+  if r.resolved then
+    add("- **Resolved** by %s at %s: %s", tostring(r.resolved_by), M.timestamp(r.resolved_at or 0),
+      r.resolved:gsub("\n", " "))
+  end
   add("- **Playbook:** `%s` (sha256 `%s`)%s", r.path, r.hash:sub(1, 16),
     r.git_commit and string.format(", git `%s`%s", r.git_commit:sub(1, 12), r.git_dirty == 1 and " (dirty)" or "")
       or "")
@@ -534,6 +661,14 @@ function M.markdown(r, lock_free)
   if r.error then
     add("- **Failure:** %s", r.error:gsub("\n", " "))
   end
+  local left = not_undone(r)
+  if #left > 0 then
+    add("- **Not undone:**")
+    for _, l in ipairs(left) do
+      add("  - `%s`", l:gsub("`", "'"):sub(1, 300))
+    end
+  end
+  local again = retries(r)
   local phase
   for _, s in ipairs(r.steps) do
     if s.phase ~= phase then
@@ -542,11 +677,14 @@ function M.markdown(r, lock_free)
       add("### %s", phase)
       add("")
     end
-    local box = (s.status == "done") and "[x]" or "[ ]"
-    add("- %s %s%s — %s%s", box, s.kind == "check" and "check: " or "", s.name, s.status,
-      s.ended and (" (" .. M.seconds(s.ended - s.started) .. ")") or "")
+    local box = (s.status == "done" and s.undo_status ~= "undone") and "[x]" or "[ ]"
+    add("- %s %s%s — %s%s%s", box, s.kind == "check" and "check: " or "", s.name, step_status(s),
+      s.ended and (" (" .. M.seconds(s.ended - s.started) .. ")") or "", again[s] and (" — " .. again[s]) or "")
     if s.error then
       add("  - error: `%s`", s.error:gsub("\n", " "):sub(1, 300))
+    end
+    if s.undo_error then
+      add("  - not undone: `%s`", s.undo_error:gsub("\n", " "):gsub("`", "'"):sub(1, 300))
     end
     for _, e in ipairs(s.effects) do
       add("  - `%s` (%s)", effect_line(e):gsub("`", "'"), M.inverse(e.inverse, e.no_inverse))

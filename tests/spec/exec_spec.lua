@@ -64,6 +64,17 @@ describe("exec.run", function()
     fails("ENOTDIR", d .. "/file", exec.run, { "pwd" }, { cwd = d .. "/file", check = false })
   end)
 
+  it("runs a relative program in cwd, and gives it its pipes when hrun has no stdio", function()
+    local d = tmpdir()
+    fs.write(d .. "/hello", "#!/bin/sh\necho hi from \"$(pwd)\"\n", { mode = "0755" })
+    eq(exec.run({ "./hello" }, { cwd = d }).stdout, "hi from " .. d .. "\n")
+    -- with hrun's stdin, stdout and stderr closed, its pipes are descriptors 0 to 2
+    fs.write(d .. "/t.lua", string.format("local r = exec.run({'sh', '-c', 'cat; echo err >&2'}, "
+      .. "{stdin = 'in\\n'})\nfs.write(%q, r.stdout .. r.stderr)\n", d .. "/out"))
+    exec.sh(shq(HRUN) .. " " .. shq(d .. "/t.lua") .. " <&- >&- 2>&-")
+    eq(fs.read(d .. "/out"), "in\nerr\n")
+  end)
+
   it("raises on a non-zero exit with the command, the code and stderr's tail", function()
     local err = checkerr("exec.run: sh -c 'echo one >&2; echo two >&2; exit 3' exited with code 3:\none\ntwo",
       exec.run, { "sh", "-c", "echo one >&2; echo two >&2; exit 3" })

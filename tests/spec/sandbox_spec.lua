@@ -180,10 +180,15 @@ return playbook { name = "early", capabilities = { "fs" },
     eq(fs.exists(d .. "/escaped"), false)
     eq(fs.exists(data .. "/one"), false, "rolled back")
     eq(fs.read(data .. "/two"), "2", "its undo was refused: it is left, and the journal says so")
-    -- hrun rollback undoes what is left through the journaled inverses
+    -- hrun rollback runs the undo function again, in the sandbox again: refused again
     r = run({ "rollback", "--state", state })
+    eq(r.code, 2, r.stdout)
+    has(r.stdout, "undo two: failed (undo)")
+    eq(fs.exists(d .. "/escaped"), false)
+    -- --force undoes what is left through the journaled inverses
+    r = run({ "rollback", "--force", "--state", state })
     eq(r.code, 0, r.stdout)
-    has(r.stdout, "undo two: undone (inverses)")
+    has(r.stdout, "undo two: undone (inverses (--force: its undo function failed))")
     eq(fs.exists(data .. "/two"), false)
     eq(fs.exists(d .. "/escaped"), false)
   end)
