@@ -844,7 +844,10 @@ static int btrfs_scrub(lua_State *L)
                         .ud = c};
     if (hrun_interrupted()) return hrun_raiseinterrupt(L);
     if (deadline > 0 && o.timeout <= 0) return hrun_raisetimeout(L);
-    int err = hrun_spawn(&c->proc, &o);
+    int top = lua_gettop(L);
+    /* the child is journaled before it runs (children.c); a sink that refused raised */
+    int err = hrun_spawn_reported(&c->proc, &o, hrun_children_report, L);
+    if (err == HRUN_REFUSED && lua_gettop(L) > top) return lua_error(L);
     if (err) return hrun_failf(L, hrun_errname(err), "btrfs.scrub: btrfs: %s", strerror(err));
     hrun_proc_wait(&c->proc, &o);
     if (c->proc.interrupted) return hrun_raiseinterrupt(L);

@@ -5,9 +5,10 @@
 ** (argv, env, stdin), http (headers, body, json) and fs.write accept and which shows as
 ** "<secret>" everywhere else — tostring, json.encode, the journal, events, error
 ** messages. A name (no '/') is looked up as systemd's credentials ($CREDENTIALS_DIRECTORY)
-** and agenix's (/run/agenix) keep them.  Every secret alive is also known to the masker
-** (hrun_mask), which replaces its bytes wherever they turn up in text hrun shows or
-** journals: a command that echoes its password does not put it in the journal.
+** and agenix's (/run/agenix) keep them.  Every secret read is also known to the masker
+** (hrun_mask) until hrun exits, which replaces its bytes wherever they turn up in text
+** hrun shows or journals: a command that echoes its password does not put it in the
+** journal.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +34,9 @@ typedef struct Secret {
 } Secret;
 
 static Secret *live;
+/* Secrets collected: their bytes stay known to the masker until hrun exits, since the
+** text that quotes one (a command's error, an event) may outlive the value. */
+static Secret *retired;
 
 static int secret_gc(lua_State *L)
 {
@@ -41,6 +45,14 @@ static int secret_gc(lua_State *L)
         *s->prev = s->next;
         if (s->next) s->next->prev = s->prev;
         s->prev = NULL;
+        Secret *r = s->len >= MIN_MASKED ? malloc(sizeof *r + s->len + 1) : NULL;
+        if (r) {
+            r->len = s->len;
+            memcpy(r->data, s->data, s->len + 1);
+            r->next = retired;
+            r->prev = NULL;
+            retired = r;
+        }
     }
     explicit_bzero(s->data, s->len);
     s->len = 0;
@@ -111,6 +123,7 @@ int hrun_secrets_live(void)
 {
     int n = 0;
     for (const Secret *s = live; s; s = s->next) n++;
+    for (const Secret *s = retired; s; s = s->next) n++;
     return n;
 }
 
@@ -127,21 +140,22 @@ void hrun_mask(lua_State *L, int idx)
     const char *text = lua_tolstring(L, idx, &len);
     lua_pushvalue(L, idx);
     if (text == NULL) return;
-    for (const Secret *s = live; s; s = s->next) {
-        if (s->len < MIN_MASKED || memmem(text, len, s->data, s->len) == NULL) continue;
-        luaL_Buffer b;
-        luaL_buffinit(L, &b);
-        const char *p = text, *end = text + len, *hit;
-        while ((hit = memmem(p, (size_t)(end - p), s->data, s->len)) != NULL) {
-            luaL_addlstring(&b, p, (size_t)(hit - p));
-            luaL_addstring(&b, SHOWN);
-            p = hit + s->len;
+    for (int list = 0; list < 2; list++)
+        for (const Secret *s = list ? retired : live; s; s = s->next) {
+            if (s->len < MIN_MASKED || memmem(text, len, s->data, s->len) == NULL) continue;
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            const char *p = text, *end = text + len, *hit;
+            while ((hit = memmem(p, (size_t)(end - p), s->data, s->len)) != NULL) {
+                luaL_addlstring(&b, p, (size_t)(hit - p));
+                luaL_addstring(&b, SHOWN);
+                p = hit + s->len;
+            }
+            luaL_addlstring(&b, p, (size_t)(end - p));
+            luaL_pushresult(&b);
+            lua_remove(L, -2);
+            text = lua_tolstring(L, -1, &len);
         }
-        luaL_addlstring(&b, p, (size_t)(end - p));
-        luaL_pushresult(&b);
-        lua_remove(L, -2);
-        text = lua_tolstring(L, -1, &len);
-    }
 }
 
 /* a .. b where either is a secret: a secret ("Bearer " .. token) */

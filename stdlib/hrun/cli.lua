@@ -177,7 +177,7 @@ local function play(opts, fn, ...)
     report_error(opts, msg)
   end)
   if status then
-    if status == 3 and not opts.json then
+    if status == 3 and not opts.json and not (type(res) == "table" and res.acted) then
       io.stderr:write("hrun: nothing was run.\n")
     end
     return status
@@ -278,10 +278,13 @@ commands.resume = {
   summary = "continue an interrupted run (default: the latest)",
   help = [[
 Continues a run that hrun did not finish (killed, power cut) or that stopped on a
-failure (on_failure = "stop"). Completed steps are not run again; the step that was
-running is undone through its journaled effects and runs again from its start (a step
-with resume = "rerun" runs again as it is). If the playbook changed since the run
-began, resuming needs --force.]],
+failure (on_failure = "stop"). First the children the crash left running are stopped
+(SIGTERM, then SIGKILL), and what a write was making when hrun died (its temporary
+files) is removed. Completed steps are not run again; the step that was running is
+undone through its journaled effects and runs again from its start (a step with
+resume = "rerun" runs again as it is). If the playbook changed since the run began,
+resuming needs --force. A run that was rolling back is not resumed: hrun rollback
+finishes it.]],
   run = function(opts, args)
     return play(opts, require("hrun.play").resume, one_arg("resume", args, "run", true), need_state(opts))
   end,

@@ -18,8 +18,8 @@ local EXIT_FAILED, EXIT_BAD, EXIT_LOCKED = 1, 3, 4
 -- Raised for a problem the user must fix before anything runs: exit 3.
 local Bad = {}
 Bad.__index = Bad
-local function bad(lines)
-  error(setmetatable({ lines = type(lines) == "table" and lines or { lines } }, Bad), 0)
+local function bad(lines, acted)
+  error(setmetatable({ lines = type(lines) == "table" and lines or { lines }, acted = acted }, Bad), 0)
 end
 M.Bad = Bad
 
@@ -621,7 +621,7 @@ function M.resume(priv, opts, arg, state)
           j:set_run(r.id, { status = "running" })
           j:commit()
           bad(string.format("step '%s' was interrupted and its effects cannot be undone: %s ('hrun rollback %d' " ..
-            "undoes the run; 'hrun resolve %d -m WHY' closes it by hand)", s.name, err, r.id, r.id))
+            "undoes the run; 'hrun resolve %d -m WHY' closes it by hand)", s.name, err, r.id, r.id), true)
         end
       end
     end

@@ -71,7 +71,8 @@ end
 local function collect()
   local found = {}
   local function add(program, where)
-    if program:find("^%$") or program == "" then
+    -- a variable, or a program a test makes itself (./hello)
+    if program:find("^%$") or program == "" or program:find("^%.%.?/") then
       return
     end
     found[program] = found[program] or {}

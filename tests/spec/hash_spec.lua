@@ -482,7 +482,7 @@ describe("a manifest's entries", function()
     sql[#sql + 1] = [[DROP TABLE undos; DROP TABLE playbooks; DROP TABLE children;]]
     for _, c in ipairs({ "runs.outcome", "runs.rollback_status", "runs.rollback_started", "runs.rollback_ended",
       "runs.resolved", "runs.resolved_by", "runs.resolved_at", "steps.undo_status", "steps.playbook",
-      "effects.undo_status", "effects.before", "effects.after" }) do
+      "effects.undo_status", "effects.before", "effects.after", "effects.settled" }) do
       local t, col = c:match("^(%w+)%.([%w_]+)$")
       sql[#sql + 1] = string.format("ALTER TABLE %s DROP COLUMN %s;", t, col)
     end

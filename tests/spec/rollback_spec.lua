@@ -42,11 +42,15 @@ return playbook { name = "flagged", params = { data = "" },
   } }
 ]]
 
+local function failing(src)
+  return (src:gsub('params = { data = "" }', 'params = { data = "", fail = true }'))
+end
+
 describe("a failed undo", function()
   it("leaves the run rollback-incomplete, says why, and is run again by the next rollback", function()
     local d, data, state = world()
     fs.write(data .. "/config", "old")
-    local p = playbook_file(d, "flagged.lua", FLAGGED:gsub('params = { data = "" }', 'params = { data = "", fail = true }'))
+    local p = playbook_file(d, "flagged.lua", failing(FLAGGED))
     local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data })
     eq(r.code, 2, r.stdout .. r.stderr)
     eq(fs.read(data .. "/config"), "old", "the other steps were undone")
@@ -193,11 +197,17 @@ return playbook { name = "retry", params = { data = "" },
   phase "p" {
     step "first" {
       run = function(ctx) fs.write(ctx.params.data .. "/first", "1") end,
-      undo = function(ctx) fs.remove(ctx.params.data .. "/first"); fs.write(ctx.params.data .. "/first-undone", "V1") end,
+      undo = function(ctx)
+        fs.remove(ctx.params.data .. "/first")
+        fs.write(ctx.params.data .. "/first-undone", "V1")
+      end,
     },
     step "second" {
       run = function(ctx) fs.write(ctx.params.data .. "/second", "x"); BROKEN end,
-      undo = function(ctx) fs.remove(ctx.params.data .. "/second"); fs.write(ctx.params.data .. "/second-undone", "V1") end,
+      undo = function(ctx)
+        fs.remove(ctx.params.data .. "/second")
+        fs.write(ctx.params.data .. "/second-undone", "V1")
+      end,
     },
   } }]]
     local p = playbook_file(d, "retry.lua", (src:gsub("BROKEN", 'error("broken")')))
@@ -290,7 +300,7 @@ end)
 describe("hrun resolve", function()
   it("closes a rollback-incomplete run by hand, journaled and shown", function()
     local d, data, state = world()
-    local p = playbook_file(d, "flagged.lua", FLAGGED:gsub('params = { data = "" }', 'params = { data = "", fail = true }'))
+    local p = playbook_file(d, "flagged.lua", failing(FLAGGED))
     eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 2)
     local r = hrun_cmd({ "resolve", "1", "--state", state })
     eq(r.code, 3)
@@ -374,5 +384,48 @@ return playbook { name = "child", params = { data = "" },
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "stopped sleep")
     eq(exec.run({ "pgrep", "-f", "^sleep 27.182$" }, { check = false }).ok, false, "the child is gone")
+  end)
+end)
+
+describe("subvolumes", function()
+  local SNAP = [[
+return playbook { name = "snap", params = { mnt = "" },
+  phase "p" {
+    step "snapshot" { run = function(ctx)
+      btrfs.snapshot(ctx.params.mnt .. "/data", ctx.params.mnt .. "/.snapshots/pre", { readonly = true })
+    end },
+    step "make and fill" { run = function(ctx)
+      btrfs.create(ctx.params.mnt .. "/new")
+      fs.write(ctx.params.mnt .. "/new/file", "filled")
+    end },
+  } }]]
+
+  local function setup()
+    local mnt = btrfs_volume(1)
+    btrfs.create(mnt .. "/data")
+    fs.mkdir(mnt .. "/.snapshots")
+    local d = tmpdir()
+    return mnt, playbook_file(d, "snap.lua", SNAP), d .. "/state"
+  end
+
+  it("a snapshot pruned since counts as undone: the run can be closed", function()
+    local mnt, p, state = setup()
+    eq(hrun_cmd({ p, "--state", state, "-p", "mnt=" .. mnt }).code, 0)
+    exec.run({ "btrfs", "subvolume", "delete", mnt .. "/.snapshots/pre" })
+    local r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.exists(mnt .. "/new"), false, "the subvolume made and filled is deleted")
+    eq(btrfs.list(mnt) and #btrfs.list(mnt), 1, "only data is left")
+  end)
+
+  it("a snapshot replaced since is left alone and named", function()
+    local mnt, p, state = setup()
+    eq(hrun_cmd({ p, "--state", state, "-p", "mnt=" .. mnt }).code, 0)
+    exec.run({ "btrfs", "subvolume", "delete", mnt .. "/.snapshots/pre" })
+    exec.run({ "btrfs", "subvolume", "snapshot", "-r", mnt .. "/data", mnt .. "/.snapshots/pre" })
+    local r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 2, r.stdout .. r.stderr)
+    has(r.stdout, mnt .. "/.snapshots/pre: the run left subvolume")
+    ok(btrfs.is_subvolume(mnt .. "/.snapshots/pre"), "a person's snapshot is kept")
   end)
 end)
