@@ -316,7 +316,8 @@ static void sig_dir(Sig *g, int fd, dev_t dev)
 
 /*
 ** The fingerprint of path (never followed) into out: "absent"; "file 0644 root:root 12
-** bytes xxh128 9f…" (over 64 MiB: "… bytes mtime SECONDS.NS"); "link -> target"; "dir 0755 root:root, 3 entries, tree xxh128 …";
+** bytes xxh128 9f…" (over 64 MiB: "… bytes mtime SECONDS.NS"); "link -> target";
+** "dir 0755 root:root, 3 entries, tree xxh128 …";
 ** "fifo 0644 root:root"; or "unreadable: why".
 */
 static void path_fp(const char *path, char *out, size_t size)
