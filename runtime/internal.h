@@ -152,6 +152,7 @@ void hrun_addpath(lua_State *L, int list, const char *path);
 int hrun_path_fp(lua_State *L);      /* undo.c: key = absolute path */
 int hrun_subvolume_fp(lua_State *L); /* mod_btrfs.c: key = absolute path */
 int hrun_ref_fp(lua_State *L);       /* mod_git.c: key = {repo, ref} */
+int hrun_repo_fp(lua_State *L);      /* mod_git.c: key = a repository's absolute path */
 int hrun_unit_fp(lua_State *L);      /* mod_service.c: key = unit name */
 int hrun_container_fp(lua_State *L); /* mod_podman.c: key = container name */
 int hrun_profile_fp(lua_State *L);   /* mod_nixos.c: key = a profile's link */

@@ -1287,7 +1287,16 @@ static int checkout_paths_state(lua_State *L)
     return 1;
 }
 
-/* git.init: what its undo removes (dir, or dir/.git when dir is there already) */
+/* [-0, +0, m] Appends a "repo" entry for the repository at path (made absolute). */
+static void add_repo(lua_State *L, int list, const char *path)
+{
+    char abs[PATH_MAX];
+    if (hrun_abspath(path, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", path);
+    lua_pushstring(L, abs);
+    hrun_addstate(L, list, "repo", abs);
+}
+
+/* git.init: the repository its undo removes (dir, or dir/.git when dir is there already) */
 static int init_state(lua_State *L)
 {
     const char *dir = check_dir(L, 1);
@@ -1298,18 +1307,68 @@ static int init_state(lua_State *L)
         lua_pushfstring(L, "%s/.git", dir);
     else
         lua_pushstring(L, dir);
-    hrun_addpath(L, lua_gettop(L) - 1, lua_tostring(L, -1));
+    add_repo(L, lua_gettop(L) - 1, lua_tostring(L, -1));
     lua_pop(L, 1);
     return 1;
 }
 
-/* git.clone: the directory */
+/* git.clone: the repository */
 static int clone_state(lua_State *L)
 {
     luaL_checkstring(L, 1);
     const char *dir = hrun_checkpath(L, 2, NULL);
     lua_newtable(L);
-    hrun_addpath(L, lua_gettop(L), dir);
+    add_repo(L, lua_gettop(L), dir);
+    return 1;
+}
+
+/*
+** A repository's fingerprint, key = its path: "absent"; "not a repository: <the path's>";
+** "repository, HEAD <ref> at <commit>|unborn". Not its objects, index or work tree: the
+** run's own later git writes add objects an undo leaves (a commit's undo moves the ref
+** back), and its files are undone by their own effects; a commit someone made since
+** moves HEAD, and that is a change.
+*/
+int hrun_repo_fp(lua_State *L)
+{
+    const char *dir = lua_tostring(L, 1);
+    struct stat st;
+    if (dir == NULL) return lua_pushliteral(L, "unreadable: no path in the key"), 1;
+    if (lstat(dir, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return lua_pushliteral(L, "absent"), 1;
+        return lua_pushfstring(L, "unreadable: %s", strerror(errno)), 1;
+    }
+    need_libgit2(L);
+    Repo *h = lua_newuserdatauv(L, sizeof(Repo), 0);
+    h->r = NULL;
+    hrun_setclose(L, "hrun.git.handle", repo_gc, NULL);
+    lua_toclose(L, -1);
+    if (git_repository_open_ext(&h->r, dir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) < 0) {
+        lua_pushliteral(L, "not a repository: ");
+        lua_pushvalue(L, 1);
+        lua_pushcfunction(L, hrun_path_fp);
+        lua_insert(L, -2);
+        lua_call(L, 1, 1);
+        lua_concat(L, 2);
+        return 1;
+    }
+    git_reference *head = NULL;
+    const char *name = "HEAD";
+    if (git_reference_lookup(&head, h->r, "HEAD") == 0 &&
+        git_reference_type(head) == GIT_REFERENCE_SYMBOLIC)
+        name = git_reference_symbolic_target(head);
+    lua_pushfstring(L, "repository, HEAD %s at ", name);
+    git_reference_free(head);
+    git_object *commit;
+    if (git_revparse_single(&commit, h->r, "HEAD^{commit}") == 0) {
+        char hex[GIT_OID_HEXSZ + 1];
+        oid_hex(git_object_id(commit), hex);
+        git_object_free(commit);
+        lua_pushstring(L, hex);
+    } else {
+        lua_pushliteral(L, "unborn");
+    }
+    lua_concat(L, 2);
     return 1;
 }
 

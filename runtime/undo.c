@@ -33,8 +33,10 @@ static const struct {
     const char *kind;
     lua_CFunction fp;
 } kinds[] = {
-    {"path", hrun_path_fp}, {"subvolume", hrun_subvolume_fp}, {"ref", hrun_ref_fp},
-    {"unit", hrun_unit_fp}, {"container", hrun_container_fp}, {"profile", hrun_profile_fp},
+    {"path", hrun_path_fp},       {"subvolume", hrun_subvolume_fp},
+    {"ref", hrun_ref_fp},         {"repo", hrun_repo_fp},
+    {"unit", hrun_unit_fp},       {"container", hrun_container_fp},
+    {"profile", hrun_profile_fp},
 };
 
 /* {======================================================

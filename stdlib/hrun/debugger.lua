@@ -142,7 +142,8 @@ function Session:runner()
     nil, self.src)
   self.lock, self.journal = lk, j
   self.r = runner_mod.new({ priv = priv, ui = play.new_ui(priv, opts), pb = self.pb, params = self.params,
-    journal = self.journal, run_id = id, path = self.path, opts = opts, pb_hash = self.hash, run_hash = self.hash })
+    journal = self.journal, run_id = id, path = self.path, opts = opts, pb_hash = self.hash, run_hash = self.hash,
+    versions = play.versions(priv, j, { path = self.path, sandbox = 0 }, self.state, opts) })
   self.r:emit({ event = "run-start", run = id, playbook = self.pb.name, version = self.pb.version, path = self.path })
   return self.r
 end

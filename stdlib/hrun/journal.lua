@@ -419,9 +419,12 @@ function Journal:undo_begin(u)
   return id
 end
 
-function Journal:undo_end(id, status, err, time)
+-- (defer: committed with the next durable write instead)
+function Journal:undo_end(id, status, err, time, defer)
   self:write("UPDATE undos SET status = ?, error = ?, ended = ? WHERE id = ?", status, err, time, id)
-  self:commit()
+  if not defer then
+    self:commit()
+  end
 end
 
 -- The operations of an effect's inverse that an earlier attempt completed: {[op] = true};

@@ -324,7 +324,8 @@ function M.run(priv, opts, path, state, setup)
   local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
     (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed, src)
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
-    path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash })
+    path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash,
+    versions = M.versions(priv, j, { path = path, sandbox = sandboxed and 1 or 0 }, state, opts) })
   if setup then
     setup(r)
   end
@@ -536,7 +537,7 @@ end
 
 -- versions(priv, j, r, state, opts) → fn(hash) → the playbook version the journal
 -- kept for run r, or nil and why: what rollback undoes a step with.
-local function versions(priv, j, r, state, opts)
+function M.versions(priv, j, r, state, opts)
   local cache = {}
   return function(hash)
     if not cache[hash] then
@@ -558,8 +559,9 @@ end
 local function journaled_runner(priv, opts, j, r, state, pb, extra)
   local o = { priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j, run_id = r.id,
     path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook, sandbox = r.sandbox == 1,
-    pb_hash = pb and r.hash, run_hash = r.hash, versions = versions(priv, j, r, state, opts),
-    outcome = r.outcome or (r.status == "running" and "crashed" or r.status) }
+    pb_hash = pb and r.hash, run_hash = r.hash, versions = M.versions(priv, j, r, state, opts),
+    -- a run that never reached its end (killed while running, or while rolling back) crashed
+    outcome = r.outcome or ((r.status == "running" or r.rollback_status == "running") and "crashed" or r.status) }
   for k, v in pairs(extra or {}) do
     o[k] = v
   end
@@ -605,9 +607,10 @@ function M.resume(priv, opts, arg, state)
       and s.undo_status ~= "undone" then
       local def = run:find_step(s.phase, s.name)
       if def and def.resume == "rerun" then
+        -- it runs again as it is: what its first attempt did stays, and a rollback
+        -- undoes it (the attempt is not undone)
         run:clean_leftovers(s.id)
         j:set_step_status(s.id, "interrupted")
-        j:set_step_undo(s.id, "undone", nil)
       else
         local ok, err = run:undo_effects(s.id, s.irreversible == 1)
         if s.status == "running" then
@@ -638,16 +641,27 @@ end
 -- rollback would undo is named, and the rollback refused unless --force.
 -- ======================================================
 
+-- Where in the file system a target is: a path or subvolume itself, a git ref its
+-- repository; nil for units, containers, profiles (compared by name).
+local function place(t)
+  if t.kind == "path" or t.kind == "subvolume" or t.kind == "repo" then
+    return tostring(t.target)
+  elseif t.kind == "ref" then
+    return (tostring(t.target):match("^(.*) [^ ]+$"))
+  end
+end
+
+-- Do two targets touch the same thing: the same one, or one path inside the other
+-- (a file in a directory another run made; a repository and one of its refs)?
 local function overlaps(a, b)
-  local paths = { path = true, subvolume = true }
-  if a.target == b.target and (a.kind == b.kind or paths[a.kind] and paths[b.kind]) then
+  if a.kind == b.kind and a.target == b.target then
     return true
   end
-  if not (paths[a.kind] and paths[b.kind]) then
-    return false
+  local x, y = place(a), place(b)
+  if not (x and y) or (a.kind == "ref" and b.kind == "ref") then
+    return false -- two refs of a repository are two things
   end
-  local x, y = tostring(a.target), tostring(b.target)
-  return x:sub(1, #y + 1) == y .. "/" or y:sub(1, #x + 1) == x .. "/"
+  return x == y or x == "/" or y == "/" or x:sub(1, #y + 1) == y .. "/" or y:sub(1, #x + 1) == x .. "/"
 end
 
 -- {{run = row, targets = {target, …}}, …}: the later runs in the way, newest first.
@@ -690,15 +704,19 @@ end
 local function rollback_plan(priv, opts, j, r, run, later)
   local items = {}
   for _, s in ipairs(j:steps_to_undo(r.id)) do
+    -- as Runner:undo_step decides: the undo function (of the version that ran the step)
+    -- for a completed step that has one, where it is to be had; else the inverses
+    local by_inverses = true
     if s.status == "done" and s.has_undo == 1 then
       local def, why = run:ran_as(s)
-      local ok = def and def.undo
+      local undo = def and def.undo
+      by_inverses = not undo and opts.force
       items[#items + 1] = { phase = s.phase, step = s.name, how = "undo",
-        note = ok and (s.undo_status == "undo-failed" and "will run again (it failed before)" or "will run")
+        note = undo and (s.undo_status == "undo-failed" and "will run again (it failed before)" or "will run")
           or ("not possible: " .. (why or "the version that ran it has no undo function") ..
             (opts.force and "; --force: by the inverses" or "")) }
     end
-    if not (s.status == "done" and s.has_undo == 1) or (opts.force and not select(1, run:ran_as(s))) then
+    if by_inverses then
       for _, e in ipairs(j:effects_to_undo(s.id)) do
         local targets, note = {}, "will be undone"
         for _, st in ipairs(e.before or {}) do

@@ -663,13 +663,9 @@ function Runner:run_step(step, resumed_state)
   end
   local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
   if ok and not self.plan then
-    -- what the step left: an undo that finds it changed since, and not back as it was
-    -- before, finds a change made after the step (by a person, or something unjournaled)
-    for _, e in ipairs(self.step_effects) do
-      self.journal:effect_settled(e.id, self.priv.trusted(restate, self.priv, e.before))
-    end
+    self:settle(self.step_effects)
   end
-  self.step_effects = {}
+  self.last_effects, self.step_effects = self.step_effects, {}
   if not self.plan then
     self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
       ended = sys.now() })
@@ -685,6 +681,15 @@ function Runner:run_step(step, resumed_state)
     attempts = attempts, seconds = sys.now() - started, traceback = not ok and self.traceback or nil })
   self.traceback = nil
   return ok, err
+end
+
+-- Journals what a completed step left of each of its effects' targets: an undo that
+-- finds one neither so nor back as it was before finds a change made after the step
+-- (by a person, or by something unjournaled).
+function Runner:settle(effects)
+  for _, e in ipairs(effects) do
+    self.journal:effect_settled(e.id, self.priv.trusted(restate, self.priv, e.before))
+  end
 end
 
 -- A step that failed before it began (when raised, confirmation refused): journaled
@@ -747,6 +752,18 @@ end
 local function same(a, b)
   for i, st in ipairs(a) do
     if not b[i] or b[i].fp ~= st.fp then
+      return false
+    end
+  end
+  return true
+end
+
+-- Do the states say all there is to what they describe? A file's bytes, a subvolume, a
+-- ref do; a profile's generation does not say which system is active or booted.
+local COMPLETE = { path = true, subvolume = true, ref = true }
+local function complete(states)
+  for _, st in ipairs(states) do
+    if not COMPLETE[st.kind] then
       return false
     end
   end
@@ -823,13 +840,8 @@ end
 -- operations run in order, those an earlier attempt completed skipped.
 function Runner:undo_effect(e, irreversible)
   local j = self.journal
-  local states = e.before or e.after
-  if states then
-    local ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
-    if ok and type(removed) == "table" and #removed > 0 then
-      self:emit({ event = "log", message = "removed what a crash left: " .. table.concat(removed, ", ") })
-    end
-  end
+  local done, begun = j:ops_done(e.id)
+  self:remove_leftovers(e, next(done) ~= nil or next(begun) ~= nil)
   if not e.inverse then
     if irreversible then
       j:set_effect_undo(e.id, "irreversible")
@@ -840,7 +852,6 @@ function Runner:undo_effect(e, irreversible)
     j:set_effect_undo(e.id, "undo-failed", err)
     return false, err
   end
-  local done, begun = j:ops_done(e.id)
   local now = e.before and self.priv.trusted(restate, self.priv, e.before)
   if now and next(done) == nil and next(begun) == nil then
     local outlook, diff = M.outlook(e, now)
@@ -875,8 +886,9 @@ function Runner:undo_effect(e, irreversible)
   self.priv.setstrict(true)
   self.undoing = false
   local how = "inverse"
-  if not ok and e.before then
-    -- the operation failed, yet what the effect changed is back as it was
+  if not ok and e.before and complete(e.before) then
+    -- the operation failed, yet what the effect changed is back as it was (and its
+    -- state says all there is to it: a file, a subvolume, a ref)
     now = self.priv.trusted(restate, self.priv, e.before)
     if now and same(e.before, now) then
       ok, err, how = true, nil, "already undone"
@@ -904,14 +916,33 @@ function Runner:undo_effects(step_id, irreversible)
   return true
 end
 
+-- Removes what a crash may have left of effect e: the temporaries of the write, when
+-- hrun died before its result (intent), and of an earlier undo of it (undo_begun); the
+-- lock files a killed git write leaves, for the first only — a done effect's are not
+-- its, and may be a person's.
+function Runner:remove_leftovers(e, undo_begun)
+  local states = e.before or e.after
+  if not states or not (e.status == "intent" or undo_begun) then
+    return
+  end
+  if e.status ~= "intent" then
+    local copy = {}
+    for i, st in ipairs(states) do
+      copy[i] = { kind = st.kind, target = st.target, key = st.key, fp = st.fp, aside_of = st.aside_of }
+    end
+    states = copy
+  end
+  local ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
+  if ok and type(removed) == "table" and #removed > 0 then
+    self:emit({ event = "log", message = "removed what a crash left: " .. table.concat(removed, ", ") })
+  end
+end
+
 -- Removes what a crash left of a step's effects (their temporaries) without undoing
 -- them: a step that resumes as it is (resume = "rerun").
 function Runner:clean_leftovers(step_id)
   for _, e in ipairs(self.journal:effects_to_undo(step_id)) do
-    local states = e.before or e.after
-    if states then
-      pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
-    end
+    self:remove_leftovers(e, false)
   end
 end
 
@@ -963,7 +994,9 @@ function Runner:run_undo_function(s, def)
     self.interrupted = true
     ok, err = false, "interrupted"
   end
-  self.journal:undo_end(uid, ok and "ok" or "failed", not ok and tostring(err) or nil, sys.now())
+  -- committed with the step's undo status (undo_step): a crash between the two must not
+  -- leave an undo function done and its step not undone, to be run twice
+  self.journal:undo_end(uid, ok and "ok" or "failed", not ok and tostring(err) or nil, sys.now(), true)
   return ok, err
 end
 
@@ -1121,6 +1154,7 @@ function Runner:step_with_debugger(item)
       ok = true
     elseif action == "continue" then
       if id then
+        self:settle(self.last_effects or {})
         self.journal:set_step_status(id, "done")
       end
       self:emit({ event = "log", phase = item.phase, step = item.name, message = "accepted as done in the debugger" })

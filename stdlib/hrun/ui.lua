@@ -559,12 +559,19 @@ local function retries(r)
   return notes
 end
 
+local MAY_HAVE_CHANGED = { done = true, failed = true, running = true, interrupted = true }
+
 -- The steps a rollback-incomplete (or resolved) run still has not undone, and why.
 local function not_undone(r)
   local out = {}
+  if r.status ~= "rollback-incomplete" and r.status ~= "resolved" then
+    return out
+  end
   for _, s in ipairs(r.steps) do
-    if s.kind == "step" and s.undo_status == "undo-failed" then
-      out[#out + 1] = string.format("%s/%s: %s", s.phase, s.name, tostring(s.undo_error):gsub("\n", " "))
+    if s.kind == "step" and MAY_HAVE_CHANGED[s.status] and s.undo_status ~= "undone" then
+      local why = s.undo_status == "undo-failed" and tostring(s.undo_error):gsub("\n", " ") or
+        "not tried yet (the rollback stopped before it)"
+      out[#out + 1] = string.format("%s/%s: %s", s.phase, s.name, why)
     end
   end
   return out
@@ -647,7 +654,8 @@ function M.markdown(r, lock_free)
     r.ended and (", took " .. M.seconds(r.ended - r.started)) or "")
   local rb = later_rollback(r)
   if rb then
-    add("- **Rollback:** %s, started %s%s", tostring(r.rollback_status), M.timestamp(rb),
+    add("- **Rollback:** %s, started %s%s", r.rollback_status == "running" and (lock_free and
+      "stopped before its end" or "running") or tostring(r.rollback_status), M.timestamp(rb),
       r.rollback_ended and r.rollback_ended >= rb and (", took " .. M.seconds(r.rollback_ended - rb)) or "")
   end
   if r.resolved then

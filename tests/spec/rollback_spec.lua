@@ -429,3 +429,64 @@ return playbook { name = "snap", params = { mnt = "" },
     ok(btrfs.is_subvolume(mnt .. "/.snapshots/pre"), "a person's snapshot is kept")
   end)
 end)
+
+describe("repositories", function()
+  it("made and committed to by the run are undone without a word about changes", function()
+    local d, data, state = world()
+    local p = playbook_file(d, "repo.lua", [[
+return playbook { name = "repo", params = { data = "" },
+  phase "p" {
+    step "init" { run = function(ctx) git.init(ctx.params.data .. "/repo") end },
+    step "commit" { run = function(ctx)
+      fs.write(ctx.params.data .. "/repo/a", "a")
+      git.commit(ctx.params.data .. "/repo", "first", { all = true })
+    end },
+    step "fail" { run = function() error("no") end },
+  } }]])
+    local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    eq(fs.exists(data .. "/repo"), false)
+  end)
+
+  it("leave a lock file a person holds alone", function()
+    local d, data, state = world()
+    need("git")
+    exec.run({ "git", "init", "-q", data .. "/repo" })
+    local p = playbook_file(d, "commit.lua", [[
+return playbook { name = "commit", params = { data = "" },
+  phase "p" {
+    step "commit" { run = function(ctx)
+      fs.write(ctx.params.data .. "/repo/a", "a")
+      git.commit(ctx.params.data .. "/repo", "first", { all = true })
+    end },
+  } }]])
+    eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 0)
+    fs.write(data .. "/repo/.git/index.lock", "")
+    local r = hrun_cmd({ "rollback", "1", "--state", state })
+    ok(fs.exists(data .. "/repo/.git/index.lock"), "the lock is the person's: " .. r.stdout .. r.stderr)
+    fs.remove(data .. "/repo/.git/index.lock")
+  end)
+end)
+
+describe("a step resumed as it is (resume = \"rerun\")", function()
+  it("keeps its first attempt to be undone", function()
+    local d, data, state = world()
+    fs.write(data .. "/f", "old")
+    local p = playbook_file(d, "rerun.lua", [[
+return playbook { name = "rerun", params = { data = "", fail = false },
+  phase "p" {
+    step "one" { resume = "rerun", run = function(ctx)
+      fs.write(ctx.params.data .. "/f", (fs.read(ctx.params.data .. "/f")) == "old" and "new1" or "new2")
+    end },
+    step "two" { run = function(ctx) if ctx.params.fail then error("two fails") end end },
+  } }]])
+    local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data, "-p", "fail=true" },
+      { env = { HRUN_TEST_CRASH = "effect-done:1" } })
+    eq(r.signal, "SIGKILL")
+    eq(fs.read(data .. "/f"), "new1")
+    r = hrun_cmd({ "resume", "--state", state })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    eq(fs.read(data .. "/f"), "old", "both attempts undone")
+    eq(show(state).status, "rolled-back")
+  end)
+end)
