@@ -43,6 +43,10 @@ static const struct {
 ** Temporaries named from the run and the effect
 ** ======================================================= */
 
+/* At most this much of a target's name goes into its temporary's: a name of 255 bytes
+** must still have one within NAME_MAX. */
+#define TMP_BASE 200
+
 int hrun_tmpname(lua_State *L, const char *target, char *out, size_t size)
 {
     hrun_Runtime *rt = hrun_runtime(L);
@@ -52,10 +56,10 @@ int hrun_tmpname(lua_State *L, const char *target, char *out, size_t size)
     const char *dir = slash ? target : ".";
     int n;
     if (rt->effect_id)
-        n = snprintf(out, size, "%.*s/.%s.hrun-%lld-%lld-XXXXXX", dirlen, dir, base,
+        n = snprintf(out, size, "%.*s/.%.*s.hrun-%lld-%lld-XXXXXX", dirlen, dir, TMP_BASE, base,
                      (long long)rt->effect_run, (long long)rt->effect_id);
     else
-        n = snprintf(out, size, "%.*s/.%s.hrun-XXXXXX", dirlen, dir, base);
+        n = snprintf(out, size, "%.*s/.%.*s.hrun-XXXXXX", dirlen, dir, TMP_BASE, base);
     if (n < 0 || (size_t)n >= size) {
         if (size) out[0] = '\0';
         errno = ENAMETOOLONG;
@@ -496,7 +500,7 @@ static void remove_temporaries(lua_State *L, const char *path, lua_Integer run, 
     const char *slash = strrchr(path, '/');
     if (slash == NULL) return; /* keys are absolute */
     snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
-    snprintf(prefix, sizeof prefix, ".%s.hrun-%lld-%lld-", slash + 1, (long long)run,
+    snprintf(prefix, sizeof prefix, ".%.*s.hrun-%lld-%lld-", TMP_BASE, slash + 1, (long long)run,
              (long long)effect);
     size_t plen = strlen(prefix);
     int top = lua_gettop(L);

@@ -490,3 +490,19 @@ return playbook { name = "rerun", params = { data = "", fail = false },
     eq(show(state).status, "rolled-back")
   end)
 end)
+
+describe("long names", function()
+  it("are written and undone: the temporary's name stays within NAME_MAX", function()
+    local d, data, state = world()
+    local name = data .. "/" .. string.rep("n", 250)
+    fs.write(name, "old")
+    local p = playbook_file(d, "long.lua", string.format([[
+return playbook { name = "long",
+  phase "p" { step "write" { run = function() fs.write(%q, "new") end } } }]], name))
+    eq(hrun_cmd({ p, "--state", state }).code, 0)
+    eq(fs.read(name), "new")
+    eq(hrun_cmd({ "rollback", "1", "--state", state }).code, 0)
+    eq(fs.read(name), "old")
+    eq(fs.list(data), { string.rep("n", 250) }, "no temporary left")
+  end)
+end)
