@@ -510,6 +510,9 @@ end
 -- open_run(priv, state, arg, doing) → lock, journal, run: a journaled run, to resume or
 -- roll back, under the lock.
 local function open_run(priv, state, arg, doing)
+  if not fs.exists(state .. "/journal.db") then
+    bad(string.format("the journal has no runs yet (%s)", state))
+  end
   local lk = lock(priv, state, string.format("pid %d, %s, since %s", self_pid(), doing, ui_mod.timestamp(sys.now())))
   local j = open_journal(priv, state)
   local r = pick_run(j, arg)

@@ -506,3 +506,18 @@ return playbook { name = "long",
     eq(fs.list(data), { string.rep("n", 250) }, "no temporary left")
   end)
 end)
+
+describe("a state directory hrun never made", function()
+  it("has no runs to resume or roll back, and stays unmade", function()
+    local d = tmpdir()
+    for _, cmd in ipairs({ "resume", "rollback", "resolve" }) do
+      local r = hrun_cmd({ cmd, "1", "-m", "x", "--state", d .. "/state" })
+      if cmd ~= "resolve" then
+        r = hrun_cmd({ cmd, "--state", d .. "/state" })
+      end
+      eq(r.code, 3, cmd)
+      has(r.stderr, "the journal has no runs yet (" .. d .. "/state)")
+    end
+    eq(fs.exists(d .. "/state"), false)
+  end)
+end)
