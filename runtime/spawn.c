@@ -6,16 +6,23 @@
 ** Every child is reported (children.c's spawn sink: the journal records its group) before
 ** it may run its program: it waits on a gate pipe between fork and exec, and only a byte
 ** written after the report opens it. A refused child dies at the gate, having run nothing.
+**
+** The child shares hrun's memory until its exec (clone with CLONE_VM, on a stack of its
+** own), as posix_spawn's does, but without suspending hrun, which must report it while
+** it waits: a fork would copy hrun's page tables and make every page it writes next
+** fault, for a child that only waits and execs. Under the sanitizers it is a fork.
 */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/pidfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -99,8 +106,11 @@ static _Noreturn void child(const char *file, const hrun_SpawnOpts *o, int fds[3
 
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
+    /* only signals that can be set: a failed call would write errno, which this child
+    ** shares with hrun's thread (CLONE_VM) */
     for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, NULL);
+        if (sig != SIGKILL && sig != SIGSTOP && (sig < 32 || sig >= SIGRTMIN))
+            sigaction(sig, &dfl, NULL);
     setpgid(0, 0);
     for (int i = 0; i < 5; i++)
         if (theirs[i] >= 0) close(theirs[i]);
@@ -125,6 +135,59 @@ static _Noreturn void child(const char *file, const hrun_SpawnOpts *o, int fds[3
     _exit(127);
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SPAWN_FORK 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SPAWN_FORK 1
+#endif
+#endif
+
+/* What the child needs until its exec, in hrun_spawn_reported's frame: that outlives it
+** (the parent waits on ep for the exec, or for the child's end). */
+typedef struct ChildArgs {
+    const char *file;
+    const hrun_SpawnOpts *o;
+    int fds[3], gate, ep, theirs[5];
+} ChildArgs;
+
+static int child_main(void *arg)
+{
+    const ChildArgs *a = arg;
+    int fds[3] = {a->fds[0], a->fds[1], a->fds[2]}; /* its own copy: child() moves them */
+    child(a->file, a->o, fds, a->gate, a->ep, a->theirs);
+}
+
+#define CHILD_STACK (64 * 1024)
+
+/* A child running child(), in a new process: its pid, or -1 with errno. *stack is what
+** to unmap once it has exec'd or ended (NULL when it is a fork). */
+static pid_t start_child(const ChildArgs *a, void **stack)
+{
+    *stack = NULL;
+#ifdef SPAWN_FORK
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fds[3] = {a->fds[0], a->fds[1], a->fds[2]};
+        child(a->file, a->o, fds, a->gate, a->ep, a->theirs);
+    }
+    return pid;
+#else
+    void *s = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (s == MAP_FAILED) return -1;
+    pid_t pid = clone(child_main, (char *)s + CHILD_STACK, CLONE_VM | SIGCHLD, (void *)a);
+    if (pid < 0) {
+        int err = errno;
+        munmap(s, CHILD_STACK);
+        errno = err;
+        return -1;
+    }
+    *stack = s;
+    return pid;
+#endif
+}
+
 int hrun_spawn(hrun_Proc *p, const hrun_SpawnOpts *o)
 {
     return hrun_spawn_reported(p, o, default_report, default_report_ud);
@@ -135,6 +198,7 @@ int hrun_spawn_reported(hrun_Proc *p, const hrun_SpawnOpts *o, hrun_SpawnReport 
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, gate[2] = {-1, -1};
     int ep[2] = {-1, -1};
     char file[PATH_MAX];
+    void *stack = NULL;
     sigset_t all, old;
     int rc = find_program(o->argv[0], file, sizeof file);
 
@@ -151,10 +215,9 @@ int hrun_spawn_reported(hrun_Proc *p, const hrun_SpawnOpts *o, hrun_SpawnReport 
     /* nothing may run a handler in the child before it resets them all */
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0)
-        child(file, o, (int[3]){in[0], out[1], err[1]}, gate[0], ep[1],
-              (int[5]){in[1], out[0], err[0], gate[1], ep[0]});
+    ChildArgs args = {file,    o,     {in[0], out[1], err[1]},
+                      gate[0], ep[1], {in[1], out[0], err[0], gate[1], ep[0]}};
+    pid_t pid = start_child(&args, &stack);
     rc = pid < 0 ? errno : 0;
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) goto done;
@@ -191,6 +254,8 @@ int hrun_spawn_reported(hrun_Proc *p, const hrun_SpawnOpts *o, hrun_SpawnReport 
     p->input_off = 0;
     p->started = hrun_monotime();
 done:
+    /* the child has exec'd (a memory of its own) or is gone: its stack is free */
+    if (stack) munmap(stack, CHILD_STACK);
     closefd(&in[0]), closefd(&in[1]), closefd(&out[0]), closefd(&out[1]);
     closefd(&err[0]), closefd(&err[1]), closefd(&gate[0]), closefd(&gate[1]);
     closefd(&ep[0]), closefd(&ep[1]);
