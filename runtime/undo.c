@@ -69,7 +69,7 @@ int hrun_tmpname(lua_State *L, const char *target, char *out, size_t size)
 }
 
 /* seteffect(run, effect) | seteffect(nil): while set, temporaries are named
-** .BASENAME.hrun-<run>-<effect>-XXXXXX */
+** .BASENAME.hrun-<run>-<effect>-XXXXXX (effect < 0: an undo function's attempt) */
 static int priv_seteffect(lua_State *L)
 {
     hrun_Runtime *rt = hrun_runtime(L);
@@ -79,7 +79,8 @@ static int priv_seteffect(lua_State *L)
     }
     lua_Integer run = luaL_checkinteger(L, 1), effect = luaL_checkinteger(L, 2);
     luaL_argcheck(L, run > 0, 1, "a run id expected");
-    luaL_argcheck(L, effect > 0, 2, "an effect id expected");
+    /* an undo function's attempt has no effect of its own: minus the attempt's id */
+    luaL_argcheck(L, effect != 0, 2, "an effect id (or minus an undo attempt's) expected");
     rt->effect_run = run, rt->effect_id = effect;
     return 0;
 }

@@ -178,6 +178,7 @@ local migrations = {
       how TEXT NOT NULL,               -- undo, inverse, already-undone, irreversible, forced
       status TEXT NOT NULL,            -- running, ok, failed
       error TEXT,
+      targets TEXT,                    -- JSON: what an undo function wrote to (its states)
       started REAL NOT NULL, ended REAL
     );
     CREATE INDEX undos_step ON undos(step);
@@ -425,6 +426,24 @@ function Journal:undo_end(id, status, err, time, defer)
   if not defer then
     self:commit()
   end
+end
+
+-- What an undo function is about to write to, before it does: durable, so that what a
+-- crash leaves of it (its temporaries) is found.
+function Journal:undo_targets(id, states)
+  self:write("UPDATE undos SET targets = ? WHERE id = ?", codec.encode(states), id)
+  self:commit()
+end
+
+-- The attempts of a step's undo function that a crash or an interrupt cut short, with
+-- the states of what they wrote to.
+function Journal:undo_interrupted(step)
+  local rows = self.db:query([[SELECT id, targets, started FROM undos WHERE step = ? AND effect IS NULL
+      AND status = 'running' AND targets IS NOT NULL]], step)
+  for _, u in ipairs(rows) do
+    u.targets = codec.decode(u.targets)
+  end
+  return rows
 end
 
 -- The operations of an effect's inverse that an earlier attempt completed: {[op] = true};

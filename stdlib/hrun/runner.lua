@@ -359,8 +359,10 @@ end
 -- ======================================================
 
 function Runner:before(call, ...)
-  if not call.writes or self.undoing then
+  if not call.writes then
     return
+  elseif self.undoing then
+    return self:undo_writes(call, ...)
   end
   local cur = self.current
   if cur and cur.kind ~= "step" then
@@ -415,6 +417,23 @@ function Runner:before(call, ...)
   -- temporaries the write makes are named from the run and the effect: found after a crash
   self.priv.seteffect(self.run_id, id)
   self:maybe_crash("effect-intent")
+end
+
+-- A write of a step's undo function: not journaled as an effect (the undo function is
+-- the step's way back), but what it writes to is, before it acts, so that a crash in
+-- the middle leaves nothing the next rollback does not find (its temporaries).
+function Runner:undo_writes(call, ...)
+  local attempt = self.undo_attempt
+  if not attempt then -- an inverse's operation: its effect is the one journaled
+    return
+  end
+  local states = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
+  if states and #states > 0 then
+    for _, st in ipairs(states) do
+      attempt.states[#attempt.states + 1] = st
+    end
+    self.journal:undo_targets(attempt.id, attempt.states)
+  end
 end
 
 -- Writes whose failure may still have changed the system: nixos-rebuild can fail after
@@ -791,8 +810,9 @@ end
 
 -- What the journaled states of effect e say of undoing it, given them as they are now:
 -- "already-undone" (back as it was before, after it had changed it), "changed" and what
--- (see changed_since; only for effects of steps that ended), or nil: run the inverse. An effect whose state shows no
--- change, or whose step did not end, runs its inverse: the state may not see all it did.
+-- (see changed_since; only for effects of steps that ended), or nil: run the inverse.
+-- An effect whose state shows no change runs its inverse: the state may not see all it
+-- did.
 function M.outlook(e, now)
   if not (now and e.before) then
     return nil
@@ -986,7 +1006,12 @@ function Runner:run_undo_function(s, def)
   local ctx = self:ctx(s.phase, s.name, s.state)
   self.current = { kind = "step", id = s.id, name = s.name, phase = s.phase, def = def }
   self.undoing = true
+  -- its temporaries are named from the attempt, and what it writes to is journaled
+  self.undo_attempt = { id = uid, states = {} }
+  self.priv.seteffect(self.run_id, -uid)
   local ok, err = xpcall(def.undo, self:handler(), ctx)
+  self.priv.seteffect(nil)
+  self.undo_attempt = nil
   self.undoing = false
   self.current = nil
   if self.priv.interrupted() > 0 then
@@ -1004,6 +1029,14 @@ end
 -- (of the version that ran it), any other by the inverses of its effects. Where the
 -- undo function is not to be had, the step is not undone (--force: by its inverses).
 function Runner:undo_step(s)
+  -- what an earlier attempt of its undo function left when hrun died in it
+  for _, u in ipairs(self.journal:undo_interrupted(s.id)) do
+    local ok, removed = pcall(self.priv.leftovers, self.run_id, -u.id, u.targets, u.started)
+    if ok and type(removed) == "table" and #removed > 0 then
+      self:emit({ event = "log", phase = s.phase, step = s.name,
+        message = "removed what a crash left: " .. table.concat(removed, ", ") })
+    end
+  end
   local ok, err, how
   if s.status == "done" and s.has_undo == 1 then
     local def, why = self:ran_as(s)

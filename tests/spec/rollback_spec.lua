@@ -521,3 +521,42 @@ describe("a state directory hrun never made", function()
     eq(fs.exists(d .. "/state"), false)
   end)
 end)
+
+describe("an undo function killed in the middle", function()
+  it("leaves no temporary: what it wrote to is journaled, and the next rollback cleans", function()
+    local d, data, state = world()
+    local p = playbook_file(d, "killed.lua", [[
+return playbook { name = "killed", params = { data = "" },
+  phase "p" {
+    step "a" {
+      run = function(ctx) fs.write(ctx.params.data .. "/f", "made") end,
+      undo = function(ctx)
+        fs.write(ctx.params.data .. "/log", "undoing")
+        if not fs.exists(ctx.params.data .. "/quick") then
+          fs.write(ctx.params.data .. "/waiting", "")
+          sys.sleep(20)
+        end
+        fs.remove(ctx.params.data .. "/f")
+      end,
+    },
+  } }]])
+    eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 0)
+    local r = exec.sh(string.format("%s rollback 1 --state %s >/dev/null 2>&1 & pid=$!; " ..
+      "for i in $(seq 200); do [ -e %s/waiting ] && break; sleep 0.05; done; " ..
+      "kill -KILL $pid; wait $pid; echo status=$?", shq(HRUN), shq(state), shq(data)), { timeout = 30 })
+    has(r.stdout, "status=137")
+    local attempt = exec.run({ "sqlite3", state .. "/journal.db", "SELECT id FROM undos WHERE effect IS NULL " ..
+      "AND status = 'running' AND targets IS NOT NULL" }).stdout:gsub("%s", "")
+    ok(attempt ~= "", "the killed attempt and what it wrote to are journaled")
+    -- what a kill inside its fs.write would have left, named from the run and the attempt
+    local leftover = string.format("%s/.log.hrun-1--%s-AbC123", data, attempt)
+    fs.write(leftover, "half")
+    fs.remove(data .. "/waiting")
+    fs.write(data .. "/quick", "")
+    r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "removed what a crash left: " .. leftover)
+    eq(fs.exists(leftover), false)
+    eq(fs.exists(data .. "/f"), false)
+  end)
+end)
