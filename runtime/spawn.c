@@ -167,10 +167,7 @@ static pid_t start_child(const ChildArgs *a, void **stack)
     *stack = NULL;
 #ifdef SPAWN_FORK
     pid_t pid = fork();
-    if (pid == 0) {
-        int fds[3] = {a->fds[0], a->fds[1], a->fds[2]};
-        child(a->file, a->o, fds, a->gate, a->ep, a->theirs);
-    }
+    if (pid == 0) child_main((void *)a);
     return pid;
 #else
     void *s = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
