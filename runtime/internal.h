@@ -190,6 +190,10 @@ int hrun_json_decode(lua_State *L);
 ** 0, or -1 with errno. */
 int hrun_rmtree(const char *path);
 
+/* What a file's type is called (st_mode's S_IFMT bits): "file", "dir", "link", "fifo",
+** "socket", "char", "block", "unknown" (fs.stat's types, the undo fingerprints'). */
+const char *hrun_typename(unsigned mode);
+
 /* [-0, +0, m] Calls fn (a library's global clean-up: git_libgit2_shutdown, …) when the
 ** Lua state closes. */
 void hrun_atclose(lua_State *L, lua_CFunction fn);

@@ -217,7 +217,7 @@ static int fs_exists(lua_State *L)
     return hrun_fail(L, "fs.exists", path, errno);
 }
 
-static const char *type_name(mode_t m)
+const char *hrun_typename(unsigned m)
 {
     switch (m & S_IFMT) {
     case S_IFREG:
@@ -291,7 +291,7 @@ static int fs_stat(lua_State *L)
     if ((follow ? stat(path, &st) : lstat(path, &st)) < 0)
         return hrun_fail(L, "fs.stat", path, errno);
     lua_createtable(L, 0, 14);
-    lua_pushstring(L, type_name(st.st_mode));
+    lua_pushstring(L, hrun_typename(st.st_mode));
     lua_setfield(L, -2, "type");
     setint(L, "size", (lua_Integer)st.st_size);
     setint(L, "mode", (lua_Integer)(st.st_mode & 07777));

@@ -164,28 +164,6 @@ static void owner_text(uid_t uid, gid_t gid, char *out, size_t size)
     snprintf(out, size, "%s:%s", u, g);
 }
 
-static const char *type_name(mode_t m)
-{
-    switch (m & S_IFMT) {
-    case S_IFREG:
-        return "file";
-    case S_IFDIR:
-        return "dir";
-    case S_IFLNK:
-        return "link";
-    case S_IFIFO:
-        return "fifo";
-    case S_IFSOCK:
-        return "socket";
-    case S_IFCHR:
-        return "char";
-    case S_IFBLK:
-        return "block";
-    default:
-        return "unknown";
-    }
-}
-
 static void hex128(XXH128_hash_t h, char out[33])
 {
     XXH128_canonical_t c;
@@ -285,7 +263,7 @@ static void sig_dir(Sig *g, int fd, dev_t dev)
             sig_add(g, line);
         } else {
             int k =
-                snprintf(line, sizeof line, "%s %o %u:%u", type_name(st.st_mode),
+                snprintf(line, sizeof line, "%s %o %u:%u", hrun_typename(st.st_mode),
                          (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)st.st_gid);
             if (S_ISREG(st.st_mode))
                 snprintf(line + k, sizeof line - (size_t)k, " %lld %lld", (long long)st.st_size,
@@ -382,10 +360,10 @@ static void path_fp(const char *path, char *out, size_t size)
         XXH3_freeState(g->s);
         free(g);
     } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
-        snprintf(out, size, "%s %04o %s %u:%u", type_name(st.st_mode), mode, owner,
+        snprintf(out, size, "%s %04o %s %u:%u", hrun_typename(st.st_mode), mode, owner,
                  major(st.st_rdev), minor(st.st_rdev));
     } else {
-        snprintf(out, size, "%s %04o %s", type_name(st.st_mode), mode, owner);
+        snprintf(out, size, "%s %04o %s", hrun_typename(st.st_mode), mode, owner);
     }
 }
 
