@@ -788,7 +788,11 @@ end
 function M.rollback(priv, opts, arg, state)
   local lk <close>, j, r = open_run(priv, state, arg, "rolling back") -- luacheck: ignore 211/lk
   if r.status == "rolled-back" then
-    io.stdout:write(string.format("run %d is already rolled back: nothing to undo\n", r.id))
+    if opts.json then
+      io.stdout:write(json.encode({ event = "nothing-to-undo", run = r.id, status = r.status }), "\n")
+    else
+      io.stdout:write(string.format("run %d is already rolled back: nothing to undo\n", r.id))
+    end
     return 0
   end
   local pb, why = reload(priv, r, state, opts)
