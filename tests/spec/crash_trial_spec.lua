@@ -36,7 +36,7 @@ local function count(ctx, name)
 end
 
 return playbook {
-  name = "crash-trial", params = { w = "" },
+  name = "crash-trial", params = { w = "", m = "", fail = "1" },@ONFAIL@
   phase "files" {
     step "write" { run = function(ctx)
       count(ctx, "write")
@@ -60,7 +60,7 @@ return playbook {
       count(ctx, "fill")
       fs.write(W(ctx, "files/newdir/f1"), "f1\n")
       fs.write(W(ctx, "files/newdir/a/b/f2"), "f2\n", { mode = "0600" })
-    end },
+    end },@MID@
     step "remove" { run = function(ctx)
       count(ctx, "remove")
       fs.remove(W(ctx, "files/victim"))
@@ -130,13 +130,63 @@ return playbook {
       -- a child that runs a while (kills land inside it); the path names it for pgrep
       exec.run({ "sh", "-c", "sleep 0.3", "trial-sleep", ctx.params.w }, { readonly = true })
     end },
-  },
+  },@END@
 }
 ]=]
 
 -- the steps the counter counts, in order
 local STEPS = { "write", "copy", "mkdir", "fill", "remove", "rename", "custom", "commit", "tag", "snapshot",
   "scratch", "hash", "exec" }
+
+-- HRUN_VARIANT: plain (the playbook succeeds), fail (its last step fails: the run rolls
+-- itself back), retry (a middle step fails its first two attempts, retries = 2, and then
+-- succeeds), stop (on_failure = "stop" and the last step fails)
+local VARIANT = sys.env("HRUN_VARIANT") or "plain"
+local MID, END, ONFAIL = "", "", ""
+if VARIANT == "retry" then
+  MID = [==[
+
+    step "flaky" { retries = 2, retry_delay = 0.05, run = function(ctx)
+      count(ctx, "flaky")
+      fs.write(W(ctx, "files/flaky-out"), "the attempt that succeeded\n")
+      -- the attempts, counted outside the journal (a retry's undo does not take it back)
+      local n = tonumber((exec.run({ "sh", "-c", 'date +%s.%N >> "$1"; wc -l < "$1"', "trial-attempts", ctx.params.m },
+        { readonly = true }).stdout:match("%d+")))
+      if n < 3 then
+        fs.write(W(ctx, "files/a.txt"), "a, spoiled by a failed attempt\n")
+        fs.mkdir(W(ctx, "files/flaky-dir/sub"), { parents = true })
+        fs.write(W(ctx, "files/flaky-dir/sub/junk" .. n), "junk\n")
+        fs.remove(W(ctx, "files/exe"))
+        fs.rename(W(ctx, "files/newdir/f1"), W(ctx, "files/flaky-dir/f1"))
+        fs.copy(W(ctx, "files/src"), W(ctx, "files/flaky-dir/src"), { recursive = true })
+        git.tag(W(ctx, "repo"), "flaky" .. n)
+        exec.run({ "sh", "-c", "sleep 0.05", "trial-flaky", ctx.params.w }, { readonly = true })
+        error("flaky attempt " .. n .. " fails")
+      end
+    end },]==]
+  table.insert(STEPS, 5, "flaky")
+elseif VARIANT == "fail" or VARIANT == "stop" then
+  END = [==[
+
+  phase "end" {
+    step "fail" { run = function(ctx)
+      count(ctx, "fail")
+      fs.write(W(ctx, "files/fail-out"), "written before the failure\n")
+      fs.write(W(ctx, "files/a.txt"), "a, by the failing step\n")
+      fs.mkdir(W(ctx, "files/fail-dir"))
+      exec.run({ "sh", "-c", "sleep 0.05", "trial-fail", ctx.params.w }, { readonly = true })
+      if ctx.params.fail ~= "0" then
+        error("the last step fails")
+      end
+    end },
+  },]==]
+  STEPS[#STEPS + 1] = "fail"
+  if VARIANT == "stop" then
+    ONFAIL = '\n  on_failure = "stop",'
+  end
+end
+PLAYBOOK = PLAYBOOK:gsub("@MID@", function() return MID end):gsub("@END@", function() return END end)
+  :gsub("@ONFAIL@", function() return ONFAIL end)
 
 -- }======================================================
 
@@ -447,6 +497,11 @@ end
 local function make_plan(seed, durations)
   math.randomseed(seed)
   local plan = { seed = seed, first = pick_delay(durations.run), rounds = {} }
+  -- HRUN_FIRST_KILL_MS=LO,HI: the first kill uniformly between LO and HI ms instead
+  local lo, hi = (sys.env("HRUN_FIRST_KILL_MS") or ""):match("^(%d+),(%d+)$")
+  if lo then
+    plan.first = (tonumber(lo) + math.random() * (tonumber(hi) - tonumber(lo))) / 1000
+  end
   for round = 2, MAX_ROUNDS do
     local action = math.random() < 0.5 and "resume" or "rollback"
     local killed = round < MAX_ROUNDS and math.random() < 0.4
@@ -495,8 +550,9 @@ local function clean(dir)
   exec.run({ "rm", "-rf", dir })
 end
 
-function Trials:run_args(w, state)
-  return { self.playbook, "--state", state, "-p", "w=" .. w }
+function Trials:run_args(w, state, fail)
+  return { self.playbook, "--state", state, "-p", "w=" .. w, "-p", "m=" .. w:gsub("/w$", "/attempts"),
+    "-p", "fail=" .. (fail or "1") }
 end
 
 local function journal(state)
@@ -507,6 +563,9 @@ end
 
 -- the reference: an uninterrupted run's world, and how long a run and a rollback take
 function Trials:reference()
+  if VARIANT == "fail" or VARIANT == "stop" then
+    return self:reference_failing()
+  end
   local dir, w, state = self:world("ref")
   local problems = {}
   self.before = fingerprint(w)
@@ -522,6 +581,68 @@ function Trials:reference()
   if rcode ~= 0 or diff(after, self.before) ~= "" then
     problems[#problems + 1] = string.format("the uninterrupted run's rollback exited %s; world vs before:\n%s\n%s",
       tostring(rcode), diff(after, self.before), tail(dir .. "/rollback.out", 40))
+  end
+  self.durations = { run = secs, rollback = rsecs }
+  if VARIANT == "retry" then
+    local attempts = select(2, (fs.read(dir .. "/attempts") or ""):gsub("\n", ""))
+    if attempts ~= 3 then
+      problems[#problems + 1] = string.format("the uninterrupted run made %d attempts of flaky (expected 3)", attempts)
+    end
+  end
+  clean(dir)
+  return problems
+end
+
+-- the reference of the variants whose last step fails: a run where it does not fail
+-- (how long its rollback takes), and one where it does (how long the run and its own
+-- rollback take; the world after it: before (fail), or as it stopped (stop))
+function Trials:reference_failing()
+  local problems = {}
+  local dir, w, state = self:world("ref0")
+  self.before = fingerprint(w)
+  local code = launch(dir, "run", self:run_args(w, state, "0"))
+  if code ~= 0 then
+    problems[#problems + 1] = string.format("the uninterrupted run with fail=0 exited %s:\n%s", tostring(code),
+      tail(dir .. "/run.out", 30))
+  end
+  local rcode, rsecs = launch(dir, "rollback", { "rollback", "--state", state })
+  local after = fingerprint(w)
+  if rcode ~= 0 or diff(after, self.before) ~= "" then
+    problems[#problems + 1] = string.format("the fail=0 run's rollback exited %s; world vs before:\n%s",
+      tostring(rcode), diff(after, self.before))
+  end
+  clean(dir)
+  dir, w, state = self:world("ref1")
+  local secs
+  code, secs = launch(dir, "run", self:run_args(w, state))
+  local _, run = journal(state)
+  local want_status = VARIANT == "fail" and "rolled-back" or "stopped"
+  if code ~= 1 or not run or run.status ~= want_status then
+    problems[#problems + 1] = string.format("the uninterrupted failing run exited %s, status %s (expected 1, %s):\n%s",
+      tostring(code), tostring(run and run.status), want_status, tail(dir .. "/run.out", 30))
+  end
+  local got = fingerprint(w)
+  if VARIANT == "fail" then
+    if diff(got, self.before) ~= "" then
+      problems[#problems + 1] = "the uninterrupted failing run's world vs before:\n" .. diff(got, self.before)
+    end
+    self.done = self.before
+  else
+    self.stopped = got
+    eq(fs.read(w .. "/log"), table.concat(STEPS, "\n") .. "\n", "the stopped run's counter")
+    local c2 = launch(dir, "resume", { "resume", "--state", state })
+    local _, run2 = journal(state)
+    local d = diff(fingerprint(w), self.stopped)
+    if c2 ~= 1 or not run2 or run2.status ~= "stopped" or d ~= "" then
+      problems[#problems + 1] = string.format("resuming the stopped run exited %s, status %s; world vs stopped:\n%s",
+        tostring(c2), tostring(run2 and run2.status), d)
+    end
+    local c3 = launch(dir, "rollback", { "rollback", "--state", state })
+    d = diff(fingerprint(w), self.before)
+    if c3 ~= 0 or d ~= "" then
+      problems[#problems + 1] = string.format("rolling back the stopped run exited %s; world vs before:\n%s",
+        tostring(c3), d)
+    end
   end
   self.durations = { run = secs, rollback = rsecs }
   clean(dir)
@@ -551,9 +672,21 @@ function Trials:trial(seed)
     rounds[#rounds + 1] = { tag = tag, code = code, secs = secs, base = base, delay = delay }
     return code
   end
+  local failing = VARIANT == "fail" or VARIANT == "stop"
+  local finished_status = VARIANT == "fail" and "before" or "stopped"
+  local wall0 = sys.now()
   local code = round("1-run", self:run_args(w, state), plan.first)
-  if code == 0 then
+  if VARIANT == "retry" then
+    local at = {}
+    for t in (fs.read(dir .. "/attempts") or ""):gmatch("[^\n]+") do
+      at[#at + 1] = string.format("%.0f", (tonumber(t) - wall0) * 1000)
+    end
+    notes["flaky attempts at ms " .. table.concat(at, ",")] = true
+  end
+  if code == 0 and not failing then
     expect, finished_by = "done", "the run itself" -- the kill came after it ended
+  elseif code == 1 and failing then
+    expect, finished_by = finished_status, "the run itself (failed, " .. VARIANT .. ")"
   elseif code ~= 137 then
     problem("run exit " .. tostring(code))
   end
@@ -565,6 +698,12 @@ function Trials:trial(seed)
     end
     local action, delay = plan.rounds[r].action, plan.rounds[r].delay
     local args = { action, "--state", state }
+    -- the run's state before this round: one killed while rolling back is not resumed
+    local pre_status
+    if fs.exists(state .. "/journal.db") then
+      local _, pre = journal(state)
+      pre_status = pre and pre.status
+    end
     code = round(r .. "-" .. action, args, delay)
     -- another run holds the lock: something of the killed one still holds it
     while code == 4 and lock_waits < 50 do
@@ -575,7 +714,21 @@ function Trials:trial(seed)
     end
     local last = rounds[#rounds].base
     local out = (fs.read(last .. ".err") or "") .. (fs.read(last .. ".out") or "")
-    if code == 137 then
+    if action == "resume" and pre_status == "rollback-incomplete" and code ~= 3 and code ~= 137 then
+      problem("resume of a run killed while rolling back not refused (exit " .. tostring(code) .. ")")
+    end
+    if action == "resume" and code == 3 then
+      local id, st = out:match("run (%d+) is ([%w-]+): there is nothing to resume")
+      if st == "rollback-incomplete" and not out:find("'hrun rollback " .. id .. "' finishes", 1, true) then
+        problem("resume refused without naming 'hrun rollback N'", "resume refused: " .. out)
+      end
+      if st == "done" and failing then
+        problem("resume says the run is done (its last step fails)", "resume: " .. out)
+      end
+    end
+    if #problems > 0 then
+      break
+    elseif code == 137 then
       expect, finished_by = nil, nil -- killed: what it did is half done
     elseif code == 3 and not fs.exists(state .. "/journal.db") then
       -- killed before it made its state directory: there is no run
@@ -605,9 +758,12 @@ function Trials:trial(seed)
       end
       expect, finished_by = "before", "hrun rollback (resume refused: " .. (out:match("hrun: ([^\n]*)") or "?") .. ")"
       break
-    elseif code == 0 then
+    elseif code == 0 and not (failing and action == "resume") then
       expect = action == "resume" and "done" or "before"
       finished_by = "hrun " .. action
+      break
+    elseif code == 1 and failing and action == "resume" then
+      expect, finished_by = finished_status, "hrun resume (failed, " .. VARIANT .. ")"
       break
     else
       problem(string.format("%s exit %s (%s)", action, tostring(code), failed_undos(out)))
@@ -628,12 +784,13 @@ function Trials:trial(seed)
   local got = fingerprint(w)
   local runs, run = journal(state)
   if expect then
-    local want = expect == "done" and self.done or before
+    local want = expect == "done" and self.done or expect == "stopped" and self.stopped or before
     local d = diff(got, want)
     if d ~= "" then
-      problem("world differs from " .. (expect == "done" and "an uninterrupted run's" or "the one before") ..
-        " (" .. diff_kinds(got, want) .. ")", "the world differs from " ..
-        (expect == "done" and "an uninterrupted run's" or "the one before") .. ":\n" .. d)
+      local what = expect == "done" and "an uninterrupted run's" or expect == "stopped" and "the stopped run's" or
+        "the one before"
+      problem("world differs from " .. what .. " (" .. diff_kinds(got, want) .. ")", "the world differs from " ..
+        what .. ":\n" .. d)
     end
     if expect == "done" then
       local log = fs.read(w .. "/log") or ""
@@ -656,6 +813,14 @@ function Trials:trial(seed)
         if run.status ~= "done" then
           problem("status " .. tostring(run.status) .. " after a finished run")
         end
+      end
+    elseif expect == "stopped" then
+      if run and run.status ~= "stopped" then
+        problem("status " .. tostring(run.status) .. " after a run that stopped")
+      end
+      local log = fs.read(w .. "/log") or ""
+      if log ~= table.concat(STEPS, "\n") .. "\n" then
+        problem("counter: a step's work missing or done twice", "the counter shows:\n" .. log)
       end
     elseif run and run.status ~= "rolled-back" then
       problem("status " .. tostring(run.status) .. " after a finished rollback")
@@ -680,7 +845,7 @@ function Trials:trial(seed)
     table.insert(self.notes[k], seed)
   end
   table.sort(note_list)
-  print(string.format("     trial %d seed %d: %s %s%s%s", self.n, seed, table.concat(codes, " "), outcome,
+  print(string.format("     [%s] trial %d seed %d: %s %s%s%s", VARIANT, self.n, seed, table.concat(codes, " "), outcome,
     #problems > 0 and "  FAILED" or "", #note_list > 0 and "  (" .. table.concat(note_list, "; ") .. ")" or ""))
   io.stdout:flush()
   if #problems == 0 then
@@ -688,8 +853,8 @@ function Trials:trial(seed)
     return nil
   end
   local report = { string.format("trial %d, seed %d: %s", self.n, seed, plan_text(plan)),
-    string.format("  replay: HRUN_TRIAL_SEED=%d HRUN_TRIALS=1 %s tests/spec.lua tests/spec/crash_trial_spec.lua",
-      seed, HRUN) }
+    string.format("  replay: HRUN_VARIANT=%s HRUN_TRIAL_SEED=%d HRUN_TRIALS=1 %s tests/spec.lua " ..
+      "tests/spec/crash_trial_spec.lua", VARIANT, seed, HRUN) }
   for _, p in ipairs(problems) do
     report[#report + 1] = "  " .. p:gsub("\n", "\n  ")
   end
