@@ -1160,6 +1160,9 @@ static int checkout_inverse(lua_State *L)
 ** names in gitdir, which ends with a slash) a kill in the middle of the call may leave. */
 static void set_locks(lua_State *L, int list, const char *gitdir, const char *const names[])
 {
+    /* where libgit2 writes an object or a pack before renaming it into place */
+    static const char *const scratch[][2] = {{"objects", "tmp_object_git2_"},
+                                             {"objects/pack", "pack_git2_"}};
     lua_rawgeti(L, list, (lua_Integer)lua_rawlen(L, list));
     lua_newtable(L);
     for (int i = 0; names[i]; i++) {
@@ -1167,6 +1170,16 @@ static void set_locks(lua_State *L, int list, const char *gitdir, const char *co
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "locks");
+    lua_createtable(L, 2, 0);
+    for (int i = 0; i < 2; i++) {
+        lua_createtable(L, 2, 0);
+        lua_pushfstring(L, "%s%s", gitdir, scratch[i][0]);
+        lua_rawseti(L, -2, 1);
+        lua_pushstring(L, scratch[i][1]);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "scratch");
     lua_pop(L, 1);
 }
 

@@ -527,6 +527,38 @@ static void remove_locks(lua_State *L, int e, double started, int out)
     lua_pop(L, 1);
 }
 
+/* [-0, +0, e] Removes the entry's scratch files (field scratch: {{dir, prefix}, …}), the
+** files in dir whose names start with prefix, made since started: what a library writes
+** beside what it makes before it renames it into place (libgit2's objects). */
+static void remove_scratch(lua_State *L, int e, double started, int out)
+{
+    if (lua_getfield(L, e, "scratch") != LUA_TTABLE) return (void)lua_pop(L, 1);
+    int list = lua_gettop(L);
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, list); i++) {
+        lua_rawgeti(L, list, i);
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        const char *dir = lua_tostring(L, -2), *prefix = lua_tostring(L, -1);
+        DIR *d = dir && prefix ? opendir(dir) : NULL;
+        size_t plen = prefix ? strlen(prefix) : 0;
+        struct dirent *de;
+        while (d && (de = readdir(d)) != NULL) {
+            char path[PATH_MAX];
+            struct stat st;
+            if (strncmp(de->d_name, prefix, plen) != 0 ||
+                (size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= sizeof path)
+                continue;
+            if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) &&
+                (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9 >= started - MTIME_SLACK &&
+                unlink(path) == 0)
+                append(L, out, path);
+        }
+        if (d) closedir(d);
+        lua_pop(L, 3);
+    }
+    lua_pop(L, 1);
+}
+
 /* [-0, +0, e] An entry with aside_of = target is where the effect moves target to before
 ** putting something new there (btrfs.restore). Killed in between, target is missing and
 ** the aside holds it as it was before: it is moved back (target's fp before equals the
@@ -590,6 +622,7 @@ static int priv_leftovers(lua_State *L)
             remove_temporaries(L, lua_tostring(L, -1), run, effect, 5);
         lua_settop(L, e);
         remove_locks(L, e, started, 5);
+        remove_scratch(L, e, started, 5);
         put_back(L, 3, e, 5);
         lua_settop(L, e - 1);
     }

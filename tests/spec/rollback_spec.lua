@@ -560,3 +560,32 @@ return playbook { name = "killed", params = { data = "" },
     eq(fs.exists(data .. "/f"), false)
   end)
 end)
+
+describe("a git write killed half way", function()
+  it("leaves no object libgit2 was writing, nor its locks", function()
+    local d, data, state = world()
+    need("git")
+    exec.run({ "git", "init", "-q", data .. "/repo" })
+    local p = playbook_file(d, "commit.lua", [[
+return playbook { name = "commit", params = { data = "" },
+  phase "p" {
+    step "commit" { run = function(ctx)
+      fs.write(ctx.params.data .. "/repo/a", "a")
+      git.commit(ctx.params.data .. "/repo", "first", { all = true })
+    end },
+  } }]])
+    -- killed once the commit's intent is journaled: what libgit2 had begun is made here
+    local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data },
+      { env = { HRUN_TEST_CRASH = "effect-intent:2" } })
+    eq(r.signal, "SIGKILL")
+    local git = data .. "/repo/.git"
+    fs.write(git .. "/objects/tmp_object_git2_0123abcd", "half an object")
+    fs.write(git .. "/index.lock", "")
+    r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "removed what a crash left:")
+    eq(fs.exists(git .. "/objects/tmp_object_git2_0123abcd"), false)
+    eq(fs.exists(git .. "/index.lock"), false)
+    eq(fs.exists(data .. "/repo/a"), false)
+  end)
+end)
