@@ -143,7 +143,9 @@ int hrun_abspath(const char *path, char *out, size_t size);
 ** the array at list. */
 void hrun_addstate(lua_State *L, int list, const char *kind, const char *target);
 
-/* [-0, +0, m] Appends a "path" entry for path (made absolute: its key and target). */
+/* [-0, +0, m] Appends a `kind` entry whose key and target are path made absolute (a
+** subvolume, a repository); hrun_addpath, a "path" one. */
+void hrun_addabs(lua_State *L, int list, const char *kind, const char *path);
 void hrun_addpath(lua_State *L, int list, const char *path);
 
 /* The fingerprint of each kind of state: [-0, +1, m] with the key at 1, pushes a

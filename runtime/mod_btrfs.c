@@ -523,21 +523,12 @@ int hrun_subvolume_fp(lua_State *L)
     return 1;
 }
 
-/* [-0, +0, m] Appends a subvolume entry for path (made absolute) to the array at list. */
-static void add_subvolume(lua_State *L, int list, const char *path)
-{
-    char abs[PATH_MAX];
-    if (hrun_abspath(path, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", path);
-    lua_pushstring(L, abs);
-    hrun_addstate(L, list, "subvolume", abs);
-}
-
 /* btrfs.create and btrfs.set_readonly: the subvolume */
 static int btrfs_path_state(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     lua_newtable(L);
-    add_subvolume(L, lua_gettop(L), path);
+    hrun_addabs(L, lua_gettop(L), "subvolume", path);
     return 1;
 }
 
@@ -547,7 +538,7 @@ static int btrfs_snapshot_state(lua_State *L)
     luaL_checkstring(L, 1);
     const char *dst = luaL_checkstring(L, 2);
     lua_newtable(L);
-    add_subvolume(L, lua_gettop(L), dst);
+    hrun_addabs(L, lua_gettop(L), "subvolume", dst);
     return 1;
 }
 
@@ -561,10 +552,10 @@ static int btrfs_restore_state(lua_State *L)
     struct stat st;
     lua_newtable(L);
     int list = lua_gettop(L);
-    add_subvolume(L, list, target);
+    hrun_addabs(L, list, "subvolume", target);
     if (lstat(target, &st) < 0) return 1; /* nothing to move aside */
     aside_name(L, target, aside, sizeof aside, 1);
-    add_subvolume(L, list, aside);
+    hrun_addabs(L, list, "subvolume", aside);
     lua_rawgeti(L, list, 2);
     if (hrun_abspath(target, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", target);
     lua_pushstring(L, abs);

@@ -1300,15 +1300,6 @@ static int checkout_paths_state(lua_State *L)
     return 1;
 }
 
-/* [-0, +0, m] Appends a "repo" entry for the repository at path (made absolute). */
-static void add_repo(lua_State *L, int list, const char *path)
-{
-    char abs[PATH_MAX];
-    if (hrun_abspath(path, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", path);
-    lua_pushstring(L, abs);
-    hrun_addstate(L, list, "repo", abs);
-}
-
 /* git.init: the repository its undo removes (dir, or dir/.git when dir is there already) */
 static int init_state(lua_State *L)
 {
@@ -1320,7 +1311,7 @@ static int init_state(lua_State *L)
         lua_pushfstring(L, "%s/.git", dir);
     else
         lua_pushstring(L, dir);
-    add_repo(L, lua_gettop(L) - 1, lua_tostring(L, -1));
+    hrun_addabs(L, lua_gettop(L) - 1, "repo", lua_tostring(L, -1));
     lua_pop(L, 1);
     return 1;
 }
@@ -1331,7 +1322,7 @@ static int clone_state(lua_State *L)
     luaL_checkstring(L, 1);
     const char *dir = hrun_checkpath(L, 2, NULL);
     lua_newtable(L);
-    add_repo(L, lua_gettop(L), dir);
+    hrun_addabs(L, lua_gettop(L), "repo", dir);
     return 1;
 }
 

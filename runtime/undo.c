@@ -139,12 +139,17 @@ void hrun_addstate(lua_State *L, int list, const char *kind, const char *target)
     lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
 }
 
-void hrun_addpath(lua_State *L, int list, const char *path)
+void hrun_addabs(lua_State *L, int list, const char *kind, const char *path)
 {
     char abs[PATH_MAX];
     if (hrun_abspath(path, abs, sizeof abs) < 0) snprintf(abs, sizeof abs, "%s", path);
     lua_pushstring(L, abs);
-    hrun_addstate(L, list, "path", abs);
+    hrun_addstate(L, list, kind, abs);
+}
+
+void hrun_addpath(lua_State *L, int list, const char *path)
+{
+    hrun_addabs(L, list, "path", path);
 }
 
 /* "root:root", or the numbers where the names are unknown. */

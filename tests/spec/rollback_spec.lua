@@ -430,6 +430,22 @@ return playbook { name = "snap", params = { mnt = "" },
   end)
 end)
 
+-- A repository made by git and a playbook that commits a file to it: data, state, the
+-- playbook's path.
+local function committing()
+  local d, data, state = world()
+  need("git")
+  exec.run({ "git", "init", "-q", data .. "/repo" })
+  return data, state, playbook_file(d, "commit.lua", [[
+return playbook { name = "commit", params = { data = "" },
+  phase "p" {
+    step "commit" { run = function(ctx)
+      fs.write(ctx.params.data .. "/repo/a", "a")
+      git.commit(ctx.params.data .. "/repo", "first", { all = true })
+    end },
+  } }]])
+end
+
 describe("repositories", function()
   it("made and committed to by the run are undone without a word about changes", function()
     local d, data, state = world()
@@ -449,17 +465,7 @@ return playbook { name = "repo", params = { data = "" },
   end)
 
   it("leave a lock file a person holds alone", function()
-    local d, data, state = world()
-    need("git")
-    exec.run({ "git", "init", "-q", data .. "/repo" })
-    local p = playbook_file(d, "commit.lua", [[
-return playbook { name = "commit", params = { data = "" },
-  phase "p" {
-    step "commit" { run = function(ctx)
-      fs.write(ctx.params.data .. "/repo/a", "a")
-      git.commit(ctx.params.data .. "/repo", "first", { all = true })
-    end },
-  } }]])
+    local data, state, p = committing()
     eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 0)
     fs.write(data .. "/repo/.git/index.lock", "")
     local r = hrun_cmd({ "rollback", "1", "--state", state })
@@ -563,17 +569,7 @@ end)
 
 describe("a git write killed half way", function()
   it("leaves no object libgit2 was writing, nor its locks", function()
-    local d, data, state = world()
-    need("git")
-    exec.run({ "git", "init", "-q", data .. "/repo" })
-    local p = playbook_file(d, "commit.lua", [[
-return playbook { name = "commit", params = { data = "" },
-  phase "p" {
-    step "commit" { run = function(ctx)
-      fs.write(ctx.params.data .. "/repo/a", "a")
-      git.commit(ctx.params.data .. "/repo", "first", { all = true })
-    end },
-  } }]])
+    local data, state, p = committing()
     -- killed once the commit's intent is journaled: what libgit2 had begun is made here
     local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data },
       { env = { HRUN_TEST_CRASH = "effect-intent:2" } })
