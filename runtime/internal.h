@@ -5,6 +5,7 @@
 #define HRUN_INTERNAL_H
 
 #include <errno.h>
+#include <stddef.h>
 
 #include "hrun/hrun.h"
 
@@ -54,6 +55,33 @@ void hrun_mask(lua_State *L, int idx);
 
 /* While set, json.encode writes a secret's bytes instead of "<secret>" (http's json). */
 extern int hrun_json_reveal;
+
+/* [-0, +1, m] The wire codec and channels (wire.c): plain data as one line of JSON. */
+int luaopen_hrun_wire(lua_State *L);
+
+/* [-0, +0, m] Adds to the private library on top: wire, sandboxspawn, sandboxend. */
+void hrun_openconfine(lua_State *L);
+
+/* What confinement a process got (hrun_confine); missing: why each part is not there. */
+typedef struct hrun_Confinement {
+    int no_new_privs, landlock_abi, seccomp, rlimit_as;
+    int nmissing;
+    char missing[4][240];
+} hrun_Confinement;
+
+/* Confines the calling process for good: no_new_privs, Landlock with no access, the
+** seccomp list of a Lua interpreter on two pipes, RLIMIT_AS of what it has + memory. */
+void hrun_confine(size_t memory, hrun_Confinement *c);
+
+/* The main of `hrun __sandbox`: the confined process a sandboxed playbook runs in. */
+int hrun_child_main(int argc, char **argv);
+
+/* Counts delta bytes against the Lua heap's limit (C allocations made for Lua: the
+** sandbox's JSON); 0 when a positive delta would pass it (nothing counted). */
+int hrun_heap_charge(ptrdiff_t delta);
+
+/* [-0, +0, m] Adds memlimit and memhit to the table on top. */
+void hrun_openheap(lua_State *L);
 
 /* Lifts the sandbox and frees it. */
 void hrun_sandbox_close(hrun_Runtime *rt);

@@ -91,6 +91,24 @@ static int priv_memhit(lua_State *L)
     return 2;
 }
 
+int hrun_heap_charge(ptrdiff_t delta)
+{
+    if (delta > 0 && heap.limit && heap.used + (size_t)delta > heap.limit) {
+        heap.hit = 1;
+        return 0;
+    }
+    heap.used += (size_t)delta;
+    return 1;
+}
+
+void hrun_openheap(lua_State *L)
+{
+    lua_pushcfunction(L, priv_memlimit);
+    lua_setfield(L, -2, "memlimit");
+    lua_pushcfunction(L, priv_memhit);
+    lua_setfield(L, -2, "memhit");
+}
+
 /* As lauxlib's: the message of an error nobody catches. */
 static int panic(lua_State *L)
 {
@@ -219,6 +237,13 @@ static int priv_setdeadline(lua_State *L)
     return 0;
 }
 
+/* deadline() → the current step's deadline (monotonic seconds), 0: none */
+static int priv_deadline(lua_State *L)
+{
+    lua_pushnumber(L, hrun_deadline(L));
+    return 1;
+}
+
 /* inverse(name, ...) → {{op, args}, …} | nil, why: how to undo that call, before it runs */
 static int priv_inverse(lua_State *L)
 {
@@ -316,6 +341,7 @@ int hrun_openprivate(lua_State *L)
         {"isatty", priv_isatty},
         {"sethooks", hrun_setluahooks},
         {"setdeadline", priv_setdeadline},
+        {"deadline", priv_deadline},
         {"inverse", priv_inverse},
         {"preview", priv_preview},
         {"setstash", priv_setstash},
@@ -350,6 +376,7 @@ int hrun_openprivate(lua_State *L)
     hrun_opensandbox(L);
     hrun_openundo(L);
     hrun_openchildren(L);
+    hrun_openconfine(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -11,7 +11,7 @@ apt-get update -q
 # build: compiler, CMake, the libraries hrun links; lua5.4 brings luac (hrun check's lint)
 $APT install --no-install-recommends \
     build-essential cmake pkg-config \
-    liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev libbtrfsutil-dev libxxhash-dev libgit2-dev libcurl4-openssl-dev libsystemd-dev lua5.4
+    liblua5.4-dev libjansson-dev libedit-dev libsqlite3-dev libssl-dev libbtrfsutil-dev libxxhash-dev libgit2-dev libcurl4-openssl-dev libsystemd-dev libseccomp-dev lua5.4
 # tests and checks: a terminal for the REPL tests, the Lua linter, the C formatter, the
 # git CLI (the reference the git tests compare with, and git daemon), nix with a private
 # store (the nixos tests; nixos-rebuild itself is a stand-in in tests/fixtures), python3

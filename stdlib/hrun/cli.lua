@@ -3,6 +3,7 @@
 -- status. Every command is one entry of `commands`; every option one of `flags`.
 
 local priv, argv, stdlib_dir = ...
+priv.stdlib = stdlib_dir
 
 local pretty = require "hrun.pretty"
 local json = require "hrun.json"
@@ -53,6 +54,8 @@ local flags = {
   ["-m"] = { key = "message", value = "WHY", only = { resolve = true } },
   ["--message"] = { key = "message", value = "WHY", only = { resolve = true } },
   ["--sandbox"] = { key = "sandbox", only = { playbook = true, plan = true, check = true } },
+  ["--allow-weak-sandbox"] = { key = "allow_weak_sandbox",
+    only = { playbook = true, plan = true, check = true, resume = true, rollback = true } },
   ["--memory-limit"] = { key = "memory_limit", value = "SIZE",
     only = { playbook = true, plan = true, check = true, resume = true, rollback = true } },
   ["-n"] = { key = "count", value = "N", only = { runs = true } },
@@ -229,8 +232,11 @@ run holds the lock, 130 interrupted.
   --debug           open the REPL when a step fails: retry, skip, continue, roll back
   --break STEP      open the REPL before STEP
   --sandbox         allow only the playbook's declared capabilities (always, for a
-                    playbook from 'hrun fetch'); see docs/security.md
-  --memory-limit SIZE  the Lua heap a sandboxed playbook may use (default 512M)]],
+                    playbook from 'hrun fetch'): it runs in a process of its own,
+                    confined by the kernel; see docs/security.md
+  --allow-weak-sandbox  run a fetched playbook even where the kernel lacks part
+                    of the confinement (Landlock, seccomp); the run says which
+  --memory-limit SIZE  the memory a sandboxed playbook's process may use (default 512M)]],
   run = function(opts, args)
     local path = one_arg("a playbook", args, "path")
     if (opts.debug or opts.break_at) and (opts.sandbox or require("hrun.play").fetched(priv, path)) then

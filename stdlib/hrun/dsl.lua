@@ -84,8 +84,12 @@ local function caller_location()
   return { file = file, line = info.currentline }
 end
 
+-- DSL objects have a metatable of their own (no field of it is used) so that the wire to
+-- a sandboxed playbook's process (hrun.child) hands them to its `special`
+local OBJECT_MT = { __name = "hrun.dsl.object" }
+
 local function make(kind, name, loc, body)
-  local o = { kind = kind, name = name, loc = loc, body = body }
+  local o = setmetatable({ kind = kind, name = name, loc = loc, body = body }, OBJECT_MT)
   objects[o] = kind
   return o
 end
@@ -109,6 +113,22 @@ function M.constructors()
     step = named("step"),
     check = named("check"),
   }
+end
+
+-- kind_of(v) → the kind of a DSL object ("playbook", "phase", …), or nil
+function M.kind_of(v)
+  return objects[v]
+end
+
+-- object(kind, name, loc, body) → a DSL object made of data that crossed from a sandboxed
+-- playbook's process; validate() checks it as any other.
+function M.object(kind, name, loc, body)
+  loc = type(loc) == "table" and loc or {}
+  local file, line = loc.file, loc.line
+  return make(tostring(kind), name, {
+    file = type(file) == "string" and file or "?",
+    line = math.type(line) == "integer" and line or 0,
+  }, body)
 end
 
 function M.is_playbook(v)

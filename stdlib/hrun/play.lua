@@ -2,6 +2,7 @@
 -- Each takes the private library, the parsed options and its arguments, and returns
 -- the exit status; the command line (hrun.cli) parses and dispatches.
 
+local boundary = require "hrun.boundary"
 local dsl = require "hrun.dsl"
 local exec = require "hrun.exec"
 local fs = require "hrun.fs"
@@ -36,8 +37,6 @@ function M.modules(priv, state)
   }
 end
 
--- How long a sandboxed playbook's file may take to evaluate (it only builds tables).
-local LOAD_SECONDS = 10
 -- The Lua heap a sandboxed playbook may use unless --memory-limit says otherwise.
 local DEFAULT_MEMORY = 512 * 1024 * 1024
 
@@ -82,59 +81,76 @@ function M.load(priv, path, state, sandboxed, opts)
   return M.load_source(priv, path, src, state, sandboxed, opts)
 end
 
+-- Problems of a playbook, each with where it is.
+local function bad_playbook(path, problems)
+  for i, p in ipairs(problems) do
+    if not p:find("^[^:]+:%d+: ") then
+      problems[i] = path .. ": " .. p
+    end
+  end
+  bad(problems)
+end
+
+-- A sandboxed playbook is evaluated in a process of its own (hrun.boundary), confined by
+-- the kernel, within LOAD_SECONDS and its memory limit; what comes back is data, with a
+-- stub for each of its functions, and the engine validates that. pb.box is the process.
+local function load_sandboxed(priv, path, src, state, opts)
+  local box = boundary.open(priv, M.modules(priv, state),
+    { memory = M.memory_limit(opts or {}), stdlib = priv.stdlib })
+  local ok, res = pcall(box.load, box, path, src)
+  if not ok then
+    bad(tostring(res))
+  end
+  local _, line = dsl.is_playbook_source(src)
+  local pb, problems = dsl.validate(res, priv.nearest, { file = path, line = line or 1 }, priv.capability)
+  if not pb then
+    box:kill()
+    bad_playbook(path, problems)
+  end
+  local pok, params = pcall(dsl.plain, pb.params)
+  if not pok then
+    box:kill()
+    bad(string.format("%s: playbook: params: %s", path, params))
+  end
+  pb.params, pb.capabilities = params, dsl.plain(pb.capabilities)
+  pb.box = box
+  local missing = box.confinement and box.confinement.missing or {}
+  if #missing > 0 and M.fetched(priv, path) and not (opts or {}).allow_weak_sandbox then
+    box:kill()
+    local lines = { string.format("refusing the fetched playbook %s: this kernel cannot confine it fully:", path) }
+    for _, m in ipairs(missing) do
+      lines[#lines + 1] = "  " .. m
+    end
+    lines[#lines + 1] = "run it with --allow-weak-sandbox to accept that (docs/security.md)"
+    bad(table.concat(lines, "\n"))
+  end
+  return pb
+end
+
 -- load_source(priv, path, src, …): the same, from the source text (a version the
 -- journal kept); messages name path.
 function M.load_source(priv, path, src, state, sandboxed, opts)
+  if sandboxed then
+    return load_sandboxed(priv, path, src, state, opts), priv.sha256(src), src
+  end
   local env = dsl.environment(M.modules(priv, state),
     { allowed = priv.allowed, mask = priv.mask, armthread = priv.armthread })
   local chunk, lerr = load(src, "@" .. path, "t", env)
   if not chunk then
     bad(lerr)
   end
-  if sandboxed then
-    priv.sandbox({})
-    priv.memlimit(M.memory_limit(opts or {}))
-    priv.setdeadline(priv.monotime() + LOAD_SECONDS)
-  end
-  -- a sandboxed playbook stays in the sandbox while it is read too: the validator's
-  -- pairs and field reads may run its metamethods; what comes out is plain data
   local _, line = dsl.is_playbook_source(src)
   local ok, res = pcall(chunk)
   local pb, problems
   if ok then
     ok, pb, problems = pcall(dsl.validate, res, priv.nearest, { file = path, line = line or 1 }, priv.capability)
-    if ok and pb and sandboxed then
-      local pok, params = pcall(dsl.plain, pb.params)
-      if pok then
-        pb.params, pb.capabilities = params, dsl.plain(pb.capabilities)
-      else
-        ok, pb = false, string.format("%s: playbook: params: %s", path, params)
-      end
-    end
     res = ok and res or pb -- on failure: the error
-  end
-  if sandboxed then
-    local hit, limit = priv.memhit()
-    priv.setdeadline(0)
-    priv.memlimit(0)
-    priv.sandbox(nil)
-    if not ok and tostring(res):match("timed out$") then
-      res = string.format("%s: evaluating the playbook took longer than %d s", path, LOAD_SECONDS)
-    elseif not ok and hit then
-      res = string.format("%s: evaluating the playbook passed the memory limit of %d MiB (--memory-limit)", path,
-        limit // (1 << 20))
-    end
   end
   if not ok then
     bad(tostring(res))
   end
   if not pb then
-    for i, p in ipairs(problems) do
-      if not p:find("^[^:]+:%d+: ") then
-        problems[i] = path .. ": " .. p
-      end
-    end
-    bad(problems)
+    bad_playbook(path, problems)
   end
   return pb, priv.sha256(src), src
 end

@@ -536,7 +536,7 @@ end
 -- ======================================================
 
 function Runner:ctx(phase, step, state)
-  return {
+  local ctx = {
     params = self.ro_params,
     state = state or {},
     shared = self.shared,
@@ -548,6 +548,8 @@ function Runner:ctx(phase, step, state)
       self:emit({ event = "log", phase = phase, step = step, message = string.format(fmt, ...) })
     end,
   }
+  require("hrun.boundary").contexts[ctx] = true
+  return ctx
 end
 
 -- Calls fn(ctx) as `kind` (when, verify, check: they must not write).
@@ -1255,7 +1257,8 @@ function Runner:run()
   local started = sys.now()
   local git = self.git and self.git.commit and { commit = self.git.commit, dirty = self.git.dirty } or nil
   self:emit({ event = "run-start", run = self.run_id, playbook = self.pb.name, version = self.pb.version,
-    path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params, git = git })
+    path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params, git = git,
+    sandbox = self.sandbox and self.pb.box and self.pb.box.confinement or nil })
   self:install_hooks()
   local ok, failure = pcall(self.execute, self)
   if not ok then -- the engine itself failed (the journal, a hook), or Ctrl-C hit it

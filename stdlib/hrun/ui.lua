@@ -129,6 +129,31 @@ function Plain.pause() end
 function Plain.tick() end
 function Plain.resume() end
 
+-- "sandbox: a process of its own, confined by …", and what the kernel could not do.
+function M.confinement(c)
+  if type(c) ~= "table" then
+    return nil
+  end
+  local held = {}
+  if c.no_new_privs then
+    held[#held + 1] = "no_new_privs"
+  end
+  if c.landlock then
+    held[#held + 1] = "Landlock (ABI " .. tostring(c.landlock) .. ")"
+  end
+  if c.seccomp then
+    held[#held + 1] = "seccomp"
+  end
+  if c.rlimit_as then
+    held[#held + 1] = "RLIMIT_AS"
+  end
+  local text = "sandbox: a process of its own, confined by " .. (#held > 0 and table.concat(held, ", ") or "nothing")
+  if c.missing and #c.missing > 0 then
+    text = text .. "; MISSING: " .. table.concat(c.missing, "; ")
+  end
+  return text
+end
+
 local plain_events = {
   ["run-start"] = function(self, ev)
     if ev.rollback then
@@ -137,6 +162,9 @@ local plain_events = {
       self:line(ev.time, "%s %s%s%s (%s%s)", ev.plan and "plan" or "run", ev.playbook,
         ev.version and (" " .. ev.version) or "",
         ev.run and (" #" .. ev.run) or "", ev.path, M.git(ev.git))
+      if ev.sandbox then
+        self:line(ev.time, "%s", M.confinement(ev.sandbox))
+      end
     end
   end,
   ["phase-start"] = function(self, ev)
@@ -287,6 +315,10 @@ local tty_events = {
       self:print(self:c("1", (ev.plan and "plan " or "▶ ") .. ev.playbook .. (ev.version and (" " .. ev.version) or ""))
         .. self:c("2", (ev.run and (" · run " .. ev.run) or "") .. " · " .. tostring(ev.path) .. M.git(ev.git)
           .. (ev.plan and " · nothing will be changed" or "")))
+      if ev.sandbox then
+        local weak = ev.sandbox.missing and #ev.sandbox.missing > 0
+        self:print(self:c(weak and "33" or "2", M.confinement(ev.sandbox)))
+      end
     end
   end,
   ["phase-start"] = function(self, ev)

@@ -1,0 +1,341 @@
+-- hrun.boundary: the engine's side of a sandboxed playbook's process (hrun.child).
+--
+-- open() starts the process; load() sends it the playbook's source and gets back the
+-- playbook as data, each of its functions standing as a stub that calls into the process.
+-- While the engine waits on one of those calls, the process's calls of module functions
+-- are served here: the arguments arrive as plain data, the module function runs under the
+-- sandbox that the runner has set, and what goes back has every secret's bytes masked.
+-- The engine kills the process at the step's deadline and on Ctrl-C; the next call starts
+-- it again from the same source (a playbook's module-level locals start over).
+local dsl = require("hrun.dsl")
+local json = require("hrun.json")
+local secrets = require("hrun.secrets")
+
+local M = {}
+
+-- How long a sandboxed playbook's file may take to evaluate (it only builds tables).
+M.LOAD_SECONDS = 10
+-- The longest message the process may send (an fs.write of a large file crosses whole).
+local MAX_MESSAGE = 1 << 30
+
+local Box = {}
+Box.__index = Box
+Box.__gc = function(box) -- the engine is done with it: the process goes too
+  box:kill()
+end
+
+-- The module functions a playbook may call: {name = {fn = true | a data field}}.
+local function exported(modules)
+  local list, flat = {}, {}
+  for name, mod in pairs(modules) do
+    if type(mod) == "table" and name ~= "json" then
+      local fields = {}
+      for k, v in pairs(mod) do
+        if type(k) == "string" and k:sub(1, 1) ~= "_" then
+          if type(v) == "function" then
+            fields[k], flat[name .. "." .. k] = true, v
+          elseif type(v) == "string" or type(v) == "number" or type(v) == "boolean" then
+            fields[k] = v
+          end
+        end
+      end
+      list[name] = fields
+    end
+  end
+  return list, flat
+end
+
+-- open(priv, modules, opts) → box: opts.memory (bytes), opts.stdlib
+function M.open(priv, modules, opts)
+  local box = setmetatable({ priv = priv, opts = opts, seq = 0, fns = {}, secrets = {}, secret_ids = {},
+    next_fn = 0, calls = {} }, Box)
+  box.list, box.flat = exported(modules)
+  box.tags = {
+    f = function(id)
+      return box:stub(id)
+    end,
+    s = function(parts)
+      return box:secret(parts)
+    end,
+    u = function()
+      return json.null
+    end,
+    d = function(o)
+      if type(o) ~= "table" then
+        error("wire: a DSL object that is not one", 0)
+      end
+      return dsl.object(o.kind, o.name, o.loc, o.body)
+    end,
+  }
+  box.special = function(v)
+    return box:encode_special(v)
+  end
+  return box
+end
+
+-- A secret the process names: the engine's own secret (by the id it was given as), or
+-- one joined from those and text ("Bearer " .. token).
+function Box:secret(parts)
+  if type(parts) ~= "table" or #parts == 0 then
+    error("wire: a secret that is not one", 0)
+  end
+  local acc
+  for _, p in ipairs(parts) do
+    local v
+    if type(p) == "table" then
+      v = self.secrets[p.id]
+      if v == nil then
+        error("wire: a secret the playbook was never given", 0)
+      end
+    elseif type(p) == "string" then
+      v = p
+    else
+      error("wire: a secret that is not one", 0)
+    end
+    acc = acc == nil and v or acc .. v
+  end
+  return acc
+end
+
+function Box:encode_special(v)
+  local t = type(v)
+  if t == "function" then
+    self.next_fn = self.next_fn + 1
+    local id = "e" .. self.next_fn
+    self.fns[id] = v
+    self.calls[#self.calls + 1] = id
+    return "f", id
+  elseif t == "userdata" then
+    if v == json.null then
+      return "u", 0
+    elseif secrets.is(v) then
+      local id = self.secret_ids[v]
+      if not id then
+        id = #self.secrets + 1
+        self.secrets[id], self.secret_ids[v] = v, id
+      end
+      return "s", { { id = id } }
+    end
+  end
+  return nil
+end
+
+-- The engine's read-only views (ctx.params) as the data they show.
+local function plain_view(v)
+  local mt = getmetatable(v)
+  if type(mt) == "table" and type(mt.__tojson) == "function" then
+    return mt.__tojson(v)
+  end
+  return v
+end
+
+function Box:encode(msg)
+  return self.priv.wire.encode(msg, self.special, true)
+end
+
+-- Starts the process and loads the playbook in it; returns what it returned, as data.
+function Box:start()
+  self.loading = true
+  local ok, res = pcall(self.spawn, self)
+  self.loading = false
+  if not ok then
+    error(res, 0)
+  end
+  return res
+end
+
+function Box:spawn()
+  local pid, ch = self.priv.sandboxspawn(self.opts.stdlib)
+  self.pid, self.ch, self.alive = pid, ch, true
+  ch:send(self:encode({ t = "init", memory = self.opts.memory, modules = self.list, source = self.source,
+    path = self.path }))
+  local ready = self:receive(0, "ready")
+  if ready.t == "error" then
+    self:kill()
+    error(tostring(ready.message), 0)
+  end
+  self.confinement = ready.confinement
+  local loaded = self:receive(0, "loaded")
+  if loaded.t == "error" then
+    error(tostring(loaded.message), 0)
+  end
+  return loaded.playbook
+end
+
+-- The process's message m is the answer to `seq` (or its ready/loaded at seq 0); serves
+-- the process's calls until it comes.
+function Box:receive(seq, want)
+  while true do
+    local line, why = self.ch:recv(MAX_MESSAGE, true)
+    if not line then
+      self:lost(why)
+    end
+    local ok, m = pcall(self.priv.wire.decode, line, self.tags)
+    if not ok or type(m) ~= "table" then
+      self:kill()
+      error("the sandboxed playbook's process sent what is not a message: " .. tostring(m), 0)
+    end
+    if m.t == "call" then
+      self:serve(m)
+    elseif m.t == "event" then
+      self:event(m)
+    elseif m.t == "error" and (m.seq == seq or seq == 0) then
+      return m
+    elseif (want and m.t == want) or (m.t == "result" and m.seq == seq) then
+      return m
+    else
+      self:kill()
+      error(string.format("the sandboxed playbook's process answered out of turn (%s)", tostring(m.t)), 0)
+    end
+  end
+end
+
+-- The wait ended without an answer: the deadline, Ctrl-C, or the process is gone.
+function Box:lost(why)
+  if why == "timeout" then
+    self:kill()
+    error("timed out", 0)
+  elseif why == "interrupted" then
+    self:kill()
+    error("interrupted", 0)
+  end
+  local how = self:kill()
+  error(string.format("the sandboxed playbook's process ended (%s)%s", how or why,
+    why ~= "eof" and (": " .. tostring(why)) or ""), 0)
+end
+
+function Box:kill()
+  if not self.alive then
+    return nil
+  end
+  self.alive = false
+  self.ch:close()
+  return self.priv.sandboxend(self.pid, true)
+end
+
+-- Output and log lines from the process.
+function Box:event(m)
+  if m.kind == "output" and type(m.text) == "string" then
+    io.stdout:write(self.priv.mask(m.text))
+  elseif m.kind == "log" and type(m.message) == "string" then
+    local log = self.current_log
+    if log then
+      log("%s", m.message)
+    end
+  end
+end
+
+-- The process calls a module function (`name`) or a function the engine handed it.
+function Box:serve(m)
+  local fn
+  if type(m.fn) == "string" then
+    fn = self.fns[m.fn]
+  elseif type(m.name) == "string" then
+    fn = self.flat[m.name]
+  end
+  local reply
+  if self.loading and not (type(m.fn) == "string" and fn) then
+    reply = { t = "error", seq = m.seq, message = string.format("sandbox: %s while the playbook's file loads: " ..
+      "a sandboxed playbook's file only builds tables (call it from a step)", tostring(m.name or m.fn)) }
+  elseif not fn then
+    reply = { t = "error", seq = m.seq, message = string.format("no function '%s'", tostring(m.name or m.fn)) }
+  else
+    local args = type(m.args) == "table" and m.args or {}
+    local n = math.type(m.n) == "integer" and m.n or #args
+    local res = table.pack(pcall(fn, table.unpack(args, 1, n)))
+    if res[1] then
+      reply = { t = "result", seq = m.seq, values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
+    else
+      reply = { t = "error", seq = m.seq, message = tostring(res[2]) }
+    end
+  end
+  local ok, text = pcall(self.encode, self, reply)
+  if not ok then
+    text = self:encode({ t = "error", seq = m.seq, message = tostring(text) })
+  end
+  self.ch:send(text)
+end
+
+-- The ctx tables the runner makes (Runner:ctx): they cross as data and come back.
+M.contexts = setmetatable({}, { __mode = "k" })
+
+-- A stub standing for the process's function `id`: one of the playbook's, named by its
+-- place ("/2/3/run"), or one handed over during the current call ("t7").
+function Box:stub(id)
+  return function(first, ...)
+    if M.contexts[first] then
+      return self:invoke(id, first, ...)
+    end
+    return self:invoke(id, nil, first, ...)
+  end
+end
+
+-- Calls the process's function id; with ctx, the function gets it as its first argument
+-- and what it leaves in ctx.state and ctx.shared comes back into ctx.
+function Box:invoke(id, ctx, ...)
+  if not self.alive then -- killed at a deadline: the same source again, within the load's time
+    local deadline = self.priv.deadline()
+    local load_by = self.priv.monotime() + M.LOAD_SECONDS
+    self.priv.setdeadline((deadline > 0 and deadline < load_by) and deadline or load_by)
+    local ok, err = pcall(self.start, self)
+    self.priv.setdeadline(deadline)
+    if not ok then
+      error(err, 0)
+    end
+  end
+  self.seq = self.seq + 1
+  local seq = self.seq
+  local msg = { t = "call", seq = seq, fn = id, args = table.pack(...) }
+  msg.n, msg.args.n = msg.args.n, nil
+  local saved_log = self.current_log
+  if ctx then
+    msg.ctx = { params = plain_view(ctx.params), state = ctx.state, shared = ctx.shared, plan = ctx.plan,
+      run_id = ctx.run_id, phase = ctx.phase, step = ctx.step }
+    self.current_log = ctx.log
+  end
+  local mark = #self.calls
+  self.ch:send(self:encode(msg))
+  local ok, r = pcall(self.receive, self, seq)
+  self.current_log = saved_log
+  for i = #self.calls, mark + 1, -1 do
+    self.fns[table.remove(self.calls, i)] = nil
+  end
+  if not ok then
+    error(r, 0)
+  end
+  if ctx and type(r.ctx) == "table" then
+    for _, k in ipairs({ "state", "shared" }) do
+      local into, from = ctx[k], r.ctx[k]
+      if type(into) == "table" and type(from) == "table" then
+        for key in pairs(into) do
+          into[key] = nil
+        end
+        for key, v in pairs(from) do
+          into[key] = v
+        end
+      end
+    end
+  end
+  if r.t == "error" then
+    error(r.message, 0)
+  end
+  return table.unpack(r.values or {}, 1, math.type(r.n) == "integer" and r.n or 0)
+end
+
+-- load(path, source) → what the playbook file returned, as data: DSL objects and a stub for
+-- each of its functions. Raises the process's error (a syntax error, the load's deadline).
+function Box:load(path, source)
+  self.path, self.source = path, source
+  self.priv.setdeadline(self.priv.monotime() + M.LOAD_SECONDS)
+  local ok, res = pcall(self.start, self)
+  self.priv.setdeadline(0)
+  if not ok then
+    if res == "timed out" then
+      res = string.format("%s: evaluating the playbook took longer than %d s", path, M.LOAD_SECONDS)
+    end
+    error(res, 0)
+  end
+  return res
+end
+
+return M
