@@ -33,6 +33,12 @@ typedef struct hrun_Sandbox hrun_Sandbox;
 ** the capability missing, unless the declared capabilities cover what it touches. */
 void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname);
 
+/* [-0, +0, v] For what a primitive uses as it runs (fs.glob's matches, the program and
+** environment exec.run starts): in the sandbox, raises the refusal unless a declared
+** capability t->cap covers the target; in a plan's audit, records it when it is not
+** covered. Outside the sandbox, or in the engine's own (trusted) work: nothing. */
+void hrun_sandbox_require(lua_State *L, const char *prim, const hrun_Target *t);
+
 /* The bytes of the secret at idx (secrets.read), or NULL when it is not one. */
 const char *hrun_tosecret(lua_State *L, int idx, size_t *len);
 

@@ -226,7 +226,8 @@ static const char *const run_options[] = {"cwd",      "env",   "clear_env", "std
 static void check_undo(lua_State *L, const char *what)
 {
     if (lua_type(L, 2) != LUA_TTABLE) return;
-    int t = lua_getfield(L, 2, "undo");
+    lua_pushliteral(L, "undo");
+    int t = lua_rawget(L, 2); /* raw, as the sandbox and the inverse read it */
     int sh = strcmp(what, "exec.sh") == 0;
     if (t == LUA_TNIL) {
         lua_pop(L, 1);
@@ -277,8 +278,9 @@ static void check_argv(lua_State *L, Run *r)
 }
 
 /* [-0, +1, v] The environment for the child into r->envp, when `env` or `clear_env`
-** asks for one; its "K=V" strings live in the table it leaves on the stack. */
-static void build_env(lua_State *L, Run *r, int clear)
+** asks for one; its "K=V" strings live in the table it leaves on the stack. In the
+** sandbox (checked: a playbook's own exec.run), each name set or unset needs env:NAME. */
+static void build_env(lua_State *L, Run *r, int clear, const char *what, int checked)
 {
     int has_env = hrun_optfield(L, 2, "env", LUA_TTABLE);
     lua_newtable(L); /* name -> "name=value" */
@@ -303,7 +305,12 @@ static void build_env(lua_State *L, Run *r, int clear)
             const char *k = lua_tolstring(L, -2, &klen);
             if (klen == 0 || strchr(k, '=') || strlen(k) != klen)
                 luaL_argerror(L, 2, lua_pushfstring(L, "field 'env': bad name '%s'", k));
-            if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            int unset = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+            if (checked) {
+                hrun_Target t = {"env", k, NULL, 0, !unset};
+                hrun_sandbox_require(L, what, &t);
+            }
+            if (unset) {
                 lua_pushvalue(L, -2);
                 lua_pushnil(L);
                 lua_rawset(L, strs); /* false unsets */
@@ -388,8 +395,11 @@ static void push_failure(lua_State *L, Run *r, double timeout)
     lua_remove(L, -2);
 }
 
-/* The body of exec.run and exec.sh (`what` names it in messages); argv at 1. */
-static int run_command(lua_State *L, const char *what)
+/* The body of exec.run and exec.sh (`what` names it in messages); argv at 1. checked: a
+** playbook's own call, whose program and environment the sandbox checks as they are used
+** (the dispatcher checked the arguments, but playbook code may have run since: a
+** __pairs the journal called). */
+static int run_command(lua_State *L, const char *what, int checked)
 {
     hrun_checkopts(L, 2, run_options);
     lua_settop(L, 2);
@@ -428,8 +438,12 @@ static int run_command(lua_State *L, const char *what)
     } else if (r->stream == 1) {
         lua_pop(L, 1);
     }
-    build_env(L, r, clear);   /* 5 */
-    push_command(L, r->argv); /* 6 */
+    if (checked) {
+        hrun_Target prog = {"exec", r->argv[0], cwd, 0, 0};
+        hrun_sandbox_require(L, what, &prog);
+    }
+    build_env(L, r, clear, what, checked); /* 5 */
+    push_command(L, r->argv);              /* 6 */
     const char *cmd = lua_tostring(L, 6);
 
     if (hrun_interrupted()) return hrun_raiseinterrupt(L);
@@ -496,7 +510,7 @@ static int run_command(lua_State *L, const char *what)
 */
 static int exec_run(lua_State *L)
 {
-    return run_command(L, "exec.run");
+    return run_command(L, "exec.run", 1);
 }
 
 /*
@@ -517,12 +531,12 @@ static int exec_sh(lua_State *L)
     lua_pushvalue(L, 1);
     lua_rawseti(L, -2, 3);
     lua_replace(L, 1);
-    return run_command(L, "exec.sh");
+    return run_command(L, "exec.sh", 1);
 }
 
 static int exec_raw(lua_State *L)
 {
-    return run_command(L, lua_touserdata(L, lua_upvalueindex(1)));
+    return run_command(L, lua_touserdata(L, lua_upvalueindex(1)), 0);
 }
 
 void hrun_pushexec(lua_State *L, const char *what)
@@ -542,12 +556,30 @@ static int exec_writes(lua_State *L)
     return !readonly;
 }
 
+/* [-0, +1, v] A copy of the array (an argv) or the map (an env) at idx, read raw: plain
+** data that no metamethod can change once it is journaled. */
+static void plain_copy(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_newtable(L);
+    if (lua_type(L, idx) != LUA_TTABLE) return;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+}
+
 /* The inverse of a command run with {undo = …}: that command, with the same cwd, env,
-** clear_env and timeout (and check: its failure is the undo's). Without one, none. */
+** clear_env and timeout (and check: its failure is the undo's). Without one, none. The
+** rollback runs it as the engine's own work, so the sandbox checks here what it will
+** run: its program and every name of its env, as plain copies that are journaled. */
 static int exec_inverse(lua_State *L, const char *op)
 {
-    static const char *const kept[] = {"cwd", "env", "clear_env", "timeout", NULL};
-    if (lua_type(L, 2) != LUA_TTABLE || lua_getfield(L, 2, "undo") == LUA_TNIL) {
+    static const char *const kept[] = {"cwd", "clear_env", "timeout", NULL};
+    lua_pushliteral(L, "undo");
+    if (lua_type(L, 2) != LUA_TTABLE || lua_rawget(L, 2) == LUA_TNIL) {
         lua_pushnil(L);
         lua_pushfstring(L, "%s cannot be undone", op);
         return 2;
@@ -555,14 +587,48 @@ static int exec_inverse(lua_State *L, const char *op)
     int undo = lua_gettop(L);
     lua_newtable(L);
     int list = lua_gettop(L);
-    lua_pushvalue(L, undo);
+    if (lua_type(L, undo) == LUA_TTABLE)
+        plain_copy(L, undo);
+    else
+        lua_pushvalue(L, undo); /* exec.sh's: a string */
+    int argv = lua_gettop(L);
     lua_newtable(L);
+    int opts = lua_gettop(L);
     for (int i = 0; kept[i]; i++) {
-        if (lua_getfield(L, 2, kept[i]) == LUA_TNIL)
+        lua_pushstring(L, kept[i]);
+        if (lua_rawget(L, 2) == LUA_TNIL)
             lua_pop(L, 1);
         else
-            lua_setfield(L, -2, kept[i]);
+            lua_setfield(L, opts, kept[i]);
     }
+    lua_pushliteral(L, "env");
+    if (lua_rawget(L, 2) == LUA_TTABLE) {
+        plain_copy(L, -1);
+        lua_setfield(L, opts, "env");
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, opts, "cwd");
+    const char *cwd = lua_tostring(L, -1);
+    if (lua_type(L, argv) == LUA_TTABLE && lua_rawgeti(L, argv, 1) == LUA_TSTRING) {
+        hrun_Target prog = {"exec", lua_tostring(L, -1), cwd, 0, 0};
+        hrun_sandbox_require(L, op, &prog);
+    } else if (lua_type(L, argv) == LUA_TSTRING) {
+        hrun_Target prog = {"exec", "/bin/sh", NULL, 0, 0};
+        hrun_sandbox_require(L, op, &prog);
+    }
+    lua_settop(L, opts);
+    if (lua_getfield(L, opts, "env") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                int unset = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+                hrun_Target t = {"env", lua_tostring(L, -2), NULL, 0, !unset};
+                hrun_sandbox_require(L, op, &t);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
     hrun_addop(L, list, op, 2);
     return 1;
 }
@@ -594,11 +660,39 @@ static int add_program(lua_State *L, int idx, hrun_Target *t, int n)
     }
     t[n].cap = NULL;
     t[n].base = NULL;
+    t[n].list = t[n].set = 0;
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_pushliteral(L, "cwd");
         if (lua_rawget(L, 2) == LUA_TSTRING) t[n].base = lua_tostring(L, -1);
     }
     return n + 1;
+}
+
+/* [-0, +?, -] Adds the names the env option sets, and those it unsets (false): each
+** needs env:NAME, and some no sandboxed playbook may set. The undo command runs with
+** the same env. */
+static int add_env(lua_State *L, hrun_Target *t, int n)
+{
+    if (lua_type(L, 2) != LUA_TTABLE) return n;
+    lua_pushliteral(L, "env");
+    if (lua_rawget(L, 2) != LUA_TTABLE) return n;
+    int env = lua_gettop(L);
+    lua_newtable(L); /* env + 1: names set */
+    lua_newtable(L); /* env + 2: names unset */
+    lua_Integer counts[2] = {0, 0};
+    lua_pushnil(L);
+    while (lua_next(L, env)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            int unset = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+            lua_pushvalue(L, -2);
+            lua_rawseti(L, env + 1 + unset, ++counts[unset]);
+        }
+        lua_pop(L, 1);
+    }
+    for (int unset = 0; unset < 2; unset++)
+        if (counts[unset] && n < HRUN_MAXTARGETS)
+            t[n++] = (hrun_Target){"env", NULL, NULL, env + 1 + unset, !unset};
+    return n;
 }
 
 static int exec_targets(lua_State *L, hrun_Target *t, int shell)
@@ -610,7 +704,7 @@ static int exec_targets(lua_State *L, hrun_Target *t, int shell)
         lua_rawget(L, 2);
         n = add_program(L, lua_gettop(L), t, n);
     }
-    return n;
+    return add_env(L, t, n);
 }
 
 static int run_targets(lua_State *L, hrun_Target *t)

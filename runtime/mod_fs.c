@@ -362,22 +362,111 @@ static int glob_error(const char *path, int err)
     return 0; /* unreadable directories are skipped, as the shell does */
 }
 
-/* fs.glob(pattern) → {path, …} sorted (empty when nothing matches) | nil, message, code */
+/* More alternatives than this in one pattern ({a,b}{c,d}… multiplies) is an error. */
+#define GLOB_MAXALTS 4096
+
+/* The end of the brace alternative starting at p: its ',' or the '}' closing the
+** expression (nested braces skipped, backslash escapes), or NULL: not well formed. As
+** glibc's GLOB_BRACE reads it. */
+static const char *brace_next(const char *p)
+{
+    int depth = 0;
+    for (; *p; p++) {
+        if (*p == '\\' && p[1])
+            p++;
+        else if (*p == '{')
+            depth++;
+        else if (*p == '}' && depth-- == 0)
+            return p;
+        else if (*p == ',' && depth == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* [-0, +0, m] Appends to the array at list the alternatives of pattern's braces (as
+** GLOB_BRACE expands them: the first '{…}' that is well formed, each alternative then
+** expanded again; a pattern whose brace is not well formed stays as it is). Returns
+** how many the array holds, or -1 past GLOB_MAXALTS. */
+static int brace_expand(lua_State *L, int list, const char *pattern)
+{
+    int n = (int)lua_rawlen(L, list);
+    if (n >= GLOB_MAXALTS) return -1;
+    const char *open = pattern;
+    while (*open && *open != '{') open += *open == '\\' && open[1] ? 2 : 1;
+    const char *next = *open ? brace_next(open + 1) : NULL, *rest = next;
+    while (rest && *rest != '}') rest = brace_next(rest + 1);
+    if (rest == NULL) { /* no brace, or not well formed: the pattern as it is */
+        lua_pushstring(L, pattern);
+        lua_rawseti(L, list, n + 1);
+        return n + 1;
+    }
+    for (const char *p = open + 1;; p = next + 1, next = brace_next(p)) {
+        lua_pushlstring(L, pattern, (size_t)(open - pattern));
+        lua_pushlstring(L, p, (size_t)(next - p));
+        lua_pushstring(L, rest + 1);
+        lua_concat(L, 3);
+        n = brace_expand(L, list, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (n < 0) return -1;
+        if (*next == '}') return n;
+    }
+}
+
+/* Does the pattern have a ".." component after one with a wildcard? Where that lands is
+** only known by walking: the sandbox refuses it rather than read outside the scope. */
+static int dotdot_after_wildcard(const char *pattern)
+{
+    int wild = 0;
+    for (const char *p = pattern; *p;) {
+        size_t len = strcspn(p, "/");
+        if (wild && len == 2 && p[0] == '.' && p[1] == '.') return 1;
+        if (memchr(p, '*', len) || memchr(p, '?', len) || memchr(p, '[', len)) wild = 1;
+        p += len;
+        while (*p == '/') p++;
+    }
+    return 0;
+}
+
+/* fs.glob(pattern) → {path, …} (empty when nothing matches) | nil, message, code. Braces
+** are expanded first ({a,b}), and each alternative's matches come sorted, in turn. In the
+** sandbox, the directory each alternative starts from is checked before (its targets),
+** and each match as found: one outside the scope (through a symlink, a "..") is refused,
+** naming it; ".." after a wildcard is refused. */
 static int fs_glob(lua_State *L)
 {
     const char *pattern = hrun_checkpath(L, 1, NULL);
+    lua_settop(L, 1);
+    lua_newtable(L); /* 2: the alternatives */
+    int nalts = brace_expand(L, 2, pattern);
     Tmp *t = tmp_new(L);
-    int rc = glob(pattern, GLOB_BRACE, glob_error, &t->glob);
-    t->globbed = 1;
-    if (rc == GLOB_NOMATCH) {
-        lua_newtable(L);
-        return 1;
+    if (nalts < 0)
+        return hrun_failf(L, "E2BIG", "fs.glob: %s: more than %d alternatives", pattern,
+                          GLOB_MAXALTS);
+    hrun_Runtime *rt = hrun_runtime(L);
+    int sandboxed = rt->sandbox && rt->trusted == 0;
+    for (int i = 1; i <= nalts; i++) {
+        lua_rawgeti(L, 2, i);
+        const char *alt = lua_tostring(L, -1);
+        if (sandboxed && dotdot_after_wildcard(alt))
+            return luaL_error(L,
+                              "sandbox: fs.glob: %s: '..' after a wildcard is refused in the "
+                              "sandbox (where it lands is only known by walking)",
+                              alt);
+        int rc = glob(alt, t->globbed ? GLOB_APPEND : 0, glob_error, &t->glob);
+        t->globbed = 1;
+        lua_pop(L, 1);
+        if (rc != 0 && rc != GLOB_NOMATCH)
+            return hrun_failf(L, rc == GLOB_NOSPACE ? "ENOMEM" : "EIO", "fs.glob: %s: %s", pattern,
+                              rc == GLOB_NOSPACE ? "out of memory" : "read error");
     }
-    if (rc != 0)
-        return hrun_failf(L, rc == GLOB_NOSPACE ? "ENOMEM" : "EIO", "fs.glob: %s: %s", pattern,
-                          rc == GLOB_NOSPACE ? "out of memory" : "read error");
-    lua_createtable(L, (int)t->glob.gl_pathc, 0);
-    for (size_t i = 0; i < t->glob.gl_pathc; i++) {
+    size_t n = t->globbed ? t->glob.gl_pathc : 0;
+    for (size_t i = 0; i < n && sandboxed; i++) {
+        hrun_Target m = {"fs", t->glob.gl_pathv[i], NULL, 0, 0};
+        hrun_sandbox_require(L, "fs.glob", &m);
+    }
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
         lua_pushstring(L, t->glob.gl_pathv[i]);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
@@ -1085,22 +1174,35 @@ static int fs_rename_state(lua_State *L)
 
 /* }====================================================== */
 
-/* The sandbox's target of fs.glob: the directory its pattern starts from (what comes
-** before the first wildcard, up to its last '/'). */
+/* The sandbox's targets of fs.glob: for each of its brace alternatives, the directory
+** it starts from (what comes before the first wildcard, up to its last '/'), or the
+** path itself when it has no wildcard. */
 static int glob_targets(lua_State *L, hrun_Target *t)
 {
     if (lua_type(L, 1) != LUA_TSTRING) return 0;
-    const char *pattern = lua_tostring(L, 1);
-    size_t wild = strcspn(pattern, "*?[{\\");
-    const char *slash = NULL;
-    for (const char *p = pattern; p < pattern + wild; p++)
-        if (*p == '/') slash = p;
-    if (slash == NULL)
-        lua_pushliteral(L, ".");
-    else
-        lua_pushlstring(L, pattern, slash == pattern ? 1 : (size_t)(slash - pattern));
-    if (wild == strlen(pattern)) lua_pushvalue(L, 1), lua_replace(L, -2); /* no wildcard */
-    t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL};
+    lua_newtable(L);
+    int alts = lua_gettop(L);
+    lua_newtable(L);
+    int dirs = alts + 1;
+    int n = brace_expand(L, alts, lua_tostring(L, 1));
+    if (n < 0) n = (int)lua_rawlen(L, alts); /* fs.glob fails: E2BIG */
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, alts, i);
+        const char *pattern = lua_tostring(L, -1);
+        size_t wild = strcspn(pattern, "*?[\\");
+        const char *slash = NULL;
+        for (const char *p = pattern; p < pattern + wild; p++)
+            if (*p == '/') slash = p;
+        if (wild == strlen(pattern))
+            lua_pushvalue(L, -1); /* no wildcard */
+        else if (slash == NULL)
+            lua_pushliteral(L, ".");
+        else
+            lua_pushlstring(L, pattern, slash == pattern ? 1 : (size_t)(slash - pattern));
+        lua_rawseti(L, dirs, i);
+        lua_pop(L, 1);
+    }
+    t[0] = (hrun_Target){NULL, NULL, NULL, dirs, 0};
     return 1;
 }
 

@@ -1444,7 +1444,8 @@ static int clone_targets(lua_State *L, hrun_Target *t)
     int n = hrun_targets_arg2(L, t);
     if (lua_type(L, 1) == LUA_TSTRING && n < HRUN_MAXTARGETS) {
         const char *url = lua_tostring(L, 1);
-        t[n++] = (hrun_Target){strstr(url, "://") || strchr(url, '@') ? "net" : NULL, url, NULL};
+        t[n++] =
+            (hrun_Target){strstr(url, "://") || strchr(url, '@') ? "net" : NULL, url, NULL, 0, 0};
     }
     return n;
 }
@@ -1453,7 +1454,7 @@ static int clone_targets(lua_State *L, hrun_Target *t)
 static int fetch_targets(lua_State *L, hrun_Target *t)
 {
     int n = hrun_targets_arg1(L, t);
-    t[n++] = (hrun_Target){"net", NULL, NULL};
+    t[n++] = (hrun_Target){"net", NULL, NULL, 0, 0};
     return n;
 }
 

@@ -1677,7 +1677,7 @@ static int rebuild_targets(lua_State *L, hrun_Target *t)
     if (lua_rawget(L, 2) != LUA_TSTRING) return 0;
     const char *flake = lua_tostring(L, -1);
     lua_pushlstring(L, flake, strcspn(flake, "#"));
-    t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL};
+    t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL, 0, 0};
     return 1;
 }
 

@@ -202,7 +202,7 @@ static const char *resolve(lua_State *L, const char *name)
 static int read_targets(lua_State *L, hrun_Target *t)
 {
     if (lua_type(L, 1) != LUA_TSTRING) return 0;
-    t[0] = (hrun_Target){NULL, resolve(L, lua_tostring(L, 1)), NULL};
+    t[0] = (hrun_Target){NULL, resolve(L, lua_tostring(L, 1)), NULL, 0, 0};
     return 1;
 }
 

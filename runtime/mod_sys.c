@@ -72,7 +72,8 @@ static int sys_clock(lua_State *L)
     return 1;
 }
 
-/* sys.env(name) → value | nil;  sys.env() → {name = value, …} */
+/* sys.env(name) → value | nil;  sys.env() → {name = value, …}. In the sandbox it needs
+** env:NAME, or for the whole environment every name's (plain env). */
 static int sys_env(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) {
@@ -94,13 +95,36 @@ static int sys_env(lua_State *L)
     return 1;
 }
 
+/* The sandbox's targets of sys.env: the name it reads (env:NAME), or every name when it
+** lists them all. */
+static int env_targets(lua_State *L, hrun_Target *t)
+{
+    int type = lua_type(L, 1);
+    if (type == LUA_TSTRING || type == LUA_TNUMBER) {
+        lua_pushvalue(L, 1);
+        t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL, 0, 0};
+        return 1;
+    }
+    if (type != LUA_TNONE && type != LUA_TNIL) return 0; /* misuse: sys.env raises */
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (eq == NULL) continue;
+        lua_pushlstring(L, *e, (size_t)(eq - *e));
+        lua_rawseti(L, -2, ++n);
+    }
+    t[0] = (hrun_Target){NULL, NULL, NULL, lua_gettop(L), 0};
+    return 1;
+}
+
 static const hrun_Prim sys_prims[] = {
     {.name = "hostname", .func = sys_hostname, .kind = HRUN_READ},
     {.name = "is_root", .func = sys_is_root, .kind = HRUN_READ},
     {.name = "sleep", .func = sys_sleep, .kind = HRUN_READ},
     {.name = "now", .func = sys_now, .kind = HRUN_READ},
     {.name = "clock", .func = sys_clock, .kind = HRUN_READ},
-    {.name = "env", .func = sys_env, .kind = HRUN_READ},
+    {.name = "env", .func = sys_env, .kind = HRUN_READ, .cap = "env", .targets = env_targets},
     {0},
 };
 

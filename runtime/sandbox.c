@@ -29,15 +29,15 @@
 #define USED_KEY "hrun.capsused"
 
 /* How a capability's scope is read and matched. */
-enum scope_kind { SCOPE_NONE, SCOPE_PATH, SCOPE_PROGRAM, SCOPE_NAME, SCOPE_URL };
+enum scope_kind { SCOPE_NONE, SCOPE_PATH, SCOPE_PROGRAM, SCOPE_NAME, SCOPE_URL, SCOPE_ENV };
 
 static const struct {
     const char *name;
     enum scope_kind kind;
 } known_caps[] = {
-    {"fs", SCOPE_PATH},      {"btrfs", SCOPE_PATH},   {"hash", SCOPE_PATH},
-    {"git", SCOPE_PATH},     {"nix", SCOPE_PATH},     {"secrets", SCOPE_PATH},
-    {"exec", SCOPE_PROGRAM}, {"service", SCOPE_NAME}, {"net", SCOPE_URL},
+    {"fs", SCOPE_PATH},  {"btrfs", SCOPE_PATH},   {"hash", SCOPE_PATH},    {"git", SCOPE_PATH},
+    {"nix", SCOPE_PATH}, {"secrets", SCOPE_PATH}, {"exec", SCOPE_PROGRAM}, {"service", SCOPE_NAME},
+    {"net", SCOPE_URL},  {"env", SCOPE_ENV},
 };
 #define NCAPS (sizeof known_caps / sizeof known_caps[0])
 
@@ -69,86 +69,121 @@ static int cap_index(const char *name, size_t len)
 }
 
 /* {======================================================
-** Paths: absolute, without . and .., symlinks resolved as far as the path exists
+** Paths: absolute, walked as the kernel walks them, symlinks followed where they stand
 ** ======================================================= */
 
-/* Removes ".", ".." and doubled slashes from the absolute path in p, in place. */
-static void lexical_clean(char *p)
+/* The component of path up to the next '/' (or its end) at *p; advances *p past it. */
+static size_t next_component(const char **p, const char **comp)
 {
-    char *out = p;
-    const char *in = p;
-    while (*in) {
-        while (*in == '/') in++;
-        const char *end = strchr(in, '/');
-        size_t len = end ? (size_t)(end - in) : strlen(in);
-        if (len == 0) break;
-        if (len == 1 && in[0] == '.') {
-            /* skip */
-        } else if (len == 2 && in[0] == '.' && in[1] == '.') {
-            while (out > p && *--out != '/') {
+    while (**p == '/') (*p)++;
+    *comp = *p;
+    size_t len = strcspn(*p, "/");
+    *p += len;
+    return len;
+}
+
+/*
+** Where the absolute path would land, as the kernel walks it: each existing component's
+** symlink followed where it stands (so ".." after a symlink to a directory goes up from
+** where the link points, not from the link), a dangling link followed to where its
+** target would be created; from the first component that does not exist on, the rest
+** is taken lexically (as mkdir -p would create it: real directories), until ".." climbs
+** back into what exists.
+*/
+static int resolve(const char *path, char *out, size_t size)
+{
+    char todo[PATH_MAX * 2], tmp[PATH_MAX * 2], cur[PATH_MAX], link[PATH_MAX];
+    size_t len = 0;          /* of cur: "" is "/" */
+    int links = 0, made = 0; /* made: components of cur past what exists */
+    if ((size_t)snprintf(todo, sizeof todo, "%s", path) >= sizeof todo)
+        return errno = ENAMETOOLONG, -1;
+    const char *p = todo;
+    cur[0] = '\0';
+    for (;;) {
+        const char *comp;
+        size_t n = next_component(&p, &comp);
+        if (n == 0) break;
+        if (n == 1 && comp[0] == '.') continue;
+        if (n == 2 && comp[0] == '.' && comp[1] == '.') {
+            while (len > 0 && cur[--len] != '/') {
             }
-            *out = '\0';
-        } else {
-            *out++ = '/';
-            memmove(out, in, len);
-            out += len;
+            cur[len] = '\0';
+            if (made > 0) made--;
+            continue;
         }
-        in += len;
+        if (len + 1 + n >= sizeof cur) return errno = ENAMETOOLONG, -1;
+        size_t before = len;
+        cur[len++] = '/';
+        memcpy(cur + len, comp, n);
+        len += n;
+        cur[len] = '\0';
+        if (made > 0) {
+            made++;
+            continue;
+        }
+        struct stat st;
+        if (lstat(cur, &st) < 0) {
+            made = 1; /* ENOENT, ENOTDIR, EACCES: taken as it is written from here */
+            continue;
+        }
+        if (!S_ISLNK(st.st_mode)) continue;
+        if (++links > 40) return errno = ELOOP, -1;
+        ssize_t ln = readlink(cur, link, sizeof link - 1);
+        if (ln < 0) return -1;
+        link[ln] = '\0';
+        /* the link's target, then what was left of the path */
+        if ((size_t)snprintf(tmp, sizeof tmp, "%s/%s", link, p) >= sizeof tmp)
+            return errno = ENAMETOOLONG, -1;
+        memcpy(todo, tmp, strlen(tmp) + 1);
+        p = todo;
+        len = link[0] == '/' ? 0 : before;
+        cur[len] = '\0';
     }
-    if (out == p) *out++ = '/';
-    *out = '\0';
+    if ((size_t)snprintf(out, size, "%s", len ? cur : "/") >= size) return errno = ENAMETOOLONG, -1;
+    return 0;
+}
+
+/* path made absolute (relative to base, itself relative to the working directory) into
+** buf, as it is written. */
+static int absolute(const char *path, const char *base, char *buf, size_t size)
+{
+    char cwd[PATH_MAX];
+    int n;
+    if (path[0] == '/')
+        n = snprintf(buf, size, "%s", path);
+    else if (base && base[0] == '/')
+        n = snprintf(buf, size, "%s/%s", base, path);
+    else if (getcwd(cwd, sizeof cwd) == NULL)
+        return -1;
+    else if (base)
+        n = snprintf(buf, size, "%s/%s/%s", cwd, base, path);
+    else
+        n = snprintf(buf, size, "%s/%s", cwd, path);
+    if (n < 0 || (size_t)n >= size) return errno = ENAMETOOLONG, -1;
+    return 0;
 }
 
 int hrun_normpath(const char *path, const char *base, char *out, size_t size)
 {
-    char buf[PATH_MAX], cwd[PATH_MAX];
-    if (path[0] != '/') {
-        if (base == NULL) {
-            if (getcwd(cwd, sizeof cwd) == NULL) return -1;
-            base = cwd;
-        }
-        if ((size_t)snprintf(buf, sizeof buf, "%s/%s", base, path) >= sizeof buf)
-            return errno = ENAMETOOLONG, -1;
-    } else if ((size_t)snprintf(buf, sizeof buf, "%s", path) >= sizeof buf) {
-        return errno = ENAMETOOLONG, -1;
-    }
-    lexical_clean(buf);
-    /* the longest prefix that exists, with its symlinks resolved; the rest as it is */
-    size_t cut = strlen(buf);
-    for (;;) {
-        char saved = buf[cut];
-        buf[cut] = '\0';
-        char real[PATH_MAX];
-        int ok = realpath(cut ? buf : "/", real) != NULL;
-        buf[cut] = saved;
-        if (ok) {
-            const char *rest = buf + cut;
-            int slash = strcmp(real, "/") == 0 && *rest == '/';
-            if ((size_t)snprintf(out, size, "%s%s", real, rest + slash) >= size)
-                return errno = ENAMETOOLONG, -1;
-            return 0;
-        }
-        if (cut == 0) return -1;
-        while (cut > 0 && buf[--cut] != '/') {
-        }
-    }
+    char buf[PATH_MAX];
+    if (absolute(path, base, buf, sizeof buf) < 0) return -1;
+    return resolve(buf, out, size);
 }
 
 /* A program's path: as hrun_normpath, but the last component (a symlink to pg_wrapper,
 ** busybox, …) is kept as it is — its name is which program runs. */
 static int normprog(const char *path, const char *base, char *out, size_t size)
 {
-    char abs[PATH_MAX], cwd[PATH_MAX], dir[PATH_MAX];
-    if (path[0] != '/' && base == NULL && (base = getcwd(cwd, sizeof cwd)) == NULL) return -1;
-    int n = path[0] == '/' ? snprintf(abs, sizeof abs, "%s", path)
-                           : snprintf(abs, sizeof abs, "%s/%s", base, path);
-    if (n < 0 || (size_t)n >= sizeof abs) return errno = ENAMETOOLONG, -1;
-    lexical_clean(abs);
+    char abs[PATH_MAX], dir[PATH_MAX];
+    if (absolute(path, base, abs, sizeof abs) < 0) return -1;
+    size_t end = strlen(abs);
+    while (end > 1 && abs[end - 1] == '/') abs[--end] = '\0';
     char *slash = strrchr(abs, '/');
     const char *name = slash + 1;
+    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return resolve(abs, out, size);
     *slash = '\0';
-    if (hrun_normpath(*abs ? abs : "/", NULL, dir, sizeof dir) < 0) return -1;
-    n = snprintf(out, size, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, name);
+    if (resolve(*abs ? abs : "/", dir, sizeof dir) < 0) return -1;
+    int n = snprintf(out, size, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, name);
     if (n < 0 || (size_t)n >= size) return errno = ENAMETOOLONG, -1;
     return 0;
 }
@@ -251,7 +286,7 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
         return lua_pushfstring(
             L,
             "unknown capability '%s'%s%s%s (known: fs, exec, btrfs, hash, nix, git, service, "
-            "net, secrets)",
+            "net, secrets, env)",
             text, near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "");
     }
     if (colon == NULL) return NULL;
@@ -286,6 +321,12 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
     case SCOPE_NAME:
         c->scope = strdup(scope);
         break;
+    case SCOPE_ENV:
+        if (strpbrk(scope, "= \t\n"))
+            return lua_pushfstring(
+                L, "'%s': env takes a variable's name or a glob of names (env:PGPASSWORD)", text);
+        c->scope = strdup(scope);
+        break;
     case SCOPE_URL:
         if (strstr(scope, "://") == NULL || url_parse(scope, &c->url) < 0)
             return lua_pushfstring(L, "'%s': net takes a URL (net:https://ntfy.example)", text);
@@ -295,6 +336,75 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
         break;
     }
     if (c->scope == NULL) return "not enough memory";
+    return NULL;
+}
+
+/* }====================================================== */
+
+/* {======================================================
+** Environment variables no sandboxed playbook may set, declared or not: each turns a
+** program the playbook may run into any code (or reads code from where it says)
+** ======================================================= */
+
+/* Families: names (a trailing '*' is a prefix), compared without case (npm reads
+** npm_config_* and NPM_CONFIG_* alike), and why. */
+static const struct {
+    const char *names;
+    const char *why;
+} forbidden_env[] = {
+    {"LD_* GCONV_PATH GETCONF_DIR GLIBC_TUNABLES HOSTALIASES LOCALDOMAIN LOCPATH MALLOC_* "
+     "NIS_PATH NLSPATH RESOLV_HOST_CONF RES_OPTIONS TMPDIR TZDIR",
+     "the dynamic loader and the C library load code, or read files, that it names (glibc "
+     "drops it before running a setuid program)"},
+    {"PATH", "the program finds the programs it runs there (hrun's own PATH finds argv[1], not "
+             "what that program runs)"},
+    {"BASH_* ENV SHELLOPTS PS1 PS2 PS3 PS4 PROMPT_COMMAND IFS ZDOTDIR FPATH SHELL",
+     "a shell runs code it names: a startup file, exported functions (BASH_FUNC_*), a prompt "
+     "expanded under xtrace, the shell other programs start"},
+    {"PERL*", "perl loads the modules and runs the code it names (PERL5OPT=-M…)"},
+    {"PYTHON*", "python imports and runs the code it names (PYTHONPATH, PYTHONSTARTUP, "
+                "PYTHONWARNINGS, PYTHONBREAKPOINT)"},
+    {"RUBY* GEM_* BUNDLE_*", "ruby loads the libraries and gems it names (RUBYOPT=-r…)"},
+    {"NODE_* NPM_CONFIG_*", "node and npm load the modules and run the scripts it names "
+                            "(NODE_OPTIONS=--require …)"},
+    {"LUA_*", "lua runs it (LUA_INIT) or loads modules from where it says"},
+    {"JAVA_TOOL_OPTIONS _JAVA_OPTIONS JDK_JAVA_OPTIONS CLASSPATH TCLLIBPATH PHPRC "
+     "PHP_INI_SCAN_DIR R_PROFILE R_PROFILE_USER",
+     "the interpreter loads agents, classes or startup code from where it says"},
+    {"CC CXX CPP LD AR AS MAKE MAKEFLAGS MFLAGS GNUMAKEFLAGS MAKEFILES CARGO_* RUSTC "
+     "RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER GOFLAGS GOTOOLCHAIN GOROOT GOENV",
+     "a build tool runs the compiler, makefiles or wrapper it names"},
+    {"GIT_*", "git runs the commands, hooks and configuration it names (GIT_SSH_COMMAND, "
+              "GIT_CONFIG_*, GIT_DIR, GIT_EXEC_PATH)"},
+    {"SSH_ASKPASS SSH_ASKPASS_REQUIRE SUDO_ASKPASS EDITOR VISUAL SUDO_EDITOR PAGER MANPAGER "
+     "BROWSER LESS LESSOPEN LESSCLOSE LESSKEY LESSKEYIN SYSTEMD_PAGER SYSTEMD_EDITOR "
+     "SYSTEMD_LESS PSQL*",
+     "the program runs the helper, editor or pager it names (or psql its \\! commands)"},
+    {"HOME XDG_CONFIG_HOME XDG_CONFIG_DIRS CURL_HOME WGETRC GNUPGHOME",
+     "programs read their configuration from there, and configuration runs commands "
+     "(~/.gitconfig's core.pager, ~/.psqlrc, ~/.ssh/config's ProxyCommand)"},
+    {"OPENSSL_CONF OPENSSL_ENGINES OPENSSL_MODULES GIO_EXTRA_MODULES GIO_MODULE_DIR "
+     "GTK_MODULES GTK_PATH GST_PLUGIN_PATH GST_PLUGIN_SYSTEM_PATH QT_PLUGIN_PATH SASL_PATH",
+     "a library loads the plugins (shared objects) it names"},
+    {"NIX_* NIXOS_CONFIG", "nix takes its configuration (post-build-hook, substituters), its "
+                           "search path and what nixos-rebuild builds from it"},
+};
+
+/* Why a sandboxed playbook may never set the variable name, or NULL. */
+static const char *env_forbidden(const char *name)
+{
+    for (size_t i = 0; i < sizeof forbidden_env / sizeof forbidden_env[0]; i++) {
+        const char *p = forbidden_env[i].names;
+        while (*p) {
+            size_t len = strcspn(p, " ");
+            int prefix = p[len - 1] == '*';
+            size_t n = prefix ? len - 1 : len;
+            if (strncasecmp(name, p, n) == 0 && (prefix || name[n] == '\0'))
+                return forbidden_env[i].why;
+            p += len;
+            while (*p == ' ') p++;
+        }
+    }
     return NULL;
 }
 
@@ -338,6 +448,8 @@ static int cap_covers(const Cap *c, const char *target, const Url *url)
     }
     case SCOPE_URL:
         return url && url_within(url, &c->url);
+    case SCOPE_ENV:
+        return fnmatch(c->scope, target, 0) == 0;
     default:
         return 0;
     }
@@ -403,11 +515,11 @@ static const char *refusal(lua_State *L, const hrun_Sandbox *sb, const char *pri
     return lua_tostring(L, -1);
 }
 
-/* [-0, +(0|1), v] Is one target of capability `cap` covered? Records it. A refusal
-** (unless auditing) raises, at the caller's line; or, with raise = 0, is pushed and -1
-** returned. */
+/* [-0, +(0|1), v] Is one target of capability `cap` covered? Records it (one covered
+** only when record_ok). A refusal (unless auditing) raises, at the caller's line; or,
+** with raise = 0, is pushed and -1 returned. */
 static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, const char *cap,
-                     const hrun_Target *t, int raise)
+                     const hrun_Target *t, int raise, int record_ok)
 {
     int idx = cap_index(cap, strlen(cap));
     if (idx < 0) return luaL_error(L, "%s: unknown capability '%s' (a bug)", prim, cap);
@@ -424,7 +536,8 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
         }
     }
     int ok = 0;
-    for (int i = 0; i < sb->n && !ok; i++) {
+    const char *never = t && t->set && kind == SCOPE_ENV ? env_forbidden(target) : NULL;
+    for (int i = 0; i < sb->n && !ok && !never; i++) {
         const Cap *c = &sb->caps[i];
         if (c->kind != idx) continue;
         if (t == NULL || (kind == SCOPE_URL && up == NULL))
@@ -434,9 +547,15 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
     }
     const char *need = needed(L, cap, target, up);
     if (up) url_free(&url);
-    if (sb->record) record(L, prim, cap, need, ok);
+    if (sb->record && (record_ok || !ok)) record(L, prim, cap, need, ok);
     if (!ok && sb->enforce) {
-        refusal(L, sb, prim, need);
+        if (never)
+            lua_pushfstring(L,
+                            "sandbox: %s needs the capability '%s', which no sandboxed playbook "
+                            "may use, declared or not: %s",
+                            prim, need, never);
+        else
+            refusal(L, sb, prim, need);
         lua_remove(L, -2);
         if (!raise) return -1;
         luaL_where(L, 1);
@@ -455,14 +574,37 @@ void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname)
     hrun_Target t[HRUN_MAXTARGETS];
     int top = lua_gettop(L);
     luaL_checkstack(L, 2 * HRUN_MAXTARGETS + 8, "sandbox");
+    memset(t, 0, sizeof t);
     int n = p->targets ? p->targets(L, t) : 0;
     if (n == 0) {
-        check_one(L, sb, fullname, p->cap, NULL, 1);
-    } else {
-        for (int i = 0; i < n; i++)
-            check_one(L, sb, fullname, t[i].cap ? t[i].cap : p->cap, t[i].value ? &t[i] : NULL, 1);
+        check_one(L, sb, fullname, p->cap, NULL, 1, 1);
+        lua_settop(L, top);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *cap = t[i].cap ? t[i].cap : p->cap;
+        if (t[i].list == 0) {
+            check_one(L, sb, fullname, cap, t[i].value ? &t[i] : NULL, 1, 1);
+            continue;
+        }
+        lua_Integer len = (lua_Integer)lua_rawlen(L, t[i].list);
+        for (lua_Integer j = 1; j <= len; j++) {
+            if (lua_rawgeti(L, t[i].list, j) == LUA_TSTRING) {
+                hrun_Target one = {cap, lua_tostring(L, -1), t[i].base, 0, t[i].set};
+                check_one(L, sb, fullname, cap, &one, 1, 1);
+            }
+            lua_pop(L, 1);
+        }
     }
     lua_settop(L, top);
+}
+
+void hrun_sandbox_require(lua_State *L, const char *prim, const hrun_Target *t)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->sandbox == NULL || rt->trusted > 0) return;
+    luaL_checkstack(L, 8, "sandbox");
+    check_one(L, rt->sandbox, prim, t->cap, t, 1, 0);
 }
 
 /* }====================================================== */
@@ -474,9 +616,7 @@ void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname)
 static int add(lua_State *L, hrun_Target *t, int n, int idx, const char *cap)
 {
     if (n >= HRUN_MAXTARGETS || lua_type(L, idx) != LUA_TSTRING) return n;
-    t[n].cap = cap;
-    t[n].value = lua_tostring(L, idx);
-    t[n].base = NULL;
+    t[n] = (hrun_Target){cap, lua_tostring(L, idx), NULL, 0, 0};
     return n + 1;
 }
 
@@ -605,10 +745,10 @@ static int priv_allowed(lua_State *L)
 {
     const char *what = luaL_checkstring(L, 1);
     const char *cap = luaL_checkstring(L, 2);
-    hrun_Target t = {NULL, luaL_checkstring(L, 3), NULL};
+    hrun_Target t = {NULL, luaL_checkstring(L, 3), NULL, 0, 0};
     hrun_Runtime *rt = hrun_runtime(L);
     if (cap_index(cap, strlen(cap)) < 0) return luaL_argerror(L, 2, "unknown capability");
-    if (rt->sandbox && rt->trusted == 0 && check_one(L, rt->sandbox, what, cap, &t, 0) < 0) {
+    if (rt->sandbox && rt->trusted == 0 && check_one(L, rt->sandbox, what, cap, &t, 0, 1) < 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;

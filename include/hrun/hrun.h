@@ -28,11 +28,15 @@ enum hrun_kind {
 };
 
 /* What one call touches, for the capability sandbox: a path (fs, btrfs, hash, git, nix,
-** secrets), a program (exec), a unit or container (service), a URL (net). */
+** secrets), a program (exec), a unit or container (service), a URL (net), an environment
+** variable (env). */
 typedef struct hrun_Target {
     const char *cap;   /* the capability it falls under; NULL: the primitive's */
     const char *value; /* a string among the call's arguments (or anchored on the stack) */
     const char *base;  /* a relative path's directory (exec's cwd); NULL: hrun's */
+    int list;          /* non-zero: the stack index of an array of strings, each a target as value
+                       ** would be (value unused): as many as a call has (exec.run's env names) */
+    int set; /* env: the call gives the variable a value (some no sandboxed playbook may) */
 } hrun_Target;
 
 #define HRUN_MAXTARGETS 4

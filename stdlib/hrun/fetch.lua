@@ -225,18 +225,110 @@ function M.update(priv, opts, state, name)
   return 0
 end
 
--- Is path (absolute, symlinks resolved) inside a checkout `hrun fetch` made — some
--- STATE's playbooks/NAME with its NAME.lock beside it — of any state directory?
-function M.within(path)
+-- The checkout `hrun fetch` made — some STATE's playbooks/NAME with its NAME.lock beside
+-- it, of any state directory — that the absolute path is inside, or nil.
+local function checkout_of(path)
   local dir = path:match("^(.*)/[^/]*$")
   while dir and dir ~= "" do
     local state, name = dir:match("^(.*)/playbooks/([^/]+)$")
     if state and fs.exists(lock_path(state, name)) then
-      return true
+      return dir
     end
     dir = dir:match("^(.*)/[^/]*$")
   end
-  return false
+  return nil
+end
+
+-- Is path (absolute, symlinks resolved) inside a checkout `hrun fetch` made?
+function M.within(path)
+  return checkout_of(path) ~= nil
+end
+
+-- The components of path, in order.
+local function components(path, out)
+  out = out or {}
+  for c in path:gmatch("[^/]+") do
+    out[#out + 1] = c
+  end
+  return out
+end
+
+-- path walked as the kernel walks it → where it lands (symlinks followed where they
+-- stand, ".." after a link going up from its target), and the places the walk passed
+-- through on the way: the path as it is written (made absolute, ".." taken lexically)
+-- and each symlink it followed. From a component that does not exist on, the rest is
+-- taken as it is written.
+local function walk(path)
+  if path:sub(1, 1) ~= "/" then
+    path = fs.stat("/proc/self/cwd", { follow = false }).target .. "/" .. path
+  end
+  local written = {}
+  for _, c in ipairs(components(path)) do
+    if c == ".." then
+      written[#written] = nil
+    elseif c ~= "." then
+      written[#written + 1] = c
+    end
+  end
+  local places = { "/" .. table.concat(written, "/") }
+  local todo, cur, links, missing = components(path), {}, 0, false
+  local i = 1
+  while i <= #todo do
+    local c = todo[i]
+    i = i + 1
+    if c == ".." then
+      cur[#cur] = nil
+    elseif c ~= "." then
+      cur[#cur + 1] = c
+      local here = "/" .. table.concat(cur, "/")
+      local st = not missing and fs.stat(here, { follow = false })
+      if not st then
+        missing = true
+      elseif st.type == "link" then
+        links = links + 1
+        if links > 40 then
+          return nil, places, "too many levels of symbolic links"
+        end
+        places[#places + 1] = here
+        cur[#cur] = nil
+        if st.target:sub(1, 1) == "/" then
+          cur = {}
+        end
+        local rest = components(st.target)
+        for j = i, #todo do
+          rest[#rest + 1] = todo[j]
+        end
+        todo, i = rest, 1
+      end
+    end
+  end
+  return "/" .. table.concat(cur, "/"), places
+end
+
+-- check(path) → fetched | nil, why: is the playbook at path (as it is written: relative,
+-- through symlinked directories, "..", a symlink elsewhere) from a checkout `hrun fetch`
+-- made — then it runs in the sandbox? Either the path as written, a symlink on its way,
+-- or where it lands counts. A path in a checkout that lands outside that checkout (a
+-- symlink the repository holds, pointing elsewhere) is refused: nil and why.
+function M.check(path)
+  local final, places, err = walk(path)
+  if not final then
+    return nil, string.format("refusing the playbook %s: %s", path, err)
+  end
+  local home = checkout_of(final)
+  local fetched = home ~= nil
+  for _, place in ipairs(places) do
+    local dir = checkout_of(place)
+    if dir then
+      fetched = true
+      local real = walk(dir)
+      if real ~= home then
+        return nil, string.format("refusing the playbook %s: it is in the fetched repository %s but resolves to " ..
+          "%s, outside it (a symlink in a shared repository must stay inside it)", path, dir, final)
+      end
+    end
+  end
+  return fetched
 end
 
 -- `hrun NAME/playbook.lua`: a path that does not exist here but names a fetched

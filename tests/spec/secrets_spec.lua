@@ -52,7 +52,7 @@ describe("a secret", function()
     local u = http_server()
     local p = playbook_file(d, "pb.lua", string.format([[
 return playbook { name = "secret", params = { dir = "", url = "" },
-  capabilities = { "secrets", "exec:sh", "fs:%s", "net:%s" },
+  capabilities = { "secrets", "exec:sh", "env:P", "fs:%s", "net:%s" },
   phase "p" {
     step "use" { irreversible = true, run = function(ctx)
       local s = secrets.read("db-pass")
