@@ -50,16 +50,23 @@ const char *hrun_tobytes(lua_State *L, int idx, size_t *len);
 ** an argument error. */
 const char *hrun_optbytes(lua_State *L, int arg, const char *field, size_t *len);
 
-/* How many secrets are alive (0: nothing to mask). */
-int hrun_secrets_live(void);
+/* How many texts the masker hides: every secret made, and each line of one of several
+** lines (0: nothing to mask). */
+int hrun_secrets_masked(void);
 
 /* Is p the bytes of a live secret (an argv entry taken from one)? */
 int hrun_secret_owns(const char *p);
 
-/* [-0, +1, m] The text at idx with every live secret's bytes replaced by "<secret>". */
+/* [-0, +1, m] The text at idx with the bytes of every secret made (live or collected),
+** and each line of one of several lines, replaced by "<secret>" (a run of them by one);
+** a value that is not text as it is. */
 void hrun_mask(lua_State *L, int idx);
 
-/* While set, json.encode writes a secret's bytes instead of "<secret>" (http's json). */
+/* [-0, +0, m] hrun's stdout and stderr pass the masker: files' write, io.write, print. */
+void hrun_maskstdio(lua_State *L);
+
+/* While set, json.encode writes a secret's bytes instead of "<secret>" (http's json);
+** a __tojson it calls runs with it unset. */
 extern int hrun_json_reveal;
 
 /* [-0, +1, m] The wire codec and channels (wire.c): plain data as one line of JSON. */

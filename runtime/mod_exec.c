@@ -86,11 +86,15 @@ static Run *run_new(lua_State *L)
 static int emit_line(Run *r, int stream, const char *s, size_t len)
 {
     lua_State *L = r->L;
-    if (r->stream == 1) {
+    if (r->stream == 1) { /* echoed as hrun's own output: through the masker */
         FILE *f = stream == HRUN_STDOUT ? stdout : stderr;
+        lua_pushlstring(L, s, len);
+        hrun_mask(L, -1);
+        s = lua_tolstring(L, -1, &len);
         fwrite(s, 1, len, f);
         fputc('\n', f);
         fflush(f);
+        lua_pop(L, 2);
         return 0;
     }
     lua_pushvalue(L, r->streamfn);

@@ -94,10 +94,16 @@ static int table_kind(lua_State *L, int idx, size_t *n)
 static json_t *table_to_json(Enc *e, int idx)
 {
     lua_State *L = e->L;
-    /* a proxy (a read-only view, say) says what it stands for through __tojson */
+    /* a proxy (a read-only view, say) says what it stands for through __tojson; a
+    ** playbook's function, it never runs while secrets are revealed (http's json): a
+    ** json.encode in it would hand it their bytes */
     if (luaL_getmetafield(L, idx, "__tojson") != LUA_TNIL) {
+        int reveal = hrun_json_reveal;
         lua_pushvalue(L, idx);
-        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        hrun_json_reveal = 0;
+        int status = lua_pcall(L, 1, 1, 0);
+        hrun_json_reveal = reveal;
+        if (status != LUA_OK) {
             enc_error(e, lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "__tojson failed");
             lua_pop(L, 1);
             return NULL;

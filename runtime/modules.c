@@ -135,6 +135,7 @@ lua_State *hrun_newstate(void)
     lua_setfield(L, LUA_REGISTRYINDEX, "hrun.runtime");
     *(hrun_Runtime **)lua_getextraspace(L) = rt;
     luaL_openlibs(L);
+    hrun_maskstdio(L);
     /* strings' metatable is everyone's: a playbook may not reach it to change it */
     lua_pushliteral(L, "");
     if (lua_getmetatable(L, -1)) {
@@ -281,7 +282,7 @@ static int priv_armthread(lua_State *L)
     return 1;
 }
 
-/* mask(text) → text with every live secret's bytes shown as <secret> */
+/* mask(text) → text with every secret's bytes shown as <secret> */
 static int priv_mask(lua_State *L)
 {
     if (lua_type(L, 1) != LUA_TSTRING) return lua_settop(L, 1), 1;
@@ -289,10 +290,10 @@ static int priv_mask(lua_State *L)
     return 1;
 }
 
-/* secrets() → how many secrets are alive */
+/* secrets() → how many texts the masker hides (0: nothing to mask) */
 static int priv_secrets(lua_State *L)
 {
-    lua_pushinteger(L, hrun_secrets_live());
+    lua_pushinteger(L, hrun_secrets_masked());
     return 1;
 }
 

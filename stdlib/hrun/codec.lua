@@ -1,9 +1,12 @@
 -- hrun.codec: values <-> JSON text for the journal. Paths are bytes, JSON is UTF-8: a
 -- string that is not valid UTF-8 is stored as {"$hex": "…"} and comes back exact.
 -- `summary` is for display only (effect arguments): long strings are cut short and
--- what JSON cannot hold is described.
+-- what JSON cannot hold is described. Both show every secret's bytes in a string as
+-- <secret> before they hex, escape or cut it: masked afterwards, a secret in an
+-- encoding (hex, \x escapes) or cut in half would not be found.
 
 local json = require "hrun.json"
+local mask = require("hrun.secrets")._mask
 
 local M = {}
 
@@ -27,6 +30,7 @@ end
 local function wrap(v, seen)
   local t = type(v)
   if t == "string" then
+    v = mask(v)
     return is_utf8(v) and v or { ["$hex"] = tohex(v) }
   elseif t ~= "table" or v == json.null then
     return v
@@ -37,7 +41,7 @@ local function wrap(v, seen)
   seen[v] = true
   local out = {}
   for k, x in pairs(v) do
-    out[k] = wrap(x, seen)
+    out[type(k) == "string" and mask(k) or k] = wrap(x, seen)
   end
   seen[v] = nil
   if next(v) == nil then
@@ -89,9 +93,9 @@ function M.summary(v, limit)
   local function sum(x, depth)
     local t = type(x)
     if t == "string" then
-      local s = x
+      local s = mask(x)
       if #s > limit then
-        s = s:sub(1, limit - 40) .. string.format("… (%d bytes)", #x)
+        s = s:sub(1, limit - 40) .. string.format("… (%d bytes)", #s)
       end
       return require("hrun.pretty").utf8(s)
     elseif t == "number" or t == "boolean" or x == json.null then
@@ -104,14 +108,14 @@ function M.summary(v, limit)
       end
       local out = {}
       for k, y in pairs(x) do
-        out[type(k) == "number" and k or tostring(k)] = sum(y, depth + 1)
+        out[type(k) == "number" and k or mask(tostring(k))] = sum(y, depth + 1)
       end
       return out
     end
     return "<" .. t .. ">"
   end
   local ok, text = pcall(json.encode, sum(v, 0))
-  return ok and text or json.encode(tostring(v))
+  return ok and text or json.encode(mask(tostring(v)))
 end
 
 return M

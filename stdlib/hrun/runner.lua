@@ -304,6 +304,7 @@ local function masked(mask, v, depth)
   return out
 end
 
+-- Returns the event as emitted (masked): what else it goes to (--notify) gets that.
 function Runner:emit(ev)
   if self.priv.secrets() > 0 then
     ev = masked(self.priv.mask, ev, 0)
@@ -313,6 +314,7 @@ function Runner:emit(ev)
     self.journal:event(self.run_id, ev)
   end
   self.ui:event(ev)
+  return ev
 end
 
 -- The test suite's fault injection: HRUN_TEST_CRASH=point:N kills hrun (SIGKILL) the
@@ -1299,10 +1301,9 @@ function Runner:run()
     self.journal:set_run(self.run_id, { status = status, outcome = status, error = failure, ended = sys.now(),
       interrupted = self.interrupted and 1 or 0 })
   end
-  local ev = { event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
+  local ev = self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
     seconds = sys.now() - started, planned = self.plan and self.planned or nil,
-    irreversible = self.plan and self.irreversible_planned or nil }
-  self:emit(ev)
+    irreversible = self.plan and self.irreversible_planned or nil })
   if not self.plan then
     self.journal:commit()
     self:notify(ev)
@@ -1367,8 +1368,8 @@ function Runner:rollback_run(reason)
   end
   self.journal:set_run(self.run_id, { status = status, rollback_status = status, rollback_ended = sys.now() })
   local exit = status == "rolled-back" and 0 or M.EXIT["rollback-incomplete"]
-  local ev = { event = "run-end", run = self.run_id, status = status, exit = exit, seconds = sys.now() - started }
-  self:emit(ev)
+  local ev = self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit,
+    seconds = sys.now() - started })
   self.journal:commit()
   self:notify(ev)
   return exit
