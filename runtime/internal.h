@@ -39,6 +39,10 @@ void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname);
 ** capability missing. */
 int hrun_sandbox_allows(lua_State *L, const char *what, const char *cap, const char *target);
 
+/* Whether the sandbox watches this call: 0, no (none set, or the engine's own work);
+** 1, it audits (records, refuses nothing); 2, it enforces. */
+int hrun_sandbox_mode(lua_State *L);
+
 /* The one parse of a URL that the sandbox's check and an http request both use (a
 ** CURLU *, curl_url_cleanup it); NULL, and libcurl's CURLUcode in *why, when text is
 ** not a URL. */

@@ -597,6 +597,13 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
     return ok;
 }
 
+int hrun_sandbox_mode(lua_State *L)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->sandbox == NULL || rt->trusted > 0) return 0;
+    return rt->sandbox->enforce ? 2 : 1;
+}
+
 int hrun_sandbox_allows(lua_State *L, const char *what, const char *cap, const char *target)
 {
     hrun_Runtime *rt = hrun_runtime(L);
