@@ -51,8 +51,8 @@ static int fail(lua_State *L, const char *what, const char *obj, int rc)
 ** not set them in its own config (.git/config; the system's and root's are trusted). */
 static int sends_elsewhere(const char *name)
 {
-    static const char *const keys[] = {"core.worktree", "core.hookspath", "core.fsmonitor",
-                                       "core.sshcommand", "include.path", NULL};
+    static const char *const keys[] = {"core.worktree",   "core.hookspath", "core.fsmonitor",
+                                       "core.sshcommand", "include.path",   NULL};
     for (const char *const *k = keys; *k; k++)
         if (strcasecmp(name, *k) == 0) return 1;
     size_t n = strlen(name);
@@ -1620,8 +1620,7 @@ static int fetch_targets(lua_State *L, hrun_Target *t)
         if (git_repository_open_ext(&r, t[0].value, 0, NULL) == 0 &&
             git_remote_lookup(&remote, r, name) == 0 && git_remote_url(remote)) {
             snprintf(url, sizeof url, "%s", git_remote_url(remote));
-            if (git_repository_workdir(r))
-                snprintf(wd, sizeof wd, "%s", git_repository_workdir(r));
+            if (git_repository_workdir(r)) snprintf(wd, sizeof wd, "%s", git_repository_workdir(r));
         }
         git_remote_free(remote);
         git_repository_free(r);
@@ -1634,11 +1633,7 @@ static int fetch_targets(lua_State *L, hrun_Target *t)
 static const hrun_Prim git_prims[] = {
     {.name = "open", .func = l_open, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
     {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
-    {.name = "status",
-     .func = l_status,
-     .kind = HRUN_READ,
-     .cap = "git",
-     .targets = dir_targets},
+    {.name = "status", .func = l_status, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
     {.name = "log", .func = l_log, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
     {.name = "tags", .func = l_tags, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
     {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},

@@ -21,7 +21,8 @@
 
 typedef struct Transfer {
     CURL *curl;
-    CURLU *url; /* the URL of the hop being made (hrun_urlparse: the sandbox read it) */
+    CURLU *url;  /* the URL of the hop being made (hrun_urlparse: the sandbox read it) */
+    CURLU *next; /* the next hop's, while it is checked */
     struct curl_slist *headers;
     char *body; /* the response's bytes (malloc'd, the userdata's close frees them) */
     size_t got, size, max_body;
@@ -37,9 +38,10 @@ static int transfer_close(lua_State *L)
     Transfer *t = lua_touserdata(L, 1);
     if (t->curl) curl_easy_cleanup(t->curl);
     if (t->url) curl_url_cleanup(t->url);
+    if (t->next) curl_url_cleanup(t->next);
     if (t->headers) curl_slist_free_all(t->headers);
     free(t->body);
-    t->curl = NULL, t->url = NULL, t->headers = NULL, t->body = NULL;
+    t->curl = NULL, t->url = NULL, t->next = NULL, t->headers = NULL, t->body = NULL;
     return 0;
 }
 
@@ -374,28 +376,24 @@ static int request(lua_State *L, const char *what)
                               (int)max_redirects);
         lua_pushstring(L, next); /* libcurl's resolution of Location against this hop */
         const char *to = lua_tostring(L, -1);
-        CURLU *hop = hrun_urlparse(to, &why);
+        CURLU *hop = t->next = hrun_urlparse(to, &why); /* the transfer frees it */
         char *scheme = NULL;
         if (hop) curl_url_get(hop, CURLUPART_SCHEME, &scheme, 0);
         int web = scheme && (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0);
         curl_free(scheme);
-        if (!web) {
-            curl_url_cleanup(hop);
-            return hrun_failf(L, "EREDIRECT", "%s: %s: a redirect to %s: only http and https are followed",
-                              what, url, to);
-        }
+        if (!web)
+            return hrun_failf(L, "EREDIRECT",
+                              "%s: %s: a redirect to %s: only http and https are followed", what,
+                              url, to);
         /* through a unix socket every hop goes where the first went (already checked) */
-        if (sock == NULL && !hrun_sandbox_allows(
-                                L, lua_pushfstring(L, "%s's redirect to %s", what, to), "net", to)) {
-            curl_url_cleanup(hop);
+        if (sock == NULL &&
+            !hrun_sandbox_allows(L, lua_pushfstring(L, "%s's redirect to %s", what, to), "net", to))
             return lua_error(L);
-        }
-        if (!same_origin(t->url, hop) && drop_credentials(t) < 0) {
-            curl_url_cleanup(hop);
+        if (!same_origin(t->url, hop) && drop_credentials(t) < 0)
             return luaL_error(L, "%s: not enough memory", what);
-        }
         curl_url_cleanup(t->url);
         t->url = hop;
+        t->next = NULL;
         int keep_body;
         method = redirected_method(method, status, &keep_body);
         if (!keep_body) body = NULL;

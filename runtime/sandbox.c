@@ -199,8 +199,8 @@ static char *lookup_program(const char *name)
 CURLU *hrun_urlparse(const char *text, int *why)
 {
     CURLU *h = curl_url();
-    CURLUcode rc = h ? curl_url_set(h, CURLUPART_URL, text, CURLU_NON_SUPPORT_SCHEME)
-                     : CURLUE_OUT_OF_MEMORY;
+    CURLUcode rc =
+        h ? curl_url_set(h, CURLUPART_URL, text, CURLU_NON_SUPPORT_SCHEME) : CURLUE_OUT_OF_MEMORY;
     if (why) *why = (int)rc;
     if (rc == CURLUE_OK) return h;
     curl_url_cleanup(h);
@@ -215,7 +215,7 @@ static void url_free(Url *u)
 
 static int hexval(int c)
 {
-    return c >= '0' && c <= '9' ? c - '0'
+    return c >= '0' && c <= '9'   ? c - '0'
            : c >= 'a' && c <= 'f' ? c - 'a' + 10
            : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                   : -1;
