@@ -39,6 +39,23 @@ void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname);
 ** covered. Outside the sandbox, or in the engine's own (trusted) work: nothing. */
 void hrun_sandbox_require(lua_State *L, const char *prim, const hrun_Target *t);
 
+/* [-0, +(0|1), m] For a primitive that finds a target of its own while it runs (a
+** redirect's URL, the repository a directory opens): may the playbook touch target,
+** under capability cap? 1: yes (or no sandbox, or the engine's own work, or audit
+** mode: recorded then); 0: no, and the refusal is pushed, naming `what` and the
+** capability missing. */
+int hrun_sandbox_allows(lua_State *L, const char *what, const char *cap, const char *target);
+
+/* Whether the sandbox watches this call: 0, no (none set, or the engine's own work);
+** 1, it audits (records, refuses nothing); 2, it enforces. */
+int hrun_sandbox_mode(lua_State *L);
+
+/* The one parse of a URL that the sandbox's check and an http request both use (a
+** CURLU *, curl_url_cleanup it); NULL, and libcurl's CURLUcode in *why, when text is
+** not a URL. */
+struct Curl_URL;
+struct Curl_URL *hrun_urlparse(const char *text, int *why);
+
 /* The bytes of the secret at idx (secrets.read), or NULL when it is not one. */
 const char *hrun_tosecret(lua_State *L, int idx, size_t *len);
 

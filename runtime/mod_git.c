@@ -11,6 +11,7 @@
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +41,116 @@ static int fail(lua_State *L, const char *what, const char *obj, int rc)
     return hrun_failf(L, code, "%s: %s", what, msg);
 }
 
+/* {======================================================
+** The sandbox: the repository a directory opens, its config, its remotes
+** ======================================================= */
+
+/* Config keys that would send git (now or in a later libgit2) outside the scope its
+** capability names: another work tree, hooks or a monitor run from elsewhere, an ssh
+** command, a config file read from elsewhere. A sandboxed playbook's repository may
+** not set them in its own config (.git/config; the system's and root's are trusted). */
+static int sends_elsewhere(const char *name)
+{
+    static const char *const keys[] = {"core.worktree",   "core.hookspath", "core.fsmonitor",
+                                       "core.sshcommand", "include.path",   NULL};
+    for (const char *const *k = keys; *k; k++)
+        if (strcasecmp(name, *k) == 0) return 1;
+    size_t n = strlen(name);
+    return strncasecmp(name, "includeif.", 10) == 0 && n > 15 &&
+           strcasecmp(name + n - 5, ".path") == 0;
+}
+
+/* [-0, +0, v] In the sandbox, what r (opened from dir) uses must be in the playbook's
+** scope, checked as git targets: its work tree, its git directory and common directory
+** (git finds a repository above dir; a .git file, core.worktree or commondir may point
+** elsewhere). And its own config may set none of sends_elsewhere's keys. Raises the
+** refusal. */
+static void confine_repo(lua_State *L, const char *what, const char *dir, git_repository *r)
+{
+    int mode = hrun_sandbox_mode(L);
+    if (mode == 0) return;
+    const char *wd = git_repository_workdir(r);
+    const char *dirs[] = {wd, git_repository_path(r), git_repository_commondir(r)};
+    char path[PATH_MAX];
+    for (size_t i = 0; i < 3; i++) {
+        if (dirs[i] == NULL || (i > 0 && wd && strncmp(dirs[i], wd, strlen(wd)) == 0)) continue;
+        size_t n = strlen(dirs[i]);
+        if (n > 1 && dirs[i][n - 1] == '/') n--; /* libgit2 ends them with a slash */
+        snprintf(path, sizeof path, "%.*s", (int)n, dirs[i]);
+        if (!hrun_sandbox_allows(
+                L, lua_pushfstring(L, "%s: the repository %s opens (%s)", what, dir, path), "git",
+                path))
+            lua_error(L);
+        lua_pop(L, 1);
+    }
+    if (mode < 2) return;
+    git_config *cfg = NULL;
+    git_config_iterator *it = NULL;
+    git_config_entry *e;
+    char bad[512] = ""; /* nothing that can raise while libgit2's objects are held */
+    if (git_repository_config_snapshot(&cfg, r) == 0 && git_config_iterator_new(&it, cfg) == 0) {
+        while (*bad == '\0' && git_config_next(&e, it) == 0)
+            if (e->level >= GIT_CONFIG_LEVEL_LOCAL && sends_elsewhere(e->name))
+                snprintf(bad, sizeof bad, "%s = %s", e->name, e->value ? e->value : "");
+    } else {
+        snprintf(bad, sizeof bad, "what its config cannot be read to show");
+    }
+    git_config_iterator_free(it);
+    git_config_free(cfg);
+    if (*bad)
+        luaL_error(L,
+                   "sandbox: %s: %s: the repository's config sets %s, which could send git "
+                   "outside the playbook's scope: a sandboxed playbook may not use it",
+                   what, dir, bad);
+}
+
+/* Where a remote URL (as libgit2 will use it: insteadOf applied) goes, as libgit2's
+** transport picks: a URL with a scheme is the network (net), except file://, a local
+** path (git); without one, a ':' makes it an ssh address (host:path, net: only an
+** unscoped net covers it), else it is a local path (git). Into buf; returns the
+** capability. */
+static const char *remote_target(const char *url, char *buf, size_t size)
+{
+    if (strncasecmp(url, "file://", 7) == 0) {
+        const char *p = url + 7;
+        if (strncasecmp(p, "localhost/", 10) == 0) p += 9;
+        size_t k = 0;
+        for (; *p && k + 1 < size; p++) { /* %XX decoded, as libgit2 decodes them */
+            unsigned v;
+            if (p[0] == '%' && sscanf(p + 1, "%2x", &v) == 1 && v != 0) {
+                buf[k++] = (char)v;
+                p += 2;
+            } else {
+                buf[k++] = *p;
+            }
+        }
+        buf[k] = '\0';
+        return "git";
+    }
+    snprintf(buf, size, "%s", url);
+    return strstr(url, "://") || strchr(url, ':') ? "net" : "git";
+}
+
+/* [-0, +0, v] In the sandbox, may the repository at wd reach remote url? A local path
+** without a '/' at its start is checked as libgit2 may read it, relative to hrun's
+** directory and to the repository's. Raises the refusal. */
+static void confine_remote(lua_State *L, const char *what, const char *url, const char *wd)
+{
+    if (hrun_sandbox_mode(L) == 0) return;
+    char target[PATH_MAX], rel[PATH_MAX * 2];
+    const char *cap = remote_target(url, target, sizeof target);
+    const char *msg = lua_pushfstring(L, "%s: the remote %s", what, url);
+    int ok = hrun_sandbox_allows(L, msg, cap, target);
+    if (ok && strcmp(cap, "git") == 0 && target[0] != '/' && wd) {
+        snprintf(rel, sizeof rel, "%s/%s", wd, target);
+        ok = hrun_sandbox_allows(L, msg, cap, rel);
+    }
+    if (!ok) lua_error(L);
+    lua_pop(L, 1);
+}
+
+/* }====================================================== */
+
 typedef struct Repo {
     git_repository *r;
 } Repo;
@@ -64,6 +175,18 @@ static void need_libgit2(lua_State *L)
     git_libgit2_init();
     lua_pushboolean(L, 1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &made);
+}
+
+typedef struct Remote {
+    git_remote *r;
+} Remote;
+
+static int remote_gc(lua_State *L)
+{
+    Remote *h = lua_touserdata(L, 1);
+    if (h->r) git_remote_free(h->r);
+    h->r = NULL;
+    return 0;
 }
 
 static int repo_gc(lua_State *L)
@@ -100,6 +223,7 @@ static git_repository *open_repo(lua_State *L, const char *what, const char *dir
         fail(L, what, dir, rc);
         return NULL;
     }
+    confine_repo(L, what, dir, h->r);
     return h->r;
 }
 
@@ -156,7 +280,10 @@ static void push_repo(lua_State *L, git_repository *r)
 static const char *check_dir(lua_State *L, int arg)
 {
     if (lua_type(L, arg) == LUA_TTABLE) {
-        lua_getfield(L, arg, "path");
+        /* raw, as the sandbox reads it (dir_targets): no __index shows it another path */
+        lua_pushliteral(L, "path");
+        if (lua_rawget(L, arg) != LUA_TSTRING)
+            luaL_argerror(L, arg, "a repository ({path = dir}) or a directory expected");
         lua_replace(L, arg);
     }
     return hrun_checkpath(L, arg, NULL);
@@ -632,6 +759,7 @@ static int l_clone(lua_State *L)
     o.bare = bare;
     o.fetch_opts.callbacks.transfer_progress = on_transfer;
     o.fetch_opts.callbacks.payload = &p;
+    if (hrun_sandbox_mode(L)) o.fetch_opts.follow_redirects = GIT_REMOTE_REDIRECT_NONE;
     git_repository *r = NULL;
     int rc = git_clone(&r, url, dir, &o);
     if (rc == 0 && ref) {
@@ -691,16 +819,23 @@ static int l_fetch(lua_State *L)
     if (hrun_optfield(L, 2, "progress", LUA_TFUNCTION)) p.fn = lua_gettop(L);
     git_repository *r = open_repo(L, "git.fetch", dir);
     if (r == NULL) return 3;
-    git_remote *remote;
-    int rc = git_remote_lookup(&remote, r, name);
+    Remote *h = lua_newuserdatauv(L, sizeof(Remote), 0);
+    h->r = NULL;
+    hrun_setclose(L, "hrun.git.remote", remote_gc, NULL);
+    lua_toclose(L, -1);
+    int rc = git_remote_lookup(&h->r, r, name);
     if (rc < 0) return fail(L, "git.fetch", name, rc);
+    /* the URL this remote object fetches from (url.<base>.insteadOf applied) */
+    if (git_remote_url(h->r))
+        confine_remote(L, "git.fetch", git_remote_url(h->r), git_repository_workdir(r));
     git_fetch_options o;
     git_fetch_options_init(&o, GIT_FETCH_OPTIONS_VERSION);
     o.callbacks.transfer_progress = on_transfer;
     o.callbacks.payload = &p;
     o.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_ALL;
-    rc = git_remote_fetch(remote, NULL, &o, NULL);
-    git_remote_free(remote);
+    /* a redirect would be followed inside libgit2, where no check sees it */
+    if (hrun_sandbox_mode(L)) o.follow_redirects = GIT_REMOTE_REDIRECT_NONE;
+    rc = git_remote_fetch(h->r, NULL, &o, NULL);
     raise_transfer(L, &p);
     if (rc < 0) return fail(L, "git.fetch", name, rc);
     lua_pushboolean(L, 1);
@@ -1437,45 +1572,78 @@ int hrun_ref_fp(lua_State *L)
 
 /* }====================================================== */
 
-/* The sandbox's targets of git.clone(url, dir): the directory, and the URL (net) or,
-** for a local repository, its path. */
-static int clone_targets(lua_State *L, hrun_Target *t)
+/* The sandbox's targets of a call on a repository: its directory, or a repository
+** object's path (read raw, as check_dir reads it). */
+static int dir_targets(lua_State *L, hrun_Target *t)
 {
-    int n = hrun_targets_arg2(L, t);
-    if (lua_type(L, 1) == LUA_TSTRING && n < HRUN_MAXTARGETS) {
-        const char *url = lua_tostring(L, 1);
-        t[n++] =
-            (hrun_Target){strstr(url, "://") || strchr(url, '@') ? "net" : NULL, url, NULL, 0, 0};
-    }
+    if (lua_type(L, 1) == LUA_TTABLE) return hrun_targets_field(L, 1, "path", t, 0, NULL);
+    return hrun_targets_arg1(L, t);
+}
+
+/* [-0, +1, m] Adds the target of a remote URL to the n in t (two for a relative local
+** path: as read from hrun's directory and from the repository's, wd). */
+static int add_remote(lua_State *L, hrun_Target *t, int n, const char *url, const char *wd)
+{
+    char target[PATH_MAX];
+    const char *cap = remote_target(url, target, sizeof target);
+    const char *value = lua_pushstring(L, target);
+    if (n < HRUN_MAXTARGETS) t[n++] = (hrun_Target){cap, value, NULL, 0, 0};
+    if (strcmp(cap, "git") == 0 && target[0] != '/' && wd && n < HRUN_MAXTARGETS)
+        t[n++] = (hrun_Target){cap, value, lua_pushstring(L, wd), 0, 0};
     return n;
 }
 
-/* git.fetch(dir): the repository, and the network (wherever its remote points). */
+/* git.clone(url, dir): the directory, and where the URL goes (remote_target). */
+static int clone_targets(lua_State *L, hrun_Target *t)
+{
+    int n = hrun_targets_arg2(L, t);
+    if (lua_type(L, 1) == LUA_TSTRING) n = add_remote(L, t, n, lua_tostring(L, 1), NULL);
+    return n;
+}
+
+/* git.fetch(dir [, {remote}]): the repository, and where its remote goes, as its config
+** says now (for plans; l_fetch checks again the remote object it fetches with). When
+** that cannot be read: some net capability. */
 static int fetch_targets(lua_State *L, hrun_Target *t)
 {
-    int n = hrun_targets_arg1(L, t);
-    t[n++] = (hrun_Target){"net", NULL, NULL, 0, 0};
+    int n = dir_targets(L, t);
+    char url[PATH_MAX] = "", wd[PATH_MAX] = "";
+    const char *name = "origin";
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "remote");
+        if (lua_rawget(L, 2) == LUA_TSTRING) name = lua_tostring(L, -1);
+    }
+    if (n > 0) {
+        need_libgit2(L);
+        git_repository *r = NULL;
+        git_remote *remote = NULL;
+        if (git_repository_open_ext(&r, t[0].value, 0, NULL) == 0 &&
+            git_remote_lookup(&remote, r, name) == 0 && git_remote_url(remote)) {
+            snprintf(url, sizeof url, "%s", git_remote_url(remote));
+            if (git_repository_workdir(r)) snprintf(wd, sizeof wd, "%s", git_repository_workdir(r));
+        }
+        git_remote_free(remote);
+        git_repository_free(r);
+    }
+    if (*url) return add_remote(L, t, n, url, *wd ? wd : NULL);
+    if (n < HRUN_MAXTARGETS) t[n++] = (hrun_Target){"net", NULL, NULL, 0, 0};
     return n;
 }
 
 static const hrun_Prim git_prims[] = {
-    {.name = "open", .func = l_open, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
-    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
-    {.name = "status",
-     .func = l_status,
-     .kind = HRUN_READ,
-     .cap = "git",
-     .targets = hrun_targets_arg1},
-    {.name = "log", .func = l_log, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
-    {.name = "tags", .func = l_tags, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
-    {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "git", .targets = hrun_targets_arg1},
+    {.name = "open", .func = l_open, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
+    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
+    {.name = "status", .func = l_status, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
+    {.name = "log", .func = l_log, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
+    {.name = "tags", .func = l_tags, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
+    {.name = "diff", .func = l_diff, .kind = HRUN_READ, .cap = "git", .targets = dir_targets},
     {.name = "init",
      .func = l_init,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = init_inverse,
      .state = init_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {.name = "clone",
      .func = l_clone,
      .kind = HRUN_WRITE,
@@ -1495,41 +1663,41 @@ static const hrun_Prim git_prims[] = {
      .cap = "git",
      .inverse = commit_inverse,
      .state = commit_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {.name = "tag",
      .func = l_tag,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = tagref_inverse,
      .state = tag_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {.name = "delete_tag",
      .func = l_delete_tag,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = tagref_inverse,
      .state = tag_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {.name = "checkout_paths",
      .func = l_checkout_paths,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = checkout_paths_inverse,
      .state = checkout_paths_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {.name = "checkout",
      .func = l_checkout,
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = checkout_inverse,
      .state = checkout_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {.name = "_setref",
      .func = l_setref,
      .kind = HRUN_WRITE,
      .cap = "git",
      .state = setref_state,
-     .targets = hrun_targets_arg1},
+     .targets = dir_targets},
     {0},
 };
 

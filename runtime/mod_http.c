@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 
@@ -20,11 +21,13 @@
 
 typedef struct Transfer {
     CURL *curl;
+    CURLU *url;  /* the URL of the hop being made (hrun_urlparse: the sandbox read it) */
+    CURLU *next; /* the next hop's, while it is checked */
     struct curl_slist *headers;
-    luaL_Buffer *body; /* where the response goes; NULL while not set up */
+    char *body; /* the response's bytes (malloc'd, the userdata's close frees them) */
+    size_t got, size, max_body;
+    int too_big, no_memory;
     lua_State *L;
-    size_t got, max_body;
-    int too_big;
     int resp_headers; /* stack index of the response headers table */
     double deadline;  /* the step's (monotonic), 0: none */
     int interrupted, past_deadline;
@@ -34,8 +37,11 @@ static int transfer_close(lua_State *L)
 {
     Transfer *t = lua_touserdata(L, 1);
     if (t->curl) curl_easy_cleanup(t->curl);
+    if (t->url) curl_url_cleanup(t->url);
+    if (t->next) curl_url_cleanup(t->next);
     if (t->headers) curl_slist_free_all(t->headers);
-    t->curl = NULL, t->headers = NULL;
+    free(t->body);
+    t->curl = NULL, t->url = NULL, t->next = NULL, t->headers = NULL, t->body = NULL;
     return 0;
 }
 
@@ -47,8 +53,15 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
         t->too_big = 1;
         return 0; /* stops the transfer: CURLE_WRITE_ERROR */
     }
+    if (t->got + len > t->size) {
+        size_t want = t->size ? t->size : 16384;
+        while (want < t->got + len) want *= 2;
+        char *more = realloc(t->body, want);
+        if (more == NULL) return t->no_memory = 1, 0;
+        t->body = more, t->size = want;
+    }
+    memcpy(t->body + t->got, data, len);
     t->got += len;
-    luaL_addlstring(t->body, data, len);
     return len;
 }
 
@@ -144,20 +157,95 @@ static const char *opt_cstring(lua_State *L, int arg, const char *name)
     return s;
 }
 
+/* [-0, +0, v] A string option read raw (no __index may show the sandbox's check one
+** socket and the request another), that must not hold NUL bytes. */
+static const char *opt_raw(lua_State *L, int arg, const char *name)
+{
+    if (lua_type(L, arg) != LUA_TTABLE) return NULL;
+    lua_pushstring(L, name);
+    int type = lua_rawget(L, arg);
+    lua_pop(L, 1); /* the table keeps the string */
+    if (type == LUA_TNIL) return NULL;
+    if (type != LUA_TSTRING)
+        luaL_argerror(L, arg, lua_pushfstring(L, "field '%s': string expected", name));
+    return opt_cstring(L, arg, name);
+}
+
+/* Is name: value (a request header) one that must not go to another origin? */
+static int credential_header(const char *h)
+{
+    static const char *const names[] = {"authorization", "cookie", NULL};
+    for (const char *const *n = names; *n; n++) {
+        size_t len = strlen(*n);
+        if (strncasecmp(h, *n, len) == 0 && (h[len] == ':' || h[len] == ';')) return 1;
+    }
+    return 0;
+}
+
+/* Do a and b name the same origin (scheme, host and port)? */
+static int same_origin(CURLU *a, CURLU *b)
+{
+    static const CURLUPart parts[] = {CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT};
+    int same = 1;
+    for (size_t i = 0; i < 3 && same; i++) {
+        char *x = NULL, *y = NULL;
+        curl_url_get(a, parts[i], &x, CURLU_DEFAULT_PORT);
+        curl_url_get(b, parts[i], &y, CURLU_DEFAULT_PORT);
+        same = x && y && strcasecmp(x, y) == 0;
+        curl_free(x), curl_free(y);
+    }
+    return same;
+}
+
+/* The request headers without credentials (as libcurl does on a redirect to another
+** origin): 0, or -1 when out of memory. */
+static int drop_credentials(Transfer *t)
+{
+    struct curl_slist *kept = NULL;
+    for (struct curl_slist *h = t->headers; h; h = h->next) {
+        if (credential_header(h->data)) continue;
+        struct curl_slist *n = curl_slist_append(kept, h->data);
+        if (n == NULL) return curl_slist_free_all(kept), -1;
+        kept = n;
+    }
+    curl_slist_free_all(t->headers);
+    t->headers = kept;
+    return 0;
+}
+
+/* The method of a request (and whether it keeps its body) after a redirect with status:
+** 303 makes it a GET (HEAD stays), 301 and 302 make a POST a GET, as browsers and
+** libcurl do; 307 and 308 keep both. */
+static const char *redirected_method(const char *method, long status, int *keep_body)
+{
+    *keep_body = 1;
+    if ((status == 303 && strcmp(method, "HEAD") != 0) ||
+        ((status == 301 || status == 302) && strcmp(method, "POST") == 0)) {
+        *keep_body = 0;
+        return "GET";
+    }
+    return method;
+}
+
 /*
 ** The body of http.request: (url, opts) → {status, headers, body, json, url, seconds} |
 ** nil, message, code. `what` names the function in messages.
+**
+** Redirects are followed here, not by libcurl: each hop's URL is checked by the sandbox
+** before anything is sent to it (a refusal raises, naming the URL and the capability it
+** needs), and only http and https are followed.
 */
 static int request(lua_State *L, const char *what)
 {
     size_t urllen;
-    const char *url = luaL_checklstring(L, 1, &urllen);
+    if (lua_type(L, 1) != LUA_TSTRING) luaL_typeerror(L, 1, "string (a URL)");
+    const char *url = lua_tolstring(L, 1, &urllen);
     if (strlen(url) != urllen || urllen == 0) luaL_argerror(L, 1, "not a URL");
     hrun_checkopts(L, 2, request_options);
     lua_settop(L, 2);
     const char *method = opt_cstring(L, 2, "method");
     const char *cacert = opt_cstring(L, 2, "cacert");
-    const char *sock = opt_cstring(L, 2, "unix_socket");
+    const char *sock = opt_raw(L, 2, "unix_socket");
     double timeout = hrun_optnumber(L, 2, "timeout", 30);
     double ctimeout = hrun_optnumber(L, 2, "connect_timeout", 10);
     int insecure = hrun_optbool(L, 2, "insecure", 0);
@@ -225,27 +313,21 @@ static int request(lua_State *L, const char *what)
         t->headers = n;
     }
 
-    lua_newtable(L); /* response headers */
+    /* the URL as the sandbox read it: libcurl is handed this parse, not the text again */
+    int why;
+    if ((t->url = hrun_urlparse(url, &why)) == NULL)
+        return hrun_failf(L, "EURL", "%s: %s: %s", what, url, curl_url_strerror(why));
+
+    lua_newtable(L); /* 5: response headers */
     t->resp_headers = lua_gettop(L);
-    luaL_Buffer resp;
-    luaL_buffinit(L, &resp); /* from here the stack above is the buffer's */
-    t->body = &resp;
     char errbuf[CURL_ERROR_SIZE] = "";
     double deadline = hrun_deadline(L);
     t->deadline = deadline;
     if (deadline > 0 && deadline - hrun_monotime() < timeout) timeout = deadline - hrun_monotime();
     if (timeout <= 0) return hrun_raisetimeout(L);
 
-    curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (strcmp(method, "HEAD") == 0) curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    }
-    if (t->headers) curl_easy_setopt(c, CURLOPT_HTTPHEADER, t->headers);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
@@ -253,10 +335,8 @@ static int request(lua_State *L, const char *what)
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, t);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(ctimeout * 1000));
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, (long)follow);
-    curl_easy_setopt(c, CURLOPT_MAXREDIRS, (long)max_redirects);
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_USERAGENT, "hrun/" HRUN_VERSION);
@@ -269,11 +349,60 @@ static int request(lua_State *L, const char *what)
     if (sock) curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, sock);
 
     double started = hrun_monotime();
-    CURLcode rc = curl_easy_perform(c);
+    CURLcode rc;
+    for (lua_Integer hops = 0;; hops++) {
+        double left = timeout - (hrun_monotime() - started);
+        curl_easy_setopt(c, CURLOPT_CURLU, t->url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, t->headers);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, left > 0.001 ? (long)(left * 1000) : 1L);
+        if (body) {
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+        } else {
+            curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+        }
+        curl_easy_setopt(c, CURLOPT_NOBODY, strcmp(method, "HEAD") == 0 ? 1L : 0L);
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        t->got = 0;
+        rc = curl_easy_perform(c);
+        char *next = NULL;
+        long status = 0;
+        if (rc != CURLE_OK || !follow || curl_easy_getinfo(c, CURLINFO_REDIRECT_URL, &next) ||
+            next == NULL)
+            break;
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        if (max_redirects >= 0 && hops >= max_redirects)
+            return hrun_failf(L, "EREDIRECT", "%s: %s: Maximum (%d) redirects followed", what, url,
+                              (int)max_redirects);
+        lua_pushstring(L, next); /* libcurl's resolution of Location against this hop */
+        const char *to = lua_tostring(L, -1);
+        CURLU *hop = t->next = hrun_urlparse(to, &why); /* the transfer frees it */
+        char *scheme = NULL;
+        if (hop) curl_url_get(hop, CURLUPART_SCHEME, &scheme, 0);
+        int web = scheme && (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0);
+        curl_free(scheme);
+        if (!web)
+            return hrun_failf(L, "EREDIRECT",
+                              "%s: %s: a redirect to %s: only http and https are followed", what,
+                              url, to);
+        /* through a unix socket every hop goes where the first went (already checked) */
+        if (sock == NULL &&
+            !hrun_sandbox_allows(L, lua_pushfstring(L, "%s's redirect to %s", what, to), "net", to))
+            return lua_error(L);
+        if (!same_origin(t->url, hop) && drop_credentials(t) < 0)
+            return luaL_error(L, "%s: not enough memory", what);
+        curl_url_cleanup(t->url);
+        t->url = hop;
+        t->next = NULL;
+        int keep_body;
+        method = redirected_method(method, status, &keep_body);
+        if (!keep_body) body = NULL;
+        lua_settop(L, t->resp_headers);
+    }
     double seconds = hrun_monotime() - started;
-    luaL_pushresult(&resp); /* the body, on top of the headers */
     if (t->interrupted) return hrun_raiseinterrupt(L);
     if (t->past_deadline) return hrun_raisetimeout(L);
+    if (t->no_memory) return luaL_error(L, "%s: not enough memory", what);
     if (rc != CURLE_OK) {
         if (t->too_big)
             return hrun_failf(L, "E2BIG", "%s: %s: the response is larger than max_body (%d bytes)",
@@ -283,19 +412,21 @@ static int request(lua_State *L, const char *what)
         return hrun_failf(L, code_of(rc), "%s: %s: %s", what, url,
                           *errbuf ? errbuf : curl_easy_strerror(rc));
     }
+    lua_pushlstring(L, t->body ? t->body : "", t->got); /* the body, on top of the headers */
     long status = 0;
-    char *effective = NULL;
+    char *effective = NULL; /* the last hop's (libcurl's own may still name the first) */
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(c, CURLINFO_EFFECTIVE_URL, &effective);
     lua_createtable(L, 0, 6);
+    curl_url_get(t->url, CURLUPART_URL, &effective, 0);
+    lua_pushstring(L, effective ? effective : url);
+    curl_free(effective);
+    lua_setfield(L, -2, "url");
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
     lua_pushvalue(L, t->resp_headers);
     lua_setfield(L, -2, "headers");
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "body");
-    lua_pushstring(L, effective ? effective : url);
-    lua_setfield(L, -2, "url");
     lua_pushnumber(L, seconds);
     lua_setfield(L, -2, "seconds");
     /* a JSON answer is decoded too (json = nil when it is not valid JSON) */
@@ -421,7 +552,8 @@ static int status_ok(lua_State *L, int want, lua_Integer status)
 */
 static int l_wait(lua_State *L)
 {
-    const char *url = luaL_checkstring(L, 1);
+    if (lua_type(L, 1) != LUA_TSTRING) luaL_typeerror(L, 1, "string (a URL)");
+    const char *url = lua_tostring(L, 1);
     lua_settop(L, 2);
     if (lua_isnil(L, 2)) lua_newtable(L), lua_replace(L, 2);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -504,21 +636,49 @@ static int l_wait(lua_State *L)
 
 /* }====================================================== */
 
+/* {======================================================
+** Targets (the sandbox)
+** ======================================================= */
+
+/* What a request reaches: the unix socket, when the options at opts name one (as
+** "unix:PATH", under net:unix:…; the URL's host is then only a name in the request),
+** else the URL. Read raw, as request() reads them. */
+static int request_targets_at(lua_State *L, hrun_Target *t, int opts)
+{
+    if (lua_type(L, opts) == LUA_TTABLE) {
+        lua_pushliteral(L, "unix_socket");
+        if (lua_rawget(L, opts) == LUA_TSTRING) {
+            t[0] = (hrun_Target){NULL, lua_pushfstring(L, "unix:%s", lua_tostring(L, -1)), NULL, 0, 0};
+            return 1;
+        }
+        lua_pop(L, 1);
+    }
+    return hrun_targets_arg1(L, t);
+}
+
+static int request_targets(lua_State *L, hrun_Target *t)
+{
+    return request_targets_at(L, t, 2);
+}
+
+static int post_targets(lua_State *L, hrun_Target *t)
+{
+    return request_targets_at(L, t, 3);
+}
+
+/* }====================================================== */
+
 static const hrun_Prim http_prims[] = {
     {.name = "request",
      .func = l_request,
      .kind = HRUN_WRITE,
      .cap = "net",
      .writes = request_writes,
-     .targets = hrun_targets_arg1},
-    {.name = "get", .func = l_get, .kind = HRUN_READ, .cap = "net", .targets = hrun_targets_arg1},
-    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "net", .targets = hrun_targets_arg1},
-    {.name = "post",
-     .func = l_post,
-     .kind = HRUN_WRITE,
-     .cap = "net",
-     .targets = hrun_targets_arg1},
-    {.name = "wait", .func = l_wait, .kind = HRUN_READ, .cap = "net", .targets = hrun_targets_arg1},
+     .targets = request_targets},
+    {.name = "get", .func = l_get, .kind = HRUN_READ, .cap = "net", .targets = request_targets},
+    {.name = "head", .func = l_head, .kind = HRUN_READ, .cap = "net", .targets = request_targets},
+    {.name = "post", .func = l_post, .kind = HRUN_WRITE, .cap = "net", .targets = post_targets},
+    {.name = "wait", .func = l_wait, .kind = HRUN_READ, .cap = "net", .targets = request_targets},
     {0},
 };
 

@@ -10,6 +10,7 @@
 ** capability of its name.  A refusal raises an error that names the capability missing.
 ** In audit mode the sandbox records what a run uses and refuses nothing (hrun plan).
 */
+#include <ctype.h>
 #include <errno.h>
 #include <fnmatch.h>
 #include <grp.h>
@@ -41,8 +42,11 @@ static const struct {
 };
 #define NCAPS (sizeof known_caps / sizeof known_caps[0])
 
+/* A URL as the sandbox compares it (url_parse), or a unix socket (net:unix:/path). */
 typedef struct Url {
-    char *scheme, *host, *port, *path;
+    char *scheme, *host, *port; /* libcurl's; port "" when the scheme has no default */
+    char *path, *bare;          /* the path's two forms (url_paths) */
+    char *sock;                 /* a socket's path, normalized; then the rest is NULL */
 } Url;
 
 typedef struct Cap {
@@ -221,40 +225,177 @@ static char *lookup_program(const char *name)
 /* }====================================================== */
 
 /* {======================================================
-** URLs (libcurl's parser: what http asks for is what libcurl will read)
+** URLs (libcurl's parser: what the sandbox checks is what libcurl sends)
 ** ======================================================= */
+
+/* The one parse of a URL that both the check and a request use (http hands libcurl
+** this handle itself): a scheme is required (no guessing: "80" is not a URL), dot
+** segments are removed as libcurl removes them before it sends a path. */
+CURLU *hrun_urlparse(const char *text, int *why)
+{
+    CURLU *h = curl_url();
+    CURLUcode rc =
+        h ? curl_url_set(h, CURLUPART_URL, text, CURLU_NON_SUPPORT_SCHEME) : CURLUE_OUT_OF_MEMORY;
+    if (why) *why = (int)rc;
+    if (rc == CURLUE_OK) return h;
+    curl_url_cleanup(h);
+    return NULL;
+}
 
 static void url_free(Url *u)
 {
-    curl_free(u->scheme), curl_free(u->host), curl_free(u->port), curl_free(u->path);
+    free(u->scheme), free(u->host), free(u->port), free(u->path), free(u->bare), free(u->sock);
     memset(u, 0, sizeof *u);
 }
 
+static int hexval(int c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Decodes the percent-escapes of p in place: of unreserved characters only (all = 0:
+** RFC 3986 6.2.2.2, the others' hex made upper case), or of every byte (all = 1). -1
+** for an escaped NUL. */
+static int unescape(char *p, int all)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *out = p;
+    for (const char *in = p; *in; in++) {
+        int hi, lo;
+        if (in[0] != '%' || (hi = hexval(in[1])) < 0 || (lo = hexval(in[2])) < 0) {
+            *out++ = *in;
+            continue;
+        }
+        int c = hi * 16 + lo;
+        if (c == 0) return -1;
+        if (all || isalnum(c) || strchr("-._~", c)) {
+            *out++ = (char)c;
+        } else {
+            *out++ = '%', *out++ = hex[hi], *out++ = hex[lo];
+        }
+        in += 2;
+    }
+    *out = '\0';
+    return 0;
+}
+
+/* Removes the dot segments of the absolute path p in place (RFC 3986 5.2.4); with
+** lenient, empty segments too, as a server that squashes "//" first would. */
+static void remove_dots(char *p, int lenient)
+{
+    char *out = p;
+    const char *in = p;
+    while (*in == '/') {
+        const char *seg = in + 1, *end = strchr(seg, '/');
+        size_t len = end ? (size_t)(end - seg) : strlen(seg);
+        int last = end == NULL;
+        if ((len == 1 && seg[0] == '.') || (len == 0 && lenient)) {
+            if (last) *out++ = '/';
+        } else if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (out > p && *--out != '/') {
+            }
+            if (last) *out++ = '/';
+        } else {
+            *out++ = '/';
+            memmove(out, seg, len);
+            out += len;
+        }
+        in = seg + len;
+    }
+    if (out == p) *out++ = '/';
+    *out = '\0';
+}
+
+/* The two forms of a path the sandbox compares, from libcurl's (what it sends): path,
+** with unreserved characters decoded ("%2e%2e" is ".."), and bare, what the most
+** lenient server could make of it — every escape decoded (twice, for one that decodes
+** again), '\' a separator, ";params" dropped from each segment ("..;"). A path must be
+** within the scope in both. -1: an escaped NUL. */
+static int url_paths(const char *raw, char **path, char **bare)
+{
+    size_t n = strlen(raw);
+    *path = malloc(n + 2), *bare = malloc(n + 2);
+    if (*path == NULL || *bare == NULL) return -1;
+    snprintf(*path, n + 2, "%s%s", raw[0] == '/' ? "" : "/", raw);
+    memcpy(*bare, *path, strlen(*path) + 1);
+    if (unescape(*path, 0) < 0 || unescape(*bare, 1) < 0 || unescape(*bare, 1) < 0) return -1;
+    char *out = *bare;
+    for (const char *in = *bare; *in; in++) {
+        if (*in == ';') { /* to the segment's end */
+            while (in[1] && in[1] != '/' && in[1] != '\\') in++;
+            continue;
+        }
+        *out++ = *in == '\\' ? '/' : *in;
+    }
+    *out = '\0';
+    remove_dots(*path, 0);
+    remove_dots(*bare, 1);
+    return 0;
+}
+
+/* Could parsers read text differently (libgit2's and libcurl's, a server's)? A
+** backslash, a space or a control character, or two '@' before the path: such a URL is
+** covered by no scoped net capability. */
+static int url_ambiguous(const char *text)
+{
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        if (*p <= ' ' || *p == 0x7f || *p == '\\') return 1;
+    const char *auth = strstr(text, "://");
+    auth = auth ? auth + 3 : text;
+    const char *at = strchr(auth, '@'), *slash = strchr(auth, '/');
+    return at && strchr(at + 1, '@') && (slash == NULL || strchr(at + 1, '@') < slash);
+}
+
+/* Reads text into u: a URL (as hrun_urlparse reads it), or "unix:/abs/path", a socket
+** (its path made absolute and its symlinks resolved, as fs paths are). -1 when it is
+** neither, or ambiguous. */
 static int url_parse(const char *text, Url *u)
 {
     memset(u, 0, sizeof *u);
-    CURLU *h = curl_url();
+    if (strncmp(text, "unix:", 5) == 0 && strstr(text, "://") == NULL) {
+        if (text[5] == '\0') return -1;
+        char norm[PATH_MAX];
+        if (hrun_normpath(text + 5, NULL, norm, sizeof norm) < 0) return -1;
+        return (u->sock = strdup(norm)) ? 0 : -1;
+    }
+    if (url_ambiguous(text)) return -1;
+    CURLU *h = hrun_urlparse(text, NULL);
     if (h == NULL) return -1;
-    int ok = curl_url_set(h, CURLUPART_URL, text, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
-             curl_url_get(h, CURLUPART_SCHEME, &u->scheme, 0) == CURLUE_OK &&
-             curl_url_get(h, CURLUPART_HOST, &u->host, 0) == CURLUE_OK &&
-             curl_url_get(h, CURLUPART_PORT, &u->port, CURLU_DEFAULT_PORT) == CURLUE_OK &&
-             curl_url_get(h, CURLUPART_PATH, &u->path, 0) == CURLUE_OK;
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
+    int ok = curl_url_get(h, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+             curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+             curl_url_get(h, CURLUPART_PATH, &path, 0) == CURLUE_OK;
+    if (ok && curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) port = NULL;
+    if (ok) {
+        u->scheme = strdup(scheme), u->host = strdup(host), u->port = strdup(port ? port : "");
+        ok = u->scheme && u->host && u->port && url_paths(path, &u->path, &u->bare) == 0;
+    }
+    curl_free(scheme), curl_free(host), curl_free(port), curl_free(path);
     curl_url_cleanup(h);
     if (!ok) url_free(u);
     return ok ? 0 : -1;
 }
 
-/* Same scheme, host and port; the scope's path a prefix of the target's at a '/'. */
+/* Is path within the scope's path sp at a '/' (sp's trailing slashes aside)? */
+static int urlpath_within(const char *path, const char *sp)
+{
+    size_t n = strlen(sp);
+    while (n > 0 && sp[n - 1] == '/') n--;
+    return strncmp(path, sp, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* A socket: the scope's path or below it. A URL: same scheme, host and port, and both
+** forms of the path within the scope's. */
 static int url_within(const Url *t, const Url *scope)
 {
+    if (t->sock || scope->sock) return t->sock && scope->sock && path_within(t->sock, scope->sock);
     if (strcasecmp(t->scheme, scope->scheme) || strcasecmp(t->host, scope->host) ||
         strcmp(t->port, scope->port))
         return 0;
-    const char *sp = scope->path;
-    size_t n = strlen(sp);
-    while (n > 0 && sp[n - 1] == '/') n--;
-    return strncmp(t->path, sp, n) == 0 && (t->path[n] == '\0' || t->path[n] == '/');
+    return urlpath_within(t->path, scope->path) && urlpath_within(t->bare, scope->bare);
 }
 
 /* }====================================================== */
@@ -328,8 +469,15 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
         c->scope = strdup(scope);
         break;
     case SCOPE_URL:
-        if (strstr(scope, "://") == NULL || url_parse(scope, &c->url) < 0)
+        if (strncmp(scope, "unix:", 5) == 0 && strstr(scope, "://") == NULL) {
+            if (scope[5] != '/' || url_parse(scope, &c->url) < 0)
+                return lua_pushfstring(L,
+                                       "'%s': net:unix takes a socket's absolute path "
+                                       "(net:unix:/run/podman/podman.sock)",
+                                       text);
+        } else if (strstr(scope, "://") == NULL || url_parse(scope, &c->url) < 0) {
             return lua_pushfstring(L, "'%s': net takes a URL (net:https://ntfy.example)", text);
+        }
         c->scope = strdup(scope);
         break;
     default:
@@ -486,11 +634,12 @@ static void record(lua_State *L, const char *prim, const char *cap, const char *
 static const char *needed(lua_State *L, const char *cap, const char *target, const Url *url)
 {
     if (target == NULL) return lua_pushstring(L, cap);
+    if (url && url->sock) return lua_pushfstring(L, "%s:unix:%s", cap, url->sock);
     if (url) {
         const char *def = strcmp(url->scheme, "https") == 0  ? "443"
                           : strcmp(url->scheme, "http") == 0 ? "80"
                                                              : "";
-        if (strcmp(url->port, def) == 0)
+        if (strcmp(url->port, def) == 0 || *url->port == '\0')
             return lua_pushfstring(L, "%s:%s://%s", cap, url->scheme, url->host);
         return lua_pushfstring(L, "%s:%s://%s:%s", cap, url->scheme, url->host, url->port);
     }
@@ -565,6 +714,22 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
     }
     lua_pop(L, 1);
     return ok;
+}
+
+int hrun_sandbox_mode(lua_State *L)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->sandbox == NULL || rt->trusted > 0) return 0;
+    return rt->sandbox->enforce ? 2 : 1;
+}
+
+int hrun_sandbox_allows(lua_State *L, const char *what, const char *cap, const char *target)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    hrun_Target t = {NULL, target, NULL, 0, 0};
+    if (rt->sandbox == NULL || rt->trusted > 0) return 1;
+    luaL_checkstack(L, 8, "sandbox");
+    return check_one(L, rt->sandbox, what, cap, &t, 0, 1) >= 0;
 }
 
 void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname)
@@ -745,10 +910,9 @@ static int priv_allowed(lua_State *L)
 {
     const char *what = luaL_checkstring(L, 1);
     const char *cap = luaL_checkstring(L, 2);
-    hrun_Target t = {NULL, luaL_checkstring(L, 3), NULL, 0, 0};
-    hrun_Runtime *rt = hrun_runtime(L);
+    const char *target = luaL_checkstring(L, 3);
     if (cap_index(cap, strlen(cap)) < 0) return luaL_argerror(L, 2, "unknown capability");
-    if (rt->sandbox && rt->trusted == 0 && check_one(L, rt->sandbox, what, cap, &t, 0, 1) < 0) {
+    if (!hrun_sandbox_allows(L, what, cap, target)) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;

@@ -100,7 +100,7 @@ static json_t *enc_string(Enc *e, int idx)
 {
     size_t n;
     const char *s = lua_tolstring(e->L, idx, &n);
-    if (e->mask && hrun_secrets_live()) {
+    if (e->mask && hrun_secrets_masked()) {
         hrun_mask(e->L, idx);
         s = lua_tolstring(e->L, -1, &n);
         json_t *j = enc_bytes(s, n);

@@ -60,6 +60,12 @@ function M.open(priv, modules, opts)
     u = function()
       return json.null
     end,
+    a = function(list)
+      return json.array(list)
+    end,
+    g = function(path) -- a repository object: its directory, the target git's checks read
+      return path
+    end,
     d = function(o)
       if type(o) ~= "table" then
         error("wire: a DSL object that is not one", 0)
@@ -115,6 +121,14 @@ function Box:encode_special(v)
         self.secrets[id], self.secret_ids[v] = v, id
       end
       return "s", { { id = id } }
+    end
+  elseif t == "table" then
+    local mt = debug.getmetatable(v)
+    local name = type(mt) == "table" and rawget(mt, "__name")
+    if name == "hrun.git.repo" then
+      return "g", rawget(v, "path")
+    elseif name == "array" then -- json.array: stays one across
+      return "a", table.move(v, 1, #v, 1, {})
     end
   end
   return nil

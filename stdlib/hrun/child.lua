@@ -63,6 +63,31 @@ SECRET.__len = function()
 end
 
 local DSL_KINDS -- DSL object → kind, from dsl.kind_of
+local ARRAY = debug_getmetatable(json.array())
+
+-- A repository object (git.open, git.clone, git.init): its directory, and git's
+-- functions as methods.
+local REPO_METHODS = { "head", "status", "log", "tags", "diff", "fetch", "commit", "tag", "delete_tag",
+  "checkout_paths", "checkout" }
+local REPO = { __name = "hrun.git.repo", __metatable = "locked" }
+local git_stub -- git's stubs, once the environment is made
+
+local function new_repo(path)
+  local r = setmetatable({ path = path }, REPO)
+  return r
+end
+REPO.__index = function(_, k)
+  for _, m in ipairs(REPO_METHODS) do
+    if m == k then
+      return function(self, ...)
+        return git_stub[m](rawget(self, "path"), ...)
+      end
+    end
+  end
+end
+REPO.__tostring = function(r)
+  return "git repository " .. tostring(rawget(r, "path"))
+end
 
 local function special(v)
   local t = type(v)
@@ -84,6 +109,12 @@ local function special(v)
         out[i] = type(p) == "string" and p or { id = p }
       end
       return "s", out
+    end
+    local mt = debug_getmetatable(v)
+    if mt == REPO then
+      return "g", rawget(v, "path")
+    elseif mt == ARRAY then
+      return "a", table.move(v, 1, #v, 1, {})
     end
     local kind = DSL_KINDS(v)
     if kind then
@@ -113,6 +144,10 @@ local tags = {
   u = function()
     return json.null
   end,
+  a = function(list)
+    return json.array(list)
+  end,
+  g = new_repo,
 }
 
 local function send(msg)
@@ -364,6 +399,7 @@ local function environment(modules)
     stubs[name] = m
   end
   stubs.json = json
+  git_stub = stubs.git or {}
   stubs.secrets = stubs.secrets or {}
   stubs.secrets.is = function(v)
     return debug_getmetatable(v) == SECRET

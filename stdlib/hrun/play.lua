@@ -41,8 +41,15 @@ end
 local DEFAULT_MEMORY = 512 * 1024 * 1024
 
 -- Is path in a repository `hrun fetch` made, in this state directory or any other?
-function M.fetched(priv, path)
-  return require("hrun.fetch").within(priv.normpath(path) or path)
+-- However the path is written (relative, "..", symlinked directories, a symlink from
+-- elsewhere into a checkout). A playbook in a checkout that resolves outside it is
+-- refused (Bad): a shared repository's symlink must not point at what runs unsandboxed.
+function M.fetched(_, path)
+  local from, why = require("hrun.fetch").check(path)
+  if from == nil then
+    bad(why)
+  end
+  return from
 end
 
 -- --memory-limit SIZE ("512M", "2G", bytes) → bytes; raises Bad when malformed.
@@ -316,7 +323,8 @@ end
 -- setup(runner), if given, sees the runner before it starts (the debugger attaches).
 function M.run(priv, opts, path, state, setup)
   path = M.absolute(path)
-  local sandboxed = opts.sandbox or M.fetched(priv, path)
+  local fetched = M.fetched(priv, path)
+  local sandboxed = opts.sandbox or fetched
   local pb, hash, src = M.load(priv, path, state, sandboxed, opts)
   for _, file in ipairs(opts.params_files or {}) do
     check_trust(priv, file, "params file")
@@ -433,7 +441,8 @@ local function declared_covers(declared, u)
 end
 
 function M.check(priv, opts, path, state)
-  local sandboxed = opts.sandbox or M.fetched(priv, path)
+  local fetched = M.fetched(priv, path)
+  local sandboxed = opts.sandbox or fetched
   local pb = M.load(priv, path, state, sandboxed, opts)
   check_selection(priv, pb, opts)
   local env = dsl.environment(M.modules(priv, state))

@@ -87,11 +87,18 @@ describe("exec.run's env in the sandbox", function()
   it("checks the env the program gets, not only the table the call was given", function()
     local d = tmpdir()
     local script = marker_script(d)
-    -- the options' env comes through __index: the dispatcher's raw look saw none
+    -- the options' env comes through __index: a metatable does not cross into the
+    -- engine, so neither the check nor the program sees the env it offers
     local p = sandboxed(d, { "exec:bash", "env" }, [[
       exec.run({ "bash", "-c", "true" }, setmetatable({}, { __index = { env = { BASH_ENV = ]] ..
       string.format("%q", script) .. [[ } } }))]])
     local r = run(p, d)
+    eq(r.code, 0, r.stdout)
+    eq(fs.exists(d .. "/pwned"), false)
+    -- the same env given plainly is refused
+    p = sandboxed(d, { "exec:bash", "env" }, [[
+      exec.run({ "bash", "-c", "true" }, { env = { BASH_ENV = ]] .. string.format("%q", script) .. [[ } })]])
+    r = run(p, d)
     eq(r.code, 1, r.stdout)
     has(r.stdout, "sandbox: exec.run needs the capability 'env:BASH_ENV', which no sandboxed playbook may use")
     eq(fs.exists(d .. "/pwned"), false)

@@ -75,7 +75,7 @@ end
 -- back in the output, which the playbook keeps, logs, prints, passes on and raises.
 local LEAKS = [[
 return playbook { name = "leaks", params = { url = "" },
-  capabilities = { "secrets", "exec:sh", "net:%s" },
+  capabilities = { "secrets", "exec:sh", "env:X", "net:%s" },
   phase "p" {
     step "echo" { run = function(ctx)
       local s = secrets.read("tok")
