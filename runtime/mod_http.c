@@ -648,7 +648,8 @@ static int request_targets_at(lua_State *L, hrun_Target *t, int opts)
     if (lua_type(L, opts) == LUA_TTABLE) {
         lua_pushliteral(L, "unix_socket");
         if (lua_rawget(L, opts) == LUA_TSTRING) {
-            t[0] = (hrun_Target){NULL, lua_pushfstring(L, "unix:%s", lua_tostring(L, -1)), NULL, 0, 0};
+            t[0] =
+                (hrun_Target){NULL, lua_pushfstring(L, "unix:%s", lua_tostring(L, -1)), NULL, 0, 0};
             return 1;
         }
         lua_pop(L, 1);
