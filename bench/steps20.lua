@@ -3,6 +3,7 @@
 -- the journal with synchronous=FULL). See bench/orchestration.sh.
 return playbook {
   name = "bench-20-steps",
+  capabilities = { "exec:/bin/true" }, -- what --sandbox allows it (bench/orchestration.sh runs both)
   phase "bench" {
     step "true 01" { run = function() exec.run({ "/bin/true" }) end },
     step "true 02" { run = function() exec.run({ "/bin/true" }) end },

@@ -282,6 +282,7 @@ static int seccomp(char *why, size_t size)
         SCMP_SYS(fstat),          SCMP_SYS(newfstatat),   SCMP_SYS(lseek),
         SCMP_SYS(sched_yield),    SCMP_SYS(sigaltstack),  SCMP_SYS(restart_syscall),
         SCMP_SYS(getrusage),      SCMP_SYS(times),        SCMP_SYS(prlimit64),
+        SCMP_SYS(poll),           SCMP_SYS(ppoll),
     };
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < sizeof allowed / sizeof allowed[0]; i++)

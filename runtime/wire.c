@@ -35,33 +35,65 @@
 #define MAX_DEPTH    200
 
 /* {======================================================
-** Lua -> JSON
+** Lua -> JSON, written straight into a buffer (a message is encoded for every call:
+** building a jansson tree first cost more than the rest of the round trip)
 ** ======================================================= */
+
+#define BUF_TYPE "hrun.wire.buf"
+
+typedef struct Buf {
+    char *data;
+    size_t len, cap;
+} Buf;
 
 typedef struct Enc {
     lua_State *L;
+    Buf *b;
     int special; /* stack index of the special function, 0: none */
     int mask;    /* replace live secrets' bytes in every string */
     int depth;
     const void *path[MAX_DEPTH];
-    char err[200];
 } Enc;
 
-static json_t *enc_value(Enc *e, int idx);
+static void enc_value(Enc *e, int idx);
 
-static void enc_fail(Enc *e, const char *fmt, const char *what)
+static int buf_gc(lua_State *L)
 {
-    if (e->err[0] == '\0') snprintf(e->err, sizeof e->err, fmt, what);
+    Buf *b = lua_touserdata(L, 1);
+    free(b->data);
+    b->data = NULL;
+    return 0;
 }
+
+static void put(Enc *e, const char *s, size_t n)
+{
+    Buf *b = e->b;
+    if (b->cap - b->len < n) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->len < n) cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (d == NULL) luaL_error(e->L, "not enough memory");
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+#define PUTLIT(e, lit) put(e, lit, sizeof lit - 1)
 
 static int valid_utf8(const unsigned char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
         unsigned c = s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
         if (len == 0 || i + len > n) return 0;
-        unsigned cp = len == 1 ? c : c & (0x7F >> len);
+        unsigned cp = c & (0x7F >> len);
         for (size_t k = 1; k < len; k++) {
             if ((s[i + k] & 0xC0) != 0x80) return 0;
             cp = cp << 6 | (s[i + k] & 0x3F);
@@ -73,60 +105,73 @@ static int valid_utf8(const unsigned char *s, size_t n)
     return 1;
 }
 
-static json_t *tagged(const char *tag, json_t *payload)
+/* A JSON string of UTF-8 text s (escaped), with `prefix` before it inside the quotes. */
+static void put_quoted(Enc *e, const char *prefix, const char *s, size_t n)
 {
-    if (payload == NULL) return NULL;
-    json_t *o = json_object();
-    if (o == NULL || json_object_set_new_nocheck(o, tag, payload) != 0) {
-        json_decref(o);
-        return NULL;
+    static const char hex[] = "0123456789abcdef";
+    PUTLIT(e, "\"");
+    if (prefix) put(e, prefix, strlen(prefix));
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        put(e, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        if (c == '"' || c == '\\') {
+            put(e, esc, 2);
+        } else if (c == '\n') {
+            PUTLIT(e, "\\n");
+        } else if (c == '\t') {
+            PUTLIT(e, "\\t");
+        } else {
+            esc[1] = 'u', esc[2] = '0', esc[3] = '0', esc[4] = hex[c >> 4], esc[5] = hex[c & 15];
+            put(e, esc, 6);
+        }
     }
-    return o;
+    put(e, s + run, n - run);
+    PUTLIT(e, "\"");
 }
 
-static json_t *enc_bytes(const char *s, size_t n)
+static void put_bytes(Enc *e, const char *s, size_t n)
 {
-    if (valid_utf8((const unsigned char *)s, n)) return json_stringn_nocheck(s, n);
+    if (valid_utf8((const unsigned char *)s, n)) {
+        put_quoted(e, NULL, s, n);
+        return;
+    }
     size_t cap = 4 * ((n + 2) / 3) + 1;
     unsigned char *b64 = malloc(cap);
-    if (b64 == NULL) return NULL;
+    if (b64 == NULL) luaL_error(e->L, "not enough memory");
     int len = EVP_EncodeBlock(b64, (const unsigned char *)s, (int)n);
-    json_t *j = tagged("$b", json_stringn_nocheck((const char *)b64, (size_t)len));
+    PUTLIT(e, "{\"$b\":\"");
+    put(e, (const char *)b64, (size_t)len);
+    PUTLIT(e, "\"}");
     free(b64);
-    return j;
 }
 
-static json_t *enc_string(Enc *e, int idx)
+static void enc_string(Enc *e, int idx)
 {
     size_t n;
     const char *s = lua_tolstring(e->L, idx, &n);
     if (e->mask && hrun_secrets_masked()) {
         hrun_mask(e->L, idx);
         s = lua_tolstring(e->L, -1, &n);
-        json_t *j = enc_bytes(s, n);
+        put_bytes(e, s, n);
         lua_pop(e->L, 1);
-        return j;
+        return;
     }
-    return enc_bytes(s, n);
+    put_bytes(e, s, n);
 }
 
 /* A key of a table keyed by strings: one that starts with '$' gets another. */
-static int enc_key(Enc *e, json_t *obj, int kidx, json_t *v)
+static void enc_key(Enc *e, int kidx)
 {
     size_t n;
     const char *k = lua_tolstring(e->L, kidx, &n);
-    if (memchr(k, '\0', n) || !valid_utf8((const unsigned char *)k, n)) {
-        json_decref(v);
-        enc_fail(e, "a table key that is not text (%s)", "NUL or not UTF-8");
-        return -1;
-    }
-    if (k[0] == '$') {
-        lua_pushfstring(e->L, "$%s", k);
-        int r = json_object_set_new_nocheck(obj, lua_tostring(e->L, -1), v);
-        lua_pop(e->L, 1);
-        return r;
-    }
-    return json_object_set_new_nocheck(obj, k, v);
+    if (memchr(k, '\0', n) || !valid_utf8((const unsigned char *)k, n))
+        luaL_error(e->L, "wire: a table key that is not text (a NUL byte, or not UTF-8)");
+    put_quoted(e, k[0] == '$' ? "$" : NULL, k, n);
+    PUTLIT(e, ":");
 }
 
 /* 0: empty, 1: a sequence 1..n, 2: keyed by strings, 3: anything else */
@@ -154,63 +199,58 @@ static int table_shape(lua_State *L, int idx, lua_Integer *n)
     return 3;
 }
 
-static json_t *enc_table(Enc *e, int idx)
+static void enc_table(Enc *e, int idx)
 {
     lua_State *L = e->L;
     const void *p = lua_topointer(L, idx);
     for (int i = 0; i < e->depth; i++)
-        if (e->path[i] == p) {
-            enc_fail(e, "%s", "a table that contains itself");
-            return NULL;
-        }
-    if (e->depth >= MAX_DEPTH) {
-        enc_fail(e, "%s", "data nested too deep");
-        return NULL;
-    }
+        if (e->path[i] == p) luaL_error(L, "wire: a table that contains itself");
+    if (e->depth >= MAX_DEPTH) luaL_error(L, "wire: data nested too deep");
     e->path[e->depth++] = p;
     lua_Integer n;
     int shape = table_shape(L, idx, &n);
-    json_t *out = NULL;
     if (shape == 1) {
-        out = json_array();
-        for (lua_Integer i = 1; out && i <= n; i++) {
+        PUTLIT(e, "[");
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (i > 1) PUTLIT(e, ",");
             lua_rawgeti(L, idx, i);
-            json_t *v = enc_value(e, lua_gettop(L));
+            enc_value(e, lua_gettop(L));
             lua_pop(L, 1);
-            if (v == NULL || json_array_append_new(out, v) != 0) json_decref(out), out = NULL;
         }
+        PUTLIT(e, "]");
     } else if (shape == 0 || shape == 2) {
-        out = json_object();
+        PUTLIT(e, "{");
+        int first = 1;
         lua_pushnil(L);
-        while (out && lua_next(L, idx)) {
-            json_t *v = enc_value(e, lua_gettop(L));
+        while (lua_next(L, idx)) {
+            if (!first) PUTLIT(e, ",");
+            first = 0;
+            enc_key(e, lua_gettop(L) - 1);
+            enc_value(e, lua_gettop(L));
             lua_pop(L, 1);
-            if (v == NULL || enc_key(e, out, lua_gettop(L), v) != 0) {
-                json_decref(out), out = NULL;
-                lua_pop(L, 1);
-            }
         }
+        PUTLIT(e, "}");
     } else {
-        json_t *pairs = json_array();
+        PUTLIT(e, "{\"$m\":[");
+        int first = 1;
         lua_pushnil(L);
-        while (pairs && lua_next(L, idx)) {
-            json_t *k = enc_value(e, lua_gettop(L) - 1), *v = enc_value(e, lua_gettop(L));
-            json_t *pair =
-                k && v ? json_pack("[oo]", k, v) : (json_decref(k), json_decref(v), NULL);
+        while (lua_next(L, idx)) {
+            if (!first) PUTLIT(e, ",");
+            PUTLIT(e, "[");
+            first = 0;
+            enc_value(e, lua_gettop(L) - 1);
+            PUTLIT(e, ",");
+            enc_value(e, lua_gettop(L));
+            PUTLIT(e, "]");
             lua_pop(L, 1);
-            if (pair == NULL || json_array_append_new(pairs, pair) != 0) {
-                json_decref(pairs), pairs = NULL;
-                lua_pop(L, 1);
-            }
         }
-        out = tagged("$m", pairs);
+        PUTLIT(e, "]}");
     }
     e->depth--;
-    return out;
 }
 
 /* A value that is not data: special(v) → tag, payload; nil for a table: its raw content. */
-static json_t *enc_special(Enc *e, int idx)
+static void enc_special(Enc *e, int idx)
 {
     lua_State *L = e->L;
     int t = lua_type(L, idx);
@@ -219,69 +259,90 @@ static json_t *enc_special(Enc *e, int idx)
         lua_pushvalue(L, idx);
         lua_call(L, 1, 2);
         if (lua_type(L, -2) == LUA_TSTRING) {
-            char tag[8];
             size_t n;
             const char *name = lua_tolstring(L, -2, &n);
-            if (n != 1 || strchr("bmn", name[0])) luaL_error(L, "wire: bad tag '%s'", name);
-            snprintf(tag, sizeof tag, "$%s", name);
-            json_t *payload = enc_value(e, lua_gettop(L));
+            if (n != 1 || !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z')) ||
+                strchr("bmn", name[0]))
+                luaL_error(L, "wire: bad tag '%s'", name);
+            char open[8] = {'{', '"', '$', name[0], '"', ':'};
+            put(e, open, 6);
+            enc_value(e, lua_gettop(L));
+            PUTLIT(e, "}");
             lua_pop(L, 2);
-            return tagged(tag, payload);
+            return;
         }
         lua_pop(L, 2);
     }
-    if (t == LUA_TTABLE) return enc_table(e, idx);
-    enc_fail(e, "a %s where only data may be", lua_typename(L, t));
-    return NULL;
+    if (t == LUA_TTABLE) {
+        enc_table(e, idx);
+        return;
+    }
+    luaL_error(L, "wire: a %s where only data may be", lua_typename(L, t));
 }
 
-static json_t *enc_value(Enc *e, int idx)
+static void enc_value(Enc *e, int idx)
 {
     lua_State *L = e->L;
     luaL_checkstack(L, 8, "data nested too deep");
+    char num[48];
     switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        return json_null();
+    case LUA_TNIL: PUTLIT(e, "null"); return;
     case LUA_TBOOLEAN:
-        return json_boolean(lua_toboolean(L, idx));
+        if (lua_toboolean(L, idx))
+            PUTLIT(e, "true");
+        else
+            PUTLIT(e, "false");
+        return;
     case LUA_TNUMBER:
-        if (lua_isinteger(L, idx)) return json_integer((json_int_t)lua_tointeger(L, idx));
+        if (lua_isinteger(L, idx)) {
+            put(e, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx)));
+            return;
+        }
         {
             double d = lua_tonumber(L, idx);
-            if (isfinite(d)) return json_real(d);
-            return tagged("$n", json_string(isnan(d) ? "nan" : d > 0 ? "inf" : "-inf"));
+            if (isnan(d)) {
+                PUTLIT(e, "{\"$n\":\"nan\"}");
+            } else if (isinf(d)) {
+                if (d > 0)
+                    PUTLIT(e, "{\"$n\":\"inf\"}");
+                else
+                    PUTLIT(e, "{\"$n\":\"-inf\"}");
+            } else {
+                int n = snprintf(num, sizeof num, "%.17g", d);
+                if (strpbrk(num, ".eE") == NULL) num[n++] = '.', num[n++] = '0'; /* stays a float */
+                put(e, num, (size_t)n);
+            }
         }
-    case LUA_TSTRING:
-        return enc_string(e, idx);
+        return;
+    case LUA_TSTRING: enc_string(e, idx); return;
     case LUA_TTABLE:
-        if (!lua_getmetatable(L, idx)) return enc_table(e, idx);
+        if (!lua_getmetatable(L, idx)) {
+            enc_table(e, idx);
+            return;
+        }
         lua_pop(L, 1);
-        return enc_special(e, idx);
-    default:
-        return enc_special(e, idx);
+        enc_special(e, idx);
+        return;
+    default: enc_special(e, idx);
     }
 }
 
 /* wire.encode(v [, special [, mask]]) → one line of JSON; raises what is not data */
 static int wire_encode(lua_State *L)
 {
-    Enc *e = lua_newuserdatauv(L, sizeof(Enc), 0);
-    memset(e, 0, sizeof *e);
-    e->L = L;
-    e->special = lua_isfunction(L, 2) ? 2 : 0;
-    e->mask = lua_toboolean(L, 3);
-    lua_settop(L, 4); /* 4: the Enc */
-    json_t *j = enc_value(e, 1);
-    size_t size = j ? json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY) : 0;
-    if (size == 0) {
-        json_decref(j);
-        return luaL_error(L, "wire: %s", e->err[0] ? e->err : "not enough memory");
-    }
-    luaL_Buffer b;
-    char *p = luaL_buffinitsize(L, &b, size);
-    luaL_addsize(&b, json_dumpb(j, p, size, JSON_COMPACT | JSON_ENCODE_ANY));
-    json_decref(j);
-    luaL_pushresult(&b);
+    lua_settop(L, 3);
+    Enc e;
+    e.L = L;
+    e.special = lua_isfunction(L, 2) ? 2 : 0;
+    e.mask = lua_toboolean(L, 3);
+    e.depth = 0;
+    e.b = lua_newuserdatauv(L, sizeof(Buf), 0); /* 4: freed by __gc if a raise leaves it */
+    memset(e.b, 0, sizeof *e.b);
+    luaL_setmetatable(L, BUF_TYPE);
+    enc_value(&e, 1);
+    lua_pushlstring(L, e.b->data, e.b->len);
+    free(e.b->data);
+    e.b->data = NULL;
     return 1;
 }
 
@@ -495,6 +556,22 @@ static int ch_send(lua_State *L)
     return 1;
 }
 
+/* How long a wait spins before it sleeps. Engine and playbook process answer each other
+** at once, and a pipe's wake-up across CPUs costs ~60 µs on a VM: spinning this long
+** first makes a round trip ~2 µs (bench/boundary.sh); a longer wait then sleeps. */
+#define SPIN_SECONDS 150e-6
+
+/* Spins until fd is readable or SPIN_SECONDS pass: 1 when it is readable. */
+static int spin(int fd)
+{
+    double end = hrun_monotime() + SPIN_SECONDS;
+    struct pollfd p = {fd, POLLIN, 0};
+    do {
+        if (poll(&p, 1, 0) > 0) return 1;
+    } while (hrun_monotime() < end);
+    return 0;
+}
+
 static void on_tick(lua_State *L)
 {
     if (!lua_checkstack(L, 3)) return;
@@ -534,7 +611,9 @@ static int ch_recv(lua_State *L)
             lua_pushliteral(L, "eof");
             return 2;
         }
-        if (watch) {
+        if (spin(c->rfd)) {
+            /* readable: read below */
+        } else if (watch) {
             if (hrun_interrupted()) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "interrupted");
@@ -595,6 +674,11 @@ int luaopen_hrun_wire(lua_State *L)
         {"encode", wire_encode}, {"decode", wire_decode}, {"channel", wire_channel}, {NULL, NULL}};
     static const luaL_Reg methods[] = {
         {"send", ch_send}, {"recv", ch_recv}, {"close", ch_close}, {NULL, NULL}};
+    if (luaL_newmetatable(L, BUF_TYPE)) {
+        lua_pushcfunction(L, buf_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
     if (luaL_newmetatable(L, CHANNEL_TYPE)) {
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
