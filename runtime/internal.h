@@ -97,6 +97,7 @@ typedef struct hrun_Confinement {
     int no_new_privs, landlock_abi, seccomp, rlimit_as;
     int nmissing;
     char missing[4][240];
+    char note[240]; /* what this build does not do, though the kernel could */
 } hrun_Confinement;
 
 /* Confines the calling process for good: no_new_privs, Landlock with no access, the

@@ -17,7 +17,7 @@ trap 'rm -rf "$scratch"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 status=0
-for target in playbook manifest flake json; do
+for target in playbook manifest flake json wire; do
     corpus=$scratch/corpus-$target
     mkdir -p "$corpus" "$build/crashes/$target"
     cp "$root/tests/fuzz/corpus/$target"/* "$corpus/"

@@ -151,6 +151,9 @@ function M.confinement(c)
   if c.missing and #c.missing > 0 then
     text = text .. "; MISSING: " .. table.concat(c.missing, "; ")
   end
+  if c.note then
+    text = text .. " (" .. c.note .. ")"
+  end
   return text
 end
 
