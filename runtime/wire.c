@@ -261,7 +261,8 @@ static void enc_special(Enc *e, int idx)
         if (lua_type(L, -2) == LUA_TSTRING) {
             size_t n;
             const char *name = lua_tolstring(L, -2, &n);
-            if (n != 1 || !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z')) ||
+            if (n != 1 ||
+                !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z')) ||
                 strchr("bmn", name[0]))
                 luaL_error(L, "wire: bad tag '%s'", name);
             char open[8] = {'{', '"', '$', name[0], '"', ':'};
@@ -286,7 +287,9 @@ static void enc_value(Enc *e, int idx)
     luaL_checkstack(L, 8, "data nested too deep");
     char num[48];
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: PUTLIT(e, "null"); return;
+    case LUA_TNIL:
+        PUTLIT(e, "null");
+        return;
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx))
             PUTLIT(e, "true");
@@ -295,7 +298,8 @@ static void enc_value(Enc *e, int idx)
         return;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
-            put(e, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx)));
+            put(e, num,
+                (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx)));
             return;
         }
         {
@@ -314,7 +318,9 @@ static void enc_value(Enc *e, int idx)
             }
         }
         return;
-    case LUA_TSTRING: enc_string(e, idx); return;
+    case LUA_TSTRING:
+        enc_string(e, idx);
+        return;
     case LUA_TTABLE:
         if (!lua_getmetatable(L, idx)) {
             enc_table(e, idx);
@@ -323,7 +329,8 @@ static void enc_value(Enc *e, int idx)
         lua_pop(L, 1);
         enc_special(e, idx);
         return;
-    default: enc_special(e, idx);
+    default:
+        enc_special(e, idx);
     }
 }
 
