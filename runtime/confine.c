@@ -297,7 +297,7 @@ static int seccomp(char *why, size_t size)
     /* abort() signals itself, and only itself */
     if (rc == 0)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
-                              SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)getpid()));
+                              SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)getpid(), 0));
     /* the sanitizers' reports read /proc/self/maps: refused, as every open is */
     if (rc == 0) rc = seccomp_load(ctx);
     seccomp_release(ctx);
