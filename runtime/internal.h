@@ -111,6 +111,9 @@ int hrun_child_main(int argc, char **argv);
 ** sandbox's JSON); 0 when a positive delta would pass it (nothing counted). */
 int hrun_heap_charge(ptrdiff_t delta);
 
+/* Whether an allocation was refused under the heap's limit since it was set. */
+int hrun_heap_hit(void);
+
 /* [-0, +0, m] Adds memlimit and memhit to the table on top. */
 void hrun_openheap(lua_State *L);
 

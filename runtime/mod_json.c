@@ -343,6 +343,9 @@ int hrun_json_decode(lua_State *L)
     json_t **doc = doc_new(L);
     json_error_t err;
     *doc = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+    /* past a sandbox's memory limit (runtime/confine.c charges jansson to it): as Lua's own
+    ** allocations there, an error the runner explains as the limit */
+    if (*doc == NULL && hrun_heap_hit()) return luaL_error(L, "not enough memory");
     if (*doc == NULL)
         return hrun_failf(L, "EJSON", "json.decode: line %d column %d: %s", err.line, err.column,
                           err.text);

@@ -101,6 +101,11 @@ int hrun_heap_charge(ptrdiff_t delta)
     return 1;
 }
 
+int hrun_heap_hit(void)
+{
+    return heap.hit;
+}
+
 void hrun_openheap(lua_State *L)
 {
     lua_pushcfunction(L, priv_memlimit);

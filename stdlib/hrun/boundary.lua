@@ -249,10 +249,12 @@ function Box:serve(m)
   end
   local reply
   if self.loading and not (type(m.fn) == "string" and fn) then
-    reply = { t = "error", seq = m.seq, message = string.format("sandbox: %s while the playbook's file loads: " ..
-      "a sandboxed playbook's file only builds tables (call it from a step)", tostring(m.name or m.fn)) }
+    reply = { t = "error", seq = m.seq, code = "refused", message = string.format("sandbox: %s while the " ..
+      "playbook's file loads: a sandboxed playbook's file only builds tables (call it from a step)",
+      tostring(m.name or m.fn)) }
   elseif not fn then
-    reply = { t = "error", seq = m.seq, message = string.format("no function '%s'", tostring(m.name or m.fn)) }
+    reply = { t = "error", seq = m.seq, code = "unknown",
+      message = string.format("no function '%s'", tostring(m.name or m.fn)) }
   else
     local args = type(m.args) == "table" and m.args or {}
     local n = math.type(m.n) == "integer" and m.n or #args
@@ -260,7 +262,9 @@ function Box:serve(m)
     if res[1] then
       reply = { t = "result", seq = m.seq, values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
     else
-      reply = { t = "error", seq = m.seq, message = tostring(res[2]) }
+      local text = tostring(res[2])
+      reply = { t = "error", seq = m.seq, message = text,
+        code = text:find("sandbox: ", 1, true) and "refused" or "failed" }
     end
   end
   local ok, text = pcall(self.encode, self, reply)

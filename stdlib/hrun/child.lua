@@ -274,7 +274,7 @@ serve = function(m)
   if res[1] then
     reply.values, reply.n = { table.unpack(res, 2, res.n) }, res.n - 1
   else
-    reply.message = message_of(res[2])
+    reply.message, reply.code = message_of(res[2]), fns[m.fn] and "failed" or "unknown"
   end
   local ok, err = pcall(send, reply)
   if not ok then -- what the function returned is not data
