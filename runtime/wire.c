@@ -19,7 +19,6 @@
 ** making, so what the capability check reads is what the primitive acts on.
 */
 #include <errno.h>
-#include <jansson.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -356,132 +355,347 @@ static int wire_encode(lua_State *L)
 /* }====================================================== */
 
 /* {======================================================
-** JSON -> Lua
+** JSON -> Lua: a parser that pushes Lua values as it reads (a message is decoded for
+** every call; jansson's tree cost twice the rest). Tags are dispatched as they are met.
 ** ======================================================= */
 
-static void dec_value(lua_State *L, json_t *j, int tags, int depth);
+typedef struct Dec {
+    lua_State *L;
+    const char *start, *p, *end;
+    int tags; /* stack index of the tags table, 0: none */
+} Dec;
 
-static void dec_tag(lua_State *L, const char *key, json_t *payload, int tags, int depth)
+static void dec_value(Dec *d, int depth);
+
+static _Noreturn void dec_fail(Dec *d, const char *what)
 {
-    switch (key[1]) {
+    luaL_error(d->L, "wire: not JSON: %s at byte %d", what, (int)(d->p - d->start));
+    abort(); /* not reached */
+}
+
+static void skip_ws(Dec *d)
+{
+    while (d->p < d->end && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
+        d->p++;
+}
+
+static int hexval(int c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+static unsigned read_u4(Dec *d)
+{
+    if (d->end - d->p < 4) dec_fail(d, "a short \\u escape");
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval((unsigned char)d->p[k]);
+        if (h < 0) dec_fail(d, "a bad \\u escape");
+        v = v << 4 | (unsigned)h;
+    }
+    d->p += 4;
+    return v;
+}
+
+static void put_utf8(luaL_Buffer *b, unsigned cp)
+{
+    char u[4];
+    int n;
+    if (cp < 0x80)
+        u[0] = (char)cp, n = 1;
+    else if (cp < 0x800)
+        u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+    else if (cp < 0x10000)
+        u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | (cp >> 6 & 0x3F)),
+        u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+    else
+        u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | (cp >> 12 & 0x3F)),
+        u[2] = (char)(0x80 | (cp >> 6 & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
+    luaL_addlstring(b, u, (size_t)n);
+}
+
+/* The string at d->p (after its opening quote), pushed. */
+static void dec_string(Dec *d)
+{
+    const char *s = d->p;
+    while (d->p < d->end && *d->p != '"' && *d->p != '\\') d->p++;
+    if (d->p >= d->end) dec_fail(d, "an unterminated string");
+    if (*d->p == '"') { /* no escapes: the common case */
+        lua_pushlstring(d->L, s, (size_t)(d->p - s));
+        d->p++;
+        return;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(d->L, &b);
+    luaL_addlstring(&b, s, (size_t)(d->p - s));
+    for (;;) {
+        if (d->p >= d->end) dec_fail(d, "an unterminated string");
+        char c = *d->p++;
+        if (c == '"') break;
+        if (c != '\\') {
+            luaL_addchar(&b, c);
+            continue;
+        }
+        if (d->p >= d->end) dec_fail(d, "an unterminated string");
+        c = *d->p++;
+        switch (c) {
+        case '"':
+        case '\\':
+        case '/':
+            luaL_addchar(&b, c);
+            break;
+        case 'b':
+            luaL_addchar(&b, '\b');
+            break;
+        case 'f':
+            luaL_addchar(&b, '\f');
+            break;
+        case 'n':
+            luaL_addchar(&b, '\n');
+            break;
+        case 'r':
+            luaL_addchar(&b, '\r');
+            break;
+        case 't':
+            luaL_addchar(&b, '\t');
+            break;
+        case 'u': {
+            unsigned cp = read_u4(d);
+            if (cp >= 0xD800 && cp <= 0xDBFF && d->end - d->p >= 6 && d->p[0] == '\\' &&
+                d->p[1] == 'u') {
+                const char *save = d->p;
+                d->p += 2;
+                unsigned lo = read_u4(d);
+                if (lo >= 0xDC00 && lo <= 0xDFFF)
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                else
+                    d->p = save;
+            }
+            put_utf8(&b, cp);
+            break;
+        }
+        default:
+            dec_fail(d, "a bad escape");
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+static void dec_number(Dec *d)
+{
+    const char *s = d->p;
+    int is_float = 0;
+    while (d->p < d->end && strchr("+-0123456789.eE", *d->p) && *d->p) {
+        if (*d->p == '.' || *d->p == 'e' || *d->p == 'E') is_float = 1;
+        d->p++;
+    }
+    size_t n = (size_t)(d->p - s);
+    char num[64];
+    if (n == 0 || n >= sizeof num) dec_fail(d, "a bad number");
+    memcpy(num, s, n);
+    num[n] = '\0';
+    char *stop;
+    errno = 0;
+    if (!is_float) {
+        long long v = strtoll(num, &stop, 10);
+        if (*stop == '\0' && errno == 0) {
+            lua_pushinteger(d->L, (lua_Integer)v);
+            return;
+        }
+    }
+    double v = strtod(num, &stop);
+    if (*stop != '\0') dec_fail(d, "a bad number");
+    lua_pushnumber(d->L, v);
+}
+
+static void dec_tag(Dec *d, char tag, int depth)
+{
+    lua_State *L = d->L;
+    switch (tag) {
     case 'b': {
-        const char *s = json_string_value(payload);
-        size_t n = json_string_length(payload);
-        if (s == NULL || n % 4 != 0) luaL_error(L, "wire: $b: not base64");
+        dec_value(d, depth + 1);
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        if (lua_type(L, -1) != LUA_TSTRING || n % 4 != 0) luaL_error(L, "wire: $b: not base64");
         luaL_Buffer b;
         unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3 + 1);
         int len = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
         if (len < 0) luaL_error(L, "wire: $b: not base64");
         while (n > 0 && s[n - 1] == '=') n--, len--; /* DecodeBlock counts the padding */
         luaL_pushresultsize(&b, (size_t)len);
+        lua_remove(L, -2);
         return;
     }
     case 'n': {
-        const char *s = json_string_value(payload);
-        if (s && strcmp(s, "nan") == 0)
-            lua_pushnumber(L, NAN);
-        else if (s && strcmp(s, "inf") == 0)
-            lua_pushnumber(L, HUGE_VAL);
-        else if (s && strcmp(s, "-inf") == 0)
-            lua_pushnumber(L, -HUGE_VAL);
-        else
-            luaL_error(L, "wire: $n: not nan, inf or -inf");
+        dec_value(d, depth + 1);
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        double v = strcmp(s, "nan") == 0    ? NAN
+                   : strcmp(s, "inf") == 0  ? HUGE_VAL
+                   : strcmp(s, "-inf") == 0 ? -HUGE_VAL
+                                            : 0;
+        if (v == 0) luaL_error(L, "wire: $n: not nan, inf or -inf");
+        lua_pop(L, 1);
+        lua_pushnumber(L, v);
         return;
     }
     case 'm': {
-        if (!json_is_array(payload)) luaL_error(L, "wire: $m: not a list of pairs");
-        lua_createtable(L, 0, (int)json_array_size(payload));
-        size_t i;
-        json_t *pair;
-        json_array_foreach(payload, i, pair)
-        {
-            if (!json_is_array(pair) || json_array_size(pair) != 2)
+        dec_value(d, depth + 1);
+        if (!lua_istable(L, -1)) luaL_error(L, "wire: $m: not a list of pairs");
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        lua_createtable(L, 0, (int)(n < 1 << 16 ? n : 1 << 16));
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_rawgeti(L, -2, i) != LUA_TTABLE || lua_rawlen(L, -1) != 2)
                 luaL_error(L, "wire: $m: not a list of pairs");
-            dec_value(L, json_array_get(pair, 0), tags, depth + 1);
-            dec_value(L, json_array_get(pair, 1), tags, depth + 1);
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
             if (lua_isnil(L, -2) || (lua_type(L, -2) == LUA_TNUMBER && isnan(lua_tonumber(L, -2))))
                 luaL_error(L, "wire: $m: a key that cannot be one");
-            lua_rawset(L, -3);
+            lua_rawset(L, -4);
+            lua_pop(L, 1);
         }
+        lua_remove(L, -2);
         return;
     }
-    default:
-        if (tags == 0 || lua_getfield(L, tags, key + 1) != LUA_TFUNCTION)
-            luaL_error(L, "wire: unknown tag '%s'", key);
-        dec_value(L, payload, tags, depth + 1);
+    default: {
+        char key[2] = {tag, '\0'};
+        if (d->tags == 0 || lua_getfield(L, d->tags, key) != LUA_TFUNCTION)
+            luaL_error(L, "wire: unknown tag '$%s'", key);
+        dec_value(d, depth + 1);
         lua_call(L, 1, 1);
     }
+    }
 }
 
-static void dec_value(lua_State *L, json_t *j, int tags, int depth)
+static void dec_object(Dec *d, int depth)
 {
+    lua_State *L = d->L;
+    skip_ws(d);
+    if (d->p < d->end && *d->p == '}') {
+        d->p++;
+        lua_newtable(L);
+        return;
+    }
+    int first = 1;
+    for (;;) {
+        skip_ws(d);
+        if (d->p >= d->end || *d->p != '"') dec_fail(d, "a key expected");
+        d->p++;
+        dec_string(d); /* the key */
+        size_t klen;
+        const char *k = lua_tolstring(L, -1, &klen);
+        skip_ws(d);
+        if (d->p >= d->end || *d->p != ':') dec_fail(d, "':' expected");
+        d->p++;
+        skip_ws(d);
+        if (k[0] == '$' && klen == 2 && k[1] != '$') { /* a tag: the only key of its object */
+            if (!first) luaL_error(L, "wire: a key '%s' that is not escaped", k);
+            char tag = k[1];
+            lua_pop(L, 1);
+            if (!((tag >= 'a' && tag <= 'z') || (tag >= 'A' && tag <= 'Z')))
+                luaL_error(L, "wire: a key '$%c' that is not escaped", tag);
+            dec_tag(d, tag, depth);
+            skip_ws(d);
+            if (d->p >= d->end || *d->p != '}')
+                luaL_error(L, "wire: a tag with other keys beside it");
+            d->p++;
+            return;
+        }
+        if (k[0] == '$' && k[1] != '$') luaL_error(L, "wire: a key '%s' that is not escaped", k);
+        if (first) {
+            lua_newtable(L);
+            lua_insert(L, -2);
+            first = 0;
+        }
+        if (k[0] == '$') { /* "$$x" is the playbook's "$x" */
+            lua_pushlstring(L, k + 1, klen - 1);
+            lua_replace(L, -2);
+        }
+        dec_value(d, depth + 1);
+        lua_rawset(L, -3);
+        skip_ws(d);
+        if (d->p < d->end && *d->p == ',') {
+            d->p++;
+            continue;
+        }
+        if (d->p < d->end && *d->p == '}') {
+            d->p++;
+            return;
+        }
+        dec_fail(d, "',' or '}' expected");
+    }
+}
+
+static void dec_value(Dec *d, int depth)
+{
+    lua_State *L = d->L;
     if (depth > MAX_DEPTH) luaL_error(L, "wire: data nested too deep");
     luaL_checkstack(L, 8, "data nested too deep");
-    switch (json_typeof(j)) {
-    case JSON_NULL:
-        lua_pushnil(L);
+    skip_ws(d);
+    if (d->p >= d->end) dec_fail(d, "a value expected");
+    char c = *d->p;
+    switch (c) {
+    case '{':
+        d->p++;
+        dec_object(d, depth);
         return;
-    case JSON_TRUE:
-        lua_pushboolean(L, 1);
-        return;
-    case JSON_FALSE:
-        lua_pushboolean(L, 0);
-        return;
-    case JSON_INTEGER:
-        lua_pushinteger(L, (lua_Integer)json_integer_value(j));
-        return;
-    case JSON_REAL:
-        lua_pushnumber(L, json_real_value(j));
-        return;
-    case JSON_STRING:
-        lua_pushlstring(L, json_string_value(j), json_string_length(j));
-        return;
-    case JSON_ARRAY: {
-        size_t n = json_array_size(j), i;
-        json_t *v;
-        lua_createtable(L, (int)(n < 1 << 20 ? n : 1 << 20), 0);
-        json_array_foreach(j, i, v)
-        {
-            dec_value(L, v, tags, depth + 1);
-            lua_rawseti(L, -2, (lua_Integer)i + 1);
+    case '[': {
+        d->p++;
+        lua_newtable(L);
+        skip_ws(d);
+        if (d->p < d->end && *d->p == ']') {
+            d->p++;
+            return;
         }
-        return;
-    }
-    case JSON_OBJECT: {
-        const char *key;
-        json_t *v;
-        if (json_object_size(j) == 1) {
-            json_object_foreach(j, key, v)
-            {
-                if (key[0] == '$' && key[1] != '$' && key[1] != '\0' && key[2] == '\0') {
-                    dec_tag(L, key, v, tags, depth);
-                    return;
-                }
+        for (lua_Integer i = 1;; i++) {
+            dec_value(d, depth + 1);
+            lua_rawseti(L, -2, i);
+            skip_ws(d);
+            if (d->p < d->end && *d->p == ',') {
+                d->p++;
+                continue;
             }
+            if (d->p < d->end && *d->p == ']') {
+                d->p++;
+                return;
+            }
+            dec_fail(d, "',' or ']' expected");
         }
-        lua_createtable(L, 0, (int)json_object_size(j));
-        json_object_foreach(j, key, v)
-        {
-            if (key[0] == '$' && key[1] != '$')
-                luaL_error(L, "wire: a key '%s' that is not escaped", key);
-            lua_pushstring(L, key[0] == '$' ? key + 1 : key);
-            dec_value(L, v, tags, depth + 1);
-            lua_rawset(L, -3);
-        }
+    }
+    case '"':
+        d->p++;
+        dec_string(d);
         return;
-    }
+    case 't':
+        if (d->end - d->p >= 4 && memcmp(d->p, "true", 4) == 0) {
+            d->p += 4;
+            lua_pushboolean(L, 1);
+            return;
+        }
+        break;
+    case 'f':
+        if (d->end - d->p >= 5 && memcmp(d->p, "false", 5) == 0) {
+            d->p += 5;
+            lua_pushboolean(L, 0);
+            return;
+        }
+        break;
+    case 'n':
+        if (d->end - d->p >= 4 && memcmp(d->p, "null", 4) == 0) {
+            d->p += 4;
+            lua_pushnil(L);
+            return;
+        }
+        break;
     default:
-        luaL_error(L, "wire: not JSON data");
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            dec_number(d);
+            return;
+        }
     }
-}
-
-/* Frees the jansson tree when a decode raises. */
-static int doc_gc(lua_State *L)
-{
-    json_t **doc = lua_touserdata(L, 1);
-    json_decref(*doc);
-    *doc = NULL;
-    return 0;
+    dec_fail(d, "a value expected");
 }
 
 /* wire.decode(text [, tags]) → value; tags: {X = function(payload) → value} */
@@ -489,20 +703,11 @@ static int wire_decode(lua_State *L)
 {
     size_t n;
     const char *text = luaL_checklstring(L, 1, &n);
-    int tags = lua_istable(L, 2) ? 2 : 0;
+    Dec d = {L, text, text, text + n, lua_istable(L, 2) ? 2 : 0};
     lua_settop(L, 2);
-    json_t **doc = lua_newuserdatauv(L, sizeof(json_t *), 0); /* 3 */
-    *doc = NULL;
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, doc_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    json_error_t err;
-    *doc = json_loadb(text, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-    if (*doc == NULL) return luaL_error(L, "wire: not JSON: %s", err.text);
-    dec_value(L, *doc, tags, 0);
-    json_decref(*doc);
-    *doc = NULL;
+    dec_value(&d, 0);
+    skip_ws(&d);
+    if (d.p != d.end) dec_fail(&d, "more after the value");
     return 1;
 }
 
