@@ -7,6 +7,7 @@
 ** wire codec, reads what loading needs (stdlib/hrun/child.lua, dsl.lua), and then
 ** confines itself for good, before it sees a byte of the playbook:
 **
+**   nobody        started as root, it drops to uid and gid 65534, no groups, no capabilities;
 **   no_new_privs  no setuid or file capability can raise it again;
 **   Landlock      no filesystem access at all, no TCP, no abstract unix sockets or
 **                 signals outside itself (as far as the kernel's Landlock ABI goes);
@@ -19,6 +20,7 @@
 ** playbook may run with it (--allow-weak-sandbox).
 */
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <seccomp.h>
@@ -49,6 +51,9 @@ extern char **environ;
 #ifndef UNDER_ASAN
 #define UNDER_ASAN 0
 #endif
+
+/* The user and group the child drops to when it starts as root. */
+#define NOBODY 65534
 
 /* The child's ends of the pipe. */
 #define CHILD_IN  3
@@ -281,8 +286,8 @@ static int seccomp(char *why, size_t size)
         SCMP_SYS(getpid),         SCMP_SYS(gettid),       SCMP_SYS(getrandom),
         SCMP_SYS(fstat),          SCMP_SYS(newfstatat),   SCMP_SYS(lseek),
         SCMP_SYS(sched_yield),    SCMP_SYS(sigaltstack),  SCMP_SYS(restart_syscall),
-        SCMP_SYS(getrusage),      SCMP_SYS(times),        SCMP_SYS(prlimit64),
-        SCMP_SYS(poll),           SCMP_SYS(ppoll),
+        SCMP_SYS(getrusage),      SCMP_SYS(times),        SCMP_SYS(poll),
+        SCMP_SYS(ppoll),
     };
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < sizeof allowed / sizeof allowed[0]; i++)
@@ -294,6 +299,10 @@ static int seccomp(char *why, size_t size)
     if (rc == 0)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mprotect), 1,
                               SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
+    /* its own limits only (getrlimit is prlimit64 on pid 0): never another process's */
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1,
+                              SCMP_A0(SCMP_CMP_EQ, 0, 0));
     /* abort() signals itself, and only itself */
     if (rc == 0)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
@@ -332,6 +341,14 @@ void hrun_confine(size_t memory, hrun_Confinement *c)
     memset(c, 0, sizeof *c);
     struct rlimit zero = {0, 0};
     setrlimit(RLIMIT_CORE, &zero);
+    /* root is not needed to read and write two pipes: nobody, no groups, no capabilities
+    ** (they go with the uid); a change of credentials clears the parent-death signal */
+    if (geteuid() == 0 && !omitted("nobody")) {
+        c->nobody = setgroups(0, NULL) == 0 && setresgid(NOBODY, NOBODY, NOBODY) == 0 &&
+                    setresuid(NOBODY, NOBODY, NOBODY) == 0;
+        if (!c->nobody) missing(c, "nobody: %s", strerror(errno));
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
     c->no_new_privs = !omitted("no_new_privs") && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0;
@@ -386,6 +403,8 @@ static int child_confine(lua_State *L)
     lua_setfield(L, -2, "seccomp");
     lua_pushboolean(L, c.rlimit_as);
     lua_setfield(L, -2, "rlimit_as");
+    lua_pushboolean(L, c.nobody);
+    lua_setfield(L, -2, "nobody");
     lua_createtable(L, c.nmissing, 0);
     for (int i = 0; i < c.nmissing; i++) {
         lua_pushstring(L, c.missing[i]);
@@ -467,7 +486,11 @@ int hrun_child_main(int argc, char **argv)
         status = lua_pcall(L, 1, 0, 0);
     }
     if (status != LUA_OK) {
-        fprintf(stderr, "hrun: the sandbox's process: %s\n", lua_tostring(L, -1));
+        /* memory ran out outside any call (between messages): the engine says which limit */
+        const char *msg = lua_tostring(L, -1);
+        if (status == LUA_ERRMEM || (msg && strstr(msg, "not enough memory"))) return 4;
+        fprintf(stderr, "hrun: the sandbox's process: %s\n",
+                msg ? msg : "(an error that is not text)");
         return 1;
     }
     lua_close(L);

@@ -94,7 +94,7 @@ void hrun_openconfine(lua_State *L);
 
 /* What confinement a process got (hrun_confine); missing: why each part is not there. */
 typedef struct hrun_Confinement {
-    int no_new_privs, landlock_abi, seccomp, rlimit_as;
+    int nobody, no_new_privs, landlock_abi, seccomp, rlimit_as;
     int nmissing;
     char missing[4][240];
     char note[240]; /* what this build does not do, though the kernel could */

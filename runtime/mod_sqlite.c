@@ -25,6 +25,10 @@ static int fail_db(lua_State *L, const char *what, const char *file, sqlite3 *db
 {
     int err = rc == SQLITE_CANTOPEN && access(file, F_OK) < 0 ? errno : 0;
     if (err) return hrun_fail(L, what, file, err);
+    struct stat st;
+    if (rc == SQLITE_CANTOPEN && stat(file, &st) == 0 && !S_ISREG(st.st_mode))
+        return hrun_failf(L, "EINVAL", "%s: %s: not a regular file (a database is one)", what,
+                          file);
     /* the backup API leaves its errors on the destination, or only in rc */
     const char *msg =
         db && sqlite3_errcode(db) != SQLITE_OK ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
@@ -55,6 +59,13 @@ static int idle_wal(const char *file)
 static sqlite3 *open_readonly(const char *file, int *rc)
 {
     sqlite3 *db = NULL;
+    /* a database is a regular file: opening a FIFO (or a device) would block the engine
+    ** past every deadline */
+    struct stat st;
+    if (stat(file, &st) == 0 && !S_ISREG(st.st_mode)) {
+        *rc = SQLITE_CANTOPEN;
+        return NULL;
+    }
     if (idle_wal(file)) {
         char uri[3 * PATH_MAX + 32], *u = uri;
         u += sprintf(u, "file:");
@@ -68,6 +79,9 @@ static sqlite3 *open_readonly(const char *file, int *rc)
         *rc = sqlite3_open_v2(file, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     }
     if (*rc == SQLITE_OK) *rc = sqlite3_busy_timeout(db, BUSY_MS);
+    /* the one file named, nothing else: ATTACH is a "read-only" statement that opens any
+    ** file, which the capability check never saw */
+    if (*rc == SQLITE_OK) sqlite3_limit(db, SQLITE_LIMIT_ATTACHED, 0);
     return db;
 }
 

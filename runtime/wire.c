@@ -604,6 +604,8 @@ static void dec_object(Dec *d, int depth)
             return;
         }
         if (k[0] == '$' && k[1] != '$') luaL_error(L, "wire: a key '%s' that is not escaped", k);
+        if (memchr(k, '\0', klen) || !valid_utf8((const unsigned char *)k, klen))
+            luaL_error(L, "wire: a table key that is not text (a NUL byte, or not UTF-8)");
         if (first) {
             lua_newtable(L);
             lua_insert(L, -2);

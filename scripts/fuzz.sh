@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-${HRUN_FUZZ_SECONDS:-60}}
 build=$root/build-fuzz
 cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DHRUN_FUZZ=ON >/dev/null
-cmake --build "$build" -j "$(nproc)" --target fuzz_playbook fuzz_manifest fuzz_flake fuzz_json >/dev/null
+cmake --build "$build" -j "$(nproc)" --target fuzz_playbook fuzz_manifest fuzz_flake fuzz_json fuzz_wire >/dev/null
 scratch=$(mktemp -d /tmp/hrun-fuzz-XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}

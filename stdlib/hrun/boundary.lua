@@ -258,6 +258,11 @@ function Box:serve(m)
   else
     local args = type(m.args) == "table" and m.args or {}
     local n = math.type(m.n) == "integer" and m.n or #args
+    if n < 0 or n > 200 then -- what no stub sends: the call fails, the engine serves on
+      n, fn = 0, function()
+        error("a call with a bad number of arguments", 0)
+      end
+    end
     local res = table.pack(pcall(fn, table.unpack(args, 1, n)))
     if res[1] then
       reply = { t = "result", seq = m.seq, values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
@@ -335,9 +340,13 @@ function Box:invoke(id, ctx, ...)
     end
   end
   if r.t == "error" then
-    error(r.message, 0)
+    error(tostring(r.message), 0)
   end
-  return table.unpack(r.values or {}, 1, math.type(r.n) == "integer" and r.n or 0)
+  local values, n = r.values, r.n
+  if type(values) ~= "table" or math.type(n) ~= "integer" or n < 0 or n > 200 then
+    values, n = {}, 0
+  end
+  return table.unpack(values, 1, n)
 end
 
 -- load(path, source) → what the playbook file returned, as data: DSL objects and a stub for

@@ -135,6 +135,9 @@ function M.confinement(c)
     return nil
   end
   local held = {}
+  if c.nobody then
+    held[#held + 1] = "nobody"
+  end
   if c.no_new_privs then
     held[#held + 1] = "no_new_privs"
   end

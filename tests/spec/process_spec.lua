@@ -57,7 +57,7 @@ describe("the sandbox's process", function()
     step "s" { run = function(ctx) fs.write(ctx.params.dir .. "/x", "1") end },]])
     local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
     eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, "sandbox: a process of its own, confined by no_new_privs, Landlock (ABI ")
+    has(r.stdout, "sandbox: a process of its own, confined by nobody, no_new_privs, Landlock (ABI ")
     has(r.stdout, "seccomp")
     ok(not r.stdout:find("MISSING", 1, true), r.stdout)
     r = run({ "plan", p, "--sandbox", "--json", "--state", d .. "/state", "-p", "dir=" .. d },

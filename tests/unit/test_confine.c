@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "unit.h"
 
 enum {
+    ROOT,
     OPEN_FILE,
     OPEN_DIR,
     CREATE,
@@ -30,12 +32,14 @@ enum {
     SOCK_UNIX,
     PTRACE,
     KILL_PARENT,
+    PRLIMIT_PARENT,
     MMAP_EXEC,
     BIG_MALLOC,
     PIPE_WRITE,
     NTRIES
 };
-static const char *const names[] = {"open a file",
+static const char *const names[] = {"stay root",
+                                    "open a file",
                                     "open a directory",
                                     "create a file",
                                     "execve",
@@ -43,6 +47,7 @@ static const char *const names[] = {"open a file",
                                     "a unix socket",
                                     "ptrace",
                                     "signal the parent",
+                                    "read the parent's limits",
                                     "executable memory",
                                     "1 GiB more than the limit",
                                     "write its pipe"};
@@ -57,6 +62,7 @@ static void attempts(int out, size_t memory)
     r[NTRIES + 1] = (char)('0' + (c.landlock_abi > 0));
     r[NTRIES + 2] = (char)('0' + c.seccomp);
     r[NTRIES + 3] = (char)('0' + c.rlimit_as);
+    r[ROOT] = getuid() == 0 || geteuid() == 0 || getgid() == 0;
     int fd = open("/etc/hostname", O_RDONLY);
     r[OPEN_FILE] = fd >= 0;
     fd = open("/", O_RDONLY | O_DIRECTORY);
@@ -70,6 +76,8 @@ static void attempts(int out, size_t memory)
     r[SOCK_UNIX] = socket(AF_UNIX, SOCK_STREAM, 0) >= 0;
     r[PTRACE] = ptrace(PTRACE_TRACEME, 0, NULL, NULL) == 0;
     r[KILL_PARENT] = kill(getppid(), 0) == 0;
+    struct rlimit lim = {0, 0};
+    r[PRLIMIT_PARENT] = prlimit(getppid(), RLIMIT_NOFILE, NULL, &lim) == 0;
     void *m = mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     r[MMAP_EXEC] = m != MAP_FAILED;
     void *big = malloc(memory + (1u << 30));
