@@ -1670,14 +1670,40 @@ static int flake_lock_state(lua_State *L)
 
 /* nixos.rebuild(action, {flake = "path#host"}): the flake's directory (a flake that is
 ** not a path is left to an unscoped nix capability: it is compared as a relative path). */
+/* [-0, +1, m] The target of a flake reference: the directory of a local one ("/etc/nixos",
+** ".#host", "path:/x?dir=y", "git+file:///x"); "/" for one nix fetches ("github:o/r",
+** "git+https://…"): only a `nix` capability scoped to everything covers it, never one
+** scoped to the directory hrun happens to run in. */
+static const char *flake_target(lua_State *L, const char *flake)
+{
+    size_t len = strcspn(flake, "#");
+    size_t scheme =
+        strspn(flake, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
+    if (scheme == 0 || scheme >= len || flake[scheme] != ':' || !isalpha((unsigned char)flake[0]))
+        return lua_pushlstring(L, flake, len); /* a path */
+    const char *rest = flake + scheme + 1;
+    if (strncmp(flake, "path:", 5) == 0 || strncmp(flake, "git+file:", 9) == 0 ||
+        strncmp(flake, "file:", 5) == 0) {
+        if (strncmp(rest, "//", 2) == 0) rest += 2;
+        return lua_pushlstring(L, rest, strcspn(rest, "?#"));
+    }
+    return lua_pushliteral(L, "/");
+}
+
+/* flake_check(flake): the flake's directory (flake_target) */
+static int flake_arg1_targets(lua_State *L, hrun_Target *t)
+{
+    if (lua_type(L, 1) != LUA_TSTRING) return hrun_targets_arg1(L, t);
+    t[0] = (hrun_Target){NULL, flake_target(L, lua_tostring(L, 1)), NULL, 0, 0};
+    return 1;
+}
+
 static int rebuild_targets(lua_State *L, hrun_Target *t)
 {
     if (lua_type(L, 2) != LUA_TTABLE) return 0;
     lua_pushliteral(L, "flake");
     if (lua_rawget(L, 2) != LUA_TSTRING) return 0;
-    const char *flake = lua_tostring(L, -1);
-    lua_pushlstring(L, flake, strcspn(flake, "#"));
-    t[0] = (hrun_Target){NULL, lua_tostring(L, -1), NULL, 0, 0};
+    t[0] = (hrun_Target){NULL, flake_target(L, lua_tostring(L, -1)), NULL, 0, 0};
     return 1;
 }
 
@@ -1690,7 +1716,7 @@ static const hrun_Prim nixos_prims[] = {
      .func = l_flake_check,
      .kind = HRUN_READ,
      .cap = "nix",
-     .targets = hrun_targets_arg1},
+     .targets = flake_arg1_targets},
     {.name = "rebuild",
      .func = l_rebuild,
      .kind = HRUN_WRITE,

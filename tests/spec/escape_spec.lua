@@ -279,6 +279,22 @@ describe("check vs act", function()
     eq(fs.exists(marker), false, "no undo ran touch, nor any argv read through __index")
   end)
 
+  it("a flake nix fetches is no path: a scope that holds hrun's directory does not cover it", function()
+    local d, scope = scoped()
+    local p = book(d, { "nix:" .. scope }, [[
+    step "a" { run = function(ctx)
+      nixos.rebuild("switch", { flake = ctx.params.url })
+    end },]])
+    for _, flake in ipairs({ "github:evil/x#host", "git+https://evil.example/x#host", "path:/etc#host",
+      "git+file:///etc#host" }) do
+      -- hrun runs in the scope: a flake reference read as a relative path would be in it
+      local r = exec.sh(string.format("cd %s && %s plan %s --sandbox --state %s -p url=%s", shq(scope), shq(HRUN),
+        shq(p), shq(d .. "/state"), shq(flake)), { check = false })
+      eq(r.code, 1, flake .. ": " .. r.stdout)
+      has(r.stdout, "sandbox: nixos.rebuild needs the capability 'nix:/", flake)
+    end
+  end)
+
   it("a git repository given as a table, a forged repository, or a number carries its target", function()
     need("git")
     local d, scope = scoped()
