@@ -50,9 +50,15 @@ function M.open(priv, modules, opts)
   local box = setmetatable({ priv = priv, opts = opts, seq = 0, fns = {}, secrets = {}, secret_ids = {},
     next_fn = 0, calls = {} }, Box)
   box.list, box.flat = exported(modules)
+  local function want(tag, v, kind)
+    if type(v) ~= kind then
+      error(string.format("wire: $%s: a %s expected, got %s", tag, kind, type(v)), 0)
+    end
+    return v
+  end
   box.tags = {
     f = function(id)
-      return box:stub(id)
+      return box:stub(want("f", id, "string"))
     end,
     s = function(parts)
       return box:secret(parts)
@@ -61,10 +67,10 @@ function M.open(priv, modules, opts)
       return json.null
     end,
     a = function(list)
-      return json.array(list)
+      return json.array(want("a", list, "table"))
     end,
     g = function(path) -- a repository object: its directory, the target git's checks read
-      return path
+      return want("g", path, "string")
     end,
     d = function(o)
       if type(o) ~= "table" then
