@@ -262,11 +262,14 @@ describe("across the pipe", function()
   it("reads the environment through sys.env: os.getenv needs env:NAME", function()
     local d = tmpdir()
     local steps = [[
-    step "s" { run = function(ctx) fs.write(ctx.params.dir .. "/got", tostring(os.getenv("HRUN_TEST_PASSWORD"))) end },]]
+    step "s" { run = function(ctx)
+      fs.write(ctx.params.dir .. "/got", tostring(os.getenv("HRUN_TEST_PASSWORD")))
+    end },]]
     local env = { HRUN_TEST_PASSWORD = "pw-from-env", PATH = os.getenv("PATH") }
-    local r = run({ sandboxed(d, { "fs:" .. d }, steps), "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d }, env)
+    local p = sandboxed(d, { "fs:" .. d }, steps)
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d }, env)
     eq(r.code, 1, r.stdout)
-    has(r.stdout, "pb.lua:6: sandbox: sys.env needs the capability 'env:HRUN_TEST_PASSWORD'")
+    has(r.stdout, "pb.lua:7: sandbox: sys.env needs the capability 'env:HRUN_TEST_PASSWORD'")
     eq(fs.exists(d .. "/got"), false)
     r = run({ sandboxed(d, { "fs:" .. d, "env:HRUN_TEST_*" }, steps), "--sandbox", "--state", d .. "/state", "-p",
       "dir=" .. d }, env)
