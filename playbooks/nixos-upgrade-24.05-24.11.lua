@@ -91,7 +91,7 @@ end
 return playbook {
   name = "nixos-upgrade", version = "1.0.0",
   description = "Upgrade a NixOS server from one release to the next (24.05 → 24.11 by default)",
-  capabilities = { "fs", "exec", "nix", "git", "service", "net", "hash" },
+  capabilities = { "fs", "exec", "nix", "git", "service", "net", "hash", "env:PG*" },
   params = {
     from = "24.05", to = "24.11",
     flake = "/etc/nixos",                   -- the flake's directory, a git repository

@@ -27,7 +27,7 @@ end
 return playbook {
   name = "phase1-non-critical", version = "1.0.0",
   description = "Migration phase 1: the non-critical services move from ZimaOS to NixOS",
-  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec" },
+  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*" },
   params = {
     old = {
       appdata = "/mnt/zimaos/AppData",     -- the old host's app data, mounted here

@@ -58,7 +58,7 @@ end
 return playbook {
   name = "phase2-media-stack", version = "1.0.0",
   description = "Migration phase 2: the media stack moves from ZimaOS to NixOS, the VPN gateway first",
-  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec" },
+  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*" },
   params = {
     old = {
       appdata = "/mnt/zimaos/AppData",     -- the old host's app data, mounted here

@@ -35,7 +35,7 @@ end
 return playbook {
   name = "phase3-critical-services", version = "1.0.0",
   description = "Migration phase 3: the critical services move from ZimaOS to NixOS, backups proven first",
-  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec" },
+  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*" },
   params = {
     old = {
       appdata = "/mnt/zimaos/AppData",     -- the old host's app data, mounted here

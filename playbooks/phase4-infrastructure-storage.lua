@@ -46,7 +46,7 @@ local function new_host(ctx) return ctx.params.stage == "new-host" end
 return playbook {
   name = "phase4-infrastructure-storage", version = "1.0.0",
   description = "Migration phase 4: the btrfs RAID5 array, databases, Redis, Traefik, backups — in place",
-  capabilities = { "fs", "btrfs", "hash", "nix", "git", "service", "net", "exec" },
+  capabilities = { "fs", "btrfs", "hash", "nix", "git", "service", "net", "exec", "env:PG*" },
   params = {
     stage = "new-host",                    -- old-host (ZimaOS, before) or new-host (NixOS, after)
     array = "/mnt/array",                  -- where the array is mounted (the same path on both)

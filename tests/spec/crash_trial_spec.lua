@@ -140,7 +140,8 @@ local STEPS = { "write", "copy", "mkdir", "fill", "remove", "rename", "custom", 
 
 -- HRUN_VARIANT: plain (the playbook succeeds), fail (its last step fails: the run rolls
 -- itself back), retry (a middle step fails its first two attempts, retries = 2, and then
--- succeeds), stop (on_failure = "stop" and the last step fails)
+-- succeeds), stop (on_failure = "stop" and the last step fails), sandbox (plain, run with
+-- --sandbox: the kill lands in the engine while the playbook's own process waits on it)
 local VARIANT = sys.env("HRUN_VARIANT") or "plain"
 local MID, END, ONFAIL = "", "", ""
 if VARIANT == "retry" then
@@ -525,7 +526,18 @@ Trials.__index = Trials
 
 function Trials.new(volume)
   local self = setmetatable({ volume = volume, playbook = volume .. "/trial.lua", n = 0, notes = {} }, Trials)
-  fs.write(self.playbook, PLAYBOOK)
+  local text = PLAYBOOK
+  if VARIANT == "sandbox" then -- what it touches, all under the volume
+    local caps = {}
+    for _, c in ipairs({ "fs", "git", "btrfs", "hash" }) do
+      caps[#caps + 1] = string.format("%q", c .. ":" .. volume)
+    end
+    caps[#caps + 1] = '"exec:sh", "exec:rm"'
+    text = text:gsub('params = { w = "", m = "", fail = "1" },', function(p)
+      return p .. "\n  capabilities = { " .. table.concat(caps, ", ") .. " },"
+    end)
+  end
+  fs.write(self.playbook, text)
   return self
 end
 
@@ -551,8 +563,12 @@ local function clean(dir)
 end
 
 function Trials:run_args(w, state, fail)
-  return { self.playbook, "--state", state, "-p", "w=" .. w, "-p", "m=" .. w:gsub("/w$", "/attempts"),
+  local args = { self.playbook, "--state", state, "-p", "w=" .. w, "-p", "m=" .. w:gsub("/w$", "/attempts"),
     "-p", "fail=" .. (fail or "1") }
+  if VARIANT == "sandbox" then
+    args[#args + 1] = "--sandbox"
+  end
+  return args
 end
 
 local function journal(state)

@@ -19,6 +19,7 @@ local PACKAGES = {
   rm = "coreutils", sha256sum = "coreutils", b2sum = "coreutils", sleep = "coreutils", stat = "coreutils",
   sync = "coreutils", test = "coreutils", touch = "coreutils", tr = "coreutils", ["true"] = "coreutils",
   truncate = "coreutils", wc = "coreutils", ["/usr/bin/true"] = "coreutils", ["/usr/bin/env"] = "coreutils",
+  env = "coreutils", printf = "coreutils", bash = "bash",
   diff = "diffutils", hostname = "hostname", mount = "mount", umount = "mount", losetup = "mount",
   runuser = "util-linux", setpriv = "util-linux", filefrag = "e2fsprogs",
   -- named in scripts/install-deps.sh
