@@ -418,6 +418,13 @@ static int child_confine(lua_State *L)
     return 1;
 }
 
+/* strict(on): nil, message returns of module functions raise, as in a trusted run's steps */
+static int child_strict(lua_State *L)
+{
+    hrun_runtime(L)->strict = lua_toboolean(L, 1);
+    return 0;
+}
+
 /* jansson's allocations (json.decode, the wire) count against the child's heap limit. */
 static void *json_charged_malloc(size_t n)
 {
@@ -447,7 +454,9 @@ int hrun_child_main(int argc, char **argv)
     }
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != (pid_t)atol(argv[3])) return 1; /* the engine is gone already */
-    signal(SIGINT, SIG_IGN);                         /* Ctrl-C is the engine's to act on */
+    /* nothing open but stdin, stdout, stderr and the pipe: not what hrun itself inherited */
+    close_range(CHILD_OUT + 1, ~0U, 0);
+    signal(SIGINT, SIG_IGN); /* Ctrl-C is the engine's to act on */
     signal(SIGPIPE, SIG_IGN);
     json_set_alloc_funcs(json_charged_malloc, json_charged_free);
     lua_State *L = hrun_newstate();
@@ -478,6 +487,8 @@ int hrun_child_main(int argc, char **argv)
         lua_setfield(L, -2, "wire");
         lua_pushcfunction(L, child_confine);
         lua_setfield(L, -2, "confine");
+        lua_pushcfunction(L, child_strict);
+        lua_setfield(L, -2, "strict");
         hrun_openheap(L);
         lua_pushinteger(L, CHILD_IN);
         lua_setfield(L, -2, "infd");

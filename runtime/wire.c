@@ -19,6 +19,8 @@
 ** making, so what the capability check reads is what the primitive acts on.
 */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -169,7 +171,14 @@ static void enc_key(Enc *e, int kidx)
     const char *k = lua_tolstring(e->L, kidx, &n);
     if (memchr(k, '\0', n) || !valid_utf8((const unsigned char *)k, n))
         luaL_error(e->L, "wire: a table key that is not text (a NUL byte, or not UTF-8)");
-    put_quoted(e, k[0] == '$' ? "$" : NULL, k, n);
+    if (e->mask && hrun_secrets_masked()) { /* a key holds text as a value does */
+        hrun_mask(e->L, kidx);
+        k = lua_tolstring(e->L, -1, &n);
+        put_quoted(e, k[0] == '$' ? "$" : NULL, k, n);
+        lua_pop(e->L, 1);
+    } else {
+        put_quoted(e, k[0] == '$' ? "$" : NULL, k, n);
+    }
     PUTLIT(e, ":");
 }
 
@@ -248,7 +257,8 @@ static void enc_table(Enc *e, int idx)
     e->depth--;
 }
 
-/* A value that is not data: special(v) → tag, payload; nil for a table: its raw content. */
+/* A value that is not data: special(v) → tag, payload; nil, t: t's content (read raw) in
+** its place; nil for a table: its own content (read raw). */
 static void enc_special(Enc *e, int idx)
 {
     lua_State *L = e->L;
@@ -268,6 +278,11 @@ static void enc_special(Enc *e, int idx)
             put(e, open, 6);
             enc_value(e, lua_gettop(L));
             PUTLIT(e, "}");
+            lua_pop(L, 2);
+            return;
+        }
+        if (lua_isnil(L, -2) && lua_type(L, -1) == LUA_TTABLE) { /* nil, t: t's content instead */
+            enc_table(e, lua_gettop(L));
             lua_pop(L, 2);
             return;
         }
@@ -519,13 +534,16 @@ static void dec_tag(Dec *d, char tag, int depth)
         dec_value(d, depth + 1);
         size_t n;
         const char *s = lua_tolstring(L, -1, &n);
-        if (lua_type(L, -1) != LUA_TSTRING || n % 4 != 0) luaL_error(L, "wire: $b: not base64");
+        if (lua_type(L, -1) != LUA_TSTRING || n % 4 != 0 || n > INT_MAX)
+            luaL_error(L, "wire: $b: not base64");
+        size_t pad = 0; /* '=' only as the last one or two characters */
+        while (pad < 2 && pad < n && s[n - 1 - pad] == '=') pad++;
+        if (memchr(s, '=', n - pad)) luaL_error(L, "wire: $b: not base64");
         luaL_Buffer b;
         unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3 + 1);
         int len = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
-        if (len < 0) luaL_error(L, "wire: $b: not base64");
-        while (n > 0 && s[n - 1] == '=') n--, len--; /* DecodeBlock counts the padding */
-        luaL_pushresultsize(&b, (size_t)len);
+        if (len < (int)pad) luaL_error(L, "wire: $b: not base64");
+        luaL_pushresultsize(&b, (size_t)len - pad); /* DecodeBlock counts the padding */
         lua_remove(L, -2);
         return;
     }
@@ -721,6 +739,7 @@ static int wire_decode(lua_State *L)
 
 typedef struct Channel {
     int rfd, wfd;
+    int busy; /* in a send or recv: a finalizer that runs meanwhile may not use it */
     char *buf;
     size_t len, cap, scanned;
 } Channel;
@@ -730,7 +749,8 @@ static Channel *tochannel(lua_State *L)
     return luaL_checkudata(L, 1, CHANNEL_TYPE);
 }
 
-/* wire.channel(rfd, wfd) → a channel that owns both descriptors */
+/* wire.channel(rfd, wfd) → a channel that owns both descriptors (wfd made non-blocking:
+** a send waits in poll, where the deadline and interrupts reach it) */
 static int wire_channel(lua_State *L)
 {
     int rfd = (int)luaL_checkinteger(L, 1), wfd = (int)luaL_checkinteger(L, 2);
@@ -739,34 +759,8 @@ static int wire_channel(lua_State *L)
     c->rfd = rfd;
     c->wfd = wfd;
     luaL_setmetatable(L, CHANNEL_TYPE);
-    return 1;
-}
-
-/* ch:send(text) → true | nil, why: text and a newline, whole */
-static int ch_send(lua_State *L)
-{
-    Channel *c = tochannel(L);
-    size_t n;
-    const char *text = luaL_checklstring(L, 2, &n);
-    if (c->wfd < 0) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
-    struct iovec iov[2] = {{(void *)text, n}, {"\n", 1}};
-    int k = 0;
-    while (k < 2) {
-        ssize_t w = writev(c->wfd, iov + k, 2 - k);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return luaL_fileresult(L, 0, NULL);
-        size_t done = (size_t)w;
-        while (k < 2 && done >= iov[k].iov_len) done -= iov[k++].iov_len;
-        if (k < 2) {
-            iov[k].iov_base = (char *)iov[k].iov_base + done;
-            iov[k].iov_len -= done;
-        }
-    }
-    lua_pushboolean(L, 1);
+    int fl = fcntl(wfd, F_GETFL);
+    if (fl >= 0) fcntl(wfd, F_SETFL, fl | O_NONBLOCK);
     return 1;
 }
 
@@ -775,11 +769,11 @@ static int ch_send(lua_State *L)
 ** first makes a round trip ~2 µs (bench/boundary.sh); a longer wait then sleeps. */
 #define SPIN_SECONDS 150e-6
 
-/* Spins until fd is readable or SPIN_SECONDS pass: 1 when it is readable. */
-static int spin(int fd)
+/* Spins until fd is ready for `events` or SPIN_SECONDS pass: 1 when it is. */
+static int spin(int fd, short events)
 {
     double end = hrun_monotime() + SPIN_SECONDS;
-    struct pollfd p = {fd, POLLIN, 0};
+    struct pollfd p = {fd, events, 0};
     do {
         if (poll(&p, 1, 0) > 0) return 1;
     } while (hrun_monotime() < end);
@@ -793,25 +787,92 @@ static void on_tick(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* Waits until fd is ready for `events`: 0, or with watch the reason it stopped
+** ("interrupted", "timeout"), in slices of 0.1 s that call the runner's ticker. */
+static const char *wait_fd(lua_State *L, int fd, short events, int watch)
+{
+    if (spin(fd, events)) return NULL;
+    for (;;) {
+        int ms = -1;
+        if (watch) {
+            if (hrun_interrupted()) return "interrupted";
+            double deadline = hrun_deadline(L), left = deadline - hrun_monotime();
+            if (deadline > 0 && left <= 0) return "timeout";
+            ms = deadline > 0 && left < 0.1 ? (int)(left * 1000) + 1 : 100;
+        }
+        struct pollfd p = {fd, events, 0};
+        int r = poll(&p, 1, ms);
+        if (r > 0) return NULL;
+        if (r == 0 && watch) on_tick(L);
+    }
+}
+
+static int refuse_reentry(lua_State *L, Channel *c)
+{
+    if (c->busy) return luaL_error(L, "wire: the channel is in use (a finalizer called across it)");
+    return 0;
+}
+
+/* ch:send(text [, watch]) → true | nil, why ("closed", "interrupted", "timeout", an
+** error): text and a newline, whole */
+static int ch_send(lua_State *L)
+{
+    Channel *c = tochannel(L);
+    size_t n;
+    const char *text = luaL_checklstring(L, 2, &n);
+    int watch = lua_toboolean(L, 3);
+    refuse_reentry(L, c);
+    if (c->wfd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    struct iovec iov[2] = {{(void *)text, n}, {"\n", 1}};
+    int k = 0;
+    while (k < 2) {
+        ssize_t w = writev(c->wfd, iov + k, 2 - k);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            const char *why = wait_fd(L, c->wfd, POLLOUT, watch);
+            if (why == NULL) continue;
+            lua_pushnil(L);
+            lua_pushstring(L, why);
+            return 2;
+        }
+        if (w < 0) return luaL_fileresult(L, 0, NULL);
+        size_t done = (size_t)w;
+        while (k < 2 && done >= iov[k].iov_len) done -= iov[k++].iov_len;
+        if (k < 2) {
+            iov[k].iov_base = (char *)iov[k].iov_base + done;
+            iov[k].iov_len -= done;
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /*
 ** ch:recv([maxlen [, watch]]) → line | nil, why ("eof", "too long", "timeout",
-** "interrupted", or an error). With watch, waits in slices of 0.1 s: an interrupt (Ctrl-C,
-** SIGTERM) and the step's deadline end the wait, and the runner's ticker is called.
+** "interrupted", or an error). With watch, an interrupt (Ctrl-C, SIGTERM) and the step's
+** deadline end the wait, and the runner's ticker is called.
 */
 static int ch_recv(lua_State *L)
 {
     Channel *c = tochannel(L);
     size_t max = (size_t)luaL_optinteger(L, 2, 1 << 30);
     int watch = lua_toboolean(L, 3);
+    refuse_reentry(L, c);
     for (;;) {
         char *nl =
             c->len > c->scanned ? memchr(c->buf + c->scanned, '\n', c->len - c->scanned) : NULL;
         if (nl) {
             size_t n = (size_t)(nl - c->buf);
+            c->busy = 1; /* the string's allocation may run a finalizer: it may not read on */
             lua_pushlstring(L, c->buf, n);
-            memmove(c->buf, nl + 1, c->len - n - 1);
+            memmove(c->buf, c->buf + n + 1, c->len - n - 1);
             c->len -= n + 1;
             c->scanned = 0;
+            c->busy = 0;
             return 1;
         }
         c->scanned = c->len;
@@ -825,31 +886,15 @@ static int ch_recv(lua_State *L)
             lua_pushliteral(L, "eof");
             return 2;
         }
-        if (spin(c->rfd)) {
-            /* readable: read below */
-        } else if (watch) {
-            if (hrun_interrupted()) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "interrupted");
-                return 2;
-            }
-            double deadline = hrun_deadline(L), left = deadline - hrun_monotime();
-            if (deadline > 0 && left <= 0) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "timeout");
-                return 2;
-            }
-            int ms = deadline > 0 && left < 0.1 ? (int)(left * 1000) + 1 : 100;
-            struct pollfd p = {c->rfd, POLLIN, 0};
-            int r = poll(&p, 1, ms);
-            if (r < 0 && errno != EINTR) return luaL_fileresult(L, 0, NULL);
-            if (r <= 0) {
-                on_tick(L);
-                continue;
-            }
+        const char *why = wait_fd(L, c->rfd, POLLIN, watch);
+        if (why) {
+            lua_pushnil(L);
+            lua_pushstring(L, why);
+            return 2;
         }
         if (c->cap - c->len < 65536) {
             size_t cap = c->cap ? c->cap * 2 : 65536 * 2;
+            if (cap > max + 65536 && max + 65536 > c->cap) cap = max + 65536; /* the longest line */
             char *b = realloc(c->buf, cap);
             if (b == NULL) return luaL_error(L, "not enough memory");
             c->buf = b;

@@ -15,8 +15,11 @@ local M = {}
 
 -- How long a sandboxed playbook's file may take to evaluate (it only builds tables).
 M.LOAD_SECONDS = 10
--- The longest message the process may send (an fs.write of a large file crosses whole).
-local MAX_MESSAGE = 1 << 30
+-- The longest message the process may send: what its memory limit lets it build, with
+-- the room the kernel gives it beyond that (an fs.write of a large file crosses whole).
+local function max_message(memory)
+  return memory + (64 << 20)
+end
 
 local Box = {}
 Box.__index = Box
@@ -48,7 +51,7 @@ end
 -- open(priv, modules, opts) → box: opts.memory (bytes), opts.stdlib
 function M.open(priv, modules, opts)
   local box = setmetatable({ priv = priv, opts = opts, seq = 0, fns = {}, secrets = {}, secret_ids = {},
-    next_fn = 0, calls = {} }, Box)
+    next_fn = 0, calls = {}, contexts = {}, depth = 0 }, Box)
   box.list, box.flat = exported(modules)
   local function want(tag, v, kind)
     if type(v) ~= kind then
@@ -58,6 +61,9 @@ function M.open(priv, modules, opts)
   end
   box.tags = {
     f = function(id)
+      if box.named then
+        box.named[id] = true
+      end
       return box:stub(want("f", id, "string"))
     end,
     s = function(parts)
@@ -77,6 +83,14 @@ function M.open(priv, modules, opts)
         error("wire: a DSL object that is not one", 0)
       end
       return dsl.object(o.kind, o.name, o.loc, o.body)
+    end,
+    x = function(seq) -- a ctx the playbook handed to a module function: the call's own
+      local ctx = box.contexts[seq]
+      if not ctx then
+        error("wire: a ctx of no call in progress", 0)
+      end
+      box.ctx_seen = seq
+      return ctx
     end,
   }
   box.special = function(v)
@@ -153,6 +167,15 @@ function Box:encode(msg)
   return self.priv.wire.encode(msg, self.special, true)
 end
 
+-- Sends msg (or its text); a send the deadline or Ctrl-C stops, or a closed pipe, is
+-- the end of the process, as a wait would be.
+function Box:send(msg)
+  local ok, why = self.ch:send(type(msg) == "string" and msg or self:encode(msg), true)
+  if not ok then
+    self:lost(why == "closed" and "eof" or why)
+  end
+end
+
 -- Starts the process and loads the playbook in it; returns what it returned, as data.
 function Box:start()
   self.loading = true
@@ -167,17 +190,41 @@ end
 function Box:spawn()
   local pid, ch = self.priv.sandboxspawn(self.opts.stdlib)
   self.pid, self.ch, self.alive = pid, ch, true
-  ch:send(self:encode({ t = "init", memory = self.opts.memory, modules = self.list, source = self.source,
-    path = self.path }))
+  self.dead_why = nil
+  self:send({ t = "init", memory = self.opts.memory, modules = self.list, source = self.source, path = self.path })
   local ready = self:receive(0, "ready")
   if ready.t == "error" then
     self:kill()
     error(tostring(ready.message), 0)
   end
   self.confinement = ready.confinement
+  -- before a line of the playbook runs: may it, with what the kernel gave?
+  local ok, err = pcall(self.opts.accept or function() end, self.confinement)
+  if not ok then
+    self:kill()
+    error(err, 0)
+  end
+  self:send({ t = "go" })
+  self.named = {}
   local loaded = self:receive(0, "loaded")
+  local named = self.named
+  self.named = nil
   if loaded.t == "error" then
+    self:kill()
     error(tostring(loaded.message), 0)
+  end
+  -- started again, the file must give the same functions, or stubs would call others
+  if self.first_named then
+    for id in pairs(self.first_named) do
+      if not named[id] then
+        self:kill()
+        error(string.format("%s: the playbook's file gave another playbook when its process was started " ..
+          "again (its function %s is gone): a playbook must build the same steps each time it loads",
+          self.path, id), 0)
+      end
+    end
+  else
+    self.first_named = named
   end
   return loaded.playbook
 end
@@ -186,17 +233,18 @@ end
 -- the process's calls until it comes.
 function Box:receive(seq, want)
   while true do
-    local line, why = self.ch:recv(MAX_MESSAGE, true)
+    local line, why = self.ch:recv(max_message(self.opts.memory), true)
     if not line then
       self:lost(why)
     end
+    self.ctx_seen = nil
     local ok, m = pcall(self.priv.wire.decode, line, self.tags)
     if not ok or type(m) ~= "table" then
       self:kill()
       error("the sandboxed playbook's process sent what is not a message: " .. tostring(m), 0)
     end
     if m.t == "call" then
-      self:serve(m)
+      self:serve(m, self.ctx_seen)
     elseif m.t == "event" then
       self:event(m)
     elseif m.t == "error" and (m.seq == seq or seq == 0) then
@@ -212,23 +260,31 @@ end
 
 -- The wait ended without an answer: the deadline, Ctrl-C, or the process is gone.
 function Box:lost(why)
-  if why == "timeout" then
-    self:kill()
-    error("timed out", 0)
+  if why == "eof" and self.dead_why then -- killed by a call nested in this one: its reason
+    error(self.dead_why, 0)
+  elseif why == "timeout" then
+    self:kill("timed out")
   elseif why == "interrupted" then
-    self:kill()
-    error("interrupted", 0)
+    self:kill("interrupted")
+  end
+  if self.dead_why then
+    error(self.dead_why, 0)
   end
   local how = self:kill()
+  if how == "exited with code 4" then -- hrun __sandbox's exit when its memory ran out
+    error(string.format("memory limit reached: the playbook's process would pass %d MiB (--memory-limit)",
+      self.opts.memory // (1 << 20)), 0)
+  end
   error(string.format("the sandboxed playbook's process ended (%s)%s", how or why,
     why ~= "eof" and (": " .. tostring(why)) or ""), 0)
 end
 
-function Box:kill()
+-- Kills the process (why: what a call still waiting on it will say).
+function Box:kill(why)
   if not self.alive then
     return nil
   end
-  self.alive = false
+  self.alive, self.dead_why = false, why
   self.ch:close()
   return self.priv.sandboxend(self.pid, true)
 end
@@ -246,7 +302,7 @@ function Box:event(m)
 end
 
 -- The process calls a module function (`name`) or a function the engine handed it.
-function Box:serve(m)
+function Box:serve(m, ctx_seq)
   local fn
   if type(m.fn) == "string" then
     fn = self.fns[m.fn]
@@ -278,11 +334,17 @@ function Box:serve(m)
         code = text:find("sandbox: ", 1, true) and "refused" or "failed" }
     end
   end
+  local ctx = ctx_seq and self.contexts[ctx_seq]
+  if ctx then -- what the function did to the ctx it was handed goes back
+    reply.ctx = { seq = ctx_seq, state = ctx.state, shared = ctx.shared }
+  end
   local ok, text = pcall(self.encode, self, reply)
   if not ok then
     text = self:encode({ t = "error", seq = m.seq, message = tostring(text) })
   end
-  self.ch:send(text)
+  if self.alive then -- a nested call may have ended the process (its deadline)
+    self:send(text)
+  end
 end
 
 -- The ctx tables the runner makes (Runner:ctx): they cross as data and come back.
@@ -302,6 +364,9 @@ end
 -- Calls the process's function id; with ctx, the function gets it as its first argument
 -- and what it leaves in ctx.state and ctx.shared comes back into ctx.
 function Box:invoke(id, ctx, ...)
+  if not self.alive and self.depth > 0 then -- inside a call of the process that was ended
+    error(self.dead_why or "the sandboxed playbook's process ended", 0)
+  end
   if not self.alive then -- killed at a deadline: the same source again, within the load's time
     local deadline = self.priv.deadline()
     local load_by = self.priv.monotime() + M.LOAD_SECONDS
@@ -323,8 +388,16 @@ function Box:invoke(id, ctx, ...)
     self.current_log = ctx.log
   end
   local mark = #self.calls
-  self.ch:send(self:encode(msg))
-  local ok, r = pcall(self.receive, self, seq)
+  if ctx then
+    self.contexts[seq] = ctx
+  end
+  self.depth = self.depth + 1
+  local ok, r = pcall(function()
+    self:send(msg)
+    return self:receive(seq)
+  end)
+  self.depth = self.depth - 1
+  self.contexts[seq] = nil
   self.current_log = saved_log
   for i = #self.calls, mark + 1, -1 do
     self.fns[table.remove(self.calls, i)] = nil

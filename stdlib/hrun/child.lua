@@ -63,6 +63,8 @@ SECRET.__len = function()
 end
 
 local DSL_KINDS -- DSL object → kind, from dsl.kind_of
+local views = setmetatable({}, { __mode = "k" }) -- a read-only view (ctx.params) → the table it shows
+local contexts = setmetatable({}, { __mode = "k" }) -- a ctx → the seq of the engine's call it came with
 local ARRAY = debug_getmetatable(json.array())
 
 -- A repository object (git.open, git.clone, git.init): its directory, and git's
@@ -115,6 +117,11 @@ local function special(v)
       return "g", rawget(v, "path")
     elseif mt == ARRAY then
       return "a", table.move(v, 1, #v, 1, {})
+    end
+    if views[v] then -- ctx.params and the tables in it: what they show
+      return nil, views[v]
+    elseif contexts[v] then -- handed to a module function: the engine's ctx of that call
+      return "x", contexts[v]
     end
     local kind = DSL_KINDS(v)
     if kind then
@@ -186,6 +193,23 @@ local function has_position(msg)
   return type(msg) == "string" and msg:match("^[^\n]-:%d+: ") ~= nil
 end
 
+-- ctx[k] takes the content of `from`, in place: a playbook's own reference to it stays good.
+local function refill(ctx, k, from)
+  local into = ctx[k]
+  if type(from) ~= "table" then
+    return
+  elseif type(into) ~= "table" then
+    ctx[k] = from
+    return
+  end
+  for key in pairs(into) do
+    into[key] = nil
+  end
+  for key, v in pairs(from) do
+    into[key] = v
+  end
+end
+
 call = function(target, ...)
   seq = seq + 1
   local n = seq
@@ -198,6 +222,14 @@ call = function(target, ...)
   end
   send(msg)
   local r = wait(n)
+  if type(r.ctx) == "table" then -- a module function the ctx was handed to changed it
+    for c, cseq in pairs(contexts) do
+      if cseq == r.ctx.seq then
+        refill(c, "state", r.ctx.state)
+        refill(c, "shared", r.ctx.shared)
+      end
+    end
+  end
   if r.t == "error" then
     local text = r.message or "error"
     error(text, has_position(text) and 0 or 2) -- 2: the stubs tail-call: the playbook's line
@@ -222,7 +254,7 @@ local function readonly(t)
   if type(t) ~= "table" then
     return t
   end
-  return setmetatable({}, {
+  local view = setmetatable({}, {
     __index = function(_, k)
       return readonly(t[k])
     end,
@@ -238,25 +270,35 @@ local function readonly(t)
         return nk, readonly(nv)
       end, nil, nil
     end,
+    __tojson = function()
+      return t
+    end,
   })
+  views[view] = t
+  return view
 end
 
+-- A ctx has a metatable of its own (no field of it is used) so that the wire hands it to
+-- `special` when the playbook passes it on.
+local CTX = { __name = "hrun.ctx" }
+
 -- The ctx a playbook function sees: data from the engine, log back to it.
-local function make_ctx(c)
-  local ctx = {
+local function make_ctx(c, cseq)
+  local ctx = setmetatable({
     params = readonly(c.params or {}), state = c.state or {}, shared = c.shared or {}, plan = c.plan or false,
     run_id = c.run_id, phase = c.phase, step = c.step,
-  }
+  }, CTX)
   ctx.log = function(fmt, ...)
     send({ t = "event", kind = "log", message = string.format(fmt, ...) })
   end
+  contexts[ctx] = cseq
   return ctx
 end
 
 -- The engine calls one of the playbook's functions.
 serve = function(m)
   local fn = fns[m.fn]
-  local ctx = m.ctx and make_ctx(m.ctx)
+  local ctx = m.ctx and make_ctx(m.ctx, m.seq)
   local args = m.args or {}
   local mark = #transient
   local res
@@ -269,6 +311,7 @@ serve = function(m)
   end
   local reply = { t = res[1] and "result" or "error", seq = m.seq }
   if ctx then
+    contexts[ctx] = nil
     reply.ctx = { state = ctx.state, shared = ctx.shared }
   end
   if res[1] then
@@ -377,7 +420,11 @@ local function open_read(fname, path)
     if tostring(data):find("sandbox:", 1, true) then
       error((tostring(data):gsub("fs%.read needs", fname .. " needs")), 3)
     end
-    return nil, tostring(data):gsub("^[^\n]-:%d+: ", "")
+    -- as Lua's io.open says it: "PATH: why", and the errno
+    local text = tostring(data):gsub("^[^\n]-:%d+: ", ""):gsub("^fs%.read: ", "")
+    local errno = { ["No such file or directory"] = 2, ["Permission denied"] = 13, ["Is a directory"] = 21,
+      ["Not a directory"] = 20, ["Too many levels of symbolic links"] = 40, ["File name too long"] = 36 }
+    return nil, text, errno[text:match(": ([^:]+)$") or ""]
   end
   return string_file(data)
 end
@@ -434,8 +481,8 @@ local function environment(modules)
     if type(path) ~= "string" then
       error(string.format("bad argument #1 to 'open' (string expected, got %s)", type(path)), 2)
     end
-    local f, err = open_read("io.open", path) -- not a tail call: a refusal names this line
-    return f, err
+    local f, err, code = open_read("io.open", path) -- not a tail call: a refusal names this line
+    return f, err, code
   end
   env.io.lines = function(path, ...)
     if type(path) ~= "string" then
@@ -469,7 +516,10 @@ local function name_functions(v, path, seen)
     return
   end
   for k, x in next, body do
-    local p = path .. "/" .. tostring(k)
+    -- a phase, step or check by its name (unique, whatever order a loop built them in)
+    local kind_x = DSL_KINDS(x)
+    local p = kind_x and type(x.name) == "string" and (path .. "/" .. kind_x .. ":" .. x.name)
+      or (path .. "/" .. (type(k) == "string" and k or ("#" .. tostring(k))))
     if type(x) == "function" and not fn_ids[x] then
       fn_ids[x], fns[p] = p, x
     else
@@ -486,6 +536,12 @@ DSL_KINDS = dsl.kind_of
 local confinement = cpriv.confine(init.memory)
 cpriv.memlimit(init.memory)
 send({ t = "ready", confinement = confinement })
+-- the engine may refuse to go on with what the kernel gave (a fetched playbook on a weak
+-- kernel): nothing of the playbook has run
+local go = wire.decode(assert(ch:recv()), tags)
+if go.t ~= "go" then
+  os.exit(0, false)
+end
 
 local env = environment(init.modules)
 local chunk, lerr = load(init.source, "@" .. init.path, "t", env)
@@ -508,7 +564,9 @@ else
       message = string.format("%s: the playbook is not data: %s", init.path, message_of(err)) })
   end
 end
--- then the engine's calls, until it closes the pipe
+-- then the engine's calls, until it closes the pipe; nil, message returns raise, as in a
+-- trusted playbook's functions
+cpriv.strict(true)
 while true do
   local line = ch:recv()
   if not line then

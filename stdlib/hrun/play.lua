@@ -102,8 +102,21 @@ end
 -- the kernel, within LOAD_SECONDS and its memory limit; what comes back is data, with a
 -- stub for each of its functions, and the engine validates that. pb.box is the process.
 local function load_sandboxed(priv, path, src, state, opts)
-  local box = boundary.open(priv, M.modules(priv, state),
-    { memory = M.memory_limit(opts or {}), stdlib = priv.stdlib })
+  opts = opts or {}
+  -- a fetched playbook does not run where the kernel cannot confine it, unless told
+  local strict = M.fetched(priv, path) and not opts.allow_weak_sandbox
+  local box = boundary.open(priv, M.modules(priv, state), { memory = M.memory_limit(opts), stdlib = priv.stdlib,
+    accept = function(confinement)
+      local missing = confinement and confinement.missing or {}
+      if strict and #missing > 0 then
+        local lines = { string.format("refusing the fetched playbook %s: this kernel cannot confine it fully:", path) }
+        for _, m in ipairs(missing) do
+          lines[#lines + 1] = "  " .. m
+        end
+        lines[#lines + 1] = "run it with --allow-weak-sandbox to accept that (docs/security.md)"
+        error(table.concat(lines, "\n"), 0)
+      end
+    end })
   local ok, res = pcall(box.load, box, path, src)
   if not ok then
     bad(tostring(res))
@@ -121,16 +134,6 @@ local function load_sandboxed(priv, path, src, state, opts)
   end
   pb.params, pb.capabilities = params, dsl.plain(pb.capabilities)
   pb.box = box
-  local missing = box.confinement and box.confinement.missing or {}
-  if #missing > 0 and M.fetched(priv, path) and not (opts or {}).allow_weak_sandbox then
-    box:kill()
-    local lines = { string.format("refusing the fetched playbook %s: this kernel cannot confine it fully:", path) }
-    for _, m in ipairs(missing) do
-      lines[#lines + 1] = "  " .. m
-    end
-    lines[#lines + 1] = "run it with --allow-weak-sandbox to accept that (docs/security.md)"
-    bad(table.concat(lines, "\n"))
-  end
   return pb
 end
 

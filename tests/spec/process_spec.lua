@@ -296,3 +296,171 @@ describe("across the pipe", function()
       big = math.maxinteger } })
   end)
 end)
+
+describe("what a review found", function()
+  it("undoes each step with its own undo after a restart, however a loop ordered the steps", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "pb.lua", [[
+local set = {}
+for _, n in ipairs({ "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel" }) do
+  set[n] = true
+end
+local body = {}
+for n in pairs(set) do -- pairs: another order in each new Lua state
+  body[#body + 1] = step(n) {
+    run = function(ctx) fs.write(ctx.params.dir .. "/" .. n, n) end,
+    undo = function(ctx) fs.write(ctx.params.dir .. "/undo-" .. ctx.step, n) end,
+  }
+end
+body[#body + 1] = step "spin" { timeout = 1, run = function() while true do end end }
+return playbook { name = "order", params = { dir = "" }, capabilities = { "fs:]] .. d .. [[" },
+  phase "p" (body) }]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, "timed out after 1 s")
+    for _, n in ipairs({ "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel" }) do
+      eq(fs.read(d .. "/undo-" .. n), n, "the undo of " .. n .. " is its own")
+    end
+  end)
+
+  it("refuses a playbook whose file gives other functions when its process starts again", function()
+    local d = tmpdir()
+    -- the first load has a step "odd" or "even" by the clock's parity: a later load may not
+    local p = sandboxed(d, { "fs:" .. d }, [[
+    step "first" { run = function(ctx) fs.write(ctx.params.dir .. "/first", "1") end,
+      undo = function(ctx) fs.remove(ctx.params.dir .. "/first") end },
+    step(tostring(math.random(1, 1 << 40))) { run = function() end, undo = function() end },
+    step "spin" { timeout = 0.5, run = function() while true do end end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 2, r.stdout)
+    has(r.stdout, "the playbook's file gave another playbook when its process was started again")
+  end)
+
+  it("hands ctx.params and ctx to module functions as they are, and ctx comes back changed", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "pb.lua", [[
+return playbook {
+  name = "ctx", params = { dir = "", files = { a = 1, b = 2 } },
+  capabilities = { "fs:]] .. d .. [[" },
+  phase "p" {
+    step "keys" { run = function(ctx)
+      local st = ctx.shared
+      migrate.stop_old(ctx, {}, { { name = "svc" } })
+      assert(st == ctx.shared and type(ctx.shared.stopped.svc) == "number", "the engine's change came back")
+      fs.write(ctx.params.dir .. "/keys", table.concat(migrate.keys(ctx.params.files), ",") .. " " ..
+        json.encode(ctx.params.files))
+    end },
+    step "next" { run = function(ctx)
+      assert(type(ctx.shared.stopped.svc) == "number", "and was journaled")
+    end },
+  },
+}]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(d .. "/keys"), 'a,b {"a":1,"b":2}')
+  end)
+
+  it("survives finalizers that call hrun while a message is read", function()
+    local d = tmpdir()
+    local p = sandboxed(d, { "fs:" .. d }, [[
+    step "s" { run = function(ctx)
+      for i = 1, 20000 do
+        setmetatable({}, { __gc = function() fs.exists(ctx.params.dir) end })
+        if i % 50 == 0 then fs.exists(ctx.params.dir) end
+      end
+      fs.write(ctx.params.dir .. "/done", "yes")
+    end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(d .. "/done"), "yes")
+  end)
+
+  it("masks a secret in table keys too", function()
+    local d = tmpdir()
+    fs.write(d .. "/pass", "hunter2-key-secret\n")
+    exec.run({ "chmod", "600", d .. "/pass" })
+    local p = sandboxed(d, { "secrets:" .. d, "exec:sh", "env:K", "fs:" .. d }, [[
+    step "s" { run = function(ctx)
+      local s = secrets.read(ctx.params.dir .. "/pass")
+      local r = exec.run({ "sh", "-c", "printf '{\"%s\": 1}' \"$K\"" }, { env = { K = s } })
+      local keys = {}
+      for k in pairs(json.decode(r.stdout)) do
+        keys[#keys + 1] = k:reverse()
+      end
+      fs.write(ctx.params.dir .. "/keys", table.concat(keys, ","))
+    end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(d .. "/keys"), ("<secret>"):reverse())
+    -- what the engine sends the process: a key holding the bytes is masked as a value is
+    r = hrun_cmd({ "-e", string.format([[
+      local f = %q
+      local s = secrets.read(f)
+      local raw = fs.read(f):gsub("\n$", "")
+      io.stdout:write(require("hrun.wire").encode({ [raw .. "-key"] = raw }, nil, true))
+      assert(s)]], d .. "/pass") })
+    eq(r.stdout, '{"<secret>-key":"<secret>"}', r.stderr)
+  end)
+
+  it("runs none of a fetched playbook's file before refusing a weak sandbox", function()
+    local d = tmpdir()
+    local state = d .. "/state"
+    fs.mkdir(state .. "/playbooks/shared", { parents = true })
+    fs.write(state .. "/playbooks/shared.lock", "{}")
+    local p = sandboxed(state .. "/playbooks/shared", {}, [[
+    step "s" { run = function() end },]], 'print("TOP-LEVEL CODE RAN")')
+    local r = run({ p, "--state", state }, { HRUN_SANDBOX_OMIT = "landlock" })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    ok(not (r.stdout .. r.stderr):find("TOP-LEVEL CODE RAN", 1, true), r.stdout)
+  end)
+
+  it("raises from a module function's nil, message as a trusted step does", function()
+    local d = tmpdir()
+    local p = sandboxed(d, { "fs:" .. d }, [[
+    step "s" { run = function(ctx) json.decode("{not json") end },]])
+    for _, sb in ipairs({ "--sandbox", "--plan" }) do
+      local r = run({ p, sb, "--state", d .. "/state", "-p", "dir=" .. d })
+      eq(r.code, 1, r.stdout)
+      has(r.stdout, "pb.lua:6: json.decode: line 1 column")
+    end
+  end)
+
+  it("says a step timed out when its deadline struck inside a callback", function()
+    local d = tmpdir()
+    local p = sandboxed(d, { "exec:sh", "fs:" .. d }, [[
+    step "s" { timeout = 1, run = function(ctx)
+      exec.run({ "sh", "-c", "while :; do echo x; sleep 0.01; done" }, { stream = function() while true do end end })
+    end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, "step 's' failed: timed out after 1 s")
+  end)
+
+  it("leaves nothing open in the playbook's process but its pipe and stdio", function()
+    local d = tmpdir()
+    local p = sandboxed(d, { "fs:" .. d }, [[
+    step "s" { run = function(ctx) local t = os.time() + 2 while os.time() < t do end end },]])
+    local r = exec.sh(string.format("exec 7</etc/hostname; %s %s --sandbox --state %s -p dir=%s & pid=$!; sleep 1; " ..
+      "for c in $(pgrep -f \"__sandbox .* $pid\\$\"); do ls /proc/$c/fd; done; wait $pid", shq(HRUN), shq(p),
+      shq(d .. "/state"), shq(d)), { check = false })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    local fds = {}
+    for fd in r.stdout:gmatch("(%d+)\n") do
+      fds[#fds + 1] = tonumber(fd)
+    end
+    table.sort(fds)
+    eq(fds, { 0, 1, 2, 3, 4 })
+  end)
+
+  it("gives io.open's answers as Lua's io.open does", function()
+    local d = tmpdir()
+    local p = sandboxed(d, { "fs:" .. d }, [[
+    step "s" { run = function(ctx)
+      local f, msg, code = io.open(ctx.params.dir .. "/missing")
+      fs.write(ctx.params.dir .. "/got", tostring(f) .. "|" .. tostring(msg) .. "|" .. tostring(code))
+    end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout)
+    eq(fs.read(d .. "/got"), "nil|" .. d .. "/missing: No such file or directory|2")
+  end)
+end)
