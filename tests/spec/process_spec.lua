@@ -325,11 +325,11 @@ return playbook { name = "order", params = { dir = "" }, capabilities = { "fs:]]
 
   it("refuses a playbook whose file gives other functions when its process starts again", function()
     local d = tmpdir()
-    -- the first load has a step "odd" or "even" by the clock's parity: a later load may not
+    -- a step named by the clock: the process started again names it otherwise
     local p = sandboxed(d, { "fs:" .. d }, [[
     step "first" { run = function(ctx) fs.write(ctx.params.dir .. "/first", "1") end,
       undo = function(ctx) fs.remove(ctx.params.dir .. "/first") end },
-    step(tostring(math.random(1, 1 << 40))) { run = function() end, undo = function() end },
+    step(("%d-%.0f"):format(os.time(), os.clock() * 1e9)) { run = function() end, undo = function() end },
     step "spin" { timeout = 0.5, run = function() while true do end end },]])
     local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
     eq(r.code, 2, r.stdout)
