@@ -406,17 +406,8 @@ function Box:invoke(id, ctx, ...)
     error(r, 0)
   end
   if ctx and type(r.ctx) == "table" then
-    for _, k in ipairs({ "state", "shared" }) do
-      local into, from = ctx[k], r.ctx[k]
-      if type(into) == "table" and type(from) == "table" then
-        for key in pairs(into) do
-          into[key] = nil
-        end
-        for key, v in pairs(from) do
-          into[key] = v
-        end
-      end
-    end
+    dsl.refill(ctx, "state", r.ctx.state)
+    dsl.refill(ctx, "shared", r.ctx.shared)
   end
   if r.t == "error" then
     error(tostring(r.message), 0)

@@ -193,23 +193,6 @@ local function has_position(msg)
   return type(msg) == "string" and msg:match("^[^\n]-:%d+: ") ~= nil
 end
 
--- ctx[k] takes the content of `from`, in place: a playbook's own reference to it stays good.
-local function refill(ctx, k, from)
-  local into = ctx[k]
-  if type(from) ~= "table" then
-    return
-  elseif type(into) ~= "table" then
-    ctx[k] = from
-    return
-  end
-  for key in pairs(into) do
-    into[key] = nil
-  end
-  for key, v in pairs(from) do
-    into[key] = v
-  end
-end
-
 call = function(target, ...)
   seq = seq + 1
   local n = seq
@@ -225,8 +208,8 @@ call = function(target, ...)
   if type(r.ctx) == "table" then -- a module function the ctx was handed to changed it
     for c, cseq in pairs(contexts) do
       if cseq == r.ctx.seq then
-        refill(c, "state", r.ctx.state)
-        refill(c, "shared", r.ctx.shared)
+        dsl.refill(c, "state", r.ctx.state)
+        dsl.refill(c, "shared", r.ctx.shared)
       end
     end
   end
@@ -250,33 +233,6 @@ local function message_of(err)
   return text
 end
 
-local function readonly(t)
-  if type(t) ~= "table" then
-    return t
-  end
-  local view = setmetatable({}, {
-    __index = function(_, k)
-      return readonly(t[k])
-    end,
-    __newindex = function(_, k)
-      error(string.format("ctx.params is read-only (tried to set '%s')", tostring(k)), 2)
-    end,
-    __len = function()
-      return #t
-    end,
-    __pairs = function()
-      return function(_, k)
-        local nk, nv = next(t, k)
-        return nk, readonly(nv)
-      end, nil, nil
-    end,
-    __tojson = function()
-      return t
-    end,
-  })
-  views[view] = t
-  return view
-end
 
 -- A ctx has a metatable of its own (no field of it is used) so that the wire hands it to
 -- `special` when the playbook passes it on.
@@ -285,8 +241,8 @@ local CTX = { __name = "hrun.ctx" }
 -- The ctx a playbook function sees: data from the engine, log back to it.
 local function make_ctx(c, cseq)
   local ctx = setmetatable({
-    params = readonly(c.params or {}), state = c.state or {}, shared = c.shared or {}, plan = c.plan or false,
-    run_id = c.run_id, phase = c.phase, step = c.step,
+    params = dsl.readonly(c.params or {}, views), state = c.state or {}, shared = c.shared or {},
+    plan = c.plan or false, run_id = c.run_id, phase = c.phase, step = c.step,
   }, CTX)
   ctx.log = function(fmt, ...)
     send({ t = "event", kind = "log", message = string.format(fmt, ...) })

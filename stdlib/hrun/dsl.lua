@@ -428,6 +428,58 @@ function M.environment(modules, guard)
   return env
 end
 
+-- readonly(t [, views]) → a read-only view of t (ctx.params): reads go to t, writes raise,
+-- pairs and # work, json.encode gives t. views, a table, gets view → t for each view made
+-- (the sandbox's process sends what a view shows).
+function M.readonly(t, views)
+  if type(t) ~= "table" then
+    return t
+  end
+  local view = setmetatable({}, {
+    __index = function(_, k)
+      return M.readonly(t[k], views)
+    end,
+    __newindex = function(_, k)
+      error(string.format("ctx.params is read-only (tried to set '%s')", tostring(k)), 2)
+    end,
+    __len = function()
+      return #t
+    end,
+    __pairs = function()
+      return function(_, k)
+        local nk, nv = next(t, k)
+        return nk, M.readonly(nv, views)
+      end, nil, nil
+    end,
+    __tojson = function()
+      return t
+    end,
+  })
+  if views then
+    views[view] = t
+  end
+  return view
+end
+
+-- refill(ctx, k, from): ctx[k] takes the content of the table `from`, in place, so that a
+-- reference to ctx[k] (a playbook's local) stays good. ctx.state and ctx.shared come back
+-- so from the sandbox's process and from the engine.
+function M.refill(ctx, k, from)
+  local into = ctx[k]
+  if type(from) ~= "table" then
+    return
+  elseif type(into) ~= "table" then
+    ctx[k] = from
+    return
+  end
+  for key in pairs(into) do
+    into[key] = nil
+  end
+  for key, v in pairs(from) do
+    into[key] = v
+  end
+end
+
 -- plain(v [, lenient]) → a copy of v as data: tables without metatables (read with next,
 -- so no metamethod runs), strings, numbers, booleans. Anything else (a function among a
 -- playbook's parameters) raises, or with lenient is left out; so does a table inside

@@ -129,31 +129,6 @@ local function restate(priv, states)
 end
 
 -- A read-only view of t (and of the tables in it).
-local function readonly(t)
-  if type(t) ~= "table" then
-    return t
-  end
-  return setmetatable({}, {
-    __index = function(_, k)
-      return readonly(t[k])
-    end,
-    __newindex = function(_, k)
-      error(string.format("ctx.params is read-only (tried to set '%s')", tostring(k)), 2)
-    end,
-    __len = function()
-      return #t
-    end,
-    __pairs = function()
-      return function(_, k)
-        local nk, nv = next(t, k)
-        return nk, readonly(nv)
-      end, nil, nil
-    end,
-    __tojson = function()
-      return t
-    end,
-  })
-end
 
 -- o: priv, ui, pb (validated), params, journal (nil for plans), opts {plan, yes, from,
 -- only, verbose}, path, hash
@@ -168,7 +143,7 @@ function M.new(o)
   r.irreversible_planned = 0
   r.flake_edits = {} -- plans: flake file → the text the planned edits leave
   r.flake_updates = {} -- plans: flake dir → the inputs planned to update ({all = true}: all)
-  r.ro_params = readonly(r.params or {})
+  r.ro_params = require("hrun.dsl").readonly(r.params or {})
   return r
 end
 
