@@ -625,13 +625,20 @@ static int l_wait(lua_State *L)
             lua_replace(L, 5);
             lua_pop(L, 1);
         }
-        if (hrun_monotime() + interval > end) break;
-        if (hrun_sleep(interval) < 0) return hrun_raiseinterrupt(L);
+        /* the last attempt is at the end of the time given, not an interval before it */
+        double wait = end - hrun_monotime();
+        if (wait <= 0.001) {
+            lua_pushinteger(L, attempt);
+            break;
+        }
+        if (hrun_sleep(wait < interval ? wait : interval) < 0) return hrun_raiseinterrupt(L);
         double deadline = hrun_deadline(L);
         if (deadline > 0 && hrun_monotime() >= deadline) return hrun_raisetimeout(L);
     }
-    return hrun_failf(L, "ETIMEDOUT", "http.wait: %s: not healthy after %f s: %s", url, timeout,
-                      lua_tostring(L, 5));
+    char took[32]; /* the time it took, as a person reads it */
+    snprintf(took, sizeof took, "%.1f", hrun_monotime() - start);
+    return hrun_failf(L, "ETIMEDOUT", "http.wait: %s: not healthy after %s s (%d attempts): %s",
+                      url, took, (int)lua_tointeger(L, -1), lua_tostring(L, 5));
 }
 
 /* }====================================================== */

@@ -83,6 +83,14 @@ end
 
 -- }======================================================
 
+-- Options of the tools people come from, and where hrun does that.
+local PEERS = {
+  ["--check"] = "hrun plan PLAYBOOK.lua changes nothing, as ansible-playbook --check",
+  ["--dry-run"] = "hrun plan PLAYBOOK.lua changes nothing and lists every write it would do",
+  ["-C"] = "hrun plan PLAYBOOK.lua changes nothing, as ansible-playbook -C",
+  ["--list-tasks"] = "hrun check PLAYBOOK.lua lists the phases and steps",
+}
+
 local commands = {}
 local command_order = { "playbook", "plan", "check", "resume", "rollback", "resolve", "runs", "show", "hash", "verify",
   "fetch",
@@ -341,6 +349,9 @@ commands.runs = {
     if #args > 0 then
       usage_error("runs takes no arguments, got '%s'", args[1])
     end
+    if opts.count ~= nil and not tostring(opts.count):match("^[1-9]%d*$") then
+      usage_error("-n %s: expected how many runs, a number such as 20", tostring(opts.count))
+    end
     return play(opts, require("hrun.play").runs, need_state(opts))
   end,
 }
@@ -456,6 +467,10 @@ An uncaught error prints file:line: message (a traceback with -v) and exits 1.]]
     end
     if path == "-" then
       fn, err = load(io.stdin:read("a"), "=stdin", "t")
+    elseif not fs.exists(path) then -- what does not exist is bad input, as for every command
+      local _, why = fs.stat(path)
+      report_error(opts, (tostring(why):gsub("^fs%.stat: ", "")))
+      return EXIT_USAGE
     else
       fn, err = loadfile(path, "t")
     end
@@ -494,6 +509,56 @@ Runs each CODE in order, as a chunk with fs, exec, json and sys as globals:
   end,
 }
 
+-- The Lua modules a REPL loads beside the native ones, as playbooks have them.
+local HELPERS = { "checks", "pg", "migrate", "notify" }
+
+-- help([module]) in the REPL: the modules, or one module's functions with what each does
+-- to the system (pure, read, write) and the capability it needs.
+local function repl_help(env)
+  return function(what)
+    local kinds = {}
+    for _, p in ipairs(priv.primitives()) do
+      kinds[p.name] = p
+    end
+    local names = {}
+    for name, mod in pairs(env) do
+      if type(mod) == "table" and (package.loaded["hrun." .. name] == mod or kinds[name .. ".read"] or
+          kinds[name .. ".run"]) then
+        names[#names + 1] = name
+      end
+    end
+    table.sort(names)
+    if what == nil then
+      io.stdout:write("modules: ", table.concat(names, " "), "\n",
+        "help(\"fs\") lists a module's functions; docs/reference.md says what each does.\n")
+      return
+    end
+    local mod = type(what) == "table" and what or env[tostring(what)]
+    local name = type(what) == "string" and what or nil
+    for _, n in ipairs(names) do
+      if env[n] == mod then
+        name = n
+      end
+    end
+    if type(mod) ~= "table" then
+      io.stdout:write(string.format("no module '%s' (modules: %s)\n", tostring(what), table.concat(names, " ")))
+      return
+    end
+    local fns = {}
+    for k, v in pairs(mod) do
+      if type(v) == "function" and type(k) == "string" and k:sub(1, 1) ~= "_" then
+        fns[#fns + 1] = k
+      end
+    end
+    table.sort(fns)
+    for _, k in ipairs(fns) do
+      local p = kinds[name .. "." .. k]
+      io.stdout:write(string.format("  %-28s %s\n", name .. "." .. k,
+        p and (p.kind .. (p.cap and (", needs " .. p.cap) or "")) or "Lua (calls the native functions)"))
+    end
+  end
+end
+
 commands.repl = {
   usage = "hrun repl [PLAYBOOK.lua [-p K=V]...]",
   summary = "interactive Lua with every module loaded",
@@ -509,6 +574,9 @@ rollback() undoes what the session did.]],
   run = function(opts, args)
     local path = one_arg("repl", args, "playbook", true)
     local repl = require "hrun.repl"
+    for _, m in ipairs(HELPERS) do -- the Lua modules too, as playbooks have them
+      _G[m] = _G[m] or require("hrun." .. m)
+    end
     local ropts = { env = _G, color = opts.color, verbose = opts.verbose }
     local session
     if path then
@@ -526,6 +594,7 @@ rollback() undoes what the session did.]],
       session = res
       ropts.env = session.env
     end
+    ropts.env.help = repl_help(ropts.env)
     local status
     if not priv.isatty(0) then
       status = repl.piped(priv, ropts, io.stdin)
@@ -537,7 +606,7 @@ rollback() undoes what the session did.]],
         io.stderr:write("hrun: no history: ", err, "\n")
       end
       ropts.banner = string.format(
-        "hrun %s (%s) — modules: btrfs exec fs git hash http json nixos podman service sqlite sys%s. Ctrl-D exits.",
+        "hrun %s (%s) — every module loaded; help() lists them%s. Ctrl-D exits.",
         priv.version, _VERSION,
         session and (" — playbook " .. session.pb.name .. ": phases(), steps(), run_step(name)") or "")
       status = repl.interactive(priv, ropts)
@@ -562,6 +631,22 @@ commands.version = {
   end,
 }
 
+-- The commands a person types by name.
+local function visible_commands()
+  local out = {}
+  for _, name in ipairs(command_order) do
+    if name ~= "playbook" and name ~= "run" and name ~= "-e" then
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
+-- s padded with spaces to `width` characters (not bytes: "…" is one)
+local function pad(s, width)
+  return s .. string.rep(" ", math.max(1, width - (utf8.len(s) or #s)))
+end
+
 local function general_help()
   local lines = {
     "hrun — journaled, checked, reversible changes to a server, written in Lua.",
@@ -569,7 +654,11 @@ local function general_help()
     "Usage:",
   }
   for _, name in ipairs(command_order) do
-    lines[#lines + 1] = string.format("  %-46s %s", commands[name].usage:gsub(" %[%-.*", " …"), commands[name].summary)
+    local usage = commands[name].usage:gsub(" %[%-.*", " …")
+    local _, open = usage:gsub("%[", "")
+    local _, close = usage:gsub("%]", "")
+    usage = usage .. string.rep("]", open - close) -- "[PLAYBOOK.lua …]": what was cut closed
+    lines[#lines + 1] = "  " .. pad(usage, 46) .. commands[name].summary
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "Global options (any command, any position before a script's path):"
@@ -681,8 +770,10 @@ local function parse(args)
       flag = flag or a
       local spec = flags[flag]
       if not spec then
-        local near = priv.nearest(flag, flag_names())
-        usage_error("unknown option '%s'%s", a, near and string.format(" (did you mean '%s'?)", near) or "")
+        local pointer = PEERS[flag]
+        local near = not pointer and priv.nearest(flag, flag_names())
+        usage_error("unknown option '%s'%s", a, pointer and (" (" .. pointer .. ")")
+          or near and string.format(" (did you mean '%s'?)", near) or "")
       end
       local value = true
       if spec.value then
@@ -712,8 +803,10 @@ local function parse(args)
       elseif is_file_arg(a) then
         name = kind_of_file(a)
         words[1] = a
+      elseif a == "run" or a == "playbook" then -- the command is the playbook's path
+        usage_error("unknown command '%s': a playbook runs by its path alone (hrun PLAYBOOK.lua)", a)
       else
-        local near = priv.nearest(a, command_order)
+        local near = priv.nearest(a, visible_commands())
         usage_error("unknown command '%s'%s", a,
           near and string.format(" (did you mean '%s'?)", near) or " (a playbook's or script's name ends in .lua)")
       end

@@ -612,7 +612,7 @@ local function read_params_file(path)
   local fs = require "hrun.fs"
   local text, err = fs.read(path)
   if not text then
-    return nil, err
+    return nil, (tostring(err):gsub("^fs%.read: ", "")) -- the file and why, not the primitive
   end
   if path:match("%.json$") then
     local v, jerr = require("hrun.json").decode(text)

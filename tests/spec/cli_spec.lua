@@ -57,10 +57,13 @@ describe("hrun SCRIPT", function()
     eq(r.stdout, "true\n")
   end)
 
-  it("reports a script that is not there", function()
+  it("reports a script or playbook that is not there as bad input (exit 3), as plan does", function()
     local r = hrun_cmd({ "/nonexistent/x.lua" })
-    eq(r.code, 1)
-    has(r.stderr, "cannot open /nonexistent/x.lua")
+    eq(r.code, 3)
+    eq(r.stderr, "hrun: /nonexistent/x.lua: No such file or directory\n")
+    r = hrun_cmd({ "plan", "/nonexistent/x.lua" })
+    eq(r.code, 3)
+    has(r.stderr, "/nonexistent/x.lua: No such file or directory")
   end)
 
   it("can run -e chunks before a script", function()
@@ -104,6 +107,27 @@ describe("usage errors", function()
     has(r.stderr, "no command 'nope'")
   end)
 
+  it("point people who type another tool's words at hrun's", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "pb.lua",
+      [[return playbook { name = "x", phase "p" { step "s" { run = function() end } } }]])
+    local r = hrun_cmd({ "run", p })
+    eq(r.code, 3)
+    has(r.stderr, "unknown command 'run': a playbook runs by its path alone (hrun PLAYBOOK.lua)")
+    for _, opt in ipairs({ "--check", "--dry-run" }) do
+      r = hrun_cmd({ p, opt })
+      eq(r.code, 3)
+      has(r.stderr, "unknown option '" .. opt .. "' (hrun plan PLAYBOOK.lua changes nothing")
+    end
+    r = hrun_cmd({ "runs", "-n", "x", "--state", d })
+    eq(r.code, 3)
+    has(r.stderr, "-n x: expected how many runs, a number such as 20")
+    r = hrun_cmd({ p, "--params", d .. "/nothere.json", "--state", d })
+    eq(r.code, 3)
+    has(r.stderr, "--params " .. d .. "/nothere.json: No such file or directory")
+    ok(not r.stderr:find("fs.read", 1, true), r.stderr)
+  end)
+
   it("accept global options in any position", function()
     eq(hrun_cmd({ "version", "--no-color", "-v" }).code, 0)
     eq(hrun_cmd({ "--state", "/tmp", "version" }).code, 0)
@@ -126,6 +150,21 @@ describe("help and version", function()
     eq(hrun_cmd({ "--help" }).stdout, r.stdout)
     eq(hrun_cmd({}).stdout, r.stdout)
     has(hrun_cmd({ "repl", "--help" }).stdout, "Usage: hrun repl")
+    -- the summaries line up, counted in characters ("…" is one), and brackets close
+    local column
+    for line in r.stdout:gmatch("[^\n]+") do
+      local usage = line:match("^  (hrun .-)%s%s+%S")
+      if usage and utf8.len(usage) < 46 then
+        local at = utf8.len(line:match("^(  hrun .-%s%s+)%S"))
+        column = column or at
+        eq(at, column, line)
+        local _, open = usage:gsub("%[", "")
+        local _, close = usage:gsub("%]", "")
+        eq(open, close, usage)
+      end
+    end
+    ok(column ~= nil, "usage lines found")
+    has(r.stdout, "hrun repl [PLAYBOOK.lua …]")
   end)
 
   it("lists every native function with its kind and capability", function()

@@ -111,11 +111,18 @@ describe("http.wait", function()
 
   it("fails with the last status or error when the time is up", function()
     local u = server()
-    fails("ETIMEDOUT", "http.wait: " .. u .. "/status/502: not healthy after 0.3 s: status 502", http.wait,
-      u .. "/status/502", { timeout = 0.3, interval = 0.1 })
+    -- the last attempt is at the end of the time given, and the message says the time taken
+    local t0 = sys.now()
+    local res, msg, code = http.wait(u .. "/status/502", { timeout = 1, interval = 0.4 })
+    local took = sys.now() - t0
+    eq({ res, code }, { nil, "ETIMEDOUT" })
+    ok(took >= 1 and took < 1.5, "it waited the time given: " .. took)
+    local where = u:gsub("%p", "%%%0")
+    ok(msg:find("^http%.wait: " .. where .. "/status/502: not healthy after 1%.[01] s %(4 attempts%): status 502$"),
+      msg)
     fails("ETIMEDOUT", "status 200, body not matching 'nextcloud'", http.wait, u .. "/status/200",
       { match = "nextcloud", timeout = 0.3, interval = 0.1 })
-    fails("ETIMEDOUT", "not healthy after 0.3 s: http.request: http://127.0.0.1:1/: ", http.wait,
+    fails("ETIMEDOUT", "not healthy after 0.3 s (4 attempts): http.request: http://127.0.0.1:1/: ", http.wait,
       "http://127.0.0.1:1/", { timeout = 0.3, interval = 0.1 })
   end)
 

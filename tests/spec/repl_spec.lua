@@ -93,6 +93,18 @@ describe("repl on a pipe", function()
     eq(r.code, 0)
   end)
 
+  it("has every module a playbook has, and help() lists them and their functions", function()
+    local r = hrun_cmd({ "repl" }, { stdin = "return checks ~= nil, pg ~= nil, migrate ~= nil, notify ~= nil\n" ..
+      "help()\nhelp('sqlite')\nhelp(migrate)\nhelp('nope')\n" })
+    eq(r.code, 0, r.stderr)
+    has(r.stdout, "true\ttrue\ttrue\ttrue\n")
+    has(r.stdout, "modules: btrfs checks exec fs git hash http json migrate nixos notify pg podman secrets service " ..
+      "sqlite sys\n")
+    has(r.stdout, "  sqlite.backup                write, needs fs\n  sqlite.query                 read, needs fs\n")
+    has(r.stdout, "  migrate.keys                 Lua (calls the native functions)\n")
+    has(r.stdout, "no module 'nope' (modules: btrfs")
+  end)
+
   it("reports errors on stderr and exits 1", function()
     local r = hrun_cmd({ "repl" }, { stdin = "error('bad')\nreturn 1\nfunction h(\n" })
     eq(r.stdout, "1\n")
