@@ -540,6 +540,9 @@ function Journal:run(id)
     s.undos = self.db:query("SELECT * FROM undos WHERE step = ? ORDER BY id", s.id)
   end
   r.events = self.db:query("SELECT * FROM events WHERE run = ? ORDER BY id", id)
+  for _, e in ipairs(r.events) do -- each event as the value it is (show --json: not JSON in a string)
+    e.data = codec.decode(e.data)
+  end
   return r
 end
 

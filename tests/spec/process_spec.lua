@@ -202,6 +202,9 @@ describe("across the pipe", function()
       states[st.name] = st.state
     end
     eq(states.one, { path = d .. "/one" })
+    -- each event is a value in show --json, not JSON inside a string
+    eq(show.events[1].data.event, "run-start")
+    eq(show.events[1].data.playbook, "proc")
     eq(show.shared, { list = { 1, 2.5, "three", { nested = true } } })
   end)
 
