@@ -21,6 +21,9 @@ local step_fields = {
   description = "string", irreversible = "boolean",
 }
 
+-- The types a required parameter may have.
+local PARAM_TYPES = { string = true, number = true, boolean = true, table = true }
+
 local function sorted_keys(t)
   local keys = {}
   for k in pairs(t) do
@@ -103,11 +106,15 @@ local function named(kind)
   end
 end
 
--- The four DSL functions, as playbooks see them.
+-- The DSL functions, as playbooks see them. required "string" stands for a parameter
+-- that has no default: the run needs it given (-p, --params).
 function M.constructors()
   return {
     playbook = function(body)
       return make("playbook", nil, caller_location(), body)
+    end,
+    required = function(kind)
+      return make("required", kind, caller_location(), nil)
     end,
     phase = named("phase"),
     step = named("step"),
@@ -261,10 +268,23 @@ function M.validate(pb, nearest, where, capability)
   end
   local out = {
     name = b.name, version = b.version, description = b.description,
-    params = type(b.params) == "table" and b.params or {},
+    params = {}, required = {},
     capabilities = b.capabilities or {}, on_failure = b.on_failure or "rollback",
     loc = pb.loc, phases = {},
   }
+  -- params: defaults, and required "TYPE" for those that have none
+  for k, v in pairs(type(b.params) == "table" and b.params or {}) do
+    if objects[v] == "required" then
+      if PARAM_TYPES[v.name] then
+        out.required[k] = v.name
+      else
+        p:add(v.loc, "playbook: params.%s: required takes \"string\", \"number\", \"boolean\" or \"table\", got %s",
+          tostring(k), type(v.name) == "string" and string.format("%q", v.name) or type(v.name))
+      end
+    else
+      out.params[k] = v
+    end
+  end
   local seen = {}
   for i = 1, #b do
     local ph = b[i]
@@ -581,8 +601,7 @@ end
 -- override them. Every key must be declared; values take the type of the default.
 -- ======================================================
 
-local function convert(value, default, key)
-  local want = type(default)
+local function convert(value, want, key)
   if want == "string" then
     return value
   elseif want == "number" then
@@ -641,12 +660,19 @@ end
 function M.params(pb, files, kvs, nearest)
   local p = new_problems(nearest)
   local out = {}
+  local required = pb.required or {}
+  local kinds = {} -- each parameter's type: its default's, or the one required
   for k, v in pairs(pb.params) do
-    out[k] = v
+    out[k], kinds[k] = v, type(v)
   end
+  for k, t in pairs(required) do
+    kinds[k] = t
+  end
+  local given = {} -- what -p or --params named, well or not: no "is required" beside its error
   local function check_key(key, from)
-    if pb.params[key] == nil then
-      local near = nearest(key, sorted_keys(pb.params))
+    given[key] = true
+    if kinds[key] == nil then
+      local near = nearest(key, sorted_keys(kinds))
       p:add(nil, "%s: the playbook has no parameter '%s'%s", from, key,
         near and string.format(" (did you mean '%s'?)", near) or "")
       return false
@@ -660,8 +686,8 @@ function M.params(pb, files, kvs, nearest)
     else
       for k, v in pairs(t) do
         if check_key(k, file) then
-          if type(v) ~= type(pb.params[k]) then
-            p:add(nil, "%s: parameter '%s' must be a %s, got %s", file, k, type(pb.params[k]), type(v))
+          if type(v) ~= kinds[k] then
+            p:add(nil, "%s: parameter '%s' must be a %s, got %s", file, k, kinds[k], type(v))
           else
             out[k] = v
           end
@@ -674,12 +700,18 @@ function M.params(pb, files, kvs, nearest)
     if not key then
       p:add(nil, "-p %s: expected key=value", kv)
     elseif check_key(key, "-p " .. kv) then
-      local v, err = convert(value, pb.params[key], key)
+      local v, err = convert(value, kinds[key], key)
       if err then
         p:add(nil, "-p %s: %s", kv, err)
       else
         out[key] = v
       end
+    end
+  end
+  for _, k in ipairs(sorted_keys(required)) do
+    if out[k] == nil and not given[k] then
+      p:add(nil, "parameter '%s' is required (a %s, no default): give it with -p %s=… or --params FILE", k,
+        required[k], k)
     end
   end
   if #p.list > 0 then

@@ -104,6 +104,43 @@ describe("parameters", function()
     eq(fs.exists(d .. "/journal.db"), false)
   end)
 
+  it("declared required have no default: each must be given, and is typed", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "rq.lua", [[
+return playbook { name = "rq", params = { host = required "string", port = required "number", mode = "fast" },
+  phase "p" { step "s" { run = function(ctx)
+    print(require("hrun.json").encode({ host = ctx.params.host, port = ctx.params.port, mode = ctx.params.mode }))
+  end } } }]])
+    for _, extra in ipairs({ {}, { "--sandbox" }, { "--plan" } }) do
+      local args = { p, "--state", d }
+      table.move(extra, 1, #extra, #args + 1, args)
+      local r = hrun_cmd(args)
+      eq(r.code, 3, r.stdout)
+      has(r.stderr, "parameter 'host' is required (a string, no default): give it with -p host=… or --params FILE")
+      has(r.stderr, "parameter 'port' is required (a number, no default)")
+    end
+    eq(fs.exists(d .. "/journal.db"), false)
+    local r = hrun_cmd({ p, "--state", d, "-p", "host=db.lan", "-p", "port=many" })
+    eq(r.code, 3)
+    has(r.stderr, "parameter 'port' must be a number, got 'many'")
+    ok(not r.stderr:find("'port' is required", 1, true), "no second message for the same parameter")
+    fs.write(d .. "/p.json", '{"host": "db.lan", "port": 5432}')
+    for _, extra in ipairs({ {}, { "--sandbox" } }) do
+      local args = { p, "--state", d, "--params", d .. "/p.json" }
+      table.move(extra, 1, #extra, #args + 1, args)
+      r = hrun_cmd(args)
+      eq(r.code, 0, r.stdout .. r.stderr)
+      eq(json.decode(r.stdout:match("({[^\n]*})")), { host = "db.lan", port = 5432, mode = "fast" })
+    end
+    local bad = playbook_file(d, "bad.lua", [[
+return playbook { name = "bad", params = { n = required "int" },
+  phase "p" { step "s" { run = function() end } } }]])
+    r = hrun_cmd({ "check", bad })
+    eq(r.code, 3)
+    has(r.stderr, "bad.lua:1: playbook: params.n: required takes \"string\", \"number\", \"boolean\" or " ..
+      "\"table\", got \"int\"")
+  end)
+
   it("are read-only in ctx", function()
     local d = tmpdir()
     local p = playbook_file(d, "ro.lua", [[
