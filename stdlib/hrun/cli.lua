@@ -54,6 +54,7 @@ local flags = {
   ["-m"] = { key = "message", value = "WHY", only = { resolve = true } },
   ["--message"] = { key = "message", value = "WHY", only = { resolve = true } },
   ["--sandbox"] = { key = "sandbox", only = { playbook = true, plan = true, check = true } },
+  ["--strict"] = { key = "strict", only = { check = true } },
   ["--allow-weak-sandbox"] = { key = "allow_weak_sandbox",
     only = { playbook = true, plan = true, check = true, resume = true, rollback = true } },
   ["--memory-limit"] = { key = "memory_limit", value = "SIZE",
@@ -274,14 +275,17 @@ marking any the declaration does not cover (a sandboxed run would refuse them).]
 }
 
 commands.check = {
-  usage = "hrun check PLAYBOOK.lua",
+  usage = "hrun check PLAYBOOK.lua [--strict] [--sandbox]",
   summary = "validate and lint a playbook, run nothing",
   help = [[
 Loads and validates the playbook (unknown fields, steps without run, duplicate names,
-wrong types, malformed capabilities — each with file:line), then lints it: globals it
-reads that the playbook environment does not have, globals it sets, and modules it
-calls whose capability it does not declare. Lists the capabilities it declares and
-those its source uses. Exit status 0 clean, 3 problems.]],
+wrong types, malformed capabilities — each with file:line), then lints it. Errors, what
+fails when it runs: a global the playbook environment does not have, a module function
+that is not there (fs.wirte: did you mean fs.write?). Warnings: a global it sets, and —
+for a playbook that declares capabilities or runs sandboxed — a module it calls whose
+capability it does not declare. Lists the capabilities it declares and those its source
+uses. Exit status 0 clean or warnings only, 3 errors (and warnings, with --strict).
+  --strict          warnings fail too (exit 3)]],
   run = function(opts, args)
     return play(opts, require("hrun.play").check, one_arg("check", args, "playbook"), need_state(opts))
   end,

@@ -449,7 +449,10 @@ function M.check(priv, opts, path, state)
   local pb = M.load(priv, path, state, sandboxed, opts)
   check_selection(priv, pb, opts)
   local env = dsl.environment(M.modules(priv, state))
-  local warnings = {}
+  -- errors: what fails when it runs (a global or a module function that is not there);
+  -- warnings: what runs but should not be so (a global set; a capability not declared,
+  -- for a playbook that declares some or runs sandboxed)
+  local errors, warnings = {}, {}
   local uses, calls = globals_used(path)
   local used = {}
   if not uses then
@@ -464,19 +467,34 @@ function M.check(priv, opts, path, state)
         warnings[#warnings + 1] = string.format("%s:%d: sets the global '%s' (use local)", path, u.line, u.name)
       elseif env[u.name] == nil then
         local near = priv.nearest(u.name, names)
-        warnings[#warnings + 1] = string.format("%s:%d: undefined global '%s'%s", path, u.line, u.name,
+        errors[#errors + 1] = string.format("%s:%d: undefined global '%s'%s", path, u.line, u.name,
           near and string.format(" (did you mean '%s'?)", near) or "")
       end
     end
+    for _, c in ipairs(calls) do
+      local mod = env[c.module]
+      if type(mod) == "table" and mod[c.name] == nil then
+        local fields = {}
+        for k in pairs(mod) do
+          fields[#fields + 1] = k
+        end
+        local near = priv.nearest(c.name, fields)
+        errors[#errors + 1] = string.format("%s:%d: %s.%s: %s has no such function%s", path, c.line, c.module,
+          c.name, c.module, near and string.format(" (did you mean '%s.%s'?)", c.module, near) or
+          " in a playbook's environment")
+      end
+    end
     used = capabilities_in_source(priv, calls)
+    local declares = #pb.capabilities > 0 or sandboxed
     for _, u in ipairs(used) do
       u.declared = declared_covers(pb.capabilities, u)
-      if not u.declared then
+      if not u.declared and declares then
         warnings[#warnings + 1] = string.format("%s:%d: %s needs the capability '%s', which the playbook does " ..
           "not declare", path, u.line, u.by, u.need)
       end
     end
   end
+  local failed = #errors > 0 or (opts.strict and #warnings > 0)
   local steps, checks = 0, 0
   for _, ph in ipairs(pb.phases) do
     for _, item in ipairs(ph.items) do
@@ -492,10 +510,14 @@ function M.check(priv, opts, path, state)
     for _, u in ipairs(used) do
       list[#list + 1] = { need = u.need, by = u.by, line = u.line, declared = u.declared }
     end
-    io.stdout:write(json.encode({ event = "check", playbook = pb.name, ok = #warnings == 0, warnings = warnings,
+    io.stdout:write(json.encode({ event = "check", playbook = pb.name, ok = not failed,
+      errors = json.array(errors), warnings = json.array(warnings),
       phases = #pb.phases, steps = steps, checks = checks, capabilities = json.array(pb.capabilities),
       uses = list, sandbox = sandboxed or false }), "\n")
   else
+    for _, e in ipairs(errors) do
+      io.stderr:write("hrun: error: ", e, "\n")
+    end
     for _, w in ipairs(warnings) do
       io.stderr:write("hrun: warning: ", w, "\n")
     end
@@ -511,7 +533,7 @@ function M.check(priv, opts, path, state)
     io.stdout:write("  capabilities used by name in the source: ", #needs > 0 and table.concat(needs, ", ") or
       "none", "\n  (paths, units and URLs are known when it runs: hrun plan lists each)\n")
   end
-  return #warnings == 0 and 0 or EXIT_BAD
+  return failed and EXIT_BAD or 0
 end
 
 -- }======================================================

@@ -711,7 +711,9 @@ function Runner:run_check(check)
   if not ok then
     err = self:explain(res)
   elseif not res then
-    err = msg ~= nil and tostring(msg) or "the check returned false"
+    -- where the check is, so that the person finds it: "pb.lua:12: check 'x' returned false"
+    local at = check.loc and string.format("%s:%d: ", check.loc.file, check.loc.line) or ""
+    err = msg ~= nil and tostring(msg) or (at .. "the check returned false")
   end
   local status = err and "failed" or "ok"
   if err and self.plan and self.planned > 0 then

@@ -201,9 +201,53 @@ return playbook {
 }]])
     r = hrun_cmd({ "check", p, "--state", d })
     eq(r.code, 3)
-    has(r.stderr, p .. ":7: sets the global 'leaked'")
-    has(r.stderr, p .. ":9: undefined global 'undefined_thing'")
+    has(r.stderr, "hrun: warning: " .. p .. ":7: sets the global 'leaked'")
+    has(r.stderr, "hrun: error: " .. p .. ":9: undefined global 'undefined_thing'")
+    has(r.stderr, "hrun: error: " .. p .. ":6: fs.wirte: fs has no such function (did you mean 'fs.write'?)")
+    has(r.stderr, "hrun: error: " .. p .. ":8: os.execute: os has no such function in a playbook's environment")
+    -- it declares no capability and is not sandboxed: no capability warnings to bury these in
+    ok(not r.stderr:find("needs the capability", 1, true), r.stderr)
     eq(fs.exists(d .. "/journal.db"), false)
+  end)
+
+  it("names the file and line of a check that fails without saying why", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "chk.lua", [[
+return playbook {
+  name = "chk",
+  phase "p" {
+    check "disk" (function() return false end),
+    step "s" { run = function() end },
+  },
+}]])
+    local r = hrun_cmd({ p, "--state", d })
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, p .. ":4: the check returned false")
+  end)
+
+  it("exits 0 on warnings alone, 3 with --strict; capability warnings where capabilities count", function()
+    local d = tmpdir()
+    local src = [[
+return playbook {
+  name = "warn",%s
+  phase "p" { step "s" { run = function() counter = 1; fs.write("/tmp/x", "y") end } },
+}]]
+    local p = playbook_file(d, "warn.lua", src:format(""))
+    local r = hrun_cmd({ "check", p, "--state", d })
+    eq(r.code, 0, r.stderr)
+    has(r.stderr, "hrun: warning: " .. p .. ":3: sets the global 'counter' (use local)")
+    ok(not r.stderr:find("capability", 1, true), r.stderr)
+    r = hrun_cmd({ "check", p, "--strict", "--state", d })
+    eq(r.code, 3)
+    r = hrun_cmd({ "check", p, "--sandbox", "--state", d })
+    eq(r.code, 0, r.stderr)
+    has(r.stderr, "hrun: warning: " .. p .. ":3: fs.write needs the capability 'fs', which the playbook does " ..
+      "not declare")
+    p = playbook_file(d, "warn2.lua", src:format(' capabilities = { "exec" },'))
+    r = hrun_cmd({ "check", p, "--json", "--state", d })
+    eq(r.code, 0, r.stderr)
+    local ev = json.decode(r.stdout)
+    eq({ ev.ok, #ev.errors, #ev.warnings }, { true, 0, 2 })
   end)
 end)
 
