@@ -359,7 +359,8 @@ function Runner:before(call, ...)
       why = refusal(call, def) .. " — the run would fail here"
     end
     self.planned = self.planned + 1
-    if not inverse then
+    local step_undo = def and def.undo and true or nil -- the step's own undo takes it back
+    if not inverse and not step_undo then
       self.irreversible_planned = self.irreversible_planned + 1
     end
     local preview
@@ -369,7 +370,8 @@ function Runner:before(call, ...)
       preview = self.priv.preview(call.name, ...)
     end
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
-      op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview })
+      op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview,
+      step_undo = step_undo })
     if call.name == "nixos.flake_set_input" or call.name == "nixos.flake_update" then
       return true, self.priv.trusted(self.plan_flake_edit, self, call.name, plain_args(...))
     end
@@ -387,7 +389,7 @@ function Runner:before(call, ...)
   local before = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
   local started = sys.now()
   self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
-    inverse = inverse, no_inverse = why })
+    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil })
   local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name,
     args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
   self.effect_stack[#self.effect_stack + 1] = { id = id, before = before }

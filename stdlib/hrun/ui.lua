@@ -55,8 +55,12 @@ function M.git(g)
   return " @ " .. g.commit:sub(1, 12) .. (g.dirty and " (dirty)" or "")
 end
 
-function M.inverse(inverse, why)
-  if not inverse then
+-- How an effect is undone, as a plan or -v shows it; step_undo: its step has an undo
+-- function, which the rollback runs instead of the effects' inverses.
+function M.inverse(inverse, why, step_undo)
+  if step_undo then
+    return "undone by the step's undo"
+  elseif not inverse then
     return "cannot be undone: " .. tostring(why)
   elseif #inverse == 0 then
     return "nothing to undo"
@@ -200,7 +204,7 @@ local plain_events = {
   effect = function(self, ev)
     if ev.planned or self.verbose then
       self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", M.call(ev.op, ev.args),
-        M.inverse(ev.inverse, ev.no_inverse))
+        M.inverse(ev.inverse, ev.no_inverse, ev.step_undo))
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
         self:line(ev.time, "      %s", l)
       end
@@ -365,9 +369,9 @@ local tty_events = {
   effect = function(self, ev)
     if ev.planned or self.verbose then
       local arrow = ev.planned and "→ " or "· "
-      local inv = M.inverse(ev.inverse, ev.no_inverse)
+      local inv = M.inverse(ev.inverse, ev.no_inverse, ev.step_undo)
       self:print("      " .. arrow .. M.call(ev.op, ev.args))
-      self:print(self:c(ev.inverse and "2" or "33", "          " .. inv))
+      self:print(self:c((ev.inverse or ev.step_undo) and "2" or "33", "          " .. inv))
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
         local colour = l:sub(1, 1) == "+" and "32" or l:sub(1, 1) == "-" and "31" or "36"
         self:print(self:c(colour, "          " .. l))
@@ -672,7 +676,7 @@ function M.show(r, lock_free)
     end
     for _, e in ipairs(s.effects) do
       add("        %s", effect_line(e))
-      add("            %s", M.inverse(e.inverse, e.no_inverse))
+      add("            %s", M.inverse(e.inverse, e.no_inverse, s.has_undo == 1))
     end
   end
   return table.concat(out, "\n") .. "\n"
@@ -733,7 +737,7 @@ function M.markdown(r, lock_free)
       add("  - not undone: `%s`", s.undo_error:gsub("\n", " "):gsub("`", "'"):sub(1, 300))
     end
     for _, e in ipairs(s.effects) do
-      add("  - `%s` (%s)", effect_line(e):gsub("`", "'"), M.inverse(e.inverse, e.no_inverse))
+      add("  - `%s` (%s)", effect_line(e):gsub("`", "'"), M.inverse(e.inverse, e.no_inverse, s.has_undo == 1))
     end
   end
   return table.concat(out, "\n") .. "\n"

@@ -319,6 +319,18 @@ return playbook { name = "cmd",
     has(r.stdout, "would exec.run touch /tmp/hrun-never-made  [cannot be undone: exec.run cannot be undone]")
     has(r.stdout, "plan: 1 write, 1 cannot be undone")
     eq(fs.exists("/tmp/hrun-never-made"), false)
+    -- a step with an undo function: its rollback runs that, the plan says so and counts it
+    p = playbook_file(d, "undo.lua", [[
+return playbook { name = "undo",
+  phase "p" { step "s" {
+    run = function() exec.run({ "touch", "/tmp/hrun-never-made" }) end,
+    undo = function() exec.run({ "rm", "-f", "/tmp/hrun-never-made" }) end,
+  } } }]])
+    r = run({ "plan", p, "--state", state })
+    eq(r.code, 0)
+    has(r.stdout, "would exec.run touch /tmp/hrun-never-made  [undone by the step's undo]")
+    has(r.stdout, "plan: 1 write; nothing was changed")
+    ok(not r.stdout:find("cannot be undone", 1, true), r.stdout)
   end)
 
   it("undoes commands by the command each was given as its undo, newest first", function()
