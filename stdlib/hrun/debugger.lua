@@ -160,8 +160,9 @@ function Session:find(name, kind)
       end
     end
     local near = self.priv.nearest(tostring(name), names)
+    -- no position: the engine's file and line mean nothing to the person at the prompt
     error(string.format("the playbook has no %s '%s'%s", kind, tostring(name),
-      near and string.format(" (did you mean '%s'?)", near) or ""), 3)
+      near and string.format(" (did you mean '%s'?)", near) or ""), 0)
   end
   return item
 end

@@ -92,6 +92,16 @@ describe("hrun PLAYBOOK --break STEP", function()
 end)
 
 describe("hrun repl PLAYBOOK", function()
+  it("says which step is not there without the engine's own file and line", function()
+    local _, p, data, state = setup()
+    local r = hrun_cmd({ "repl", p, "-p", "data=" .. data, "--state", state },
+      { stdin = 'run_step("secnod")\nrun_check("nope")\n' })
+    eq(r.code, 1)
+    has(r.stderr, "the playbook has no step 'secnod' (did you mean 'second'?)")
+    has(r.stderr, "the playbook has no check 'nope'")
+    ok(not r.stderr:find("debugger.lua", 1, true), r.stderr)
+  end)
+
   it("lists, runs steps on their own as a debug run, and rolls them back", function()
     local _, p, data, state = setup()
     local t = terminal(string.format("env HRUN_STATE_DIR=%s %s repl %s -p data=%s --no-color", shq(state),
