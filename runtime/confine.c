@@ -329,15 +329,31 @@ static size_t address_space(void)
     return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-static void missing(hrun_Confinement *c, const char *fmt, const char *what)
+/* Notes a part of the confinement that is not in force: "part: why". */
+static void missing(hrun_Confinement *c, const char *part, const char *why)
 {
     if (c->nmissing < (int)(sizeof c->missing / sizeof c->missing[0]))
-        snprintf(c->missing[c->nmissing++], sizeof c->missing[0], fmt, what);
+        snprintf(c->missing[c->nmissing++], sizeof c->missing[0], "%s: %s", part, why);
+}
+
+/* A part that needs no_new_privs (landlock, seccomp): what fn gives (> 0: in force), or 0
+** and why, missing. */
+static int apply(hrun_Confinement *c, const char *name, int (*fn)(char *why, size_t size))
+{
+    char why[200];
+    int got = 0;
+    if (omitted(name))
+        snprintf(why, sizeof why, "omitted (HRUN_SANDBOX_OMIT)");
+    else if (c->no_new_privs)
+        got = fn(why, sizeof why);
+    else
+        snprintf(why, sizeof why, "needs no_new_privs");
+    if (got == 0) missing(c, name, why);
+    return got;
 }
 
 void hrun_confine(size_t memory, hrun_Confinement *c)
 {
-    char why[200];
     memset(c, 0, sizeof *c);
     struct rlimit zero = {0, 0};
     setrlimit(RLIMIT_CORE, &zero);
@@ -346,13 +362,13 @@ void hrun_confine(size_t memory, hrun_Confinement *c)
     if (geteuid() == 0 && !omitted("nobody")) {
         c->nobody = setgroups(0, NULL) == 0 && setresgid(NOBODY, NOBODY, NOBODY) == 0 &&
                     setresuid(NOBODY, NOBODY, NOBODY) == 0;
-        if (!c->nobody) missing(c, "nobody: %s", strerror(errno));
+        if (!c->nobody) missing(c, "nobody", strerror(errno));
         prctl(PR_SET_PDEATHSIG, SIGKILL);
     }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
     c->no_new_privs = !omitted("no_new_privs") && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0;
-    if (!c->no_new_privs) missing(c, "no_new_privs: %s", "not set");
+    if (!c->no_new_privs) missing(c, "no_new_privs", "not set");
 
     if (UNDER_ASAN) {
         /* a property of the test build, not of the kernel: not counted as missing */
@@ -360,29 +376,16 @@ void hrun_confine(size_t memory, hrun_Confinement *c)
                  "no RLIMIT_AS in a sanitizer build (its shadow memory needs the room); the "
                  "memory limit still holds for Lua and JSON");
     } else if (omitted("rlimit_as")) {
-        missing(c, "rlimit_as: %s", "omitted (HRUN_SANDBOX_OMIT)");
+        missing(c, "rlimit_as", "omitted (HRUN_SANDBOX_OMIT)");
     } else {
         size_t room = address_space() + memory + (64u << 20);
         struct rlimit r = {(rlim_t)room, (rlim_t)room};
         c->rlimit_as = setrlimit(RLIMIT_AS, &r) == 0;
-        if (!c->rlimit_as) missing(c, "rlimit_as: %s", strerror(errno));
+        if (!c->rlimit_as) missing(c, "rlimit_as", strerror(errno));
     }
 
-    if (omitted("landlock"))
-        snprintf(why, sizeof why, "omitted (HRUN_SANDBOX_OMIT)");
-    else if (c->no_new_privs)
-        c->landlock_abi = landlock(why, sizeof why);
-    else
-        snprintf(why, sizeof why, "needs no_new_privs");
-    if (c->landlock_abi == 0) missing(c, "landlock: %s", why);
-
-    if (omitted("seccomp"))
-        snprintf(why, sizeof why, "omitted (HRUN_SANDBOX_OMIT)");
-    else if (c->no_new_privs)
-        c->seccomp = seccomp(why, sizeof why);
-    else
-        snprintf(why, sizeof why, "needs no_new_privs");
-    if (!c->seccomp) missing(c, "seccomp: %s", why);
+    c->landlock_abi = apply(c, "landlock", landlock);
+    c->seccomp = apply(c, "seccomp", seccomp);
 }
 
 /* confine(memory) → {no_new_privs, landlock = ABI | false, seccomp, rlimit_as, missing} */

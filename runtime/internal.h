@@ -309,4 +309,8 @@ int hrun_children_report(void *ud, const struct hrun_Proc *p, const char *argv0)
 ** callback). Returns LUA_OK with one result, or an error status with the error. */
 int hrun_pcallback(lua_State *L, int nargs);
 
+/* [-0, +0, -] Calls the runner's ticker (priv.setticker: its spinner), if there is one,
+** while a primitive waits; its errors are ignored. */
+void hrun_tick(lua_State *L);
+
 #endif

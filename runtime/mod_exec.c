@@ -128,15 +128,10 @@ static int split_lines(Run *r, int stream, int final)
     return 0;
 }
 
-/* The runner's ticker (a spinner), while the command runs; its errors are ignored. */
+/* The runner's ticker (a spinner), while the command runs. */
 static void on_tick(void *ud)
 {
-    Run *r = ud;
-    lua_State *L = r->L;
-    if (!lua_checkstack(L, 3)) return;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, TICKER) == LUA_TFUNCTION)
-        hrun_pcallback(L, 0); /* its result or error: not ours to keep */
-    lua_pop(L, 1);
+    hrun_tick(((Run *)ud)->L);
 }
 
 static int on_output(void *ud, int stream, const char *data, size_t len)

@@ -202,6 +202,14 @@ int hrun_pcallback(lua_State *L, int nargs)
     return status;
 }
 
+void hrun_tick(lua_State *L)
+{
+    if (!lua_checkstack(L, 3)) return;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, TICKER) == LUA_TFUNCTION)
+        hrun_pcallback(L, 0); /* its result or error: not ours to keep */
+    lua_pop(L, 1);
+}
+
 /* [-0, +0, -] The entry of primitive `fullname`, or NULL. */
 static const Entry *find_entry(lua_State *L, const char *fullname)
 {

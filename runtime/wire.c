@@ -388,6 +388,15 @@ static _Noreturn void dec_fail(Dec *d, const char *what)
     abort(); /* not reached */
 }
 
+/* Whether the literal w is next (then it is read). */
+static int word(Dec *d, const char *w)
+{
+    size_t n = strlen(w);
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, w, n) != 0) return 0;
+    d->p += n;
+    return 1;
+}
+
 static void skip_ws(Dec *d)
 {
     while (d->p < d->end && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
@@ -689,22 +698,19 @@ static void dec_value(Dec *d, int depth)
         dec_string(d);
         return;
     case 't':
-        if (d->end - d->p >= 4 && memcmp(d->p, "true", 4) == 0) {
-            d->p += 4;
+        if (word(d, "true")) {
             lua_pushboolean(L, 1);
             return;
         }
         break;
     case 'f':
-        if (d->end - d->p >= 5 && memcmp(d->p, "false", 5) == 0) {
-            d->p += 5;
+        if (word(d, "false")) {
             lua_pushboolean(L, 0);
             return;
         }
         break;
     case 'n':
-        if (d->end - d->p >= 4 && memcmp(d->p, "null", 4) == 0) {
-            d->p += 4;
+        if (word(d, "null")) {
             lua_pushnil(L);
             return;
         }
@@ -780,13 +786,6 @@ static int spin(int fd, short events)
     return 0;
 }
 
-static void on_tick(lua_State *L)
-{
-    if (!lua_checkstack(L, 3)) return;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, TICKER) == LUA_TFUNCTION) hrun_pcallback(L, 0);
-    lua_pop(L, 1);
-}
-
 /* Waits until fd is ready for `events`: 0, or with watch the reason it stopped
 ** ("interrupted", "timeout"), in slices of 0.1 s that call the runner's ticker. */
 static const char *wait_fd(lua_State *L, int fd, short events, int watch)
@@ -803,8 +802,16 @@ static const char *wait_fd(lua_State *L, int fd, short events, int watch)
         struct pollfd p = {fd, events, 0};
         int r = poll(&p, 1, ms);
         if (r > 0) return NULL;
-        if (r == 0 && watch) on_tick(L);
+        if (r == 0 && watch) hrun_tick(L);
     }
+}
+
+/* [-0, +2, -] nil and why: how a send or receive that did not happen answers */
+static int nil_why(lua_State *L, const char *why)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
 }
 
 static int refuse_reentry(lua_State *L, Channel *c)
@@ -822,11 +829,7 @@ static int ch_send(lua_State *L)
     const char *text = luaL_checklstring(L, 2, &n);
     int watch = lua_toboolean(L, 3);
     refuse_reentry(L, c);
-    if (c->wfd < 0) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
+    if (c->wfd < 0) return nil_why(L, "closed");
     struct iovec iov[2] = {{(void *)text, n}, {"\n", 1}};
     int k = 0;
     while (k < 2) {
@@ -835,9 +838,7 @@ static int ch_send(lua_State *L)
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             const char *why = wait_fd(L, c->wfd, POLLOUT, watch);
             if (why == NULL) continue;
-            lua_pushnil(L);
-            lua_pushstring(L, why);
-            return 2;
+            return nil_why(L, why);
         }
         if (w < 0) return luaL_fileresult(L, 0, NULL);
         size_t done = (size_t)w;
@@ -876,22 +877,10 @@ static int ch_recv(lua_State *L)
             return 1;
         }
         c->scanned = c->len;
-        if (c->len > max) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "too long");
-            return 2;
-        }
-        if (c->rfd < 0) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "eof");
-            return 2;
-        }
+        if (c->len > max) return nil_why(L, "too long");
+        if (c->rfd < 0) return nil_why(L, "eof");
         const char *why = wait_fd(L, c->rfd, POLLIN, watch);
-        if (why) {
-            lua_pushnil(L);
-            lua_pushstring(L, why);
-            return 2;
-        }
+        if (why) return nil_why(L, why);
         if (c->cap - c->len < 65536) {
             size_t cap = c->cap ? c->cap * 2 : 65536 * 2;
             if (cap > max + 65536 && max + 65536 > c->cap) cap = max + 65536; /* the longest line */
@@ -903,11 +892,7 @@ static int ch_recv(lua_State *L)
         ssize_t r = read(c->rfd, c->buf + c->len, c->cap - c->len);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return luaL_fileresult(L, 0, NULL);
-        if (r == 0) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "eof");
-            return 2;
-        }
+        if (r == 0) return nil_why(L, "eof");
         c->len += (size_t)r;
     }
 }
