@@ -20,6 +20,8 @@ M.LOAD_SECONDS = 10
 local function max_message(memory)
   return memory + (64 << 20)
 end
+-- The most arguments or results a call carries (no stub sends more; a hostile process may).
+local MAX_VALUES = 200
 
 local Box = {}
 Box.__index = Box
@@ -176,6 +178,20 @@ function Box:send(msg)
   end
 end
 
+-- start() within the load's time, or the step's deadline when that is nearer; the
+-- deadline as it was after.
+function Box:start_in_time()
+  local deadline = self.priv.deadline()
+  local load_by = self.priv.monotime() + M.LOAD_SECONDS
+  self.priv.setdeadline((deadline > 0 and deadline < load_by) and deadline or load_by)
+  local ok, res = pcall(self.start, self)
+  self.priv.setdeadline(deadline)
+  if not ok then
+    error(res, 0)
+  end
+  return res
+end
+
 -- Starts the process and loads the playbook in it; returns what it returned, as data.
 function Box:start()
   self.loading = true
@@ -309,6 +325,8 @@ function Box:serve(m, ctx_seq)
   elseif type(m.name) == "string" then
     fn = self.flat[m.name]
   end
+  local args = type(m.args) == "table" and m.args or {}
+  local n = math.type(m.n) == "integer" and m.n or #args
   local reply
   if self.loading and not (type(m.fn) == "string" and fn) then
     reply = { t = "error", seq = m.seq, code = "refused", message = string.format("sandbox: %s while the " ..
@@ -317,14 +335,9 @@ function Box:serve(m, ctx_seq)
   elseif not fn then
     reply = { t = "error", seq = m.seq, code = "unknown",
       message = string.format("no function '%s'", tostring(m.name or m.fn)) }
+  elseif n < 0 or n > MAX_VALUES then -- what no stub sends
+    reply = { t = "error", seq = m.seq, code = "failed", message = "a call with a bad number of arguments" }
   else
-    local args = type(m.args) == "table" and m.args or {}
-    local n = math.type(m.n) == "integer" and m.n or #args
-    if n < 0 or n > 200 then -- what no stub sends: the call fails, the engine serves on
-      n, fn = 0, function()
-        error("a call with a bad number of arguments", 0)
-      end
-    end
     local res = table.pack(pcall(fn, table.unpack(args, 1, n)))
     if res[1] then
       reply = { t = "result", seq = m.seq, values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
@@ -350,8 +363,8 @@ end
 -- The ctx tables the runner makes (Runner:ctx): they cross as data and come back.
 M.contexts = setmetatable({}, { __mode = "k" })
 
--- A stub standing for the process's function `id`: one of the playbook's, named by its
--- place ("/2/3/run"), or one handed over during the current call ("t7").
+-- A stub standing for the process's function `id`: one of the playbook's, named by where
+-- it is ("/phase:p/step:s/run"), or one handed over during the current call ("t7").
 function Box:stub(id)
   return function(first, ...)
     if M.contexts[first] then
@@ -367,15 +380,8 @@ function Box:invoke(id, ctx, ...)
   if not self.alive and self.depth > 0 then -- inside a call of the process that was ended
     error(self.dead_why or "the sandboxed playbook's process ended", 0)
   end
-  if not self.alive then -- killed at a deadline: the same source again, within the load's time
-    local deadline = self.priv.deadline()
-    local load_by = self.priv.monotime() + M.LOAD_SECONDS
-    self.priv.setdeadline((deadline > 0 and deadline < load_by) and deadline or load_by)
-    local ok, err = pcall(self.start, self)
-    self.priv.setdeadline(deadline)
-    if not ok then
-      error(err, 0)
-    end
+  if not self.alive then -- killed at a deadline: the same source again
+    self:start_in_time()
   end
   self.seq = self.seq + 1
   local seq = self.seq
@@ -413,7 +419,7 @@ function Box:invoke(id, ctx, ...)
     error(tostring(r.message), 0)
   end
   local values, n = r.values, r.n
-  if type(values) ~= "table" or math.type(n) ~= "integer" or n < 0 or n > 200 then
+  if type(values) ~= "table" or math.type(n) ~= "integer" or n < 0 or n > MAX_VALUES then
     values, n = {}, 0
   end
   return table.unpack(values, 1, n)
@@ -423,9 +429,7 @@ end
 -- each of its functions. Raises the process's error (a syntax error, the load's deadline).
 function Box:load(path, source)
   self.path, self.source = path, source
-  self.priv.setdeadline(self.priv.monotime() + M.LOAD_SECONDS)
-  local ok, res = pcall(self.start, self)
-  self.priv.setdeadline(0)
+  local ok, res = pcall(self.start_in_time, self)
   if not ok then
     if res == "timed out" then
       res = string.format("%s: evaluating the playbook took longer than %d s", path, M.LOAD_SECONDS)

@@ -105,15 +105,14 @@ local function special(v)
   elseif t == "userdata" and v == json.null then
     return "u", 0
   elseif t == "table" then
-    if debug_getmetatable(v) == SECRET then
+    local mt = debug_getmetatable(v)
+    if mt == SECRET then
       local parts, out = secret_parts[v], {}
       for i, p in ipairs(parts) do
         out[i] = type(p) == "string" and p or { id = p }
       end
       return "s", out
-    end
-    local mt = debug_getmetatable(v)
-    if mt == REPO then
+    elseif mt == REPO then
       return "g", rawget(v, "path")
     elseif mt == ARRAY then
       return "a", table.move(v, 1, #v, 1, {})
@@ -172,12 +171,13 @@ end
 local seq = 0
 local serve
 
--- Waits for the answer to our call `n`, serving the engine's calls meanwhile.
+-- Waits for the answer to our call `n`, serving the engine's calls meanwhile, until the
+-- engine closes the pipe (then the process ends: nothing to answer, no finalizer to run).
 local function wait(n)
   while true do
     local line = ch:recv()
     if not line then
-      os.exit(3) -- the engine is gone: nothing to answer
+      os.exit(0, false)
     end
     local m = wire.decode(line, tags)
     if m.t == "call" then
@@ -523,15 +523,4 @@ end
 -- then the engine's calls, until it closes the pipe; nil, message returns raise, as in a
 -- trusted playbook's functions
 cpriv.strict(true)
-while true do
-  local line = ch:recv()
-  if not line then
-    break
-  end
-  local m = wire.decode(line, tags)
-  if m.t == "call" then
-    serve(m)
-  end
-end
--- out without closing the state: no finalizer of the playbook's runs after the last call
-os.exit(0, false)
+wait(false) -- no answer has seq false: serves until the pipe closes

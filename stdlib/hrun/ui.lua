@@ -133,26 +133,20 @@ function Plain.pause() end
 function Plain.tick() end
 function Plain.resume() end
 
+-- The parts of a sandboxed process's confinement, in the order they are said.
+local CONFINED_BY = { { "nobody", "nobody" }, { "no_new_privs", "no_new_privs" },
+  { "landlock", "Landlock (ABI %s)" }, { "seccomp", "seccomp" }, { "rlimit_as", "RLIMIT_AS" } }
+
 -- "sandbox: a process of its own, confined by …", and what the kernel could not do.
 function M.confinement(c)
   if type(c) ~= "table" then
     return nil
   end
   local held = {}
-  if c.nobody then
-    held[#held + 1] = "nobody"
-  end
-  if c.no_new_privs then
-    held[#held + 1] = "no_new_privs"
-  end
-  if c.landlock then
-    held[#held + 1] = "Landlock (ABI " .. tostring(c.landlock) .. ")"
-  end
-  if c.seccomp then
-    held[#held + 1] = "seccomp"
-  end
-  if c.rlimit_as then
-    held[#held + 1] = "RLIMIT_AS"
+  for _, part in ipairs(CONFINED_BY) do
+    if c[part[1]] then
+      held[#held + 1] = part[2]:format(tostring(c[part[1]]))
+    end
   end
   local text = "sandbox: a process of its own, confined by " .. (#held > 0 and table.concat(held, ", ") or "nothing")
   if c.missing and #c.missing > 0 then
