@@ -27,6 +27,6 @@ files["tests"] = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
     "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "podman_sandbox", "nix_host",
-    "btrfs_volume", "host_views", "http_server",
+    "btrfs_volume", "host_views", "http_server", "sandboxed_playbook", "sandbox_processes",
   },
 }

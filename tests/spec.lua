@@ -198,6 +198,40 @@ function playbook_file(dir, name, source)
   return path
 end
 
+-- sandboxed_playbook(dir, o) → the path of a playbook file in dir that declares o.caps
+-- (a list of capabilities) and has one phase "p" made of o.steps (source): o.name (the
+-- playbook's, "sandboxed"), o.params (source of its params' fields), o.top (source of a
+-- first line before it; absent: none), o.file ("pb.lua").
+function sandboxed_playbook(dir, o)
+  local caps = {}
+  for _, c in ipairs(o.caps or {}) do
+    caps[#caps + 1] = string.format("%q", c)
+  end
+  return playbook_file(dir, o.file or "pb.lua", string.format([[
+%sreturn playbook {
+  name = %q, params = { %s },
+  capabilities = { %s },
+  phase "p" {
+%s
+  },
+}]], o.top and (o.top .. "\n") or "", o.name or "sandboxed", o.params or "", table.concat(caps, ", "), o.steps))
+end
+
+-- sandbox_processes([pid]) → the pids of the sandboxed playbooks' processes (hrun
+-- __sandbox STDLIB PID) that still run: those of the engine pid, or all.
+function sandbox_processes(pid)
+  local found = {}
+  for _, name in ipairs(fs.list("/proc") or {}) do
+    if name:match("^%d+$") then
+      local cmd = fs.read("/proc/" .. name .. "/cmdline")
+      if cmd and cmd:find("__sandbox", 1, true) and (pid == nil or cmd:match("\0" .. pid .. "\0?$")) then
+        found[#found + 1] = name
+      end
+    end
+  end
+  return found
+end
+
 -- http_server([args, scheme]) → the base URL of tests/fixtures/httpd.py started with
 -- args (and its directory); stopped when the test ends.
 function http_server(args, scheme)

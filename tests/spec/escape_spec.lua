@@ -5,36 +5,12 @@
 
 local SECRET = "Esc4pe-T0ken-9f8e7d"
 
--- The sandboxed process of an engine whose pid is `pid` (hrun __sandbox STDLIB PID),
--- still running: their pids.
-local function sandbox_procs(pid)
-  local found = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    if name:match("^%d+$") then
-      local cmd = fs.read("/proc/" .. name .. "/cmdline")
-      if cmd and cmd:find("__sandbox", 1, true) and (pid == nil or cmd:match("\0" .. pid .. "\0?$")) then
-        found[#found + 1] = name
-      end
-    end
-  end
-  return found
-end
+local sandbox_procs = sandbox_processes
 
 -- A sandboxed playbook in d declaring caps, its one phase made of `steps` (source).
 local function book(d, caps, steps, top)
-  local list = {}
-  for _, c in ipairs(caps) do
-    list[#list + 1] = string.format("%q", c)
-  end
-  return playbook_file(d, "pb.lua", string.format([[
-%s
-return playbook {
-  name = "escape", params = { dir = "", out = "", sock = "", url = "" },
-  capabilities = { %s },
-  phase "p" {
-%s
-  },
-}]], top or "", table.concat(list, ", "), steps))
+  return sandboxed_playbook(d, { caps = caps, steps = steps, top = top or "", name = "escape",
+    params = 'dir = "", out = "", sock = "", url = ""' })
 end
 
 -- hrun on the playbook, sandboxed, with params {name = value}.

@@ -10,20 +10,8 @@ end
 
 -- A playbook in d declaring caps; its one phase's steps from `steps` (source text);
 -- `top`: source before the playbook.
-local function sandboxed(d, caps, steps, top, name)
-  local list = {}
-  for _, c in ipairs(caps) do
-    list[#list + 1] = string.format("%q", c)
-  end
-  return playbook_file(d, name or "pb.lua", string.format([[
-%s
-return playbook {
-  name = "proc", params = { dir = "" },
-  capabilities = { %s },
-  phase "p" {
-%s
-  },
-}]], top or "", table.concat(list, ", "), steps))
+local function sandboxed(d, caps, steps, top)
+  return sandboxed_playbook(d, { caps = caps, steps = steps, top = top or "", name = "proc", params = 'dir = ""' })
 end
 
 -- Runs hrun in the background of a shell: its result with the pid it had.
@@ -38,17 +26,8 @@ local function run_pid(args, env)
   return r
 end
 
--- The sandbox processes hrun `pid` started that still run (argv: hrun __sandbox STDLIB PPID).
-local function left_by(pid)
-  local r = exec.run({ "pgrep", "-f", "-a", "__sandbox .* " .. pid .. "$" }, { check = false })
-  local out = {}
-  for line in r.stdout:gmatch("[^\n]+") do
-    if not line:find("pgrep", 1, true) then
-      out[#out + 1] = line
-    end
-  end
-  return out
-end
+-- The sandbox processes hrun `pid` started that still run.
+local left_by = sandbox_processes
 
 describe("the sandbox's process", function()
   it("is confined by the kernel, and the run says so; --json carries what is missing", function()

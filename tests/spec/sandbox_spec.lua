@@ -9,18 +9,7 @@ end
 
 -- A playbook in d declaring caps; its one phase's steps from `steps` (source text).
 local function sandboxed(d, caps, steps, params)
-  local list = {}
-  for _, c in ipairs(caps) do
-    list[#list + 1] = string.format("%q", c)
-  end
-  return playbook_file(d, "pb.lua", string.format([[
-return playbook {
-  name = "sandboxed", params = { dir = "", url = "" %s },
-  capabilities = { %s },
-  phase "p" {
-%s
-  },
-}]], params or "", table.concat(list, ", "), steps))
+  return sandboxed_playbook(d, { caps = caps, steps = steps, params = 'dir = "", url = "" ' .. (params or "") })
 end
 
 describe("capabilities", function()

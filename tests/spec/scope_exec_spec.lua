@@ -5,21 +5,11 @@
 -- A playbook in d declaring caps, one step whose body is `body` (ctx.params.dir and
 -- ctx.params.arg are the test's); run with --sandbox.
 local function sandboxed(d, caps, body)
-  local list = {}
-  for _, c in ipairs(caps) do
-    list[#list + 1] = string.format("%q", c)
-  end
-  return playbook_file(d, "pb.lua", string.format([[
-return playbook {
-  name = "scoped", params = { dir = "", arg = "" },
-  capabilities = { %s },
-  phase "p" {
+  return sandboxed_playbook(d, { caps = caps, name = "scoped", params = 'dir = "", arg = ""', steps = string.format([[
     step "s" { run = function(ctx)
       local dir, arg = ctx.params.dir, ctx.params.arg
 %s
-    end },
-  },
-}]], table.concat(list, ", "), body))
+    end },]], body) })
 end
 
 local function run(p, d, arg)

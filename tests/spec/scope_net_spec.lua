@@ -21,19 +21,12 @@ end
 -- params are passed as -p name=value; --sandbox unless open.
 local function run(caps, body, params, open)
   local d = tmpdir()
-  local list, names = {}, {}
-  for _, c in ipairs(caps) do
-    list[#list + 1] = string.format("%q", c)
-  end
+  local names = {}
   for k in pairs(params or {}) do
     names[#names + 1] = k .. ' = ""'
   end
-  local p = playbook_file(d, "pb.lua", string.format([[
-return playbook {
-  name = "scoped", params = { %s },
-  capabilities = { %s },
-  phase "p" { step "s" { run = %s } },
-}]], table.concat(names, ", "), table.concat(list, ", "), body))
+  local p = sandboxed_playbook(d, { caps = caps, name = "scoped", params = table.concat(names, ", "),
+    steps = string.format('    step "s" { run = %s },', body) })
   local args = { p, "--state", d .. "/state" }
   if not open then
     args[#args + 1] = "--sandbox"
