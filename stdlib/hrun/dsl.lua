@@ -51,6 +51,90 @@ function Problems:add(loc, fmt, ...)
   self.list[#self.list + 1] = where .. string.format(fmt, ...)
 end
 
+-- The problems in the order of the file (those without a place first), each file's
+-- by line: table.sort is not stable, so the order found breaks ties.
+function Problems:in_order()
+  local keyed = {}
+  for i, msg in ipairs(self.list) do
+    local file, line = msg:match("^(.-):(%d+): ")
+    keyed[i] = { msg = msg, file = file or "", line = tonumber(line) or 0, i = i }
+  end
+  table.sort(keyed, function(a, b)
+    if a.file ~= b.file then
+      return a.file < b.file
+    elseif a.line ~= b.line then
+      return a.line < b.line
+    end
+    return a.i < b.i
+  end)
+  local out = {}
+  for i, k in ipairs(keyed) do
+    out[i] = k.msg
+  end
+  return out
+end
+
+-- The lines of a playbook's file, read once per validation (nil where it cannot be read:
+-- a chunk from -e, or inside a sandboxed playbook's process, which has no io).
+function Problems:source(file)
+  self.sources = self.sources or {}
+  if self.sources[file] == nil then
+    local lines = false
+    local f = io and io.open(file, "rb")
+    if f then
+      lines = {}
+      for l in f:lines() do
+        lines[#lines + 1] = l
+      end
+      f:close()
+    end
+    self.sources[file] = lines
+  end
+  return self.sources[file] or nil
+end
+
+-- Where field `key` of the object at `loc` (whose fields are `t`) is written: a function
+-- knows its own first line; another value is the first `key =` in the source from the
+-- object's line on, outside the bodies of its functions and before the next object —
+-- so that a typo's file:line is the field's own, not its object's first line.
+function Problems:field(loc, t, key)
+  if not loc or type(key) ~= "string" then
+    return loc
+  end
+  local v = t[key]
+  local info = type(v) == "function" and debug.getinfo(v, "S")
+  if info and info.linedefined > 0 and info.source == "@" .. loc.file then
+    return { file = loc.file, line = info.linedefined }
+  end
+  local lines = self:source(loc.file)
+  if not lines then
+    return loc
+  end
+  local bodies, info_source = {}, "@" .. loc.file
+  for _, f in pairs(t) do
+    local fi = type(f) == "function" and debug.getinfo(f, "S")
+    if fi and fi.linedefined > 0 and fi.source == info_source then
+      bodies[#bodies + 1] = fi
+    end
+  end
+  local want = "%f[%w_]" .. key:gsub("%p", "%%%0") .. "%s*=[^=]"
+  for n = loc.line, math.min(#lines, loc.line + 500) do
+    local l = lines[n]
+    if n > loc.line and (l:match("^%s*step%s*[\"'[]") or l:match("^%s*phase%s*[\"'[]")
+        or l:match("^%s*check%s*[\"'[]") or l:match("^%s*handler%s*[\"'[]")) then
+      break
+    end
+    local inside = false
+    for _, fi in ipairs(bodies) do
+      inside = inside or (n > fi.linedefined and n <= fi.lastlinedefined)
+    end
+    if not inside and (l .. " "):find(want) then
+      return { file = loc.file, line = n }
+    end
+  end
+  return loc
+end
+
 -- "unknown field 'rnu' (did you mean 'run'?)"
 function Problems:unknown(loc, what, key, known)
   local near = type(key) == "string" and self.nearest(key, sorted_keys(known))
@@ -66,9 +150,9 @@ function Problems:fields(loc, what, t, spec)
     end
     local want = spec[k]
     if not want then
-      self:unknown(loc, what, k, spec)
+      self:unknown(self:field(loc, t, k), what, k, spec)
     elseif type(v) ~= want then
-      self:add(loc, "%s: field '%s' must be a %s, got %s", what, k, want, type(v))
+      self:add(self:field(loc, t, k), "%s: field '%s' must be a %s, got %s", what, k, want, type(v))
     end
     ::continue::
   end
@@ -163,16 +247,16 @@ local function validate_step(p, s, phase_name)
     p:add(s.loc, "%s: has no run function (run = function(ctx) … end)", what)
   end
   if type(b.timeout) == "number" and b.timeout <= 0 then
-    p:add(s.loc, "%s: field 'timeout' must be more than 0 seconds", what)
+    p:add(p:field(s.loc, b, "timeout"), "%s: field 'timeout' must be more than 0 seconds", what)
   end
   if type(b.retries) == "number" and (math.type(b.retries) ~= "integer" or b.retries < 0) then
-    p:add(s.loc, "%s: field 'retries' must be a whole number >= 0", what)
+    p:add(p:field(s.loc, b, "retries"), "%s: field 'retries' must be a whole number >= 0", what)
   end
   if type(b.retry_delay) == "number" and b.retry_delay < 0 then
-    p:add(s.loc, "%s: field 'retry_delay' must be >= 0", what)
+    p:add(p:field(s.loc, b, "retry_delay"), "%s: field 'retry_delay' must be >= 0", what)
   end
   if type(b.resume) == "string" and b.resume ~= "undo" and b.resume ~= "rerun" then
-    p:add(s.loc, "%s: field 'resume' must be \"undo\" or \"rerun\", got \"%s\"", what, b.resume)
+    p:add(p:field(s.loc, b, "resume"), "%s: field 'resume' must be \"undo\" or \"rerun\", got \"%s\"", what, b.resume)
   end
   local out = { kind = "step", name = s.name, phase = phase_name, loc = s.loc }
   for k in pairs(step_fields) do
@@ -251,17 +335,17 @@ function M.validate(pb, nearest, where, capability)
     p:add(pb.loc, "playbook: needs a name (name = \"…\")")
   end
   if b.on_failure ~= nil and b.on_failure ~= "rollback" and b.on_failure ~= "stop" then
-    p:add(pb.loc, "playbook: field 'on_failure' must be \"rollback\" or \"stop\", got \"%s\"",
+    p:add(p:field(pb.loc, b, "on_failure"), "playbook: field 'on_failure' must be \"rollback\" or \"stop\", got \"%s\"",
       tostring(b.on_failure))
   end
   if type(b.capabilities) == "table" then
     for i, c in ipairs(b.capabilities) do
       if type(c) ~= "string" then
-        p:add(pb.loc, "playbook: capabilities[%d] must be a string", i)
+        p:add(p:field(pb.loc, b, "capabilities"), "playbook: capabilities[%d] must be a string", i)
       elseif capability then
         local ok, why = capability(c)
         if not ok then
-          p:add(pb.loc, "playbook: capabilities[%d]: %s", i, why)
+          p:add(p:field(pb.loc, b, "capabilities"), "playbook: capabilities[%d]: %s", i, why)
         end
       end
     end
@@ -305,7 +389,7 @@ function M.validate(pb, nearest, where, capability)
     p:add(pb.loc, "playbook: has no phases")
   end
   if #p.list > 0 then
-    return nil, p.list
+    return nil, p:in_order()
   end
   return out
 end

@@ -46,6 +46,40 @@ return playbook {
     has(r.stderr, p .. ":4: step 'a': has no run function")
     has(r.stderr, p .. ":5: step 'b': field 'timeout' must be a number, got string")
   end)
+
+  -- a field's file:line is its own line, not its step's first line; a key of the same
+  -- name inside the step's functions is not taken for it; in file order
+  for _, sandbox in ipairs({ false, true }) do
+    it("name each field's own line" .. (sandbox and " (--sandbox)" or ""), function()
+      local d = tmpdir()
+      local p = playbook_file(d, "fields.lua", [[
+return playbook {
+  name = "fields",
+  on_failure = "later",
+  phase "one" {
+    step "a" {
+      run = function()
+        exec.run({ "true" }, { timeout = 1 })
+      end,
+      tiemout = 5,
+    },
+    step "b" {
+      run = function() end,
+      retries = 1.5,
+      resume = "maybe",
+    },
+  },
+}]])
+      local r = hrun_cmd({ "check", p, "--state", d, sandbox and "--sandbox" or nil })
+      eq(r.code, 3, r.stderr)
+      has(r.stderr, p .. ":3: playbook: field 'on_failure' must be")
+      has(r.stderr, p .. ":9: step 'a': unknown field 'tiemout' (did you mean 'timeout'?)")
+      has(r.stderr, p .. ":13: step 'b': field 'retries' must be a whole number")
+      has(r.stderr, p .. ":14: step 'b': field 'resume' must be")
+      ok(r.stderr:find(":3: playbook", 1, true) < r.stderr:find(":9: step 'a'", 1, true), r.stderr)
+      ok(r.stderr:find(":13: step 'b'", 1, true) < r.stderr:find(":14: step 'b'", 1, true), r.stderr)
+    end)
+  end
 end)
 
 local function simple(dir)

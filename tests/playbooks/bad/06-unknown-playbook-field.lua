@@ -1,4 +1,4 @@
--- expect: 2: playbook: unknown field 'on_failre' (did you mean 'on_failure'?)
+-- expect: 4: playbook: unknown field 'on_failre' (did you mean 'on_failure'?)
 return playbook {
   name = "bad",
   on_failre = "stop",

@@ -1,4 +1,4 @@
--- expect: 2: playbook: field 'on_failure' must be "rollback" or "stop", got "retry"
+-- expect: 4: playbook: field 'on_failure' must be "rollback" or "stop", got "retry"
 return playbook {
   name = "bad",
   on_failure = "retry",
