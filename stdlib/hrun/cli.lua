@@ -9,6 +9,7 @@ local pretty = require "hrun.pretty"
 local json = require "hrun.json"
 local fs = require "hrun.fs"
 local sys = require "hrun.sys"
+require("hrun.edit").install(fs, json.null) -- fs.edit, fs.template: Lua on fs.read and fs.write
 
 local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 3, 130
 
