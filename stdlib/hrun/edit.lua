@@ -421,12 +421,11 @@ local function parse(text, src)
     local kind = triple and "&" or inner:match("^%s*([!#^/&>=]?)")
     local name = (triple and inner or inner:gsub("^%s*[!#^/&>=]?", "")):match("^%s*(.-)%s*$")
     local bad_name = not name:match("^[%w_%-%.]+$") or name:find("%.%.") or name:find("^%.") or name:find("%.$")
-    if kind ~= "!" and bad_name and name ~= "." then
-      if kind == ">" then
-        fail("fs.template: %s:%d: partials ({{>%s}}) are not supported", src, tl, name)
-      elseif kind == "=" then
-        fail("fs.template: %s:%d: changing the delimiters ({{=…=}}) is not supported", src, tl)
-      end
+    if kind == ">" then
+      fail("fs.template: %s:%d: partials ({{>%s}}) are not supported", src, tl, name)
+    elseif kind == "=" then
+      fail("fs.template: %s:%d: changing the delimiters ({{=…=}}) is not supported", src, tl)
+    elseif kind ~= "!" and bad_name and name ~= "." then
       fail("fs.template: %s:%d: '%s' is not a name (letters, digits, _, - and dots)", src, tl,
         text:sub(s, after - 1))
     end
@@ -611,6 +610,9 @@ local function public(impl)
     error(e, 0)
   end
 end
+
+-- The capability each needs (hrun check's lint): fs's, for the files it reads and writes.
+M.capabilities = { ["fs.edit"] = "fs", ["fs.template"] = "fs" }
 
 -- The functions install() made, to be told from the module's own (the sandbox's engine
 -- side serves none of them: they run in the playbook's process).
