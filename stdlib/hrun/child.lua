@@ -404,7 +404,9 @@ local function environment(modules)
   end
   stubs.json = json
   if stubs.fs then
-    edit.install(stubs.fs, json.null)
+    edit.install(stubs.fs, { null = json.null, is_secret = function(v)
+      return debug_getmetatable(v) == SECRET
+    end })
   end
   git_stub = stubs.git or {}
   stubs.secrets = stubs.secrets or {}

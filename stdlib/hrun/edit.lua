@@ -475,16 +475,9 @@ local function is_list(v)
   return type(v) == "table" and (v[1] ~= nil or next(v) == nil)
 end
 
-local function describe(v)
-  local t = type(v)
-  if t == "table" then
-    return "a table"
-  end
-  return "a " .. t
-end
-
 -- The value of name in the context stack (innermost first); a missing one is an error.
-local function lookup(stack, name, src, line, null)
+-- k: {null = json.null, is_secret = fn}.
+local function lookup(stack, name, src, line, k)
   if name == "." then
     return stack[#stack]
   end
@@ -492,7 +485,7 @@ local function lookup(stack, name, src, line, null)
   local v
   for i = #stack, 1, -1 do
     local c = stack[i]
-    if type(c) == "table" and not is_list(c) and c[first] ~= nil then
+    if type(c) == "table" and not k.is_secret(c) and not is_list(c) and c[first] ~= nil then
       v = c[first]
       break
     end
@@ -502,8 +495,9 @@ local function lookup(stack, name, src, line, null)
   end
   local path = first
   for part in rest:gmatch("%.([^%.]+)") do
-    if type(v) ~= "table" or v == null then
-      fail("fs.template: %s:%d: '%s' is %s, it has no field '%s'", src, line, path, describe(v), part)
+    if type(v) ~= "table" or k.is_secret(v) then
+      fail("fs.template: %s:%d: '%s' is %s, it has no field '%s'", src, line, path,
+        k.is_secret(v) and "a secret" or v == k.null and "null" or "a " .. type(v), part)
     end
     v, path = v[part], path .. "." .. part
     if v == nil then
@@ -513,41 +507,45 @@ local function lookup(stack, name, src, line, null)
   return v
 end
 
-local function render(nodes, stack, out, src, null)
+local function render(nodes, stack, out, src, k)
   for _, n in ipairs(nodes) do
     if type(n) == "string" then
       out[#out + 1] = n
     elseif n.var then
-      local v = lookup(stack, n.var, src, n.line, null)
+      local v = lookup(stack, n.var, src, n.line, k)
       local t = type(v)
-      if t == "string" then
+      if t == "string" or k.is_secret(v) then
         out[#out + 1] = v
       elseif t == "number" or t == "boolean" then
         out[#out + 1] = tostring(v)
       else
         fail("fs.template: %s:%d: '%s' is %s, not a string, number or boolean%s", src, n.line, n.var,
-          v == null and "null" or describe(v), t == "table" and " (a table goes in a section: {{#" .. n.var ..
+          v == k.null and "null" or "a " .. t, t == "table" and " (a table goes in a section: {{#" .. n.var ..
           "}}…{{/" .. n.var .. "}})" or "")
       end
     else
-      local v = lookup(stack, n.section, src, n.line, null)
-      local falsy = v == false or v == null or (type(v) == "table" and next(v) == nil)
+      local v = lookup(stack, n.section, src, n.line, k)
+      if k.is_secret(v) then
+        fail("fs.template: %s:%d: '%s' is a secret: it can be a value ({{%s}}), not a section", src, n.line,
+          n.section, n.section)
+      end
+      local falsy = v == false or v == k.null or (type(v) == "table" and next(v) == nil)
       if n.inverted then
         if falsy then
-          render(n.body, stack, out, src, null)
+          render(n.body, stack, out, src, k)
         end
       elseif not falsy then
         if v == true then
-          render(n.body, stack, out, src, null)
+          render(n.body, stack, out, src, k)
         elseif is_list(v) then
           for _, item in ipairs(v) do
             stack[#stack + 1] = item
-            render(n.body, stack, out, src, null)
+            render(n.body, stack, out, src, k)
             stack[#stack] = nil
           end
         else
           stack[#stack + 1] = v
-          render(n.body, stack, out, src, null)
+          render(n.body, stack, out, src, k)
           stack[#stack] = nil
         end
       end
@@ -555,15 +553,33 @@ local function render(nodes, stack, out, src, null)
   end
 end
 
--- render(text, vars, src) → the text: exposed for tests and the REPL (fs.render)
-function M.render(text, vars, src, null)
-  local tree = parse(text, src or "template")
-  local out = {}
-  render(tree, { vars }, out, src or "template", null)
-  return table.concat(out)
+local function no_secret()
+  return false
 end
 
-local function template(fs, src, dst, vars, opts, null)
+-- render(text, vars, src [, k]) → the text, or a secret when a value was one (its bytes
+-- stay unread: joined as secrets join)
+function M.render(text, vars, src, k)
+  k = k or { is_secret = no_secret }
+  local tree = parse(text, src or "template")
+  local out = {}
+  render(tree, { vars }, out, src or "template", k)
+  local acc, run = nil, {}
+  for _, part in ipairs(out) do
+    if type(part) == "string" then
+      run[#run + 1] = part
+    else
+      acc = (acc == nil and "" or acc) .. table.concat(run) .. part
+      run = {}
+    end
+  end
+  if acc == nil then
+    return table.concat(run)
+  end
+  return #run > 0 and acc .. table.concat(run) or acc
+end
+
+local function template(fs, src, dst, vars, opts, k)
   local fname = "fs.template"
   check_path(fname, 1, src)
   check_path(fname, 2, dst)
@@ -580,12 +596,14 @@ local function template(fs, src, dst, vars, opts, null)
   if text == nil then
     return nil, msg, code
   end
-  local new = M.render(text, vars, src, null)
-  local old, omsg, ocode = read(fname, fs, dst, true)
-  if old == nil then
-    return nil, omsg, ocode
-  elseif old == new then
-    return { path = dst, changed = false }
+  local new = M.render(text, vars, src, k)
+  if not k.is_secret(new) then -- a secret's bytes are fs.write's to compare
+    local old, omsg, ocode = read(fname, fs, dst, true)
+    if old == nil then
+      return nil, omsg, ocode
+    elseif old == new then
+      return { path = dst, changed = false }
+    end
   end
   local ok, werr, wcode = write(fname, fs, dst, new, opts.mode)
   if not ok then
@@ -618,14 +636,16 @@ M.capabilities = { ["fs.edit"] = "fs", ["fs.template"] = "fs" }
 -- side serves none of them: they run in the playbook's process).
 M.derived = setmetatable({}, { __mode = "k" })
 
--- install(fs [, null]) adds edit and template to the fs module table fs, on its read
--- and write; null is json.null (a null in vars is false in a section).
-function M.install(fs, null)
+-- install(fs [, k]) adds edit and template to the fs module table fs, on its read and
+-- write. k.null: json.null (false in a section); k.is_secret(v): is v a secret (rendered
+-- without being read).
+function M.install(fs, k)
+  k = { null = k and k.null, is_secret = k and k.is_secret or no_secret }
   fs.edit = public(function(path, spec)
     return edit(fs, path, spec)
   end)
   fs.template = public(function(src, dst, vars, opts)
-    return template(fs, src, dst, vars, opts, null)
+    return template(fs, src, dst, vars, opts, k)
   end)
   M.derived[fs.edit], M.derived[fs.template] = true, true
   return fs

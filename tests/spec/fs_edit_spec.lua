@@ -379,6 +379,26 @@ describe("fs.edit and fs.template in playbooks", function()
     ok(box.flat["fs.read"] and box.flat["fs.write"])
   end)
 
+  it("renders a secret into the file, here and in the sandbox, without it crossing as text", function()
+    local d = tmpdir()
+    local sec = file(d, "token", "s3cret", "0600")
+    file(d, "t.tpl", "user={{user}}\npass={{pass}}\n")
+    local r = assert(fs.template(d .. "/t.tpl", d .. "/a.conf", { user = "u", pass = secrets.read(sec) }))
+    ok(r.changed)
+    eq(fs.read(d .. "/a.conf"), "user=u\npass=s3cret\n")
+    local p = sandboxed_playbook(d, { caps = { "fs:" .. d, "secrets:" .. sec }, name = "sec", params = 'dir = ""',
+      steps = [[
+    step "s" { run = function(ctx)
+      local tok = secrets.read(ctx.params.dir .. "/token")
+      fs.template(ctx.params.dir .. "/t.tpl", ctx.params.dir .. "/b.conf", { user = "v", pass = tok })
+      print(fs.read(ctx.params.dir .. "/b.conf"))
+    end },]] })
+    local out = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(out.code, 0, out.stdout .. out.stderr)
+    eq(fs.read(d .. "/b.conf"), "user=v\npass=s3cret\n")
+    ok(not out.stdout:find("s3cret", 1, true), out.stdout)
+  end)
+
   it("is known to hrun check: a misspelt name is an error, an undeclared capability a warning", function()
     local d = tmpdir()
     local p = sandboxed_playbook(d, { caps = { "exec:true" }, name = "lint", steps = [[
