@@ -165,8 +165,9 @@ describe("fs.template", function()
       "quiet;",
       "{{/debug}}",
       "{{^none}}no upstreams{{/none}}",
+      "{{#null}}never{{/null}}{{^null}}null is false{{/null}}",
       "",
-    }, "\n"), { host = "0.0.0.0", port = 8080, tls = true, r = 0.5, raw = "<a&b>", debug = false, none = {},
+    }, "\n"), { host = "0.0.0.0", port = 8080, tls = true, r = 0.5, raw = "<a&b>", debug = false, none = {}, null = json.null,
       db = { name = "app", host = "db1", user = "u" }, names = { "x", "y" },
       upstreams = { { name = "a", weight = 1 }, { name = "b", weight = 2 } } })
     eq(out, table.concat({
@@ -179,6 +180,7 @@ describe("fs.template", function()
       "ssl on;",
       "quiet;",
       "no upstreams",
+      "null is false",
       "",
     }, "\n"))
   end)
@@ -192,6 +194,8 @@ describe("fs.template", function()
     checkerr(t .. ":3: no variable 's'", fs.template, t, d .. "/out", { port = 1 })
     checkerr(t .. ":2: 'port' is a table, not a string, number or boolean", fs.template, t, d .. "/out",
       { port = { 1 } })
+    checkerr(t .. ":2: 'port' is null, not a string, number or boolean", fs.template, t, d .. "/out",
+      { port = json.null })
     t = file(d, "u.tpl", "x\n{{#list}}\n{{.}}\n")
     checkerr(t .. ":2: the section 'list' is not closed ({{/list}})", fs.template, t, d .. "/out", { list = {} })
     t = file(d, "v.tpl", "{{#a}}\n{{/b}}\n")
