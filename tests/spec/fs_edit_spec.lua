@@ -167,8 +167,8 @@ describe("fs.template", function()
       "{{^none}}no upstreams{{/none}}",
       "{{#null}}never{{/null}}{{^null}}null is false{{/null}}",
       "",
-    }, "\n"), { host = "0.0.0.0", port = 8080, tls = true, r = 0.5, raw = "<a&b>", debug = false, none = {}, null = json.null,
-      db = { name = "app", host = "db1", user = "u" }, names = { "x", "y" },
+    }, "\n"), { host = "0.0.0.0", port = 8080, tls = true, r = 0.5, raw = "<a&b>", debug = false, none = {},
+      null = json.null, db = { name = "app", host = "db1", user = "u" }, names = { "x", "y" },
       upstreams = { { name = "a", weight = 1 }, { name = "b", weight = 2 } } })
     eq(out, table.concat({
       "listen 0.0.0.0:8080 tls=true ratio=0.5",
