@@ -78,22 +78,23 @@ end
 -- code (a failure of the world that fs.read returned: the REPL's way). A failure that
 -- fs.read raised (a playbook's step: failures raise there; a sandbox's refusal) raises,
 -- reworded to name fname.
-local function read(fname, fs, path, missing_ok)
+local function read(fname, fs, path, missing_ok, hint)
   local ok, data, msg, code = pcall(fs.read, path)
   if not ok then
     if type(data) ~= "string" then
       error(data, 0) -- the engine's own error objects pass as they are
     end
     local text = strip(data)
-    if missing_ok and text:find("No such file or directory$") then
+    local missing = text:find("No such file or directory$")
+    if missing_ok and missing then
       return false
     end
-    fail("%s", (text:gsub("^fs%.read", fname)))
+    fail("%s%s", (text:gsub("^fs%.read", fname)), missing and hint or "")
   elseif data == nil then
     if missing_ok and code == "ENOENT" then
       return false
     end
-    return nil, (tostring(msg):gsub("^fs%.read", fname)), code
+    return nil, (tostring(msg):gsub("^fs%.read", fname)) .. (code == "ENOENT" and hint or ""), code
   end
   return data
 end
@@ -351,11 +352,8 @@ local function edit(fs, path, spec)
     fail("%s: create: true or false expected, got %s", who, type(opts.create))
   end
   check_mode(who, opts.mode)
-  local old, msg, code = read(fname, fs, path, opts.create)
+  local old, msg, code = read(fname, fs, path, opts.create, " (create = true makes it)")
   if old == nil then
-    if code == "ENOENT" then
-      msg = msg .. " (create = true makes it)"
-    end
     return nil, msg, code
   end
   local lines = split(old or "")

@@ -321,6 +321,8 @@ describe("fs.edit and fs.template in playbooks", function()
     step "s" { run = function(ctx)
       if ctx.params.what == "edit" then
         fs.edit(ctx.params.dir .. "/app.conf", { line = "b", befor = "^a" })
+      elseif ctx.params.what == "missing" then
+        fs.edit(ctx.params.dir .. "/none.conf", { line = "b" })
       else
         fs.template(ctx.params.dir .. "/t.tpl", ctx.params.dir .. "/out", {})
       end
@@ -331,7 +333,12 @@ describe("fs.edit and fs.template in playbooks", function()
         "'before'?)")
       r = play({ p, "--state", d .. "/state", "-p", "dir=" .. d, "-p", "what=template" })
       eq(r.code, 1)
-      has(r.stderr .. r.stdout, p .. ":9: fs.template: " .. d .. "/t.tpl:1: no variable 'x' in the vars given")
+      has(r.stderr .. r.stdout, p .. ":11: fs.template: " .. d .. "/t.tpl:1: no variable 'x' in the vars given")
+      r = play({ p, "--state", d .. "/state", "-p", "dir=" .. d, "-p", "what=missing" })
+      eq(r.code, 1)
+      has(r.stderr .. r.stdout, p .. ":9: fs.edit: " .. d .. "/none.conf: No such file or directory (create = " ..
+        "true makes it)")
+      eq(fs.exists(d .. "/none.conf"), false)
       eq(fs.read(d .. "/app.conf"), "a\n")
       eq(fs.exists(d .. "/out"), false)
     end)
