@@ -190,7 +190,7 @@ local function check_edit(fname, where, e)
   if e.absent and (e.after or e.before) then
     fail("%s: %s%s has no use with absent = true", fname, where, e.after and "after" or "before")
   end
-  local n = { absent = e.absent or false, after = e.after, before = e.before }
+  local n = { absent = e.absent or false, after = e.after, before = e.before, who = fname, where = where }
   if e.block ~= nil or e.marker ~= nil then
     if e.line ~= nil or e.regexp ~= nil then
       fail("%s: %s%s: a block edit takes block and marker, not line or regexp", fname, where,
@@ -235,17 +235,27 @@ local function check_edit(fname, where, e)
   return n
 end
 
+-- Does the line match the edit's pattern e[key]? A pattern whose fault shows only on
+-- some subject ("a%" reaches its "%" once an "a" matches) is named as check_edit does.
+local function matches(e, key, text)
+  local ok, r = pcall(string.find, text, e[key])
+  if not ok then
+    fail("%s: %s%s: bad Lua pattern '%s': %s", e.who, e.where, key, e[key], strip(tostring(r)))
+  end
+  return r ~= nil
+end
+
 -- Where an anchored insert goes: the index a new line takes.
 local function anchor(lines, e)
   if e.after then
     for i = #lines, 1, -1 do
-      if lines[i].text:find(e.after) then
+      if matches(e, "after", lines[i].text) then
         return i + 1
       end
     end
   elseif e.before then
     for i = 1, #lines do
-      if lines[i].text:find(e.before) then
+      if matches(e, "before", lines[i].text) then
         return i
       end
     end
@@ -264,17 +274,21 @@ end
 
 local function apply_line(lines, e, eol)
   if e.absent then
-    for i = #lines, 1, -1 do
-      local t = lines[i].text
-      if (e.regexp and t:find(e.regexp)) or (not e.regexp and t == e.line) then
-        table.remove(lines, i)
+    local kept = {}
+    for _, l in ipairs(lines) do
+      if not (e.regexp and matches(e, "regexp", l.text) or not e.regexp and l.text == e.line) then
+        kept[#kept + 1] = l
       end
+    end
+    table.move(kept, 1, #kept, 1, lines)
+    for i = #lines, #kept + 1, -1 do
+      lines[i] = nil
     end
     return
   end
   if e.regexp then
     for i = #lines, 1, -1 do
-      if lines[i].text:find(e.regexp) then
+      if matches(e, "regexp", lines[i].text) then
         lines[i].text = e.line
         return
       end

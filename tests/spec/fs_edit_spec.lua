@@ -134,6 +134,9 @@ describe("fs.edit: calls", function()
     for _, c in ipairs(cases) do
       checkerr(c[2], fs.edit, p, c[1])
     end
+    -- a fault the pattern shows only on a line that reaches it
+    checkerr(p .. ": edit 2: after: bad Lua pattern 'a%': malformed pattern (ends with '%')", fs.edit, p,
+      { { line = "x" }, { line = "y", after = "a%" } })
     checkerr("bad argument #2 to 'fs.edit'", fs.edit, p, "line")
     checkerr("bad argument #1 to 'fs.edit' (string expected, got number)", fs.edit, 3, { line = "x" })
     eq(fs.read(p), "a\n")
