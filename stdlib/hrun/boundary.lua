@@ -8,6 +8,7 @@
 -- The engine kills the process at the step's deadline and on Ctrl-C; the next call starts
 -- it again from the same source (a playbook's module-level locals start over).
 local dsl = require("hrun.dsl")
+local edit = require("hrun.edit")
 local json = require("hrun.json")
 local secrets = require("hrun.secrets")
 
@@ -36,7 +37,7 @@ local function exported(modules)
     if type(mod) == "table" and name ~= "json" then
       local fields = {}
       for k, v in pairs(mod) do
-        if type(k) == "string" and k:sub(1, 1) ~= "_" then
+        if type(k) == "string" and k:sub(1, 1) ~= "_" and not edit.derived[v] then -- fs.edit: the process's own
           if type(v) == "function" then
             fields[k], flat[name .. "." .. k] = true, v
           elseif type(v) == "string" or type(v) == "number" or type(v) == "boolean" then

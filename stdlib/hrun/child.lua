@@ -7,6 +7,7 @@
 -- acts on. Before it runs any of the playbook, the process confines itself for good.
 local cpriv = ...
 local wire, dsl, json = cpriv.wire, require("hrun.dsl"), require("hrun.json")
+local edit = require("hrun.edit") -- fs.edit and fs.template run here, on the fs stubs
 
 local ch = wire.channel(cpriv.infd, cpriv.outfd)
 local debug_getmetatable = debug.getmetatable
@@ -402,6 +403,11 @@ local function environment(modules)
     stubs[name] = m
   end
   stubs.json = json
+  if stubs.fs then
+    edit.install(stubs.fs, { null = json.null, is_secret = function(v)
+      return debug_getmetatable(v) == SECRET
+    end })
+  end
   git_stub = stubs.git or {}
   stubs.secrets = stubs.secrets or {}
   stubs.secrets.is = function(v)

@@ -9,6 +9,8 @@ local pretty = require "hrun.pretty"
 local json = require "hrun.json"
 local fs = require "hrun.fs"
 local sys = require "hrun.sys"
+-- fs.edit, fs.template: Lua on fs.read and fs.write
+require("hrun.edit").install(fs, { null = json.null, is_secret = require("hrun.secrets").is })
 
 local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 3, 130
 

@@ -411,6 +411,9 @@ local function capabilities_in_source(priv, calls)
   for _, p in ipairs(priv.primitives()) do
     cap_of[p.name] = p.cap
   end
+  for name, cap in pairs(require("hrun.edit").capabilities) do -- fs.edit, fs.template: Lua on fs's
+    cap_of[name] = cap
+  end
   local out, seen = {}, {}
   for _, c in ipairs(calls) do
     local full = c.module .. "." .. c.name
