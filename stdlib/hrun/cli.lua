@@ -518,49 +518,231 @@ Runs each CODE in order, as a chunk with fs, exec, json and sys as globals:
 -- The Lua modules a REPL loads beside the native ones, as playbooks have them.
 local HELPERS = { "checks", "pg", "migrate", "notify" }
 
--- help([module]) in the REPL: the modules, or one module's functions with what each does
--- to the system (pure, read, write) and the capability it needs.
+-- help([what]) in the REPL, from hrun.docs: help() the modules with a line on each;
+-- help("fs") or help(fs) each function's signature, kind (pure, read, write: from the
+-- registry; Lua for functions written in Lua), capability and one-line doc, in columns
+-- that fit 100; help("fs.write") (or help(fs.write)) one function; help("repo"),
+-- help("dsl"), help("ctx") git.open's object, the playbook language and a step's ctx.
+local HELP_WIDTH = 100
+local HELP_KINDS = { pure = "computes only", read = "looks at the system",
+  write = "changes the system: journaled, recorded in plans" }
+
+local function help_width(s)
+  return utf8.len(s) or #s
+end
+
+local function help_pad(s, w)
+  return s .. string.rep(" ", w - help_width(s))
+end
+
+-- text folded at spaces into lines that fit HELP_WIDTH after indent
+local function help_fold(text, indent)
+  local lines, line = {}, nil
+  for word in text:gmatch("%S+") do
+    if line and help_width(indent .. line .. " " .. word) > HELP_WIDTH then
+      lines[#lines + 1] = indent .. line
+      line = word
+    else
+      line = line and (line .. " " .. word) or word
+    end
+  end
+  lines[#lines + 1] = indent .. (line or "")
+  return table.concat(lines, "\n")
+end
+
 local function repl_help(env)
+  local docs = require "hrun.docs"
+  local prims = {}
+  for _, p in ipairs(priv.primitives()) do
+    prims[p.name] = p
+  end
+  local write = function(...)
+    io.stdout:write(...)
+  end
+  -- the object a section documents in this REPL: a module, or nil
+  local function object(s)
+    local v = s.what == "module" and env[s.name]
+    return type(v) == "table" and v or nil
+  end
+  -- kind and capability of entry e of section s
+  local function kind_of(s, e)
+    local p = prims[(s.what == "methods" and "git" or s.name) .. "." .. e.name] -- repo:f is git.f
+    if p then
+      return p.kind, p.cap or "-"
+    end
+    local obj = object(s)
+    if obj and obj[e.name] ~= nil and type(obj[e.name]) ~= "function" then
+      return "value", "-"
+    end
+    return "Lua", "-"
+  end
+  -- the entries of a section this REPL has (a module's functions that exist, and any
+  -- public one the docs lack, named as such)
+  local function entries(s)
+    if s.what == "dsl" then -- those the DSL has
+      local have, out = require("hrun.dsl").constructors(), {}
+      for _, e in ipairs(s.entries) do
+        out[#out + 1] = have[e.name] and e or nil
+      end
+      return out
+    end
+    local obj = object(s)
+    if s.what ~= "module" or not obj then
+      return s.entries
+    end
+    local out = {}
+    for _, e in ipairs(s.entries) do
+      if obj[e.name] ~= nil then
+        out[#out + 1] = e
+      end
+    end
+    local extra = {}
+    for k, v in pairs(obj) do
+      if type(k) == "string" and k:sub(1, 1) ~= "_" and type(v) == "function" and not s.by_name[k] then
+        extra[#extra + 1] = k
+      end
+    end
+    table.sort(extra)
+    for _, k in ipairs(extra) do
+      out[#out + 1] = { name = k, sig = s.name .. "." .. k .. "(…)", doc = "(not in hrun.docs: see " .. s.ref .. ")" }
+    end
+    return out
+  end
+
+  local function list_modules()
+    local rows, w = {}, 0
+    for _, s in ipairs(docs.sections) do
+      if object(s) then
+        rows[#rows + 1] = s
+        w = math.max(w, help_width(s.name))
+      end
+    end
+    write("Modules (help(\"fs\") lists one's functions, help(\"fs.write\") says what one does):\n")
+    for _, s in ipairs(rows) do
+      write("  ", help_pad(s.name, w), "  ", s.doc, "\n")
+    end
+    write("Also help(\"repo\"): git.open's repository; help(\"dsl\"): playbook, phase, step, check, ",
+      "required;\nhelp(\"ctx\"): what a step's functions get. docs/reference.md says it all in full.\n")
+  end
+
+  local function list_section(s)
+    local list = entries(s)
+    local cols = s.what ~= "dsl" and s.what ~= "ctx"
+    local rows, sw, kw, cw = {}, 0, 0, 0
+    for _, e in ipairs(list) do
+      local kind, cap
+      if cols then
+        kind, cap = kind_of(s, e)
+        kw, cw = math.max(kw, help_width(kind)), math.max(cw, help_width(cap))
+      end
+      rows[#rows + 1] = { e = e, kind = kind, cap = cap }
+      if help_width(e.sig) <= 36 then
+        sw = math.max(sw, help_width(e.sig))
+      end
+    end
+    write(s.name, " — ", s.doc, "\n")
+    for _, r in ipairs(rows) do
+      local head = "  " .. help_pad(r.e.sig, math.max(sw, help_width(r.e.sig)))
+      if help_width(r.e.sig) > sw then -- too long for the column: the rest on the next line
+        write(head, "\n")
+        head = "  " .. string.rep(" ", sw)
+      end
+      if cols then
+        head = head .. "  " .. help_pad(r.kind, kw) .. "  " .. help_pad(r.cap, cw)
+      end
+      local bare = head:gsub("%s+$", "")
+      if bare ~= "" and help_width(head) + 2 + help_width(r.e.doc) <= HELP_WIDTH then
+        write(head, "  ", r.e.doc, "\n")
+      else -- the doc under the signature
+        write(bare ~= "" and (bare .. "\n") or "", help_fold(r.e.doc, "      "), "\n")
+      end
+    end
+    if #list == 0 then
+      write("  (none in this REPL)\n")
+    end
+    write("More in ", s.ref, ".\n")
+  end
+
+  local function show_entry(s, e)
+    write(e.sig, "\n")
+    if s.what == "module" or s.what == "methods" then
+      local kind, cap = kind_of(s, e)
+      local why = HELP_KINDS[kind] or kind == "Lua" and "written in Lua, on the native functions"
+      write(help_fold(string.format("%s%s, %s", kind, why and (" (" .. why .. ")") or "",
+        cap == "-" and "no capability" or ("capability " .. cap)), "  "), "\n")
+    end
+    write(help_fold(e.doc, "  "), "\n", "  More in ", s.ref, ".\n")
+  end
+
+  -- "fs", "fs.write", "repo:status", "step" → section, entry (nil when there is none);
+  -- nil and a message naming the nearest name otherwise
+  local function resolve(name)
+    local sname, ename = name:match("^([%w_]+)[.:]([%w_]+)$")
+    if not sname then
+      local s = docs.section(name)
+      if s then
+        return s
+      end
+      local d = docs.entry("dsl", name)
+      if d then
+        return docs.section("dsl"), d
+      end
+    else
+      local e = docs.entry(sname, ename)
+      if e then
+        return docs.section(sname), e
+      end
+    end
+    local all = {}
+    for _, s in ipairs(docs.sections) do
+      all[#all + 1] = s.name
+      for _, e in ipairs(s.entries) do
+        all[#all + 1] = s.name .. (s.what == "methods" and ":" or ".") .. e.name
+      end
+    end
+    local near = priv.nearest(name, all)
+    return nil, string.format("no %s '%s'%s; help() lists the modules", sname and "function" or "module", name,
+      near and string.format(" (did you mean '%s'?)", near) or "")
+  end
+
+  -- a value given instead of a name: a module, one of its functions, a repository, ctx
+  local function name_of(v)
+    for _, s in ipairs(docs.sections) do
+      local obj = object(s)
+      if obj == v then
+        return s.name
+      end
+      for _, e in ipairs(obj and s.entries or {}) do
+        if obj[e.name] == v then
+          return s.name .. "." .. e.name
+        end
+      end
+    end
+    if type(v) == "table" and type(rawget(v, "gitdir")) == "string" then
+      return "repo"
+    end
+    if v == rawget(env, "ctx") then
+      return "ctx"
+    end
+  end
+
   return function(what)
-    local kinds = {}
-    for _, p in ipairs(priv.primitives()) do
-      kinds[p.name] = p
-    end
-    local names = {}
-    for name, mod in pairs(env) do
-      if type(mod) == "table" and (package.loaded["hrun." .. name] == mod or kinds[name .. ".read"] or
-          kinds[name .. ".run"]) then
-        names[#names + 1] = name
-      end
-    end
-    table.sort(names)
     if what == nil then
-      io.stdout:write("modules: ", table.concat(names, " "), "\n",
-        "help(\"fs\") lists a module's functions; docs/reference.md says what each does.\n")
+      return list_modules()
+    end
+    local name = type(what) == "string" and what or name_of(what)
+    if not name then
+      write(string.format("help: a %s is neither a module nor one of their functions; help() lists the modules\n",
+        type(what)))
       return
     end
-    local mod = type(what) == "table" and what or env[tostring(what)]
-    local name = type(what) == "string" and what or nil
-    for _, n in ipairs(names) do
-      if env[n] == mod then
-        name = n
-      end
-    end
-    if type(mod) ~= "table" then
-      io.stdout:write(string.format("no module '%s' (modules: %s)\n", tostring(what), table.concat(names, " ")))
-      return
-    end
-    local fns = {}
-    for k, v in pairs(mod) do
-      if type(v) == "function" and type(k) == "string" and k:sub(1, 1) ~= "_" then
-        fns[#fns + 1] = k
-      end
-    end
-    table.sort(fns)
-    for _, k in ipairs(fns) do
-      local p = kinds[name .. "." .. k]
-      io.stdout:write(string.format("  %-28s %s\n", name .. "." .. k,
-        p and (p.kind .. (p.cap and (", needs " .. p.cap) or "")) or "Lua (calls the native functions)"))
+    local s, e = resolve(name)
+    if not s then
+      write(e, "\n")
+    elseif e then
+      show_entry(s, e)
+    else
+      list_section(s)
     end
   end
 end
