@@ -641,6 +641,9 @@ local function repl_help(env)
       end
     end
     write(s.name, " — ", s.doc, "\n")
+    if s.what == "module" and not object(s) then -- journal, without a playbook's state
+      write("  (playbooks have it; this REPL does not)\n")
+    end
     for _, r in ipairs(rows) do
       local head = "  " .. help_pad(r.e.sig, math.max(sw, help_width(r.e.sig)))
       if help_width(r.e.sig) > sw then -- too long for the column: the rest on the next line
@@ -667,9 +670,12 @@ local function repl_help(env)
     write(e.sig, "\n")
     if s.what == "module" or s.what == "methods" then
       local kind, cap = kind_of(s, e)
-      local why = HELP_KINDS[kind] or kind == "Lua" and "written in Lua, on the native functions"
-      write(help_fold(string.format("%s%s, %s", kind, why and (" (" .. why .. ")") or "",
-        cap == "-" and "no capability" or ("capability " .. cap)), "  "), "\n")
+      if kind == "Lua" then
+        write("  Lua (written in Lua: the native functions it calls say what it reads and writes)\n")
+      elseif kind ~= "value" then -- json.null's doc says what it is
+        write(help_fold(string.format("%s%s, %s", kind, HELP_KINDS[kind] and (" (" .. HELP_KINDS[kind] .. ")") or "",
+          cap == "-" and "no capability" or ("capability " .. cap)), "  "), "\n")
+      end
     end
     write(help_fold(e.doc, "  "), "\n", "  More in ", s.ref, ".\n")
   end
