@@ -43,7 +43,7 @@ M.sections = {
     }),
   section("exec", "module", "programs, without a shell (exec.sh is the one way to one)", "docs/reference.md#exec", {
     { "run", "exec.run(argv, {cwd, env, stdin, timeout, check, stream, undo, …})",
-      "run a program: {ok, code, stdout, stderr, seconds}; raises unless it exits 0" },
+      "run a program: {ok, code, stdout, stderr, seconds, …}; raises unless check=false" },
     { "sh", "exec.sh(command, opts)", "run /bin/sh -c command, with exec.run's options and result" },
   }),
   section("json", "module", "JSON: integers kept, keys sorted, null as json.null", "docs/reference.md#json", {
@@ -136,7 +136,7 @@ M.sections = {
   }),
   section("http", "module", "HTTP(S) through libcurl: a status is an answer, not an error", "docs/reference.md#http", {
     { "request", "http.request(url, {method, headers, body, json, timeout, …})",
-      "an HTTP request: {status, headers, body, json, url, seconds}" },
+      "a request (GET, HEAD, OPTIONS: a read): {status, headers, body, json, url, …}" },
     { "get", "http.get(url, opts)", "a GET: {status, headers, body, json, url, seconds}" },
     { "head", "http.head(url, opts)", "a HEAD: {status, headers, url, seconds}" },
     { "post", "http.post(url, body, opts)",
@@ -217,7 +217,8 @@ M.sections = {
         "ok, message, {sub = result}: each subvolume against its manifest" },
       { "deploy", "migrate.deploy(ctx, {flake, host, ref, profile})",
         "git.checkout(ref), then nixos.rebuild(\"switch\"): the generation" },
-      { "start", "migrate.start(ctx, services)", "start each service in order, waiting until it is healthy" },
+      { "start", "migrate.start(ctx, services)",
+        "start each service in order (undone by stopping), its URL waited for before the next" },
       { "healthy", "migrate.healthy(svc)", "ok, message: the unit is active and its URL (if any) answers" },
       { "wait_healthy", "migrate.wait_healthy(svc, timeout)",
         "wait until a service is healthy; raises at once when its unit fails" },
@@ -262,7 +263,7 @@ M.sections = {
     }),
   section("notify", "module", "notifications (Lua, on http.post): ntfy and webhooks", "docs/reference.md#notify-lua", {
     { "ntfy", "notify.ntfy(topic_url, message, {title, priority, tags, timeout})",
-      "publish a message to an ntfy topic" },
+      "publish a message to an ntfy topic (a POST: journaled, not sent in plans)" },
     { "webhook", "notify.webhook(url, t, {headers, timeout})", "POST t as JSON to url" },
     { "run_end", "notify.run_end(url, event, host)", "report a run's end as --notify does (ntfy text, or json:URL)" },
   }),
