@@ -25,7 +25,14 @@ describe("capabilities", function()
       local p = sandboxed(d, { case[1] }, [[step "s" { run = function() end },]])
       local r = run({ "check", p, "--state", d .. "/state" })
       eq(r.code, 3, case[1])
-      has(r.stderr, p .. ":1: playbook: " .. case[2])
+      local line = 0 -- the field's own line
+      for l in fs.read(p):gmatch("[^\n]*") do
+        line = line + 1
+        if l:find("capabilities", 1, true) then
+          break
+        end
+      end
+      has(r.stderr, p .. ":" .. line .. ": playbook: " .. case[2])
       r = run({ p, "--state", d .. "/state" })
       eq(r.code, 3, case[1])
       eq(fs.exists(d .. "/state/journal.db"), false, "nothing ran")
