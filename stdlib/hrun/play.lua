@@ -289,6 +289,19 @@ end
 -- journal, run id: takes the state directory's lock, journals a new run with its
 -- provenance (mode "debug" with --debug or from the REPL) and whether it runs in the
 -- sandbox (so that resume and rollback keep it there), and points the stash at it.
+-- How many steps the playbook has (hrun runs shows done/total while it runs).
+function M.step_count(pb)
+  local n = 0
+  for _, ph in ipairs(pb.phases or {}) do
+    for _, item in ipairs(ph.items or {}) do
+      if item.kind == "step" then
+        n = n + 1
+      end
+    end
+  end
+  return n
+end
+
 function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed, src)
   assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
   local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
@@ -299,7 +312,8 @@ function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed,
     git_commit = prov and prov.commit, git_dirty = prov and prov.commit and (prov.dirty and 1 or 0),
     mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
-    hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0 })
+    hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0,
+    steps_total = M.step_count(pb) })
   if src then -- rollback undoes each step with the version of the playbook that ran it
     j:keep_playbook(hash, path, src)
     j:commit()
