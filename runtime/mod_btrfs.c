@@ -667,7 +667,8 @@ static int protected_path(lua_State *L, const char *path)
 }
 
 static const char *const prune_options[] = {
-    "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "pattern", "asides_of", NULL};
+    "keep_last",    "keep_hourly", "keep_daily", "keep_weekly",
+    "keep_monthly", "pattern",     "asides_of",  NULL};
 
 /*
 ** btrfs.prune(dir, {keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,

@@ -86,8 +86,8 @@ static int take_keep(lua_State *L, const Entry *e)
     lua_pop(L, 1);
     if (t == LUA_TNIL) return 0;
     if (t != LUA_TBOOLEAN)
-        luaL_argerror(L, n, lua_pushfstring(L, "field 'keep': boolean expected, got %s",
-                                            lua_typename(L, t)));
+        luaL_argerror(
+            L, n, lua_pushfstring(L, "field 'keep': boolean expected, got %s", lua_typename(L, t)));
     lua_newtable(L);
     lua_pushnil(L);
     while (lua_next(L, n) != 0) {

@@ -790,14 +790,14 @@ function M.show(r, lock_free)
   for _, l in ipairs(rec.run_logs) do
     add("  log        %s", l:gsub("\n", "\n             "))
   end
-  for _, rb in ipairs(rec.rollbacks) do
-    add("  rollback from %s%s: %s", M.timestamp(rb.started), rb.ended and (" to " .. M.timestamp(rb.ended) .. " ("
-      .. M.seconds(rb.ended - rb.started) .. ")") or "", tostring(rb.reason):gsub("\n", "\n             "))
-    for _, l in ipairs(rb.lines) do
+  for _, tl in ipairs(rec.rollbacks) do
+    add("  rollback from %s%s: %s", M.timestamp(tl.started), tl.ended and (" to " .. M.timestamp(tl.ended) .. " ("
+      .. M.seconds(tl.ended - tl.started) .. ")") or "", tostring(tl.reason):gsub("\n", "\n             "))
+    for _, l in ipairs(tl.lines) do
       add("    %s", l)
     end
-    add("    %s", rb.status and ("ended: " .. rb.status .. ((rb.failed or 0) > 0 and
-      string.format(" (%d step%s not undone)", rb.failed, rb.failed == 1 and "" or "s") or ""))
+    add("    %s", tl.status and ("ended: " .. tl.status .. ((tl.failed or 0) > 0 and
+      string.format(" (%d step%s not undone)", tl.failed, tl.failed == 1 and "" or "s") or ""))
       or "did not reach its end")
   end
   return table.concat(out, "\n") .. "\n"
@@ -879,17 +879,17 @@ function M.markdown(r, lock_free)
       add("- %s", code(l))
     end
   end
-  for _, rb in ipairs(rec.rollbacks) do
+  for _, tl in ipairs(rec.rollbacks) do
     add("")
-    add("### Rollback, %s", M.timestamp(rb.started))
+    add("### Rollback, %s", M.timestamp(tl.started))
     add("")
-    add("- **Why:** %s", code(tostring(rb.reason)))
-    for _, l in ipairs(rb.lines) do
+    add("- **Why:** %s", code(tostring(tl.reason)))
+    for _, l in ipairs(tl.lines) do
       local indent, text = l:match("^(%s*)(.*)$")
       add("%s- %s", indent:sub(3), code(text))
     end
-    add("- **Ended:** %s", rb.status and (rb.status .. " at " .. M.timestamp(rb.ended) .. " (" ..
-      M.seconds(rb.ended - rb.started) .. ")") or "did not reach its end")
+    add("- **Ended:** %s", tl.status and (tl.status .. " at " .. M.timestamp(tl.ended) .. " (" ..
+      M.seconds(tl.ended - tl.started) .. ")") or "did not reach its end")
   end
   return table.concat(out, "\n") .. "\n"
 end

@@ -146,6 +146,26 @@ describe("hrun runs", function()
   end)
 end)
 
+describe("an older journal", function()
+  it("is migrated; its runs count the steps they journaled", function()
+    need("sqlite3")
+    local p, data, state = recorded()
+    eq(hrun_cmd({ p, "--state", state, "-p", "dir=" .. data, "-p", "fail=false" }).code, 0)
+    -- the journal as schema 5 left it
+    exec.run({ "sqlite3", state .. "/journal.db" }, { stdin = [[DROP TABLE collections;
+      ALTER TABLE runs DROP COLUMN steps_total; ALTER TABLE runs DROP COLUMN collected;
+      ALTER TABLE effects DROP COLUMN kept; PRAGMA user_version = 5;]] })
+    local runs = hrun_cmd({ "runs", "--state", state })
+    eq(runs.code, 0, runs.stderr)
+    ok(runs.stdout:find("done%s+[%d.]+s%s+4/4") ~= nil, runs.stdout)
+    eq(exec.run({ "sqlite3", state .. "/journal.db", "PRAGMA user_version" }).stdout,
+      require("hrun.journal").schema_version .. "\n")
+    local show = hrun_cmd({ "show", "1", "--state", state })
+    eq(show.code, 0, show.stderr)
+    has(show.stdout, "log: writing a")
+  end)
+end)
+
 describe("hrun gc", function()
   it("refuses a missing or bad duration (exit 3)", function()
     local state = tmpdir()
