@@ -874,7 +874,9 @@ local function parse(args)
   end
   local effective = chunks and "-e" or name or "help"
   for _, flag in ipairs(given) do
-    if not flags[flag].only[effective] then
+    if not flags[flag].only[effective] and PEERS[flag] then -- --dry-run is gc's: elsewhere, another tool's
+      usage_error("unknown option '%s' (%s)", flag, PEERS[flag])
+    elseif not flags[flag].only[effective] then
       usage_error("option %s does not apply to %s", flag,
         effective == "run" and "a plain script (its options go after the path)" or ("'" .. effective .. "'"))
     end

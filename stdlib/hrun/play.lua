@@ -791,7 +791,9 @@ local function rollback_plan(priv, opts, j, r, run, later)
         end
         local okr, now = pcall(priv.restate, e.before or {})
         local outlook, diff = runner_mod.outlook(e, okr and now or nil)
-        if not e.inverse then
+        if e.kept == 1 and e.status == "done" then
+          note = "kept (keep = true): a rollback leaves it"
+        elseif not e.inverse then
           note = s.irreversible == 1 and "irreversible: left as it is" or
             ("cannot be undone: " .. tostring(e.no_inverse))
         elseif outlook == "already-undone" then
