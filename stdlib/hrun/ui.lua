@@ -535,6 +535,9 @@ local function afterwards(r, lock_free)
   if r.resolved then
     notes[#notes + 1] = string.format("resolved by %s: %s", tostring(r.resolved_by), r.resolved:gsub("\n", " "))
   end
+  if r.collected then
+    notes[#notes + 1] = "collected by hrun gc " .. M.timestamp(r.collected)
+  end
   return table.concat(notes, "; ")
 end
 
@@ -750,6 +753,10 @@ function M.show(r, lock_free)
   if r.resolved then
     add("  resolved   by %s at %s: %s", tostring(r.resolved_by), M.timestamp(r.resolved_at or 0), r.resolved)
   end
+  if r.collected then
+    add("  collected  by hrun gc at %s: what its undo needs is removed, it can no longer be rolled back",
+      M.timestamp(r.collected))
+  end
   add("  params     %s", codec.summary(r.params))
   if r.error then
     add("  error      %s", r.error:gsub("\n", "\n             "))
@@ -830,6 +837,9 @@ function M.markdown(r, lock_free)
   if r.resolved then
     add("- **Resolved** by %s at %s: %s", tostring(r.resolved_by), M.timestamp(r.resolved_at or 0),
       r.resolved:gsub("\n", " "))
+  end
+  if r.collected then
+    add("- **Collected** by hrun gc at %s: it can no longer be rolled back", M.timestamp(r.collected))
   end
   add("- **Playbook:** `%s` (sha256 `%s`)%s", r.path, r.hash:sub(1, 16),
     r.git_commit and string.format(", git `%s`%s", r.git_commit:sub(1, 12), r.git_dirty == 1 and " (dirty)" or "")

@@ -235,6 +235,8 @@ return playbook { name = "restore", params = { mnt = "", stop = false },
     ok(fs.exists(state .. "/runs/2"), "the crashed run's stash stays")
     eq(fs.read(mnt .. "/@data/f"), "one")
 
+    has(hrun_cmd({ "show", "1", "--state", state }).stdout, "  collected  by hrun gc at ")
+    has(hrun_cmd({ "runs", "--state", state }).stdout, "collected by hrun gc ")
     r = hrun_cmd({ "rollback", "1", "--state", state })
     eq(r.code, 3, r.stdout .. r.stderr)
     has(r.stderr, "run 1 can no longer be rolled back: hrun gc removed what its undo needs")
