@@ -3,6 +3,7 @@
 ** btrfs CLI), restore, retention (prune), and scrub (the one CLI call: there is no
 ** library API for it).
 */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -393,16 +394,24 @@ static void aside_name(lua_State *L, const char *target, char *out, size_t size,
         if (!plan) planned_target[0] = '\0';
         return;
     }
-    char when[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &tm);
+    /* to the microsecond, and a name that is taken is not chosen (restore renames with
+    ** RENAME_NOREPLACE too): two restores of one target in a second both keep theirs */
     lua_Integer run = hrun_runtime(L)->run_id;
-    if (run > 0)
-        snprintf(out, size, "%s.hrun-%lld-%s", target, (long long)run, when);
-    else
-        snprintf(out, size, "%s.hrun-%s", target, when);
+    struct stat st;
+    for (int i = 0; i < 100; i++) {
+        char when[80], sec[32];
+        struct timespec now;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &now);
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(sec, sizeof sec, "%Y%m%dT%H%M%S", &tm);
+        snprintf(when, sizeof when, "%s.%06dZ", sec, (int)(now.tv_nsec / 1000) % 1000000);
+        if (run > 0)
+            snprintf(out, size, "%s.hrun-%lld-%s", target, (long long)run, when);
+        else
+            snprintf(out, size, "%s.hrun-%s", target, when);
+        if (lstat(out, &st) < 0 && errno == ENOENT) break;
+    }
     if (plan) {
         snprintf(planned_target, sizeof planned_target, "%s", target);
         snprintf(planned_aside, sizeof planned_aside, "%s", out);
@@ -429,7 +438,8 @@ static int btrfs_restore(lua_State *L)
         if ((e = btrfs_util_is_subvolume(target)))
             return fail(L, "btrfs.restore", target, e); /* replace a subvolume, not any dir */
         aside_name(L, target, aside, sizeof aside, 0);
-        if (rename(target, aside) < 0) return hrun_fail(L, "btrfs.restore", target, errno);
+        if (renameat2(AT_FDCWD, target, AT_FDCWD, aside, RENAME_NOREPLACE) < 0)
+            return hrun_fail(L, "btrfs.restore", target, errno);
     }
     if ((e = btrfs_util_create_snapshot(snap, target, 0, NULL, NULL))) {
         int err = errno;
@@ -576,7 +586,8 @@ typedef struct Snap {
 } Snap;
 
 /* A time in a snapshot's name — 2024-05-01T12:30:00, 20240501T1230, 2024-05-01_12-30,
-** 2024-05-01 … ("Z" at the end: UTC, else local time) — as btrbk and snapper name them.
+** 2024-05-01 … ("Z" at the end: UTC, else local time) — as btrbk and snapper name them;
+** a fraction of a second after the time (hrun's own names: .123456Z) is passed over.
 ** Returns -1 when the name has none. */
 static time_t name_time(const char *name)
 {
@@ -602,6 +613,9 @@ static time_t name_time(const char *name)
                 q = t + n;
             else if (sscanf(t, "%2d%2d%n", &h, &mi, &n) == 2 && n == 4)
                 q = t + n;
+            if (*q == '.' && isdigit((unsigned char)q[1]))
+                for (q++; isdigit((unsigned char)*q); q++) {
+                }
         }
         struct tm tm = {.tm_year = y - 1900,
                         .tm_mon = mo - 1,
@@ -653,13 +667,15 @@ static int protected_path(lua_State *L, const char *path)
 }
 
 static const char *const prune_options[] = {
-    "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "pattern", NULL};
+    "keep_last",    "keep_hourly", "keep_daily", "keep_weekly",
+    "keep_monthly", "pattern",     "asides_of",  NULL};
 
 /*
 ** btrfs.prune(dir, {keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
-**   pattern}) → {kept = {names}, deleted = {names}, protected = {names}}
+**   pattern, asides_of}) → {kept = {names}, deleted = {names}, protected = {names}}
 **   | nil, message, code
-** The subvolumes directly in dir (whose names match the glob `pattern`), newest first
+** The subvolumes directly in dir (whose names match the glob `pattern`; with asides_of =
+** NAME, the copies btrfs.restore set aside of dir/NAME: NAME.hrun-*), newest first
 ** by the time in their name (else their creation time): keep_last keeps the N newest;
 ** keep_hourly / daily / weekly / monthly keep the newest of each of the N latest hours,
 ** days, ISO weeks, months that have one. What no rule keeps is deleted — unless an
@@ -683,6 +699,11 @@ static int btrfs_prune(lua_State *L)
     }
     if (!any) luaL_argerror(L, 2, "no keep_* rule: pruning would delete every snapshot");
     const char *pattern = hrun_optstring(L, 2, "pattern", NULL, NULL);
+    const char *asides_of = hrun_optstring(L, 2, "asides_of", NULL, NULL);
+    if (asides_of && pattern) luaL_argerror(L, 2, "'pattern' and 'asides_of' together: give one");
+    if (asides_of && (asides_of[0] == '\0' || strchr(asides_of, '/')))
+        luaL_argerror(L, 2, "field 'asides_of': the name of a subvolume in dir, without '/'");
+    size_t aside_len = asides_of ? strlen(asides_of) : 0;
     lua_settop(L, 2);
     Prune *p = lua_newuserdatauv(L, sizeof(Prune), 0); /* 3 */
     p->snaps = NULL, p->n = 0, p->dir = NULL;
@@ -696,6 +717,9 @@ static int btrfs_prune(lua_State *L)
         if (de->d_name[0] == '.' && (de->d_name[1] == '\0' || strcmp(de->d_name, "..") == 0))
             continue;
         if (pattern && fnmatch(pattern, de->d_name, 0) != 0) continue;
+        if (asides_of && (strncmp(de->d_name, asides_of, aside_len) != 0 ||
+                          strncmp(de->d_name + aside_len, ".hrun-", 6) != 0))
+            continue;
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         if (btrfs_util_is_subvolume(path) != BTRFS_UTIL_OK) continue;
         time_t t = name_time(de->d_name);

@@ -65,9 +65,42 @@ static void locate_error(lua_State *L, const Entry *e)
 static hrun_Call describe_call(lua_State *L, const Entry *e, int nargs)
 {
     const hrun_Prim *p = e->prim;
-    hrun_Call call = {p, e->module, e->fullname, 0, nargs};
+    hrun_Call call = {p, e->module, e->fullname, 0, nargs, 0};
     call.writes = p->kind == HRUN_WRITE && (p->writes == NULL || p->writes(L));
     return call;
+}
+
+/*
+** [-0, +0, e] keep = true in a write's options table (its last argument): taken out
+** before the primitive checks its options — the primitive gets a copy without it, the
+** caller's table is left as it was — and returned, for the hooks (the runner journals
+** the effect as kept: a rollback leaves it). Every write that takes options has it.
+*/
+static int take_keep(lua_State *L, const Entry *e)
+{
+    int n = lua_gettop(L);
+    if (e->prim->kind != HRUN_WRITE || n < 1 || lua_type(L, n) != LUA_TTABLE) return 0;
+    lua_pushliteral(L, "keep");
+    int t = lua_rawget(L, n);
+    int keep = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (t == LUA_TNIL) return 0;
+    if (t != LUA_TBOOLEAN)
+        luaL_argerror(
+            L, n, lua_pushfstring(L, "field 'keep': boolean expected, got %s", lua_typename(L, t)));
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, n) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "keep") == 0) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_replace(L, n);
+    return keep;
 }
 
 /* Runs under dispatch's protected call: the before hook, then the primitive. */
@@ -75,8 +108,10 @@ static int protected_call(lua_State *L)
 {
     Entry *e = lua_touserdata(L, lua_upvalueindex(1));
     hrun_Runtime *rt = hrun_runtime(L);
+    int keep = take_keep(L, e);
     if (rt->hooks.before) {
         hrun_Call call = describe_call(L, e, lua_gettop(L));
+        call.keep = keep;
         int r = rt->hooks.before(L, &call, rt->hooks.ud);
         if (r >= 0) {
             rt->stood_in = 1; /* set last: calls made by the hook reset it */
@@ -287,7 +322,7 @@ const char *hrun_stashdir(lua_State *L)
 static void push_call(lua_State *L, const hrun_Call *call)
 {
     static const char *const kinds[] = {"pure", "read", "write"};
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     lua_pushstring(L, call->fullname);
     lua_setfield(L, -2, "name");
     lua_pushstring(L, call->module);
@@ -303,6 +338,10 @@ static void push_call(lua_State *L, const hrun_Call *call)
     if (call->prim->destroys) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "destroys");
+    }
+    if (call->keep) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "keep");
     }
 }
 

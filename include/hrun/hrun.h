@@ -101,6 +101,7 @@ typedef struct hrun_Call {
     const char *fullname; /* "fs.write" */
     int writes;           /* this call changes the system */
     int nargs;            /* arguments at 1..nargs */
+    int keep;             /* a write's options said keep = true: a rollback leaves it */
 } hrun_Call;
 
 /* Hooks on the dispatcher, installed by the runner (plan mode, journal, sandbox). */

@@ -73,6 +73,8 @@ local flags = {
   ["--one-file-system"] = { key = "one_file_system", only = { hash = true } },
   ["--quick"] = { key = "quick", only = { verify = true } },
   ["--update"] = { key = "update", only = { fetch = true } },
+  ["--older-than"] = { key = "older_than", value = "DURATION", only = { gc = true } },
+  ["--dry-run"] = { key = "dry_run", only = { gc = true } },
 }
 
 local function flag_names()
@@ -95,8 +97,8 @@ local PEERS = {
 }
 
 local commands = {}
-local command_order = { "playbook", "plan", "check", "resume", "rollback", "resolve", "runs", "show", "hash", "verify",
-  "fetch",
+local command_order = { "playbook", "plan", "check", "resume", "rollback", "resolve", "runs", "show", "gc", "hash",
+  "verify", "fetch",
   "run", "-e", "repl", "version", "help" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
@@ -371,6 +373,38 @@ time, every effect with how it is undone, and the errors. --json prints it as on
 JSON object; --md as a migration log to paste into notes.]],
   run = function(opts, args)
     return play(opts, require("hrun.play").show, one_arg("show", args, "run", true), need_state(opts))
+  end,
+}
+
+commands.gc = {
+  usage = "hrun gc --older-than DURATION [--dry-run]",
+  summary = "remove what finished runs left: restore asides, stashes",
+  help = [[
+Removes what runs that finished more than DURATION ago (30d, 12h, 2w, 1d12h; units s,
+m, h, d, w) left behind that the journal knows of: the copies btrfs.restore set aside
+(<target>.hrun-RUN-TIME) and each run's stash (what its writes destroyed, kept for its
+undo). A run that is not finished — running, crashed, stopped, rolling back or with
+its rollback incomplete — is never touched. A finished run that is not rolled back
+needs those to be rolled back: gc journals it as collected, and hrun rollback refuses
+it after (--force undoes what it still can). The journal's rows stay (hrun show of an
+old run still works). Each collection is journaled. Exit 1 if something could not be
+removed.
+  --dry-run   list what it would remove and which runs would no longer be rolled
+              back; change nothing]],
+  run = function(opts, args)
+    if #args > 0 then
+      usage_error("gc takes no arguments, got '%s'", args[1])
+    end
+    if opts.older_than == nil then
+      usage_error("gc needs --older-than DURATION (such as 30d, 12h, 2w)")
+    end
+    local play_mod = require "hrun.play"
+    local seconds = play_mod.duration(opts.older_than)
+    if not seconds then
+      usage_error("--older-than %s: expected a duration such as 30d, 12h, 2w, 1d12h (units s, m, h, d, w)",
+        tostring(opts.older_than))
+    end
+    return play(opts, play_mod.gc, need_state(opts), seconds)
   end,
 }
 
@@ -1030,7 +1064,9 @@ local function parse(args)
   end
   local effective = chunks and "-e" or name or "help"
   for _, flag in ipairs(given) do
-    if not flags[flag].only[effective] then
+    if not flags[flag].only[effective] and PEERS[flag] then -- --dry-run is gc's: elsewhere, another tool's
+      usage_error("unknown option '%s' (%s)", flag, PEERS[flag])
+    elseif not flags[flag].only[effective] then
       usage_error("option %s does not apply to %s", flag,
         effective == "run" and "a plain script (its options go after the path)" or ("'" .. effective .. "'"))
     end

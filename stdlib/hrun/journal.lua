@@ -199,6 +199,26 @@ local migrations = {
     );
     CREATE INDEX children_run ON children(run)
   ]],
+  -- 6: what a run plans to do and what it keeps. A run knows its playbook's step count
+  -- from its start (hrun runs: done/total while it runs; NULL for older runs, whose
+  -- total is the steps journaled). A write with keep = true is journaled as usual and
+  -- marked kept: a rollback (or a resume's, after a crash) leaves it. hrun gc's
+  -- collections are a record each, and a run whose restore asides a collection
+  -- removed says when: it can no longer be rolled back.
+  [6] = [[
+    ALTER TABLE runs ADD COLUMN steps_total INTEGER;
+    ALTER TABLE runs ADD COLUMN collected REAL;        -- hrun gc removed what its undo needs
+    ALTER TABLE effects ADD COLUMN kept INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE collections (
+      id INTEGER PRIMARY KEY,
+      older_than REAL NOT NULL,        -- seconds
+      dry_run INTEGER NOT NULL DEFAULT 0,
+      removed TEXT,                    -- JSON: [{path, kind, run}]
+      failed TEXT,                     -- JSON: [{path, error}]
+      runs TEXT,                       -- JSON: the runs it made not rollbackable
+      started REAL NOT NULL, ended REAL
+    )
+  ]],
 }
 
 M.schema_version = #migrations
@@ -287,10 +307,10 @@ end
 
 function Journal:new_run(r)
   local _, id = self:write([[INSERT INTO runs (playbook, version, path, hash, git_commit, git_dirty,
-      params, mode, status, on_failure, host, user, pid, hrun_version, started, sandbox)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)]],
+      params, mode, status, on_failure, host, user, pid, hrun_version, started, sandbox, steps_total)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)]],
     r.playbook, r.version, r.path, r.hash, r.git_commit, r.git_dirty, codec.encode(r.params), r.mode,
-    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started, r.sandbox or 0)
+    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started, r.sandbox or 0, r.steps_total)
   self:commit()
   return id
 end
@@ -363,9 +383,9 @@ end
 
 function Journal:intent(e)
   local _, id = self:write([[INSERT INTO effects (run, step, op, args, inverse, no_inverse, status, started,
-      before) VALUES (?, ?, ?, ?, ?, ?, 'intent', ?, ?)]],
+      before, kept) VALUES (?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?)]],
     e.run, e.step, e.op, e.args, e.inverse and codec.encode(e.inverse) or nil, e.no_inverse, e.started,
-    e.before and codec.encode(e.before) or nil)
+    e.before and codec.encode(e.before) or nil, e.kept and 1 or 0)
   self:commit() -- before the write acts: after a crash the journal knows it may have happened
   return id
 end
@@ -519,6 +539,40 @@ function Journal:runs(n)
       (SELECT count(*) FROM steps s WHERE s.run = r.id AND s.kind = 'step' AND s.status = 'done') AS steps_done,
       (SELECT count(*) FROM steps s WHERE s.run = r.id AND s.kind = 'step') AS steps_run
       FROM runs r ORDER BY r.id DESC LIMIT ?]], n or 20)
+end
+
+-- {======================================================
+-- hrun gc: what hrun left that the journal knows of
+-- ======================================================
+
+-- The restore asides of finished runs that ended before `before`: {{path, run, status,
+-- effect, undone}}; status is the run's (done, stopped, rolled-back, …).
+function Journal:restore_asides(before)
+  local out = {}
+  for _, e in ipairs(self.db:query([[SELECT e.id, e.run, e.result, e.undo_status, r.status FROM effects e
+      JOIN runs r ON e.run = r.id WHERE e.op = 'btrfs.restore' AND e.status = 'done'
+      AND r.status IN ('done', 'stopped', 'rolled-back', 'resolved') AND r.ended IS NOT NULL AND r.ended < ?
+      AND coalesce(r.rollback_status, '') <> 'running' ORDER BY e.id]], before)) do
+    local aside = e.result and codec.decode(e.result)
+    if type(aside) == "string" and aside ~= "" then
+      out[#out + 1] = { path = aside, run = e.run, status = e.status, effect = e.id,
+        undone = e.undo_status == "undone" }
+    end
+  end
+  return out
+end
+
+-- Records a collection (hrun gc); marks the runs it made not rollbackable.
+function Journal:collection(c)
+  self:write([[INSERT INTO collections (older_than, dry_run, removed, failed, runs, started, ended)
+      VALUES (?, ?, ?, ?, ?, ?, ?)]], c.older_than, c.dry_run and 1 or 0, codec.encode(c.removed),
+    codec.encode(c.failed), codec.encode(c.runs), c.started, c.ended)
+  if not c.dry_run then
+    for _, id in ipairs(c.runs) do
+      self:write("UPDATE runs SET collected = coalesce(collected, ?) WHERE id = ?", c.ended, id)
+    end
+  end
+  self:commit()
 end
 
 -- run(id) → the run with its phases, steps (each with its effects) and events

@@ -90,10 +90,14 @@ local function add_losses(bad, label, now, before)
   return n
 end
 
--- A UTC time for names: 2026-03-01T12-30-00Z (btrfs.prune reads it back).
-local function stamp()
-  return os.date("!%Y-%m-%dT%H-%M-%SZ")
+-- A UTC time for names, to the microsecond: 2026-03-01T12-30-00.123456Z (btrfs.prune
+-- reads it back). Two names made in the same second differ; see unique_name.
+function M.stamp()
+  local t = sys.now()
+  local whole = math.floor(t)
+  return string.format("%s.%06dZ", os.date("!%Y-%m-%dT%H-%M-%S", whole), math.floor((t - whole) * 1e6))
 end
+local stamp = M.stamp
 
 -- migrate.snapshot(ctx, mount, subvolumes, {dir = ".snapshots", label}) → {sub = snapshot}:
 -- a read-only snapshot of each subvolume in mount/dir, named <sub>.<label>.<time>; kept
@@ -107,7 +111,17 @@ function M.snapshot(ctx, mount, subvolumes, opts)
   end
   local when, made = stamp(), {}
   for _, sub in ipairs(subvolumes) do
-    local name = string.format("%s.%s.%s", sub:gsub("/", "-"), opts.label or "hrun", when)
+    local base = string.format("%s.%s.", sub:gsub("/", "-"), opts.label or "hrun")
+    local name = base .. when
+    -- a name taken (in the same microsecond, or by another clock) is made again: never
+    -- two snapshots under one name (btrfs.snapshot refuses one that exists)
+    for _ = 1, 100 do
+      if not fs.exists(join(dir, name)) then
+        break
+      end
+      when = stamp()
+      name = base .. when
+    end
     made[sub] = btrfs.snapshot(join(mount, sub), join(dir, name), { readonly = true })
     ctx.log("snapshot %s → %s", sub, made[sub])
   end

@@ -14,7 +14,7 @@ local M = {}
 local COMPLETE = "-- PostgreSQL database cluster dump complete"
 
 local known = { host = true, port = true, user = true, bin = true, timeout = true, sha256 = true,
-  database = true, stop_on_error = true, creates = true }
+  database = true, stop_on_error = true, creates = true, keep = true }
 
 local function options(what, opts)
   opts = opts or {}
@@ -57,7 +57,8 @@ local function dump(what, argv, complete, file, opts, env)
   if fs.exists(file) then
     return nil, string.format("%s: %s: exists (a dump never replaces another)", what, file), "EEXIST"
   end
-  local ok, err, code = fs.write(file, "", { mode = "0600" })
+  -- keep = true: the dump stays when the run is rolled back (a backup a person wants)
+  local ok, err, code = fs.write(file, "", { mode = "0600", keep = opts.keep })
   if not ok then
     return nil, what .. ": " .. err, code
   end
@@ -93,7 +94,7 @@ local function check_file(what, file)
   end
 end
 
--- pg.dumpall(file [, {host, port, user, bin, timeout}]) → {file, bytes, sha256, seconds}
+-- pg.dumpall(file [, {host, port, user, bin, timeout, keep}]) → {file, bytes, sha256, seconds}
 -- | nil, message, code: every database and role, as pg_dumpall writes them (see dump).
 function M.dumpall(file, opts)
   check_file("pg.dumpall", file)

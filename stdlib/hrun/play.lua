@@ -289,6 +289,19 @@ end
 -- journal, run id: takes the state directory's lock, journals a new run with its
 -- provenance (mode "debug" with --debug or from the REPL) and whether it runs in the
 -- sandbox (so that resume and rollback keep it there), and points the stash at it.
+-- How many steps the playbook has (hrun runs shows done/total while it runs).
+function M.step_count(pb)
+  local n = 0
+  for _, ph in ipairs(pb.phases or {}) do
+    for _, item in ipairs(ph.items or {}) do
+      if item.kind == "step" then
+        n = n + 1
+      end
+    end
+  end
+  return n
+end
+
 function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed, src)
   assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
   local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
@@ -299,7 +312,8 @@ function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed,
     git_commit = prov and prov.commit, git_dirty = prov and prov.commit and (prov.dirty and 1 or 0),
     mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
-    hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0 })
+    hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0,
+    steps_total = M.step_count(pb) })
   if src then -- rollback undoes each step with the version of the playbook that ran it
     j:keep_playbook(hash, path, src)
     j:commit()
@@ -780,7 +794,9 @@ local function rollback_plan(priv, opts, j, r, run, later)
         end
         local okr, now = pcall(priv.restate, e.before or {})
         local outlook, diff = runner_mod.outlook(e, okr and now or nil)
-        if not e.inverse then
+        if e.kept == 1 and e.status == "done" then
+          note = "kept (keep = true): a rollback leaves it"
+        elseif not e.inverse then
           note = s.irreversible == 1 and "irreversible: left as it is" or
             ("cannot be undone: " .. tostring(e.no_inverse))
         elseif outlook == "already-undone" then
@@ -847,6 +863,10 @@ function M.rollback(priv, opts, arg, state)
       io.stdout:write(string.format("run %d is already rolled back: nothing to undo\n", r.id))
     end
     return 0
+  end
+  if r.collected and not opts.force and not opts.plan then
+    bad(string.format("run %d can no longer be rolled back: hrun gc removed what its undo needs at %s " ..
+      "('hrun rollback %d --force' undoes what it still can)", r.id, ui_mod.timestamp(r.collected), r.id))
   end
   local pb, why = reload(priv, r, state, opts)
   if not pb and not opts.plan then
@@ -956,6 +976,137 @@ function M.show(priv, opts, arg, state)
     io.stdout:write(ui_mod.show(r, free))
   end
   return 0
+end
+
+-- }======================================================
+
+-- {======================================================
+-- hrun gc --older-than DURATION [--dry-run]: what hrun left that the journal knows of
+-- ======================================================
+
+local UNITS = { s = 1, m = 60, h = 3600, d = 86400, w = 7 * 86400 }
+
+-- "30d", "12h", "2w", "1d12h" → seconds; nil when it is not a duration.
+function M.duration(text)
+  if type(text) ~= "string" or not text:match("^%d+[smhdw]") then
+    return nil
+  end
+  local total, rest = 0, text
+  while rest ~= "" do
+    local n, unit, more = rest:match("^(%d+)([smhdw])(.*)$")
+    if not n then
+      return nil
+    end
+    total, rest = total + tonumber(n) * UNITS[unit], more
+  end
+  return total
+end
+
+-- Is a subvolume (or anything) at path?
+local function present(path)
+  return fs.stat(path, { follow = false }) ~= nil
+end
+
+-- Removes (or, dry, lists) what finished runs that ended more than `older_than` seconds
+-- ago left: the copies btrfs.restore set aside, and the runs' stashes (what their writes
+-- destroyed, kept for their undo). Runs that are not finished (running, crashed,
+-- stopped, rollback incomplete or rolling back) are never touched; a finished run that
+-- is not rolled back and loses what its undo needs is journaled as collected: hrun
+-- rollback refuses it after (--force: it undoes what it still can). The journal's rows
+-- stay: the record of every run is kept. The collection is journaled (not a dry run).
+function M.gc(priv, opts, state, older_than)
+  if not fs.exists(state .. "/journal.db") then
+    io.stdout:write("no runs yet in ", state, "\n")
+    return 0
+  end
+  local lk <close> = lock(priv, state, string.format("pid %d, hrun gc, since %s", self_pid(), -- luacheck: ignore 211/lk
+    ui_mod.timestamp(sys.now())))
+  local j = open_journal(priv, state)
+  local started = sys.now()
+  local before = started - older_than
+  local items, failed, runs, marked = {}, {}, {}, {}
+  local function needs_undo(status)
+    return status ~= "rolled-back"
+  end
+  -- the stashes and asides of finished runs only (the lock is held: no run is in progress)
+  local finished = {}
+  for _, r in ipairs(j.db:query([[SELECT id, status FROM runs WHERE status IN ('done', 'rolled-back',
+      'resolved') AND ended IS NOT NULL AND ended < ? AND coalesce(rollback_status, '') <> 'running'
+      ORDER BY id]], before)) do
+    finished[r.id] = r.status
+  end
+  for _, a in ipairs(j:restore_asides(before)) do
+    if finished[a.run] and present(a.path) then
+      items[#items + 1] = { kind = "restore aside", path = a.path, run = a.run,
+        undo = needs_undo(a.status) and not a.undone }
+    end
+  end
+  local ids = {}
+  for id in pairs(finished) do
+    ids[#ids + 1] = id
+  end
+  table.sort(ids)
+  for _, id in ipairs(ids) do
+    local dir = string.format("%s/runs/%d", state, id)
+    if present(dir) then
+      local stash = dir .. "/stash"
+      local held = present(stash) and #(fs.list(stash) or {}) > 0
+      items[#items + 1] = { kind = held and "stash" or "empty stash", path = dir, run = id,
+        undo = held and needs_undo(finished[id]) }
+    end
+  end
+  local btrfs = require "hrun.btrfs"
+  for _, it in ipairs(items) do
+    local ok, err = true, nil
+    if not opts.dry_run then
+      if it.kind == "restore aside" then
+        ok, err = btrfs.delete(it.path, { recursive = true })
+      else
+        ok, err = fs.remove(it.path, { recursive = true })
+      end
+    end
+    if ok then
+      if it.undo and not marked[it.run] then
+        marked[it.run] = true
+        runs[#runs + 1] = it.run
+      end
+    else
+      failed[#failed + 1] = { path = it.path, error = tostring(err) }
+      it.error = tostring(err)
+    end
+    local verb = opts.dry_run and "would remove" or (ok and "removed" or "could not remove")
+    if opts.json then
+      io.stdout:write(json.encode({ event = "gc", action = opts.dry_run and "would-remove" or
+        (ok and "removed" or "failed"), kind = it.kind, path = it.path, run = it.run, error = it.error }), "\n")
+    else
+      io.stdout:write(string.format("%s %s %s (run %d)%s\n", verb, it.kind, it.path, it.run,
+        it.error and (": " .. it.error) or ""))
+    end
+  end
+  table.sort(runs)
+  local ended = sys.now()
+  if not opts.dry_run then
+    local removed = {}
+    for _, it in ipairs(items) do
+      if not it.error then
+        removed[#removed + 1] = { kind = it.kind, path = it.path, run = it.run }
+      end
+    end
+    j:collection({ older_than = older_than, removed = json.array(removed), failed = json.array(failed),
+      runs = json.array(runs), started = started, ended = ended })
+  end
+  local summary = string.format("%s %d of %d item%s left by runs that ended before %s%s", opts.dry_run and
+    "gc --dry-run: would remove" or "gc: removed", #items - #failed, #items, #items == 1 and "" or "s",
+    ui_mod.timestamp(before), #runs > 0 and string.format("; run%s %s %s no longer be rolled back", #runs == 1 and
+    "" or "s", table.concat(runs, ", "), opts.dry_run and "would" or "can") or "")
+  if opts.json then
+    io.stdout:write(json.encode({ event = "gc-end", dry_run = opts.dry_run or false, items = #items,
+      failed = #failed, runs = json.array(runs), before = before }), "\n")
+  else
+    io.stdout:write(summary, "\n")
+  end
+  j:close()
+  return #failed > 0 and EXIT_FAILED or 0
 end
 
 -- }======================================================

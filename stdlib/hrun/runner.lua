@@ -371,7 +371,7 @@ function Runner:before(call, ...)
     end
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
       op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview,
-      step_undo = step_undo })
+      step_undo = step_undo, kept = call.keep })
     if call.name == "nixos.flake_set_input" or call.name == "nixos.flake_update" then
       return true, self.priv.trusted(self.plan_flake_edit, self, call.name, plain_args(...))
     end
@@ -389,8 +389,8 @@ function Runner:before(call, ...)
   local before = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
   local started = sys.now()
   self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
-    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil })
-  local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name,
+    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil, kept = call.keep })
+  local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
     args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
   self.effect_stack[#self.effect_stack + 1] = { id = id, before = before }
   -- temporaries the write makes are named from the run and the effect: found after a crash
@@ -845,6 +845,11 @@ function Runner:undo_effect(e, irreversible)
   local j = self.journal
   local done, begun = j:ops_done(e.id)
   self:remove_leftovers(e, next(done) ~= nil or next(begun) ~= nil)
+  if e.kept == 1 and e.status == "done" then -- keep = true: a rollback leaves what it made
+    self:undo_noted(e.step, e.id, "kept", true)
+    j:set_effect_undo(e.id, "kept")
+    return true, nil, "kept"
+  end
   if not e.inverse then
     if irreversible then
       j:set_effect_undo(e.id, "irreversible")
@@ -907,7 +912,8 @@ function Runner:undo_effects(step_id, irreversible)
   local problems = {}
   for _, e in ipairs(self.journal:effects_to_undo(step_id)) do
     local ok, err, how = self:undo_effect(e, irreversible)
-    self:emit({ event = "undo-effect", op = e.op, status = ok and "undone" or "failed", how = how, error = err })
+    self:emit({ event = "undo-effect", op = e.op, status = how == "kept" and "kept" or ok and "undone" or "failed",
+      how = how, error = err, effect = e.id })
     self:maybe_crash("undo-effect")
     if not ok then
       problems[#problems + 1] = err

@@ -57,8 +57,10 @@ end
 
 -- How an effect is undone, as a plan or -v shows it; step_undo: its step has an undo
 -- function, which the rollback runs instead of the effects' inverses.
-function M.inverse(inverse, why, step_undo)
-  if step_undo then
+function M.inverse(inverse, why, step_undo, kept)
+  if kept and kept ~= 0 then -- keep = true
+    return "kept: a rollback leaves it"
+  elseif step_undo then
     return "undone by the step's undo"
   elseif not inverse then
     return "cannot be undone: " .. tostring(why)
@@ -198,7 +200,7 @@ local plain_events = {
   effect = function(self, ev)
     if ev.planned or self.verbose then
       self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", M.call(ev.op, ev.args),
-        M.inverse(ev.inverse, ev.no_inverse, ev.step_undo))
+        M.inverse(ev.inverse, ev.no_inverse, ev.step_undo, ev.kept))
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
         self:line(ev.time, "      %s", l)
       end
@@ -363,7 +365,7 @@ local tty_events = {
   effect = function(self, ev)
     if ev.planned or self.verbose then
       local arrow = ev.planned and "→ " or "· "
-      local inv = M.inverse(ev.inverse, ev.no_inverse, ev.step_undo)
+      local inv = M.inverse(ev.inverse, ev.no_inverse, ev.step_undo, ev.kept)
       self:print("      " .. arrow .. M.call(ev.op, ev.args))
       self:print(self:c((ev.inverse or ev.step_undo) and "2" or "33", "          " .. inv))
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
@@ -391,7 +393,7 @@ local tty_events = {
     end
   end,
   ["undo-effect"] = function(self, ev)
-    if self.verbose then
+    if self.verbose or ev.status == "kept" then
       self:print(self:c("2", "      ↶ " .. ev.op .. " " .. ev.status))
     end
   end,
@@ -533,7 +535,16 @@ local function afterwards(r, lock_free)
   if r.resolved then
     notes[#notes + 1] = string.format("resolved by %s: %s", tostring(r.resolved_by), r.resolved:gsub("\n", " "))
   end
+  if r.collected then
+    notes[#notes + 1] = "collected by hrun gc " .. M.timestamp(r.collected)
+  end
   return table.concat(notes, "; ")
+end
+
+-- How many steps a run has: its playbook's count, journaled at its start; for a run of
+-- an older journal (schema < 6), the steps it journaled.
+local function steps_total(r)
+  return r.steps_total or r.steps_run or 0
 end
 
 function M.runs_table(rows, lock_free)
@@ -544,7 +555,7 @@ function M.runs_table(rows, lock_free)
   for _, r in ipairs(rows) do
     out[#out + 1] = string.format("%-5d %-20s %-28s %-20s %9s  %-6s %s", r.id, M.timestamp(r.started),
       (r.playbook .. (r.version and (" " .. r.version) or "")):sub(1, 28), outcome_of(r, lock_free),
-      r.ended and M.seconds(r.ended - r.started) or "-", string.format("%d/%d", r.steps_done or 0, r.steps_run or 0),
+      r.ended and M.seconds(r.ended - r.started) or "-", string.format("%d/%d", r.steps_done or 0, steps_total(r)),
       afterwards(r, lock_free)):gsub("%s+$", "")
   end
   return table.concat(out, "\n") .. "\n"
@@ -613,7 +624,110 @@ local function not_undone(r)
   return out
 end
 
+-- An undo attempt's operations, as the journal's undos rows say: "op 1 btrfs.delete /x:
+-- ok". ops: the effect's inverse (its operations' names and arguments).
+local function undo_ops(undos, effect, ops)
+  local out = {}
+  for _, u in ipairs(undos) do
+    if u.effect == effect then
+      local op = u.op and ops and ops[u.op]
+      local what = op and M.call(op.op, op.args or {}) or u.how
+      out[#out + 1] = string.format("%s%s: %s%s", u.op and ("op " .. u.op .. " ") or "", what,
+        u.status, u.error and (" — " .. tostring(u.error):gsub("\n", " ")) or "")
+    end
+  end
+  return out
+end
+
+-- What a run's events and undo attempts record beyond its steps' rows: each step's
+-- ctx.log lines (rec.logs[step]), the run's own log lines (rec.run_logs: what a resume or
+-- rollback removed or stopped) and each rollback's timeline (rec.rollbacks: {started,
+-- reason, ended, status, failed, lines}): every step undone in order with how, each
+-- effect's undo with the operations it ran and their outcome (or kept), what an undo
+-- function wrote to, and the log lines of undo functions.
+local function record(r)
+  local rec = { logs = {}, run_logs = {}, rollbacks = {} }
+  local effects, undos_of = {}, {}
+  for _, s in ipairs(r.steps or {}) do
+    for _, e in ipairs(s.effects or {}) do
+      effects[e.id] = e
+      undos_of[e.id] = s.undos
+    end
+  end
+  local function step_at(phase, name, t)
+    local found
+    for _, s in ipairs(r.steps or {}) do
+      if s.phase == phase and s.name == name and s.started <= t + 1e-3 then
+        found = s -- the latest such attempt that started before it
+      end
+    end
+    return found
+  end
+  local rb, pending = nil, {}
+  for _, row in ipairs(r.events or {}) do
+    local ev = type(row.data) == "table" and row.data or {}
+    local kind, t = row.event, row.time
+    if kind == "rollback-start" then
+      rb = { started = t, reason = ev.reason, lines = {} }
+      rec.rollbacks[#rec.rollbacks + 1] = rb
+      pending = {}
+    elseif kind == "rollback-end" and rb then
+      rb.ended, rb.status, rb.failed = t, ev.status, ev.failed
+      rb = nil
+    elseif kind == "undo-effect" and rb then
+      local e = ev.effect and effects[ev.effect]
+      local line = string.format("undo %s%s: %s%s", ev.op, e and (" " .. M.call(e.op, (pcall(codec.decode, e.args)) and
+        codec.decode(e.args) or {}):sub(#e.op + 2)) or "", tostring(ev.status),
+        ev.how and ev.how ~= ev.status and (" (" .. ev.how .. ")") or "")
+      if ev.error then
+        line = line .. " — " .. tostring(ev.error):gsub("\n", " ")
+      end
+      pending[#pending + 1] = line
+      if e and ev.how ~= "kept" then
+        for _, op in ipairs(undo_ops(undos_of[ev.effect] or {}, ev.effect, e.inverse)) do
+          pending[#pending + 1] = "  " .. op
+        end
+      end
+    elseif kind == "undo" and rb then
+      rb.lines[#rb.lines + 1] = string.format("%s %s/%s: %s (%s)%s", M.timestamp(t), tostring(ev.phase),
+        tostring(ev.step), tostring(ev.status), tostring(ev.how), ev.error and (" — " ..
+          tostring(ev.error):gsub("\n", " ")) or "")
+      for _, l in ipairs(pending) do
+        rb.lines[#rb.lines + 1] = "    " .. l
+      end
+      pending = {}
+      local s = step_at(ev.phase, ev.step, t)
+      for _, u in ipairs(s and s.undos or {}) do
+        if u.effect == nil and u.how == "undo" and u.started >= rb.started - 1e-3 then
+          local targets = {}
+          for _, st in ipairs((pcall(codec.decode, u.targets)) and codec.decode(u.targets) or {}) do
+            targets[#targets + 1] = string.format("%s %s", tostring(st.kind), tostring(st.target))
+          end
+          rb.lines[#rb.lines + 1] = string.format("    its undo function: %s%s%s", u.status,
+            #targets > 0 and ("; it wrote to " .. table.concat(targets, ", ")) or "; it wrote nothing",
+            u.error and (" — " .. tostring(u.error):gsub("\n", " ")) or "")
+        end
+      end
+    elseif kind == "log" then
+      local msg = tostring(ev.message)
+      local s = ev.step and step_at(ev.phase, ev.step, t)
+      if rb and ev.step then -- an undo function's: under its step's line
+        pending[#pending + 1] = "log: " .. msg
+      elseif rb then
+        rb.lines[#rb.lines + 1] = "log: " .. msg
+      elseif s then
+        rec.logs[s] = rec.logs[s] or {}
+        table.insert(rec.logs[s], msg)
+      else
+        rec.run_logs[#rec.run_logs + 1] = msg
+      end
+    end
+  end
+  return rec
+end
+
 function M.show(r, lock_free)
+  local rec = record(r)
   local out = {}
   local function add(fmt, ...)
     out[#out + 1] = string.format(fmt, ...)
@@ -638,6 +752,10 @@ function M.show(r, lock_free)
   end
   if r.resolved then
     add("  resolved   by %s at %s: %s", tostring(r.resolved_by), M.timestamp(r.resolved_at or 0), r.resolved)
+  end
+  if r.collected then
+    add("  collected  by hrun gc at %s: what its undo needs is removed, it can no longer be rolled back",
+      M.timestamp(r.collected))
   end
   add("  params     %s", codec.summary(r.params))
   if r.error then
@@ -668,16 +786,38 @@ function M.show(r, lock_free)
     if s.undo_error then
       add("        undo error: %s", s.undo_error:gsub("\n", "\n                    "))
     end
+    for _, l in ipairs(rec.logs[s] or {}) do
+      add("        log: %s", l:gsub("\n", "\n             "))
+    end
     for _, e in ipairs(s.effects) do
       add("        %s", effect_line(e))
-      add("            %s", M.inverse(e.inverse, e.no_inverse, s.has_undo == 1))
+      add("            %s", M.inverse(e.inverse, e.no_inverse, s.has_undo == 1, e.kept))
     end
+  end
+  for _, l in ipairs(rec.run_logs) do
+    add("  log        %s", l:gsub("\n", "\n             "))
+  end
+  for _, tl in ipairs(rec.rollbacks) do
+    add("  rollback from %s%s: %s", M.timestamp(tl.started), tl.ended and (" to " .. M.timestamp(tl.ended) .. " ("
+      .. M.seconds(tl.ended - tl.started) .. ")") or "", tostring(tl.reason):gsub("\n", "\n             "))
+    for _, l in ipairs(tl.lines) do
+      add("    %s", l)
+    end
+    add("    %s", tl.status and ("ended: " .. tl.status .. ((tl.failed or 0) > 0 and
+      string.format(" (%d step%s not undone)", tl.failed, tl.failed == 1 and "" or "s") or ""))
+      or "did not reach its end")
   end
   return table.concat(out, "\n") .. "\n"
 end
 
 -- A migration log a person pastes into their notes.
+-- A line of text as Markdown code, on one line.
+local function code(text)
+  return "`" .. tostring(text):gsub("\n", " "):gsub("`", "'"):sub(1, 500) .. "`"
+end
+
 function M.markdown(r, lock_free)
+  local rec = record(r)
   local out = {}
   local function add(fmt, ...)
     out[#out + 1] = string.format(fmt, ...)
@@ -697,6 +837,9 @@ function M.markdown(r, lock_free)
   if r.resolved then
     add("- **Resolved** by %s at %s: %s", tostring(r.resolved_by), M.timestamp(r.resolved_at or 0),
       r.resolved:gsub("\n", " "))
+  end
+  if r.collected then
+    add("- **Collected** by hrun gc at %s: it can no longer be rolled back", M.timestamp(r.collected))
   end
   add("- **Playbook:** `%s` (sha256 `%s`)%s", r.path, r.hash:sub(1, 16),
     r.git_commit and string.format(", git `%s`%s", r.git_commit:sub(1, 12), r.git_dirty == 1 and " (dirty)" or "")
@@ -730,9 +873,33 @@ function M.markdown(r, lock_free)
     if s.undo_error then
       add("  - not undone: `%s`", s.undo_error:gsub("\n", " "):gsub("`", "'"):sub(1, 300))
     end
-    for _, e in ipairs(s.effects) do
-      add("  - `%s` (%s)", effect_line(e):gsub("`", "'"), M.inverse(e.inverse, e.no_inverse, s.has_undo == 1))
+    for _, l in ipairs(rec.logs[s] or {}) do
+      add("  - log: %s", code(l))
     end
+    for _, e in ipairs(s.effects) do
+      add("  - `%s` (%s)", effect_line(e):gsub("`", "'"), M.inverse(e.inverse, e.no_inverse, s.has_undo == 1,
+        e.kept))
+    end
+  end
+  if #rec.run_logs > 0 then
+    add("")
+    add("### Log")
+    add("")
+    for _, l in ipairs(rec.run_logs) do
+      add("- %s", code(l))
+    end
+  end
+  for _, tl in ipairs(rec.rollbacks) do
+    add("")
+    add("### Rollback, %s", M.timestamp(tl.started))
+    add("")
+    add("- **Why:** %s", code(tostring(tl.reason)))
+    for _, l in ipairs(tl.lines) do
+      local indent, text = l:match("^(%s*)(.*)$")
+      add("%s- %s", indent:sub(3), code(text))
+    end
+    add("- **Ended:** %s", tl.status and (tl.status .. " at " .. M.timestamp(tl.ended) .. " (" ..
+      M.seconds(tl.ended - tl.started) .. ")") or "did not reach its end")
   end
   return table.concat(out, "\n") .. "\n"
 end

@@ -65,7 +65,7 @@ for _, devices in ipairs({ 1, 3 }) do
       fs.write(mnt .. "/@data/new", "x")
       local aside = btrfs.restore(mnt .. "/pre", mnt .. "/@data")
       eq(aside:sub(1, #mnt + 12), mnt .. "/@data.hrun-", aside)
-      ok(aside:sub(#mnt + 13):match("^%d+T%d+Z$"), aside)
+      ok(aside:sub(#mnt + 13):match("^%d+T%d+%.%d%d%d%d%d%dZ$"), aside)
       eq(tree(mnt .. "/@data"), before)
       eq(btrfs.info(mnt .. "/@data").readonly, false, "a writable copy")
       eq(fs.read(aside .. "/new"), "x", "the old target is kept")

@@ -82,6 +82,21 @@ return playbook { name = "backup",
     eq(fs.exists(d .. "/run.sql"), false)
   end)
 
+  it("keeps a dump made with keep = true when the run rolls back", function()
+    local env, d = pg_cluster()
+    local p = playbook_file(tmpdir(), "pb.lua", string.format([[
+return playbook { name = "backup",
+  phase "p" {
+    step "dump" { run = function(ctx) ctx.state.dump = pg.dumpall(%q, { keep = true }) end },
+    step "fail" { run = function() error("upgrade failed") end },
+  },
+}]], d .. "/kept.sql"))
+    local r = hrun_cmd({ p, "--state", d .. "/state" }, { env = env })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "undo fs.write: kept")
+    has(fs.read(d .. "/kept.sql"), "PostgreSQL database cluster dump complete", "the dump stays, whole")
+  end)
+
   it("moves a database to another server; undoing the restore drops it there", function()
     local old = pg_cluster()
     local new = pg_cluster()
