@@ -1391,6 +1391,71 @@ static int tag_state(lua_State *L)
     return 1;
 }
 
+/* [-0, +0, -] obj peeled past tags (the commit or tree an annotated tag names); a new
+** reference, or NULL. */
+static git_object *past_tags(git_object *obj)
+{
+    git_object *out = NULL;
+    if (git_object_type(obj) != GIT_OBJECT_TAG) return git_object_dup(&out, obj) == 0 ? out : NULL;
+    return git_object_peel(&out, obj, GIT_OBJECT_ANY) == 0 ? out : NULL;
+}
+
+/* git.tag: the tag is there, of the same kind (annotated with the same message, or
+** lightweight), naming what target names; pushes its id, or nil. With force too: a tag
+** already so is not moved. */
+static int tag_unchanged(lua_State *L)
+{
+    char ref[1024];
+    if (lua_type(L, 2) != LUA_TSTRING || (lua_type(L, 3) != LUA_TTABLE && !lua_isnoneornil(L, 3)))
+        return lua_pushnil(L), 1;
+    tag_ref(L, 2, ref, sizeof ref);
+    const char *message = hrun_optstring(L, 3, "message", NULL, NULL);
+    const char *target = hrun_optstring(L, 3, "target", "HEAD", NULL);
+    git_repository *r = state_repo(L);
+    git_reference *tag = NULL;
+    git_object *want = NULL, *have = NULL, *want_p = NULL, *have_p = NULL;
+    int so = r && git_reference_lookup(&tag, r, ref) == 0 &&
+             git_revparse_single(&want, r, target) == 0 &&
+             git_object_lookup(&have, r, git_reference_target(tag), GIT_OBJECT_ANY) == 0 &&
+             (git_object_type(have) == GIT_OBJECT_TAG) == (message != NULL) &&
+             (want_p = past_tags(want)) != NULL && (have_p = past_tags(have)) != NULL &&
+             git_oid_equal(git_object_id(want_p), git_object_id(have_p));
+    if (so && message) {
+        const char *m = git_tag_message((git_tag *)have);
+        size_t n = strlen(message);
+        /* git keeps a message with a newline at its end */
+        so = m && strncmp(m, message, n) == 0 &&
+             (m[n] == '\0' || (m[n] == '\n' && m[n + 1] == '\0'));
+    }
+    if (so)
+        push_oid(L, git_reference_target(tag));
+    else
+        lua_pushnil(L);
+    git_object_free(want);
+    git_object_free(have);
+    git_object_free(want_p);
+    git_object_free(have_p);
+    git_reference_free(tag);
+    return 1;
+}
+
+/* git.delete_tag: no such tag */
+static int delete_tag_unchanged(lua_State *L)
+{
+    char ref[1024];
+    if (lua_type(L, 2) != LUA_TSTRING) return lua_pushnil(L), 1;
+    tag_ref(L, 2, ref, sizeof ref);
+    git_repository *r = state_repo(L);
+    git_reference *tag = NULL;
+    int gone = r && git_reference_lookup(&tag, r, ref) == GIT_ENOTFOUND;
+    git_reference_free(tag);
+    if (gone)
+        lua_pushboolean(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 /* git._setref: the ref */
 static int setref_state(lua_State *L)
 {
@@ -1670,6 +1735,7 @@ static const hrun_Prim git_prims[] = {
      .cap = "git",
      .inverse = tagref_inverse,
      .state = tag_state,
+     .unchanged = tag_unchanged,
      .targets = dir_targets},
     {.name = "delete_tag",
      .func = l_delete_tag,
@@ -1677,6 +1743,7 @@ static const hrun_Prim git_prims[] = {
      .cap = "git",
      .inverse = tagref_inverse,
      .state = tag_state,
+     .unchanged = delete_tag_unchanged,
      .targets = dir_targets},
     {.name = "checkout_paths",
      .func = l_checkout_paths,
