@@ -199,6 +199,11 @@ local migrations = {
     );
     CREATE INDEX children_run ON children(run)
   ]],
+  -- 6: whether a step changed something (1: one of its effects completed; 0: ok, all
+  -- already so). NULL: a check, a step not done, or a step of an older hrun.
+  [6] = [[
+    ALTER TABLE steps ADD COLUMN changed INTEGER
+  ]],
 }
 
 M.schema_version = #migrations
@@ -340,8 +345,12 @@ function Journal:new_step(s)
 end
 
 function Journal:end_step(id, f)
-  self:write("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ? WHERE id = ?",
-    f.status, f.attempts or 0, f.state, f.error, f.ended, id)
+  local changed = f.changed
+  if changed ~= nil then
+    changed = changed and 1 or 0
+  end
+  self:write("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ?, changed = ? WHERE id = ?",
+    f.status, f.attempts or 0, f.state, f.error, f.ended, changed, id)
 end
 
 function Journal:set_step_status(id, status)
