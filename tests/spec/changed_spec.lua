@@ -261,7 +261,8 @@ describe("already so, on real components", function()
     local d = tmpdir()
     local repo = d .. "/repo"
     exec.run({ "git", "init", "-q", repo })
-    fs.write(repo .. "/flake.nix", '{\n  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";\n  outputs = _: { };\n}\n')
+    fs.write(repo .. "/flake.nix",
+      '{\n  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";\n  outputs = _: { };\n}\n')
     exec.run({ "git", "-C", repo, "add", "." })
     exec.run({ "git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one" })
     exec.run({ "git", "-C", repo, "tag", "gone" })
