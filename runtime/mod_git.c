@@ -947,6 +947,62 @@ static int l_commit(lua_State *L)
     return 1;
 }
 
+static git_repository *state_repo(lua_State *L);
+
+/* [-0, +0, -] The number of status entries of r, those `show` selects, within the paths
+** at idx (a list; 0: every path); -1 when it cannot be read. */
+static long status_count(git_repository *r, lua_State *L, int idx, git_status_show_t show)
+{
+    git_status_options o;
+    git_status_options_init(&o, GIT_STATUS_OPTIONS_VERSION);
+    o.show = show;
+    o.flags = GIT_STATUS_OPT_INCLUDE_UNTRACKED | GIT_STATUS_OPT_RECURSE_UNTRACKED_DIRS |
+              GIT_STATUS_OPT_EXCLUDE_SUBMODULES;
+    const char *paths[64];
+    if (idx) {
+        lua_Integer n = luaL_len(L, idx);
+        if (n > 64) return -1;
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            paths[i - 1] = lua_tostring(L, -1);
+            lua_pop(L, 1); /* the list keeps the string */
+        }
+        o.pathspec.strings = (char **)paths;
+        o.pathspec.count = (size_t)n;
+        o.flags |= GIT_STATUS_OPT_DISABLE_PATHSPEC_MATCH;
+    }
+    git_status_list *list;
+    if (git_status_list_new(&list, r, &o) < 0) return -1;
+    long n = (long)git_status_list_entrycount(list);
+    git_status_list_free(list);
+    return n;
+}
+
+/* git.commit: nothing to commit (not allow_empty): the index is HEAD's tree, and the work
+** tree has no change within what would be staged (paths, or everything with all); pushes
+** HEAD's commit id, or nil. It stages nothing: git's status, read-only. */
+static int commit_unchanged(lua_State *L)
+{
+    if (lua_type(L, 1) != LUA_TSTRING && lua_type(L, 1) != LUA_TTABLE) return lua_pushnil(L), 1;
+    if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) return lua_pushnil(L), 1;
+    lua_settop(L, 3);
+    if (hrun_optbool(L, 3, "allow_empty", 0)) return lua_pushnil(L), 1;
+    int all = hrun_optbool(L, 3, "all", 0);
+    int paths = opt_paths(L, 3, "git.commit");
+    git_repository *r = state_repo(L);
+    git_object *head = NULL;
+    int so = r && !git_repository_is_bare(r) && git_repository_head_unborn(r) == 0 &&
+             git_revparse_single(&head, r, "HEAD^{commit}") == 0 &&
+             status_count(r, L, 0, GIT_STATUS_SHOW_INDEX_ONLY) == 0 &&
+             (!(all || paths) || status_count(r, L, paths, GIT_STATUS_SHOW_WORKDIR_ONLY) == 0);
+    if (so)
+        push_oid(L, git_object_id(head));
+    else
+        lua_pushnil(L);
+    git_object_free(head);
+    return 1;
+}
+
 /* [-0, +0, m] Appends {op = "git._setref", args = {dir, ref, old or false, {…}}}; for
 ** a commit's undo (commit = 1) only from the commit made, and the index too. */
 static void add_setref(lua_State *L, int list, const char *dir, const char *ref, const git_oid *old,
@@ -1727,6 +1783,7 @@ static const hrun_Prim git_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = commit_inverse,
+     .unchanged = commit_unchanged,
      .state = commit_state,
      .targets = dir_targets},
     {.name = "tag",

@@ -136,12 +136,12 @@ return playbook {
     local pb = playbook_file(d, "pb.lua", [[
 return playbook {
   name = "bad",
-  phase "p" { step "s" { run = function() exec.run({ "/bin/true" }, { creates = 5 }) end } },
+  phase "p" { step "s" { run = function() exec.run({ "true" }, { creates = 5 }) end } },
 }]])
     local r = hrun_cmd({ pb, "--state", d .. "/state" })
     eq(r.code, 1)
     has(r.stdout, "bad argument #2 to 'exec.run' (field 'creates'")
-    r = hrun_chunk({}, 'print(pcall(exec.run, { "/bin/true" }, { changed = "no" }))')
+    r = hrun_chunk({}, 'print(pcall(exec.run, { "true" }, { changed = "no" }))')
     has(r, "field 'changed'")
     r = hrun_chunk({}, 'print(pcall(exec.sh, "true", { removes = "" }))')
     has(r, "field 'removes': a path expected")
@@ -270,31 +270,35 @@ describe("already so, on real components", function()
 return playbook {
   name = "git",
   phase "p" {
-    step "tag" { run = function() git.tag(%q, "v1") end },
-    step "annotated" { run = function() git.tag(%q, "v2", { message = "second" }) end },
-    step "untag" { run = function() git.delete_tag(%q, "gone") end },
     step "input" { run = function()
       nixos.flake_set_input(%q, "nixpkgs", "github:NixOS/nixpkgs/nixos-24.11")
     end },
+    step "commit" { run = function() git.commit(%q, "nixpkgs 24.11", { all = true }) end },
+    step "tag" { run = function() git.tag(%q, "v1") end },
+    step "annotated" { run = function() git.tag(%q, "v2", { message = "second" }) end },
+    step "untag" { run = function() git.delete_tag(%q, "gone") end },
   },
-}]], repo, repo, repo, repo .. "/flake.nix"))
+}]], repo .. "/flake.nix", repo, repo, repo, repo))
     local state = d .. "/state"
     local env = { GIT_AUTHOR_NAME = "t", GIT_AUTHOR_EMAIL = "t@t", GIT_COMMITTER_NAME = "t",
       GIT_COMMITTER_EMAIL = "t@t" }
     local r = hrun_cmd({ pb, "--state", state }, { env = env })
     eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, "recap: ok=0 changed=4 skipped=0 failed=0")
+    has(r.stdout, "recap: ok=0 changed=5 skipped=0 failed=0")
     r = hrun_cmd({ pb, "--state", state }, { env = env })
     eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, "recap: ok=4 changed=0 skipped=0 failed=0")
+    has(r.stdout, "recap: ok=5 changed=0 skipped=0 failed=0")
     eq(journaled(state, 2), {})
-    -- a tag elsewhere, or annotated differently, is a change
-    exec.run({ "git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two",
-      "--allow-empty" })
-    exec.run({ "git", "-C", repo, "tag", "-f", "v2" })
+    -- an untracked file is something to commit (all = true); then v1 is not at HEAD:
+    -- git.tag without force fails as it did, and the run is rolled back
+    fs.write(repo .. "/new", "x")
     r = hrun_cmd({ pb, "--state", state }, { env = env })
-    eq(r.code, 1, "v1 is not at HEAD: git.tag without force fails as it did\n" .. r.stdout)
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "step input: ok")
+    has(r.stdout, "step commit: changed")
     has(r.stdout, "v1: tag exists")
+    eq(journaled(state, 3), { "git.commit", "git.tag" })
+    eq(exec.run({ "git", "-C", repo, "log", "--format=%s", "-1" }).stdout, "nixpkgs 24.11\n", "the commit undone")
   end)
 
   it("btrfs.create and btrfs.set_readonly on a real btrfs", function()
@@ -321,5 +325,37 @@ return playbook {
     has(r.stdout, "recap: ok=1 changed=1 skipped=0 failed=0")
     eq(btrfs.info(mnt .. "/@a").readonly, true)
     btrfs.set_readonly(mnt .. "/@a", false)
+  end)
+end)
+
+-- start, stop, stop again, start again: the ones already so are ok, journal nothing
+local function start_stop(name, env, target)
+  local d = tmpdir()
+  local pb = playbook_file(d, "pb.lua", string.format([[
+return playbook {
+  name = "units", params = { want = "start" },
+  phase "p" { step "s" { run = function(ctx) %s[ctx.params.want](%q) end } },
+}]], name, target))
+  local state = d .. "/state"
+  for i, want in ipairs({ "start", "stop", "stop", "start" }) do
+    local r = hrun_cmd({ pb, "--state", state, "-p", "want=" .. want }, { env = env })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    local so = i == 1 or i == 3
+    has(r.stdout, so and "recap: ok=1 changed=0" or "recap: ok=0 changed=1", want .. " (run " .. i .. ")")
+    eq(#journaled(state, i), so and 0 or 1)
+  end
+end
+
+describe("already so, on units and containers", function()
+  it("service.start of an active unit and service.stop of an inactive one", function()
+    local env = systemd_container()
+    start_stop("service", env, "hrun-web")
+  end)
+
+  it("podman.start of a running container and podman.stop of a stopped one", function()
+    local env = podman_sandbox()
+    exec.run({ "podman", "run", "-d", "--init", "--name", "web", "localhost/hrun-busybox:test", "sleep", "600" },
+      { env = env })
+    start_stop("podman", env, "web")
   end)
 end)

@@ -478,11 +478,11 @@ describe("a manifest's entries", function()
     end
     sql[#sql + 1] = [[DROP TABLE chunks; ALTER TABLE manifests DROP COLUMN entries;
       UPDATE manifests SET files = 0, bytes = 0, errors = 0;]]
-    -- and without what came after version 4 (the undo journal)
+    -- and without what came after version 4 (the undo journal; steps.changed, version 6)
     sql[#sql + 1] = [[DROP TABLE undos; DROP TABLE playbooks; DROP TABLE children;]]
     for _, c in ipairs({ "runs.outcome", "runs.rollback_status", "runs.rollback_started", "runs.rollback_ended",
       "runs.resolved", "runs.resolved_by", "runs.resolved_at", "steps.undo_status", "steps.playbook",
-      "effects.undo_status", "effects.before", "effects.after", "effects.settled" }) do
+      "effects.undo_status", "effects.before", "effects.after", "effects.settled", "steps.changed" }) do
       local t, col = c:match("^(%w+)%.([%w_]+)$")
       sql[#sql + 1] = string.format("ALTER TABLE %s DROP COLUMN %s;", t, col)
     end
@@ -492,7 +492,7 @@ describe("a manifest's entries", function()
     -- the next hrun migrates: the same manifests, entry for entry, and they verify
     eq(exported(st, "odd"), before.odd)
     eq(exported(st, "sub"), before.sub)
-    eq(exec.run({ "sqlite3", st .. "/journal.db", "PRAGMA user_version" }).stdout, "5\n")
+    eq(exec.run({ "sqlite3", st .. "/journal.db", "PRAGMA user_version" }).stdout, "6\n")
     local r = hrun_in(st, { "verify", "odd" })
     eq(r.code, 0, r.stdout .. r.stderr)
   end)
