@@ -369,6 +369,31 @@ static int btrfs_set_readonly_inverse(lua_State *L)
     return 1;
 }
 
+/* btrfs.create: a subvolume is there */
+static int btrfs_create_unchanged(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    if (path && *path && btrfs_util_is_subvolume(path) == BTRFS_UTIL_OK)
+        lua_pushvalue(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* btrfs.set_readonly: the flag is already so */
+static int btrfs_set_readonly_unchanged(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    bool now;
+    if (path && *path && lua_type(L, 2) == LUA_TBOOLEAN &&
+        btrfs_util_get_subvolume_read_only(path, &now) == BTRFS_UTIL_OK &&
+        now == (bool)lua_toboolean(L, 2))
+        lua_pushvalue(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 /* btrfs.sync(path) → path | nil, message, code: commits the filesystem's transaction */
 static int btrfs_sync(lua_State *L)
 {
@@ -958,6 +983,7 @@ static const hrun_Prim btrfs_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .inverse = btrfs_create_inverse,
+     .unchanged = btrfs_create_unchanged,
      .state = btrfs_path_state,
      .targets = hrun_targets_arg1},
     {.name = "snapshot",
@@ -978,6 +1004,7 @@ static const hrun_Prim btrfs_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .inverse = btrfs_set_readonly_inverse,
+     .unchanged = btrfs_set_readonly_unchanged,
      .state = btrfs_path_state,
      .targets = hrun_targets_arg1},
     {.name = "restore",

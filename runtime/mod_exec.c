@@ -216,9 +216,9 @@ static int fail_or_raise(lua_State *L, int check)
     return lua_error(L);
 }
 
-static const char *const run_options[] = {"cwd",      "env",   "clear_env", "stdin",
-                                          "timeout",  "grace", "check",     "stream",
-                                          "readonly", "undo",  NULL};
+static const char *const run_options[] = {"cwd",     "env",     "clear_env", "stdin", "timeout",
+                                          "grace",   "check",   "stream",    "undo",  "readonly",
+                                          "creates", "removes", "changed",   NULL};
 
 /* [-0, +0, v] Field `undo` of the options at 2: the command that undoes this one — an
 ** argv for exec.run, a shell command for exec.sh — or absent. */
@@ -394,6 +394,58 @@ static void push_failure(lua_State *L, Run *r, double timeout)
     lua_remove(L, -2);
 }
 
+/* [-0, +0, v] Field `name` (creates, removes) of the options at 2: a non-empty path,
+** or NULL when absent. */
+static const char *guard_path(lua_State *L, const char *name)
+{
+    if (lua_type(L, 2) != LUA_TTABLE) return NULL;
+    size_t len;
+    const char *path = hrun_optstring(L, 2, name, NULL, &len);
+    if (path && (len == 0 || strlen(path) != len))
+        luaL_argerror(L, 2,
+                      lua_pushfstring(L, "field '%s': a path expected (not empty, no NUL)", name));
+    return path;
+}
+
+/* [-0, +(0|1), v] Ansible's guards: with `creates` a path that exists, or `removes` one
+** that does not, the command has nothing to do: pushes what the call returns then
+** (ok, code 0, no output, skipped = why) and returns 1; else 0. A relative path is
+** taken from the option cwd. */
+static int guarded(lua_State *L)
+{
+    const char *creates = guard_path(L, "creates"), *removes = guard_path(L, "removes");
+    if (lua_type(L, 2) == LUA_TTABLE) hrun_optbool(L, 2, "changed", 1); /* the runner's */
+    const char *cwd = lua_type(L, 2) == LUA_TTABLE ? hrun_optstring(L, 2, "cwd", NULL, NULL) : NULL;
+    for (int i = 0; i < 2; i++) {
+        const char *path = i == 0 ? creates : removes;
+        if (path == NULL) continue;
+        char full[PATH_MAX];
+        if (path[0] != '/' && cwd &&
+            (size_t)snprintf(full, sizeof full, "%s/%s", cwd, path) < sizeof full)
+            path = full;
+        struct stat st;
+        int exists = lstat(path, &st) == 0;
+        if (exists != (i == 0)) continue;
+        lua_createtable(L, 0, 7);
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "ok");
+        lua_pushinteger(L, 0);
+        lua_setfield(L, -2, "code");
+        lua_pushliteral(L, "");
+        lua_setfield(L, -2, "stdout");
+        lua_pushliteral(L, "");
+        lua_setfield(L, -2, "stderr");
+        lua_pushnumber(L, 0);
+        lua_setfield(L, -2, "seconds");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "timed_out");
+        lua_pushfstring(L, i == 0 ? "creates: %s exists" : "removes: %s does not exist", path);
+        lua_setfield(L, -2, "skipped");
+        return 1;
+    }
+    return 0;
+}
+
 /* The body of exec.run and exec.sh (`what` names it in messages); argv at 1. checked: a
 ** playbook's own call, whose program and environment the sandbox checks as they are used
 ** (the dispatcher checked the arguments, but playbook code may have run since: a
@@ -414,6 +466,7 @@ static int run_command(lua_State *L, const char *what, int checked)
     int clear = hrun_optbool(L, 2, "clear_env", 0);
     hrun_optbool(L, 2, "readonly", 0); /* checked here, used by the registry (exec_writes) */
     check_undo(L, what);               /* used by the registry (exec_inverse) */
+    if (guarded(L)) return 1;
     if (timeout < 0) luaL_argerror(L, 2, "field 'timeout': must not be negative");
     if (grace < 0) luaL_argerror(L, 2, "field 'grace': must not be negative");
     if (cwd && strlen(cwd) == 0) luaL_argerror(L, 2, "field 'cwd': empty path");
@@ -505,7 +558,10 @@ static int run_command(lua_State *L, const char *what, int checked)
 ** check (default true: raise unless it exits 0), stream (true or function(line, name)),
 ** readonly (the call only reads: not recorded as a write in plans), undo (an argv: the
 ** command that undoes this one — journaled as its inverse, run with the same cwd, env,
-** clear_env and timeout).
+** clear_env and timeout), creates (a path: when it exists the command is not run),
+** removes (a path: unless it exists the command is not run) — a command not run returns
+** {ok = true, code = 0, stdout = "", stderr = "", skipped = why} —, changed (false: the
+** command runs and is journaled, but its step counts it ok, not changed).
 */
 static int exec_run(lua_State *L)
 {
@@ -542,6 +598,15 @@ void hrun_pushexec(lua_State *L, const char *what)
 {
     lua_pushlightuserdata(L, (void *)what);
     lua_pushcclosure(L, exec_raw, 1);
+}
+
+/* exec.run, exec.sh: already so when a guard says there is nothing to do (creates: the
+** path exists; removes: it does not) */
+static int exec_unchanged(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (!guarded(L)) lua_pushnil(L);
+    return 1;
 }
 
 /* Whether this call writes: not with {readonly = true}. Must not raise. */
@@ -725,6 +790,7 @@ static const hrun_Prim exec_prims[] = {
      .cap = "exec",
      .writes = exec_writes,
      .inverse = exec_run_inverse,
+     .unchanged = exec_unchanged,
      .targets = run_targets},
     {.name = "sh",
      .func = exec_sh,
@@ -732,6 +798,7 @@ static const hrun_Prim exec_prims[] = {
      .cap = "exec",
      .writes = exec_writes,
      .inverse = exec_sh_inverse,
+     .unchanged = exec_unchanged,
      .targets = sh_targets},
     {0},
 };

@@ -1174,6 +1174,114 @@ static int fs_rename_state(lua_State *L)
 
 /* }====================================================== */
 
+/* {======================================================
+** Already so: what each write finds done, so that it neither acts nor is journaled
+** ======================================================= */
+
+/* Reads up to len bytes at fd into buf; the count read (short only at the end), -1. */
+static ssize_t read_full(int fd, char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+/* Whether the open file fd holds exactly the len bytes at data (b: NULL) or the same
+** bytes as the open file b. */
+static int same_bytes(int fd, const char *data, size_t len, int b)
+{
+    char x[16384], y[16384];
+    for (size_t off = 0;; off += sizeof x) {
+        ssize_t n = read_full(fd, x, sizeof x);
+        if (n < 0) return 0;
+        if (b >= 0) {
+            if (read_full(b, y, sizeof y) != n || memcmp(x, y, (size_t)n) != 0) return 0;
+        } else {
+            size_t want = off >= len ? 0 : len - off < sizeof x ? len - off : sizeof x;
+            if ((size_t)n != want || memcmp(x, data + off, (size_t)n) != 0) return 0;
+        }
+        if ((size_t)n < sizeof x) return 1;
+    }
+}
+
+/* fs.write: the file (through a symlink) holds these bytes, and has the mode given */
+static int fs_write_unchanged(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    size_t len;
+    const char *data = hrun_tobytes(L, 2, &len);
+    struct stat st;
+    lua_settop(L, 3);
+    if (path == NULL || data == NULL || stat(path, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (size_t)st.st_size != len)
+        return lua_pushnil(L), 1;
+    mode_t mode = lua_istable(L, 3) ? opt_mode(L, 3, (mode_t)-1) : (mode_t)-1;
+    if (mode != (mode_t)-1 && (st.st_mode & 07777) != mode) return lua_pushnil(L), 1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int same = fd >= 0 && same_bytes(fd, data, len, -1);
+    if (fd >= 0) close(fd);
+    if (same)
+        lua_pushvalue(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* fs.mkdir: a directory is there (its mode is left as it is, as mkdir -p does) */
+static int fs_mkdir_unchanged(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    struct stat st;
+    if (path != NULL && *path && stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        lua_pushvalue(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* fs.remove: nothing is there (not even a dangling symlink) */
+static int fs_remove_unchanged(lua_State *L)
+{
+    const char *path = lua_tostring(L, 1);
+    struct stat st;
+    if (path != NULL && *path && lstat(path, &st) < 0 && errno == ENOENT)
+        lua_pushvalue(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* fs.copy of a regular file: dst is a regular file (not a symlink) with the same bytes
+** and mode (and owner, as root). Times are not compared. A tree is never already so:
+** its copy needs dst not to exist. */
+static int fs_copy_unchanged(lua_State *L)
+{
+    const char *src = lua_tostring(L, 1), *dst = lua_tostring(L, 2);
+    struct stat s, d;
+    if (src == NULL || dst == NULL || stat(src, &s) < 0 || !S_ISREG(s.st_mode) ||
+        lstat(dst, &d) < 0 || !S_ISREG(d.st_mode) || s.st_size != d.st_size ||
+        (s.st_mode & 07777) != (d.st_mode & 07777) ||
+        (geteuid() == 0 && (s.st_uid != d.st_uid || s.st_gid != d.st_gid)))
+        return lua_pushnil(L), 1;
+    int a = open(src, O_RDONLY | O_CLOEXEC), b = open(dst, O_RDONLY | O_CLOEXEC);
+    int same = a >= 0 && b >= 0 && same_bytes(a, NULL, 0, b);
+    if (a >= 0) close(a);
+    if (b >= 0) close(b);
+    if (same)
+        lua_pushvalue(L, 2);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* }====================================================== */
+
 /* The sandbox's targets of fs.glob: for each of its brace alternatives, the directory
 ** it starts from (what comes before the first wildcard, up to its last '/'), or the
 ** path itself when it has no wildcard. */
@@ -1227,6 +1335,7 @@ static const hrun_Prim fs_prims[] = {
      .cap = "fs",
      .inverse = fs_write_inverse,
      .state = fs_write_state,
+     .unchanged = fs_write_unchanged,
      .targets = hrun_targets_arg1},
     {.name = "mkdir",
      .func = fs_mkdir,
@@ -1234,6 +1343,7 @@ static const hrun_Prim fs_prims[] = {
      .cap = "fs",
      .inverse = fs_mkdir_inverse,
      .state = fs_mkdir_state,
+     .unchanged = fs_mkdir_unchanged,
      .targets = hrun_targets_arg1},
     {.name = "remove",
      .func = fs_remove,
@@ -1241,6 +1351,7 @@ static const hrun_Prim fs_prims[] = {
      .cap = "fs",
      .inverse = fs_remove_inverse,
      .state = fs_path_state,
+     .unchanged = fs_remove_unchanged,
      .targets = hrun_targets_arg1},
     {.name = "copy",
      .func = fs_copy,
@@ -1248,6 +1359,7 @@ static const hrun_Prim fs_prims[] = {
      .cap = "fs",
      .inverse = fs_copy_inverse,
      .state = fs_copy_state,
+     .unchanged = fs_copy_unchanged,
      .targets = hrun_targets_args12},
     {.name = "rename",
      .func = fs_rename,

@@ -947,6 +947,62 @@ static int l_commit(lua_State *L)
     return 1;
 }
 
+static git_repository *state_repo(lua_State *L);
+
+/* [-0, +0, -] The number of status entries of r, those `show` selects, within the paths
+** at idx (a list; 0: every path); -1 when it cannot be read. */
+static long status_count(git_repository *r, lua_State *L, int idx, git_status_show_t show)
+{
+    git_status_options o;
+    git_status_options_init(&o, GIT_STATUS_OPTIONS_VERSION);
+    o.show = show;
+    o.flags = GIT_STATUS_OPT_INCLUDE_UNTRACKED | GIT_STATUS_OPT_RECURSE_UNTRACKED_DIRS |
+              GIT_STATUS_OPT_EXCLUDE_SUBMODULES;
+    const char *paths[64];
+    if (idx) {
+        lua_Integer n = luaL_len(L, idx);
+        if (n > 64) return -1;
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            paths[i - 1] = lua_tostring(L, -1);
+            lua_pop(L, 1); /* the list keeps the string */
+        }
+        o.pathspec.strings = (char **)paths;
+        o.pathspec.count = (size_t)n;
+        o.flags |= GIT_STATUS_OPT_DISABLE_PATHSPEC_MATCH;
+    }
+    git_status_list *list;
+    if (git_status_list_new(&list, r, &o) < 0) return -1;
+    long n = (long)git_status_list_entrycount(list);
+    git_status_list_free(list);
+    return n;
+}
+
+/* git.commit: nothing to commit (not allow_empty): the index is HEAD's tree, and the work
+** tree has no change within what would be staged (paths, or everything with all); pushes
+** HEAD's commit id, or nil. It stages nothing: git's status, read-only. */
+static int commit_unchanged(lua_State *L)
+{
+    if (lua_type(L, 1) != LUA_TSTRING && lua_type(L, 1) != LUA_TTABLE) return lua_pushnil(L), 1;
+    if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) return lua_pushnil(L), 1;
+    lua_settop(L, 3);
+    if (hrun_optbool(L, 3, "allow_empty", 0)) return lua_pushnil(L), 1;
+    int all = hrun_optbool(L, 3, "all", 0);
+    int paths = opt_paths(L, 3, "git.commit");
+    git_repository *r = state_repo(L);
+    git_object *head = NULL;
+    int so = r && !git_repository_is_bare(r) && git_repository_head_unborn(r) == 0 &&
+             git_revparse_single(&head, r, "HEAD^{commit}") == 0 &&
+             status_count(r, L, 0, GIT_STATUS_SHOW_INDEX_ONLY) == 0 &&
+             (!(all || paths) || status_count(r, L, paths, GIT_STATUS_SHOW_WORKDIR_ONLY) == 0);
+    if (so)
+        push_oid(L, git_object_id(head));
+    else
+        lua_pushnil(L);
+    git_object_free(head);
+    return 1;
+}
+
 /* [-0, +0, m] Appends {op = "git._setref", args = {dir, ref, old or false, {…}}}; for
 ** a commit's undo (commit = 1) only from the commit made, and the index too. */
 static void add_setref(lua_State *L, int list, const char *dir, const char *ref, const git_oid *old,
@@ -1391,6 +1447,71 @@ static int tag_state(lua_State *L)
     return 1;
 }
 
+/* [-0, +0, -] obj peeled past tags (the commit or tree an annotated tag names); a new
+** reference, or NULL. */
+static git_object *past_tags(git_object *obj)
+{
+    git_object *out = NULL;
+    if (git_object_type(obj) != GIT_OBJECT_TAG) return git_object_dup(&out, obj) == 0 ? out : NULL;
+    return git_object_peel(&out, obj, GIT_OBJECT_ANY) == 0 ? out : NULL;
+}
+
+/* git.tag: the tag is there, of the same kind (annotated with the same message, or
+** lightweight), naming what target names; pushes its id, or nil. With force too: a tag
+** already so is not moved. */
+static int tag_unchanged(lua_State *L)
+{
+    char ref[1024];
+    if (lua_type(L, 2) != LUA_TSTRING || (lua_type(L, 3) != LUA_TTABLE && !lua_isnoneornil(L, 3)))
+        return lua_pushnil(L), 1;
+    tag_ref(L, 2, ref, sizeof ref);
+    const char *message = hrun_optstring(L, 3, "message", NULL, NULL);
+    const char *target = hrun_optstring(L, 3, "target", "HEAD", NULL);
+    git_repository *r = state_repo(L);
+    git_reference *tag = NULL;
+    git_object *want = NULL, *have = NULL, *want_p = NULL, *have_p = NULL;
+    int so = r && git_reference_lookup(&tag, r, ref) == 0 &&
+             git_revparse_single(&want, r, target) == 0 &&
+             git_object_lookup(&have, r, git_reference_target(tag), GIT_OBJECT_ANY) == 0 &&
+             (git_object_type(have) == GIT_OBJECT_TAG) == (message != NULL) &&
+             (want_p = past_tags(want)) != NULL && (have_p = past_tags(have)) != NULL &&
+             git_oid_equal(git_object_id(want_p), git_object_id(have_p));
+    if (so && message) {
+        const char *m = git_tag_message((git_tag *)have);
+        size_t n = strlen(message);
+        /* git keeps a message with a newline at its end */
+        so = m && strncmp(m, message, n) == 0 &&
+             (m[n] == '\0' || (m[n] == '\n' && m[n + 1] == '\0'));
+    }
+    if (so)
+        push_oid(L, git_reference_target(tag));
+    else
+        lua_pushnil(L);
+    git_object_free(want);
+    git_object_free(have);
+    git_object_free(want_p);
+    git_object_free(have_p);
+    git_reference_free(tag);
+    return 1;
+}
+
+/* git.delete_tag: no such tag */
+static int delete_tag_unchanged(lua_State *L)
+{
+    char ref[1024];
+    if (lua_type(L, 2) != LUA_TSTRING) return lua_pushnil(L), 1;
+    tag_ref(L, 2, ref, sizeof ref);
+    git_repository *r = state_repo(L);
+    git_reference *tag = NULL;
+    int gone = r && git_reference_lookup(&tag, r, ref) == GIT_ENOTFOUND;
+    git_reference_free(tag);
+    if (gone)
+        lua_pushboolean(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 /* git._setref: the ref */
 static int setref_state(lua_State *L)
 {
@@ -1662,6 +1783,7 @@ static const hrun_Prim git_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "git",
      .inverse = commit_inverse,
+     .unchanged = commit_unchanged,
      .state = commit_state,
      .targets = dir_targets},
     {.name = "tag",
@@ -1670,6 +1792,7 @@ static const hrun_Prim git_prims[] = {
      .cap = "git",
      .inverse = tagref_inverse,
      .state = tag_state,
+     .unchanged = tag_unchanged,
      .targets = dir_targets},
     {.name = "delete_tag",
      .func = l_delete_tag,
@@ -1677,6 +1800,7 @@ static const hrun_Prim git_prims[] = {
      .cap = "git",
      .inverse = tagref_inverse,
      .state = tag_state,
+     .unchanged = delete_tag_unchanged,
      .targets = dir_targets},
     {.name = "checkout_paths",
      .func = l_checkout_paths,

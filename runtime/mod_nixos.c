@@ -1451,6 +1451,31 @@ static int l_set_input_text(lua_State *L)
     return set_input_text(L, luaL_optstring(L, 4, "flake.nix"), src, len, input, url, ulen);
 }
 
+/* flake_set_input: the input's URL is already that one; pushes it (the URL it would
+** replace), or nil */
+static int flake_set_input_unchanged(lua_State *L)
+{
+    const char *file = lua_tostring(L, 1), *input = lua_tostring(L, 2);
+    size_t ulen;
+    const char *url = lua_tolstring(L, 3, &ulen);
+    if (file == NULL || input == NULL || url == NULL) return lua_pushnil(L), 1;
+    FILE *f = fopen(file, "rb");
+    if (f == NULL) return lua_pushnil(L), 1;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&b, chunk, n);
+    int bad = ferror(f);
+    fclose(f);
+    luaL_pushresult(&b);
+    size_t len;
+    const char *src = lua_tolstring(L, -1, &len);
+    if (bad || set_input_text(L, file, src, len, input, url, ulen) != 2 || !lua_rawequal(L, -3, -2))
+        return lua_pushnil(L), 1;
+    return 1; /* the old URL, the same as url */
+}
+
 /* Undo of flake_set_input: the file's bytes back. */
 static int file_inverse(lua_State *L)
 {
@@ -1737,6 +1762,7 @@ static const hrun_Prim nixos_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "nix",
      .inverse = file_inverse,
+     .unchanged = flake_set_input_unchanged,
      .state = flake_file_state,
      .targets = hrun_targets_arg1},
     {.name = "flake_update",

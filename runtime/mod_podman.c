@@ -308,6 +308,31 @@ static int container_state(lua_State *L)
     return 1;
 }
 
+/* start (running wanted) and stop (not running): already so when the container is there
+** and so; pushes it as podman.inspect returns it now, or nil */
+static int startstop_unchanged(lua_State *L, int want_running)
+{
+    if (lua_type(L, 1) != LUA_TSTRING) return lua_pushnil(L), 1;
+    lua_pushcfunction(L, l_inspect);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) return lua_pushnil(L), 1;
+    lua_getfield(L, -1, "running");
+    int running = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (running != want_running) lua_pushnil(L);
+    return 1;
+}
+
+static int start_unchanged(lua_State *L)
+{
+    return startstop_unchanged(L, 1);
+}
+
+static int stop_unchanged(lua_State *L)
+{
+    return startstop_unchanged(L, 0);
+}
+
 static int restart_inverse(lua_State *L)
 {
     lua_pushnil(L);
@@ -332,6 +357,7 @@ static const hrun_Prim podman_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = start_inverse,
+     .unchanged = start_unchanged,
      .state = container_state,
      .targets = hrun_targets_arg1},
     {.name = "stop",
@@ -339,6 +365,7 @@ static const hrun_Prim podman_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = stop_inverse,
+     .unchanged = stop_unchanged,
      .state = container_state,
      .targets = hrun_targets_arg1},
     {.name = "restart",

@@ -509,6 +509,32 @@ static int unit_state(lua_State *L)
     return 1;
 }
 
+/* start (want: "active") and stop ("inactive"): already so when the unit is loaded and
+** in that state; pushes its status, read now, or nil */
+static int startstop_unchanged(lua_State *L, const char *want)
+{
+    if (lua_type(L, 1) != LUA_TSTRING) return lua_pushnil(L), 1;
+    lua_settop(L, 1);
+    if (l_status(L) != 1 || lua_type(L, -1) != LUA_TTABLE) return lua_pushnil(L), 1;
+    lua_getfield(L, -1, "load");
+    lua_getfield(L, -2, "active");
+    int so = lua_isstring(L, -2) && strcmp(lua_tostring(L, -2), "not-found") != 0 &&
+             lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), want) == 0;
+    lua_pop(L, 2);
+    if (!so) lua_pushnil(L);
+    return 1;
+}
+
+static int start_unchanged(lua_State *L)
+{
+    return startstop_unchanged(L, "active");
+}
+
+static int stop_unchanged(lua_State *L)
+{
+    return startstop_unchanged(L, "inactive");
+}
+
 /* restart and reload: nothing puts a process back as it was */
 static int no_inverse(lua_State *L)
 {
@@ -537,6 +563,7 @@ static const hrun_Prim service_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = start_inverse,
+     .unchanged = start_unchanged,
      .state = unit_state,
      .targets = hrun_targets_arg1},
     {.name = "stop",
@@ -544,6 +571,7 @@ static const hrun_Prim service_prims[] = {
      .kind = HRUN_WRITE,
      .cap = "service",
      .inverse = stop_inverse,
+     .unchanged = stop_unchanged,
      .state = unit_state,
      .targets = hrun_targets_arg1},
     {.name = "_reset_failed",

@@ -264,6 +264,13 @@ static int priv_preview(lua_State *L)
     return hrun_preview(L, name, lua_gettop(L) - 1);
 }
 
+/* unchanged(name, ...) → what that call returns when it would change nothing, or nil */
+static int priv_unchanged(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    return hrun_unchanged(L, name, lua_gettop(L) - 1);
+}
+
 /* setstash(dir, run | nil): the run's stash, where inverses save what writes destroy */
 static int priv_setstash(lua_State *L)
 {
@@ -350,6 +357,7 @@ int hrun_openprivate(lua_State *L)
         {"deadline", priv_deadline},
         {"inverse", priv_inverse},
         {"preview", priv_preview},
+        {"unchanged", priv_unchanged},
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
         {"setstrict", priv_setstrict},

@@ -308,6 +308,16 @@ int hrun_state(lua_State *L, const char *fullname, int n)
     return 1;
 }
 
+int hrun_unchanged(lua_State *L, const char *fullname, int n)
+{
+    const Entry *e = check_entry(L, fullname);
+    if (e->prim->kind == HRUN_WRITE && e->prim->unchanged)
+        return call_with(L, e->prim->unchanged, n, 1);
+    lua_pop(L, n);
+    lua_pushnil(L);
+    return 1;
+}
+
 const char *hrun_stashdir(lua_State *L)
 {
     return hrun_runtime(L)->stash_dir;

@@ -78,6 +78,14 @@ typedef struct hrun_Prim {
     ** before, already undone; unlike before and after, changed since. Raises only for
     ** misuse. NULL, or nil pushed: nothing to compare (exec.run, a restart). */
     lua_CFunction state;
+    /* For a write that can know when it would change nothing (the same bytes, the unit
+    ** already active): [-0, +1, e] with the call's arguments at 1..top, before the call
+    ** runs, pushes what the call returns when there is nothing to do (a true value:
+    ** fs.write's path, service.start's status read now), or nil when the call would
+    ** change something or it cannot tell. It reads, never changes the system; it raises
+    ** only for misuse (the call itself then says what is wrong). The runner neither runs
+    ** nor journals such a call, and the step counts it ok. NULL: every call changes. */
+    lua_CFunction unchanged;
 } hrun_Prim;
 
 /* Targets functions for the common shapes: argument 1, argument 2, arguments 1 and 2;
@@ -132,6 +140,10 @@ int hrun_preview(lua_State *L, const char *fullname, int n);
 ** top as its arguments (popped); pushes its array of states (without fingerprints), or
 ** nil when it has none. */
 int hrun_state(lua_State *L, const char *fullname, int n);
+
+/* [-0, +1, e] Runs the unchanged function of primitive `fullname` with the n values on
+** top (popped): what the call returns when it would change nothing, or nil. */
+int hrun_unchanged(lua_State *L, const char *fullname, int n);
 
 /* Where inverse functions save what a write will destroy (the current run's stash
 ** directory), or NULL outside a journaled run. */

@@ -204,11 +204,14 @@ local migrations = {
   -- total is the steps journaled). A write with keep = true is journaled as usual and
   -- marked kept: a rollback (or a resume's, after a crash) leaves it. hrun gc's
   -- collections are a record each, and a run whose restore asides a collection
-  -- removed says when: it can no longer be rolled back.
+  -- removed says when: it can no longer be rolled back. And whether a step changed
+  -- something (1: one of its effects completed; 0: ok, all already so; NULL: a check,
+  -- a step not done, or a step of an older hrun).
   [6] = [[
     ALTER TABLE runs ADD COLUMN steps_total INTEGER;
     ALTER TABLE runs ADD COLUMN collected REAL;        -- hrun gc removed what its undo needs
     ALTER TABLE effects ADD COLUMN kept INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE steps ADD COLUMN changed INTEGER;
     CREATE TABLE collections (
       id INTEGER PRIMARY KEY,
       older_than REAL NOT NULL,        -- seconds
@@ -360,8 +363,12 @@ function Journal:new_step(s)
 end
 
 function Journal:end_step(id, f)
-  self:write("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ? WHERE id = ?",
-    f.status, f.attempts or 0, f.state, f.error, f.ended, id)
+  local changed = f.changed
+  if changed ~= nil then
+    changed = changed and 1 or 0
+  end
+  self:write("UPDATE steps SET status = ?, attempts = ?, state = ?, error = ?, ended = ?, changed = ? WHERE id = ?",
+    f.status, f.attempts or 0, f.state, f.error, f.ended, changed, id)
 end
 
 function Journal:set_step_status(id, status)

@@ -128,6 +128,25 @@ local function restate(priv, states)
   return ok and now or nil
 end
 
+-- What a write returns when it would change nothing (priv.unchanged), or nil: when it
+-- would change something, cannot tell, or its arguments are wrong (the call itself then
+-- says what is wrong). The engine's own work: it never fails the write.
+local function unchanged_of(priv, name, ...)
+  local ok, v = pcall(priv.unchanged, name, ...)
+  if ok and v ~= nil and v ~= false then
+    return v
+  end
+end
+
+-- exec.run/exec.sh with changed = false: journaled, but its step counts it ok.
+local function counts_as_change(name, args)
+  if name ~= "exec.run" and name ~= "exec.sh" then
+    return true
+  end
+  local opts = args[2]
+  return not (type(opts) == "table" and rawget(opts, "changed") == false)
+end
+
 -- A read-only view of t (and of the tables in it).
 
 -- o: priv, ui, pb (validated), params, journal (nil for plans), opts {plan, yes, from,
@@ -140,6 +159,8 @@ function M.new(o)
   r.step_effects = {} -- the current step's effects with a state: {id, before}
   r.crash_counts = {}
   r.planned = 0
+  r.planned_targets = {} -- plans: the targets of the writes planned so far
+  r.recap = M.recap() -- the run's counts, and each phase's (r.phase_recap)
   r.irreversible_planned = 0
   r.flake_edits = {} -- plans: flake file → the text the planned edits leave
   r.flake_updates = {} -- plans: flake dir → the inputs planned to update ({all = true}: all)
@@ -285,12 +306,68 @@ function Runner:emit(ev)
     ev = masked(self.priv.mask, ev, 0)
   end
   ev.time = ev.time or sys.now()
+  if self.recap then
+    self:tally(ev)
+  end
   if self.journal and self.run_id then
     self.journal:event(self.run_id, ev)
   end
   self.ui:event(ev)
   return ev
 end
+
+-- {======================================================
+-- The recap: each phase's and the run's steps and checks, ok / changed / skipped /
+-- failed (and, in plans, unknown)
+-- ======================================================
+
+function M.recap()
+  return { ok = 0, changed = 0, skipped = 0, failed = 0, unknown = 0 }
+end
+
+-- What an event counts as in the recap, or nil: a step that changed something (or, in
+-- a plan, would) is changed, one that did not is ok; a check that passed is ok.
+function M.outcome(ev)
+  local e, st = ev.event, ev.status
+  if e == "step-skip" then
+    return "skipped"
+  elseif e ~= "step-end" and e ~= "check" then
+    return nil
+  elseif st == "failed" or st == "interrupted" then
+    return "failed"
+  elseif st == "unknown" then
+    return "unknown"
+  elseif e == "check" then
+    return "ok"
+  end
+  return ev.changed and "changed" or "ok"
+end
+
+function Runner:tally(ev)
+  local o = M.outcome(ev)
+  if not o then
+    return
+  end
+  self.recap[o] = self.recap[o] + 1
+  if self.phase_recap then
+    self.phase_recap[o] = self.phase_recap[o] + 1
+  end
+end
+
+-- The recap event of a phase (phase = its name, counts) or of the run (phases: each
+-- phase's, in order).
+function Runner:emit_recap(phase, counts)
+  local ev = { event = "recap", phase = phase, plan = self.plan or nil }
+  for k, v in pairs(counts) do
+    ev[k] = v
+  end
+  if not phase then
+    ev.phases = json.array(self.phase_recaps or {})
+  end
+  self:emit(ev)
+end
+
+-- }======================================================
 
 -- The test suite's fault injection: HRUN_TEST_CRASH=point:N kills hrun (SIGKILL) the
 -- Nth time it reaches point (step-start, step-done, effect-intent, effect-done,
@@ -353,7 +430,15 @@ function Runner:before(call, ...)
       error(refusal(call, def), 0)
     end
   end
+  local already = self:already_so(call, args, ...)
+  if already ~= nil then
+    return true, already
+  end
   if self.plan then
+    if counts_as_change(call.name, args) then
+      self.step_did_change = true
+    end
+    self:plan_targets(call, ...)
     local inverse, why = self.priv.inverse(call.name, ...)
     if call.destroys and def and not (def.undo or def.irreversible) then
       why = refusal(call, def) .. " — the run would fail here"
@@ -392,10 +477,53 @@ function Runner:before(call, ...)
     inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil, kept = call.keep })
   local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
     args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
-  self.effect_stack[#self.effect_stack + 1] = { id = id, before = before }
+  self.effect_stack[#self.effect_stack + 1] = { id = id, before = before, counts = counts_as_change(call.name, args) }
   -- temporaries the write makes are named from the run and the effect: found after a crash
   self.priv.seteffect(self.run_id, id)
   self:maybe_crash("effect-intent")
+end
+
+-- A write that would change nothing (the same bytes, the unit already active) neither
+-- acts nor is journaled: an `effect` event with unchanged = true says it was already
+-- so, and the call returns what the primitive returns then. In a plan, a write to what
+-- a write planned before it changes is not known to be already so: it stays planned.
+-- Returns that value, or nil when the write is to run (or be planned).
+function Runner:already_so(call, args, ...)
+  local value = unchanged_of(self.priv, call.name, ...)
+  if value == nil then
+    return nil
+  end
+  if self.plan and next(self.planned_targets) then
+    local states = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
+    for _, st in ipairs(states or {}) do
+      if self.planned_targets[st.target] then
+        return nil
+      end
+    end
+  end
+  local cur = self.current
+  self:emit({ event = "effect", unchanged = true, planned = self.plan or nil, phase = cur and cur.phase,
+    step = cur and cur.name, op = call.name, args = arglist(args),
+    skipped = type(value) == "table" and rawget(value, "skipped") or nil })
+  return value
+end
+
+-- Plans: what a planned write changes, so that a later write to it is not called already
+-- so from what is there now.
+function Runner:plan_targets(call, ...)
+  local states = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
+  for _, st in ipairs(states or {}) do
+    if st.target then
+      self.planned_targets[st.target] = true
+    end
+  end
+end
+
+-- Whether the step running (or the last one that ran) changed something: one of its
+-- journaled effects completed (not an exec with changed = false). In plans: whether it
+-- planned a write.
+function Runner:step_changed()
+  return self.step_did_change == true
 end
 
 -- A write of a step's undo function: not journaled as an effect (the undo function is
@@ -445,6 +573,9 @@ function Runner:after(call, nres, ...)
   end
   if status == "failed" and PARTIAL[call.name] then
     status = "partial"
+  end
+  if status ~= "failed" and top.counts then
+    self.step_did_change = true
   end
   local after
   if top.before and status ~= "failed" then
@@ -637,6 +768,7 @@ function Runner:run_step(step, resumed_state)
   while true do
     attempts = attempts + 1
     self.current = { kind = "step", id = id, name = step.name, phase = step.phase, def = step }
+    self.step_did_change = false
     ok, err = self:attempt(step, ctx)
     self.current = nil
     if ok or self.interrupted or self.plan or attempts > (step.retries or 0) then
@@ -665,10 +797,14 @@ function Runner:run_step(step, resumed_state)
   if ok and not self.plan then
     self:settle(self.step_effects)
   end
+  local changed -- ok: whether it changed something; nil: it failed
+  if ok then
+    changed = self:step_changed()
+  end
   self.last_effects, self.step_effects = self.step_effects, {}
   if not self.plan then
     self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
-      ended = sys.now() })
+      ended = sys.now(), changed = changed })
     if ok then
       self.journal:set_run(self.run_id, { shared = codec.encode(self.shared) })
     end
@@ -678,7 +814,8 @@ function Runner:run_step(step, resumed_state)
     end
   end
   self:emit({ event = "step-end", phase = step.phase, step = step.name, status = status, error = err,
-    attempts = attempts, seconds = sys.now() - started, traceback = not ok and self.traceback or nil })
+    attempts = attempts, seconds = sys.now() - started, traceback = not ok and self.traceback or nil,
+    changed = changed })
   self.traceback = nil
   return ok, err
 end
@@ -1203,6 +1340,7 @@ function Runner:execute()
       local started = sys.now()
       local pid = not self.plan and self.journal:new_phase(self.run_id, ph.name, started)
       self:emit({ event = "phase-start", phase = ph.name })
+      self.phase_recap = M.recap()
       local failure
       -- a phase's checks run before its steps
       for _, item in ipairs(sel.items) do
@@ -1231,6 +1369,15 @@ function Runner:execute()
       end
       self:emit({ event = "phase-end", phase = ph.name, status = failure and "failed" or "done",
         seconds = sys.now() - started })
+      local counts = self.phase_recap
+      self.phase_recap = nil
+      self.phase_recaps = self.phase_recaps or {}
+      local entry = { phase = ph.name }
+      for k, v in pairs(counts) do
+        entry[k] = v
+      end
+      table.insert(self.phase_recaps, entry)
+      self:emit_recap(ph.name, counts)
       if failure then
         return failure
       end
@@ -1286,6 +1433,7 @@ function Runner:run()
     self.journal:set_run(self.run_id, { status = status, outcome = status, error = failure, ended = sys.now(),
       interrupted = self.interrupted and 1 or 0 })
   end
+  self:emit_recap(nil, self.recap)
   local ev = self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
     seconds = sys.now() - started, planned = self.plan and self.planned or nil,
     irreversible = self.plan and self.irreversible_planned or nil })

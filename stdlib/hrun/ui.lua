@@ -193,11 +193,14 @@ local plain_events = {
   end,
   ["step-end"] = function(self, ev)
     local err = ev.traceback or ev.error
-    self:line(ev.time, "  step %s: %s (%s%s)%s", ev.step, ev.status, M.seconds(ev.seconds),
+    self:line(ev.time, "  step %s: %s (%s%s)%s", ev.step, M.step_word(ev), M.seconds(ev.seconds),
       (ev.attempts or 1) > 1 and (", " .. ev.attempts .. " attempts") or "",
       err and ("\n    " .. err:gsub("\n", "\n    ")) or "")
   end,
   effect = function(self, ev)
+    if ev.unchanged then
+      return M.plain_already_so(self, ev)
+    end
     if ev.planned or self.verbose then
       self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", M.call(ev.op, ev.args),
         M.inverse(ev.inverse, ev.no_inverse, ev.step_undo, ev.kept))
@@ -236,6 +239,9 @@ local plain_events = {
   end,
   ["run-end"] = function(self, ev)
     self:line(ev.time, "%s", M.summary(ev))
+  end,
+  recap = function(self, ev)
+    self:line(ev.time, "%s%s", ev.phase and ("recap " .. ev.phase .. ": ") or "recap: ", M.recap_line(ev))
   end,
 }
 
@@ -352,10 +358,14 @@ local tty_events = {
     self:print(self:c("33", "      attempt " .. ev.attempt .. " failed, retrying: ") .. ev.error)
   end,
   ["step-end"] = function(self, ev)
-    local mark = (ev.status == "done" or ev.status == "planned") and self:c("32", "✓") or self:c("31", "✗")
+    local mark = (ev.status == "done" or ev.status == "planned") and self:c(ev.changed and "33" or "32", "✓")
+      or self:c("31", "✗")
     self.live, self.live_step = nil, nil
     io.stdout:write("\r\27[K")
     local extra = (ev.attempts and ev.attempts > 1) and (" (" .. ev.attempts .. " attempts)") or ""
+    if ev.changed ~= nil then
+      extra = extra .. " · " .. M.step_word(ev)
+    end
     self:print("  " .. mark .. " " .. pad(ev.step, 50) .. self:c("2", M.seconds(ev.seconds) .. extra))
     local err = ev.traceback or ev.error
     if err then
@@ -363,6 +373,9 @@ local tty_events = {
     end
   end,
   effect = function(self, ev)
+    if ev.unchanged then
+      return M.tty_already_so(self, ev)
+    end
     if ev.planned or self.verbose then
       local arrow = ev.planned and "→ " or "· "
       local inv = M.inverse(ev.inverse, ev.no_inverse, ev.step_undo, ev.kept)
@@ -403,6 +416,13 @@ local tty_events = {
   capabilities = function(self, ev)
     for _, l in ipairs(M.capability_lines(ev)) do
       self:print(l:find("NOT DECLARED", 1, true) and self:c("33", l) or self:c("2", l))
+    end
+  end,
+  recap = function(self, ev)
+    if ev.phase then
+      self:print(self:c("2", "  " .. M.recap_line(ev)))
+    else
+      self:print(self:c("1", "recap: " .. M.recap_line(ev)))
     end
   end,
   ["run-end"] = function(self, ev)
@@ -472,6 +492,99 @@ function M.summary(ev)
   end
   return string.format("%s (exit %d)", tostring(ev.status), ev.exit or 1)
 end
+
+-- {======================================================
+-- Changed or ok: a step's word, the writes already so, the recap
+-- ======================================================
+
+-- What a step's end says: changed, or ok when it changed nothing (a step-end event, or
+-- a journal row with its changed column); else its status (planned, failed, …).
+function M.step_word(s)
+  local changed = s.changed == true or s.changed == 1
+  if s.status == "done" and s.changed ~= nil then
+    return changed and "changed" or "ok"
+  elseif s.status == "planned" and s.changed ~= nil and not changed then
+    return "ok" -- a planned step with nothing to change
+  end
+  return s.status
+end
+
+-- What a write already so says: "ok fs.write /etc/x (already so)".
+local function already_so(ev)
+  return string.format("ok %s (already so%s)", M.call(ev.op, ev.args), ev.skipped and (": " .. ev.skipped) or "")
+end
+
+function M.plain_already_so(self, ev)
+  if ev.planned or self.verbose then
+    self:line(ev.time, "    %s", already_so(ev))
+  end
+end
+
+function M.tty_already_so(self, ev)
+  if ev.planned or self.verbose then
+    self:print(self:c("2", "      = " .. already_so(ev)))
+  end
+end
+
+-- "ok=3 changed=1 skipped=0 failed=0", and unknown=N in plans (or when there are any).
+function M.recap_line(c)
+  local line = string.format("ok=%d changed=%d skipped=%d failed=%d", c.ok or 0, c.changed or 0, c.skipped or 0,
+    c.failed or 0)
+  if c.plan or (c.unknown or 0) > 0 then
+    line = line .. string.format(" unknown=%d", c.unknown or 0)
+  end
+  return line
+end
+
+-- A run's recap from the journal: its recap event when it has one; else (a run that
+-- crashed, or of an older hrun) counted from its steps and checks and its skip events
+-- (a step of an older hrun that completed an effect counts as changed). Lines: the
+-- total, then each phase's ("phase: ok=…").
+function M.run_recap_lines(r)
+  local total, phases
+  for _, e in ipairs(r.events or {}) do
+    if e.event == "recap" and type(e.data) == "table" and e.data.phase == nil then
+      total, phases = e.data, e.data.phases or {}
+    end
+  end
+  if not total then
+    local runner = require "hrun.runner"
+    total, phases = runner.recap(), {}
+    local by = {}
+    local function count(phase, o)
+      if not by[phase] then
+        by[phase] = runner.recap()
+        by[phase].phase = phase
+        phases[#phases + 1] = by[phase]
+      end
+      total[o], by[phase][o] = total[o] + 1, by[phase][o] + 1
+    end
+    for _, s in ipairs(r.steps or {}) do
+      local changed = s.changed
+      if changed == nil and s.kind == "step" then
+        changed = false
+        for _, e in ipairs(s.effects or {}) do
+          changed = changed or e.status == "done" or e.status == "partial"
+        end
+      end
+      local o = runner.outcome({ event = s.kind == "check" and "check" or "step-end",
+        status = s.status == "done" and "done" or "failed", changed = changed == true or changed == 1 })
+      count(s.phase, o)
+    end
+    for _, e in ipairs(r.events or {}) do
+      if e.event == "step-skip" and type(e.data) == "table" then
+        count(e.data.phase, "skipped")
+      end
+    end
+  end
+  local lines = { M.recap_line(total) }
+  for _, p in ipairs(phases) do
+    lines[#lines + 1] = string.format("%s: %s", tostring(p.phase), M.recap_line(p))
+  end
+  return lines
+end
+
+-- }======================================================
 
 -- new{json, color, tty, verbose} → a renderer with :event(ev), :pause(), :resume()
 function M.new(o)
@@ -571,7 +684,7 @@ end
 -- A step's status with whether it is undone: "done, undone (undo function)".
 local function step_status(s)
   if s.kind ~= "step" or not s.undo_status then
-    return s.status
+    return M.step_word(s)
   end
   local how
   for _, u in ipairs(s.undos or {}) do
@@ -579,7 +692,7 @@ local function step_status(s)
       how = u.effect and "inverses" or "undo function"
     end
   end
-  return string.format("%s, %s%s", s.status, s.undo_status, how and s.undo_status == "undone" and
+  return string.format("%s, %s%s", M.step_word(s), s.undo_status, how and s.undo_status == "undone" and
     (" (" .. how .. ")") or "")
 end
 
@@ -761,6 +874,9 @@ function M.show(r, lock_free)
   if r.error then
     add("  error      %s", r.error:gsub("\n", "\n             "))
   end
+  for i, l in ipairs(M.run_recap_lines(r)) do
+    add("  %s %s", i == 1 and "recap     " or "          ", l)
+  end
   local left = not_undone(r)
   if #left > 0 then
     add("  not undone")
@@ -847,6 +963,9 @@ function M.markdown(r, lock_free)
   add("- **Parameters:** `%s`", codec.summary(r.params))
   if r.error then
     add("- **Failure:** %s", r.error:gsub("\n", " "))
+  end
+  for i, l in ipairs(M.run_recap_lines(r)) do
+    add(i == 1 and "- **Recap:** %s" or "  - %s", l)
   end
   local left = not_undone(r)
   if #left > 0 then

@@ -478,13 +478,13 @@ describe("a manifest's entries", function()
     end
     sql[#sql + 1] = [[DROP TABLE chunks; ALTER TABLE manifests DROP COLUMN entries;
       UPDATE manifests SET files = 0, bytes = 0, errors = 0;]]
-    -- and without what came after version 4 (the undo journal)
+    -- and without what came after version 4 (the undo journal; version 6's columns)
     sql[#sql + 1] = [[DROP TABLE undos; DROP TABLE playbooks; DROP TABLE children;
       DROP TABLE collections;]]
     for _, c in ipairs({ "runs.steps_total", "runs.collected", "effects.kept", "runs.outcome", "runs.rollback_status",
       "runs.rollback_started", "runs.rollback_ended",
       "runs.resolved", "runs.resolved_by", "runs.resolved_at", "steps.undo_status", "steps.playbook",
-      "effects.undo_status", "effects.before", "effects.after", "effects.settled" }) do
+      "effects.undo_status", "effects.before", "effects.after", "effects.settled", "steps.changed" }) do
       local t, col = c:match("^(%w+)%.([%w_]+)$")
       sql[#sql + 1] = string.format("ALTER TABLE %s DROP COLUMN %s;", t, col)
     end

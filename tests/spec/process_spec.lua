@@ -427,8 +427,8 @@ return playbook {
       shq(d .. "/state"), shq(d)), { check = false })
     eq(r.code, 0, r.stdout .. r.stderr)
     local fds = {}
-    for fd in r.stdout:gmatch("(%d+)\n") do
-      fds[#fds + 1] = tonumber(fd)
+    for line in r.stdout:gmatch("[^\n]+") do -- ls's lines, not the run's (its recap ends "failed=0")
+      fds[#fds + 1] = line:match("^%d+$") and tonumber(line) or nil
     end
     table.sort(fds)
     eq(fds, { 0, 1, 2, 3, 4 })

@@ -130,7 +130,7 @@ return playbook { name = "stop", on_failure = "stop", params = { data = "" },
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "one skipped (done before the crash)")
     local shown = run({ "show", "1", "--state", state }).stdout
-    local _, dones = shown:gsub("step  one%s+done", "")
+    local _, dones = shown:gsub("step  one%s+changed", "")
     eq(dones, 1, "step one ran once")
   end)
 
@@ -434,7 +434,7 @@ describe("events and history", function()
     local md = run({ "show", "1", "--md", "--state", state }).stdout
     has(md, "## changer 2.0 — run 1")
     has(md, "### edit")
-    has(md, "- [ ] rewrite config — done, undone (inverses)")
+    has(md, "- [ ] rewrite config — changed, undone (inverses)")
     local j = json.decode(run({ "show", "1", "--json", "--state", state }).stdout)
     eq(j.status, "rolled-back")
     eq(#j.steps, 5)
