@@ -157,7 +157,8 @@ describe("an older journal", function()
     -- the journal as schema 5 left it
     exec.run({ "sqlite3", state .. "/journal.db" }, { stdin = [[DROP TABLE collections;
       ALTER TABLE runs DROP COLUMN steps_total; ALTER TABLE runs DROP COLUMN collected;
-      ALTER TABLE effects DROP COLUMN kept; PRAGMA user_version = 5;]] })
+      ALTER TABLE effects DROP COLUMN kept; ALTER TABLE steps DROP COLUMN changed;
+      PRAGMA user_version = 5;]] })
     local runs = hrun_cmd({ "runs", "--state", state })
     eq(runs.code, 0, runs.stderr)
     ok(runs.stdout:find("done%s+[%d.]+s%s+4/4") ~= nil, runs.stdout)
