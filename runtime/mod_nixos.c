@@ -1451,6 +1451,33 @@ static int l_set_input_text(lua_State *L)
     return set_input_text(L, luaL_optstring(L, 4, "flake.nix"), src, len, input, url, ulen);
 }
 
+/* What a planned flake_set_input does to the file: the diff of its text (nil when the
+** edit cannot be made: the call itself says why). */
+static int flake_set_input_preview(lua_State *L)
+{
+    const char *file = lua_tostring(L, 1), *input = lua_tostring(L, 2), *url = lua_tostring(L, 3);
+    if (file == NULL || input == NULL || url == NULL) return 0;
+    lua_settop(L, 3);
+    FILE *f = fopen(file, "rb"); /* read as the call reads it */
+    if (f == NULL) return 0;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&b, chunk, n);
+    int rerr = ferror(f);
+    fclose(f);
+    luaL_pushresult(&b);
+    if (rerr) return 0;
+    size_t len;
+    const char *src = lua_tolstring(L, -1, &len);
+    if (set_input_text(L, file, src, len, input, url, strlen(url)) != 2) return 0;
+    size_t nlen;
+    const char *new = lua_tolstring(L, -2, &nlen);
+    hrun_diff_preview(L, file, src, len, new, nlen);
+    return 1;
+}
+
 /* Undo of flake_set_input: the file's bytes back. */
 static int file_inverse(lua_State *L)
 {
@@ -1738,6 +1765,7 @@ static const hrun_Prim nixos_prims[] = {
      .cap = "nix",
      .inverse = file_inverse,
      .state = flake_file_state,
+     .preview = flake_set_input_preview,
      .targets = hrun_targets_arg1},
     {.name = "flake_update",
      .func = l_flake_update,
