@@ -47,6 +47,7 @@ local flags = {
   ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
   ["--require-clean"] = { key = "require_clean", only = { playbook = true, plan = true } },
+  ["--diff"] = { key = "diff", only = { playbook = true, plan = true, resume = true } },
   ["--notify"] = { key = "notify", value = "URL", multi = true,
     only = { playbook = true, resume = true, rollback = true } },
   ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
@@ -236,6 +237,8 @@ run holds the lock, 130 interrupted.
   --plan            run the checks and reads, list the writes, change nothing
   --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
   --only PHASE      run one phase
+  --diff            show each change of a file's content as a unified diff, before
+                    it is made (a plan always shows them)
   --require-clean   refuse a playbook whose git repository has changes not committed
   --notify URL      report the run's end to an ntfy topic URL (json:URL: as JSON)
   --debug           open the REPL when a step fails: retry, skip, continue, roll back

@@ -81,7 +81,25 @@ local function refusal(call, step)
     step.name)
 end
 
-local function placeholder(name, ...)
+-- What the preview of a planned write says it would return: a prune's lists, the name a
+-- restore sets the target aside as (false: no target); nil, why, code where the call
+-- would fail.
+local from_preview = {
+  ["btrfs.prune"] = function(p)
+    return { kept = p.kept, deleted = p.deleted, protected = p.protected, planned = true }
+  end,
+  ["btrfs.restore"] = function(p)
+    return p.aside
+  end,
+}
+
+local function placeholder(name, preview, ...)
+  if type(preview) == "table" and from_preview[name] then
+    if preview.error then
+      return nil, preview.error, preview.code
+    end
+    return from_preview[name](preview)
+  end
   local f = placeholders[name]
   if f then
     return f(...)
@@ -190,10 +208,19 @@ function Runner:plan_flake_edit(name, target, a, b)
   end
   local new, old = require("hrun.nixos")._set_input_text(text, a, b, file)
   if not new then
+    self.plan_certain = true -- the file as the plan leaves it: the run fails the same
     error(old, 0)
   end
   self.flake_edits[file] = new
   return old
+end
+
+-- The diff a flake_set_input makes to the text the earlier planned edits leave (nil when
+-- the edit cannot be made: plan_flake_edit says why).
+function Runner:plan_flake_preview(target, input, url)
+  local file = clean(target)
+  local new = require("hrun.nixos")._set_input_text(self.flake_edits[file], input, url, file)
+  return new and require("hrun.fs")._diff(self.flake_edits[file], new, target) or nil
 end
 
 -- The preview of a planned nixos.rebuild, from the flake as the planned edits leave it.
@@ -335,6 +362,19 @@ end
 -- The hooks: every call of a primitive passes here while the playbook runs
 -- ======================================================
 
+-- The writes whose preview is a diff of a file's content: a run with --diff shows it.
+local DIFFS = { ["fs.write"] = true, ["fs.copy"] = true, ["nixos.flake_set_input"] = true }
+
+-- What a write would change, for people (priv.preview); in a plan, a flake edit after
+-- another planned edit of the same file diffs the text that edit leaves.
+function Runner:preview(name, ...)
+  local target = ...
+  if self.plan and name == "nixos.flake_set_input" and type(target) == "string" and self.flake_edits[clean(target)] then
+    return self.priv.trusted(self.plan_flake_preview, self, plain_args(...))
+  end
+  return self.priv.preview(name, ...)
+end
+
 function Runner:before(call, ...)
   if not call.writes then
     return
@@ -367,7 +407,7 @@ function Runner:before(call, ...)
     if call.name == "nixos.rebuild" then
       preview = self.priv.trusted(self.plan_rebuild_preview, self, plain_args(...))
     else
-      preview = self.priv.preview(call.name, ...)
+      preview = self:preview(call.name, ...)
     end
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
       op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview,
@@ -375,7 +415,7 @@ function Runner:before(call, ...)
     if call.name == "nixos.flake_set_input" or call.name == "nixos.flake_update" then
       return true, self.priv.trusted(self.plan_flake_edit, self, call.name, plain_args(...))
     end
-    return true, placeholder(call.name, ...)
+    return true, placeholder(call.name, preview, ...)
   end
   if not cur then
     error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
@@ -388,8 +428,9 @@ function Runner:before(call, ...)
   local inverse, why = self.priv.inverse(call.name, ...)
   local before = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
   local started = sys.now()
+  local preview = self.opts.diff and DIFFS[call.name] and self:preview(call.name, ...) or nil
   self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
-    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil })
+    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil, preview = preview })
   local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name,
     args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
   self.effect_stack[#self.effect_stack + 1] = { id = id, before = before }
@@ -662,6 +703,13 @@ function Runner:run_step(step, resumed_state)
     end
   end
   local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
+  if status == "failed" and self.plan and self.planned > 0 and not self.plan_certain then
+    -- as for checks: what it read may be what the planned writes change (a file a
+    -- planned step creates, a service a planned restart brings up): only the run can tell
+    status, err, ok = "unknown", "fails now (" .. tostring(err) .. "), before the writes planned above", true
+    self.unknown = (self.unknown or 0) + 1
+  end
+  self.plan_certain = nil
   if ok and not self.plan then
     self:settle(self.step_effects)
   end
@@ -721,6 +769,7 @@ function Runner:run_check(check)
   if err and self.plan and self.planned > 0 then
     -- what it checks may be what the planned writes change: only the run can tell
     status, err = "unknown", "fails now (" .. err .. "), before the writes planned above"
+    self.unknown = (self.unknown or 0) + 1
   end
   if self.priv.interrupted() > 0 then
     self.priv.clearinterrupt()
@@ -1282,7 +1331,7 @@ function Runner:run()
   end
   local ev = self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
     seconds = sys.now() - started, planned = self.plan and self.planned or nil,
-    irreversible = self.plan and self.irreversible_planned or nil })
+    irreversible = self.plan and self.irreversible_planned or nil, unknown = self.plan and self.unknown or nil })
   if not self.plan then
     self.journal:commit()
     self:notify(ev)
