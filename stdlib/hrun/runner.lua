@@ -372,7 +372,11 @@ function Runner:preview(name, ...)
   if self.plan and name == "nixos.flake_set_input" and type(target) == "string" and self.flake_edits[clean(target)] then
     return self.priv.trusted(self.plan_flake_preview, self, plain_args(...))
   end
-  return self.priv.preview(name, ...)
+  local preview = self.priv.preview(name, ...)
+  if self.plan and type(preview) == "table" and preview.error then
+    self.failing_write = self.planned -- its stand-in fails as the call would: not unknown
+  end
+  return preview
 end
 
 function Runner:before(call, ...)
@@ -703,7 +707,8 @@ function Runner:run_step(step, resumed_state)
     end
   end
   local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
-  if status == "failed" and self.plan and self.planned > 0 and not self.plan_certain then
+  local planned = self.planned - (self.failing_write == self.planned and 1 or 0)
+  if status == "failed" and self.plan and planned > 0 and not self.plan_certain then
     -- as for checks: what it read may be what the planned writes change (a file a
     -- planned step creates, a service a planned restart brings up): only the run can tell
     status, err, ok = "unknown", "fails now (" .. tostring(err) .. "), before the writes planned above", true

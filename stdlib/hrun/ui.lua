@@ -15,7 +15,7 @@ local M = {}
 
 -- The longest value that stays on a call's line; longer ones, and text of several
 -- lines, are folded below it.
-local INLINE = 72
+local INLINE = 100
 
 -- A value of a call as a person reads it, in full: short ones as they are (quoted where
 -- needed), tables as JSON. With folds (a list), a long one becomes a mark («1») and its
@@ -23,7 +23,7 @@ local INLINE = 72
 local function word(v, folds)
   local text
   if type(v) == "string" then
-    if #v <= INLINE and not v:find("\n", 1, true) or not folds then
+    if #v <= INLINE or not folds then
       local s = pretty.utf8(v)
       if s == "" or s:find("[%s%c'\"\\]") then
         return pretty.quote(v)
@@ -60,6 +60,21 @@ function M.folded(n, text)
   return out
 end
 
+-- A command's options as a call shows them: without its undo (the inverse shows it), and
+-- nothing when none is left.
+local function command_options(opts, folds)
+  if type(opts) ~= "table" then
+    return nil
+  end
+  local rest = {}
+  for k, v in pairs(opts) do
+    if k ~= "undo" then
+      rest[k] = v
+    end
+  end
+  return next(rest) ~= nil and word(rest, folds) or nil
+end
+
 -- "fs.write /etc/x «1»", "exec.run nixos-rebuild switch": every argument in full. folds
 -- (optional): a list that gets the long values (see word); shown: the argument a
 -- preview shows instead (fs.write's content, as its diff), named, not repeated.
@@ -69,11 +84,10 @@ function M.call(op, args, folds, shown)
     for _, a in ipairs(args[1]) do
       parts[#parts + 1] = word(a, folds)
     end
-    for i = 2, #args do
-      if args[i] ~= require("hrun.json").null then
-        parts[#parts + 1] = word(args[i], folds)
-      end
-    end
+    parts[#parts + 1] = command_options(args[2], folds)
+  elseif op == "exec.sh" then
+    parts[#parts + 1] = word(args[1], folds)
+    parts[#parts + 1] = command_options(args[2], folds)
   else
     for i = 1, #args do
       if i == shown and folds and word(args[i], {}) == "«1»" then
