@@ -133,7 +133,8 @@ return playbook { name = "sh",
   it("masks a secret in a written file's diff, in a plan and with --diff in a run", function()
     local d = tmpdir()
     local secret = "S3cr3t-Pa55w0rd-xyz"
-    local key = "-----BEGIN TEST KEY-----\nMIIEowIBAAKCAQEAx1y2z3qTest\nZmFrZWtleWJvZHlsaW5lMgTest\n-----END TEST KEY-----"
+    local key = "-----BEGIN TEST KEY-----\nMIIEowIBAAKCAQEAx1y2z3qTest\nZmFrZWtleWJvZHlsaW5lMgTest\n" ..
+      "-----END TEST KEY-----"
     fs.mkdir(d .. "/creds", { mode = "0700" })
     fs.write(d .. "/creds/tok", secret .. "\n", { mode = "0600" })
     fs.write(d .. "/creds/key", key .. "\n", { mode = "0600" })
