@@ -445,7 +445,8 @@ local tty_events = {
       self:print(self:c((ev.inverse or ev.step_undo) and "2" or "33", "          " .. inv))
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
         local colour = l:sub(1, 1) == "+" and "32" or l:sub(1, 1) == "-" and "31" or "36"
-        self:print(self:c(colour, "          " .. l))
+        -- a diff's context lines as they are
+        self:print(ev.preview.diff and l:sub(1, 1) == " " and "          " .. l or self:c(colour, "          " .. l))
       end
     end
   end,
