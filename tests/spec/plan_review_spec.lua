@@ -166,6 +166,41 @@ return playbook { name = "secret", params = { dir = "" },
   end)
 end)
 
+describe("a copy over a file, and -v", function()
+  it("diffs fs.copy of a file over another in a plan", function()
+    local d = tmpdir()
+    fs.write(d .. "/live.conf", config(12))
+    fs.write(d .. "/staged.conf", config(12, { [6] = "setting_006 = six" }))
+    local p = playbook_file(d, "c.lua", [[
+return playbook { name = "copy", params = { dir = "" },
+  phase "p" { step "copy" { run = function(ctx)
+    fs.copy(ctx.params.dir .. "/staged.conf", ctx.params.dir .. "/live.conf")
+  end } } }]])
+    local r, out = plan({ "plan", p, "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, out)
+    has(out, "would fs.copy " .. d .. "/staged.conf " .. d .. "/live.conf  [undo: ")
+    has_line(out, "--- " .. d .. "/live.conf")
+    has_line(out, "-setting_006 = value number 006")
+    has_line(out, "+setting_006 = six")
+    eq(fs.read(d .. "/live.conf"), config(12))
+  end)
+
+  it("shows a run's writes in full with -v: a long content folded, every line", function()
+    local d = tmpdir()
+    fs.write(d .. "/src", config(40))
+    local p = playbook_file(d, "w.lua", WRITER)
+    local r, out = plan({ p, "-v", "--state", d .. "/state", "-p", "src=" .. d .. "/src", "-p",
+      "file=" .. d .. "/app.conf" })
+    eq(r.code, 0, out)
+    has(out, "-> fs.write " .. d .. "/app.conf «1»  [undo: fs.remove " .. d .. "/app.conf")
+    has_line(out, "«1» setting_001 = value number 001")
+    for i = 2, 40 do
+      has_line(out, string.format("setting_%03d = value number %03d", i, i))
+    end
+    ok(not out:find("bytes)", 1, true), "no byte count: " .. out)
+  end)
+end)
+
 describe("--diff", function()
   it("shows each file change of a run as a diff, before the write", function()
     local d = tmpdir()
