@@ -266,11 +266,15 @@ commands.plan = {
   summary = "what the playbook would do, changing nothing",
   help = [[
 Runs the checks and every read; records each write instead of doing it, and lists it
-under its phase and step with how it would be undone ("cannot be undone" where no
-inverse exists). Writes return stand-ins (a write returns its path, a command
-succeeds with empty output). Same as hrun PLAYBOOK --plan. Ends with the capabilities
-the playbook declares and those its run would use — each path, program, unit and URL —
-marking any the declaration does not cover (a sandboxed run would refuse them).]],
+under its phase and step with every argument in full and how it would be undone
+("cannot be undone" where no inverse exists); a change of a file's content as a
+unified diff, a prune or restore with what it deletes, keeps and sets aside. Writes
+return stand-ins (a write returns its path, a command succeeds with empty output); a
+step or check that fails after a planned write is "unknown" (it may read what that
+write changes) and the plan goes on. Same as hrun PLAYBOOK --plan. Ends with the
+capabilities the playbook declares and those its run would use — each path, program,
+unit and URL — marking any the declaration does not cover (a sandboxed run would
+refuse them).]],
   run = function(opts, args)
     opts.plan = true
     return play(opts, require("hrun.play").run, one_arg("plan", args, "playbook"), need_state(opts))
