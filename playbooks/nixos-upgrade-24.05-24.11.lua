@@ -22,8 +22,10 @@
 --
 -- A failure anywhere rolls back, newest first: the generation before is switched to
 -- (the plan's "boot the previous generation"), the commit and the lock and flake.nix
--- bytes come back (its "git checkout HEAD~1 -- flake.nix flake.lock" and rebuild), the
--- backup copy and the dump are removed. Before rolling back by hand: `hrun show RUN`.
+-- bytes come back (its "git checkout HEAD~1 -- flake.nix flake.lock" and rebuild); the
+-- backup copy and the dump stay (keep = true: the copies a person wants after a failed
+-- upgrade; `hrun gc` does not remove them either). Before rolling back by hand:
+-- `hrun show RUN`. -p host=NAME is required: the nixosConfigurations entry to build.
 
 local function expand(url, p)
   return (url:gsub("{to}", p.to):gsub("{from}", p.from))
@@ -95,7 +97,7 @@ return playbook {
   params = {
     from = "24.05", to = "24.11",
     flake = "/etc/nixos",                   -- the flake's directory, a git repository
-    host = "hwc-server",                    -- nixosConfigurations.<host>
+    host = required "string",               -- nixosConfigurations.<host>: every server its own
     inputs = {                              -- input → its URL after the upgrade
       ["nixpkgs-stable"] = "github:NixOS/nixpkgs/nixos-{to}",
       ["home-manager-stable"] = "github:nix-community/home-manager/release-{to}",
@@ -167,10 +169,12 @@ return playbook {
       run = function(ctx)
         local p = ctx.params
         local dst = p.flake_backup ~= "" and p.flake_backup or (p.flake .. ".backup." .. p.from)
-        if fs.exists(dst) then
-          error(dst .. " exists: move it away (or pass -p flake_backup=…)")
+        if fs.exists(dst) then -- an earlier attempt's copy stays as it is; this one is beside it
+          dst = dst .. "." .. migrate.stamp()
+          ctx.log("an earlier backup is there: this one is %s", dst)
         end
-        fs.copy(p.flake, dst, { recursive = true })
+        -- kept: after a failed upgrade and its rollback, a person wants this copy
+        fs.copy(p.flake, dst, { recursive = true, keep = true })
         ctx.state.backup = dst
       end,
       verify = function(ctx) return fs.exists(ctx.state.backup .. "/flake.nix") end,
@@ -181,7 +185,9 @@ return playbook {
       run = function(ctx)
         local p = ctx.params
         fs.mkdir(p.backup_dir, { parents = true, mode = "0700" })
-        local d = pg.dumpall(p.backup_dir .. "/postgresql-pre-" .. p.to .. ".sql", pg_opts(p))
+        local opts = pg_opts(p)
+        opts.keep = true -- a rollback leaves the dump: it is the copy a person wants afterwards
+        local d = pg.dumpall(p.backup_dir .. "/postgresql-pre-" .. p.to .. ".sql", opts)
         ctx.state.dump = d
         if not d.planned then
           ctx.log("%s: %d bytes, sha256 %s", d.file, d.bytes, d.sha256)
@@ -364,7 +370,7 @@ return playbook {
         local opts = pg_opts(p)
         fs.mkdir(p.backup_dir, { parents = true, mode = "0700" })
         ctx.state.dump = pg.dump(im.database, string.format("%s/%s-before-reset-%s.sql", p.backup_dir, im.database,
-          os.date("!%Y%m%dT%H%M%SZ")), opts)
+          migrate.stamp()), opts)
         pg.exec(string.format('DROP DATABASE "%s"', im.database), opts)
         ctx.state.dropped = true
         pg.exec(string.format('CREATE DATABASE "%s" OWNER "%s"', im.database, im.owner), opts)

@@ -245,6 +245,29 @@ void hrun_undo_change(lua_State *L, int idx, const char *what, const char *path)
 ** go through the dispatcher, the module's own primitive is the journaled effect). */
 int hrun_fs_write(lua_State *L);
 
+/* [-0, +0, m] libgit2's global state, made once for the Lua state (mod_git.c). */
+void hrun_need_libgit2(lua_State *L);
+
+/* {======================================================
+** Diffs of a file's content, for previews (diff.c)
+** ======================================================= */
+
+/* [-0, +1, m] The preview of a change of path's content, old (NULL: a new file) → new:
+** {lines = {"--- path", "+++ path", "@@ … @@", " context", "-old", "+new", …}, diff =
+** true, path, added, removed}, both sides masked first; binary content said as such. */
+void hrun_diff_preview(lua_State *L, const char *path, const char *old, size_t oldlen,
+                       const char *new, size_t newlen);
+
+/* [-0, +1, m] The same, of path as it is now (absent: a new file) → new; a side too large
+** or not a regular file gives a preview that says why there is no diff. */
+void hrun_diff_file(lua_State *L, const char *path, const char *new, size_t newlen);
+
+/* [-0, +1, m] The preview of copying the regular file src over dst, or nil when src is
+** not one that can be read. */
+void hrun_diff_files(lua_State *L, const char *src, const char *dst);
+
+/* }====================================================== */
+
 /* The bodies of json.encode (value [, opts]) → string and json.decode (string) → value,
 ** for modules that speak JSON inside their own primitive (lua_call them). */
 int hrun_json_encode(lua_State *L);

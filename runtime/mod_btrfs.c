@@ -480,6 +480,52 @@ static int btrfs_restore(lua_State *L)
     return 1;
 }
 
+/* The plan of a restore: what becomes the target and where the current target goes
+** (aside: the name the call takes, false when there is no target — what the call
+** returns). A restore that would fail says so (error, code). */
+static int btrfs_restore_preview(lua_State *L)
+{
+    const char *snap = hrun_checkpath(L, 1, NULL);
+    const char *target = hrun_checkpath(L, 2, NULL);
+    char aside[PATH_MAX];
+    struct stat st;
+    lua_createtable(L, 0, 4);
+    int res = lua_gettop(L);
+    lua_newtable(L);
+    int lines = lua_gettop(L);
+    errno = 0;
+    const char *bad = snap;
+    enum btrfs_util_error e = btrfs_util_is_subvolume(snap);
+    int exists = lstat(target, &st) == 0;
+    if (!e && exists) {
+        bad = target; /* replace a subvolume, not any dir: as the call */
+        e = btrfs_util_is_subvolume(target);
+    }
+    if (e) {
+        fail(L, "btrfs.restore", bad, e);
+        lua_setfield(L, res, "code");
+        lua_pushfstring(L, "the restore fails: %s", lua_tostring(L, -1));
+        lua_rawseti(L, lines, 1);
+        lua_setfield(L, res, "error");
+        lua_pop(L, 1);
+    } else {
+        if (exists) {
+            aside_name(L, target, aside, sizeof aside, 1);
+            lua_pushfstring(L, "sets the current %s aside as %s", target, aside);
+            lua_rawseti(L, lines, 1);
+            lua_pushstring(L, aside);
+        } else {
+            lua_pushboolean(L, 0);
+        }
+        lua_setfield(L, res, "aside");
+        lua_pushfstring(L, "%s becomes a writable snapshot of %s%s", target, snap,
+                        exists ? "" : " (there is no target to set aside)");
+        lua_rawseti(L, lines, (lua_Integer)lua_rawlen(L, lines) + 1);
+    }
+    lua_setfield(L, res, "lines");
+    return 1;
+}
+
 /* the inverse swaps back: the restored copy deleted, the old target renamed home */
 static int btrfs_restore_inverse(lua_State *L)
 {
@@ -696,17 +742,12 @@ static const char *const prune_options[] = {
     "keep_monthly", "pattern",     "asides_of",  NULL};
 
 /*
-** btrfs.prune(dir, {keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
-**   pattern, asides_of}) → {kept = {names}, deleted = {names}, protected = {names}}
-**   | nil, message, code
-** The subvolumes directly in dir (whose names match the glob `pattern`; with asides_of =
-** NAME, the copies btrfs.restore set aside of dir/NAME: NAME.hrun-*), newest first
-** by the time in their name (else their creation time): keep_last keeps the N newest;
-** keep_hourly / daily / weekly / monthly keep the newest of each of the N latest hours,
-** days, ISO weeks, months that have one. What no rule keeps is deleted — unless an
-** unfinished hrun run references it in its journal.
+** [-0, +1|3, e] What btrfs.prune(dir, opts) at 1 and 2 would do, by its rules (below):
+** pushes {kept = {names}, deleted = {names to delete}, protected = {names}}, newest
+** first, and returns 1; or pushes nil, message, code and returns 3. Deletes nothing: the
+** prune and its plan's preview share it.
 */
-static int btrfs_prune(lua_State *L)
+static int prune_select(lua_State *L)
 {
     static const char *const rules[] = {"keep_last", "keep_hourly", "keep_daily", "keep_weekly",
                                         "keep_monthly"};
@@ -792,22 +833,96 @@ static int btrfs_prune(lua_State *L)
     for (size_t i = 0; i < p->n; i++) {
         const char *list = "kept";
         snprintf(path, sizeof path, "%s/%s", dir, p->snaps[i].name);
-        if (!kept[i]) {
-            list = "deleted";
-            if (protected_path(L, path)) {
-                list = "protected";
-            } else {
-                errno = 0;
-                enum btrfs_util_error e = btrfs_util_delete_subvolume(path, 0);
-                if (e) return fail(L, "btrfs.prune", path, e);
-            }
-        }
+        if (!kept[i]) list = protected_path(L, path) ? "protected" : "deleted";
         lua_getfield(L, 5, list);
         lua_pushstring(L, p->snaps[i].name);
         lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
         lua_pop(L, 1);
     }
     lua_pushvalue(L, 5);
+    return 1;
+}
+
+/*
+** btrfs.prune(dir, {keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+**   pattern, asides_of}) → {kept = {names}, deleted = {names}, protected = {names}}
+**   | nil, message, code
+** The subvolumes directly in dir (whose names match the glob `pattern`; with asides_of =
+** NAME, the copies btrfs.restore set aside of dir/NAME: NAME.hrun-*), newest first
+** by the time in their name (else their creation time): keep_last keeps the N newest;
+** keep_hourly / daily / weekly / monthly keep the newest of each of the N latest hours,
+** days, ISO weeks, months that have one. What no rule keeps is deleted — unless an
+** unfinished hrun run references it in its journal.
+*/
+static int btrfs_prune(lua_State *L)
+{
+    const char *dir = hrun_checkpath(L, 1, NULL);
+    if (prune_select(L) != 1) return 3;
+    int res = lua_gettop(L);
+    lua_getfield(L, res, "deleted");
+    char path[PATH_MAX];
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        snprintf(path, sizeof path, "%s/%s", dir, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        errno = 0;
+        enum btrfs_util_error e = btrfs_util_delete_subvolume(path, 0);
+        if (e) return fail(L, "btrfs.prune", path, e);
+    }
+    lua_settop(L, res);
+    return 1;
+}
+
+/* The plan of a prune: each snapshot newest first, what the prune's own rules do with it
+** ("- delete", "  keep"), and the lists it would return. A prune that would fail says so
+** (error, code): the plan's stand-in returns that failure. */
+static int btrfs_prune_preview(lua_State *L)
+{
+    const char *dir = hrun_checkpath(L, 1, NULL);
+    int n = prune_select(L);
+    int res = lua_gettop(L) - n + 1;
+    if (n != 1) {
+        lua_createtable(L, 0, 3);
+        lua_pushvalue(L, res + 1);
+        lua_setfield(L, -2, "error");
+        lua_pushvalue(L, res + 2);
+        lua_setfield(L, -2, "code");
+        lua_createtable(L, 1, 0);
+        lua_pushfstring(L, "the prune fails: %s", lua_tostring(L, res + 1));
+        lua_rawseti(L, -2, 1);
+        lua_setfield(L, -2, "lines");
+        return 1;
+    }
+    lua_newtable(L);
+    int lines = lua_gettop(L);
+    lua_getfield(L, res, "kept");
+    lua_getfield(L, res, "deleted");
+    lua_getfield(L, res, "protected");
+    lua_Integer counts[3];
+    for (int k = 0; k < 3; k++) counts[k] = (lua_Integer)lua_rawlen(L, lines + 1 + k);
+    lua_pushfstring(L, "in %s: deletes %I, keeps %I", dir, counts[1], counts[0] + counts[2]);
+    if (counts[2] > 0)
+        lua_pushfstring(L, "%s (%I that an unfinished run references)", lua_tostring(L, -1),
+                        counts[2]);
+    lua_rawseti(L, lines, 1);
+    lua_settop(L, lines + 3);
+    static const char *const marks[] = {"  keep   %s", "- delete %s",
+                                        "  keep   %s (an unfinished run references it)"};
+    static const int order[] = {1, 0, 2}; /* what goes first: what it deletes */
+    for (int o = 0; o < 3; o++) {
+        int k = order[o];
+        for (lua_Integer i = 1; i <= counts[k]; i++) {
+            lua_rawgeti(L, lines + 1 + k, i);
+            lua_pushfstring(L, marks[k], lua_tostring(L, -1));
+            lua_rawseti(L, lines, (lua_Integer)lua_rawlen(L, lines) + 1);
+            lua_pop(L, 1);
+        }
+    }
+    lua_settop(L, lines);
+    lua_setfield(L, res, "lines");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, res, "planned");
+    lua_settop(L, res);
     return 1;
 }
 
@@ -1013,12 +1128,14 @@ static const hrun_Prim btrfs_prims[] = {
      .cap = "btrfs",
      .inverse = btrfs_restore_inverse,
      .state = btrfs_restore_state,
+     .preview = btrfs_restore_preview,
      .targets = hrun_targets_args12},
     {.name = "prune",
      .func = btrfs_prune,
      .kind = HRUN_WRITE,
      .cap = "btrfs",
      .destroys = 1,
+     .preview = btrfs_prune_preview,
      .targets = hrun_targets_arg1},
     {.name = "scrub",
      .func = btrfs_scrub,

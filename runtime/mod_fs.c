@@ -1105,6 +1105,61 @@ static int fs_restore(lua_State *L)
 /* }====================================================== */
 
 /* {======================================================
+** Previews: what a planned write does to a file's content (diff.c)
+** ======================================================= */
+
+/* fs.write: the file's content now → the data. A secret whose bytes the masker does not
+** hide (too short to mask) shows as "<secret>" whole. */
+static int fs_write_preview(lua_State *L)
+{
+    size_t len;
+    const char *path = lua_tostring(L, 1);
+    const char *data = hrun_tobytes(L, 2, &len);
+    if (path == NULL || data == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (hrun_tosecret(L, 2, NULL)) {
+        lua_pushlstring(L, data, len);
+        hrun_mask(L, -1);
+        if (lua_rawequal(L, -1, -2)) lua_pushliteral(L, "<secret>");
+        data = lua_tolstring(L, -1, &len);
+    }
+    hrun_diff_file(L, path, data, len);
+    return 1;
+}
+
+/* fs.copy of a regular file over another: dst's content now → src's */
+static int fs_copy_preview(lua_State *L)
+{
+    const char *src = lua_tostring(L, 1), *dst = lua_tostring(L, 2);
+    struct stat a, b;
+    if (src == NULL || dst == NULL || stat(src, &a) < 0 || !S_ISREG(a.st_mode) ||
+        stat(dst, &b) < 0 || !S_ISREG(b.st_mode)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    hrun_diff_files(L, src, dst);
+    return 1;
+}
+
+/*
+** fs._diff(old, new [, name]) → {lines = {…}, diff = true, …}: the unified diff of two
+** texts as a preview shows it (old nil: a new file), for the runner's own previews (the
+** flake text its planned edits leave).
+*/
+static int fs_diff(lua_State *L)
+{
+    size_t olen, nlen;
+    const char *old = lua_isnil(L, 1) ? NULL : luaL_checklstring(L, 1, &olen);
+    const char *new = luaL_checklstring(L, 2, &nlen);
+    hrun_diff_preview(L, luaL_optstring(L, 3, "(text)"), old, old ? olen : 0, new, nlen);
+    return 1;
+}
+
+/* }====================================================== */
+
+/* {======================================================
 ** States: what each write changes, for the careful undo (runtime/undo.c)
 ** ======================================================= */
 
@@ -1336,6 +1391,7 @@ static const hrun_Prim fs_prims[] = {
      .inverse = fs_write_inverse,
      .state = fs_write_state,
      .unchanged = fs_write_unchanged,
+     .preview = fs_write_preview,
      .targets = hrun_targets_arg1},
     {.name = "mkdir",
      .func = fs_mkdir,
@@ -1360,6 +1416,7 @@ static const hrun_Prim fs_prims[] = {
      .inverse = fs_copy_inverse,
      .state = fs_copy_state,
      .unchanged = fs_copy_unchanged,
+     .preview = fs_copy_preview,
      .targets = hrun_targets_args12},
     {.name = "rename",
      .func = fs_rename,
@@ -1368,6 +1425,7 @@ static const hrun_Prim fs_prims[] = {
      .inverse = fs_rename_inverse,
      .state = fs_rename_state,
      .targets = hrun_targets_args12},
+    {.name = "_diff", .func = fs_diff, .kind = HRUN_PURE},
     {.name = "_restore",
      .func = fs_restore,
      .kind = HRUN_WRITE,

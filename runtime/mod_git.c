@@ -177,6 +177,11 @@ static void need_libgit2(lua_State *L)
     lua_rawsetp(L, LUA_REGISTRYINDEX, &made);
 }
 
+void hrun_need_libgit2(lua_State *L)
+{
+    need_libgit2(L);
+}
+
 typedef struct Remote {
     git_remote *r;
 } Remote;

@@ -1451,16 +1451,12 @@ static int l_set_input_text(lua_State *L)
     return set_input_text(L, luaL_optstring(L, 4, "flake.nix"), src, len, input, url, ulen);
 }
 
-/* flake_set_input: the input's URL is already that one; pushes it (the URL it would
-** replace), or nil */
-static int flake_set_input_unchanged(lua_State *L)
+/* Pushes the bytes of a flake.nix, read as flake_set_input reads it; 0 (nothing pushed)
+** when it cannot be read. */
+static int push_flake_text(lua_State *L, const char *file)
 {
-    const char *file = lua_tostring(L, 1), *input = lua_tostring(L, 2);
-    size_t ulen;
-    const char *url = lua_tolstring(L, 3, &ulen);
-    if (file == NULL || input == NULL || url == NULL) return lua_pushnil(L), 1;
     FILE *f = fopen(file, "rb");
-    if (f == NULL) return lua_pushnil(L), 1;
+    if (f == NULL) return 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     char chunk[8192];
@@ -1469,11 +1465,44 @@ static int flake_set_input_unchanged(lua_State *L)
     int bad = ferror(f);
     fclose(f);
     luaL_pushresult(&b);
+    if (bad) lua_pop(L, 1);
+    return !bad;
+}
+
+/* flake_set_input: the input's URL is already that one; pushes it (the URL it would
+** replace), or nil */
+static int flake_set_input_unchanged(lua_State *L)
+{
+    const char *file = lua_tostring(L, 1), *input = lua_tostring(L, 2);
+    size_t ulen;
+    const char *url = lua_tolstring(L, 3, &ulen);
+    if (file == NULL || input == NULL || url == NULL) return lua_pushnil(L), 1;
+    lua_settop(L, 3);
+    if (!push_flake_text(L, file)) return lua_pushnil(L), 1;
     size_t len;
     const char *src = lua_tolstring(L, -1, &len);
-    if (bad || set_input_text(L, file, src, len, input, url, ulen) != 2 || !lua_rawequal(L, -3, -2))
+    if (set_input_text(L, file, src, len, input, url, ulen) != 2 || !lua_rawequal(L, -3, -2))
         return lua_pushnil(L), 1;
     return 1; /* the old URL, the same as url */
+}
+
+/* What a planned flake_set_input does to the file: the diff of its text (nil when the
+** edit cannot be made: the call itself says why). */
+static int flake_set_input_preview(lua_State *L)
+{
+    const char *file = lua_tostring(L, 1), *input = lua_tostring(L, 2);
+    size_t ulen;
+    const char *url = lua_tolstring(L, 3, &ulen);
+    if (file == NULL || input == NULL || url == NULL) return 0;
+    lua_settop(L, 3);
+    if (!push_flake_text(L, file)) return 0;
+    size_t len;
+    const char *src = lua_tolstring(L, -1, &len);
+    if (set_input_text(L, file, src, len, input, url, ulen) != 2) return 0;
+    size_t nlen;
+    const char *new = lua_tolstring(L, -2, &nlen);
+    hrun_diff_preview(L, file, src, len, new, nlen);
+    return 1;
 }
 
 /* Undo of flake_set_input: the file's bytes back. */
@@ -1764,6 +1793,7 @@ static const hrun_Prim nixos_prims[] = {
      .inverse = file_inverse,
      .unchanged = flake_set_input_unchanged,
      .state = flake_file_state,
+     .preview = flake_set_input_preview,
      .targets = hrun_targets_arg1},
     {.name = "flake_update",
      .func = l_flake_update,

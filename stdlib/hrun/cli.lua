@@ -49,6 +49,7 @@ local flags = {
   ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
   ["--require-clean"] = { key = "require_clean", only = { playbook = true, plan = true } },
+  ["--diff"] = { key = "diff", only = { playbook = true, plan = true, resume = true } },
   ["--notify"] = { key = "notify", value = "URL", multi = true,
     only = { playbook = true, resume = true, rollback = true } },
   ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
@@ -240,6 +241,8 @@ run holds the lock, 130 interrupted.
   --plan            run the checks and reads, list the writes, change nothing
   --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
   --only PHASE      run one phase
+  --diff            show each change of a file's content as a unified diff, before
+                    it is made (a plan always shows them)
   --require-clean   refuse a playbook whose git repository has changes not committed
   --notify URL      report the run's end to an ntfy topic URL (json:URL: as JSON)
   --debug           open the REPL when a step fails: retry, skip, continue, roll back
@@ -267,11 +270,15 @@ commands.plan = {
   summary = "what the playbook would do, changing nothing",
   help = [[
 Runs the checks and every read; records each write instead of doing it, and lists it
-under its phase and step with how it would be undone ("cannot be undone" where no
-inverse exists). Writes return stand-ins (a write returns its path, a command
-succeeds with empty output). Same as hrun PLAYBOOK --plan. Ends with the capabilities
-the playbook declares and those its run would use — each path, program, unit and URL —
-marking any the declaration does not cover (a sandboxed run would refuse them).]],
+under its phase and step with every argument in full and how it would be undone
+("cannot be undone" where no inverse exists); a change of a file's content as a
+unified diff, a prune or restore with what it deletes, keeps and sets aside. Writes
+return stand-ins (a write returns its path, a command succeeds with empty output); a
+step or check that fails after a planned write is "unknown" (it may read what that
+write changes) and the plan goes on. Same as hrun PLAYBOOK --plan. Ends with the
+capabilities the playbook declares and those its run would use — each path, program,
+unit and URL — marking any the declaration does not cover (a sandboxed run would
+refuse them).]],
   run = function(opts, args)
     opts.plan = true
     return play(opts, require("hrun.play").run, one_arg("plan", args, "playbook"), need_state(opts))

@@ -81,7 +81,25 @@ local function refusal(call, step)
     step.name)
 end
 
-local function placeholder(name, ...)
+-- What the preview of a planned write says it would return: a prune's lists, the name a
+-- restore sets the target aside as (false: no target); nil, why, code where the call
+-- would fail.
+local from_preview = {
+  ["btrfs.prune"] = function(p)
+    return { kept = p.kept, deleted = p.deleted, protected = p.protected, planned = true }
+  end,
+  ["btrfs.restore"] = function(p)
+    return p.aside
+  end,
+}
+
+local function placeholder(name, preview, ...)
+  if type(preview) == "table" and from_preview[name] then
+    if preview.error then
+      return nil, preview.error, preview.code
+    end
+    return from_preview[name](preview)
+  end
   local f = placeholders[name]
   if f then
     return f(...)
@@ -211,10 +229,19 @@ function Runner:plan_flake_edit(name, target, a, b)
   end
   local new, old = require("hrun.nixos")._set_input_text(text, a, b, file)
   if not new then
+    self.plan_certain = true -- the file as the plan leaves it: the run fails the same
     error(old, 0)
   end
   self.flake_edits[file] = new
   return old
+end
+
+-- The diff a flake_set_input makes to the text the earlier planned edits leave (nil when
+-- the edit cannot be made: plan_flake_edit says why).
+function Runner:plan_flake_preview(target, input, url)
+  local file = clean(target)
+  local new = require("hrun.nixos")._set_input_text(self.flake_edits[file], input, url, file)
+  return new and require("hrun.fs")._diff(self.flake_edits[file], new, target) or nil
 end
 
 -- The preview of a planned nixos.rebuild, from the flake as the planned edits leave it.
@@ -412,6 +439,23 @@ end
 -- The hooks: every call of a primitive passes here while the playbook runs
 -- ======================================================
 
+-- The writes whose preview is a diff of a file's content: a run with --diff shows it.
+local DIFFS = { ["fs.write"] = true, ["fs.copy"] = true, ["nixos.flake_set_input"] = true }
+
+-- What a write would change, for people (priv.preview); in a plan, a flake edit after
+-- another planned edit of the same file diffs the text that edit leaves.
+function Runner:preview(name, ...)
+  local target = ...
+  if self.plan and name == "nixos.flake_set_input" and type(target) == "string" and self.flake_edits[clean(target)] then
+    return self.priv.trusted(self.plan_flake_preview, self, plain_args(...))
+  end
+  local preview = self.priv.preview(name, ...)
+  if self.plan and type(preview) == "table" and preview.error then
+    self.failing_write = self.planned -- its stand-in fails as the call would: not unknown
+  end
+  return preview
+end
+
 function Runner:before(call, ...)
   if not call.writes then
     return
@@ -452,7 +496,7 @@ function Runner:before(call, ...)
     if call.name == "nixos.rebuild" then
       preview = self.priv.trusted(self.plan_rebuild_preview, self, plain_args(...))
     else
-      preview = self.priv.preview(call.name, ...)
+      preview = self:preview(call.name, ...)
     end
     self:emit({ event = "effect", planned = true, phase = cur and cur.phase, step = cur and cur.name,
       op = call.name, args = arglist(args), inverse = inverse, no_inverse = why, preview = preview,
@@ -460,7 +504,7 @@ function Runner:before(call, ...)
     if call.name == "nixos.flake_set_input" or call.name == "nixos.flake_update" then
       return true, self.priv.trusted(self.plan_flake_edit, self, call.name, plain_args(...))
     end
-    return true, placeholder(call.name, ...)
+    return true, placeholder(call.name, preview, ...)
   end
   if not cur then
     error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
@@ -473,8 +517,10 @@ function Runner:before(call, ...)
   local inverse, why = self.priv.inverse(call.name, ...)
   local before = self.priv.trusted(state_of, self.priv, call.name, plain_args(...))
   local started = sys.now()
+  local preview = self.opts.diff and DIFFS[call.name] and self:preview(call.name, ...) or nil
   self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
-    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil, kept = call.keep })
+    inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil, kept = call.keep,
+    preview = preview })
   local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
     args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
   self.effect_stack[#self.effect_stack + 1] = { id = id, before = before, counts = counts_as_change(call.name, args) }
@@ -794,6 +840,14 @@ function Runner:run_step(step, resumed_state)
     end
   end
   local status = ok and (self.plan and "planned" or "done") or (self.interrupted and "interrupted" or "failed")
+  local planned = self.planned - (self.failing_write == self.planned and 1 or 0)
+  if status == "failed" and self.plan and planned > 0 and not self.plan_certain then
+    -- as for checks: what it read may be what the planned writes change (a file a
+    -- planned step creates, a service a planned restart brings up): only the run can tell
+    status, err, ok = "unknown", "fails now (" .. tostring(err) .. "), before the writes planned above", true
+    self.unknown = (self.unknown or 0) + 1
+  end
+  self.plan_certain = nil
   if ok and not self.plan then
     self:settle(self.step_effects)
   end
@@ -858,6 +912,7 @@ function Runner:run_check(check)
   if err and self.plan and self.planned > 0 then
     -- what it checks may be what the planned writes change: only the run can tell
     status, err = "unknown", "fails now (" .. err .. "), before the writes planned above"
+    self.unknown = (self.unknown or 0) + 1
   end
   if self.priv.interrupted() > 0 then
     self.priv.clearinterrupt()
@@ -1436,7 +1491,7 @@ function Runner:run()
   self:emit_recap(nil, self.recap)
   local ev = self:emit({ event = "run-end", run = self.run_id, status = status, exit = exit, error = failure,
     seconds = sys.now() - started, planned = self.plan and self.planned or nil,
-    irreversible = self.plan and self.irreversible_planned or nil })
+    irreversible = self.plan and self.irreversible_planned or nil, unknown = self.plan and self.unknown or nil })
   if not self.plan then
     self.journal:commit()
     self:notify(ev)

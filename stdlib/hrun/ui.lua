@@ -13,38 +13,106 @@ local M = {}
 -- Describing calls and times
 -- ======================================================
 
-local function word(v)
+-- The longest value that stays on a call's line; longer ones, and text of several
+-- lines, are folded below it.
+local INLINE = 100
+
+-- A value of a call as a person reads it, in full: short ones as they are (quoted where
+-- needed), tables as JSON. With folds (a list), a long one becomes a mark («1») and its
+-- text goes to folds, to be shown on the lines below the call; without, it is quoted.
+local function word(v, folds)
+  local text
   if type(v) == "string" then
-    local s = pretty.utf8(v)
-    if #v > 60 then
-      return string.format("(%d bytes)", #v)
-    elseif s == "" or s:find("[%s'\"\\]") then
-      return pretty.quote(v)
+    if #v <= INLINE or not folds then
+      local s = pretty.utf8(v)
+      if s == "" or s:find("[%s%c'\"\\]") then
+        return pretty.quote(v)
+      end
+      return s
     end
-    return s
+    text = v
   elseif type(v) == "table" then
-    local ok, text = pcall(require("hrun.json").encode, v)
-    text = ok and text or "{…}"
-    return #text > 60 and text:sub(1, 57) .. "…}" or text
+    local ok, json = pcall(codec.summary, v, math.maxinteger)
+    json = ok and json or "{…}"
+    if #json <= INLINE or not folds then
+      return json
+    end
+    text = pretty.format(v, { depth = math.huge, items = math.huge, width = 100 })
+  else
+    return tostring(v)
   end
-  return tostring(v)
+  folds[#folds + 1] = text
+  return "«" .. #folds .. "»"
 end
 
--- "fs.write /etc/x (41 bytes)", "exec.run nixos-rebuild switch"
-function M.call(op, args)
+-- The lines that show folded value n below a call: "«n» first line", the others under
+-- it; control characters other than tabs, and bytes that are not UTF-8, escaped.
+function M.folded(n, text)
+  local out, mark = {}, "«" .. n .. "» "
+  local pad = string.rep(" ", utf8.len(mark))
+  text = text:gsub("\n$", "")
+  for line in (text .. "\n"):gmatch("(.-)\n") do
+    line = pretty.utf8(line):gsub("[%z\1-\8\11-\31\127]", function(c)
+      return string.format("\\x%02x", c:byte())
+    end)
+    out[#out + 1] = (#out == 0 and mark or pad) .. line
+  end
+  return out
+end
+
+-- A command's options as a call shows them: without its undo (the inverse shows it), and
+-- nothing when none is left.
+local function command_options(opts, folds)
+  if type(opts) ~= "table" then
+    return nil
+  end
+  local rest = {}
+  for k, v in pairs(opts) do
+    if k ~= "undo" then
+      rest[k] = v
+    end
+  end
+  return next(rest) ~= nil and word(rest, folds) or nil
+end
+
+-- "fs.write /etc/x «1»", "exec.run nixos-rebuild switch": every argument in full. folds
+-- (optional): a list that gets the long values (see word); shown: the argument a
+-- preview shows instead (fs.write's content, as its diff), named, not repeated.
+function M.call(op, args, folds, shown)
   local parts = { op }
   if (op == "exec.run") and type(args[1]) == "table" then
     for _, a in ipairs(args[1]) do
-      parts[#parts + 1] = word(a)
+      parts[#parts + 1] = word(a, folds)
     end
+    parts[#parts + 1] = command_options(args[2], folds)
+  elseif op == "exec.sh" then
+    parts[#parts + 1] = word(args[1], folds)
+    parts[#parts + 1] = command_options(args[2], folds)
   else
     for i = 1, #args do
-      if args[i] ~= require("hrun.json").null then
-        parts[#parts + 1] = word(args[i])
+      if i == shown and folds and word(args[i], {}) == "«1»" then
+        parts[#parts + 1] = "(the content: the diff below)"
+      elseif args[i] ~= require("hrun.json").null then
+        parts[#parts + 1] = word(args[i], folds)
       end
     end
   end
   return table.concat(parts, " ")
+end
+
+-- The lines of an effect event for people: the call (its long values folded below it),
+-- and its preview's lines.
+function M.effect_lines(ev)
+  local folds = {}
+  local shown = ev.op == "fs.write" and ev.preview and ev.preview.lines and 2 or nil
+  local call = M.call(ev.op, ev.args or {}, folds, shown)
+  local below = {}
+  for i, text in ipairs(folds) do
+    for _, l in ipairs(M.folded(i, text)) do
+      below[#below + 1] = l
+    end
+  end
+  return call, below
 end
 
 -- " @ 1a2b3c4d5e6f (dirty)": where a playbook came from, for the run's first line
@@ -201,9 +269,13 @@ local plain_events = {
     if ev.unchanged then
       return M.plain_already_so(self, ev)
     end
-    if ev.planned or self.verbose then
-      self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", M.call(ev.op, ev.args),
+    if ev.planned or self.verbose or ev.preview then
+      local call, below = M.effect_lines(ev)
+      self:line(ev.time, "    %s %s  [%s]", ev.planned and "would" or "->", call,
         M.inverse(ev.inverse, ev.no_inverse, ev.step_undo, ev.kept))
+      for _, l in ipairs(below) do
+        self:line(ev.time, "      %s", l)
+      end
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
         self:line(ev.time, "      %s", l)
       end
@@ -359,7 +431,7 @@ local tty_events = {
   end,
   ["step-end"] = function(self, ev)
     local mark = (ev.status == "done" or ev.status == "planned") and self:c(ev.changed and "33" or "32", "✓")
-      or self:c("31", "✗")
+      or ev.status == "unknown" and self:c("33", "?") or self:c("31", "✗")
     self.live, self.live_step = nil, nil
     io.stdout:write("\r\27[K")
     local extra = (ev.attempts and ev.attempts > 1) and (" (" .. ev.attempts .. " attempts)") or ""
@@ -369,21 +441,26 @@ local tty_events = {
     self:print("  " .. mark .. " " .. pad(ev.step, 50) .. self:c("2", M.seconds(ev.seconds) .. extra))
     local err = ev.traceback or ev.error
     if err then
-      self:print(self:c("31", "      " .. err:gsub("\n", "\n      ")))
+      self:print(self:c(ev.status == "unknown" and "33" or "31", "      " .. err:gsub("\n", "\n      ")))
     end
   end,
   effect = function(self, ev)
     if ev.unchanged then
       return M.tty_already_so(self, ev)
     end
-    if ev.planned or self.verbose then
+    if ev.planned or self.verbose or ev.preview then
       local arrow = ev.planned and "→ " or "· "
       local inv = M.inverse(ev.inverse, ev.no_inverse, ev.step_undo, ev.kept)
-      self:print("      " .. arrow .. M.call(ev.op, ev.args))
+      local call, below = M.effect_lines(ev)
+      self:print("      " .. arrow .. call)
+      for _, l in ipairs(below) do
+        self:print("          " .. l)
+      end
       self:print(self:c((ev.inverse or ev.step_undo) and "2" or "33", "          " .. inv))
       for _, l in ipairs(ev.preview and ev.preview.lines or {}) do
         local colour = l:sub(1, 1) == "+" and "32" or l:sub(1, 1) == "-" and "31" or "36"
-        self:print(self:c(colour, "          " .. l))
+        -- a diff's context lines as they are
+        self:print(ev.preview.diff and l:sub(1, 1) == " " and "          " .. l or self:c(colour, "          " .. l))
       end
     end
   end,
@@ -473,8 +550,11 @@ end
 function M.summary(ev)
   local t = M.seconds(ev.seconds)
   if ev.status == "planned" then
-    return string.format("plan: %d write%s%s; nothing was changed", ev.planned or 0, ev.planned == 1 and "" or "s",
-      (ev.irreversible or 0) > 0 and string.format(", %d cannot be undone", ev.irreversible) or "")
+    return string.format("plan: %d write%s%s%s; nothing was changed", ev.planned or 0, ev.planned == 1 and "" or "s",
+      (ev.irreversible or 0) > 0 and string.format(", %d cannot be undone", ev.irreversible) or "",
+      (ev.unknown or 0) > 0 and string.format(", %d step%s or check%s unknown until the run (%s what the " ..
+        "planned writes change)", ev.unknown, ev.unknown == 1 and "" or "s", ev.unknown == 1 and "" or "s",
+        ev.unknown == 1 and "it reads" or "they read") or "")
   elseif ev.status == "done" then
     return string.format("done in %s (run %s)", t, tostring(ev.run))
   elseif ev.status == "rolled-back" then
