@@ -661,6 +661,23 @@ function Journal:targets(run)
   return out
 end
 
+-- The paths a run's kept writes (keep = true, done) made or changed: a directory the
+-- run made that holds one of them stays when the run is rolled back.
+function Journal:kept_targets(run)
+  local out = {}
+  for _, e in ipairs(self.db:query("SELECT before, after FROM effects WHERE run = ? AND kept = 1 AND status = 'done'",
+    run)) do
+    for _, states in ipairs({ codec.decode(e.before) or {}, codec.decode(e.after) or {} }) do
+      for _, st in ipairs(states) do
+        if type(st.target) == "string" then
+          out[#out + 1] = st.target
+        end
+      end
+    end
+  end
+  return out
+end
+
 -- The runs after run that are not rolled back, newest first.
 function Journal:later_runs(run)
   return self.db:query([[SELECT id, playbook, status, started FROM runs WHERE id > ?

@@ -1069,9 +1069,11 @@ function Runner:undo_effect(e, irreversible)
   self.undoing = true
   self.priv.setstrict(false)
   self.priv.seteffect(self.run_id, e.id)
-  local ok, err = true, nil
+  local ok, err, held = true, nil, 0
   for i, op in ipairs(e.inverse) do
-    if not done[i] then
+    if not done[i] and self:holds_kept(e.run, op) then
+      held = held + 1
+    elseif not done[i] then
       local uid = j:undo_begin({ run = self.run_id, step = e.step, effect = e.id, op = i,
         how = self.opts.force and "forced" or "inverse", started = sys.now() })
       self:maybe_crash("undo-op")
@@ -1086,6 +1088,11 @@ function Runner:undo_effect(e, irreversible)
   self.priv.setstrict(true)
   self.undoing = false
   local how = "inverse"
+  if ok and held > 0 and held == #e.inverse then -- all it made holds what is kept
+    self:undo_noted(e.step, e.id, "kept", true)
+    j:set_effect_undo(e.id, "kept")
+    return true, nil, "kept"
+  end
   if not ok and e.before and complete(e.before) then
     -- the operation failed, yet what the effect changed is back as it was (and its
     -- state says all there is to it: a file, a subvolume, a ref)
@@ -1100,6 +1107,22 @@ end
 
 -- Undoes the effects a step journaled that are not undone yet, newest first. Returns
 -- ok, problems.
+-- Does an undo operation remove a directory (or subvolume) that holds what a kept write
+-- of the run made (fs.mkdir's undo, under pg.dumpall's kept dump)? Then it stays: the
+-- removal would fail on it, or take the kept copy with it.
+function Runner:holds_kept(run, op)
+  local path = (op.op == "fs.remove" or op.op == "btrfs.delete") and type(op.args) == "table" and op.args[1]
+  if type(path) ~= "string" then
+    return false
+  end
+  for _, t in ipairs(self.journal:kept_targets(run)) do
+    if t:sub(1, #path + 1) == path .. "/" then
+      return true
+    end
+  end
+  return false
+end
+
 function Runner:undo_effects(step_id, irreversible)
   local problems = {}
   for _, e in ipairs(self.journal:effects_to_undo(step_id)) do

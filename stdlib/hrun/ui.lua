@@ -92,6 +92,8 @@ function M.call(op, args, folds, shown)
     for i = 1, #args do
       if i == shown and folds and word(args[i], {}) == "«1»" then
         parts[#parts + 1] = "(the content: the diff below)"
+      elseif i == #args and type(args[i]) == "table" and next(args[i]) == nil then
+        -- options left empty (keep = true is taken out before the write sees them)
       elseif args[i] ~= require("hrun.json").null then
         parts[#parts + 1] = word(args[i], folds)
       end

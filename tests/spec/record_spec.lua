@@ -54,7 +54,7 @@ describe("hrun show and --md", function()
     eq(s.code, 0, s.stderr)
     has(s.stdout, "        log: writing a")
     has(s.stdout, "        log: u runs")
-    has(s.stdout, "fs.copy " .. data .. "/a " .. data .. "/a.bak {}  [done, kept]")
+    has(s.stdout, "fs.copy " .. data .. "/a " .. data .. "/a.bak  [done, kept]")
     has(s.stdout, "kept: a rollback leaves it")
     has(s.stdout, "rollback from ")
     has(s.stdout, ": step 'last' failed: ")
@@ -69,7 +69,7 @@ describe("hrun show and --md", function()
     has(s.stdout, "its undo function: ok; it wrote to path " .. data .. "/u")
     has(s.stdout, "undo fs.write " .. data .. "/b B: undone (inverse)")
     has(s.stdout, "op 1 fs.remove " .. data .. "/b")
-    has(s.stdout, "undo fs.copy " .. data .. "/a " .. data .. "/a.bak {}: kept")
+    has(s.stdout, "undo fs.copy " .. data .. "/a " .. data .. "/a.bak: kept")
     has(s.stdout, "ended: rolled-back")
 
     local md = hrun_cmd({ "show", "1", "--md", "--state", state })
@@ -100,7 +100,7 @@ describe("hrun show and --md", function()
   it("plans say a kept write is kept, and a keep that is not a boolean is refused", function()
     local p, data, state = recorded()
     local r = hrun_cmd({ "plan", p, "--state", state, "-p", "dir=" .. data, "-p", "fail=false" })
-    has(r.stdout, "would fs.copy " .. data .. "/a " .. data .. "/a.bak {}  [kept: a rollback leaves it]")
+    has(r.stdout, "would fs.copy " .. data .. "/a " .. data .. "/a.bak  [kept: a rollback leaves it]")
     local d = tmpdir()
     local bad = playbook_file(d, "bad.lua", [[
 return playbook { name = "bad", params = { dir = "" },
@@ -133,6 +133,37 @@ return playbook { name = "bad", params = { dir = "" },
     eq(fs.exists(d .. "/data/config"), false)
     has(hrun_cmd({ "show", "1", "--state", state }).stdout, "[done, kept]")
   end)
+
+  -- the directory a run made for its kept dump stays with it: its undo (fs.remove)
+  -- would fail on the dump, and the rollback would be incomplete
+  for _, sandbox in ipairs({ false, true }) do
+    it("keeps the directories that hold a kept write" .. (sandbox and " (--sandbox)" or ""), function()
+      local d = tmpdir()
+      fs.mkdir(d .. "/data")
+      local p = sandboxed_playbook(d, { caps = { "fs:" .. d .. "/data" }, params = 'dir = "", fail = true', steps = [[
+      step "dump" { run = function(ctx)
+        fs.mkdir(ctx.params.dir .. "/backups/pre", { parents = true })
+        fs.mkdir(ctx.params.dir .. "/scratch")
+        fs.write(ctx.params.dir .. "/backups/pre/dump.sql", "dump", { keep = true })
+      end },
+      step "fail" { run = function(ctx) if ctx.params.fail then error("as asked") end end },]] })
+      local state = d .. "/state"
+      local r = hrun_cmd({ p, "--state", state, "-p", "dir=" .. d .. "/data", sandbox and "--sandbox" or nil })
+      eq(r.code, 1, r.stdout .. r.stderr)
+      has(r.stdout, "rolled back")
+      eq(fs.read(d .. "/data/backups/pre/dump.sql"), "dump")
+      eq(fs.exists(d .. "/data/scratch"), false, "what holds nothing kept is undone")
+      -- the same through hrun rollback of a finished run
+      fs.remove(d .. "/data/backups", { recursive = true })
+      r = hrun_cmd({ p, "--state", state, "-p", "dir=" .. d .. "/data", "-p", "fail=false",
+        sandbox and "--sandbox" or nil })
+      eq(r.code, 0, r.stdout .. r.stderr)
+      r = hrun_cmd({ "rollback", "--state", state })
+      eq(r.code, 0, r.stdout .. r.stderr)
+      eq(fs.read(d .. "/data/backups/pre/dump.sql"), "dump")
+      eq(fs.exists(d .. "/data/scratch"), false)
+    end)
+  end
 end)
 
 describe("hrun runs", function()
