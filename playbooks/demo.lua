@@ -14,6 +14,7 @@
 --   scripts/demo.sh                         all of it (the README's first command)
 --   hrun plan playbooks/demo.lua            what it would do, changing nothing
 --   hrun playbooks/demo.lua -p fail=false   the upgrade that works (then: hrun rollback)
+--   … --only "upgrade 1.4 → 2.0" again         changes nothing: changed=0
 -- As root: the volume is a loop device. Without -p nix=DIR the NixOS part is skipped.
 
 local function box(ctx, path)
@@ -49,6 +50,16 @@ end
 local function free_port()
   return tonumber(exec.run({ "python3", "-c", "import socket; s = socket.socket(); "
     .. "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }, { readonly = true }).stdout) or 2283
+end
+
+-- Does photos 2.0 answer already, on the port the restart wrote down?
+local function serving_2(ctx)
+  local marker = box(ctx, "serving-2.0")
+  if not fs.exists(marker) then
+    return false
+  end
+  local ok, r = pcall(http.get, string.format("http://127.0.0.1:%s/health", fs.read(marker)), { timeout = 2 })
+  return ok and r.status == 200 and r.body:find("2.0 ok", 1, true) ~= nil
 end
 
 local function stop_serving(ctx, port)
@@ -136,14 +147,19 @@ return playbook {
       description = "the flake's input changed, committed",
       when = with_nix,
       run = function(ctx)
-        local etc = ctx.params.nix .. "/etc-nixos"
-        nixos.flake_set_input(etc .. "/flake.nix", "nixpkgs-stable", "path:" .. ctx.params.nix .. "/pkgs-24.11")
-        nixos.flake_update(etc, { inputs = { "nixpkgs-stable" } })
-        git.commit(etc, "nixpkgs 24.11", { all = true })
+        local etc, url = ctx.params.nix .. "/etc-nixos", "path:" .. ctx.params.nix .. "/pkgs-24.11"
+        -- already 24.11: the input is left as it is (ok), and so are the lock and the commit
+        if nixos.flake_set_input(etc .. "/flake.nix", "nixpkgs-stable", url) ~= url then
+          nixos.flake_update(etc, { inputs = { "nixpkgs-stable" } })
+        end
+        git.commit(etc, "nixpkgs 24.11", { all = true }) -- nothing to commit: ok
       end,
     },
     step "build and switch" {
-      when = with_nix,
+      when = function(ctx) -- not when 24.11 runs already
+        return with_nix(ctx) and not (nixos.current({ profile = ctx.params.nix .. "/profiles/system" }).version
+          or ""):match("^24%.11")
+      end,
       run = function(ctx)
         local r = nixos.rebuild("switch", { flake = ctx.params.nix .. "/etc-nixos#hwc-server",
           profile = ctx.params.nix .. "/profiles/system" })
@@ -157,7 +173,9 @@ return playbook {
       run = function(ctx)
         local lib = library(ctx)
         fs.write(lib .. "/library.json", json.encode({ version = "2.0", photos = 40, layout = "by-year" }))
-        fs.rename(lib .. "/2024 summer", lib .. "/2024")
+        if fs.exists(lib .. "/2024 summer") then -- moved already: nothing to move
+          fs.rename(lib .. "/2024 summer", lib .. "/2024")
+        end
         fs.mkdir(lib .. "/.thumbs")
         for i = 1, 40, 4 do
           fs.write(string.format("%s/.thumbs/%04d.webp", lib, i), string.rep("t", 500))
@@ -167,6 +185,7 @@ return playbook {
       end,
     },
     step "restart on the new port" {
+      when = function(ctx) return not serving_2(ctx) end, -- already: nothing to restart
       run = function(ctx)
         stop_serving(ctx, ctx.shared.port)
         -- a new port nothing listens on (port + 1 may be another program's)
@@ -182,6 +201,7 @@ return playbook {
           end
           ctx.log("photos 2.0 answers on :%d", port)
         end
+        fs.write(box(ctx, "serving-2.0"), tostring(port)) -- what the next run finds
       end,
     },
   },

@@ -67,7 +67,16 @@ describe("the demo playbook", function()
     has(r.stdout, "photos 2.0 answers on :")
     eq(h.generation(), "system-3-link")
     ok(fs.exists(h.root .. "/mnt/photos/2024/IMG 0001.jpg"))
-    r = hrun_cmd({ "rollback", "--state", h.state }, { env = h.env })
+    -- the same upgrade again changes nothing: every write already so, the switch and the
+    -- restart not needed
+    local again = h.run({ demo, "-p", "fail=false", "--only", "upgrade 1.4 → 2.0" })
+    eq(again.code, 0, again.stdout .. again.stderr)
+    has(again.stdout, "recap: ok=2 changed=0 skipped=2 failed=0")
+    eq(h.generation(), "system-3-link")
+    r = hrun_cmd({ "rollback", "--state", h.state }, { env = h.env }) -- the second: nothing to undo
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(h.generation(), "system-3-link")
+    r = hrun_cmd({ "rollback", "1", "--state", h.state }, { env = h.env })
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "every byte is back")
     eq(h.left(), h.nothing)
