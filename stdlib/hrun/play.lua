@@ -337,6 +337,9 @@ function M.run(priv, opts, path, state, setup)
     bad(problems)
   end
   check_selection(priv, pb, opts)
+  if opts.step and not opts.plan and not (priv.isatty(0) and priv.isatty(2)) then
+    bad("--step asks before each step on the terminal, and there is none (stdin and stderr are not a TTY)")
+  end
   local prov = M.provenance(path)
   if opts.require_clean then
     require_clean(path, prov)
