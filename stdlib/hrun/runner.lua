@@ -1266,7 +1266,7 @@ function Runner:run_handler(h, phase, steps, ids, kind)
 end
 
 -- After a rollback's undos: the handlers the undone steps had notified (and that had
--- run) run again, once each, in the order first notified, so that a service restarts
+-- run) run again, once each, in the order of a phase's end, so that a service restarts
 -- on the restored configuration. Returns the names of those that failed.
 function Runner:rerun_handlers()
   local failed = {}
@@ -1275,6 +1275,28 @@ function Runner:rerun_handlers()
     return failed
   end
   local pb = self.pb or (self.versions and self.versions(self.run_hash))
+  -- in the order of a phase's end: the phases' handlers, then the playbook's, as written
+  local rank, k = {}, 0
+  for _, ph in ipairs(pb and pb.phases or {}) do
+    for _, h in ipairs(ph.handlers or {}) do
+      k = k + 1
+      rank["phase\0" .. ph.name .. "\0" .. h.name] = k
+    end
+  end
+  for _, h in ipairs(pb and pb.handlers or {}) do
+    k = k + 1
+    rank["playbook\0\0" .. h.name] = k
+  end
+  local function rank_of(n)
+    return rank[n.scope .. "\0" .. (n.scope == "phase" and n.phase or "") .. "\0" .. n.handler] or math.huge
+  end
+  table.sort(rows, function(a, b)
+    local ra, rb = rank_of(a), rank_of(b)
+    if ra ~= rb then
+      return ra < rb
+    end
+    return a.first < b.first
+  end)
   for _, n in ipairs(rows) do
     local h = self:find_handler(n.phase, n.handler, pb)
     local err
