@@ -201,7 +201,7 @@ local migrations = {
   ]],
   -- handlers: which step notified which handler, and the run (kind 'handler' step row)
   -- that handled it; NULL until then, so that resume runs what a crash left pending.
-  -- runs.selection: the run's --tags / --skip-tags (JSON), kept for resume.
+  -- runs.selection: the run's --tags, --skip-tags, --from, --only (JSON), kept for resume.
   [6] = [[
     CREATE TABLE notifications (
       id INTEGER PRIMARY KEY,

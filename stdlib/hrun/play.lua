@@ -659,7 +659,10 @@ function M.resume(priv, opts, arg, state)
   -- children the crash left running go first: they must not race the step run again
   run:stop_children()
   for _, s in ipairs(r.steps) do
-    if s.kind == "step" and (s.status == "running" or s.status == "interrupted" or s.status == "failed")
+    -- a handler cut short runs again, once its effects are undone (those with no inverse
+    -- stay: it runs again)
+    if (s.kind == "step" or s.kind == "handler")
+      and (s.status == "running" or s.status == "interrupted" or s.status == "failed")
       and s.undo_status ~= "undone" then
       local def = run:find_step(s.phase, s.name)
       if def and def.resume == "rerun" then
@@ -668,7 +671,7 @@ function M.resume(priv, opts, arg, state)
         run:clean_leftovers(s.id)
         j:set_step_status(s.id, "interrupted")
       else
-        local ok, err = run:undo_effects(s.id, s.irreversible == 1)
+        local ok, err = run:undo_effects(s.id, s.irreversible == 1 or s.kind == "handler")
         if s.status == "running" then
           j:set_step_status(s.id, "interrupted")
         end

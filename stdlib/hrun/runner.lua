@@ -1317,7 +1317,8 @@ function Runner:rerun_handlers()
   return failed
 end
 
--- --tags / --skip-tags: the run's own, journaled; a resumed run keeps those it began with.
+-- --tags, --skip-tags, --from, --only: the run's own, journaled; a resumed run keeps
+-- those it began with (steps it left out stay out).
 function Runner:tag_selection()
   for _, key in ipairs({ "tags", "skip_tags" }) do -- "a,b" given once or more → {"a", "b"}
     local given = self.opts[key]
@@ -1334,18 +1335,19 @@ function Runner:tag_selection()
   if not self.journal then
     return
   end
+  local o = self.opts
   if self.resumed then
     local r = self.journal.db:query("SELECT selection FROM runs WHERE id = ?", self.run_id)[1]
     local sel = r and r.selection and json.decode(r.selection)
     if type(sel) == "table" then
-      self.opts.tags, self.opts.skip_tags = sel.tags, sel.skip_tags
+      o.tags, o.skip_tags, o.from, o.only = sel.tags, sel.skip_tags, sel.from, sel.only
     end
-  elseif self.opts.tags or self.opts.skip_tags then
+  elseif o.tags or o.skip_tags or o.from or o.only then
     local function list(t)
       return t and json.array({ table.unpack(t) }) or nil
     end
-    self.journal:set_run(self.run_id, { selection = json.encode({ tags = list(self.opts.tags),
-      skip_tags = list(self.opts.skip_tags) }) })
+    self.journal:set_run(self.run_id, { selection = json.encode({ tags = list(o.tags), skip_tags = list(o.skip_tags),
+      from = o.from, only = o.only }) })
   end
 end
 

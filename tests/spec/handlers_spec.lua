@@ -212,6 +212,14 @@ return playbook {
     r = hrun_cmd({ "resume", "--state", state })
     eq(r.code, 0, r.stdout .. r.stderr)
     eq(fs.read(data .. "/seen"), "reload-log\nrestart:port=2\naudit\n")
+    -- killed inside a handler (after its write): it runs again in full on resume
+    p, data, state = setup()
+    r = run(p, data, state, {}, { env = { HRUN_TEST_CRASH = "effect-done:4" } })
+    eq(r.signal, "SIGKILL", r.stdout .. r.stderr)
+    r = hrun_cmd({ "resume", "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(data .. "/seen"), "reload-log\nrestart:port=2\nrestart:port=2\naudit\n")
+    has(hrun_cmd({ "show", "--state", state }).stdout, "handler restart web                            interrupted, undone")
   end)
 
   it("are named, and a notify naming none is refused with its file:line and a suggestion", function()
@@ -344,6 +352,14 @@ return playbook {
     eq(fs.exists(data .. "/log.conf"), false)
     eq(fs.exists(data .. "/late"), false)
     eq(fs.read(data .. "/seen"), "restart:port=2\naudit\n")
+    -- and --from: the steps before it stay out
+    p, data, state = setup()
+    r = run(p, data, state, { "--from", "same" }, { env = { HRUN_TEST_CRASH = "step-done:1" } })
+    eq(r.signal, "SIGKILL", r.stdout .. r.stderr)
+    r = hrun_cmd({ "resume", "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(data .. "/conf"), "port=1\n", "conf is before --from")
+    eq(fs.exists(data .. "/late"), true)
   end)
 end)
 
