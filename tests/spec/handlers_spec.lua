@@ -219,7 +219,8 @@ return playbook {
     r = hrun_cmd({ "resume", "--state", state })
     eq(r.code, 0, r.stdout .. r.stderr)
     eq(fs.read(data .. "/seen"), "reload-log\nrestart:port=2\nrestart:port=2\naudit\n")
-    has(hrun_cmd({ "show", "--state", state }).stdout, "handler restart web                            interrupted, undone")
+    has(hrun_cmd({ "show", "--state", state }).stdout, "handler restart web" .. string.rep(" ", 28) ..
+      "interrupted, undone")
   end)
 
   it("are named, and a notify naming none is refused with its file:line and a suggestion", function()
