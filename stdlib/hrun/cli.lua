@@ -237,7 +237,9 @@ run holds the lock, 130 interrupted.
   -p KEY=VALUE      set a parameter (typed as its default: number, boolean, JSON list)
   --params FILE     parameters from a .json or .lua file
   --plan            run the checks and reads, list the writes, change nothing
-  --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
+  --from STEP       start at STEP (or PHASE/STEP): the phases before its phase (and
+                    their checks) and the steps before it are not run; the checks of
+                    its phase all run
   --only PHASE      run one phase
   --tags A,B        run only the steps tagged A or B (a phase's tags are its steps'),
                     and those tagged always
