@@ -315,6 +315,13 @@ function Box:event(m)
     if log then
       log("%s", m.message)
     end
+  elseif m.kind == "notify" and type(m.name) == "string" then
+    -- the process checked the name; what the engine refuses (a check's ctx) is logged
+    local notify, log = self.current_notify, self.current_log
+    local ok, err = pcall(notify or error, m.name)
+    if not ok and log then
+      log("%s", tostring(err))
+    end
   end
 end
 
@@ -388,11 +395,13 @@ function Box:invoke(id, ctx, ...)
   local seq = self.seq
   local msg = { t = "call", seq = seq, fn = id, args = table.pack(...) }
   msg.n, msg.args.n = msg.args.n, nil
-  local saved_log = self.current_log
+  local saved_log, saved_notify = self.current_log, self.current_notify
   if ctx then
+    local known = M.contexts[ctx]
     msg.ctx = { params = plain_view(ctx.params), state = ctx.state, shared = ctx.shared, plan = ctx.plan,
-      run_id = ctx.run_id, phase = ctx.phase, step = ctx.step }
-    self.current_log = ctx.log
+      run_id = ctx.run_id, phase = ctx.phase, step = ctx.step,
+      notifiable = type(known) == "table" and known.notifiable or nil }
+    self.current_log, self.current_notify = ctx.log, ctx.notify
   end
   local mark = #self.calls
   if ctx then
@@ -405,7 +414,7 @@ function Box:invoke(id, ctx, ...)
   end)
   self.depth = self.depth - 1
   self.contexts[seq] = nil
-  self.current_log = saved_log
+  self.current_log, self.current_notify = saved_log, saved_notify
   for i = #self.calls, mark + 1, -1 do
     self.fns[table.remove(self.calls, i)] = nil
   end

@@ -248,6 +248,18 @@ local function make_ctx(c, cseq)
   ctx.log = function(fmt, ...)
     send({ t = "event", kind = "log", message = string.format(fmt, ...) })
   end
+  -- the names are checked here, so that an unknown one raises at the playbook's line
+  local known = {}
+  for _, name in ipairs(type(c.notifiable) == "table" and c.notifiable or {}) do
+    known[name] = true
+  end
+  ctx.notify = function(name)
+    if type(name) ~= "string" or not known[name] then
+      error(string.format("ctx.notify: no handler '%s' in phase '%s' or the playbook", tostring(name),
+        tostring(c.phase)), 2)
+    end
+    send({ t = "event", kind = "notify", name = name })
+  end
   contexts[ctx] = cseq
   return ctx
 end

@@ -48,6 +48,9 @@ local flags = {
   ["--from"] = { key = "from", value = "STEP", only = { playbook = true, plan = true } },
   ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
+  ["--tags"] = { key = "tags", value = "TAG,…", multi = true, only = { playbook = true, plan = true } },
+  ["--skip-tags"] = { key = "skip_tags", value = "TAG,…", multi = true, only = { playbook = true, plan = true } },
+  ["--step"] = { key = "step", only = { playbook = true } },
   ["--require-clean"] = { key = "require_clean", only = { playbook = true, plan = true } },
   ["--diff"] = { key = "diff", only = { playbook = true, plan = true, resume = true } },
   ["--notify"] = { key = "notify", value = "URL", multi = true,
@@ -227,7 +230,7 @@ end
 -- ======================================================
 
 commands.playbook = {
-  usage = "hrun PLAYBOOK.lua [-p K=V]... [--params FILE] [--plan] [--from STEP] [--only PHASE]",
+  usage = "hrun PLAYBOOK.lua [-p K=V]... [--params FILE] [--plan] [--from STEP] [--only PHASE] [--tags T,…]",
   summary = "run a playbook: journaled, checked, rolled back on failure",
   help = [[
 Runs the playbook's phases in order: each phase's checks, then its steps. Every write
@@ -239,10 +242,16 @@ run holds the lock, 130 interrupted.
   -p KEY=VALUE      set a parameter (typed as its default: number, boolean, JSON list)
   --params FILE     parameters from a .json or .lua file
   --plan            run the checks and reads, list the writes, change nothing
-  --from STEP       start at STEP (or PHASE/STEP); earlier steps are not run
+  --from STEP       start at STEP (or PHASE/STEP): the phases before its phase (and
+                    their checks) and the steps before it are not run; the checks of
+                    its phase all run
   --only PHASE      run one phase
   --diff            show each change of a file's content as a unified diff, before
                     it is made (a plan always shows them)
+  --tags A,B        run only the steps tagged A or B (a phase's tags are its steps'),
+                    and those tagged always
+  --skip-tags A,B   leave out the steps (and handlers) tagged A or B
+  --step            ask before each step: yes, no (skip it), continue without asking
   --require-clean   refuse a playbook whose git repository has changes not committed
   --notify URL      report the run's end to an ntfy topic URL (json:URL: as JSON)
   --debug           open the REPL when a step fails: retry, skip, continue, roll back
@@ -266,7 +275,7 @@ run holds the lock, 130 interrupted.
 }
 
 commands.plan = {
-  usage = "hrun plan PLAYBOOK.lua [-p K=V]... [--from STEP] [--only PHASE]",
+  usage = "hrun plan PLAYBOOK.lua [-p K=V]... [--from STEP] [--only PHASE] [--tags T,…] [--skip-tags T,…]",
   summary = "what the playbook would do, changing nothing",
   help = [[
 Runs the checks and every read; records each write instead of doing it, and lists it

@@ -14,11 +14,16 @@ local playbook_fields = {
   name = "string", version = "string", description = "string", params = "table",
   capabilities = "table", on_failure = "string",
 }
-local phase_fields = { description = "string", when = "function" }
+local phase_fields = { description = "string", when = "function", tags = "table" }
 local step_fields = {
   run = "function", undo = "function", verify = "function", when = "function", timeout = "number",
   retries = "number", retry_delay = "number", confirm = "string", resume = "string",
-  description = "string", irreversible = "boolean",
+  description = "string", irreversible = "boolean", tags = "table", notify = "table",
+}
+-- handler "name" { run = … }: run once at its phase's end when a step notified it
+local handler_fields = {
+  run = "function", undo = "function", timeout = "number", retries = "number", retry_delay = "number",
+  description = "string", tags = "table",
 }
 
 -- The types a required parameter may have.
@@ -135,6 +140,22 @@ function Problems:field(loc, t, key)
   return loc
 end
 
+-- Field `key` of t, if there, must be a list of strings (tags, notify).
+function Problems:strings(loc, what, t, key)
+  local v = t[key]
+  if type(v) ~= "table" then
+    return
+  end
+  for k, x in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > #v then
+      self:add(self:field(loc, t, key), "%s: field '%s' must be a list of strings, not a table with key '%s'", what,
+        key, tostring(k))
+    elseif type(x) ~= "string" or x == "" then
+      self:add(self:field(loc, t, key), "%s: %s[%d] must be a non-empty string, got %s", what, key, k, type(x))
+    end
+  end
+end
+
 -- "unknown field 'rnu' (did you mean 'run'?)"
 function Problems:unknown(loc, what, key, known)
   local near = type(key) == "string" and self.nearest(key, sorted_keys(known))
@@ -203,6 +224,7 @@ function M.constructors()
     phase = named("phase"),
     step = named("step"),
     check = named("check"),
+    handler = named("handler"),
   }
 end
 
@@ -258,11 +280,81 @@ local function validate_step(p, s, phase_name)
   if type(b.resume) == "string" and b.resume ~= "undo" and b.resume ~= "rerun" then
     p:add(p:field(s.loc, b, "resume"), "%s: field 'resume' must be \"undo\" or \"rerun\", got \"%s\"", what, b.resume)
   end
+  p:strings(s.loc, what, b, "tags")
+  p:strings(s.loc, what, b, "notify")
   local out = { kind = "step", name = s.name, phase = phase_name, loc = s.loc }
   for k in pairs(step_fields) do
     out[k] = b[k]
   end
   return out
+end
+
+-- A handler: a step's fields but when, verify, confirm, notify (it runs when notified).
+local function validate_handler(p, h, phase_name)
+  local what = string.format("handler '%s'", h.name)
+  local b = h.body
+  if type(b) ~= "table" then
+    p:add(h.loc, "%s: expects a table of fields: handler \"%s\" { run = function(ctx) … end }", what, h.name)
+    return nil
+  end
+  p:fields(h.loc, what, b, handler_fields)
+  if #b > 0 then
+    p:add(h.loc, "%s: has %d unnamed value(s); fields are name = value", what, #b)
+  end
+  if type(b.run) ~= "function" then
+    p:add(h.loc, "%s: has no run function (run = function(ctx) … end)", what)
+  end
+  if type(b.timeout) == "number" and b.timeout <= 0 then
+    p:add(p:field(h.loc, b, "timeout"), "%s: field 'timeout' must be more than 0 seconds", what)
+  end
+  if type(b.retries) == "number" and (math.type(b.retries) ~= "integer" or b.retries < 0) then
+    p:add(p:field(h.loc, b, "retries"), "%s: field 'retries' must be a whole number >= 0", what)
+  end
+  p:strings(h.loc, what, b, "tags")
+  local out = { kind = "handler", name = h.name, phase = phase_name, loc = h.loc }
+  for k in pairs(handler_fields) do
+    out[k] = b[k]
+  end
+  return out
+end
+
+-- Handlers of one scope (a phase, the playbook), in definition order, names unique.
+local function add_handler(p, scope, list, seen, h, phase_name)
+  if type(h.name) ~= "string" or h.name == "" then
+    p:add(h.loc, "a handler in %s needs a name: handler \"name\" { … }", scope)
+    return
+  end
+  if seen[h.name] then
+    p:add(h.loc, "%s: two handlers named '%s' (the other at line %d)", scope, h.name, seen[h.name].line)
+  end
+  seen[h.name] = h.loc
+  list[#list + 1] = validate_handler(p, h, phase_name)
+end
+
+-- Every name in a step's notify is a handler of its phase or of the playbook.
+local function check_notify(p, pb_out)
+  local global = {}
+  for _, h in ipairs(pb_out.handlers) do
+    global[h.name] = true
+  end
+  for _, ph in ipairs(pb_out.phases) do
+    local known = {}
+    for k in pairs(global) do
+      known[k] = true
+    end
+    for _, h in ipairs(ph.handlers or {}) do
+      known[h.name] = true
+    end
+    for _, item in ipairs(ph.items or {}) do
+      for i, name in ipairs(item.kind == "step" and type(item.notify) == "table" and item.notify or {}) do
+        if type(name) == "string" and not known[name] then
+          local near = p.nearest(name, sorted_keys(known))
+          p:add(p:field(item.loc, item, "notify"), "step '%s': notify[%d]: no handler '%s' in phase '%s' or the " ..
+            "playbook%s", item.name, i, name, ph.name, near and string.format(" (did you mean '%s'?)", near) or "")
+        end
+      end
+    end
+  end
 end
 
 local function validate_check(p, c, phase_name)
@@ -281,13 +373,17 @@ local function validate_phase(p, ph)
     return nil
   end
   p:fields(ph.loc, what, b, phase_fields)
-  local out = { name = ph.name, loc = ph.loc, description = b.description, when = b.when, items = {} }
-  local seen = {}
+  p:strings(ph.loc, what, b, "tags")
+  local out = { name = ph.name, loc = ph.loc, description = b.description, when = b.when, items = {},
+    tags = b.tags, handlers = {} }
+  local seen, handlers_seen = {}, {}
   for i = 1, #b do
     local item = b[i]
     local kind = type(item) == "table" and objects[item]
-    if kind ~= "step" and kind ~= "check" then
-      p:add(ph.loc, "%s: item %d is not a step or a check (got %s)", what, i,
+    if kind == "handler" then
+      add_handler(p, what, out.handlers, handlers_seen, item, ph.name)
+    elseif kind ~= "step" and kind ~= "check" then
+      p:add(ph.loc, "%s: item %d is not a step, a check or a handler (got %s)", what, i,
         kind and ("a " .. kind) or type(item))
     elseif type(item.name) ~= "string" or item.name == "" then
       p:add(item.loc, "a %s in %s needs a name: %s \"name\" …", kind, what, kind)
@@ -306,7 +402,7 @@ local function validate_phase(p, ph)
       out.items[#out.items + 1] = v
     end
   end
-  if #b == 0 then
+  if #out.items == 0 and #b == #out.handlers then
     p:add(ph.loc, "%s: has no steps or checks", what)
   end
   return out
@@ -354,7 +450,7 @@ function M.validate(pb, nearest, where, capability)
     name = b.name, version = b.version, description = b.description,
     params = {}, required = {},
     capabilities = b.capabilities or {}, on_failure = b.on_failure or "rollback",
-    loc = pb.loc, phases = {},
+    loc = pb.loc, phases = {}, handlers = {},
   }
   -- params: defaults, and required "TYPE" for those that have none
   for k, v in pairs(type(b.params) == "table" and b.params or {}) do
@@ -369,10 +465,12 @@ function M.validate(pb, nearest, where, capability)
       out.params[k] = v
     end
   end
-  local seen = {}
+  local seen, handlers_seen = {}, {}
   for i = 1, #b do
     local ph = b[i]
-    if objects[ph] ~= "phase" then
+    if objects[ph] == "handler" then
+      add_handler(p, "playbook", out.handlers, handlers_seen, ph, nil)
+    elseif objects[ph] ~= "phase" then
       p:add(pb.loc, "playbook: item %d is not a phase (got %s); steps go inside phase \"name\" { … }", i,
         objects[ph] and ("a " .. objects[ph]) or type(ph))
     elseif type(ph.name) ~= "string" or ph.name == "" then
@@ -385,9 +483,10 @@ function M.validate(pb, nearest, where, capability)
       out.phases[#out.phases + 1] = validate_phase(p, ph)
     end
   end
-  if #b == 0 then
+  if #out.phases == 0 and #b == #out.handlers then
     p:add(pb.loc, "playbook: has no phases")
   end
+  check_notify(p, out)
   if #p.list > 0 then
     return nil, p:in_order()
   end

@@ -206,7 +206,10 @@ local migrations = {
   -- collections are a record each, and a run whose restore asides a collection
   -- removed says when: it can no longer be rolled back. And whether a step changed
   -- something (1: one of its effects completed; 0: ok, all already so; NULL: a check,
-  -- a step not done, or a step of an older hrun).
+  -- a step not done, or a step of an older hrun). Handlers: which step notified which
+  -- handler, and the run (kind 'handler' step row) that handled it; NULL until then, so
+  -- that resume runs what a crash left pending. runs.selection: the run's --tags,
+  -- --skip-tags, --from, --only (JSON), kept for resume.
   [6] = [[
     ALTER TABLE runs ADD COLUMN steps_total INTEGER;
     ALTER TABLE runs ADD COLUMN collected REAL;        -- hrun gc removed what its undo needs
@@ -220,7 +223,18 @@ local migrations = {
       failed TEXT,                     -- JSON: [{path, error}]
       runs TEXT,                       -- JSON: the runs it made not rollbackable
       started REAL NOT NULL, ended REAL
-    )
+    );
+    CREATE TABLE notifications (
+      id INTEGER PRIMARY KEY,
+      run INTEGER NOT NULL REFERENCES runs(id),
+      step INTEGER NOT NULL REFERENCES steps(id),  -- the step that notified
+      phase TEXT NOT NULL,             -- its phase: the handler runs at that phase's end
+      handler TEXT NOT NULL,           -- the handler's name
+      scope TEXT NOT NULL,             -- 'phase' or 'playbook': where the handler is defined
+      handled INTEGER REFERENCES steps(id)  -- the handler's run that handled it
+    );
+    CREATE INDEX notifications_run ON notifications(run);
+    ALTER TABLE runs ADD COLUMN selection TEXT;
   ]],
 }
 
@@ -534,6 +548,45 @@ function Journal:event(run, ev)
     codec.summary(ev, 8192))
 end
 
+-- {======================================================
+-- Handlers: notifications, pending until a handler's run handles them
+-- ======================================================
+
+-- A step notified a handler: written with the step's end (the same commit).
+function Journal:notified(run, step, phase, handler, scope)
+  self:write("INSERT INTO notifications (run, step, phase, handler, scope) VALUES (?, ?, ?, ?, ?)", run, step, phase,
+    handler, scope)
+end
+
+-- The notifications of a run that no handler's run handled yet, in the order made.
+function Journal:pending_notifications(run)
+  return self.db:query([[SELECT n.*, s.name AS step_name FROM notifications n JOIN steps s ON n.step = s.id
+      WHERE n.run = ? AND n.handled IS NULL AND coalesce(s.undo_status, '') <> 'undone' ORDER BY n.id]], run)
+end
+
+-- The handler's run `handler_step` handled these notifications (ids): durable with its end.
+function Journal:handled(ids, handler_step)
+  for _, id in ipairs(ids) do
+    self:write("UPDATE notifications SET handled = ? WHERE id = ?", handler_step, id)
+  end
+end
+
+-- The handlers to run again after a rollback: those a handled notification names whose
+-- notifying step is undone, and those whose run after an earlier rollback failed.
+function Journal:handlers_to_rerun(run)
+  -- a playbook's handler once, whatever phases notified it (min(): the first's phase)
+  return self.db:query([[SELECT min(n.id) AS first, n.phase, n.handler, n.scope,
+      group_concat(DISTINCT s.name) AS steps FROM notifications n JOIN steps s ON n.step = s.id
+      WHERE n.run = ? AND n.handled IS NOT NULL AND s.undo_status = 'undone'
+      AND NOT EXISTS (SELECT 1 FROM steps h WHERE h.run = n.run AND h.kind = 'rollback-handler'
+        AND h.name = n.handler AND h.status = 'done'
+        AND (n.scope = 'playbook' OR h.phase = n.phase) AND h.id > n.handled)
+      GROUP BY CASE n.scope WHEN 'playbook' THEN '' ELSE n.phase END, n.handler, n.scope
+      ORDER BY first]], run)
+end
+
+-- }======================================================
+
 -- }======================================================
 
 -- {======================================================
@@ -624,7 +677,7 @@ end
 
 -- The steps of a run that may have changed something and are not undone yet, newest
 -- first: what a rollback undoes (and retries).
-local UNDOABLE = [[kind = 'step' AND status IN ('done', 'failed', 'running', 'interrupted')
+local UNDOABLE = [[kind IN ('step', 'handler') AND status IN ('done', 'failed', 'running', 'interrupted')
       AND coalesce(undo_status, '') <> 'undone']]
 
 function Journal:steps_to_undo(run)

@@ -351,6 +351,9 @@ function M.run(priv, opts, path, state, setup)
     bad(problems)
   end
   check_selection(priv, pb, opts)
+  if opts.step and not opts.plan and not (priv.isatty(0) and priv.isatty(2)) then
+    bad("--step asks before each step on the terminal, and there is none (stdin and stderr are not a TTY)")
+  end
   local prov = M.provenance(path)
   if opts.require_clean then
     require_clean(path, prov)
@@ -673,7 +676,10 @@ function M.resume(priv, opts, arg, state)
   -- children the crash left running go first: they must not race the step run again
   run:stop_children()
   for _, s in ipairs(r.steps) do
-    if s.kind == "step" and (s.status == "running" or s.status == "interrupted" or s.status == "failed")
+    -- a handler cut short runs again, once its effects are undone (those with no inverse
+    -- stay: it runs again)
+    if (s.kind == "step" or s.kind == "handler")
+      and (s.status == "running" or s.status == "interrupted" or s.status == "failed")
       and s.undo_status ~= "undone" then
       local def = run:find_step(s.phase, s.name)
       if def and def.resume == "rerun" then
@@ -682,7 +688,7 @@ function M.resume(priv, opts, arg, state)
         run:clean_leftovers(s.id)
         j:set_step_status(s.id, "interrupted")
       else
-        local ok, err = run:undo_effects(s.id, s.irreversible == 1)
+        local ok, err = run:undo_effects(s.id, s.irreversible == 1 or s.kind == "handler")
         if s.status == "running" then
           j:set_step_status(s.id, "interrupted")
         end

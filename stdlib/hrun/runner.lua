@@ -704,7 +704,14 @@ function Runner:ctx(phase, step, state)
       self:emit({ event = "log", phase = phase, step = step, message = string.format(fmt, ...) })
     end,
   }
-  require("hrun.boundary").contexts[ctx] = true
+  ctx.notify = function(name)
+    local ok, why = self:ctx_notify(ctx, phase, step, name)
+    if not ok then
+      error(why, 2) -- the playbook's line
+    end
+  end
+  -- a sandboxed playbook's process checks ctx.notify's names against these
+  require("hrun.boundary").contexts[ctx] = { notifiable = self.pb and self:notifiable(phase) }
   return ctx
 end
 
@@ -803,7 +810,7 @@ function Runner:run_step(step, resumed_state)
   local started = sys.now()
   local id
   if not self.plan then
-    id = self.journal:new_step({ run = self.run_id, phase = step.phase, name = step.name, kind = "step",
+    id = self.journal:new_step({ run = self.run_id, phase = step.phase, name = step.name, kind = step.kind,
       has_undo = step.undo ~= nil, irreversible = step.irreversible, started = started, playbook = self.pb_hash })
     self.last_step_id = id
     self:maybe_crash("step-start")
@@ -856,6 +863,9 @@ function Runner:run_step(step, resumed_state)
     changed = self:step_changed()
   end
   self.last_effects, self.step_effects = self.step_effects, {}
+  if ok then
+    self:record_notifications(step, ctx)
+  end
   if not self.plan then
     self.journal:end_step(id, { status = status, attempts = attempts, state = state_json, error = err,
       ended = sys.now(), changed = changed })
@@ -1267,7 +1277,9 @@ function Runner:undo_step(s)
     end
   else
     how = "inverses"
-    ok, err = self:undo_effects(s.id, s.irreversible == 1)
+    -- a handler's writes without an inverse (a restart) are not undone: it runs again
+    -- after the rollback instead (rerun_handlers)
+    ok, err = self:undo_effects(s.id, s.irreversible == 1 or s.kind == "handler")
   end
   self.journal:set_step_undo(s.id, ok and "undone" or "undo-failed", not ok and tostring(err) or nil)
   self:emit({ event = "undo", phase = s.phase, step = s.name, how = how, status = ok and "undone" or "failed",
@@ -1282,9 +1294,11 @@ function Runner:rollback(reason)
   for _, s in ipairs(self.journal:steps_to_undo(self.run_id)) do
     self:undo_step(s)
   end
+  local handlers_failed = self:rerun_handlers()
   local left = self.journal:not_undone(self.run_id)
-  local status = left == 0 and "rolled-back" or "rollback-incomplete"
-  self:emit({ event = "rollback-end", status = status, failed = left })
+  local status = left == 0 and #handlers_failed == 0 and "rolled-back" or "rollback-incomplete"
+  self:emit({ event = "rollback-end", status = status, failed = left,
+    handlers_failed = #handlers_failed > 0 and json.array(handlers_failed) or nil })
   return status
 end
 
@@ -1306,6 +1320,310 @@ function Runner:stop_children()
   end
   self.journal:children_returned(ids)
   self.journal:commit()
+end
+
+-- }======================================================
+
+-- {======================================================
+-- Handlers, tags, --step
+-- ======================================================
+
+-- The handler `name` as a step of phase `phase` names it: the phase's own, else the
+-- playbook's; and where it is defined ("phase", "playbook"). pb: another version.
+function Runner:find_handler(phase, name, pb)
+  pb = pb or self.pb
+  for _, ph in ipairs(pb and pb.phases or {}) do
+    if ph.name == phase then
+      for _, h in ipairs(ph.handlers or {}) do
+        if h.name == name then
+          return h, "phase"
+        end
+      end
+    end
+  end
+  for _, h in ipairs(pb and pb.handlers or {}) do
+    if h.name == name then
+      return h, "playbook"
+    end
+  end
+end
+
+-- The names a step of phase `phase` may notify, sorted.
+function Runner:notifiable(phase)
+  local names, seen = {}, {}
+  for _, ph in ipairs(self.pb.phases) do
+    for _, h in ipairs(ph.name == phase and ph.handlers or {}) do
+      seen[h.name] = true
+    end
+  end
+  for _, h in ipairs(self.pb.handlers or {}) do
+    seen[h.name] = true
+  end
+  for k in pairs(seen) do
+    names[#names + 1] = k
+  end
+  table.sort(names)
+  return names
+end
+
+-- ctx.notify(name) from a step's run: kept for the step's end (a step that fails
+-- notifies nothing). ok | nil, why.
+function Runner:ctx_notify(ctx, phase, step, name)
+  local cur = self.current
+  if not (cur and cur.kind == "step" and cur.name == step and cur.def and cur.def.kind == "step") then
+    return nil, "ctx.notify: only a step's run notifies handlers"
+  end
+  if type(name) ~= "string" or not self:find_handler(phase, name) then
+    local near = type(name) == "string" and self.priv.nearest(name, self:notifiable(phase))
+    return nil, string.format("ctx.notify: no handler '%s' in phase '%s' or the playbook%s", tostring(name), phase,
+      near and string.format(" (did you mean '%s'?)", near) or "")
+  end
+  self.ctx_notes = self.ctx_notes or setmetatable({}, { __mode = "k" })
+  local notes = self.ctx_notes[ctx] or {}
+  notes[#notes + 1] = name
+  self.ctx_notes[ctx] = notes
+  return true
+end
+
+-- At the end of a step that succeeded (before its end is committed): the handlers it
+-- notified (notify = {…} when it changed something, ctx.notify always) are journaled
+-- pending; a handler's run marks the notifications it handled.
+function Runner:record_notifications(step, ctx)
+  if step.kind ~= "step" then -- a handler's run: what it handled
+    if not self.plan and step.notes then
+      self.journal:handled(step.notes, self.last_step_id)
+    end
+    return
+  end
+  local names, seen = {}, {}
+  local function add(name)
+    if not seen[name] then
+      seen[name], names[#names + 1] = true, name
+    end
+  end
+  if step.notify and #step.notify > 0 and self:step_changed() then
+    for _, name in ipairs(step.notify) do
+      add(name)
+    end
+  end
+  for _, name in ipairs(self.ctx_notes and self.ctx_notes[ctx] or {}) do
+    add(name)
+  end
+  for _, name in ipairs(names) do
+    local _, scope = self:find_handler(step.phase, name)
+    if self.plan then
+      self.plan_pending = self.plan_pending or {}
+      table.insert(self.plan_pending, { phase = step.phase, handler = name, scope = scope, step_name = step.name })
+    else
+      self.journal:notified(self.run_id, self.last_step_id, step.phase, name, scope)
+    end
+    self:emit({ event = "notify", phase = step.phase, step = step.name, handler = name })
+  end
+end
+
+-- Runs the pending handlers at the end of phase ph, once each: the phases' own first,
+-- then the playbook's, each in the order written. nil, or the failure.
+function Runner:run_handlers(ph)
+  local pending = self.plan and (self.plan_pending or {}) or self.journal:pending_notifications(self.run_id)
+  self.plan_pending = nil
+  if #pending == 0 then
+    return nil
+  end
+  local by = {} -- handler key → {ids, steps}
+  for _, n in ipairs(pending) do
+    local key = n.scope == "playbook" and ("/" .. n.handler) or (n.phase .. "/" .. n.handler)
+    local b = by[key] or { ids = {}, steps = {}, seen = {} }
+    b.ids[#b.ids + 1] = n.id
+    if not b.seen[n.step_name] then
+      b.seen[n.step_name], b.steps[#b.steps + 1] = true, n.step_name
+    end
+    by[key] = b
+  end
+  local order = {}
+  for _, p in ipairs(self.pb.phases) do
+    for _, h in ipairs(p.handlers or {}) do
+      order[#order + 1] = { key = p.name .. "/" .. h.name, h = h, phase = p.name }
+    end
+  end
+  for _, h in ipairs(self.pb.handlers or {}) do
+    order[#order + 1] = { key = "/" .. h.name, h = h, phase = ph.name }
+  end
+  for _, o in ipairs(order) do
+    local b = by[o.key]
+    if b then
+      local failure = self:run_handler(o.h, o.phase, b.steps, b.ids, "handler")
+      if failure then
+        return failure
+      end
+    end
+  end
+end
+
+-- Runs one handler as a step of phase `phase` (journaled as `kind`), notified by the
+-- steps named. nil, or the failure.
+function Runner:run_handler(h, phase, steps, ids, kind)
+  local skip = self:tag_skip(h, nil, true)
+  self:emit({ event = "handler", phase = phase, handler = h.name, notified_by = json.array(steps),
+    planned = self.plan or nil, rollback = kind == "rollback-handler" or nil, skipped = skip })
+  if skip then
+    self:emit({ event = "step-skip", phase = phase, step = h.name, reason = skip })
+    return nil
+  end
+  local item = { kind = kind, name = h.name, phase = phase, loc = h.loc, run = h.run, undo = h.undo,
+    timeout = h.timeout, retries = h.retries, retry_delay = h.retry_delay, notes = ids }
+  local ok, err = self:run_step(item)
+  if not ok then
+    return string.format("handler '%s' failed: %s", h.name, err)
+  end
+end
+
+-- After a rollback's undos: the handlers the undone steps had notified (and that had
+-- run) run again, once each, in the order of a phase's end, so that a service restarts
+-- on the restored configuration. Returns the names of those that failed.
+function Runner:rerun_handlers()
+  local failed = {}
+  local rows = self.journal:handlers_to_rerun(self.run_id)
+  if #rows == 0 then
+    return failed
+  end
+  local pb = self.pb or (self.versions and self.versions(self.run_hash))
+  -- in the order of a phase's end: the phases' handlers, then the playbook's, as written
+  local rank, k = {}, 0
+  for _, ph in ipairs(pb and pb.phases or {}) do
+    for _, h in ipairs(ph.handlers or {}) do
+      k = k + 1
+      rank["phase\0" .. ph.name .. "\0" .. h.name] = k
+    end
+  end
+  for _, h in ipairs(pb and pb.handlers or {}) do
+    k = k + 1
+    rank["playbook\0\0" .. h.name] = k
+  end
+  local function rank_of(n)
+    return rank[n.scope .. "\0" .. (n.scope == "phase" and n.phase or "") .. "\0" .. n.handler] or math.huge
+  end
+  table.sort(rows, function(a, b)
+    local ra, rb = rank_of(a), rank_of(b)
+    if ra ~= rb then
+      return ra < rb
+    end
+    return a.first < b.first
+  end)
+  for _, n in ipairs(rows) do
+    local h = self:find_handler(n.phase, n.handler, pb)
+    local err
+    if not h then
+      err = string.format("handler '%s' is not in the playbook version at hand", n.handler)
+    else
+      local steps = {}
+      for name in tostring(n.steps):gmatch("[^,]+") do
+        steps[#steps + 1] = name
+      end
+      err = self:run_handler(h, n.phase, steps, nil, "rollback-handler")
+    end
+    if err then
+      failed[#failed + 1] = n.handler
+      self:emit({ event = "error", message = "after the rollback: " .. err })
+    end
+  end
+  return failed
+end
+
+-- --tags, --skip-tags, --from, --only: the run's own, journaled; a resumed run keeps
+-- those it began with (steps it left out stay out).
+function Runner:tag_selection()
+  for _, key in ipairs({ "tags", "skip_tags" }) do -- "a,b" given once or more → {"a", "b"}
+    local given = self.opts[key]
+    if type(given) == "table" and not given.split then
+      local list = { split = true }
+      for _, v in ipairs(given) do
+        for t in tostring(v):gmatch("[^,%s]+") do
+          list[#list + 1] = t
+        end
+      end
+      self.opts[key] = list
+    end
+  end
+  if not self.journal then
+    return
+  end
+  local o = self.opts
+  if self.resumed then
+    local r = self.journal.db:query("SELECT selection FROM runs WHERE id = ?", self.run_id)[1]
+    local sel = r and r.selection and json.decode(r.selection)
+    if type(sel) == "table" then
+      o.tags, o.skip_tags, o.from, o.only = sel.tags, sel.skip_tags, sel.from, sel.only
+    end
+  elseif o.tags or o.skip_tags or o.from or o.only then
+    local function list(t)
+      return t and json.array({ table.unpack(t) }) or nil
+    end
+    self.journal:set_run(self.run_id, { selection = json.encode({ tags = list(o.tags), skip_tags = list(o.skip_tags),
+      from = o.from, only = o.only }) })
+  end
+end
+
+-- Why --tags or --skip-tags leave item out (a step, with its phase ph; a handler), or
+-- nil. `always` runs unless --skip-tags names it; --tags does not leave handlers out.
+function Runner:tag_skip(item, ph, is_handler)
+  local want, skip = self.opts.tags, self.opts.skip_tags
+  if not (want or skip) then
+    return nil
+  end
+  local have = {}
+  for _, list in ipairs({ item.tags or {}, ph and ph.tags or {} }) do
+    for _, t in ipairs(list) do
+      have[t] = true
+    end
+  end
+  for _, t in ipairs(skip or {}) do
+    if have[t] then
+      return string.format("tagged '%s', --skip-tags", t)
+    end
+  end
+  if not want or is_handler or have.always then
+    return nil
+  end
+  for _, t in ipairs(want) do
+    if have[t] then
+      return nil
+    end
+  end
+  return "not tagged " .. table.concat(want, " or ") .. " (--tags)"
+end
+
+-- A phase none of whose steps --tags/--skip-tags select is left out, its checks too.
+function Runner:phase_untagged(sel)
+  if not (self.opts.tags or self.opts.skip_tags) then
+    return nil
+  end
+  for _, item in ipairs(sel.items) do
+    if item.kind == "step" and not self:tag_skip(item, sel.phase) then
+      return nil
+    end
+  end
+  return "no step selected by --tags/--skip-tags"
+end
+
+-- --step: asks before each step; the reason to skip it, or nil to run it.
+function Runner:step_refused(item)
+  if not self.opts.step or self.plan or self.step_all then
+    return nil
+  end
+  self.ui:pause()
+  local answer
+  repeat
+    io.stderr:write(string.format("run step '%s'? [y]es / [n]o (skip) / [c]ontinue without asking ", item.name))
+    io.stderr:flush()
+    local line = io.stdin:read("l")
+    answer = line == nil and "n" or line:match("^%s*(%a)") or ""
+    answer = answer:lower()
+  until answer == "y" or answer == "n" or answer == "c"
+  self.ui:resume()
+  if answer == "c" then
+    self.step_all = true
+  end
+  return answer == "n" and "skipped at --step" or nil
 end
 
 -- }======================================================
@@ -1403,8 +1721,14 @@ end
 
 -- Runs the phases; returns nil when all went well, else the failure's message.
 function Runner:execute()
+  self:tag_selection()
   for _, sel in ipairs(selected_phases(self)) do
     local ph = sel.phase
+    local untagged = self:phase_untagged(sel)
+    if untagged then
+      self:emit({ event = "phase-skip", phase = ph.name, reason = untagged })
+      goto next_phase
+    end
     if ph.when then
       local ok, res = self:call_as("when", ph.name, ph.name, ph.when, self:ctx(ph.name, nil))
       if not ok then
@@ -1432,8 +1756,11 @@ function Runner:execute()
       for _, item in ipairs(sel.items) do
         if item.kind == "step" and not failure then
           local done = self.resume_done and self.resume_done[ph.name .. "/" .. item.name]
+          local skip = not done and (self:tag_skip(item, ph) or self:step_refused(item))
           if done then
             self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = "done before the crash" })
+          elseif skip then
+            self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = skip })
           else
             local ok, err = self:step_with_debugger(item)
             if not ok then
@@ -1441,6 +1768,9 @@ function Runner:execute()
             end
           end
         end
+      end
+      if not failure then
+        failure = self:run_handlers(ph)
       end
       if pid then
         self.journal:end_phase(pid, failure and "failed" or "done", sys.now())

@@ -145,6 +145,16 @@ function M.inverse(inverse, why, step_undo, kept)
 end
 
 -- "512 B", "1.5 GiB": a size for people
+-- A handler event as words: "would run handler 'x', notified by step 'a', 'b'".
+function M.handler_line(ev)
+  local by = {}
+  for i, s in ipairs(ev.notified_by or {}) do
+    by[i] = "'" .. tostring(s) .. "'"
+  end
+  return string.format("%s handler '%s'%s, notified by step%s %s", ev.planned and "would run" or "running",
+    ev.handler, ev.rollback and " again after the rollback" or "", #by == 1 and "" or "s", table.concat(by, ", "))
+end
+
 function M.bytes(n)
   local units = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" }
   local i = 1
@@ -302,6 +312,12 @@ local plain_events = {
   end,
   ["rollback-end"] = function(self, ev)
     self:line(ev.time, "rollback %s", ev.status)
+  end,
+  handler = function(self, ev)
+    self:line(ev.time, "  %s", M.handler_line(ev))
+  end,
+  notify = function(self, ev)
+    self:line(ev.time, "    notified handler '%s'", ev.handler)
   end,
   error = function(self, ev)
     self:line(ev.time, "error: %s", ev.message)
@@ -491,6 +507,12 @@ local tty_events = {
   end,
   error = function(self, ev)
     self:print(self:c("31", "error: " .. ev.message))
+  end,
+  handler = function(self, ev)
+    self:print("  " .. self:c("35", "» " .. M.handler_line(ev)))
+  end,
+  notify = function(self, ev)
+    self:print(self:c("2", "      notified handler '" .. tostring(ev.handler) .. "'"))
   end,
   capabilities = function(self, ev)
     for _, l in ipairs(M.capability_lines(ev)) do
@@ -765,7 +787,7 @@ end
 
 -- A step's status with whether it is undone: "done, undone (undo function)".
 local function step_status(s)
-  if s.kind ~= "step" or not s.undo_status then
+  if (s.kind ~= "step" and s.kind ~= "handler") or not s.undo_status then
     return M.step_word(s)
   end
   local how
@@ -973,7 +995,9 @@ function M.show(r, lock_free)
       phase = s.phase
       add("  phase %s", phase)
     end
-    add("    %s %-40s %-12s %s", s.kind == "check" and "check" or "step ", s.name, step_status(s),
+    local handler = (s.kind or ""):find("handler", 1, true)
+    add("    %s %-" .. (handler and 38 or 40) .. "s %-12s %s", s.kind == "check" and "check" or handler and "handler"
+      or "step ", s.name, step_status(s),
       s.ended and M.seconds(s.ended - s.started) or "")
     if again[s] then
       add("        %s", again[s])
@@ -1066,7 +1090,8 @@ function M.markdown(r, lock_free)
       add("")
     end
     local box = (s.status == "done" and s.undo_status ~= "undone") and "[x]" or "[ ]"
-    add("- %s %s%s — %s%s%s", box, s.kind == "check" and "check: " or "", s.name, step_status(s),
+    add("- %s %s%s — %s%s%s", box, s.kind == "check" and "check: " or (s.kind or ""):find("handler") and "handler: "
+      or "", s.name, step_status(s),
       s.ended and (" (" .. M.seconds(s.ended - s.started) .. ")") or "", again[s] and (" — " .. again[s]) or "")
     if s.error then
       add("  - error: `%s`", s.error:gsub("\n", " "):sub(1, 300))
