@@ -90,8 +90,9 @@ describe("handlers", function()
       "handler restart web done", "handler audit done", "step late done" })
     has(r.stdout, "running handler 'restart web', notified by steps 'conf', 'other'")
     has(r.stdout, "running handler 'audit', notified by step 'conf'")
-    -- --json: the notify and handler events
-    r = run(p, data, state, { "--json" })
+    -- --json: the notify and handler events (another port: conf changes again, and
+    -- notifies; ctx.notify notifies whether or not its step changed something)
+    r = run(p, data, state, { "--json", "-p", "port=3" })
     eq(r.code, 0, r.stdout .. r.stderr)
     local handlers, notified = {}, {}
     for line in r.stdout:gmatch("[^\n]+") do
