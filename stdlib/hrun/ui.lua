@@ -90,11 +90,11 @@ function M.call(op, args, folds, shown)
     parts[#parts + 1] = command_options(args[2], folds)
   else
     for i = 1, #args do
+      -- options left empty (keep = true is taken out before the write sees them): not shown
+      local empty = i == #args and type(args[i]) == "table" and next(args[i]) == nil
       if i == shown and folds and word(args[i], {}) == "«1»" then
         parts[#parts + 1] = "(the content: the diff below)"
-      elseif i == #args and type(args[i]) == "table" and next(args[i]) == nil then
-        -- options left empty (keep = true is taken out before the write sees them)
-      elseif args[i] ~= require("hrun.json").null then
+      elseif args[i] ~= require("hrun.json").null and not empty then
         parts[#parts + 1] = word(args[i], folds)
       end
     end

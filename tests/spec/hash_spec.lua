@@ -481,8 +481,8 @@ describe("a manifest's entries", function()
     -- and without what came after version 4 (the undo journal; version 6's columns)
     sql[#sql + 1] = [[DROP TABLE undos; DROP TABLE playbooks; DROP TABLE children;
       DROP TABLE collections; DROP TABLE notifications;]]
-    for _, c in ipairs({ "runs.steps_total", "runs.collected", "runs.selection", "effects.kept", "runs.outcome", "runs.rollback_status",
-      "runs.rollback_started", "runs.rollback_ended",
+    for _, c in ipairs({ "runs.steps_total", "runs.collected", "runs.selection", "effects.kept", "runs.outcome",
+      "runs.rollback_status", "runs.rollback_started", "runs.rollback_ended",
       "runs.resolved", "runs.resolved_by", "runs.resolved_at", "steps.undo_status", "steps.playbook",
       "effects.undo_status", "effects.before", "effects.after", "effects.settled", "steps.changed" }) do
       local t, col = c:match("^(%w+)%.([%w_]+)$")

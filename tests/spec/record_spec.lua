@@ -186,8 +186,9 @@ describe("an older journal", function()
     local p, data, state = recorded()
     eq(hrun_cmd({ p, "--state", state, "-p", "dir=" .. data, "-p", "fail=false" }).code, 0)
     -- the journal as schema 5 left it
-    exec.run({ "sqlite3", state .. "/journal.db" }, { stdin = [[DROP TABLE collections; DROP TABLE notifications; ALTER TABLE runs DROP COLUMN selection;
-      ALTER TABLE runs DROP COLUMN steps_total; ALTER TABLE runs DROP COLUMN collected;
+    exec.run({ "sqlite3", state .. "/journal.db" }, { stdin = [[DROP TABLE collections; DROP TABLE notifications;
+      ALTER TABLE runs DROP COLUMN selection; ALTER TABLE runs DROP COLUMN steps_total;
+      ALTER TABLE runs DROP COLUMN collected;
       ALTER TABLE effects DROP COLUMN kept; ALTER TABLE steps DROP COLUMN changed;
       PRAGMA user_version = 5;]] })
     local runs = hrun_cmd({ "runs", "--state", state })
