@@ -5,7 +5,7 @@
 #   HRUN=build/hrun RUNS=5 bench/plan.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-HRUN=${HRUN:-$root/build/hrun}
+HRUN=$(realpath "${HRUN:-$root/build/hrun}") # the specs run it from other directories
 export RUNS=${RUNS:-5}
 export OUT=${OUT:-$root/docs/bench-plan.md}
 export HRUN_BIN=$HRUN
