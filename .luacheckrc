@@ -13,7 +13,7 @@ files["stdlib"] = { read_globals = hrun_globals }
 local playbook_globals = {
   "fs", "exec", "json", "sys", "btrfs", "hash", "git", "nixos", "http", "notify", "service", "podman", "sqlite", "pg",
   "checks", "migrate", "journal", "secrets",
-  "playbook", "phase", "step", "check", "required",
+  "playbook", "phase", "step", "check", "required", "handler",
 }
 files["playbooks"] = { read_globals = playbook_globals }
 files["tests/playbooks"] = { read_globals = playbook_globals }

@@ -38,7 +38,9 @@ return playbook {
     pg_new = { host = "/run/postgresql", port = 5432, user = "postgres" },
     config = { flake = "/etc/nixos", host = "hwc-server", ref = "", profile = "" },
     backup_dir = "/var/backups/hrun-migration/phase1",
-    proxy = { file = "" },                 -- a Traefik dynamic configuration file ("" = no proxy step)
+    proxy = { file = "", unit = "" },      -- a Traefik dynamic configuration file ("" = no proxy step),
+                                           -- and a unit to reload when it changes ("": the proxy
+                                           -- watches the file, as Traefik's file provider does)
     offsite = { unit = "", max_age = 86400 }, -- the offsite backup that must have succeeded lately
     algo = "xxh128",
     max_downtime = 0,                      -- seconds a service may be down (0 = not checked)
@@ -89,8 +91,18 @@ return playbook {
     step "start the services in order" {
       run = function(ctx) migrate.start(ctx, ctx.params.services) end,
     },
+    -- the proxy reloads once its routes changed, and again after a rollback put them back
+    handler "reload the proxy" {
+      run = function(ctx)
+        local unit = ctx.params.proxy.unit
+        if unit and unit ~= "" then
+          service.reload(unit)
+        end
+      end,
+    },
     step "route the proxy to NixOS" {
       when = function(ctx) return ctx.params.proxy.file ~= "" end,
+      notify = { "reload the proxy" },
       run = function(ctx) fs.write(ctx.params.proxy.file, migrate.routes(ctx.params.services, "phase 1")) end,
     },
   },

@@ -474,6 +474,10 @@ function Runner:before(call, ...)
       error(refusal(call, def), 0)
     end
   end
+  if not cur and not self.plan then
+    error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
+      call.name), 0)
+  end
   local already = self:already_so(call, args, ...)
   if already ~= nil then
     return true, already
@@ -505,10 +509,6 @@ function Runner:before(call, ...)
       return true, self.priv.trusted(self.plan_flake_edit, self, call.name, plain_args(...))
     end
     return true, placeholder(call.name, preview, ...)
-  end
-  if not cur then
-    error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
-      call.name), 0)
   end
   -- the inverse is computed (and what the write destroys saved) before the intent is
   -- committed, and the intent before the write: after a crash, the journal knows. So is
