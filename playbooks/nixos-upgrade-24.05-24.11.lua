@@ -187,7 +187,14 @@ return playbook {
         fs.mkdir(p.backup_dir, { parents = true, mode = "0700" })
         local opts = pg_opts(p)
         opts.keep = true -- a rollback leaves the dump: it is the copy a person wants afterwards
-        local d = pg.dumpall(p.backup_dir .. "/postgresql-pre-" .. p.to .. ".sql", opts)
+        local file = p.backup_dir .. "/postgresql-pre-" .. p.to .. ".sql"
+        if fs.exists(file) then -- an earlier attempt's dump stays as it is; this one is beside it
+          file = string.format("%s/postgresql-pre-%s.%s.sql", p.backup_dir, p.to, migrate.stamp())
+        end
+        local d, err = pg.dumpall(file, opts)
+        if not d then
+          error(err, 0)
+        end
         ctx.state.dump = d
         if not d.planned then
           ctx.log("%s: %d bytes, sha256 %s", d.file, d.bytes, d.sha256)

@@ -231,7 +231,9 @@ local migrations = {
       phase TEXT NOT NULL,             -- its phase: the handler runs at that phase's end
       handler TEXT NOT NULL,           -- the handler's name
       scope TEXT NOT NULL,             -- 'phase' or 'playbook': where the handler is defined
-      handled INTEGER REFERENCES steps(id)  -- the handler's run that handled it
+      handled INTEGER REFERENCES steps(id), -- the handler's run that handled it
+      begun INTEGER REFERENCES steps(id)    -- the handler's run that began on it (it may have
+                                            -- restarted a service before it failed)
     );
     CREATE INDEX notifications_run ON notifications(run);
     ALTER TABLE runs ADD COLUMN selection TEXT;
@@ -571,16 +573,26 @@ function Journal:handled(ids, handler_step)
   end
 end
 
--- The handlers to run again after a rollback: those a handled notification names whose
--- notifying step is undone, and those whose run after an earlier rollback failed.
+-- A handler's run began on these notifications (ids), before any of its writes.
+function Journal:begun(ids, handler_step)
+  for _, id in ipairs(ids) do
+    self:write("UPDATE notifications SET begun = ? WHERE id = ?", handler_step, id)
+  end
+end
+
+-- The handlers to run again after a rollback: those a notification names whose handler's
+-- run ended, or began and wrote (it may have restarted the service before it failed, or
+-- before a crash), and whose notifying step is undone; and those whose run after an
+-- earlier rollback failed.
 function Journal:handlers_to_rerun(run)
   -- a playbook's handler once, whatever phases notified it (min(): the first's phase)
   return self.db:query([[SELECT min(n.id) AS first, n.phase, n.handler, n.scope,
       group_concat(DISTINCT s.name) AS steps FROM notifications n JOIN steps s ON n.step = s.id
-      WHERE n.run = ? AND n.handled IS NOT NULL AND s.undo_status = 'undone'
+      WHERE n.run = ? AND (n.handled IS NOT NULL OR EXISTS (SELECT 1 FROM effects e WHERE e.step = n.begun))
+      AND s.undo_status = 'undone'
       AND NOT EXISTS (SELECT 1 FROM steps h WHERE h.run = n.run AND h.kind = 'rollback-handler'
         AND h.name = n.handler AND h.status = 'done'
-        AND (n.scope = 'playbook' OR h.phase = n.phase) AND h.id > n.handled)
+        AND (n.scope = 'playbook' OR h.phase = n.phase) AND h.id > coalesce(n.handled, n.begun))
       GROUP BY CASE n.scope WHEN 'playbook' THEN '' ELSE n.phase END, n.handler, n.scope
       ORDER BY first]], run)
 end

@@ -813,6 +813,9 @@ function Runner:run_step(step, resumed_state)
     id = self.journal:new_step({ run = self.run_id, phase = step.phase, name = step.name, kind = step.kind,
       has_undo = step.undo ~= nil, irreversible = step.irreversible, started = started, playbook = self.pb_hash })
     self.last_step_id = id
+    if step.notes then -- a handler's run: it began on these notifications (with its row)
+      self.journal:begun(step.notes, id)
+    end
     self:maybe_crash("step-start")
   end
   self:emit({ event = "step-start", phase = step.phase, step = step.name })

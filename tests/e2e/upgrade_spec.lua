@@ -83,10 +83,12 @@ describe("the NixOS upgrade playbook", function()
     ok(fs.exists(h.backups .. "/postgresql-pre-24.11.sql"))
     ok(fs.exists(h.etc .. ".backup.24.05/flake.nix"))
     eq(fs.read(h.nix .. "/activations"), "", "nothing was activated")
-    -- a second attempt keeps the first's copy and makes its own beside it
+    -- a second attempt keeps the first's copy and dump, and makes its own beside them
     r = hrun_on(h, { PLAYBOOK })
     eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout .. r.stderr, "a broken release, as the test asked")
     eq(#fs.glob(h.etc .. ".backup.24.05.*"), 1, "a second copy, stamped")
+    eq(#fs.glob(h.backups .. "/postgresql-pre-24.11.*.sql"), 1, "a second dump, stamped")
   end)
 
   it("rolls back when units fail to activate: the generation before is active again", function()

@@ -196,6 +196,44 @@ return playbook {
     eq(shown(state).status, "rolled-back")
   end)
 
+  -- the trap in its commonest form: the handler restarts the service, then its own health
+  -- check fails (or hrun is killed after the restart): the rollback restores the file and
+  -- runs the handler again, so the service is not left on the new configuration
+  it("that fail after they acted run again after the rollback, on the restored file", function()
+    local d = tmpdir()
+    fs.mkdir(d .. "/data")
+    fs.write(d .. "/data/conf", "port=1\n")
+    local p = playbook_file(d, "restart.lua", [[
+return playbook {
+  name = "restart", params = { dir = "" },
+  phase "config" {
+    handler "restart web" { run = function(ctx)
+      local conf = fs.read(ctx.params.dir .. "/conf")
+      exec.sh("echo restart:$(cat " .. ctx.params.dir .. "/conf) >> " .. ctx.params.dir .. "/seen")
+      if conf:find("port=2", 1, true) then error("not healthy on port 2") end
+    end },
+    step "conf" { notify = { "restart web" }, run = function(ctx)
+      fs.write(ctx.params.dir .. "/conf", "port=2\n")
+    end },
+  },
+}]])
+    local data, state = d .. "/data", d .. "/state"
+    local r = run(p, data, state)
+    eq(r.code, 1, r.stdout .. r.stderr)
+    eq(fs.read(data .. "/conf"), "port=1\n")
+    eq(fs.read(data .. "/seen"), "restart:port=2\nrestart:port=1\n")
+    eq(shown(state).status, "rolled-back")
+    -- killed after the restart's effect: hrun rollback restores the file, then restarts
+    fs.remove(data .. "/seen")
+    r = run(p, data, d .. "/state2", {}, { env = { HRUN_TEST_CRASH = "effect-done:2" } })
+    eq(r.signal, "SIGKILL", r.stdout .. r.stderr)
+    eq(fs.read(data .. "/seen"), "restart:port=2\n")
+    r = hrun_cmd({ "rollback", "--state", d .. "/state2" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(data .. "/conf"), "port=1\n")
+    eq(fs.read(data .. "/seen"), "restart:port=2\nrestart:port=1\n")
+  end)
+
   it("notified before a crash run when the run resumes, and not twice", function()
     local p, data, state = setup()
     -- killed right after the first step's end is committed: restart web is pending
