@@ -636,14 +636,22 @@ end
 
 -- Records a collection (hrun gc); marks the runs it made not rollbackable.
 function Journal:collection(c)
-  self:write([[INSERT INTO collections (older_than, dry_run, removed, failed, runs, started, ended)
+  local _, id = self:write([[INSERT INTO collections (older_than, dry_run, removed, failed, runs, started, ended)
       VALUES (?, ?, ?, ?, ?, ?, ?)]], c.older_than, c.dry_run and 1 or 0, codec.encode(c.removed),
     codec.encode(c.failed), codec.encode(c.runs), c.started, c.ended)
   if not c.dry_run then
-    for _, id in ipairs(c.runs) do
-      self:write("UPDATE runs SET collected = coalesce(collected, ?) WHERE id = ?", c.ended, id)
+    for _, run in ipairs(c.runs) do
+      self:write("UPDATE runs SET collected = coalesce(collected, ?) WHERE id = ?", c.started, run)
     end
   end
+  self:commit()
+  return id
+end
+
+-- A collection's end: what it removed and could not remove (durable).
+function Journal:collection_end(id, removed, failed, ended)
+  self:write("UPDATE collections SET removed = ?, failed = ?, ended = ? WHERE id = ?", codec.encode(removed),
+    codec.encode(failed), ended, id)
   self:commit()
 end
 

@@ -1061,22 +1061,34 @@ function M.gc(priv, opts, state, older_than)
         undo = held and needs_undo(finished[id]) }
     end
   end
-  local btrfs = require "hrun.btrfs"
+  -- the runs that lose what their undo needs are journaled collected before anything is
+  -- removed: killed in the middle, gc leaves no run that looks rollbackable and is not
   for _, it in ipairs(items) do
+    if it.undo and not marked[it.run] then
+      marked[it.run] = true
+      runs[#runs + 1] = it.run
+    end
+  end
+  table.sort(runs)
+  local collection
+  if not opts.dry_run then
+    collection = j:collection({ older_than = older_than, removed = json.array(), failed = json.array(),
+      runs = json.array(runs), started = started })
+  end
+  local btrfs = require "hrun.btrfs"
+  for n, it in ipairs(items) do
     local ok, err = true, nil
     if not opts.dry_run then
+      if os.getenv("HRUN_TEST_CRASH") == "gc-remove:" .. n then -- the tests' fault injection
+        priv.crash()
+      end
       if it.kind == "restore aside" then
         ok, err = btrfs.delete(it.path, { recursive = true })
       else
         ok, err = fs.remove(it.path, { recursive = true })
       end
     end
-    if ok then
-      if it.undo and not marked[it.run] then
-        marked[it.run] = true
-        runs[#runs + 1] = it.run
-      end
-    else
+    if not ok then
       failed[#failed + 1] = { path = it.path, error = tostring(err) }
       it.error = tostring(err)
     end
@@ -1089,17 +1101,14 @@ function M.gc(priv, opts, state, older_than)
         it.error and (": " .. it.error) or ""))
     end
   end
-  table.sort(runs)
-  local ended = sys.now()
-  if not opts.dry_run then
+  if collection then
     local removed = {}
     for _, it in ipairs(items) do
       if not it.error then
         removed[#removed + 1] = { kind = it.kind, path = it.path, run = it.run }
       end
     end
-    j:collection({ older_than = older_than, removed = json.array(removed), failed = json.array(failed),
-      runs = json.array(runs), started = started, ended = ended })
+    j:collection_end(collection, json.array(removed), json.array(failed), sys.now())
   end
   local summary = string.format("%s %d of %d item%s left by runs that ended before %s%s", opts.dry_run and
     "gc --dry-run: would remove" or "gc: removed", #items - #failed, #items, #items == 1 and "" or "s",

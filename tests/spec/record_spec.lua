@@ -226,6 +226,29 @@ return playbook { name = "restore", params = { mnt = "", stop = false },
     end },
   } }]]
 
+  -- killed in the middle, gc has journaled first which runs lose what their undo needs:
+  -- none of them looks rollbackable and is not
+  it("journals the runs it makes not rollbackable before it removes anything", function()
+    local d = tmpdir()
+    fs.mkdir(d .. "/data")
+    fs.write(d .. "/data/a", "old a")
+    fs.write(d .. "/data/b", "old b")
+    local p = playbook_file(d, "two.lua", [[
+return playbook { name = "two", params = { dir = "" },
+  phase "p" { step "s" { run = function(ctx)
+    fs.write(ctx.params.dir .. "/a", "new a")
+    fs.write(ctx.params.dir .. "/b", "new b")
+  end } } }]])
+    local state = d .. "/state"
+    eq(hrun_cmd({ p, "--state", state, "-p", "dir=" .. d .. "/data" }).code, 0)
+    local r = hrun_cmd({ "gc", "--older-than", "0s", "--state", state }, { env = { HRUN_TEST_CRASH = "gc-remove:1" } })
+    eq(r.signal, "SIGKILL", r.stdout .. r.stderr)
+    r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    has(r.stderr, "run 1 can no longer be rolled back: hrun gc removed what its undo needs")
+    eq(fs.read(d .. "/data/a"), "new a", "nothing half undone")
+  end)
+
   it("removes the restore asides and stashes of finished runs, never an unfinished run's", function()
     local mnt, _, dir = btrfs_volume(1)
     btrfs.create(mnt .. "/@data")
