@@ -648,6 +648,24 @@ function Journal:collection(c)
   return id
 end
 
+-- A write (btrfs.prune) deleted these paths: the finished runs not rolled back whose
+-- restore set one of them aside lose what their undo needs, journaled as collected at
+-- `time` (hrun rollback then refuses them, as after hrun gc). Returns those runs.
+function Journal:collect_asides(paths, time)
+  local gone, seen, runs = {}, {}, {}
+  for _, p in ipairs(paths) do
+    gone[p] = true
+  end
+  for _, a in ipairs(self:restore_asides(math.huge)) do
+    if gone[a.path] and not a.undone and a.status ~= "rolled-back" and not seen[a.run] then
+      seen[a.run] = true
+      runs[#runs + 1] = a.run
+      self:write("UPDATE runs SET collected = coalesce(collected, ?) WHERE id = ?", time, a.run)
+    end
+  end
+  return runs
+end
+
 -- A collection's end: what it removed and could not remove (durable).
 function Journal:collection_end(id, removed, failed, ended)
   self:write("UPDATE collections SET removed = ?, failed = ?, ended = ? WHERE id = ?", codec.encode(removed),

@@ -523,7 +523,8 @@ function Runner:before(call, ...)
     preview = preview })
   local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
     args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
-  self.effect_stack[#self.effect_stack + 1] = { id = id, before = before, counts = counts_as_change(call.name, args) }
+  self.effect_stack[#self.effect_stack + 1] = { id = id, before = before, counts = counts_as_change(call.name, args),
+    prune_dir = call.name == "btrfs.prune" and args[1] or nil }
   -- temporaries the write makes are named from the run and the effect: found after a crash
   self.priv.seteffect(self.run_id, id)
   self:maybe_crash("effect-intent")
@@ -627,6 +628,17 @@ function Runner:after(call, nres, ...)
   if top.before and status ~= "failed" then
     after = self.priv.trusted(restate, self.priv, top.before)
     self.step_effects[#self.step_effects + 1] = top
+  end
+  if top.prune_dir and status == "done" and type(first) == "table" and type(first.deleted) == "table" then
+    -- a restore's aside a finished run's rollback needs, pruned: that run is collected
+    local paths = {}
+    for _, name in ipairs(first.deleted) do
+      paths[#paths + 1] = top.prune_dir .. "/" .. name
+    end
+    for _, run in ipairs(self.journal:collect_asides(paths, sys.now())) do
+      self:emit({ event = "log", phase = self.current and self.current.phase, step = self.current and self.current.name,
+        message = string.format("run %d can no longer be rolled back: this prune deleted what its undo needs", run) })
+    end
   end
   self.journal:effect_end(id, status, result, err, sys.now(), after)
   self:maybe_crash("effect-done")

@@ -249,6 +249,29 @@ return playbook { name = "two", params = { dir = "" },
     eq(fs.read(d .. "/data/a"), "new a", "nothing half undone")
   end)
 
+  -- a journaled btrfs.prune that deletes an aside a finished run's undo needs says so,
+  -- and that run is collected as after hrun gc
+  it("a prune of a finished run's aside makes that run collected", function()
+    local mnt, _, dir = btrfs_volume(1)
+    btrfs.create(mnt .. "/@data")
+    btrfs.snapshot(mnt .. "/@data", mnt .. "/pre", { readonly = true })
+    local state = dir .. "/state"
+    local p = playbook_file(dir, "restore.lua", RESTORE)
+    eq(hrun_cmd({ p, "--state", state, "-p", "mnt=" .. mnt }).code, 0)
+    eq(hrun_cmd({ p, "--state", state, "-p", "mnt=" .. mnt }).code, 0)
+    local prune = playbook_file(dir, "prune.lua", [[
+return playbook { name = "prune", params = { mnt = "" },
+  phase "p" { step "prune" { irreversible = true, run = function(ctx)
+    btrfs.prune(ctx.params.mnt, { keep_last = 1, asides_of = "@data" })
+  end } } }]])
+    local r = hrun_cmd({ prune, "--state", state, "-p", "mnt=" .. mnt })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "run 1 can no longer be rolled back: this prune deleted what its undo needs")
+    eq(#fs.glob(mnt .. "/@data.hrun-1-*"), 0)
+    has(hrun_cmd({ "show", "1", "--state", state }).stdout, "  collected  ")
+    ok(not hrun_cmd({ "show", "2", "--state", state }).stdout:find("  collected  ", 1, true), "run 2's aside is kept")
+  end)
+
   it("removes the restore asides and stashes of finished runs, never an unfinished run's", function()
     local mnt, _, dir = btrfs_volume(1)
     btrfs.create(mnt .. "/@data")
