@@ -1166,6 +1166,7 @@ static const hrun_Prim hash_prims[] = {
     {.name = "export",
      .func = hash_export,
      .kind = HRUN_WRITE,
+     .opts = 3,
      .cap = "hash",
      .inverse = hash_export_inverse,
      .state = hash_export_state,

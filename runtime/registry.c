@@ -71,14 +71,14 @@ static hrun_Call describe_call(lua_State *L, const Entry *e, int nargs)
 }
 
 /*
-** [-0, +0, e] keep = true in a write's options table (its last argument): taken out
+** [-0, +0, e] keep = true in a write's options table (at hrun_Prim.opts): taken out
 ** before the primitive checks its options — the primitive gets a copy without it, the
 ** caller's table is left as it was — and returned, for the hooks (the runner journals
 ** the effect as kept: a rollback leaves it). Every write that takes options has it.
 */
 static int take_keep(lua_State *L, const Entry *e)
 {
-    int n = lua_gettop(L);
+    int n = e->prim->opts; /* only its options: never a request's body or an argv */
     if (e->prim->kind != HRUN_WRITE || n < 1 || lua_type(L, n) != LUA_TTABLE) return 0;
     lua_pushliteral(L, "keep");
     int t = lua_rawget(L, n);

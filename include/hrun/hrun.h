@@ -86,6 +86,10 @@ typedef struct hrun_Prim {
     ** only for misuse (the call itself then says what is wrong). The runner neither runs
     ** nor journals such a call, and the step counts it ok. NULL: every call changes. */
     lua_CFunction unchanged;
+    /* For a write: the position of its options table (fs.write's {mode} is 3), where the
+    ** dispatcher takes `keep = true` out of it before the hooks and the write see it; 0:
+    ** it takes no options (and cannot be kept). */
+    int opts;
 } hrun_Prim;
 
 /* Targets functions for the common shapes: argument 1, argument 2, arguments 1 and 2;

@@ -111,6 +111,24 @@ return playbook { name = "bad", params = { dir = "" },
     eq(fs.exists(data .. "/x"), false)
   end)
 
+  -- keep is taken from a write's options only: a request's body (or an argv) that has a
+  -- key named keep goes as it is
+  it("takes keep from a write's options, never from a body", function()
+    local url = http_server()
+    local d = tmpdir()
+    local p = playbook_file(d, "post.lua", [[
+return playbook { name = "post", params = { url = "" },
+  phase "p" { step "s" { irreversible = true, run = function(ctx)
+    local r = http.post(ctx.params.url .. "/echo", { keep = true, n = 1 })
+    ctx.log("sent %s", json.decode(r.body).body)
+    http.post(ctx.params.url .. "/echo", "x", { keep = true })
+  end } } }]])
+    local r = hrun_cmd({ p, "--state", d .. "/state", "-p", "url=" .. url, "-v" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, 'sent {"keep":true,"n":1}')
+    has(r.stdout, "[kept")
+  end)
+
   it("keeps a kept write through hrun rollback of a finished run, in the sandbox too", function()
     local d = tmpdir()
     fs.mkdir(d .. "/data")
