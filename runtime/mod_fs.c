@@ -1288,6 +1288,23 @@ static int fs_write_unchanged(lua_State *L)
     return 1;
 }
 
+/* fs.write as playbooks call it: the same bytes already there (and the mode, when given)
+** are left as they are — nothing written, the file's times kept — as a run leaves them,
+** where such a write is not journaled either (fs.edit and fs.template lean on it). */
+static int fs_write_call(lua_State *L)
+{
+    static const char *const opts[] = {"mode", NULL};
+    size_t len;
+    hrun_checkpath(L, 1, NULL); /* misuse raises as the write would */
+    if (hrun_tobytes(L, 2, &len) == NULL) luaL_typeerror(L, 2, "string or secret");
+    hrun_checkopts(L, 3, opts);
+    opt_mode(L, 3, (mode_t)-1);
+    fs_write_unchanged(L); /* arguments 1..3, then the path or nil */
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 1);
+    return hrun_fs_write(L);
+}
+
 /* fs.mkdir: a directory is there (its mode is left as it is, as mkdir -p does) */
 static int fs_mkdir_unchanged(lua_State *L)
 {
@@ -1385,7 +1402,7 @@ static const hrun_Prim fs_prims[] = {
     {.name = "list", .func = fs_list, .kind = HRUN_READ, .cap = "fs", .targets = hrun_targets_arg1},
     {.name = "glob", .func = fs_glob, .kind = HRUN_READ, .cap = "fs", .targets = glob_targets},
     {.name = "write",
-     .func = hrun_fs_write,
+     .func = fs_write_call,
      .kind = HRUN_WRITE,
      .opts = 3,
      .cap = "fs",

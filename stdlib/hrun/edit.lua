@@ -99,8 +99,9 @@ local function read(fname, fs, path, missing_ok, hint)
   return data
 end
 
-local function write(fname, fs, path, data, mode)
-  local ok, r, msg, code = pcall(fs.write, path, data, mode ~= nil and { mode = mode } or nil)
+local function write(fname, fs, path, data, mode, keep)
+  local opts = (mode ~= nil or keep ~= nil) and { mode = mode, keep = keep } or nil
+  local ok, r, msg, code = pcall(fs.write, path, data, opts)
   if not ok then
     if type(r) ~= "string" then
       error(r, 0)
@@ -119,7 +120,7 @@ end
 local DEFAULT_MARKER = "# {mark} MANAGED BY HRUN"
 local EDIT_KEYS = { line = true, regexp = true, after = true, before = true, block = true, marker = true,
   absent = true }
-local CALL_KEYS = { create = true, mode = true }
+local CALL_KEYS = { create = true, mode = true, keep = true }
 
 -- The lines of data: {text, term} with term "\n", "\r\n" or "" (a last line without one).
 local function split(data)
@@ -360,7 +361,7 @@ local function edit(fs, path, spec)
     end
   else
     edits[1] = check_edit(who, "", spec)
-    opts.create, opts.mode = spec.create, spec.mode
+    opts.create, opts.mode, opts.keep = spec.create, spec.mode, spec.keep
   end
   if opts.create ~= nil and type(opts.create) ~= "boolean" then
     fail("%s: create: true or false expected, got %s", who, type(opts.create))
@@ -386,14 +387,16 @@ local function edit(fs, path, spec)
     end
   end
   local new = join(lines)
-  if old and new == old or not old and new == "" then
+  if not old and new == "" then
     return { path = path, changed = false }
   end
-  local ok, werr, wcode = write(fname, fs, path, new, opts.mode)
+  -- the same bytes go to fs.write too: in a run it finds them already so (nothing written,
+  -- nothing journaled); in a plan it knows whether an earlier planned write changes them
+  local ok, werr, wcode = write(fname, fs, path, new, opts.mode, opts.keep)
   if not ok then
     return nil, werr, wcode
   end
-  return { path = path, changed = true }
+  return { path = path, changed = new ~= old }
 end
 
 -- }======================================================
@@ -602,26 +605,27 @@ local function template(fs, src, dst, vars, opts, k)
     fail("bad argument #4 to 'fs.template' (a table of options expected, got %s)", type(opts))
   end
   opts = opts or {}
-  check_keys(fname, "", opts, { mode = true })
+  check_keys(fname, "", opts, { mode = true, keep = true })
   check_mode(fname, opts.mode)
   local text, msg, code = read(fname, fs, src)
   if text == nil then
     return nil, msg, code
   end
   local new = M.render(text, vars, src, k)
+  local changed = true
   if not k.is_secret(new) then -- a secret's bytes are fs.write's to compare
     local old, omsg, ocode = read(fname, fs, dst, true)
     if old == nil then
       return nil, omsg, ocode
-    elseif old == new then
-      return { path = dst, changed = false }
     end
+    changed = old ~= new
   end
-  local ok, werr, wcode = write(fname, fs, dst, new, opts.mode)
+  -- the same bytes go to fs.write too (see fs.edit)
+  local ok, werr, wcode = write(fname, fs, dst, new, opts.mode, opts.keep)
   if not ok then
     return nil, werr, wcode
   end
-  return { path = dst, changed = true }
+  return { path = dst, changed = changed }
 end
 
 -- }======================================================

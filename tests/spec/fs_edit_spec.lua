@@ -413,6 +413,26 @@ describe("fs.edit and fs.template in playbooks", function()
     ok(not out.stdout:find("s3cret", 1, true), out.stdout)
   end)
 
+  -- a plan's edit of a file an earlier planned write changes is a planned write, not ok:
+  -- what the run finds is not what is there now
+  it("are planned writes in a plan when an earlier planned write changes their file", function()
+    local d = tmpdir()
+    fs.write(d .. "/c", "a=0\nb=2\n")
+    local p = playbook_file(d, "ed.lua", [[
+return playbook { name = "ed", params = { dir = "" },
+  phase "p" {
+    step "reset" { run = function(ctx) fs.write(ctx.params.dir .. "/c", "a=1\n") end },
+    step "ensure" { run = function(ctx) fs.edit(ctx.params.dir .. "/c", { line = "b=2" }) end },
+  } }]])
+    local r = hrun_cmd({ "plan", p, "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "plan: 2 writes")
+    ok(not r.stdout:find("step ensure: ok", 1, true), r.stdout)
+    r = hrun_cmd({ p, "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(d .. "/c"), "a=1\nb=2\n")
+  end)
+
   it("is known to hrun check: a misspelt name is an error, an undeclared capability a warning", function()
     local d = tmpdir()
     local p = sandboxed_playbook(d, { caps = { "exec:true" }, name = "lint", steps = [[

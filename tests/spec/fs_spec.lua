@@ -78,6 +78,20 @@ describe("fs.write and fs.read", function()
     fails("EACCES", d .. "/ro/f", fs.write, d .. "/ro/f", "x")
   end)
 
+  it("leaves the same bytes alone: no write, the same inode and times; another mode is set", function()
+    local d = tmpdir()
+    local f = d .. "/f"
+    fs.write(f, "same\n", { mode = "0640" })
+    local st = fs.stat(f)
+    sys.sleep(0.02) -- past the filesystem's timestamp granularity
+    eq(fs.write(f, "same\n"), f)
+    eq({ fs.stat(f).ino, fs.stat(f).mtime_ns }, { st.ino, st.mtime_ns })
+    eq(fs.write(f, "same\n", { mode = "0600" }), f)
+    eq(fs.stat(f).mode, tonumber("600", 8))
+    eq(fs.write(f, "other\n"), f)
+    eq(fs.read(f), "other\n")
+  end)
+
   it("raises on misuse", function()
     checkerr("bad argument #1 to 'fs.write' (string expected, got number)", fs.write, 1, "x")
     checkerr("bad argument #2 to 'fs.write' (string or secret expected, got no value)", fs.write, "/tmp/x")
