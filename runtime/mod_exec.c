@@ -759,6 +759,23 @@ static int add_env(lua_State *L, hrun_Target *t, int n)
     return n;
 }
 
+/* [-0, +?, -] creates and removes: paths whose existence the call reads (relative ones
+** from cwd), each under fs: a sandboxed playbook learns of no path beyond its scope. */
+static int add_guards(lua_State *L, hrun_Target *t, int n)
+{
+    static const char *const guards[] = {"creates", "removes"};
+    if (lua_type(L, 2) != LUA_TTABLE) return n;
+    const char *base = NULL;
+    lua_pushliteral(L, "cwd");
+    if (lua_rawget(L, 2) == LUA_TSTRING) base = lua_tostring(L, -1); /* anchored here */
+    for (int i = 0; i < 2 && n < HRUN_MAXTARGETS; i++) {
+        lua_pushstring(L, guards[i]);
+        if (lua_rawget(L, 2) == LUA_TSTRING)
+            t[n++] = (hrun_Target){"fs", lua_tostring(L, -1), base, 0, 0};
+    }
+    return n;
+}
+
 static int exec_targets(lua_State *L, hrun_Target *t, int shell)
 {
     int n = shell ? (lua_type(L, 1) == LUA_TSTRING ? add_program(L, 1, t, 0) : 0)
@@ -768,7 +785,7 @@ static int exec_targets(lua_State *L, hrun_Target *t, int shell)
         lua_rawget(L, 2);
         n = add_program(L, lua_gettop(L), t, n);
     }
-    return add_env(L, t, n);
+    return add_guards(L, t, add_env(L, t, n));
 }
 
 static int run_targets(lua_State *L, hrun_Target *t)

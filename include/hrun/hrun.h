@@ -39,7 +39,7 @@ typedef struct hrun_Target {
     int set; /* env: the call gives the variable a value (some no sandboxed playbook may) */
 } hrun_Target;
 
-#define HRUN_MAXTARGETS 4
+#define HRUN_MAXTARGETS 6 /* exec: the program, the undo's, env set and unset, creates, removes */
 
 /* Declared with designated initializers: {.name = "write", .func = fs_write, …}. */
 typedef struct hrun_Prim {

@@ -547,6 +547,17 @@ function Runner:already_so(call, args, ...)
         return nil
       end
     end
+    -- exec's creates and removes: a path an earlier planned write makes or removes
+    local opts = (call.name == "exec.run" or call.name == "exec.sh") and args[2]
+    for _, k in ipairs(type(opts) == "table" and { "creates", "removes" } or {}) do
+      local path = rawget(opts, k)
+      if type(path) == "string" and path:sub(1, 1) ~= "/" and type(rawget(opts, "cwd")) == "string" then
+        path = rawget(opts, "cwd") .. "/" .. path
+      end
+      if type(path) == "string" and self.planned_targets[path] then
+        return nil
+      end
+    end
   end
   local cur = self.current
   self:emit({ event = "effect", unchanged = true, planned = self.plan or nil, phase = cur and cur.phase,

@@ -131,6 +131,23 @@ return playbook {
       eq(fs.read(d .. "/t/a"), "one", "a plan changes nothing")
     end)
 
+  it("plans a guarded command whose path an earlier planned write makes or removes", function()
+    local d = tmpdir()
+    local pb = playbook_file(d, "pb.lua", string.format([[
+return playbook {
+  name = "guards",
+  phase "p" {
+    step "make" { run = function() fs.write(%q, "1") end },
+    step "cleanup" { run = function() exec.run({ "rm", %q }, { removes = %q }) end },
+    step "init" { run = function() exec.run({ "touch", "flag" }, { creates = "flag", cwd = %q }) end },
+  },
+}]], d .. "/flag", d .. "/flag", d .. "/flag", d))
+    local r = hrun_cmd({ "plan", pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "plan: 3 writes")
+    ok(not r.stdout:find("already so", 1, true), r.stdout)
+  end)
+
   it("validates the guards like the other options", function()
     local d = tmpdir()
     local pb = playbook_file(d, "pb.lua", [[

@@ -115,6 +115,34 @@ describe("exec.run's env in the sandbox", function()
   end)
 end)
 
+describe("exec.run's creates and removes in the sandbox", function()
+  -- whether a path exists is a read: outside the playbook's fs scope it is refused, not
+  -- answered by a command run or skipped
+  it("need the fs scope of the paths they look at, relative ones from cwd", function()
+    local d = tmpdir()
+    fs.mkdir(d .. "/data")
+    fs.mkdir(d .. "/secret")
+    fs.write(d .. "/secret/file", "x")
+    fs.write(d .. "/data/done", "x")
+    local p = sandboxed(d, { "fs:" .. d .. "/data", "exec:true" }, [[
+      local r = exec.run({ "true" }, { [arg] = dir .. "/secret/file" })
+      ctx.log("skipped: %s", tostring(r.skipped))]])
+    for _, guard in ipairs({ "creates", "removes" }) do
+      local r = run(p, d, guard)
+      eq(r.code, 1, r.stdout)
+      has(r.stdout, "sandbox: exec.run needs the capability 'fs:" .. d .. "/secret/file'")
+    end
+    p = sandboxed(d, { "fs:" .. d .. "/data", "exec:true" }, [[
+      local r = exec.run({ "true" }, { creates = "done", cwd = dir .. "/data" })
+      ctx.log("skipped: %s", tostring(r.skipped))
+      r = exec.run({ "true" }, { creates = "../secret/file", cwd = dir .. "/data" })]])
+    local r = run(p, d)
+    eq(r.code, 1, r.stdout)
+    has(r.stdout, "skipped: creates: " .. d .. "/data/done exists")
+    has(r.stdout, "sandbox: exec.run needs the capability 'fs:" .. d .. "/secret/file'")
+  end)
+end)
+
 describe("sys.env in the sandbox", function()
   it("needs env:NAME, and the whole environment needs every name", function()
     local d = tmpdir()
