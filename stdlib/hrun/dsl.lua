@@ -79,23 +79,20 @@ function Problems:in_order()
   return out
 end
 
--- The lines of a playbook's file, read once per validation (nil where it cannot be read:
--- a chunk from -e, or inside a sandboxed playbook's process, which has no io).
+-- The lines of the playbook's source — the text that was loaded, never a file read here:
+-- a sandboxed playbook's objects name their file themselves, and must not make the
+-- engine read another (nil for any other file).
 function Problems:source(file)
-  self.sources = self.sources or {}
-  if self.sources[file] == nil then
-    local lines = false
-    local f = io and io.open(file, "rb")
-    if f then
-      lines = {}
-      for l in f:lines() do
-        lines[#lines + 1] = l
-      end
-      f:close()
-    end
-    self.sources[file] = lines
+  if file ~= self.source_file or type(self.source_text) ~= "string" then
+    return nil
   end
-  return self.sources[file] or nil
+  if not self.source_lines then
+    self.source_lines = {}
+    for l in (self.source_text .. "\n"):gmatch("([^\n]*)\n") do
+      self.source_lines[#self.source_lines + 1] = l
+    end
+  end
+  return self.source_lines
 end
 
 -- Where field `key` of the object at `loc` (whose fields are `t`) is written: a function
@@ -412,8 +409,11 @@ end
 -- where: {file, line} of the playbook{} call, known from the source ("return playbook
 -- {…}" is a tail call: the call leaves no frame to read it from). capability(text) →
 -- true | nil, why checks a declared capability's grammar.
+-- where: {file, line, source} — the playbook's file, the line of its playbook { and the
+-- text loaded from it (for the lines of fields).
 function M.validate(pb, nearest, where, capability)
   local p = new_problems(nearest)
+  p.source_file, p.source_text = where and where.file, where and where.source
   if M.is_playbook(pb) and where and pb.loc.line < 1 then
     pb.loc = where
   end

@@ -122,7 +122,8 @@ local function load_sandboxed(priv, path, src, state, opts)
     bad(tostring(res))
   end
   local _, line = dsl.is_playbook_source(src)
-  local pb, problems = dsl.validate(res, priv.nearest, { file = path, line = line or 1 }, priv.capability)
+  local pb, problems = dsl.validate(res, priv.nearest, { file = path, line = line or 1, source = src },
+    priv.capability)
   if not pb then
     box:kill()
     bad_playbook(path, problems)
@@ -153,7 +154,8 @@ function M.load_source(priv, path, src, state, sandboxed, opts)
   local ok, res = pcall(chunk)
   local pb, problems
   if ok then
-    ok, pb, problems = pcall(dsl.validate, res, priv.nearest, { file = path, line = line or 1 }, priv.capability)
+    ok, pb, problems = pcall(dsl.validate, res, priv.nearest, { file = path, line = line or 1, source = src },
+      priv.capability)
     res = ok and res or pb -- on failure: the error
   end
   if not ok then

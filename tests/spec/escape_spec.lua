@@ -874,6 +874,25 @@ end)
 -- The engine's decoder fed hostile text directly (what a child could send)
 -- ======================================================
 
+describe("the validation of a sandboxed playbook", function()
+  -- its objects name their own file and line: the engine must read no other file to find
+  -- a field's line (it would tell where `root_password =` is in a file out of scope)
+  it("reads no file the playbook names for its objects' places", function()
+    local d = tmpdir()
+    fs.write(d .. "/private.conf", "a = 1\nb = 2\nroot_password = hunter2\n", { mode = "0600" })
+    local p = book(d, {}, [[ s, ]], string.format([[
+local s = step "x" { run = function() end, root_password = 1 }
+for _, v in pairs(s) do
+  if type(v) == "table" and v.file then v.file = %q; v.line = 1 end
+end
+]], d .. "/private.conf"))
+    local r = hrun_cmd({ "check", p, "--sandbox", "--state", d .. "/state" })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    has(r.stderr, "unknown field 'root_password'")
+    ok(not r.stderr:find(":3: step 'x'", 1, true), "the line of root_password in a file out of scope: " .. r.stderr)
+  end)
+end)
+
 describe("the wire decoder", function()
   it("refuses or decodes hostile messages without crashing the engine", function()
     -- run in a plain script: hrun -e has the private library's wire? a script has only
