@@ -206,7 +206,13 @@ static void read_side(lua_State *L, const char *path, char *why, size_t size)
         }
         return;
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > DIFF_MAX_INPUT) {
+    if (fstat(fd, &st) < 0) {
+        snprintf(why, size, "%s: %s", path, strerror(errno));
+        close(fd);
+        lua_pushboolean(L, 0);
+        return;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > DIFF_MAX_INPUT) {
         char s[32];
         if (!S_ISREG(st.st_mode))
             snprintf(why, size, "%s is not a regular file", path);
