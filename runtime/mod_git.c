@@ -954,6 +954,16 @@ static int l_commit(lua_State *L)
 
 static git_repository *state_repo(lua_State *L);
 
+/* [-0, +1, v] state_repo for an already-so check: in the sandbox, what the repository
+** opens must be in the playbook's scope, as for the call (confine_repo raises; the runner
+** then lets the call itself say so), and its config must send git nowhere else. */
+static git_repository *unchanged_repo(lua_State *L, const char *what)
+{
+    git_repository *r = state_repo(L);
+    if (r) confine_repo(L, what, lua_tostring(L, 1), r);
+    return r;
+}
+
 /* [-0, +0, -] The number of status entries of r, those `show` selects, within the paths
 ** at idx (a list; 0: every path); -1 when it cannot be read. */
 static long status_count(git_repository *r, lua_State *L, int idx, git_status_show_t show)
@@ -994,7 +1004,7 @@ static int commit_unchanged(lua_State *L)
     if (hrun_optbool(L, 3, "allow_empty", 0)) return lua_pushnil(L), 1;
     int all = hrun_optbool(L, 3, "all", 0);
     int paths = opt_paths(L, 3, "git.commit");
-    git_repository *r = state_repo(L);
+    git_repository *r = unchanged_repo(L, "git.commit");
     git_object *head = NULL;
     int so = r && !git_repository_is_bare(r) && git_repository_head_unborn(r) == 0 &&
              git_revparse_single(&head, r, "HEAD^{commit}") == 0 &&
@@ -1472,7 +1482,7 @@ static int tag_unchanged(lua_State *L)
     tag_ref(L, 2, ref, sizeof ref);
     const char *message = hrun_optstring(L, 3, "message", NULL, NULL);
     const char *target = hrun_optstring(L, 3, "target", "HEAD", NULL);
-    git_repository *r = state_repo(L);
+    git_repository *r = unchanged_repo(L, "git.tag");
     git_reference *tag = NULL;
     git_object *want = NULL, *have = NULL, *want_p = NULL, *have_p = NULL;
     int so = r && git_reference_lookup(&tag, r, ref) == 0 &&
@@ -1506,7 +1516,7 @@ static int delete_tag_unchanged(lua_State *L)
     char ref[1024];
     if (lua_type(L, 2) != LUA_TSTRING) return lua_pushnil(L), 1;
     tag_ref(L, 2, ref, sizeof ref);
-    git_repository *r = state_repo(L);
+    git_repository *r = unchanged_repo(L, "git.delete_tag");
     git_reference *tag = NULL;
     int gone = r && git_reference_lookup(&tag, r, ref) == GIT_ENOTFOUND;
     git_reference_free(tag);
