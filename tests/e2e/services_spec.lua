@@ -156,7 +156,8 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     -- the plan changes nothing
     local r = h.run("phase1-non-critical", "plan")
     eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, "would exec.run podman stop -t 2 uptime-kuma  [undo: exec.run podman start uptime-kuma]")
+    has(r.stdout, 'would exec.run podman stop -t 2 uptime-kuma {"timeout":300}  [undo: exec.run podman start ' ..
+      'uptime-kuma {"timeout":300}]')
     ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses")
     eq(h.running("memos"), "true")
 
