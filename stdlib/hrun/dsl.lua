@@ -251,33 +251,43 @@ end
 -- Validation: a checked, plain description of the playbook
 -- ======================================================
 
-local function validate_step(p, s, phase_name)
-  local what = string.format("step '%s'", s.name)
-  local b = s.body
+-- What steps and handlers share: a table of known fields with a run function, and the
+-- numbers of their attempts. Returns the body, or nil when it is not a table.
+local function validate_runnable(p, o, kind, fields)
+  local what = string.format("%s '%s'", kind, o.name)
+  local b = o.body
   if type(b) ~= "table" then
-    p:add(s.loc, "%s: expects a table of fields: step \"%s\" { run = function(ctx) … end }", what, s.name)
+    p:add(o.loc, "%s: expects a table of fields: %s \"%s\" { run = function(ctx) … end }", what, kind, o.name)
     return nil
   end
-  p:fields(s.loc, what, b, step_fields)
+  p:fields(o.loc, what, b, fields)
   if #b > 0 then
-    p:add(s.loc, "%s: has %d unnamed value(s); fields are name = value", what, #b)
+    p:add(o.loc, "%s: has %d unnamed value(s); fields are name = value", what, #b)
   end
   if type(b.run) ~= "function" then
-    p:add(s.loc, "%s: has no run function (run = function(ctx) … end)", what)
+    p:add(o.loc, "%s: has no run function (run = function(ctx) … end)", what)
   end
   if type(b.timeout) == "number" and b.timeout <= 0 then
-    p:add(p:field(s.loc, b, "timeout"), "%s: field 'timeout' must be more than 0 seconds", what)
+    p:add(p:field(o.loc, b, "timeout"), "%s: field 'timeout' must be more than 0 seconds", what)
   end
   if type(b.retries) == "number" and (math.type(b.retries) ~= "integer" or b.retries < 0) then
-    p:add(p:field(s.loc, b, "retries"), "%s: field 'retries' must be a whole number >= 0", what)
+    p:add(p:field(o.loc, b, "retries"), "%s: field 'retries' must be a whole number >= 0", what)
   end
   if type(b.retry_delay) == "number" and b.retry_delay < 0 then
-    p:add(p:field(s.loc, b, "retry_delay"), "%s: field 'retry_delay' must be >= 0", what)
+    p:add(p:field(o.loc, b, "retry_delay"), "%s: field 'retry_delay' must be >= 0", what)
+  end
+  p:strings(o.loc, what, b, "tags")
+  return b, what
+end
+
+local function validate_step(p, s, phase_name)
+  local b, what = validate_runnable(p, s, "step", step_fields)
+  if not b then
+    return nil
   end
   if type(b.resume) == "string" and b.resume ~= "undo" and b.resume ~= "rerun" then
     p:add(p:field(s.loc, b, "resume"), "%s: field 'resume' must be \"undo\" or \"rerun\", got \"%s\"", what, b.resume)
   end
-  p:strings(s.loc, what, b, "tags")
   p:strings(s.loc, what, b, "notify")
   local out = { kind = "step", name = s.name, phase = phase_name, loc = s.loc }
   for k in pairs(step_fields) do
@@ -288,26 +298,10 @@ end
 
 -- A handler: a step's fields but when, verify, confirm, notify (it runs when notified).
 local function validate_handler(p, h, phase_name)
-  local what = string.format("handler '%s'", h.name)
-  local b = h.body
-  if type(b) ~= "table" then
-    p:add(h.loc, "%s: expects a table of fields: handler \"%s\" { run = function(ctx) … end }", what, h.name)
+  local b = validate_runnable(p, h, "handler", handler_fields)
+  if not b then
     return nil
   end
-  p:fields(h.loc, what, b, handler_fields)
-  if #b > 0 then
-    p:add(h.loc, "%s: has %d unnamed value(s); fields are name = value", what, #b)
-  end
-  if type(b.run) ~= "function" then
-    p:add(h.loc, "%s: has no run function (run = function(ctx) … end)", what)
-  end
-  if type(b.timeout) == "number" and b.timeout <= 0 then
-    p:add(p:field(h.loc, b, "timeout"), "%s: field 'timeout' must be more than 0 seconds", what)
-  end
-  if type(b.retries) == "number" and (math.type(b.retries) ~= "integer" or b.retries < 0) then
-    p:add(p:field(h.loc, b, "retries"), "%s: field 'retries' must be a whole number >= 0", what)
-  end
-  p:strings(h.loc, what, b, "tags")
   local out = { kind = "handler", name = h.name, phase = phase_name, loc = h.loc }
   for k in pairs(handler_fields) do
     out[k] = b[k]
