@@ -29,8 +29,7 @@
 /* Where git looks for a NUL to call content binary. */
 #define BINARY_PROBE 8000
 
-/* [-0, +0, m] Appends a line to the list at idx (formatted). */
-static void add_line(lua_State *L, int idx, const char *fmt, ...)
+void hrun_add_line(lua_State *L, int idx, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -83,7 +82,7 @@ static int hunks(lua_State *L, int lines, const char *old, size_t oldlen, const 
     opts.flags = GIT_DIFF_FORCE_TEXT; /* binary content was told apart before */
     if (git_patch_from_buffers(&h->p, old, oldlen, NULL, new, newlen, NULL, &opts) < 0) {
         const git_error *e = git_error_last();
-        add_line(L, lines, "(no diff: libgit2: %s)", e && e->message ? e->message : "failed");
+        hrun_add_line(L, lines, "(no diff: libgit2: %s)", e && e->message ? e->message : "failed");
         lua_settop(L, box - 1);
         return -1;
     }
@@ -113,7 +112,7 @@ static int hunks(lua_State *L, int lines, const char *old, size_t oldlen, const 
             }
             if (l->origin == GIT_DIFF_LINE_CONTEXT_EOFNL || l->origin == GIT_DIFF_LINE_ADD_EOFNL ||
                 l->origin == GIT_DIFF_LINE_DEL_EOFNL) {
-                add_line(L, lines, "\\ No newline at end of file");
+                hrun_add_line(L, lines, "\\ No newline at end of file");
                 continue;
             }
             size_t cl = l->content_len;
@@ -129,8 +128,8 @@ static int hunks(lua_State *L, int lines, const char *old, size_t oldlen, const 
         }
     }
     if (cut > 0)
-        add_line(L, lines, "… %d more lines of the diff not shown (the first %d are)", (int)cut,
-                 DIFF_MAX_LINES);
+        hrun_add_line(L, lines, "… %d more lines of the diff not shown (the first %d are)",
+                      (int)cut, DIFF_MAX_LINES);
     git_patch_free(h->p);
     h->p = NULL;
     lua_settop(L, box - 1);
@@ -150,20 +149,21 @@ void hrun_diff_preview(lua_State *L, const char *path, const char *old, size_t o
     lua_newtable(L);
     int lines = lua_gettop(L);
     if (old && oldlen == newlen && memcmp(old, new, newlen) == 0) {
-        add_line(L, lines, "(no change: %s has these bytes already)", path);
+        hrun_add_line(L, lines, "(no change: %s has these bytes already)", path);
         lua_setfield(L, res, "lines");
         lua_settop(L, res);
         return;
     }
     char a[32], b[32];
-    add_line(L, lines, "--- %s", old ? path : "/dev/null");
-    add_line(L, lines, "+++ %s", path);
+    hrun_add_line(L, lines, "--- %s", old ? path : "/dev/null");
+    hrun_add_line(L, lines, "+++ %s", path);
     if (is_binary(old, oldlen) || is_binary(new, newlen)) {
         if (old)
-            add_line(L, lines, "binary content, not shown: %s → %s", size_text(a, sizeof a, oldlen),
-                     size_text(b, sizeof b, newlen));
+            hrun_add_line(L, lines, "binary content, not shown: %s → %s",
+                          size_text(a, sizeof a, oldlen), size_text(b, sizeof b, newlen));
         else
-            add_line(L, lines, "binary content, not shown: %s", size_text(b, sizeof b, newlen));
+            hrun_add_line(L, lines, "binary content, not shown: %s",
+                          size_text(b, sizeof b, newlen));
     } else {
         /* what people see: every secret masked on both sides, before the diff */
         lua_pushlstring(L, old ? old : "", old ? oldlen : 0);
@@ -267,7 +267,7 @@ void hrun_diff_file(lua_State *L, const char *path, const char *new, size_t newl
         lua_pushstring(L, path);
         lua_setfield(L, -2, "path");
         lua_createtable(L, 1, 0);
-        add_line(L, lua_gettop(L), "(no diff: %s)", why);
+        hrun_add_line(L, lua_gettop(L), "(no diff: %s)", why);
         lua_setfield(L, -2, "lines");
         return;
     }

@@ -252,6 +252,9 @@ void hrun_need_libgit2(lua_State *L);
 ** Diffs of a file's content, for previews (diff.c)
 ** ======================================================= */
 
+/* [-0, +0, m] Appends a line to the list at idx (formatted): a preview's lines. */
+void hrun_add_line(lua_State *L, int idx, const char *fmt, ...);
+
 /* [-0, +1, m] The preview of a change of path's content, old (NULL: a new file) → new:
 ** {lines = {"--- path", "+++ path", "@@ … @@", " context", "-old", "+new", …}, diff =
 ** true, path, added, removed}, both sides masked first; binary content said as such. */

@@ -8,7 +8,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -993,16 +992,6 @@ static int l_diff(lua_State *L)
 
 /* }====================================================== */
 
-/* [-0, +0, m] Appends a line to the list at idx (formatted). */
-static void add_line(lua_State *L, int idx, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
-    lua_rawseti(L, idx, (lua_Integer)lua_rawlen(L, idx) + 1);
-}
-
 /* [-0, +0, m] The lines of a closure diff (at idx) into the list at lines, as nvd
 ** shows them: "~ openssl 3.0.13 → 3.3.2", "+ foo 1.0", "- bar 1.0". */
 static void diff_lines(lua_State *L, int idx, int lines)
@@ -1017,8 +1006,9 @@ static void diff_lines(lua_State *L, int idx, int lines)
         counts[k] = (int)lua_rawlen(L, -1);
         lua_pop(L, 1);
     }
-    add_line(L, lines, "closure: %d changed, %d added, %d removed, %s%d KiB", counts[0], counts[1],
-             counts[2], bytes >= 0 ? "+" : "-", (int)((bytes < 0 ? -bytes : bytes) / 1024));
+    hrun_add_line(L, lines, "closure: %d changed, %d added, %d removed, %s%d KiB", counts[0],
+                  counts[1], counts[2], bytes >= 0 ? "+" : "-",
+                  (int)((bytes < 0 ? -bytes : bytes) / 1024));
     for (int k = 0; k < 3; k++) {
         lua_getfield(L, idx, kinds[k]);
         for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -1); i++) {
@@ -1027,11 +1017,11 @@ static void diff_lines(lua_State *L, int idx, int lines)
             lua_getfield(L, -2, k == 0 ? "from" : "version");
             lua_getfield(L, -3, "to");
             if (k == 0)
-                add_line(L, lines, "~ %s %s → %s", lua_tostring(L, -3), lua_tostring(L, -2),
-                         lua_tostring(L, -1));
+                hrun_add_line(L, lines, "~ %s %s → %s", lua_tostring(L, -3), lua_tostring(L, -2),
+                              lua_tostring(L, -1));
             else
-                add_line(L, lines, "%c %s %s", k == 1 ? '+' : '-', lua_tostring(L, -3),
-                         lua_tostring(L, -2));
+                hrun_add_line(L, lines, "%c %s %s", k == 1 ? '+' : '-', lua_tostring(L, -3),
+                              lua_tostring(L, -2));
             lua_pop(L, 4);
         }
         lua_pop(L, 1);
@@ -1077,7 +1067,7 @@ static int preview_body(lua_State *L)
     if (n < 0) {
         tool_fail(L, "nixos.rebuild", "nixos-rebuild build", "EREBUILD");
         lua_pop(L, 1);
-        add_line(L, lines, "the build fails: %s", lua_tostring(L, -1));
+        hrun_add_line(L, lines, "the build fails: %s", lua_tostring(L, -1));
         lua_setfield(L, res, "error");
     } else {
         built[n] = '\0';
@@ -1096,8 +1086,8 @@ static int preview_body(lua_State *L)
             diff_lines(L, lua_gettop(L), lines);
             lua_setfield(L, res, "diff");
         } else {
-            add_line(L, lines, "builds %s (%s has no current generation to compare with)", built,
-                     profile);
+            hrun_add_line(L, lines, "builds %s (%s has no current generation to compare with)",
+                          built, profile);
         }
     }
     lua_settop(L, lines);
