@@ -731,6 +731,15 @@ function Journal:not_undone(run)
   return self.db:query("SELECT count(*) AS n FROM steps WHERE run = ? AND " .. UNDOABLE, run)[1].n
 end
 
+-- Each state an effect row journaled, before it acted and after: f(state).
+local function each_state(e, f)
+  for _, states in ipairs({ codec.decode(e.before) or {}, codec.decode(e.after) or {} }) do
+    for _, st in ipairs(states) do
+      f(st)
+    end
+  end
+end
+
 -- The targets of a run's effects that are not undone: {{kind, target, effect, op}}.
 function Journal:targets(run)
   local out = {}
@@ -739,15 +748,13 @@ function Journal:targets(run)
       AND coalesce(e.undo_status, '') NOT IN ('undone')
       AND coalesce(s.undo_status, '') <> 'undone' ORDER BY e.id]], run)) do
     local seen = {}
-    for _, states in ipairs({ codec.decode(e.before) or {}, codec.decode(e.after) or {} }) do
-      for _, st in ipairs(states) do
-        local key = tostring(st.kind) .. "\0" .. tostring(st.target)
-        if not seen[key] then
-          seen[key] = true
-          out[#out + 1] = { kind = st.kind, target = st.target, effect = e.id, op = e.op }
-        end
+    each_state(e, function(st)
+      local key = tostring(st.kind) .. "\0" .. tostring(st.target)
+      if not seen[key] then
+        seen[key] = true
+        out[#out + 1] = { kind = st.kind, target = st.target, effect = e.id, op = e.op }
       end
-    end
+    end)
   end
   return out
 end
@@ -758,13 +765,11 @@ function Journal:kept_targets(run)
   local out = {}
   for _, e in ipairs(self.db:query("SELECT before, after FROM effects WHERE run = ? AND kept = 1 AND status = 'done'",
     run)) do
-    for _, states in ipairs({ codec.decode(e.before) or {}, codec.decode(e.after) or {} }) do
-      for _, st in ipairs(states) do
-        if type(st.target) == "string" then
-          out[#out + 1] = st.target
-        end
+    each_state(e, function(st)
+      if type(st.target) == "string" then
+        out[#out + 1] = st.target
       end
-    end
+    end)
   end
   return out
 end
