@@ -669,7 +669,7 @@ function M.resume(priv, opts, arg, state)
   local done = {}
   for _, s in ipairs(r.steps) do
     if s.kind == "step" and s.status == "done" and s.undo_status ~= "undone" then
-      done[s.phase .. "/" .. s.name] = true
+      done[s.phase .. "/" .. s.name] = s -- its row: whether it changed something
     end
   end
   run.resume_done = done

@@ -356,7 +356,9 @@ end
 -- a plan, would) is changed, one that did not is ok; a check that passed is ok.
 function M.outcome(ev)
   local e, st = ev.event, ev.status
-  if e == "step-skip" then
+  if e == "step-skip" and ev.done then -- done before a crash: as the journal says
+    return ev.changed and "changed" or "ok"
+  elseif e == "step-skip" then
     return "skipped"
   elseif e ~= "step-end" and e ~= "check" then
     return nil
@@ -1784,7 +1786,9 @@ function Runner:execute()
           local done = self.resume_done and self.resume_done[ph.name .. "/" .. item.name]
           local skip = not done and (self:tag_skip(item, ph) or self:step_refused(item))
           if done then
-            self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = "done before the crash" })
+            -- counted in the recap as what the journal says it did
+            self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = "done before the crash",
+              done = true, changed = type(done) == "table" and (done.changed == 1 or done.changed == true) })
           elseif skip then
             self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = skip })
           else
