@@ -902,7 +902,12 @@ local function general_help()
     local _, open = usage:gsub("%[", "")
     local _, close = usage:gsub("%]", "")
     usage = usage .. string.rep("]", open - close) -- "[PLAYBOOK.lua …]": what was cut closed
-    lines[#lines + 1] = "  " .. pad(usage, 46) .. commands[name].summary
+    if utf8.len(usage) > 45 then -- too long for its column: the summary on the next line
+      lines[#lines + 1] = "  " .. usage
+      lines[#lines + 1] = "  " .. string.rep(" ", 46) .. commands[name].summary
+    else
+      lines[#lines + 1] = "  " .. pad(usage, 46) .. commands[name].summary
+    end
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "Global options (any command, any position before a script's path):"
