@@ -147,14 +147,7 @@ return playbook {
       run = function(ctx) migrate.start(ctx, { table.unpack(ctx.params.services, 2) }) end,
     },
     -- the proxy reloads once its routes changed, and again after a rollback put them back
-    handler "reload the proxy" {
-      run = function(ctx)
-        local unit = ctx.params.proxy.unit
-        if unit and unit ~= "" then
-          service.reload(unit)
-        end
-      end,
-    },
+    handler "reload the proxy" { run = migrate.reload_proxy },
     step "route the proxy to NixOS" {
       when = function(ctx) return ctx.params.proxy.file ~= "" end,
       notify = { "reload the proxy" },

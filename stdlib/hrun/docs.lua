@@ -209,6 +209,8 @@ M.sections = {
     "docs/reference.md#migrate-lua", {
       { "snapshot", "migrate.snapshot(ctx, mount, subvolumes, {dir, label})",
         "a read-only snapshot of each subvolume: {sub = snapshot}" },
+      { "reload_proxy", "migrate.reload_proxy(ctx)",
+        "the phases' handler: service.reload of proxy.unit, unless it is \"\"" },
       { "stamp", "migrate.stamp()", "a UTC time for names, to the microsecond (btrfs.prune reads it back)" },
       { "restore_changed", "migrate.restore_changed(ctx, mount)",
         "for undo: each subvolume written since its snapshot gets it back" },

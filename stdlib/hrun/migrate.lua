@@ -685,6 +685,16 @@ local function backend(m)
   return m.backend or (m.url and m.url:match("^(%a[%w+.-]*://[^/]+)"))
 end
 
+-- migrate.reload_proxy(ctx): the "reload the proxy" handler of phases 1–3 — proxy.unit
+-- reloaded when the routes changed (and again after a rollback put them back); "" or
+-- none: the proxy watches its file, nothing to reload.
+function M.reload_proxy(ctx)
+  local unit = ctx.params.proxy.unit
+  if unit and unit ~= "" then
+    service.reload(unit)
+  end
+end
+
 -- migrate.routes(moves, label) → the text of a Traefik dynamic configuration file (its
 -- file provider) routing each move's host to its backend on NixOS.
 function M.routes(moves, label)
