@@ -107,25 +107,29 @@ const char *hrun_checkpath(lua_State *L, int arg, size_t *len)
 ** Did you mean …?
 ** ======================================================= */
 
+/* Edits from a to b, a swap of two neighbours counting one ("rnu" is one from "run"):
+** the optimal string alignment distance. */
 static size_t distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
-    size_t row[64];
-    if (lb >= sizeof row / sizeof row[0]) return (size_t)-1;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    size_t rows[3][64], *prev2 = rows[0], *prev = rows[1], *cur = rows[2];
+    if (lb >= 64) return (size_t)-1;
+    for (size_t j = 0; j <= lb; j++) prev[j] = j;
     for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
+        cur[0] = i;
         for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
+            size_t best = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            if (prev[j] + 1 < best) best = prev[j] + 1;
+            if (cur[j - 1] + 1 < best) best = cur[j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                prev2[j - 2] + 1 < best)
+                best = prev2[j - 2] + 1;
+            cur[j] = best;
         }
+        size_t *t = prev2;
+        prev2 = prev, prev = cur, cur = t;
     }
-    return row[lb];
+    return prev[lb];
 }
 
 const char *hrun_nearest(const char *word, const char *const cands[])

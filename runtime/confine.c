@@ -144,6 +144,71 @@ static int priv_sandboxspawn(lua_State *L)
     return 2;
 }
 
+/*
+** priv.spawnchannel(argv, stderr_path [, stdin_path]) → pid, channel | raises: runs argv[1]
+** (searched in PATH) with the engine's environment, in a session of its own (a Ctrl-C at
+** the terminal is the engine's to handle, not the child's: ssh must outlive it for the
+** rollback), its stdin and stdout a message channel (or stdin read from stdin_path, and
+** the channel reading stdout only), its stderr appended to stderr_path. The transport to
+** other hosts: ssh running `hrun agent` at the other end.
+*/
+static int priv_spawnchannel(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const char *errpath = luaL_checkstring(L, 2);
+    const char *inpath = luaL_optstring(L, 3, NULL);
+    int n = (int)luaL_len(L, 1);
+    luaL_argcheck(L, n >= 1 && n < 256, 1, "an argv of 1 to 255 strings expected");
+    char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        argv[i] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1); /* the table keeps the string */
+    }
+    argv[n] = NULL;
+    int to_child[2], from_child[2];
+    if (pipe2(to_child, O_CLOEXEC) != 0) return luaL_error(L, "pipe: %s", strerror(errno));
+    if (pipe2(from_child, O_CLOEXEC) != 0) {
+        int e = errno;
+        close(to_child[0]), close(to_child[1]);
+        return luaL_error(L, "pipe: %s", strerror(e));
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    if (inpath)
+        posix_spawn_file_actions_addopen(&fa, 0, inpath, O_RDONLY, 0);
+    else
+        posix_spawn_file_actions_adddup2(&fa, to_child[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, from_child[1], 1);
+    posix_spawn_file_actions_addopen(&fa, 2, errpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawnattr_init(&attr);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+    extern char **environ;
+    pid_t pid;
+    int err = posix_spawnp(&pid, argv[0], &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    close(to_child[0]), close(from_child[1]);
+    if (err != 0) {
+        close(to_child[1]), close(from_child[0]);
+        return luaL_error(L, "cannot start %s: %s", argv[0], strerror(err));
+    }
+    if (inpath) close(to_child[1]), to_child[1] = -1;
+    lua_pushinteger(L, pid);
+    lua_getfield(L, LUA_REGISTRYINDEX, "hrun.wire.new");
+    lua_pushinteger(L, from_child[0]);
+    lua_pushinteger(L, to_child[1]);
+    lua_call(L, 2, 1);
+    return 2;
+}
+
 static const char *signame(int sig)
 {
     switch (sig) {
@@ -162,16 +227,16 @@ static const char *signame(int sig)
     }
 }
 
-/* priv.sandboxend(pid [, kill]) → how it ended ("exited with code 0", "killed by …"), or
-** nil while it runs (without kill). kill: SIGKILL first, then wait. */
+/* priv.sandboxend(pid [, kill [, wait]]) → how it ended ("exited with code 0", "killed by
+** …"), or nil while it runs (without kill or wait). kill: SIGKILL first, then wait. */
 static int priv_sandboxend(lua_State *L)
 {
     pid_t pid = (pid_t)luaL_checkinteger(L, 1);
-    int kill_it = lua_toboolean(L, 2);
+    int kill_it = lua_toboolean(L, 2), wait_it = lua_toboolean(L, 3);
     if (kill_it) kill(pid, SIGKILL);
     int status;
     pid_t r;
-    do r = waitpid(pid, &status, kill_it ? 0 : WNOHANG);
+    do r = waitpid(pid, &status, kill_it || wait_it ? 0 : WNOHANG);
     while (r < 0 && errno == EINTR);
     if (r == 0) return 0;
     if (r < 0) {
@@ -195,6 +260,8 @@ void hrun_openconfine(lua_State *L)
     lua_setfield(L, -2, "sandboxspawn");
     lua_pushcfunction(L, priv_sandboxend);
     lua_setfield(L, -2, "sandboxend");
+    lua_pushcfunction(L, priv_spawnchannel);
+    lua_setfield(L, -2, "spawnchannel");
 }
 
 /* }====================================================== */

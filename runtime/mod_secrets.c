@@ -401,6 +401,18 @@ static int secrets_read(lua_State *L)
     return 1;
 }
 
+/* secrets._wrap(bytes) → a secret holding them: one that crossed from another host (its
+** agent read it there, or the controller sends it to be written there) */
+static int secrets_wrap(lua_State *L)
+{
+    size_t len;
+    const char *bytes = luaL_checklstring(L, 1, &len);
+    Secret *s = secret_new(L, len);
+    memcpy(s->data, bytes, len);
+    remember_secret(L, s);
+    return 1;
+}
+
 /* secrets.is(v) → whether v is a secret */
 static int secrets_is(lua_State *L)
 {
@@ -427,6 +439,7 @@ static const hrun_Prim secrets_prims[] = {
      .cap = "secrets",
      .targets = read_targets},
     {.name = "is", .func = secrets_is, .kind = HRUN_PURE},
+    {.name = "_wrap", .func = secrets_wrap, .kind = HRUN_PURE},
     {.name = "_mask", .func = secrets_mask, .kind = HRUN_PURE},
     {0},
 };

@@ -302,6 +302,24 @@ static int priv_mask(lua_State *L)
     return 1;
 }
 
+/* secretbytes(secret) → its bytes: for the channel to another host only (ssh's), where
+** the agent must write them; a playbook never gets this function */
+static int priv_secretbytes(lua_State *L)
+{
+    size_t len;
+    const char *b = hrun_tobytes(L, 1, &len);
+    luaL_argcheck(L, b != NULL, 1, "a secret expected");
+    lua_pushlstring(L, b, len);
+    return 1;
+}
+
+/* pid() → this process's id */
+static int priv_pid(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)getpid());
+    return 1;
+}
+
 /* secrets() → how many texts the masker hides (0: nothing to mask) */
 static int priv_secrets(lua_State *L)
 {
@@ -363,6 +381,8 @@ int hrun_openprivate(lua_State *L)
         {"setstrict", priv_setstrict},
         {"memlimit", priv_memlimit},
         {"mask", priv_mask},
+        {"secretbytes", priv_secretbytes},
+        {"pid", priv_pid},
         {"armthread", priv_armthread},
         {"secrets", priv_secrets},
         {"memhit", priv_memhit},

@@ -60,6 +60,7 @@ typedef struct Cap {
 struct hrun_Sandbox {
     int enforce; /* 0: audit (record, refuse nothing) */
     int record;  /* keep what is used, for capsused() (plans) */
+    char *host;  /* another host's capabilities ("fs@old:/DATA"), or NULL: this one's */
     int n;
     Cap caps[];
 };
@@ -630,9 +631,17 @@ static void record(lua_State *L, const char *prim, const char *cap, const char *
     lua_pop(L, 2);
 }
 
-/* [-0, +1, m] "fs:/etc/shadow" for what a call needs (the message names it). */
-static const char *needed(lua_State *L, const char *cap, const char *target, const Url *url)
+/* [-0, +1, m] "fs:/etc/shadow" for what a call needs (the message names it); on another
+** host "fs@old:/DATA/x". */
+static const char *needed(lua_State *L, const char *host, const char *cap, const char *target,
+                          const Url *url)
 {
+    if (host) {
+        const char *capx = lua_pushfstring(L, "%s@%s", cap, host);
+        needed(L, NULL, capx, target, url);
+        lua_remove(L, -2);
+        return lua_tostring(L, -1);
+    }
     if (target == NULL) return lua_pushstring(L, cap);
     if (url && url->sock) return lua_pushfstring(L, "%s:unix:%s", cap, url->sock);
     if (url) {
@@ -651,8 +660,17 @@ static const char *refusal(lua_State *L, const hrun_Sandbox *sb, const char *pri
 {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    lua_pushfstring(L, "sandbox: %s needs the capability '%s', which the playbook does not declare",
-                    prim, need);
+    if (sb->host) { /* need: fs@old:/DATA/x */
+        lua_pushfstring(
+            L,
+            "sandbox: %s on host '%s' needs the capability '%s', which the playbook does not "
+            "declare",
+            prim, sb->host, need);
+    } else {
+        lua_pushfstring(
+            L, "sandbox: %s needs the capability '%s', which the playbook does not declare", prim,
+            need);
+    }
     luaL_addvalue(&b);
     luaL_addstring(&b, sb->n ? " (it declares: " : " (it declares none)");
     for (int i = 0; i < sb->n; i++) {
@@ -694,7 +712,7 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
         else
             ok = cap_covers(c, target, up);
     }
-    const char *need = needed(L, cap, target, up);
+    const char *need = needed(L, sb->host, cap, target, up);
     if (up) url_free(&url);
     if (sb->record && (record_ok || !ok)) record(L, prim, cap, need, ok);
     if (!ok && sb->enforce) {
@@ -824,6 +842,7 @@ static void sandbox_free(hrun_Sandbox *sb)
 {
     if (sb == NULL) return;
     for (int i = 0; i < sb->n; i++) cap_free(&sb->caps[i]);
+    free(sb->host);
     free(sb);
 }
 
@@ -833,9 +852,10 @@ void hrun_sandbox_close(hrun_Runtime *rt)
     rt->sandbox = NULL;
 }
 
-/* sandbox({"fs:/etc", …} [, enforce = true, record = not enforce]) | sandbox(nil): sets or
-** lifts the sandbox; raises for a malformed capability. Setting one starts a new record
-** of what is used (when it records: plans). */
+/* sandbox({"fs:/etc", …} [, enforce = true, record = not enforce [, host]]) | sandbox(nil):
+** sets or lifts the sandbox; raises for a malformed capability. Setting one starts a new
+** record of what is used (when it records: plans). With host, the capabilities are that
+** host's, written with it ("fs@old:/DATA") and refusals name it. */
 static int priv_sandbox(lua_State *L)
 {
     hrun_Runtime *rt = hrun_runtime(L);
@@ -849,11 +869,28 @@ static int priv_sandbox(lua_State *L)
     hrun_Sandbox *sb = calloc(1, sizeof *sb + sizeof(Cap) * (size_t)n);
     if (sb == NULL) return luaL_error(L, "not enough memory");
     sb->enforce = enforce;
-    sb->record = lua_isnone(L, 3) ? !enforce : lua_toboolean(L, 3);
+    sb->record = lua_isnoneornil(L, 3) ? !enforce : lua_toboolean(L, 3);
+    const char *host = luaL_optstring(L, 4, NULL);
+    if (host && (sb->host = strdup(host)) == NULL) {
+        sandbox_free(sb);
+        return luaL_error(L, "not enough memory");
+    }
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
-        const char *text = lua_tostring(L, -1);
-        const char *err = text ? cap_parse(L, text, &sb->caps[sb->n]) : "not a string";
+        const char *text = lua_tostring(L, -1), *parsed = text;
+        if (text && host) { /* "fs@old:/DATA" is parsed as "fs:/DATA" */
+            size_t hl = strlen(host), cl = strcspn(text, "@:");
+            if (text[cl] != '@' || strncmp(text + cl + 1, host, hl) != 0 ||
+                (text[cl + 1 + hl] != ':' && text[cl + 1 + hl] != '\0')) {
+                sandbox_free(sb);
+                return luaL_error(L, "%s: not a capability of host '%s'", text, host);
+            }
+            lua_pushlstring(L, text, cl);
+            lua_pushstring(L, text + cl + 1 + hl);
+            lua_concat(L, 2);
+            parsed = lua_tostring(L, -1);
+        }
+        const char *err = text ? cap_parse(L, parsed, &sb->caps[sb->n]) : "not a string";
         if (err == NULL && (sb->caps[sb->n].text = strdup(text)) == NULL) err = "not enough memory";
         if (err) {
             lua_pushstring(L, err);
@@ -862,12 +899,48 @@ static int priv_sandbox(lua_State *L)
             return lua_error(L);
         }
         sb->n++;
-        lua_pop(L, 1);
+        lua_pop(L, parsed != text ? 2 : 1);
     }
     hrun_sandbox_close(rt);
     rt->sandbox = sb;
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, USED_KEY);
+    return 0;
+}
+
+/* A sandbox set aside: the capabilities of another host, swapped in while a call goes
+** to that host (a playbook's `fs@old:/DATA` is old's `fs:/DATA`). */
+#define SANDBOX_BOX "hrun.sandbox.box"
+
+static int box_gc(lua_State *L)
+{
+    hrun_Sandbox **box = luaL_checkudata(L, 1, SANDBOX_BOX);
+    sandbox_free(*box);
+    *box = NULL;
+    return 0;
+}
+
+/* sandboxbox() → an empty box; sandboxswap(box): the sandbox in force and the box's
+** trade places (swapped twice, each is back) */
+static int priv_sandboxbox(lua_State *L)
+{
+    hrun_Sandbox **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    if (luaL_newmetatable(L, SANDBOX_BOX)) {
+        lua_pushcfunction(L, box_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int priv_sandboxswap(lua_State *L)
+{
+    hrun_Sandbox **box = luaL_checkudata(L, 1, SANDBOX_BOX);
+    hrun_Runtime *rt = hrun_runtime(L);
+    hrun_Sandbox *in_force = rt->sandbox;
+    rt->sandbox = *box;
+    *box = in_force;
     return 0;
 }
 
@@ -1020,9 +1093,17 @@ static int priv_securedir(lua_State *L)
 void hrun_opensandbox(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
-        {"sandbox", priv_sandbox},     {"capability", priv_capability}, {"trusted", priv_trusted},
-        {"allowed", priv_allowed},     {"capsused", priv_capsused},     {"normpath", priv_normpath},
-        {"untrusted", priv_untrusted}, {"securedir", priv_securedir},   {NULL, NULL},
+        {"sandbox", priv_sandbox},
+        {"capability", priv_capability},
+        {"trusted", priv_trusted},
+        {"allowed", priv_allowed},
+        {"capsused", priv_capsused},
+        {"normpath", priv_normpath},
+        {"untrusted", priv_untrusted},
+        {"securedir", priv_securedir},
+        {"sandboxbox", priv_sandboxbox},
+        {"sandboxswap", priv_sandboxswap},
+        {NULL, NULL},
     };
     luaL_setfuncs(L, funcs, 0);
 }

@@ -346,7 +346,12 @@ function Box:serve(m, ctx_seq)
   elseif n < 0 or n > MAX_VALUES then -- what no stub sends
     reply = { t = "error", seq = m.seq, code = "failed", message = "a call with a bad number of arguments" }
   else
-    local res = table.pack(pcall(fn, table.unpack(args, 1, n)))
+    local res
+    if type(m.host) == "string" then -- hosts.NAME.<module>.<fn>: that host's, as the runner routes it
+      res = table.pack(pcall(require("hrun.remote").route, m.host, fn, table.unpack(args, 1, n)))
+    else
+      res = table.pack(pcall(fn, table.unpack(args, 1, n)))
+    end
     if res[1] then
       reply = { t = "result", seq = m.seq, values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
     else

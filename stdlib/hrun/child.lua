@@ -132,6 +132,7 @@ local function special(v)
 end
 
 local call -- call(name, ...): a module function, in the engine
+local call_host -- while hosts.NAME.<module>.<fn> runs: NAME (the engine sends its calls there)
 
 local function engine_fn(id)
   return function(...)
@@ -203,6 +204,7 @@ call = function(target, ...)
     msg.fn = target.fn
   else
     msg.name = target.name
+    msg.host = call_host
   end
   send(msg)
   local r = wait(n)
@@ -426,6 +428,18 @@ local function environment(modules)
     return debug_getmetatable(v) == SECRET
   end
   local env = dsl.environment(stubs)
+  -- hosts.NAME.fs.write(…): the calls made meanwhile name the host; the engine checks
+  -- them against that host's capabilities and sends them there
+  env.hosts = dsl.hosts_view(stubs, function(host, fn, ...)
+    local saved = call_host
+    call_host = host
+    local res = table.pack(pcall(fn, ...))
+    call_host = saved
+    if not res[1] then
+      error(res[2], 0)
+    end
+    return table.unpack(res, 2, res.n)
+  end)
   local function out(text)
     send({ t = "event", kind = "output", text = text })
   end

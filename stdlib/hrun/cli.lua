@@ -79,6 +79,11 @@ local flags = {
   ["--update"] = { key = "update", only = { fetch = true } },
   ["--older-than"] = { key = "older_than", value = "DURATION", only = { gc = true } },
   ["--dry-run"] = { key = "dry_run", only = { gc = true } },
+  ["-H"] = { key = "hosts", value = "NAME=URL", multi = true,
+    only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true } },
+  ["--host"] = { key = "hosts", value = "NAME=URL", multi = true,
+    only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true } },
+  ["--dir"] = { key = "agent_dir", value = "DIR", only = { agent = true } },
 }
 
 local function flag_names()
@@ -102,8 +107,8 @@ local PEERS = {
 
 local commands = {}
 local command_order = { "playbook", "plan", "check", "resume", "rollback", "resolve", "runs", "show", "gc", "hash",
-  "verify", "fetch",
-  "run", "-e", "repl", "version", "help" }
+  "verify", "fetch", "hosts",
+  "run", "-e", "repl", "version", "help", "agent" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
 -- $XDG_STATE_HOME/hrun (~/.local/state/hrun). Created 0700 when `create`.
@@ -872,6 +877,53 @@ commands.version = {
       io.stdout:write("library: ", stdlib_dir, "\n", "sqlite: ", priv.sqlite_version, "\n")
     end
     return EXIT_OK
+  end,
+}
+
+commands.hosts = {
+  usage = "hrun hosts check|trust [NAME…] [PLAYBOOK.lua] [-H NAME=URL…]",
+  summary = "check other hosts, or trust their ssh keys before a run",
+  help = [[
+The hosts a playbook reaches (its hosts = { … }, and -H NAME=URL):
+  check   connects to each: reachable or why not (DNS, refused, key, login), the hrun
+          there (installed, or the portable build hrun uploads), root or not. Exit 1
+          when one is not reachable.
+  trust   fetches each named host's key (all hosts when none is named), shows its
+          fingerprint and, confirmed (or --yes), keeps it in the state directory's
+          known_hosts, which hrun's ssh reads besides yours. Runs never ask: a host
+          whose key is not known is refused at pre-flight.
+Other hosts are reached with the system's ssh (your ssh_config, ProxyJump, agent);
+$HRUN_SSH_CONFIG names another ssh_config file.]],
+  run = function(opts, args)
+    local what = args[1]
+    if what ~= "check" and what ~= "trust" then
+      usage_error("hosts needs check or trust (hrun hosts check PLAYBOOK.lua)")
+    end
+    local names, path = {}, nil
+    for i = 2, #args do
+      if args[i]:match("%.lua$") then
+        path = args[i]
+      else
+        names[#names + 1] = args[i]
+      end
+    end
+    local state = state_dir(opts, true)
+    return play(opts, require("hrun.hostcmd")[what], path, names, state)
+  end,
+}
+
+commands.agent = {
+  usage = "hrun agent [--dir DIR]",
+  summary = "the other end of a controller's channel (started by hrun over ssh)",
+  help = [[
+Serves one controller over stdin and stdout: hrun starts it on another host with
+ssh, and sends it the calls of the steps that run there. Each write is journaled in
+DIR/agent.db (default /var/lib/hrun/agent) before it acts. Not for people to run.]],
+  run = function(opts, args)
+    if #args > 0 then
+      usage_error("agent takes no arguments, got '%s'", args[1])
+    end
+    return require("hrun.agent").main(priv, opts)
   end,
 }
 

@@ -12,18 +12,18 @@ local objects = setmetatable({}, { __mode = "k" }) -- DSL object -> its kind
 
 local playbook_fields = {
   name = "string", version = "string", description = "string", params = "table",
-  capabilities = "table", on_failure = "string",
+  capabilities = "table", on_failure = "string", hosts = "table",
 }
-local phase_fields = { description = "string", when = "function", tags = "table" }
+local phase_fields = { description = "string", when = "function", tags = "table", on = "string" }
 local step_fields = {
   run = "function", undo = "function", verify = "function", when = "function", timeout = "number",
   retries = "number", retry_delay = "number", confirm = "string", resume = "string",
-  description = "string", irreversible = "boolean", tags = "table", notify = "table",
+  description = "string", irreversible = "boolean", tags = "table", notify = "table", on = "string",
 }
 -- handler "name" { run = … }: run once at its phase's end when a step notified it
 local handler_fields = {
   run = "function", undo = "function", timeout = "number", retries = "number", retry_delay = "number",
-  description = "string", tags = "table",
+  description = "string", tags = "table", on = "string",
 }
 
 -- The types a required parameter may have.
@@ -322,6 +322,91 @@ local function add_handler(p, scope, list, seen, h, phase_name)
   list[#list + 1] = validate_handler(p, h, phase_name)
 end
 
+-- hosts = { old = "ssh://root@zimaos.lan", new = "local" }: each a name and where it is
+-- (a URL, or a table {url = …, agent_dir = …, reconnect = seconds}).
+local HOST_FIELDS = { url = "string", agent_dir = "string", reconnect = "number" }
+local function validate_hosts(p, pb, b)
+  local out = {}
+  if type(b.hosts) ~= "table" then
+    return out
+  end
+  local where = p:field(pb.loc, b, "hosts")
+  for name, v in pairs(b.hosts) do
+    local what = string.format("playbook: hosts.%s", tostring(name))
+    if type(name) ~= "string" or not name:match("^[%a_][%w_%-]*$") then
+      p:add(where, "playbook: hosts: a host's name is a word (old, nas-1), got %s", tostring(name))
+    else
+      local h = type(v) == "table" and v or { url = v }
+      for k in pairs(h) do
+        if not HOST_FIELDS[k] then
+          p:add(where, "%s: unknown field '%s' (url, agent_dir, reconnect)", what, tostring(k))
+        end
+      end
+      local parsed, why = require("hrun.remote").parse(h.url)
+      if not parsed then
+        p:add(where, "%s: %s", what, why)
+      elseif name == "local" and not parsed.is_local then
+        p:add(where, "%s: 'local' is this machine: name another host otherwise", what)
+      end
+      if h.agent_dir ~= nil and (type(h.agent_dir) ~= "string" or h.agent_dir:sub(1, 1) ~= "/") then
+        p:add(where, "%s: agent_dir must be an absolute path", what)
+      end
+      if h.reconnect ~= nil and (type(h.reconnect) ~= "number" or h.reconnect < 0) then
+        p:add(where, "%s: reconnect must be a number of seconds >= 0", what)
+      end
+      out[name] = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect }
+    end
+  end
+  return out
+end
+
+-- Every `on` names a host of the playbook (or "local"); a phase's is its steps', checks'
+-- and handlers' unless they say otherwise.
+local function check_on(p, pb_out)
+  local names = { "local" }
+  for k in pairs(pb_out.hosts) do
+    names[#names + 1] = k
+  end
+  table.sort(names)
+  local function known(item, what, on)
+    if on == nil or on == "local" or pb_out.hosts[on] then
+      return
+    end
+    local near = p.nearest(on, names)
+    p:add(p:field(item.loc, item, "on"), "%s: on = \"%s\": the playbook has no such host " ..
+      "(hosts = { %s = \"ssh://…\" })%s", what, on, on, near and string.format(" (did you mean '%s'?)", near) or "")
+  end
+  for _, h in ipairs(pb_out.handlers) do
+    known(h, string.format("handler '%s'", h.name), h.on)
+  end
+  for _, ph in ipairs(pb_out.phases) do
+    known(ph, string.format("phase '%s'", ph.name), ph.on)
+    for _, item in ipairs(ph.items or {}) do
+      if item.on == nil then
+        item.on = ph.on
+      else
+        known(item, string.format("%s '%s'", item.kind, item.name), item.on)
+      end
+    end
+    for _, h in ipairs(ph.handlers or {}) do
+      if h.on == nil then
+        h.on = ph.on
+      else
+        known(h, string.format("handler '%s'", h.name), h.on)
+      end
+    end
+  end
+end
+
+-- A capability of another host: "fs@old:/DATA" → "fs:/DATA", "old"; else text, nil.
+function M.capability_host(text)
+  local name, host, rest = text:match("^([%w]+)@([%w_%-]+)(.*)$")
+  if name then
+    return name .. rest, host
+  end
+  return text, nil
+end
+
 -- Every name in a step's notify is a handler of its phase or of the playbook.
 local function check_notify(p, pb_out)
   local global = {}
@@ -366,7 +451,7 @@ local function validate_phase(p, ph)
   p:fields(ph.loc, what, b, phase_fields)
   p:strings(ph.loc, what, b, "tags")
   local out = { name = ph.name, loc = ph.loc, description = b.description, when = b.when, items = {},
-    tags = b.tags, handlers = {} }
+    tags = b.tags, handlers = {}, on = b.on }
   local seen, handlers_seen = {}, {}
   for i = 1, #b do
     local item = b[i]
@@ -428,14 +513,21 @@ function M.validate(pb, nearest, where, capability)
     p:add(p:field(pb.loc, b, "on_failure"), "playbook: field 'on_failure' must be \"rollback\" or \"stop\", got \"%s\"",
       tostring(b.on_failure))
   end
+  local hosts = validate_hosts(p, pb, b)
   if type(b.capabilities) == "table" then
     for i, c in ipairs(b.capabilities) do
       if type(c) ~= "string" then
         p:add(p:field(pb.loc, b, "capabilities"), "playbook: capabilities[%d] must be a string", i)
-      elseif capability then
-        local ok, why = capability(c)
-        if not ok then
-          p:add(p:field(pb.loc, b, "capabilities"), "playbook: capabilities[%d]: %s", i, why)
+      else
+        local text, host = M.capability_host(c)
+        if host and host ~= "local" and not hosts[host] then
+          p:add(p:field(pb.loc, b, "capabilities"), "playbook: capabilities[%d]: '%s' names host '%s', which " ..
+            "the playbook's hosts do not have", i, c, host)
+        elseif capability then
+          local ok, why = capability(text)
+          if not ok then
+            p:add(p:field(pb.loc, b, "capabilities"), "playbook: capabilities[%d]: %s", i, why)
+          end
         end
       end
     end
@@ -444,7 +536,7 @@ function M.validate(pb, nearest, where, capability)
     name = b.name, version = b.version, description = b.description,
     params = {}, required = {},
     capabilities = b.capabilities or {}, on_failure = b.on_failure or "rollback",
-    loc = pb.loc, phases = {}, handlers = {},
+    loc = pb.loc, phases = {}, handlers = {}, hosts = hosts,
   }
   -- params: defaults, and required "TYPE" for those that have none
   for k, v in pairs(type(b.params) == "table" and b.params or {}) do
@@ -481,6 +573,7 @@ function M.validate(pb, nearest, where, capability)
     p:add(pb.loc, "playbook: has no phases")
   end
   check_notify(p, out)
+  check_on(p, out)
   if #p.list > 0 then
     return nil, p:in_order()
   end
@@ -621,8 +714,47 @@ function M.environment(modules, guard)
   for name, fn in pairs(M.constructors()) do
     env[name] = fn
   end
+  env.hosts = M.hosts_view(modules, function(host, fn, ...)
+    return require("hrun.remote").route(host, fn, ...)
+  end)
   env._G = env
   return env
+end
+
+-- hosts.NAME.<module>.<fn>(…): the module function called on host NAME. route(host, fn,
+-- …) calls fn with that host's calls going there (the runner's, while a playbook runs).
+function M.hosts_view(modules, route)
+  local made = {}
+  return setmetatable({}, {
+    __index = function(_, host)
+      if type(host) ~= "string" then
+        return nil
+      end
+      if not made[host] then
+        local mods = {}
+        for mname, mod in pairs(modules) do
+          if type(mod) == "table" then
+            local m = {}
+            for fname, fn in pairs(mod) do
+              if type(fn) == "function" then
+                m[fname] = function(...)
+                  return route(host, fn, ...)
+                end
+              else
+                m[fname] = fn
+              end
+            end
+            mods[mname] = m
+          end
+        end
+        made[host] = mods
+      end
+      return made[host]
+    end,
+    __newindex = function()
+      error("hosts: read-only (hosts are described in the playbook's hosts = { … } or with -H NAME=URL)", 2)
+    end,
+  })
 end
 
 -- readonly(t [, views]) → a read-only view of t (ctx.params): reads go to t, writes raise,

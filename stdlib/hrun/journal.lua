@@ -238,6 +238,16 @@ local migrations = {
     CREATE INDEX notifications_run ON notifications(run);
     ALTER TABLE runs ADD COLUMN selection TEXT;
   ]],
+  -- 7: other hosts. An effect done on another host is journaled there too (its agent's
+  -- journal); here it names the host and its id there. A run keeps the hosts it reached
+  -- (name → ssh URL) for its resume and rollback; the journal has an id of its own that
+  -- each host's agent files this controller's effects under.
+  [7] = [[
+    ALTER TABLE effects ADD COLUMN host TEXT;          -- NULL: this machine
+    ALTER TABLE effects ADD COLUMN remote INTEGER;     -- its id in that host's journal
+    ALTER TABLE runs ADD COLUMN hosts TEXT;            -- JSON {name = url}
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+  ]],
 }
 
 M.schema_version = #migrations
@@ -411,6 +421,49 @@ function Journal:intent(e)
     e.before and codec.encode(e.before) or nil, e.kept and 1 or 0)
   self:commit() -- before the write acts: after a crash the journal knows it may have happened
   return id
+end
+
+-- The journal's own id: what each host's agent files this controller's effects under.
+function Journal:id()
+  if self.uuid then
+    return self.uuid
+  end
+  local row = self.db:query("SELECT value FROM meta WHERE key = 'id'")[1]
+  if not row then
+    local f = assert(io.open("/dev/urandom", "rb"))
+    local bytes = f:read(16)
+    f:close()
+    local id = bytes:gsub(".", function(c)
+      return string.format("%02x", c:byte())
+    end)
+    self:write("INSERT INTO meta (key, value) VALUES ('id', ?)", id)
+    self:commit()
+    row = { value = id }
+  end
+  self.uuid = row.value
+  return self.uuid
+end
+
+-- An effect on another host, before it is sent there: durable, as a local intent.
+function Journal:remote_intent(e)
+  local _, id = self:write([[INSERT INTO effects (run, step, op, args, status, started, kept, host)
+      VALUES (?, ?, ?, ?, 'intent', ?, ?, ?)]], e.run, e.step, e.op, e.args, e.started, e.kept and 1 or 0, e.host)
+  self:commit()
+  return id
+end
+
+-- What the host's agent journaled of effect id (its answer, or its journal asked after a
+-- crash): inverse, states, status and its id there.
+function Journal:remote_effect(id, r, result, time)
+  self:write([[UPDATE effects SET remote = ?, inverse = ?, no_inverse = ?, before = ?, after = ?, status = ?,
+      result = coalesce(?, result), error = ?, ended = ? WHERE id = ?]], r.remote,
+    r.inverse and codec.encode(r.inverse) or nil, r.no_inverse, r.before and codec.encode(r.before) or nil,
+    r.after and codec.encode(r.after) or nil, r.status, result, r.error, r.status ~= "intent" and time or nil, id)
+end
+
+-- An effect that never reached its host (or was already so there): no effect at all.
+function Journal:drop_effect(id)
+  self:write("DELETE FROM effects WHERE id = ?", id)
 end
 
 function Journal:effect_end(id, status, result, err, time, after)
@@ -681,6 +734,7 @@ function Journal:run(id)
   end
   r.params = codec.decode(r.params)
   r.shared = codec.decode(r.shared)
+  r.hosts = codec.decode(r.hosts)
   r.phases = self.db:query("SELECT * FROM phases WHERE run = ? ORDER BY id", id)
   r.steps = self.db:query("SELECT * FROM steps WHERE run = ? ORDER BY id", id)
   for _, s in ipairs(r.steps) do

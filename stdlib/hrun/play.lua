@@ -2,6 +2,7 @@
 -- Each takes the private library, the parsed options and its arguments, and returns
 -- the exit status; the command line (hrun.cli) parses and dispatches.
 
+local codec = require "hrun.codec"
 local boundary = require "hrun.boundary"
 local dsl = require "hrun.dsl"
 local exec = require "hrun.exec"
@@ -339,6 +340,28 @@ function M.absolute(path)
   return (cwd .. "/" .. path):gsub("/%./", "/"):gsub("/%.$", "")
 end
 
+-- The run's hosts: the playbook's (or, resumed, the journal's), with -H NAME=URL setting
+-- or overriding them; {name = {url, agent_dir, reconnect}}, or nil when there are none.
+function M.hosts(base, opts)
+  local hosts, any = {}, false
+  for name, h in pairs(base or {}) do
+    hosts[name], any = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect }, true
+  end
+  for _, given in ipairs(opts.hosts or {}) do
+    local name, url = tostring(given):match("^([%a_][%w_%-]*)=(.+)$")
+    if not name then
+      bad(string.format("-H %s: expected NAME=URL (old=ssh://root@10.0.0.5:2222)", tostring(given)))
+    end
+    local ok, why = require("hrun.remote").parse(url)
+    if not ok then
+      bad(string.format("-H %s: %s", given, why))
+    end
+    hosts[name] = hosts[name] or {}
+    hosts[name].url, any = url, true
+  end
+  return any and hosts or nil
+end
+
 -- setup(runner), if given, sees the runner before it starts (the debugger attaches).
 function M.run(priv, opts, path, state, setup)
   path = M.absolute(path)
@@ -361,16 +384,22 @@ function M.run(priv, opts, path, state, setup)
     require_clean(path, prov)
   end
   local ui = new_ui(priv, opts)
+  local hosts = M.hosts(pb.hosts, opts)
   if opts.plan then
     local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, plan = true, path = path,
-      opts = opts, git = prov, sandbox = sandboxed })
+      opts = opts, git = prov, sandbox = sandboxed, state = state, host_urls = hosts })
     return r:run()
   end
   -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
   local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
     (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed, src)
+  if hosts then -- resume and rollback reach the same hosts
+    j:set_run(run_id, { hosts = codec.encode(hosts) })
+    j:commit()
+  end
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
-    path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash,
+    path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash, state = state,
+    host_urls = hosts,
     versions = M.versions(priv, j, { path = path, sandbox = sandboxed and 1 or 0 }, state, opts) })
   if setup then
     setup(r)
@@ -634,6 +663,7 @@ end
 local function journaled_runner(priv, opts, j, r, state, pb, extra)
   local o = { priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j, run_id = r.id,
     path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook, sandbox = r.sandbox == 1,
+    state = state, host_urls = M.hosts(r.hosts, opts),
     pb_hash = pb and r.hash, run_hash = r.hash, versions = M.versions(priv, j, r, state, opts),
     -- a run that never reached its end (killed while running, or while rolling back) crashed
     outcome = r.outcome or ((r.status == "running" or r.rollback_status == "running") and "crashed" or r.status) }

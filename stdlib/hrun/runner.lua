@@ -6,6 +6,7 @@
 
 local codec = require "hrun.codec"
 local json = require "hrun.json"
+local remote = require "hrun.remote"
 local sys = require "hrun.sys"
 
 local M = {}
@@ -183,6 +184,9 @@ function M.new(o)
   r.flake_edits = {} -- plans: flake file → the text the planned edits leave
   r.flake_updates = {} -- plans: flake dir → the inputs planned to update ({all = true}: all)
   r.ro_params = require("hrun.dsl").readonly(r.params or {})
+  if r.host_urls and r.state then
+    r:open_hosts(r.host_urls)
+  end
   return r
 end
 
@@ -459,9 +463,16 @@ function Runner:preview(name, ...)
 end
 
 function Runner:before(call, ...)
+  local host = self.hosts and remote.depth == 0 and self:call_host()
   if not call.writes then
+    if host then
+      return true, self:host(host):call(call.name, ...)
+    end
     return
   elseif self.undoing then
+    if host then -- an inverse's operation, sent to the host of its effect
+      return true, self:host(host):call(call.name, ...)
+    end
     return self:undo_writes(call, ...)
   end
   local cur = self.current
@@ -479,6 +490,9 @@ function Runner:before(call, ...)
   if not cur and not self.plan then
     error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
       call.name), 0)
+  end
+  if host then
+    return self:remote_write(host, call, args)
   end
   local already = self:already_so(call, args, ...)
   if already ~= nil then
@@ -613,8 +627,8 @@ function Runner:after(call, nres, ...)
     self.journal:children_returned(self.call_children)
     self.call_children = {}
   end
-  if not call.writes or self.undoing or self.plan then
-    return
+  if not call.writes or self.undoing or self.plan or (self.hosts and remote.depth == 0 and self:call_host()) then
+    return -- (another host's write is journaled by remote_write, whole)
   end
   local top = table.remove(self.effect_stack)
   if not top then
@@ -657,14 +671,246 @@ function Runner:after(call, nres, ...)
   self:maybe_crash("effect-done")
 end
 
+-- {======================================================
+-- Other hosts: a call made where a step's `on` or hosts.NAME says goes to that host's
+-- agent; its writes are journaled there before they act and here with their host
+-- ======================================================
+
+-- The host the call being made goes to (nil: this machine).
+function Runner:call_host()
+  local stack = self.host_stack
+  local name = stack and stack[#stack] or self.step_host
+  if name == nil or name == "local" then
+    return nil
+  end
+  return name
+end
+
+-- The connected host `name` (connected now when it is not yet).
+function Runner:host(name)
+  local h = self.hosts[name]
+  if not h then
+    error(string.format("host '%s' is not one of the run's hosts", tostring(name)), 0)
+  end
+  if not h.ch then
+    h:connect()
+  end
+  return h
+end
+
+-- The sandbox of `name` (or this machine's) in force: each host's capabilities are its own.
+function Runner:sandbox_to(name)
+  local boxes = self.sandbox_boxes
+  local cur = self.sandbox_host or "local"
+  name = name or "local"
+  if not boxes or cur == name then
+    return cur
+  end
+  self.priv.sandboxswap(boxes[cur])
+  self.priv.sandboxswap(boxes[name])
+  self.sandbox_host = name
+  return cur
+end
+
+-- Calls fn(...) with its calls going to host `name` (hosts.NAME.fs.write, an undo).
+function Runner:with_host(name, fn, ...)
+  if name ~= "local" and not (self.hosts and self.hosts[name]) then
+    error(string.format("hosts.%s: the playbook has no such host (hosts = { %s = \"ssh://…\" }, or -H %s=URL)",
+      tostring(name), tostring(name), tostring(name)), 0)
+  end
+  self.host_stack = self.host_stack or {}
+  local stack = self.host_stack
+  stack[#stack + 1] = name
+  local saved = self:sandbox_to(name)
+  local res = table.pack(pcall(fn, ...))
+  self:sandbox_to(saved)
+  table.remove(stack)
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+-- The states (fingerprints) of what an effect changed, read where it is.
+function Runner:restate_on(host, states)
+  if not states then
+    return nil
+  end
+  if host then
+    return self:host(host):priv_call("restate", states)
+  end
+  return self.priv.trusted(restate, self.priv, states)
+end
+
+-- The sandbox of each host: capabilities "fs@old:/DATA" are old's, the others this
+-- machine's; each host's set aside in a box until a call goes there.
+function Runner:set_sandboxes(caps, enforce, record)
+  local dsl = require("hrun.dsl")
+  local per, boxes = { ["local"] = {} }, nil
+  for _, c in ipairs(caps) do
+    local _, host = dsl.capability_host(c)
+    host = host or "local"
+    per[host] = per[host] or {}
+    table.insert(per[host], host == "local" and (dsl.capability_host(c)) or c)
+  end
+  for name in pairs(self.hosts or {}) do
+    per[name] = per[name] or {}
+  end
+  if self.hosts then
+    boxes = {}
+    for name, list in pairs(per) do
+      if name ~= "local" then
+        self.priv.sandbox(list, enforce, record, name)
+        boxes[name] = self.priv.sandboxbox()
+        self.priv.sandboxswap(boxes[name])
+      end
+    end
+    boxes["local"] = self.priv.sandboxbox()
+  end
+  self.priv.sandbox(per["local"], enforce, record)
+  self.sandbox_boxes, self.sandbox_host = boxes, "local"
+end
+
+-- The hosts of the run: {name = Host} for those not "local"; urls from the playbook,
+-- -H, or (resume, rollback) the journal.
+function Runner:open_hosts(urls)
+  local hosts, n = {}, 0
+  for name, h in pairs(urls or {}) do
+    local url = type(h) == "table" and h.url or h
+    if url ~= "local" then
+      hosts[name] = remote.new({ name = name, url = url, priv = self.priv, state = self.state,
+        agent_dir = type(h) == "table" and h.agent_dir or nil,
+        reconnect_seconds = type(h) == "table" and h.reconnect or nil,
+        controller = self.journal and self.journal:id() or "plan", on_event = function(ev)
+          local cur = self.current
+          ev.phase, ev.step = cur and cur.phase, cur and cur.name
+          self:emit(ev)
+        end })
+      hosts[name].run_id = self.run_id
+      n = n + 1
+    end
+  end
+  self.hosts = n > 0 and hosts or nil
+end
+
+-- Before anything changes: every host is reached and its agent answers, or the run
+-- stops here naming each host that is not and why.
+function Runner:preflight()
+  if not self.hosts then
+    return nil
+  end
+  local names, problems = {}, {}
+  for name in pairs(self.hosts) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local h = self.hosts[name]
+    local ok, err = pcall(h.connect, h)
+    if ok then
+      self:emit({ event = "host", host = name, url = h.url, agent = h.agent_kind, uploaded = h.uploaded or nil,
+        hostname = h.ready.host, root = h.uid == 0, version = h.ready.version })
+    else
+      problems[#problems + 1] = message_of(err)
+    end
+  end
+  if #problems > 0 then
+    return "pre-flight: " .. table.concat(problems, "; ")
+  end
+end
+
+function Runner:close_hosts()
+  for _, h in pairs(self.hosts or {}) do
+    h:close()
+  end
+end
+
+-- A write on another host. In a plan, what its agent says it would do; in a run,
+-- journaled here (host, intent) before it is sent, and there before it acts; its
+-- inverse and states come back with its answer.
+function Runner:remote_write(host, call, args)
+  local h = self:host(host)
+  local cur = self.current
+  local def = cur and cur.def
+  local n = args.n
+  local plain = table.pack(plain_args(table.unpack(args, 1, n)))
+  plain.n = nil
+  if self.plan then
+    local r = h:request({ t = "plan", name = call.name, args = plain, n = n })
+    if r.t == "error" then
+      error(tostring(r.message), 0)
+    end
+    if r.unchanged then
+      self:emit({ event = "effect", unchanged = true, planned = true, host = host, phase = cur and cur.phase,
+        step = cur and cur.name, op = call.name, args = arglist(args) })
+      return true, remote.results(r)
+    end
+    if counts_as_change(call.name, args) then
+      self.step_did_change = true
+    end
+    for _, st in ipairs(type(r.states) == "table" and r.states or {}) do
+      if st.target then
+        self.planned_targets[host .. ":" .. tostring(st.target)] = true
+      end
+    end
+    local why = r.no_inverse
+    if call.destroys and def and not (def.undo or def.irreversible) then
+      why = refusal(call, def) .. " — the run would fail here"
+    end
+    self.planned = self.planned + 1
+    local step_undo = def and def.undo and true or nil
+    if not r.inverse and not step_undo then
+      self.irreversible_planned = self.irreversible_planned + 1
+    end
+    self:emit({ event = "effect", planned = true, host = host, phase = cur and cur.phase, step = cur and cur.name,
+      op = call.name, args = arglist(args), inverse = r.inverse, no_inverse = why, preview = r.preview,
+      step_undo = step_undo, kept = call.keep })
+    return true, placeholder(call.name, r.preview, table.unpack(args, 1, n))
+  end
+  local summary = codec.summary(arglist(args))
+  local id = self.journal:remote_intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
+    args = summary, started = sys.now(), host = host })
+  self:maybe_crash("effect-intent")
+  local r = h:request({ t = "write", name = call.name, args = plain, n = n, summary = summary,
+    partial = PARTIAL[call.name], key = { controller = self.journal:id(), run = self.run_id, effect = id } })
+  if r.unchanged then -- already so there: no effect
+    self.journal:drop_effect(id)
+    self:emit({ event = "effect", unchanged = true, host = host, phase = cur.phase, step = cur.name, op = call.name,
+      args = arglist(args) })
+    return true, remote.results(r)
+  end
+  local e = r.effect
+  if type(e) == "table" then
+    self.journal:remote_effect(id, e, r.t == "result" and codec.summary(r.values and r.values[1]) or nil, sys.now())
+    self:emit({ event = "effect", host = host, phase = cur.phase, step = cur.name, op = call.name,
+      args = arglist(args), inverse = e.inverse, no_inverse = e.no_inverse,
+      step_undo = def and def.undo and true or nil, kept = call.keep, remote = e.remote })
+    if e.status ~= "failed" and counts_as_change(call.name, args) then
+      self.step_did_change = true
+    end
+    if e.before and e.status ~= "failed" then
+      self.step_effects[#self.step_effects + 1] = { id = id, before = e.before, host = host }
+    end
+  end
+  self.journal:commit()
+  self:maybe_crash("effect-done")
+  return true, remote.results(r)
+end
+
+-- }======================================================
+
 function Runner:install_hooks()
   -- a sandboxed playbook's functions may use what it declares, no more; a plan of any
   -- playbook records what it uses (audit: nothing refused)
+  if self.sandbox or self.plan then
+    self:set_sandboxes(self.pb and self.pb.capabilities or {}, self.sandbox and true or false,
+      (self.plan or not self.sandbox) and true or false)
+  end
   if self.sandbox then
-    self.priv.sandbox(self.pb and self.pb.capabilities or {}, true, self.plan or false)
     self.priv.memlimit(require("hrun.play").memory_limit(self.opts or {}))
-  elseif self.plan then
-    self.priv.sandbox(self.pb.capabilities, false)
+  end
+  remote.router = function(host, fn, ...)
+    return self:with_host(host, fn, ...)
   end
   self.priv.setstrict(true)
   self.priv.sethooks(function(call, ...)
@@ -699,6 +945,9 @@ function Runner:install_hooks()
 end
 
 function Runner:remove_hooks()
+  self:sandbox_to("local")
+  self.sandbox_boxes = nil
+  remote.router = nil
   self.priv.sandbox(nil)
   self.priv.memlimit(0)
   self.priv.setstrict(false)
@@ -815,6 +1064,28 @@ end
 -- Runs a step: when, confirm, attempts (undoing a failed attempt's effects before the
 -- next), the journal rows. Returns ok, error.
 function Runner:run_step(step, resumed_state)
+  return self:on_host(step.on, self.run_step_here, self, step, resumed_state)
+end
+
+-- Calls fn(...) with the calls it makes going to host `name` (a step's or check's `on`;
+-- nil: this machine).
+function Runner:on_host(name, fn, ...)
+  if name == nil or not self.hosts then
+    return fn(...)
+  end
+  local saved_host = self.step_host
+  self.step_host = name
+  local saved_sb = self:sandbox_to(name)
+  local res = table.pack(pcall(fn, ...))
+  self:sandbox_to(saved_sb)
+  self.step_host = saved_host
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+function Runner:run_step_here(step, resumed_state)
   local ctx = self:ctx(step.phase, step.name, resumed_state)
   self.last_ctx, self.last_step_id = ctx, nil
   if step.when then
@@ -917,7 +1188,7 @@ end
 -- (by a person, or by something unjournaled).
 function Runner:settle(effects)
   for _, e in ipairs(effects) do
-    self.journal:effect_settled(e.id, self.priv.trusted(restate, self.priv, e.before))
+    self.journal:effect_settled(e.id, self:restate_on(e.host, e.before))
   end
 end
 
@@ -935,6 +1206,10 @@ function Runner:fail_unjournaled(step, err)
 end
 
 function Runner:run_check(check)
+  return self:on_host(check.on, self.run_check_here, self, check)
+end
+
+function Runner:run_check_here(check)
   local started = sys.now()
   local ctx = self:ctx(check.phase, check.name)
   local ok, res, msg = self:call_as("check", check.name, check.phase, check.fn, ctx)
@@ -1072,6 +1347,46 @@ end
 -- it → changed since, not overwritten (unless --force). Otherwise the inverse's
 -- operations run in order, those an earlier attempt completed skipped.
 function Runner:undo_effect(e, irreversible)
+  if not e.host then
+    return self:undo_effect_here(e, irreversible)
+  end
+  -- another host's effect: what its journal says first, when the answer never came
+  -- back (a crash, a cut); then the same undo, each call sent there
+  local ok, res, err, how = pcall(function()
+    if not e.remote and not self:reconcile(e) then
+      return true, nil, "never reached its host"
+    end
+    return self:with_host(e.host, self.undo_effect_here, self, e, irreversible)
+  end)
+  if not ok then
+    local msg = string.format("%s on host '%s': %s", e.op, e.host, message_of(res))
+    self:undo_noted(e.step, e.id, "inverse", false, msg)
+    self.journal:set_effect_undo(e.id, "undo-failed", msg)
+    return false, msg
+  end
+  return res, err, how
+end
+
+-- An effect on another host whose answer the controller never had: its row filled in
+-- from that host's journal (true), or, when the host has no record of it (the request
+-- never arrived: its agent journals before it acts), dropped (false).
+function Runner:reconcile(e)
+  local h = self:host(e.host)
+  local found = remote.results(h:request({ t = "effect",
+    key = { controller = self.journal:id(), run = e.run, effect = e.id } }))
+  if not found then
+    self.journal:drop_effect(e.id)
+    self.journal:commit()
+    return false
+  end
+  self.journal:remote_effect(e.id, found, nil, sys.now())
+  self.journal:commit()
+  e.remote, e.inverse, e.no_inverse, e.before, e.after, e.status = found.remote, found.inverse, found.no_inverse,
+    found.before, found.after, found.status
+  return true
+end
+
+function Runner:undo_effect_here(e, irreversible)
   local j = self.journal
   local done, begun = j:ops_done(e.id)
   self:remove_leftovers(e, next(done) ~= nil or next(begun) ~= nil)
@@ -1090,7 +1405,7 @@ function Runner:undo_effect(e, irreversible)
     j:set_effect_undo(e.id, "undo-failed", err)
     return false, err
   end
-  local now = e.before and self.priv.trusted(restate, self.priv, e.before)
+  local now = e.before and self:restate_on(e.host, e.before)
   if now and next(done) == nil and next(begun) == nil then
     local outlook, diff = M.outlook(e, now)
     if outlook == "already-undone" then
@@ -1134,7 +1449,7 @@ function Runner:undo_effect(e, irreversible)
   if not ok and e.before and complete(e.before) then
     -- the operation failed, yet what the effect changed is back as it was (and its
     -- state says all there is to it: a file, a subvolume, a ref)
-    now = self.priv.trusted(restate, self.priv, e.before)
+    now = self:restate_on(e.host, e.before)
     if now and same(e.before, now) then
       ok, err, how = true, nil, "already undone"
     end
@@ -1194,7 +1509,14 @@ function Runner:remove_leftovers(e, undo_begun)
     end
     states = copy
   end
-  local ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
+  local ok, removed
+  if e.host then
+    ok, removed = pcall(function()
+      return self:host(e.host):priv_call("leftovers", self.run_id, e.id, states, e.started)
+    end)
+  else
+    ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
+  end
   if ok and type(removed) == "table" and #removed > 0 then
     self:emit({ event = "log", message = "removed what a crash left: " .. table.concat(removed, ", ") })
   end
@@ -1832,7 +2154,13 @@ function Runner:run()
     path = self.path, plan = self.plan or false, resumed = self.resumed or nil, params = self.params, git = git,
     sandbox = self.sandbox and self.pb.box and self.pb.box.confinement or nil })
   self:install_hooks()
-  local ok, failure = pcall(self.execute, self)
+  -- every host reached before anything changes
+  local ok, failure = pcall(self.preflight, self)
+  if ok and failure then
+    self.unreached = true
+  elseif ok then
+    ok, failure = pcall(self.execute, self)
+  end
   if not ok then -- the engine itself failed (the journal, a hook), or Ctrl-C hit it
     failure = "hrun: " .. message_of(failure)
   end
@@ -1850,6 +2178,8 @@ function Runner:run()
     status = "done"
   elseif self.pb.on_failure == "stop" then
     status = "stopped"
+  elseif self.unreached and self.journal:not_undone(self.run_id) == 0 then
+    status = "failed" -- nothing changed: nothing to roll back
   else
     -- until the rollback ends, the journal does not show the run undone
     self.journal:set_run(self.run_id, { status = "rollback-incomplete", rollback_status = "running",
@@ -1863,6 +2193,7 @@ function Runner:run()
     self.journal:set_run(self.run_id, { rollback_status = status, rollback_ended = sys.now() })
   end
   self:remove_hooks()
+  self:close_hosts()
   local exit = status == "planned" and 0 or (status == "failed" and 1) or M.EXIT[status]
   if self.interrupted and status ~= "rollback-incomplete" then
     exit = M.EXIT.interrupted
@@ -1933,6 +2264,7 @@ function Runner:rollback_run(reason)
     return self:rollback(reason)
   end)
   self:remove_hooks()
+  self:close_hosts()
   if not ok then
     self:emit({ event = "error", message = message_of(status) })
     status = "rollback-incomplete"

@@ -108,6 +108,9 @@ function M.effect_lines(ev)
   local folds = {}
   local shown = ev.op == "fs.write" and ev.preview and ev.preview.lines and 2 or nil
   local call = M.call(ev.op, ev.args or {}, folds, shown)
+  if ev.host then -- a write on another host says which
+    call = call .. "  @" .. tostring(ev.host)
+  end
   local below = {}
   for i, text in ipairs(folds) do
     for _, l in ipairs(M.folded(i, text)) do
@@ -615,7 +618,8 @@ end
 
 -- What a write already so says: "ok fs.write /etc/x (already so)".
 local function already_so(ev)
-  return string.format("ok %s (already so%s)", M.call(ev.op, ev.args), ev.skipped and (": " .. ev.skipped) or "")
+  return string.format("ok %s%s (already so%s)", M.call(ev.op, ev.args), ev.host and ("  @" .. ev.host) or "",
+    ev.skipped and (": " .. ev.skipped) or "")
 end
 
 function M.plain_already_so(self, ev)
@@ -781,7 +785,8 @@ end
 local function effect_line(e)
   local args = (pcall(codec.decode, e.args)) and codec.decode(e.args) or {}
   local status = e.status .. (e.undo_status and (", " .. e.undo_status) or "")
-  return string.format("%s  [%s]%s", M.call(e.op, type(args) == "table" and args or {}), status,
+  return string.format("%s%s  [%s]%s", M.call(e.op, type(args) == "table" and args or {}),
+    e.host and ("  @" .. e.host) or "", status,
     e.error and (" " .. e.error:gsub("\n", " ")) or "")
 end
 

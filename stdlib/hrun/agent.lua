@@ -1,0 +1,354 @@
+-- hrun.agent: `hrun agent`, the other end of a controller's channel on a host it reaches
+-- over ssh (hrun.remote is the controller's end).
+--
+-- One JSON message a line each way on stdin and stdout, in the format of the sandbox's
+-- boundary (hrun.wire: plain data; a secret crosses as {"$k": bytes}, the channel being
+-- ssh's). Every request carries a sequence number and its answer the same one.
+--
+-- A write the controller journals is journaled here first, in this host's own journal
+-- (DIR/agent.db): its inverse and the state of what it changes, before it acts, under the
+-- controller's key (controller, run, effect). So a dead controller or a cut network
+-- leaves this host knowing what may have happened, and a write sent again after a
+-- reconnect is answered from the journal, never done twice. The temporaries a write
+-- makes are named from the controller's run and effect, as they are on the controller,
+-- so that its rollback finds what a crash left here.
+local wire = require("hrun.wire")
+
+local M = {}
+
+M.PROTOCOL = 1
+M.DEFAULT_DIR = "/var/lib/hrun/agent"
+
+local SCHEMA = [[
+  CREATE TABLE IF NOT EXISTS effects (
+    id INTEGER PRIMARY KEY,
+    controller TEXT NOT NULL,        -- the controller's journal
+    run INTEGER NOT NULL,            -- its run
+    effect INTEGER NOT NULL,         -- its effect's id there
+    op TEXT NOT NULL,
+    args TEXT,                       -- a summary, secrets masked
+    inverse TEXT,                    -- wire-encoded operations
+    no_inverse TEXT,
+    before TEXT,                     -- wire-encoded states
+    after TEXT,
+    status TEXT NOT NULL,            -- intent, done, failed, partial
+    reply TEXT,                      -- the answer sent (wire-encoded), to send again
+    error TEXT,
+    started REAL NOT NULL,
+    ended REAL,
+    UNIQUE (controller, run, effect)
+  );
+]]
+
+-- The primitive `name` ("fs.write", "fs._restore"), or nil.
+local function primitive(name)
+  local mod, fn = tostring(name):match("^([%w_]+)%.([%w_]+)$")
+  local m = mod and package.loaded["hrun." .. mod]
+  local f = type(m) == "table" and rawget(m, fn)
+  return type(f) == "function" and f or nil
+end
+
+local Agent = {}
+Agent.__index = Agent
+
+local function now()
+  return require("hrun.sys").now()
+end
+
+function M.new(priv, dir)
+  local self = setmetatable({ priv = priv, dir = dir }, Agent)
+  local secrets = require("hrun.secrets")
+  self.special = function(v)
+    if type(v) == "userdata" and secrets.is(v) then
+      return "k", priv.secretbytes(v)
+    elseif type(v) == "userdata" and v == require("hrun.json").null then
+      return "u", 0
+    end
+    local mt = type(v) == "table" and debug.getmetatable(v)
+    if type(mt) == "table" and rawget(mt, "__name") == "array" then
+      return "a", table.move(v, 1, #v, 1, {})
+    end
+    return nil
+  end
+  self.tags = {
+    k = function(bytes)
+      if type(bytes) ~= "string" then
+        error("wire: a secret that is not one", 0)
+      end
+      return secrets._wrap(bytes)
+    end,
+    u = function()
+      return require("hrun.json").null
+    end,
+    a = function(list)
+      return require("hrun.json").array(type(list) == "table" and list or {})
+    end,
+  }
+  return self
+end
+
+function Agent:encode(msg)
+  return wire.encode(msg, self.special, false)
+end
+
+function Agent:open_journal()
+  local fs = require("hrun.fs")
+  if not fs.exists(self.dir) then
+    assert(fs.mkdir(self.dir, { parents = true, mode = "0700" }))
+  end
+  local db, err = self.priv.db_open(self.dir .. "/agent.db")
+  if not db then
+    error(string.format("agent: cannot open its journal in %s: %s", self.dir, tostring(err)), 0)
+  end
+  db:exec(SCHEMA)
+  self.db = db
+end
+
+-- The lock a write holds while it runs (an flock: the kernel drops it when its agent
+-- dies), waited for.
+function Agent:busy()
+  local sys = require("hrun.sys")
+  while true do
+    local lk, holder, code = self.priv.lock(self.dir .. "/busy.lock")
+    if lk then
+      lk:note(string.format("agent pid %d", self.priv.pid()))
+      return lk
+    elseif code ~= "ELOCKED" then
+      error(string.format("agent: cannot lock %s/busy.lock: %s", self.dir, tostring(holder)), 0)
+    end
+    sys.sleep(0.05)
+  end
+end
+
+-- Each write is its own transaction, durable (synchronous=FULL) before the write acts.
+function Agent:durable(sql, ...)
+  self.db:exec("BEGIN IMMEDIATE")
+  local ok, a, b = pcall(self.db.run, self.db, sql, ...)
+  if not ok then
+    self.db:exec("ROLLBACK")
+    error(a, 0)
+  end
+  self.db:exec("COMMIT")
+  return a, b
+end
+
+function Agent:mask(s)
+  if type(s) == "string" and self.priv.secrets() > 0 then
+    return self.priv.mask(s)
+  end
+  return s
+end
+
+function Agent:record(key)
+  local rows = self.db:query("SELECT * FROM effects WHERE controller = ? AND run = ? AND effect = ?",
+    key.controller, key.run, key.effect)
+  return rows[1]
+end
+
+-- A journaled effect as the controller keeps it: its inverse and states decoded.
+function Agent:described(row)
+  local function dec(s)
+    return s and wire.decode(s, self.tags) or nil
+  end
+  return { remote = row.id, op = row.op, status = row.status, inverse = dec(row.inverse),
+    no_inverse = row.no_inverse, before = dec(row.before), after = dec(row.after), error = row.error,
+    started = row.started }
+end
+
+-- Runs the primitive `name` with args: ok, values (packed) | false, message, code.
+local function call(name, args, n)
+  local fn = primitive(name)
+  if not fn then
+    return false, string.format("no function '%s' on this host%s", tostring(name),
+      (tostring(name):match("^(git|http|service|podman)%.")) and " (the portable build of hrun has no " ..
+      tostring(name):match("^(%w+)") .. " module)" or ""), "unknown"
+  end
+  local res = table.pack(pcall(fn, table.unpack(args, 1, n)))
+  if not res[1] then
+    return false, tostring(res[2]), "failed"
+  end
+  return true, table.pack(table.unpack(res, 2, res.n))
+end
+
+local function states_of(priv, name, args, n)
+  local ok, states = pcall(priv.state, name, table.unpack(args, 1, n))
+  if ok and type(states) == "table" then
+    return priv.restate(states)
+  end
+  return nil
+end
+
+-- A journaled write: already so (nothing journaled), or its intent, the act, its end.
+function Agent:write(m, args, n)
+  local priv, key = self.priv, m.key
+  if type(key) ~= "table" or type(key.controller) ~= "string" or math.type(key.run) ~= "integer"
+      or math.type(key.effect) ~= "integer" then
+    return { t = "error", code = "failed", message = "agent: a write without its key" }
+  end
+  -- one write at a time on this host: an agent whose channel was cut may still be
+  -- finishing the write sent again here; its answer is waited for, not done twice
+  local busy = self:busy()
+  local row = self:record(key)
+  if row then -- sent again after a reconnect: what happened, never twice
+    busy:release()
+    if row.reply then
+      local reply = wire.decode(row.reply, self.tags)
+      reply.replayed = true
+      return reply
+    end
+    local d = self:described(row)
+    return { t = "error", code = "interrupted", effect = d,
+      message = string.format("%s was interrupted on this host (its agent ended while it ran)", row.op) }
+  end
+  if not m.force then
+    local ok, value = pcall(priv.unchanged, m.name, table.unpack(args, 1, n))
+    if ok and value ~= nil then
+      busy:release()
+      return { t = "result", unchanged = true, values = { value }, n = 1 }
+    end
+  end
+  local inverse, why = priv.inverse(m.name, table.unpack(args, 1, n))
+  local before = states_of(priv, m.name, args, n)
+  local started = now()
+  local _, id = self:durable([[INSERT INTO effects (controller, run, effect, op, args, inverse, no_inverse,
+      before, status, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?)]], key.controller, key.run,
+    key.effect, m.name, self:mask(m.summary), inverse and self:encode(inverse) or nil, self:mask(why),
+    before and self:encode(before) or nil, started)
+  priv.seteffect(key.run, key.effect)
+  local ok, res, code = call(m.name, args, n)
+  priv.seteffect(nil)
+  local reply, status, err
+  if ok and res.n > 0 and res[1] ~= nil and res[1] ~= false then
+    status = "done"
+    reply = { t = "result", values = res, n = res.n }
+    reply.values.n = nil
+  else
+    status = m.partial and "partial" or "failed"
+    err = ok and tostring(res[2] or "returned nothing") or res
+    if ok then
+      reply = { t = "result", values = res, n = res.n }
+      reply.values.n = nil
+    else
+      reply = { t = "error", code = code, message = err }
+    end
+  end
+  local after = status ~= "failed" and before and priv.restate(before) or nil
+  reply.effect = { remote = id, status = status, inverse = inverse, no_inverse = why, before = before,
+    after = after, error = err, started = started }
+  self:durable("UPDATE effects SET status = ?, after = ?, reply = ?, error = ?, ended = ? WHERE id = ?",
+    status, after and self:encode(after) or nil, self:mask(self:encode(reply)), self:mask(err), now(), id)
+  busy:release()
+  return reply
+end
+
+-- What a write would do, for a plan: already so, its inverse, its preview, its states.
+function Agent:plan(m, args, n)
+  local priv = self.priv
+  local out = { t = "result" }
+  local ok, value = pcall(priv.unchanged, m.name, table.unpack(args, 1, n))
+  if ok and value ~= nil then
+    out.unchanged, out.values, out.n = true, { value }, 1
+    return out
+  end
+  out.inverse, out.no_inverse = priv.inverse(m.name, table.unpack(args, 1, n))
+  local sok, states = pcall(priv.state, m.name, table.unpack(args, 1, n))
+  out.states = sok and states or nil
+  local pok, preview = pcall(priv.preview, m.name, table.unpack(args, 1, n))
+  out.preview = pok and preview or { error = tostring(preview) }
+  return out
+end
+
+-- The engine's own functions the controller calls here: undo's fingerprints and the
+-- temporaries a crash left.
+local PRIV = { restate = true, leftovers = true, state = true }
+
+function Agent:handle(m)
+  local args = type(m.args) == "table" and m.args or {}
+  local n = math.type(m.n) == "integer" and m.n or #args
+  if m.t == "call" then
+    local ok, res, code = call(m.name, args, n)
+    if not ok then
+      return { t = "error", code = code, message = res }
+    end
+    local reply = { t = "result", values = res, n = res.n }
+    reply.values.n = nil
+    return reply
+  elseif m.t == "write" then
+    return self:write(m, args, n)
+  elseif m.t == "plan" then
+    return self:plan(m, args, n)
+  elseif m.t == "priv" and PRIV[m.fn] then
+    local res = table.pack(pcall(self.priv[m.fn], table.unpack(args, 1, n)))
+    if not res[1] then
+      return { t = "error", code = "failed", message = tostring(res[2]) }
+    end
+    return { t = "result", values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
+  elseif m.t == "effect" then -- what this host's journal says of the controller's effect
+    local row = type(m.key) == "table" and self:record(m.key)
+    return { t = "result", values = { row and self:described(row) or nil }, n = 1 }
+  elseif m.t == "stash" then -- where a run's inverses save what its writes destroy
+    if math.type(m.run) ~= "integer" or type(m.controller) ~= "string" or not m.controller:match("^[%w-]+$") then
+      return { t = "error", code = "failed", message = "agent: a stash without its run" }
+    end
+    local dir = string.format("%s/runs/%s-%d/stash", self.dir, m.controller, m.run)
+    local fs = require("hrun.fs")
+    if not fs.exists(dir) then
+      assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
+    end
+    self.priv.setstash(dir, m.run)
+    return { t = "result", values = { dir }, n = 1 }
+  end
+  return { t = "error", code = "unknown", message = "agent: a message it does not know: " .. tostring(m.t) }
+end
+
+-- Serves the channel until the controller closes it.
+function Agent:serve(ch)
+  local priv = self.priv
+  local sys = require("hrun.sys")
+  -- a write's output lines go to the controller as they come, tagged with its request
+  local current
+  priv.setstreamsink(function(line, stream)
+    if current then
+      ch:send(self:encode({ t = "output", seq = current, line = line, stream = stream }))
+    end
+  end)
+  ch:send(self:encode({ t = "ready", protocol = M.PROTOCOL, version = priv.version, pid = priv.pid(),
+    uid = sys.is_root() and 0 or nil, host = sys.hostname(), dir = self.dir, portable = priv.portable or nil }))
+  while true do
+    local line, why = ch:recv(1 << 30)
+    if not line then
+      return why == "eof" and 0 or 1
+    end
+    local ok, m = pcall(wire.decode, line, self.tags)
+    local reply
+    if not ok or type(m) ~= "table" then
+      reply = { t = "error", code = "failed", message = "agent: not a message: " .. tostring(m) }
+    elseif m.t == "bye" then
+      return 0
+    else
+      current = m.seq
+      local hok, r = pcall(self.handle, self, m)
+      current = nil
+      reply = hok and r or { t = "error", code = "failed", message = tostring(r) }
+      reply.seq = m.seq
+    end
+    local eok, text = pcall(self.encode, self, reply)
+    if not eok then
+      text = self:encode({ t = "error", seq = reply.seq, code = "failed", message = tostring(text) })
+    end
+    if not ch:send(text) then -- the controller is gone; its write is journaled with its answer
+      return 0
+    end
+  end
+end
+
+-- hrun agent [--dir DIR]
+function M.main(priv, opts)
+  local dir = opts.agent_dir or M.DEFAULT_DIR
+  local agent = M.new(priv, dir)
+  agent:open_journal()
+  local ch = wire.channel(0, 1)
+  return agent:serve(ch)
+end
+
+return M

@@ -1,0 +1,553 @@
+-- hrun.remote: the controller's end of a channel to another host.
+--
+-- A host is reached with the system's OpenSSH client, so that the user's ssh_config,
+-- ProxyJump, agent and known_hosts work as they do. One master connection per host
+-- (ControlMaster, under hrun's own ControlPath in the state directory) carries every
+-- command; BatchMode=yes: a run never stops at a prompt (unknown keys are refused;
+-- `hrun hosts trust` accepts one beforehand). At the other end runs `hrun agent` on one
+-- long-lived channel: the hrun installed there when its version is this one, else the
+-- portable build, uploaded once per version under its hash to the host's agent_dir.
+local wire = require("hrun.wire")
+
+local M = {}
+
+M.DEFAULT_AGENT_DIR = "/var/lib/hrun/agent"
+-- Above 0 while hrun's own work for a host runs (connecting, hashing its build): the
+-- module functions it calls are this machine's, whatever host a step is on.
+M.depth = 0
+
+-- Calls fn(...) as hrun's own work (M.depth), outside any sandbox.
+local function own(fn, ...)
+  M.depth = M.depth + 1
+  local res = table.pack(pcall(M.trusted, fn, ...))
+  M.depth = M.depth - 1
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+-- How long a host may stay unreachable in the middle of a run before its call fails.
+M.RECONNECT_SECONDS = 60
+-- ssh's own checks of a live connection: a cut one is seen after about 15 s.
+local ALIVE = { "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3" }
+
+local function shq(s)
+  if s:match("^[%w%./_=:@%-]+$") then
+    return s
+  end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+M.shq = shq
+
+-- {======================================================
+-- Host descriptions: "local", "ssh://[user@]host[:port]", or an ssh_config alias
+-- ======================================================
+
+-- parse(text) → {is_local = true} | {user, host, port, url} | nil, why
+function M.parse(text)
+  if type(text) ~= "string" or text == "" then
+    return nil, "a host is \"local\" or \"ssh://[user@]host[:port]\""
+  end
+  if text == "local" then
+    return { is_local = true, url = "local" }
+  end
+  local rest = text:match("^ssh://(.*)$")
+  if not rest then
+    if text:find("://", 1, true) then
+      return nil, string.format("%s: only ssh:// hosts are known (or \"local\")", text)
+    end
+    rest = text -- user@host or an ssh_config alias
+  end
+  rest = rest:gsub("/$", "")
+  local user, hostport = rest:match("^([^@]*)@(.*)$")
+  hostport = hostport or rest
+  local host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then
+    host, port = hostport:match("^([^:]+):?(%d*)$")
+  end
+  if not host or host == "" then
+    return nil, string.format("%s: no host name in it", text)
+  end
+  -- what reaches ssh's command line is a name, never an option (-oProxyCommand=…)
+  if host:sub(1, 1) == "-" or not host:match("^[%w%.%-_:]+$") then
+    return nil, string.format("%s: '%s' is not a host name", text, host)
+  end
+  if user and (user == "" or user:sub(1, 1) == "-" or not user:match("^[%w%._%-]+$")) then
+    return nil, string.format("%s: '%s' is not a user name", text, user)
+  end
+  port = port ~= "" and tonumber(port) or nil
+  if port and (port < 1 or port > 65535) then
+    return nil, string.format("%s: port %d is not one", text, port)
+  end
+  return { user = user, host = host, port = port, url = text }
+end
+
+-- }======================================================
+
+local Host = {}
+Host.__index = Host
+
+-- new{name, url, state, priv, agent_dir, controller, on_event}
+function M.new(o)
+  local where, why = M.parse(o.url)
+  if not where then
+    error(string.format("host '%s': %s", o.name, why), 0)
+  end
+  M.trusted = o.priv.trusted
+  local self = setmetatable({ name = o.name, url = o.url, where = where, priv = o.priv, state = o.state,
+    agent_dir = o.agent_dir or M.DEFAULT_AGENT_DIR, controller = o.controller, on_event = o.on_event,
+    seq = 0, reconnect_seconds = o.reconnect_seconds or M.RECONNECT_SECONDS }, Host)
+  self.dir = o.state .. "/ssh"
+  own(function()
+    local fs = require("hrun.fs")
+    if not fs.exists(self.dir) then
+      assert(fs.mkdir(self.dir, { parents = true, mode = "0700" }))
+    end
+  end)
+  local secrets = require("hrun.secrets")
+  local json = require("hrun.json")
+  self.special = function(v)
+    local t = type(v)
+    if t == "userdata" and secrets.is(v) then
+      return "k", self.priv.secretbytes(v)
+    elseif t == "userdata" and v == json.null then
+      return "u", 0
+    elseif t == "function" then
+      error(string.format("a function cannot be passed to a module function on host '%s'", self.name), 0)
+    elseif t == "table" then
+      local mt = debug.getmetatable(v)
+      local name = type(mt) == "table" and rawget(mt, "__name")
+      if name == "array" then
+        return "a", table.move(v, 1, #v, 1, {})
+      elseif type(mt) == "table" and type(rawget(mt, "__tojson")) == "function" then
+        return "v", mt.__tojson(v)
+      end
+    end
+    return nil
+  end
+  self.tags = {
+    k = function(bytes)
+      if type(bytes) ~= "string" then
+        error("wire: a secret that is not one", 0)
+      end
+      return secrets._wrap(bytes)
+    end,
+    u = function()
+      return json.null
+    end,
+    a = function(list)
+      return json.array(type(list) == "table" and list or {})
+    end,
+  }
+  return self
+end
+
+-- The ssh command line: the user's configuration, hrun's master connection.
+function Host:ssh_argv(extra)
+  local w = self.where
+  local argv = { "ssh" }
+  local config = require("hrun.sys").env("HRUN_SSH_CONFIG")
+  if config and config ~= "" then
+    argv[#argv + 1], argv[#argv + 2] = "-F", config
+  end
+  for _, o in ipairs({ "BatchMode=yes", "ControlPath=" .. self.dir .. "/%C", "ConnectTimeout=10",
+    -- keys `hrun hosts trust` accepted, beside the user's own and the system's
+    "GlobalKnownHostsFile=" .. self.state .. "/known_hosts /etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2" }) do
+    argv[#argv + 1], argv[#argv + 2] = "-o", o
+  end
+  for _, a in ipairs(ALIVE) do
+    argv[#argv + 1] = a
+  end
+  if w.port then
+    argv[#argv + 1], argv[#argv + 2] = "-p", tostring(w.port)
+  end
+  if w.user then
+    argv[#argv + 1], argv[#argv + 2] = "-l", w.user
+  end
+  for _, a in ipairs(extra or {}) do
+    argv[#argv + 1] = a
+  end
+  return argv
+end
+
+function Host:target_argv(argv)
+  argv[#argv + 1] = "--"
+  argv[#argv + 1] = self.where.host
+  return argv
+end
+
+function Host:errlog()
+  return string.format("%s/%s.log", self.dir, self.name:gsub("[^%w%-_.]", "_"))
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return ""
+  end
+  local s = f:read("a") or ""
+  f:close()
+  return s
+end
+
+-- What ssh said, in words a person acts on: kind, the message.
+function M.classify(text)
+  local last
+  for line in text:gmatch("[^\r\n]+") do
+    if not line:match("^Warning: Permanently added") and not line:match("^%s*$") then
+      last = last and (last .. "; " .. line) or line
+    end
+  end
+  last = last or "ssh ended without a word"
+  local rules = {
+    { "Could not resolve hostname", "dns", "its name does not resolve (DNS)" },
+    { "Name or service not known", "dns", "its name does not resolve (DNS)" },
+    { "Connection refused", "refused", "the connection is refused (no sshd on that port?)" },
+    { "timed out", "timeout", "the connection timed out" },
+    { "No route to host", "unreachable", "there is no route to it" },
+    { "Network is unreachable", "unreachable", "its network is unreachable" },
+    { "REMOTE HOST IDENTIFICATION HAS CHANGED", "key-changed",
+      "its host key has CHANGED since it was trusted (a reinstalled host, or someone in the middle): " ..
+      "check the new key, then remove the old one from the known_hosts file ssh names" },
+    { "No %S+ host key is known", "key-unknown", "its host key is not known: `hrun hosts trust NAME` first" },
+    { "Host key verification failed", "key-unknown", "its host key is not known: `hrun hosts trust NAME` first" },
+    { "Permission denied", "auth", "the login is refused (key or user: ssh-agent, IdentityFile, authorized_keys)" },
+    { "Too many authentication failures", "auth", "the login is refused (too many keys offered)" },
+    { "Connection closed by", "closed", "the connection was closed by the other end" },
+    { "Connection reset", "closed", "the connection was reset" },
+  }
+  for _, r in ipairs(rules) do
+    if text:find(r[1]) then
+      return r[2], r[3], last
+    end
+  end
+  return "ssh", last, last
+end
+
+-- Runs `cmd` (a shell command line) on the host over the master connection: its stdout,
+-- exit status ("exited with code N"), and ssh's stderr. stdin from a file when given.
+function Host:run(cmd, stdin_path)
+  local log = self:errlog()
+  local f = io.open(log, "wb")
+  if f then
+    f:close()
+  end
+  local argv = self:target_argv(self:ssh_argv({ "-o", "ControlMaster=no", "-T" }))
+  argv[#argv + 1] = cmd
+  local pid, ch = self.priv.spawnchannel(argv, log, stdin_path or "/dev/null")
+  local out = {}
+  while true do
+    local line = ch:recv(1 << 30)
+    if not line then
+      break
+    end
+    out[#out + 1] = line
+  end
+  ch:close()
+  local how = self.priv.sandboxend(pid, false, true)
+  return table.concat(out, "\n"), how, read_file(log)
+end
+
+function Host:fail(what, stderr)
+  local kind, words, raw = M.classify(stderr)
+  local e = setmetatable({ host = self.name, kind = kind,
+    message = string.format("host '%s' (%s): %s: %s%s", self.name, self.url, what, words,
+      raw ~= words and (" [ssh: " .. raw .. "]") or "") }, { __tostring = function(t)
+      return t.message
+    end })
+  error(e.message, 0)
+end
+
+-- The master connection, started when there is none (or it died): ssh -fN backgrounds
+-- itself once logged in, so its exit says whether the host was reached.
+function Host:master()
+  local log = self:errlog()
+  local check = self:target_argv(self:ssh_argv({ "-O", "check" }))
+  local pid, ch = self.priv.spawnchannel(check, "/dev/null", "/dev/null")
+  ch:close()
+  if self.priv.sandboxend(pid, false, true) == "exited with code 0" then
+    return
+  end
+  local f = io.open(log, "wb")
+  if f then
+    f:close()
+  end
+  local argv = self:target_argv(self:ssh_argv({ "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N" }))
+  pid, ch = self.priv.spawnchannel(argv, log, "/dev/null")
+  ch:close()
+  local how = self.priv.sandboxend(pid, false, true)
+  if how ~= "exited with code 0" then
+    self:fail("cannot connect", read_file(log))
+  end
+end
+
+-- The local portable build and its hash: the name it has on hosts.
+function M.portable_build()
+  local sys = require("hrun.sys")
+  local fs = require("hrun.fs")
+  local candidates = {}
+  local env = sys.env("HRUN_PORTABLE")
+  if env and env ~= "" then
+    candidates[1] = env
+  end
+  local exe = fs.stat("/proc/self/exe", { follow = false })
+  local dir = exe and exe.target and exe.target:match("^(.*)/[^/]*$")
+  if dir then
+    candidates[#candidates + 1] = dir .. "/hrun-portable"
+    candidates[#candidates + 1] = dir .. "/../lib/hrun/hrun-portable"
+  end
+  for _, path in ipairs(candidates) do
+    if fs.exists(path) then
+      local hex = assert(require("hrun.hash").file(path, { algo = "sha256" }))
+      return path, hex:sub(1, 16)
+    end
+  end
+  return nil, table.concat(candidates, ", ")
+end
+
+-- Which hrun to run there: the installed one when its version is this one, else the
+-- portable build under its hash in agent_dir (uploaded when it is not there yet).
+function Host:agent_command()
+  local mine = string.format("hrun %s (%s)", self.priv.version, _VERSION)
+  local portable, hash = M.portable_build()
+  local dir = self.agent_dir
+  local probe = string.format("id -u; (command -v hrun >/dev/null 2>&1 && hrun version 2>/dev/null | head -n 1) " ..
+    "|| echo none; test -x %s && echo present || echo absent", shq(dir .. "/hrun-" .. (hash or "none")))
+  local out, how, err = self:run(probe)
+  if how ~= "exited with code 0" then
+    self:fail("cannot run a command there (" .. how .. ")", err)
+  end
+  local uid, installed, present = out:match("^(%d+)\n([^\n]*)\n(%a+)")
+  self.uid = tonumber(uid)
+  self.installed = installed ~= "none" and installed or nil
+  if installed == mine then
+    self.agent_kind = "installed"
+    return "hrun"
+  end
+  if not portable then
+    error(string.format("host '%s': its hrun is %s, not %s, and there is no portable build to upload " ..
+      "(looked for %s; set HRUN_PORTABLE)", self.name, installed == "none" and "missing" or installed, mine, hash), 0)
+  end
+  local remote = dir .. "/hrun-" .. hash
+  if present ~= "present" then
+    local part = string.format("%s/.hrun-%s.part.%d", dir, hash, self.priv.pid())
+    local cmd = string.format("umask 077 && mkdir -p %s && cat > %s && chmod 700 %s && mv -f %s %s",
+      shq(dir), shq(part), shq(part), shq(part), shq(remote))
+    local _, uhow, uerr = self:run(cmd, portable)
+    if uhow ~= "exited with code 0" then
+      self:fail(string.format("cannot upload hrun to %s (%s)", dir, uhow), uerr)
+    end
+    self.uploaded = true
+  end
+  self.agent_kind = "portable"
+  return remote
+end
+
+function Host:emit(ev)
+  if self.on_event then
+    ev.host = self.name
+    self.on_event(ev)
+  end
+end
+
+-- Connects (master, agent) and says hello; the ready message.
+function Host:connect()
+  return own(self.connect_here, self)
+end
+
+function Host:connect_here()
+  self:master()
+  local cmd = self.agent or self:agent_command()
+  self.agent = cmd
+  local argv = self:target_argv(self:ssh_argv({ "-o", "ControlMaster=no", "-T" }))
+  argv[#argv + 1] = string.format("exec %s agent --dir %s", shq(cmd), shq(self.agent_dir))
+  local log = self:errlog()
+  self.pid, self.ch = self.priv.spawnchannel(argv, log)
+  local ready = self:receive(nil, 30)
+  if type(ready) ~= "table" or ready.t ~= "ready" then
+    local e = ready and ready.message or "no answer"
+    self:close()
+    self:fail("its agent did not start: " .. tostring(e), read_file(log))
+  end
+  self.ready = ready
+  if self.run_id then
+    self:request({ t = "stash", controller = self.controller, run = self.run_id })
+  end
+  return ready
+end
+
+function Host:close()
+  if self.ch then
+    pcall(self.ch.send, self.ch, self:encode({ t = "bye" }))
+    self.ch:close()
+    self.ch = nil
+  end
+  if self.pid then
+    self.priv.sandboxend(self.pid, true)
+    self.pid = nil
+  end
+end
+
+-- Stops the master connection (the end of a run that wants no ssh left behind).
+function Host:disconnect()
+  self:close()
+  local argv = self:target_argv(self:ssh_argv({ "-O", "exit" }))
+  local pid, ch = self.priv.spawnchannel(argv, "/dev/null", "/dev/null")
+  ch:close()
+  self.priv.sandboxend(pid, false, true)
+end
+
+function Host:encode(msg)
+  return wire.encode(msg, self.special, false)
+end
+
+-- The next message for seq (output lines on the way are handed on), or nil, why.
+-- seconds: a wait of its own (connecting); else the step's deadline and Ctrl-C.
+function Host:receive(seq, seconds)
+  local priv = self.priv
+  local saved = priv.deadline()
+  if seconds then
+    priv.setdeadline(priv.monotime() + seconds)
+  end
+  local ok, res, why = pcall(function()
+    while true do
+      local line, w = self.ch:recv(1 << 30, true)
+      if not line then
+        return nil, w
+      end
+      local dok, m = pcall(wire.decode, line, self.tags)
+      if not dok or type(m) ~= "table" then
+        return nil, "not a message: " .. tostring(m)
+      end
+      if m.t == "output" then
+        self:emit({ event = "output", line = require("hrun.pretty").utf8(tostring(m.line)), stream = m.stream })
+      elseif seq == nil or m.seq == seq then
+        return m
+      end
+    end
+  end)
+  if seconds then
+    priv.setdeadline(saved)
+  end
+  if not ok then
+    error(res, 0)
+  end
+  return res, why
+end
+
+-- Sends a request and waits for its answer. A channel that drops is connected again and
+-- the same request (same seq) sent again: the agent answers a write it already did from
+-- its journal. The step's deadline or Ctrl-C interrupts the agent's call there.
+function Host:request(msg)
+  return own(self.request_here, self, msg)
+end
+
+function Host:request_here(msg)
+  self.seq = self.seq + 1
+  msg.seq = self.seq
+  local text = self:encode(msg)
+  local lost_at
+  while true do
+    local reply, why
+    if self.ch then
+      local sent, swhy = self.ch:send(text, true)
+      if sent then
+        reply, why = self:receive(msg.seq)
+      else
+        why = swhy
+      end
+    else
+      why = "not connected"
+    end
+    if reply then
+      return reply
+    end
+    if why == "timeout" or why == "interrupted" then
+      return self:interrupt(msg, why)
+    end
+    -- the channel is gone: connect again while the host may come back
+    lost_at = lost_at or self.priv.monotime()
+    self:close()
+    self:emit({ event = "log", message = string.format("host '%s': the channel dropped (%s); connecting again",
+      self.name, tostring(why)) })
+    local ok, err
+    repeat
+      ok, err = pcall(self.connect, self)
+      if not ok then
+        if self.priv.interrupted() then
+          error(string.format("host '%s': interrupted while connecting again", self.name), 0)
+        end
+        if self.priv.monotime() - lost_at > self.reconnect_seconds then
+          error(string.format("host '%s' is unreachable: %s (for %d s, in the middle of a call)", self.name,
+            tostring(err), self.reconnect_seconds), 0)
+        end
+        require("hrun.sys").sleep(1)
+      end
+    until ok
+  end
+end
+
+-- The step's deadline or Ctrl-C while a call runs there: the agent's call is
+-- interrupted as a local one would be (SIGINT), and its answer waited for a while.
+function Host:interrupt(msg, why)
+  local pid = self.ready and self.ready.pid
+  if pid then
+    pcall(self.run, self, "kill -INT " .. math.tointeger(pid))
+  end
+  local reply = self:receive(msg.seq, 10)
+  if reply then
+    return reply
+  end
+  self:close()
+  error(why == "timeout" and "timed out" or "interrupted", 0)
+end
+
+-- A call's answer as the call's results (raises its error).
+local function results(reply)
+  if reply.t == "error" then
+    error(tostring(reply.message), 0)
+  end
+  local values, n = reply.values or {}, reply.n
+  if math.type(n) ~= "integer" or n < 0 or n > 200 then
+    n = #values
+  end
+  return table.unpack(values, 1, n)
+end
+M.results = results
+
+function Host:call(name, ...)
+  local args = table.pack(...)
+  local n = args.n
+  args.n = nil
+  return results(self:request({ t = "call", name = name, args = args, n = n }))
+end
+
+function Host:priv_call(fn, ...)
+  local args = table.pack(...)
+  local n = args.n
+  args.n = nil
+  return results(self:request({ t = "priv", fn = fn, args = args, n = n }))
+end
+
+-- {======================================================
+-- hosts.NAME.<module>.<fn>(…): routed by the runner while a playbook runs
+-- ======================================================
+
+M.router = nil
+
+function M.route(host, fn, ...)
+  if host == "local" then
+    if M.router then
+      return M.router(host, fn, ...)
+    end
+    return fn(...)
+  end
+  if not M.router then
+    error(string.format("hosts.%s: other hosts are reached while a playbook runs (hrun PLAYBOOK.lua)", host), 2)
+  end
+  return M.router(host, fn, ...)
+end
+
+-- }======================================================
+
+return M
