@@ -20,16 +20,80 @@ static const luaL_Reg hrun_modules[] = {
     {"sys", luaopen_hrun_sys},
     {"btrfs", luaopen_hrun_btrfs},
     {"hash", luaopen_hrun_hash},
+#ifndef HRUN_PORTABLE
     {"git", luaopen_hrun_git},
+#endif
     {"nixos", luaopen_hrun_nixos},
+#ifndef HRUN_PORTABLE
     {"http", luaopen_hrun_http},
     {"service", luaopen_hrun_service},
     {"podman", luaopen_hrun_podman},
+#endif
     {"sqlite", luaopen_hrun_sqlite},
     {"secrets", luaopen_hrun_secrets},
     {NULL, NULL},
     /* clang-format on */
 };
+
+#ifdef HRUN_PORTABLE
+/* {======================================================
+** The modules the portable build has not (their libraries have no static archive in
+** Debian: libgit2's and libcurl's need krb5, ldap, nghttp2…; libsystemd has none). Each
+** is a stand-in: `require "hrun.git"` still loads (the engine's files that name them load),
+** and any function of it raises, saying what to use on such a host instead.
+** ======================================================= */
+
+static const char *const missing_modules[][2] = {
+    {"git", "run the host's own git through exec.run{\"git\", …}, or use git on the "
+            "controller"},
+    {"http", "make HTTP requests and checks from the controller"},
+    {"service", "run the host's systemctl through exec.run{\"systemctl\", …}"},
+    {"podman", "run the host's podman or docker through exec.run"},
+};
+
+/* A stand-in's function: raises "git.clone: git is not in the portable build …". */
+static int missing_call(lua_State *L)
+{
+    luaL_where(L, 1);
+    lua_pushfstring(L, "%s: %s is not in the portable build of hrun (%s)",
+                    lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, lua_upvalueindex(2)),
+                    lua_tostring(L, lua_upvalueindex(3)));
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* __index of a stand-in module (upvalues: its name, what to do instead): any field is a
+** function that raises, naming itself */
+static int missing_index(lua_State *L)
+{
+    if (lua_type(L, 2) != LUA_TSTRING) return 0;
+    lua_pushfstring(L, "%s.%s", lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, 2));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, missing_call, 3);
+    return 1;
+}
+
+/* The loader of a stand-in (package.preload["hrun.git"]): upvalue i, its index. */
+static int missing_open(lua_State *L)
+{
+    lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
+    lua_newtable(L);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, missing_modules[i][0]);
+    lua_pushstring(L, missing_modules[i][1]);
+    lua_pushcclosure(L, missing_index, 2);
+    lua_setfield(L, -2, "__index");
+    lua_pushfstring(L, "hrun.%s (not in the portable build)", missing_modules[i][0]);
+    lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+/* }====================================================== */
+#endif
 
 static int runtime_gc(lua_State *L)
 {
@@ -156,6 +220,14 @@ lua_State *hrun_newstate(void)
         lua_insert(L, -2);
         lua_settable(L, -3);
     }
+#ifdef HRUN_PORTABLE
+    for (size_t i = 0; i < sizeof missing_modules / sizeof missing_modules[0]; i++) {
+        lua_pushfstring(L, "hrun.%s", missing_modules[i][0]);
+        lua_pushinteger(L, (lua_Integer)i);
+        lua_pushcclosure(L, missing_open, 1);
+        lua_settable(L, -3);
+    }
+#endif
     lua_pop(L, 1);
     return L;
 }
@@ -393,6 +465,20 @@ int hrun_openprivate(lua_State *L)
     hrun_openconfine(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
+    /* portable: whether this is the static build (docs/portable.md); modules: the names of
+    ** the modules it has, in the order of hrun_modules */
+#ifdef HRUN_PORTABLE
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    lua_setfield(L, -2, "portable");
+    lua_newtable(L);
+    for (const luaL_Reg *m = hrun_modules; m->name; m++) {
+        lua_pushstring(L, m->name);
+        lua_rawseti(L, -2, m - hrun_modules + 1);
+    }
+    lua_setfield(L, -2, "modules");
     return 1;
 }
 
