@@ -40,7 +40,7 @@ static const luaL_Reg hrun_modules[] = {
 ** The modules the portable build has not (their libraries have no static archive in
 ** Debian: libgit2's and libcurl's need krb5, ldap, nghttp2…; libsystemd has none). Each
 ** is a stand-in: `require "hrun.git"` still loads (the engine's files that name them load),
-** and any function of it raises, saying what to use on such a host instead.
+** and any function of it fails, saying what to use on such a host instead.
 ** ======================================================= */
 
 static const char *const missing_modules[][2] = {
@@ -51,15 +51,24 @@ static const char *const missing_modules[][2] = {
     {"podman", "run the host's podman or docker through exec.run"},
 };
 
-/* A stand-in's function: raises "git.clone: git is not in the portable build …". */
+/* A stand-in's function: nil, "git.clone: git is not in the portable build …", "ENOTSUP"
+** (the engine's callers take it as any failure of the world: git.open's gives no
+** provenance); raised in a playbook's functions (strict), as a primitive's failure is. */
 static int missing_call(lua_State *L)
 {
-    luaL_where(L, 1);
+    lua_settop(L, 0);
+    lua_pushnil(L);
     lua_pushfstring(L, "%s: %s is not in the portable build of hrun (%s)",
                     lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, lua_upvalueindex(2)),
                     lua_tostring(L, lua_upvalueindex(3)));
-    lua_concat(L, 2);
-    return lua_error(L);
+    if (hrun_runtime(L)->strict) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+        return lua_error(L);
+    }
+    lua_pushliteral(L, "ENOTSUP");
+    return 3;
 }
 
 /* __index of a stand-in module (upvalues: its name, what to do instead): any field is a
