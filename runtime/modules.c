@@ -43,12 +43,18 @@ static const luaL_Reg hrun_modules[] = {
 ** and any function of it fails, saying what to use on such a host instead.
 ** ======================================================= */
 
-static const char *const missing_modules[][2] = {
-    {"git", "run the host's own git through exec.run{\"git\", …}, or use git on the "
-            "controller"},
-    {"http", "make HTTP requests and checks from the controller"},
-    {"service", "run the host's systemctl through exec.run{\"systemctl\", …}"},
-    {"podman", "run the host's podman or docker through exec.run"},
+/* Each: its name, what to use instead, its functions (the full build's, that a playbook's
+** copy of the module has: tests/spec/portable_spec.lua compares them). */
+static const char *const missing_modules[][3] = {
+    {"git",
+     "run the host's own git through exec.run{\"git\", …}, or use git on the controller",
+     "checkout checkout_paths clone commit delete_tag diff fetch head init log open status tag "
+     "tags"},
+    {"http", "make HTTP requests and checks from the controller", "get head post request wait"},
+    {"service", "run the host's systemctl through exec.run{\"systemctl\", …}",
+     "failed is_enabled list reload restart start status stop"},
+    {"podman", "run the host's podman or docker through exec.run",
+     "inspect logs ps restart start stop"},
 };
 
 /* A stand-in's function: nil, "git.clone: git is not in the portable build …", "ENOTSUP"
@@ -71,15 +77,23 @@ static int missing_call(lua_State *L)
     return 3;
 }
 
-/* __index of a stand-in module (upvalues: its name, what to do instead): any field is a
-** function that raises, naming itself */
+/* [-0, +1, m] A stand-in's function called module.name (the strings at m and n) */
+static void push_missing(lua_State *L, int m, int n, const char *instead)
+{
+    lua_pushfstring(L, "%s.%s", lua_tostring(L, m), lua_tostring(L, n));
+    lua_pushvalue(L, m);
+    lua_pushstring(L, instead);
+    lua_pushcclosure(L, missing_call, 3);
+}
+
+/* __index of a stand-in module (upvalue: its index): any other field is a function that
+** fails too (the engine's own _names) */
 static int missing_index(lua_State *L)
 {
     if (lua_type(L, 2) != LUA_TSTRING) return 0;
-    lua_pushfstring(L, "%s.%s", lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, 2));
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_pushcclosure(L, missing_call, 3);
+    const char *const *m = missing_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    lua_pushstring(L, m[0]);
+    push_missing(L, lua_gettop(L), 2, m[1]);
     return 1;
 }
 
@@ -87,13 +101,23 @@ static int missing_index(lua_State *L)
 static int missing_open(lua_State *L)
 {
     lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
+    const char *const *m = missing_modules[i];
+    lua_settop(L, 0);
     lua_newtable(L);
+    lua_pushstring(L, m[0]);
+    for (const char *p = m[2]; *p;) {
+        size_t len = strcspn(p, " ");
+        lua_pushlstring(L, p, len);
+        push_missing(L, 2, 3, m[1]);
+        lua_rawset(L, 1);
+        p += len + (p[len] == ' ');
+    }
+    lua_settop(L, 1);
     lua_createtable(L, 0, 3);
-    lua_pushstring(L, missing_modules[i][0]);
-    lua_pushstring(L, missing_modules[i][1]);
-    lua_pushcclosure(L, missing_index, 2);
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, missing_index, 1);
     lua_setfield(L, -2, "__index");
-    lua_pushfstring(L, "hrun.%s (not in the portable build)", missing_modules[i][0]);
+    lua_pushfstring(L, "hrun.%s (not in the portable build)", m[0]);
     lua_setfield(L, -2, "__name");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
