@@ -46,8 +46,7 @@ static const luaL_Reg hrun_modules[] = {
 /* Each: its name, what to use instead, its functions (the full build's, that a playbook's
 ** copy of the module has: tests/spec/portable_spec.lua compares them). */
 static const char *const missing_modules[][3] = {
-    {"git",
-     "run the host's own git through exec.run{\"git\", …}, or use git on the controller",
+    {"git", "run the host's own git through exec.run{\"git\", …}, or use git on the controller",
      "checkout checkout_paths clone commit delete_tag diff fetch head init log open status tag "
      "tags"},
     {"http", "make HTTP requests and checks from the controller", "get head post request wait"},

@@ -4,7 +4,7 @@
 -- hrun's version, and the modules it has not (git, http, service, podman) fail with a
 -- message that says so, never a nil-index crash.
 
-PORTABLE = sys.env("HRUN_PORTABLE") or (HRUN:match("^(.*)/[^/]*$") or ".") .. "/hrun-portable"
+local PORTABLE = sys.env("HRUN_PORTABLE") or (HRUN:match("^(.*)/[^/]*$") or ".") .. "/hrun-portable"
 
 local function portable(args, opts)
   local argv = { PORTABLE }
@@ -17,7 +17,7 @@ local function portable(args, opts)
 end
 
 -- root() → dir: an empty root holding only the binary (/hrun) and an empty /tmp (and
--- /proc, where in(dir, …) mounts a proc of its own, gone with its mount namespace)
+-- /proc, where in_root mounts a proc of its own, gone with its mount namespace)
 local function root()
   need_root()
   need("unshare")
@@ -28,7 +28,7 @@ local function root()
   return dir
 end
 
--- in(dir, args) → exec.run's result of /hrun args chrooted into dir
+-- in_root(dir, args) → exec.run's result of /hrun args chrooted into dir
 local function in_root(dir, args)
   local argv = { "unshare", "--mount", "--pid", "--fork", "--root=" .. dir, "--mount-proc", "/hrun",
     "--no-color" }
@@ -57,7 +57,8 @@ return playbook { name = "portable", params = { data = "/tmp/data" },
       local d = ctx.params.data
       sqlite.backup("/tmp/state/journal.db", d .. "/journal-copy.db")
       local rows = sqlite.query(d .. "/journal-copy.db", "select count(*) as n from runs")
-      local v = exec.run({ "/hrun", "version" }, { stdin = "", readonly = true }).stdout
+      local itself = "/hrun"
+      local v = exec.run({ itself, "version" }, { stdin = "", readonly = true }).stdout
       fs.write(d .. "/facts", json.encode({ runs = rows[1].n, root = sys.is_root(), version = v }))
     end },
   } }
