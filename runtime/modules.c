@@ -280,6 +280,16 @@ void hrun_openlibs(lua_State *L)
         lua_setfield(L, -3, m->name);
         lua_pop(L, 1);
     }
+#ifdef HRUN_PORTABLE
+    /* the stand-ins are globals too (a script's git.clone fails saying why), not in the
+    ** table of the modules this build has */
+    for (size_t i = 0; i < sizeof missing_modules / sizeof missing_modules[0]; i++) {
+        lua_getglobal(L, "require");
+        lua_pushfstring(L, "hrun.%s", missing_modules[i][0]);
+        lua_call(L, 1, 1);
+        lua_setglobal(L, missing_modules[i][0]);
+    }
+#endif
 }
 
 /* {======================================================

@@ -142,14 +142,15 @@ return playbook { name = "g", phase "p" {
     end
   end)
 
-  it("returns nil, why, ENOTSUP outside a playbook (the engine's callers carry on)", function()
+  it("returns nil, why, ENOTSUP outside a playbook (the engine's callers carry on; a script's global)", function()
     local r = portable({ "-e", [[
 local v, why, code = require("hrun.http").get("http://localhost/")
 print(v, why, code)
-print(select("#", require("hrun.service").status("x")))]] })
+print(select("#", require("hrun.service").status("x")))
+print(select(3, git.open("/")))]] })
     eq(r.code, 0, r.stderr)
     eq(r.stdout, "nil\thttp.get: http is not in the portable build of hrun (make HTTP requests and " ..
-      "checks from the controller)\tENOTSUP\n3\n")
+      "checks from the controller)\tENOTSUP\n3\nENOTSUP\n")
   end)
 
   it("net scoped to a URL is refused as a capability (no URL parser without libcurl)", function()
