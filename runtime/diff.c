@@ -9,6 +9,9 @@
 ** several lines, show as one "<secret>" — masked afterwards, line by line, a secret of
 ** several lines would not be found. Binary content (a NUL byte) is said as such, not
 ** shown; sides over DIFF_MAX_INPUT are not read, and a diff is cut after DIFF_MAX_LINES.
+**
+** The portable build (HRUN_PORTABLE) has no libgit2: its previews say there is no diff
+** (the controller, which has the full build, makes the diffs people read).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef HRUN_PORTABLE
 #include <git2.h>
+#endif
 
 #include "internal.h"
 
@@ -54,6 +59,19 @@ static int is_binary(const char *p, size_t len)
 {
     return p && memchr(p, '\0', len < BINARY_PROBE ? len : BINARY_PROBE) != NULL;
 }
+
+#ifdef HRUN_PORTABLE
+
+/* [-0, +0, m] No diff (no libgit2): a line says so; -1, as when libgit2 fails. */
+static int hunks(lua_State *L, int lines, const char *old, size_t oldlen, const char *new,
+                 size_t newlen, size_t *added, size_t *removed)
+{
+    (void)old, (void)oldlen, (void)new, (void)newlen, (void)added, (void)removed;
+    hrun_add_line(L, lines, "(no diff: the portable build of hrun makes none)");
+    return -1;
+}
+
+#else
 
 typedef struct Patch {
     git_patch *p;
@@ -136,6 +154,8 @@ static int hunks(lua_State *L, int lines, const char *old, size_t oldlen, const 
     return 0;
 }
 
+#endif
+
 void hrun_diff_preview(lua_State *L, const char *path, const char *old, size_t oldlen,
                        const char *new, size_t newlen)
 {
@@ -174,7 +194,9 @@ void hrun_diff_preview(lua_State *L, const char *path, const char *old, size_t o
             hrun_mask(L, -1);
             lua_replace(L, -2);
         }
+#ifndef HRUN_PORTABLE
         hrun_need_libgit2(L);
+#endif
         size_t ol, nl, added = 0, removed = 0;
         const char *o = lua_tolstring(L, -2, &ol), *n = lua_tolstring(L, -1, &nl);
         if (hunks(L, lines, old ? o : NULL, ol, n, nl, &added, &removed) == 0) {

@@ -339,4 +339,29 @@ int hrun_pcallback(lua_State *L, int nargs);
 ** while a primitive waits; its errors are ignored. */
 void hrun_tick(lua_State *L);
 
+/* {======================================================
+** The engine's Lua library (stdlib.c); in the portable build (HRUN_PORTABLE), built in
+** ======================================================= */
+
+/* What the portable build calls the directory of its built-in library: main passes it as
+** the library's directory; chunk names are "@(built in)/hrun/cli.lua". */
+#define HRUN_BUILTIN_STDLIB "(built in)"
+
+/* A file of the built-in library: name "hrun/cli.lua", its bytes (generated at build time
+** by cmake/embed_stdlib.cmake into hrun_stdlib_files, ended by a NULL name). */
+typedef struct hrun_StdlibFile {
+    const char *name;
+    const unsigned char *bytes;
+    size_t len;
+} hrun_StdlibFile;
+extern const hrun_StdlibFile hrun_stdlib_files[];
+
+/* [-0, +1, m] Loads file ("hrun/cli.lua") of the library in dir as luaL_loadfile does
+** (the chunk, or the error and LUA_ERRFILE/LUA_ERRSYNTAX). For HRUN_BUILTIN_STDLIB (the
+** portable build) the file is the binary's copy, and from then on `require "hrun.x"`
+** finds the built-in hrun/x.lua (a searcher before package.path's). */
+int hrun_stdlib_load(lua_State *L, const char *dir, const char *file);
+
+/* }====================================================== */
+
 #endif

@@ -30,12 +30,17 @@ static int isdir_with_engine(const char *dir)
 /*
 ** Where the Lua stdlib is: $HRUN_PATH; else beside the installed binary
 ** (<prefix>/bin/hrun → <prefix>/share/hrun/lua); else the source tree the binary was
-** built from, so it runs from its build directory without installing.
+** built from, so it runs from its build directory without installing. The portable
+** build (HRUN_PORTABLE) has its own inside: $HRUN_PATH, else that one.
 */
 static const char *find_stdlib(char *buf, size_t size)
 {
     const char *env = getenv("HRUN_PATH");
     if (env && *env) return env;
+#ifdef HRUN_PORTABLE
+    (void)buf, (void)size;
+    return HRUN_BUILTIN_STDLIB;
+#else
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) {
@@ -50,6 +55,7 @@ static const char *find_stdlib(char *buf, size_t size)
     }
     if (isdir_with_engine(HRUN_SOURCE_STDLIB)) return HRUN_SOURCE_STDLIB;
     return HRUN_INSTALL_STDLIB;
+#endif
 }
 
 /* The message handler: a traceback with -v (the engine asks for it), else the message. */
@@ -71,21 +77,24 @@ static int pmain(lua_State *L)
     char **argv = lua_touserdata(L, 2);
     char buf[PATH_MAX];
     const char *stdlib = find_stdlib(buf, sizeof buf);
-    if (!isdir_with_engine(stdlib))
+    int builtin = strcmp(stdlib, HRUN_BUILTIN_STDLIB) == 0;
+    if (!builtin && !isdir_with_engine(stdlib))
         return luaL_error(
             L, "cannot find the hrun Lua library (hrun/cli.lua) in '%s'; set HRUN_PATH", stdlib);
     hrun_openlibs(L);
     lua_pop(L, 1);
-    /* the engine's own modules come first; installed Lua modules stay reachable */
-    lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", stdlib, stdlib);
-    lua_getfield(L, -2, "path");
-    lua_concat(L, 2);
-    lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
+    /* the engine's own modules come first; installed Lua modules stay reachable (the
+    ** built-in library's searcher comes before package.path: hrun_stdlib_load puts it) */
+    if (!builtin) {
+        lua_getglobal(L, "package");
+        lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", stdlib, stdlib);
+        lua_getfield(L, -2, "path");
+        lua_concat(L, 2);
+        lua_setfield(L, -2, "path");
+        lua_pop(L, 1);
+    }
 
-    lua_pushfstring(L, "%s/hrun/cli.lua", stdlib);
-    if (luaL_loadfile(L, lua_tostring(L, -1)) != LUA_OK) return lua_error(L);
+    if (hrun_stdlib_load(L, stdlib, "hrun/cli.lua") != LUA_OK) return lua_error(L);
     hrun_openprivate(L);
     lua_createtable(L, argc, 0);
     for (int i = 0; i < argc; i++) {

@@ -20,16 +20,112 @@ static const luaL_Reg hrun_modules[] = {
     {"sys", luaopen_hrun_sys},
     {"btrfs", luaopen_hrun_btrfs},
     {"hash", luaopen_hrun_hash},
+#ifndef HRUN_PORTABLE
     {"git", luaopen_hrun_git},
+#endif
     {"nixos", luaopen_hrun_nixos},
+#ifndef HRUN_PORTABLE
     {"http", luaopen_hrun_http},
     {"service", luaopen_hrun_service},
     {"podman", luaopen_hrun_podman},
+#endif
     {"sqlite", luaopen_hrun_sqlite},
     {"secrets", luaopen_hrun_secrets},
     {NULL, NULL},
     /* clang-format on */
 };
+
+#ifdef HRUN_PORTABLE
+/* {======================================================
+** The modules the portable build has not (their libraries have no static archive in
+** Debian: libgit2's and libcurl's need krb5, ldap, nghttp2…; libsystemd has none). Each
+** is a stand-in: `require "hrun.git"` still loads (the engine's files that name them load),
+** and any function of it fails, saying what to use on such a host instead.
+** ======================================================= */
+
+/* Each: its name, what to use instead, its functions (the full build's, that a playbook's
+** copy of the module has: tests/spec/portable_spec.lua compares them). */
+static const char *const missing_modules[][3] = {
+    {"git", "run the host's own git through exec.run{\"git\", …}, or use git on the controller",
+     "checkout checkout_paths clone commit delete_tag diff fetch head init log open status tag "
+     "tags"},
+    {"http", "make HTTP requests and checks from the controller", "get head post request wait"},
+    {"service", "run the host's systemctl through exec.run{\"systemctl\", …}",
+     "failed is_enabled list reload restart start status stop"},
+    {"podman", "run the host's podman or docker through exec.run",
+     "inspect logs ps restart start stop"},
+};
+
+/* A stand-in's function: nil, "git.clone: git is not in the portable build …", "ENOTSUP"
+** (the engine's callers take it as any failure of the world: git.open's gives no
+** provenance); raised in a playbook's functions (strict), as a primitive's failure is. */
+static int missing_call(lua_State *L)
+{
+    lua_settop(L, 0);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s is not in the portable build of hrun (%s)",
+                    lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, lua_upvalueindex(2)),
+                    lua_tostring(L, lua_upvalueindex(3)));
+    if (hrun_runtime(L)->strict) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+        return lua_error(L);
+    }
+    lua_pushliteral(L, "ENOTSUP");
+    return 3;
+}
+
+/* [-0, +1, m] A stand-in's function called module.name (the strings at m and n) */
+static void push_missing(lua_State *L, int m, int n, const char *instead)
+{
+    lua_pushfstring(L, "%s.%s", lua_tostring(L, m), lua_tostring(L, n));
+    lua_pushvalue(L, m);
+    lua_pushstring(L, instead);
+    lua_pushcclosure(L, missing_call, 3);
+}
+
+/* __index of a stand-in module (upvalue: its index): any other field is a function that
+** fails too (the engine's own _names) */
+static int missing_index(lua_State *L)
+{
+    if (lua_type(L, 2) != LUA_TSTRING) return 0;
+    const char *const *m = missing_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    lua_pushstring(L, m[0]);
+    push_missing(L, lua_gettop(L), 2, m[1]);
+    return 1;
+}
+
+/* The loader of a stand-in (package.preload["hrun.git"]): upvalue i, its index. */
+static int missing_open(lua_State *L)
+{
+    lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
+    const char *const *m = missing_modules[i];
+    lua_settop(L, 0);
+    lua_newtable(L);
+    lua_pushstring(L, m[0]);
+    for (const char *p = m[2]; *p;) {
+        size_t len = strcspn(p, " ");
+        lua_pushlstring(L, p, len);
+        push_missing(L, 2, 3, m[1]);
+        lua_rawset(L, 1);
+        p += len + (p[len] == ' ');
+    }
+    lua_settop(L, 1);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, missing_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushfstring(L, "hrun.%s (not in the portable build)", m[0]);
+    lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+/* }====================================================== */
+#endif
 
 static int runtime_gc(lua_State *L)
 {
@@ -156,6 +252,14 @@ lua_State *hrun_newstate(void)
         lua_insert(L, -2);
         lua_settable(L, -3);
     }
+#ifdef HRUN_PORTABLE
+    for (size_t i = 0; i < sizeof missing_modules / sizeof missing_modules[0]; i++) {
+        lua_pushfstring(L, "hrun.%s", missing_modules[i][0]);
+        lua_pushinteger(L, (lua_Integer)i);
+        lua_pushcclosure(L, missing_open, 1);
+        lua_settable(L, -3);
+    }
+#endif
     lua_pop(L, 1);
     return L;
 }
@@ -176,6 +280,16 @@ void hrun_openlibs(lua_State *L)
         lua_setfield(L, -3, m->name);
         lua_pop(L, 1);
     }
+#ifdef HRUN_PORTABLE
+    /* the stand-ins are globals too (a script's git.clone fails saying why), not in the
+    ** table of the modules this build has */
+    for (size_t i = 0; i < sizeof missing_modules / sizeof missing_modules[0]; i++) {
+        lua_getglobal(L, "require");
+        lua_pushfstring(L, "hrun.%s", missing_modules[i][0]);
+        lua_call(L, 1, 1);
+        lua_setglobal(L, missing_modules[i][0]);
+    }
+#endif
 }
 
 /* {======================================================
@@ -413,6 +527,20 @@ int hrun_openprivate(lua_State *L)
     hrun_openconfine(L);
     lua_pushliteral(L, HRUN_VERSION);
     lua_setfield(L, -2, "version");
+    /* portable: whether this is the static build (docs/portable.md); modules: the names of
+    ** the modules it has, in the order of hrun_modules */
+#ifdef HRUN_PORTABLE
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    lua_setfield(L, -2, "portable");
+    lua_newtable(L);
+    for (const luaL_Reg *m = hrun_modules; m->name; m++) {
+        lua_pushstring(L, m->name);
+        lua_rawseti(L, -2, m - hrun_modules + 1);
+    }
+    lua_setfield(L, -2, "modules");
     return 1;
 }
 

@@ -2,6 +2,9 @@
 ** repl.c — the REPL's line editor, through libedit (BSD licence; GNU readline's would
 ** bind the binary): prompts, persistent history, tab completion. What a line means
 ** (incomplete chunks, printing values) is the engine's business, in stdlib/hrun/repl.lua.
+**
+** The portable build (HRUN_PORTABLE) has no libedit: its REPL reads plain lines, with no
+** editing, history or completion.
 */
 #include <errno.h>
 #include <stdio.h>
@@ -9,9 +12,64 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <editline/readline.h>
-
 #include "internal.h"
+
+#ifdef HRUN_PORTABLE
+
+int hrun_repl_open(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+int hrun_repl_close(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+/* readline(prompt) → line | nil (end of input) | nil, "interrupted" (Ctrl-C) */
+int hrun_repl_readline(lua_State *L)
+{
+    fputs(luaL_checkstring(L, 1), stdout);
+    fflush(stdout);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (;;) {
+        unsigned char c;
+        ssize_t n = read(STDIN_FILENO, &c, 1);
+        if (n < 0 && errno == EINTR && !hrun_interrupted()) continue;
+        if (hrun_interrupted()) {
+            hrun_clearinterrupt();
+            lua_pushnil(L);
+            lua_pushliteral(L, "interrupted");
+            return 2;
+        }
+        if (n <= 0) {
+            if (luaL_bufflen(&b) == 0) {
+                lua_pushnil(L);
+                return 1;
+            }
+            break;
+        }
+        if (c == '\n') break;
+        luaL_addchar(&b, (char)c);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* addhistory(line): no history here */
+int hrun_repl_addhistory(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+#else
+
+#include <editline/readline.h>
 
 #define HISTORY_MAX 2000
 
@@ -152,3 +210,5 @@ int hrun_repl_addhistory(lua_State *L)
     lua_pushboolean(L, 1);
     return 1;
 }
+
+#endif

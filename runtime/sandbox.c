@@ -9,6 +9,10 @@
 ** declared capability of that name.  A call with no target (service.failed()) needs any
 ** capability of its name.  A refusal raises an error that names the capability missing.
 ** In audit mode the sandbox records what a run uses and refuses nothing (hrun plan).
+**
+** The portable build (HRUN_PORTABLE) has no libcurl, whose URL parser is the one both the
+** check and a request use: there a net capability scoped to a URL is refused as it is
+** declared (net, and net:unix:/path, are kept), and a URL target is covered only by net.
 */
 #include <ctype.h>
 #include <errno.h>
@@ -23,11 +27,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef HRUN_PORTABLE
 #include <curl/curl.h>
+#endif
 
 #include "internal.h"
 
 #define USED_KEY "hrun.capsused"
+
+#ifdef HRUN_PORTABLE
+#define HRUN_PORTABLE_NOURL 1
+#else
+#define HRUN_PORTABLE_NOURL 0
+#endif
 
 /* How a capability's scope is read and matched. */
 enum scope_kind { SCOPE_NONE, SCOPE_PATH, SCOPE_PROGRAM, SCOPE_NAME, SCOPE_URL, SCOPE_ENV };
@@ -229,6 +241,7 @@ static char *lookup_program(const char *name)
 ** URLs (libcurl's parser: what the sandbox checks is what libcurl sends)
 ** ======================================================= */
 
+#ifndef HRUN_PORTABLE
 /* The one parse of a URL that both the check and a request use (http hands libcurl
 ** this handle itself): a scheme is required (no guessing: "80" is not a URL), dot
 ** segments are removed as libcurl removes them before it sends a path. */
@@ -242,6 +255,7 @@ CURLU *hrun_urlparse(const char *text, int *why)
     curl_url_cleanup(h);
     return NULL;
 }
+#endif
 
 static void url_free(Url *u)
 {
@@ -249,6 +263,7 @@ static void url_free(Url *u)
     memset(u, 0, sizeof *u);
 }
 
+#ifndef HRUN_PORTABLE /* the URL parser's helpers */
 static int hexval(int c)
 {
     return c >= '0' && c <= '9'   ? c - '0'
@@ -336,6 +351,7 @@ static int url_paths(const char *raw, char **path, char **bare)
     remove_dots(*bare, 1);
     return 0;
 }
+#endif
 
 /* Could parsers read text differently (libgit2's and libcurl's, a server's)? A
 ** backslash, a space or a control character, or two '@' before the path: such a URL is
@@ -363,6 +379,9 @@ static int url_parse(const char *text, Url *u)
         return (u->sock = strdup(norm)) ? 0 : -1;
     }
     if (url_ambiguous(text)) return -1;
+#ifdef HRUN_PORTABLE
+    return -1; /* no URL parser without libcurl: covered by no scoped capability */
+#else
     CURLU *h = hrun_urlparse(text, NULL);
     if (h == NULL) return -1;
     char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
@@ -378,6 +397,7 @@ static int url_parse(const char *text, Url *u)
     curl_url_cleanup(h);
     if (!ok) url_free(u);
     return ok ? 0 : -1;
+#endif
 }
 
 /* Is path within the scope's path sp at a '/' (sp's trailing slashes aside)? */
@@ -476,6 +496,12 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
                                        "'%s': net:unix takes a socket's absolute path "
                                        "(net:unix:/run/podman/podman.sock)",
                                        text);
+        } else if (HRUN_PORTABLE_NOURL) {
+            return lua_pushfstring(L,
+                                   "'%s': a net capability scoped to a URL is not in the "
+                                   "portable build of hrun (it has no libcurl): declare net, "
+                                   "or check the playbook on the controller",
+                                   text);
         } else if (strstr(scope, "://") == NULL || url_parse(scope, &c->url) < 0) {
             return lua_pushfstring(L, "'%s': net takes a URL (net:https://ntfy.example)", text);
         }

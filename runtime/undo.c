@@ -33,10 +33,17 @@ static const struct {
     const char *kind;
     lua_CFunction fp;
 } kinds[] = {
-    {"path", hrun_path_fp},       {"subvolume", hrun_subvolume_fp},
-    {"ref", hrun_ref_fp},         {"repo", hrun_repo_fp},
-    {"unit", hrun_unit_fp},       {"container", hrun_container_fp},
+    /* clang-format off */
+    {"path", hrun_path_fp},
+    {"subvolume", hrun_subvolume_fp},
     {"profile", hrun_profile_fp},
+#ifndef HRUN_PORTABLE /* git's, service's, podman's: not in the portable build */
+    {"ref", hrun_ref_fp},
+    {"repo", hrun_repo_fp},
+    {"unit", hrun_unit_fp},
+    {"container", hrun_container_fp},
+#endif
+    /* clang-format on */
 };
 
 /* {======================================================

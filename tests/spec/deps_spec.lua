@@ -21,7 +21,8 @@ local PACKAGES = {
   truncate = "coreutils", wc = "coreutils", ["/usr/bin/true"] = "coreutils", ["/usr/bin/env"] = "coreutils",
   env = "coreutils", printf = "coreutils", bash = "bash",
   diff = "diffutils", hostname = "hostname", mount = "mount", umount = "mount", losetup = "mount",
-  runuser = "util-linux", setpriv = "util-linux", filefrag = "e2fsprogs",
+  runuser = "util-linux", setpriv = "util-linux", unshare = "util-linux", filefrag = "e2fsprogs",
+  ldd = "libc-bin",
   -- named in scripts/install-deps.sh
   kill = "procps", pgrep = "procps", pkill = "procps",
   xxhsum = "xxhash", git = "git", ["mkfs.btrfs"] = "btrfs-progs", btrfs = "btrfs-progs",
@@ -33,7 +34,7 @@ local PACKAGES = {
   psql = { "postgresql-client-15", owner = "postgresql-client-common" },
   pg_dumpall = { "postgresql-client-15", owner = "postgresql-client-common" },
   tmux = "tmux", python3 = { "python3", owner = "python3-minimal" }, openssl = "openssl", sqlite3 = "sqlite3",
-  cmake = "cmake", luacheck = "lua-check", ["clang-format"] = "clang-format",
+  cmake = "cmake", luacheck = "lua-check", ["clang-format"] = "clang-format", file = "file",
   -- the benches' peers and timers
   hyperfine = "hyperfine", ansible = { "ansible", owner = "ansible-core" },
   ["ansible-playbook"] = { "ansible", owner = "ansible-core" }, rhash = "rhash", hashdeep = "hashdeep",
