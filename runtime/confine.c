@@ -550,7 +550,7 @@ int hrun_child_main(int argc, char **argv)
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
 
-    int status = luaL_loadfile(L, lua_pushfstring(L, "%s/hrun/child.lua", argv[2]));
+    int status = hrun_stdlib_load(L, argv[2], "hrun/child.lua"); /* built in: portable */
     if (status == LUA_OK) {
         lua_createtable(L, 0, 6); /* the child's private library */
         luaL_requiref(L, "hrun.wire", luaopen_hrun_wire, 0);

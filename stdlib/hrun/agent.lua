@@ -36,6 +36,8 @@ local SCHEMA = [[
     error TEXT,
     started REAL NOT NULL,
     ended REAL,
+    request TEXT,                    -- a detached write: the request its unit runs
+    unit TEXT,                       -- … and the transient systemd unit it runs in
     UNIQUE (controller, run, effect)
   );
 ]]
@@ -191,6 +193,9 @@ function Agent:write(m, args, n)
   local row = self:record(key)
   if row then -- sent again after a reconnect: what happened, never twice
     busy:release()
+    if not row.reply and row.unit then -- a detached write: reattached to its unit
+      row = self:await_detached(row)
+    end
     if row.reply then
       local reply = wire.decode(row.reply, self.tags)
       reply.replayed = true
@@ -214,8 +219,20 @@ function Agent:write(m, args, n)
       before, status, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?)]], key.controller, key.run,
     key.effect, m.name, self:mask(m.summary), inverse and self:encode(inverse) or nil, self:mask(why),
     before and self:encode(before) or nil, started)
+  if m.detach then
+    busy:release()
+    return self:detach(id, m)
+  end
+  local reply = self:act(id, key, m.name, args, n, m.partial, inverse, why, before, started)
+  busy:release()
+  return reply
+end
+
+-- The write of effect id, journaled as intent: runs it, journals its end; the answer.
+function Agent:act(id, key, name, args, n, partial, inverse, why, before, started)
+  local priv = self.priv
   priv.seteffect(key.run, key.effect)
-  local ok, res, code = call(m.name, args, n)
+  local ok, res, code = call(name, args, n)
   priv.seteffect(nil)
   local reply, status, err
   if ok and res.n > 0 and res[1] ~= nil and res[1] ~= false then
@@ -223,7 +240,7 @@ function Agent:write(m, args, n)
     reply = { t = "result", values = res, n = res.n }
     reply.values.n = nil
   else
-    status = m.partial and "partial" or "failed"
+    status = partial and "partial" or "failed"
     err = ok and tostring(res[2] or "returned nothing") or res
     if ok then
       reply = { t = "result", values = res, n = res.n }
@@ -237,9 +254,84 @@ function Agent:write(m, args, n)
     after = after, error = err, started = started }
   self:durable("UPDATE effects SET status = ?, after = ?, reply = ?, error = ?, ended = ? WHERE id = ?",
     status, after and self:encode(after) or nil, self:mask(self:encode(reply)), self:mask(err), now(), id)
-  busy:release()
   return reply
 end
+
+-- {======================================================
+-- Detached writes: a step that cuts the connection (a generation switched, networking
+-- restarted) runs in a transient systemd unit of its own, as nixos-rebuild
+-- --target-host does; the agent waits for its answer in the journal, and an agent
+-- started after a reconnect finds it there (or waits for the unit still running)
+-- ======================================================
+
+local function self_exe()
+  local st = require("hrun.fs").stat("/proc/self/exe", { follow = false })
+  return st and st.target
+end
+
+function Agent:detach(id, m)
+  if m.secrets then
+    return { t = "error", code = "failed", message = "a detached write cannot carry a secret (it is kept on disk " ..
+      "for its unit)" }
+  end
+  local exec = require("hrun.exec")
+  local unit = string.format("hrun-%s-%d-%d", m.key.controller:sub(1, 12), m.key.run, m.key.effect)
+  self:durable("UPDATE effects SET request = ?, unit = ? WHERE id = ?", self:encode(m), unit, id)
+  local r = exec.run({ "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--", self_exe(), "agent",
+    "--dir", self.dir, "--detached", tostring(id) }, { check = false })
+  if not r.ok then
+    self:durable("UPDATE effects SET status = 'failed', error = ?, ended = ? WHERE id = ?",
+      "systemd-run: " .. tostring(r.stderr), now(), id)
+    return { t = "error", code = "failed", message = string.format("%s: cannot run it detached (systemd-run: %s)",
+      m.name, (r.stderr or ""):gsub("%s+$", "")) }
+  end
+  local row = self:await_detached(self.db:query("SELECT * FROM effects WHERE id = ?", id)[1])
+  if row.reply then
+    return wire.decode(row.reply, self.tags)
+  end
+  return { t = "error", code = "interrupted", effect = self:described(row),
+    message = string.format("%s was interrupted on this host (its unit %s ended without an answer)", row.op, unit) }
+end
+
+-- Waits until the detached write of row has answered, or its unit is gone; the row then.
+function Agent:await_detached(row)
+  local sys = require("hrun.sys")
+  local exec = require("hrun.exec")
+  local checked = 0
+  while true do
+    local cur = self.db:query("SELECT * FROM effects WHERE id = ?", row.id)[1]
+    if cur.reply then
+      return cur
+    end
+    if sys.clock() - checked > 1 then
+      checked = sys.clock()
+      local r = exec.run({ "systemctl", "is-active", "--quiet", row.unit }, { check = false, readonly = true })
+      if not r.ok then -- gone: one last look (it may have answered just before it ended)
+        return self.db:query("SELECT * FROM effects WHERE id = ?", row.id)[1]
+      end
+    end
+    sys.sleep(0.1)
+  end
+end
+
+-- hrun agent --detached ID: the unit's process, running the write journaled as ID.
+function Agent:run_detached(id)
+  local row = self.db:query("SELECT * FROM effects WHERE id = ?", id)[1]
+  if not row or not row.request or row.reply then
+    return 1
+  end
+  local busy = self:busy()
+  local m = wire.decode(row.request, self.tags)
+  local args = type(m.args) == "table" and m.args or {}
+  local n = math.type(m.n) == "integer" and m.n or #args
+  local d = self:described(row)
+  self:stash(m.key.controller, m.key.run)
+  self:act(row.id, m.key, m.name, args, n, m.partial, d.inverse, d.no_inverse, d.before, d.started)
+  busy:release()
+  return 0
+end
+
+-- }======================================================
 
 -- What a write would do, for a plan: already so, its inverse, its preview, its states.
 function Agent:plan(m, args, n)
@@ -256,6 +348,17 @@ function Agent:plan(m, args, n)
   local pok, preview = pcall(priv.preview, m.name, table.unpack(args, 1, n))
   out.preview = pok and preview or { error = tostring(preview) }
   return out
+end
+
+-- Where the controller's run's inverses save what its writes destroy, here.
+function Agent:stash(controller, run)
+  local dir = string.format("%s/runs/%s-%d/stash", self.dir, controller, run)
+  local fs = require("hrun.fs")
+  if not fs.exists(dir) then
+    assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
+  end
+  self.priv.setstash(dir, run)
+  return dir
 end
 
 -- The engine's own functions the controller calls here: undo's fingerprints and the
@@ -290,13 +393,7 @@ function Agent:handle(m)
     if math.type(m.run) ~= "integer" or type(m.controller) ~= "string" or not m.controller:match("^[%w-]+$") then
       return { t = "error", code = "failed", message = "agent: a stash without its run" }
     end
-    local dir = string.format("%s/runs/%s-%d/stash", self.dir, m.controller, m.run)
-    local fs = require("hrun.fs")
-    if not fs.exists(dir) then
-      assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
-    end
-    self.priv.setstash(dir, m.run)
-    return { t = "result", values = { dir }, n = 1 }
+    return { t = "result", values = { self:stash(m.controller, m.run) }, n = 1 }
   end
   return { t = "error", code = "unknown", message = "agent: a message it does not know: " .. tostring(m.t) }
 end
@@ -347,6 +444,9 @@ function M.main(priv, opts)
   local dir = opts.agent_dir or M.DEFAULT_DIR
   local agent = M.new(priv, dir)
   agent:open_journal()
+  if opts.detached then
+    return agent:run_detached(math.tointeger(tonumber(opts.detached)))
+  end
   local ch = wire.channel(0, 1)
   return agent:serve(ch)
 end

@@ -84,6 +84,7 @@ local flags = {
   ["--host"] = { key = "hosts", value = "NAME=URL", multi = true,
     only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true } },
   ["--dir"] = { key = "agent_dir", value = "DIR", only = { agent = true } },
+  ["--detached"] = { key = "detached", value = "ID", only = { agent = true } },
 }
 
 local function flag_names()
@@ -872,7 +873,7 @@ commands.version = {
   summary = "print the version",
   help = "Prints hrun's version and the Lua it embeds; with -v, where its Lua library is.",
   run = function(opts)
-    io.stdout:write(string.format("hrun %s (%s)\n", priv.version, _VERSION))
+    io.stdout:write(string.format("hrun %s%s (%s)\n", priv.version, priv.portable and " portable" or "", _VERSION))
     if opts.verbose then
       io.stdout:write("library: ", stdlib_dir, "\n", "sqlite: ", priv.sqlite_version, "\n")
     end

@@ -19,11 +19,12 @@ local step_fields = {
   run = "function", undo = "function", verify = "function", when = "function", timeout = "number",
   retries = "number", retry_delay = "number", confirm = "string", resume = "string",
   description = "string", irreversible = "boolean", tags = "table", notify = "table", on = "string",
+  detach = "boolean",
 }
 -- handler "name" { run = … }: run once at its phase's end when a step notified it
 local handler_fields = {
   run = "function", undo = "function", timeout = "number", retries = "number", retry_delay = "number",
-  description = "string", tags = "table", on = "string",
+  description = "string", tags = "table", on = "string", detach = "boolean",
 }
 
 -- The types a required parameter may have.

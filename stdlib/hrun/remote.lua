@@ -28,8 +28,12 @@ local function own(fn, ...)
 end
 -- How long a host may stay unreachable in the middle of a run before its call fails.
 M.RECONNECT_SECONDS = 60
--- ssh's own checks of a live connection: a cut one is seen after about 15 s.
-local ALIVE = { "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3" }
+-- ssh's own checks of a live connection: a cut one is seen after 3 intervals unanswered
+-- (15 s; $HRUN_SSH_SERVER_ALIVE sets the interval).
+local function alive()
+  local every = tonumber(require("hrun.sys").env("HRUN_SSH_SERVER_ALIVE") or "") or 5
+  return { "-o", "ServerAliveInterval=" .. math.max(1, math.floor(every)), "-o", "ServerAliveCountMax=3" }
+end
 
 local function shq(s)
   if s:match("^[%w%./_=:@%-]+$") then
@@ -155,7 +159,7 @@ function Host:ssh_argv(extra)
     "GlobalKnownHostsFile=" .. self.state .. "/known_hosts /etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2" }) do
     argv[#argv + 1], argv[#argv + 2] = "-o", o
   end
-  for _, a in ipairs(ALIVE) do
+  for _, a in ipairs(alive()) do
     argv[#argv + 1] = a
   end
   if w.port then
@@ -368,6 +372,11 @@ function Host:connect_here()
     local e = ready and ready.message or "no answer"
     self:close()
     self:fail("its agent did not start: " .. tostring(e), read_file(log))
+  end
+  if ready.protocol ~= require("hrun.agent").PROTOCOL then
+    self:close()
+    error(string.format("host '%s': its hrun (%s) speaks protocol %s, this one %d", self.name,
+      tostring(ready.version), tostring(ready.protocol), require("hrun.agent").PROTOCOL), 0)
   end
   self.ready = ready
   if self.run_id then

@@ -7,6 +7,7 @@
 local codec = require "hrun.codec"
 local json = require "hrun.json"
 local remote = require "hrun.remote"
+local secrets_mod = require "hrun.secrets"
 local sys = require "hrun.sys"
 
 local M = {}
@@ -825,6 +826,24 @@ function Runner:close_hosts()
   end
 end
 
+-- Writes that cut the connection to the host they run on (a switch restarts sshd or the
+-- network): they run there detached, in a transient unit (a step's detach = true too).
+local DETACHED = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true }
+
+local function has_secret(v, depth)
+  depth = depth or 0
+  if secrets_mod.is(v) then
+    return true
+  elseif type(v) == "table" and depth < 20 then
+    for k, x in pairs(v) do
+      if has_secret(k, depth + 1) or has_secret(x, depth + 1) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 -- A write on another host. In a plan, what its agent says it would do; in a run,
 -- journaled here (host, intent) before it is sent, and there before it acts; its
 -- inverse and states come back with its answer.
@@ -872,7 +891,8 @@ function Runner:remote_write(host, call, args)
     args = summary, started = sys.now(), host = host })
   self:maybe_crash("effect-intent")
   local r = h:request({ t = "write", name = call.name, args = plain, n = n, summary = summary,
-    partial = PARTIAL[call.name], key = { controller = self.journal:id(), run = self.run_id, effect = id } })
+    partial = PARTIAL[call.name], key = { controller = self.journal:id(), run = self.run_id, effect = id },
+    detach = (DETACHED[call.name] or (def and def.detach)) or nil, secrets = has_secret(plain) or nil })
   if r.unchanged then -- already so there: no effect
     self.journal:drop_effect(id)
     self:emit({ event = "effect", unchanged = true, host = host, phase = cur.phase, step = cur.name, op = call.name,
