@@ -41,7 +41,7 @@ finally:
 ]]
 
 describe("ssh_hosts", function()
-  it("boots hosts that are machines of their own, reached over ssh by alias and by URL", function()
+  it("boots hosts of their own, reached by alias and URL; cuts, restores and rekeys one", function()
     local hosts = ssh_hosts(2)
     local h1, h2 = hosts[1], hosts[2]
     eq(h1.url, "ssh://root@127.0.0.1:" .. h1.port)
@@ -49,6 +49,7 @@ describe("ssh_hosts", function()
     eq((h1:sh("hostname")), "host1\n")
     eq((ssh(hosts, "host2", "hostname").stdout), "host2\n")
     eq((ssh(hosts, h1.url, "hostname").stdout), "host1\n")
+    eq((h1:sh("systemctl is-active ssh")), "active\n")
     -- own root file systems, own machine ids, own host keys
     local out, code = h1:sh("echo only-here > /root/mark")
     eq({ out, code }, { "", 0 })
@@ -60,23 +61,18 @@ describe("ssh_hosts", function()
     local k1 = keys:match("%[127%.0%.0%.1%]:" .. h1.port .. " ssh%-ed25519 (%S+)")
     local k2 = keys:match("%[127%.0%.0%.1%]:" .. h2.port .. " ssh%-ed25519 (%S+)")
     ok(k1 and k2 and k1 ~= k2, "each host has its own keys")
-    eq((h1:sh("systemctl is-active ssh")), "active\n")
     -- the controller's files: what a tool under test is given
     has(fs.read(hosts.ssh_config), "Host host2\n  HostName 127.0.0.1\n  Port " .. h2.port .. "\n  User root\n")
     has(fs.read(hosts.ssh_config), "StrictHostKeyChecking yes")
     ok(fs.stat(hosts.key), "the private key")
-  end)
 
-  it("cuts a host's network: an open channel gets no answer, then does after the restore", function()
-    local hosts = ssh_hosts(2)
-    local h1, h2 = hosts[1], hosts[2]
+    -- a cut: an open channel gets no answer; after the restore it gets them all
     local r = exec.run({ "python3", "-c", CHANNEL, hosts.ssh_config, "host1", FIXTURES .. "/hosts.sh", hosts.dir, "1" },
       { timeout = 60 })
     has(r.stdout, "before=one\n")
     has(r.stdout, "during=\n")
-    -- what was sent during the cut arrives too
     has(r.stdout, "after=two three\n")
-    -- a new connection cannot be made during a cut; the other host is not cut
+    -- no new connection during a cut; the other host is not cut
     h1:cut()
     has(exec.run({ "iptables", "-S", "INPUT" }).stdout, "--dport " .. h1.port)
     r = ssh(hosts, "-o", "ConnectTimeout=1", "host1", "true")
@@ -86,49 +82,40 @@ describe("ssh_hosts", function()
     h1:restore()
     eq((h1:sh("hostname")), "host1\n")
     eq(exec.run({ "iptables", "-S" }).stdout:find("hrun-hosts:", 1, true), nil)
-  end)
 
-  it("rekeys a host: the controller's ssh refuses its new key; trust = false knows no host", function()
-    local hosts = ssh_hosts(1, { trust = false })
-    local h1 = hosts[1]
-    eq(fs.read(hosts.known_hosts), "")
-    local r = ssh(hosts, "host1", "true")
-    eq(r.ok, false)
-    has(r.stderr, "Host key verification failed")
-    -- the keys as booted, then new ones
-    fs.write(hosts.known_hosts, fs.read(hosts.dir .. "/fixture/known_hosts"))
-    eq(ssh(hosts, "host1", "true").ok, true)
-    h1:rekey()
-    r = ssh(hosts, "host1", "true")
+    -- new host keys: the controller's ssh refuses them, the fixture knows them
+    h2:rekey()
+    r = ssh(hosts, "host2", "true")
     eq(r.ok, false)
     has(r.stderr, "REMOTE HOST IDENTIFICATION HAS CHANGED")
-    eq((h1:sh("hostname")), "host1\n")
+    eq((h2:sh("hostname")), "host2\n")
+    eq(ssh(hosts, "host1", "true").ok, true)
+
     -- a dynamic hrun build runs inside as if installed from a package
     h1:install_hrun()
     eq((h1:sh([[hrun -e 'io.write(fs.read("/etc/hostname"))']])), "host1\n")
     has((h1:sh("hrun version")), "hrun ")
   end)
 
-  it("down leaves no container, mount, cgroup or firewall rule behind", function()
-    local hosts = ssh_hosts(2)
-    hosts[2]:cut()
+  it("trusts no host with trust = false; down leaves no container, mount, cgroup or rule", function()
+    local hosts = ssh_hosts(1, { trust = false })
+    eq(fs.read(hosts.known_hosts), "")
+    local r = ssh(hosts, "host1", "true")
+    eq(r.ok, false)
+    has(r.stderr, "Host key verification failed")
+    hosts[1]:cut()
     local tag = fs.read(hosts.dir .. "/tag"):gsub("%s+$", "")
-    local nspawns = {}
-    for i = 1, 2 do
-      nspawns[i] = fs.read(hosts.dir .. "/h" .. i .. "/nspawn.pid"):gsub("%s+$", "")
-      ok(running(nspawns[i]), "nspawn " .. i .. " runs")
-    end
+    local nspawn = fs.read(hosts.dir .. "/h1/nspawn.pid"):gsub("%s+$", "")
+    ok(running(nspawn), "the host's nspawn runs")
     exec.run({ FIXTURES .. "/hosts.sh", "down", hosts.dir }, { timeout = 120 })
     eq(fs.stat(hosts.dir), nil)
-    for i = 1, 2 do
-      eq(running(nspawns[i]), false)
-    end
+    eq(running(nspawn), false)
     eq(exec.run({ "findmnt", "-rn", "-o", "TARGET" }).stdout:find(hosts.dir, 1, true), nil)
     eq(exec.run({ "iptables", "-S" }).stdout:find("hrun-hosts:" .. tag, 1, true), nil)
     eq(fs.stat("/sys/fs/cgroup/unified/hrun-hosts-" .. tag), nil)
     eq(fs.stat("/sys/fs/cgroup/systemd/hrun-hosts-" .. tag), nil)
     eq(exec.run({ "pgrep", "-f", "hrun-" .. tag }, { check = false }).stdout, "")
-    local r = exec.run({ "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=1",
+    r = exec.run({ "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=1",
       "-p", tostring(hosts[1].port), "root@127.0.0.1", "true" }, { check = false })
     has(r.stderr, "Connection refused")
   end)
