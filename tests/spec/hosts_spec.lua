@@ -31,7 +31,7 @@ def ask(word, wait):
 try:
     print("before=" + ask("one", 10))
     subprocess.run([fixture, "cut", dir, i], check=True)
-    print("during=" + ask("two", 2))
+    print("during=" + ask("two", 1.5))
     subprocess.run([fixture, "restore", dir, i], check=True)
     t = time.time()
     print("after=" + ask("three", 20))
