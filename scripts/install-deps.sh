@@ -22,10 +22,13 @@ $APT install --no-install-recommends \
 # /etc/nsswitch.conf), podman and runc (containers from an imported busybox image),
 # PostgreSQL 15 (the pg tests run a throwaway cluster of their own), clang and its
 # libFuzzer runtime (scripts/fuzz.sh), xxhash (xxhsum: the hash tests' reference), file
-# (the portable build's test: it says "statically linked")
+# (the portable build's test: it says "statically linked"); for the hosts reached over
+# ssh (tests/fixtures/hosts.sh): the ssh client and ssh-keygen, iptables (a network cut is
+# a DROP rule), rsync (copies into a host). Not openssh-server: the hosts' sshd comes from
+# their own rootfs, and on this machine the package would start and enable an sshd of its own
 $APT install --no-install-recommends tmux lua-check clang-format procps sqlite3 xxhash file \
     btrfs-progs util-linux e2fsprogs git nix-bin python3 openssl \
     systemd-container mmdebstrap podman runc catatonit postgresql-15 postgresql-client-15 \
-    clang libclang-rt-14-dev
+    clang libclang-rt-14-dev openssh-client iptables rsync
 # benches (bench/): the peer tools they are measured against, and the timers
 $APT install --no-install-recommends hyperfine time b3sum rhash hashdeep ansible

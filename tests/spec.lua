@@ -305,6 +305,108 @@ function systemd_container(units, binds)
     "http://127.0.0.1:" .. port .. "/health"
 end
 
+-- ssh_hosts(n [, opts]) → n real hosts reached over real OpenSSH (tests/fixtures/hosts.sh):
+-- systemd-nspawn containers, each booted from its own overlay of one Debian rootfs (built
+-- once beside the hrun under test) with its own systemd, host keys and sshd on
+-- 127.0.0.1:port; torn down (containers, mounts, cgroups, firewall rules) when the test
+-- ends. A list of hosts, each {name = "host1", port, url = "ssh://root@127.0.0.1:PORT",
+-- root = its / as seen from here} with h:sh(cmd) → stdout, exit code, stderr (over ssh,
+-- as the fixture: it always knows the host's current keys), h:cut() / h:restore() (a
+-- network cut of its port, both ways), h:rekey() (new host keys, sshd restarted) and
+-- h:install_hrun([bin [, stdlib]]) (a dynamic hrun build, as a package would install it).
+-- The list has ssh_config (for ssh -F: an alias per host, `Host host1` → 127.0.0.1:PORT
+-- as root; the test key, known_hosts, BatchMode, StrictHostKeyChecking yes), known_hosts
+-- (each host's keys as booted; empty with opts.trust == false), key (the private key),
+-- dir. opts.port0: host I listens on port0 + I - 1 (else free ports are picked).
+local Host = {}
+Host.__index = Host
+
+local function hosts_sh(...)
+  return exec.run({ FIXTURES .. "/hosts.sh", ... }, { timeout = 120 })
+end
+
+function Host:sh(cmd)
+  local r = exec.run({ "ssh", "-F", self.dir .. "/fixture/ssh_config", self.name, cmd },
+    { check = false, timeout = 120 })
+  return r.stdout, r.code, r.stderr
+end
+
+function Host:cut()
+  hosts_sh("cut", self.dir, tostring(self.index))
+end
+
+function Host:restore()
+  hosts_sh("restore", self.dir, tostring(self.index))
+end
+
+function Host:rekey()
+  hosts_sh("rekey", self.dir, tostring(self.index))
+end
+
+-- the binary at /usr/local/bin/hrun, the Lua library at /usr/local/share/hrun/lua (where
+-- hrun looks: <its directory>/../share/hrun/lua)
+function Host:install_hrun(bin, stdlib)
+  bin = bin or (HRUN:find("/") and HRUN or exec.run({ "sh", "-c", "command -v hrun" }).stdout:gsub("\n$", ""))
+  stdlib = stdlib or FIXTURES .. "/../../stdlib"
+  local lua = self.root .. "/usr/local/share/hrun/lua"
+  exec.run({ "mkdir", "-p", self.root .. "/usr/local/bin", lua })
+  exec.run({ "cp", bin, self.root .. "/usr/local/bin/hrun" })
+  exec.run({ "rsync", "-a", "--delete", stdlib .. "/", lua .. "/" })
+end
+
+-- n consecutive ports on 127.0.0.1 that nothing listens on now, below the ephemeral range
+local function free_ports(n)
+  local out = exec.run({ "python3", "-c", [[
+import random, socket, sys
+n = int(sys.argv[1])
+for _ in range(500):
+    base, held = random.randint(20000, 32000 - n), []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket(); held.append(s); s.bind(("127.0.0.1", p))
+        print(base); break
+    except OSError:
+        pass
+    finally:
+        for s in held: s.close()
+]], tostring(n) }).stdout
+  return assert(tonumber(out), "no " .. n .. " free consecutive ports")
+end
+
+function ssh_hosts(n, opts)
+  opts = opts or {}
+  need_root()
+  need("systemd-nspawn")
+  need("mmdebstrap")
+  need("ssh")
+  need("ssh-keygen")
+  need("iptables")
+  local ipt = exec.run({ "iptables", "-S", "INPUT" }, { check = false, readonly = true })
+  if not ipt.ok then
+    skip("iptables does not work here (network cuts): " .. ipt.stderr:gsub("%s+$", ""))
+  end
+  local rootfs = (HRUN:find("/") and HRUN:match("^(.*)/[^/]+$") or "/var/tmp") .. "/hosts-rootfs"
+  exec.run({ FIXTURES .. "/hosts.sh", "build", rootfs }, { timeout = 900 })
+  local dir = tmpdir() .. "/hosts"
+  local port0 = opts.port0 or free_ports(n)
+  -- registered before up: an up that fails half way is torn down too
+  after(function()
+    hosts_sh("down", dir)
+  end)
+  exec.run({ FIXTURES .. "/hosts.sh", "up", dir, tostring(n), tostring(port0), rootfs }, { timeout = 300 })
+  local hosts = { ssh_config = dir .. "/ssh_config", known_hosts = dir .. "/known_hosts", key = dir .. "/id",
+    dir = dir }
+  if opts.trust == false then
+    assert(fs.write(hosts.known_hosts, ""))
+  end
+  for i = 1, n do
+    local port = port0 + i - 1
+    hosts[i] = setmetatable({ name = "host" .. i, index = i, port = port, url = "ssh://root@127.0.0.1:" .. port,
+      root = dir .. "/h" .. i .. "/root", dir = dir }, Host)
+  end
+  return hosts
+end
+
 -- podman_sandbox() → the environment for podman and hrun: a private podman (its storage
 -- and configuration in the test's directory, tests/fixtures/podman-sandbox.sh) with the
 -- image localhost/hrun-busybox:test; every container and what podman made removed when

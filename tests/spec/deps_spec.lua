@@ -39,6 +39,9 @@ local PACKAGES = {
   hyperfine = "hyperfine", ansible = { "ansible", owner = "ansible-core" },
   ["ansible-playbook"] = { "ansible", owner = "ansible-core" }, rhash = "rhash", hashdeep = "hashdeep",
   b3sum = "b3sum", ["/usr/bin/time"] = "time",
+  -- the hosts reached over ssh (tests/fixtures/hosts.sh)
+  ssh = "openssh-client", ["ssh-keygen"] = "openssh-client", iptables = "iptables", rsync = "rsync",
+  cp = "coreutils", mkdir = "coreutils", findmnt = "util-linux", nsenter = "util-linux", flock = "util-linux",
 }
 
 -- what the suite calls beyond what the scan below finds: programs run through a shell,
@@ -48,7 +51,7 @@ local CALLED = {
   "nix-build", "nix-store", "systemd-nspawn", "mmdebstrap", "podman", "runc", "catatonit", PG_BIN .. "/initdb",
   PG_BIN .. "/pg_ctl", "psql", "pg_dumpall", "runuser", "tmux", "python3", "openssl", "sqlite3", "hyperfine",
   "ansible-playbook", "rhash", "hashdeep", "b3sum", "/usr/bin/time", "luacheck", "clang-format", "kill", "pgrep",
-  "pkill",
+  "pkill", "ssh", "ssh-keygen", "iptables", "rsync", "findmnt", "nsenter", "flock",
 }
 
 local function read(path)
@@ -145,6 +148,11 @@ local function owners(program)
     for _, d in ipairs({ "/usr/bin", "/usr/sbin", "/bin", "/sbin" }) do
       candidates[#candidates + 1] = d .. "/" .. program
     end
+  end
+  -- a link through /etc/alternatives (iptables → xtables-nft-multi): its target's package
+  local real = sh("readlink -f \"$(command -v " .. shq(program) .. ")\"").stdout:gsub("\n$", "")
+  if real ~= "" then
+    candidates[#candidates + 1] = real
   end
   local quoted = {}
   for i, c in ipairs(candidates) do
