@@ -427,6 +427,18 @@ static int priv_secretbytes(lua_State *L)
     return 1;
 }
 
+/* diffpreview(path, old | nil, new) → a write's preview: the unified diff of old to new (a
+** file on another host, read there, diffed here) */
+static int priv_diffpreview(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t oldlen = 0, newlen = 0;
+    const char *old = lua_isnoneornil(L, 2) ? NULL : luaL_checklstring(L, 2, &oldlen);
+    const char *new = luaL_checklstring(L, 3, &newlen);
+    hrun_diff_preview(L, path, old, oldlen, new, newlen);
+    return 1;
+}
+
 /* pid() → this process's id */
 static int priv_pid(lua_State *L)
 {
@@ -496,6 +508,7 @@ int hrun_openprivate(lua_State *L)
         {"memlimit", priv_memlimit},
         {"mask", priv_mask},
         {"secretbytes", priv_secretbytes},
+        {"diffpreview", priv_diffpreview},
         {"pid", priv_pid},
         {"armthread", priv_armthread},
         {"secrets", priv_secrets},

@@ -844,6 +844,29 @@ local function has_secret(v, depth)
   return false
 end
 
+-- A host's preview of a write of a file's content, with the diff made here when its hrun
+-- makes none (the portable build has no libgit2): the old content read there.
+function Runner:remote_diff(h, name, args, preview)
+  if not (h.ready and h.ready.portable) or type(preview) ~= "table" then
+    return preview
+  end
+  local path, new = args[1], args[2]
+  if name == "fs.copy" then
+    path = args[2]
+    new = select(2, pcall(h.call, h, "fs.read", args[1]))
+  elseif name ~= "fs.write" then
+    return preview
+  end
+  if type(path) ~= "string" or not (type(new) == "string" or secrets_mod.is(new)) then
+    return preview
+  end
+  if secrets_mod.is(new) then -- masked as a local preview masks it
+    new = self.priv.mask(self.priv.secretbytes(new))
+  end
+  local ok, old = pcall(h.call, h, "fs.read", path)
+  return self.priv.diffpreview(path, ok and type(old) == "string" and old or nil, new)
+end
+
 -- A write on another host. In a plan, what its agent says it would do; in a run,
 -- journaled here (host, intent) before it is sent, and there before it acts; its
 -- inverse and states come back with its answer.
@@ -881,8 +904,9 @@ function Runner:remote_write(host, call, args)
     if not r.inverse and not step_undo then
       self.irreversible_planned = self.irreversible_planned + 1
     end
+    local preview = self:remote_diff(h, call.name, args, r.preview)
     self:emit({ event = "effect", planned = true, host = host, phase = cur and cur.phase, step = cur and cur.name,
-      op = call.name, args = arglist(args), inverse = r.inverse, no_inverse = why, preview = r.preview,
+      op = call.name, args = arglist(args), inverse = r.inverse, no_inverse = why, preview = preview,
       step_undo = step_undo, kept = call.keep })
     return true, placeholder(call.name, r.preview, table.unpack(args, 1, n))
   end
@@ -2178,6 +2202,7 @@ function Runner:run()
   local ok, failure = pcall(self.preflight, self)
   if ok and failure then
     self.unreached = true
+    self:emit({ event = "error", message = failure })
   elseif ok then
     ok, failure = pcall(self.execute, self)
   end

@@ -6,10 +6,9 @@
 -- The environment for hrun reaching the fixture's hosts: its ssh_config, a state dir.
 local function controller(hs, extra)
   local dir = tmpdir()
-  local env = { "HRUN_SSH_CONFIG=" .. hs.ssh_config, "HRUN_STATE_DIR=" .. dir .. "/state",
-    "HRUN_SSH_SERVER_ALIVE=1" }
-  for _, e in ipairs(extra or {}) do
-    env[#env + 1] = e
+  local env = { HRUN_SSH_CONFIG = hs.ssh_config, HRUN_STATE_DIR = dir .. "/state", HRUN_SSH_SERVER_ALIVE = "1" }
+  for k, v in pairs(extra or {}) do
+    env[k] = v
   end
   return dir, env
 end
@@ -51,13 +50,13 @@ end
 local TWO_HOSTS = [[
 return playbook {
   name = "two hosts", hosts = { old = "@OLD@", new = "@NEW@" },
-  params = { fail = false },
+  params = { fail = false, local_dir = "" },
   phase "move" {
     step "stop on the old host" { on = "old",
       run = function(ctx)
         fs.write("/srv/app/config", "v2\n")
         fs.mkdir("/srv/app/moved")
-        exec.run({ "sh", "-c", "echo stopped >> /srv/app/state" }, { undo = { "sh", "-c", "echo started >> /srv/app/state" } })
+        exec.run({ "sh", "-c", "echo stopped >> /srv/app/state" }, { undo = { "sed", "-i", "$ d", "/srv/app/state" } })
         ctx.state.host = sys.hostname()
       end },
     step "copy to the new host" {
@@ -129,7 +128,7 @@ describe("a playbook on two hosts", function()
     has(r.stdout, "the new host is not ready")
     eq(host_tree(hs[1], "/srv"), before1)
     eq(host_tree(hs[2], "/srv"), before2)
-    -- the undo ran on the old host: its exec's undo appended "started"
+    -- the undo ran on the old host: its exec's undo took the line "stopped" off again
     eq(fs.read(hs[1].root .. "/srv/app/state"), "running\n")
   end)
 
@@ -138,7 +137,7 @@ describe("a playbook on two hosts", function()
     seed_old(hs[1])
     local dir, env = controller(hs)
     local pb = two_hosts_playbook(dir, hs)
-    local before1 = host_tree(hs[1], "/srv")
+    local before1, before2 = host_tree(hs[1], "/srv"), host_tree(hs[2], "/srv")
     local r = run(env, { "plan", pb, "-p", "local_dir=" .. dir })
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "would fs.write /srv/app/config \"v2\\n\"  @old")
@@ -146,13 +145,13 @@ describe("a playbook on two hosts", function()
     has(r.stdout, "+v2")
     has(r.stdout, "would fs.write /srv/app/data \"the data\\n\"  @new")
     eq(host_tree(hs[1], "/srv"), before1)
-    eq(host_tree(hs[2], "/srv"), {})
+    eq(host_tree(hs[2], "/srv"), before2)
   end)
 
   it("uses the hrun installed on a host when its version is this one", function()
     local hs = ssh_hosts(1)
     hs[1]:install_hrun()
-    local dir, env = controller(hs, { "HRUN_PORTABLE=/nonexistent" })
+    local dir, env = controller(hs, { HRUN_PORTABLE = "/nonexistent" })
     local pb = playbook_file(dir, "one.lua", [[
 return playbook { name = "one", hosts = { h = "]] .. hs[1].url .. [[" },
   phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
@@ -268,7 +267,7 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
 return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   phase "p" { step "switch" { on = "h", detach = true, run = function()
     -- what a switch does to the connection: every ssh session on the host ends
-    exec.run({ "sh", "-c", "sleep 1; pkill -KILL -f 'sshd: root'; sleep 2; echo switched > /root/switched" },
+    exec.run({ "sh", "-c", "sleep 1; pkill -KILL -f '[s]shd: root'; sleep 2; echo switched > /root/switched" },
       { undo = { "rm", "-f", "/root/switched" } })
   end } } }
 ]])
