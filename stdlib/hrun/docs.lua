@@ -273,12 +273,15 @@ M.sections = {
   -- git.open(dir)'s object: its methods are git's functions with its path (filled below).
   section("repo", "methods", "a repository from git.open(dir): repo:f(…) is git.f(repo.path, …)",
     "docs/reference.md#git", {}),
+  -- hosts.NAME.<module>.<fn>(…): every module above, called on another host
+  section("hosts", "hosts", "hosts.NAME.fs.write(…): a module function run on host NAME of the playbook's hosts",
+    "docs/hosts.md", {}),
   section("dsl", "dsl", "the playbook language: what a playbook file is made of", "docs/playbooks.md#the-language", {
     { "playbook", "playbook { name = …, params = {…}, phase … }",
-      "a playbook: name, version, params, capabilities, on_failure; its phases" },
+      "a playbook: name, version, params, capabilities, on_failure, hosts; its phases" },
     { "phase", "phase \"name\" { … }", "a phase: description, when(ctx); its checks, then its steps, in order" },
     { "step", "step \"name\" { run = function(ctx) … end }",
-      "a step: run (required), undo, verify, when, timeout, retries, confirm, …" },
+      "a step: run (required), undo, verify, when, timeout, retries, confirm, on, detach, …" },
     { "check", "check \"name\" (function(ctx) … end)", "a check: returns true, or false and why; changes nothing" },
     { "handler", "handler \"name\" { run = function(ctx) … end }",
       "run once at its phase's end when a step notified it" },

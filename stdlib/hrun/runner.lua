@@ -693,8 +693,15 @@ function Runner:host(name)
   if not h then
     error(string.format("host '%s' is not one of the run's hosts", tostring(name)), 0)
   end
+  if h.unreachable then -- once in a run: every effect there fails at once, saying why
+    error(h.unreachable, 0)
+  end
   if not h.ch then
-    h:connect()
+    local ok, err = pcall(h.connect, h)
+    if not ok then
+      h.unreachable = message_of(err)
+      error(err, 0)
+    end
   end
   return h
 end

@@ -218,6 +218,29 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   end)
 end)
 
+describe("a rollback with a host that cannot be reached", function()
+  it("is incomplete, naming the host, and the next rollback finishes it (-H set the host)", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { h = "ssh://root@127.0.0.1:1" },
+  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
+]])
+    local r = run(env, { pb, "-H", "h=" .. hs[1].url })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(hs[1].root .. "/root/x"), "1")
+    hs[1]:cut()
+    r = run(env, { "rollback", "--yes" })
+    hs[1]:restore()
+    eq(r.code, 2, r.stdout .. r.stderr)
+    has(r.stdout, "on host 'h'")
+    ok(fs.exists(hs[1].root .. "/root/x"), "not undone while the host was cut off")
+    r = run(env, { "rollback", "--yes" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    ok(not fs.exists(hs[1].root .. "/root/x"), "undone once the host is back")
+  end)
+end)
+
 describe("a channel that drops", function()
   it("after the agent is killed mid-step: the step fails as interrupted, and the rollback undoes it there", function()
     local hs = ssh_hosts(1)
@@ -226,12 +249,13 @@ describe("a channel that drops", function()
 return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   phase "p" { step "s" { on = "h", run = function()
     fs.write("/root/first", "1")
-    exec.run({ "sleep", "4" }, { undo = { "true" } })
+    exec.run({ "sh", "-c", "touch /root/sleeping; sleep 4" }, { undo = { "rm", "-f", "/root/sleeping" } })
     fs.write("/root/second", "2")
   end } } }
 ]])
     local before = host_tree(hs[1], "/root")
-    local killer = background("sleep 2; ssh -F " .. hs.ssh_config .. " host1 \"pkill -KILL -f 'agent --dir'\"")
+    local killer = background("while [ ! -e " .. hs[1].root .. "/root/sleeping ]; do sleep 0.1; done; ssh -F " ..
+      hs.ssh_config .. " host1 \"pkill -KILL -f 'agent --dir'\"")
     local r = run(env, { pb })
     killer:wait()
     eq(r.code, 1, r.stdout .. r.stderr)
@@ -246,12 +270,13 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
 return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   phase "p" { step "s" { on = "h", run = function()
     fs.write("/root/first", "1")
-    exec.run({ "sh", "-c", "sleep 3; echo once >> /root/count" }, { undo = { "rm", "-f", "/root/count" } })
+    exec.run({ "sh", "-c", "touch /root/sleeping; sleep 3; echo once >> /root/count" },
+      { undo = { "rm", "-f", "/root/count", "/root/sleeping" } })
     fs.write("/root/second", "2")
   end } } }
 ]])
-    local cutter = background("sleep 1; " .. FIXTURES .. "/hosts.sh cut " .. hs.dir .. " 1; sleep 8; " ..
-      FIXTURES .. "/hosts.sh restore " .. hs.dir .. " 1")
+    local cutter = background("while [ ! -e " .. hs[1].root .. "/root/sleeping ]; do sleep 0.1; done; " ..
+      FIXTURES .. "/hosts.sh cut " .. hs.dir .. " 1; sleep 8; " .. FIXTURES .. "/hosts.sh restore " .. hs.dir .. " 1")
     local r = run(env, { pb })
     cutter:wait()
     eq(r.code, 0, r.stdout .. r.stderr)
