@@ -172,7 +172,8 @@ describe("hosts that cannot be reached", function()
     local dir, env = controller(hs)
     local down = "ssh://root@127.0.0.1:" .. free_port()
     local pb = playbook_file(dir, "p.lua", [[
-return playbook { name = "p", hosts = { up = "]] .. hs[1].url .. [[", down = "]] .. down .. [[", nowhere = "ssh://root@nowhere.invalid" },
+return playbook { name = "p",
+  hosts = { up = "]] .. hs[1].url .. [[", down = "]] .. down .. [[", nowhere = "ssh://root@nowhere.invalid" },
   phase "p" { step "s" { on = "up", run = function() fs.write("/root/touched", "1") end } } }
 ]])
     local r = run(env, { pb })
@@ -210,7 +211,8 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
     -- a new key on the host: refused, and said so
     hs[1]:rekey()
     exec.run({ "sh", "-c", "ssh -F " .. hs.ssh_config .. " -O exit host1 2>/dev/null; " ..
-      "for s in " .. dir .. "/state/ssh/*; do [ -S \"$s\" ] && ssh -o ControlPath=\"$s\" -O exit x 2>/dev/null; done; true" },
+      "for s in " .. dir .. "/state/ssh/*; do [ -S \"$s\" ] && ssh -o ControlPath=\"$s\" -O exit x 2>/dev/null; " ..
+      "done; true" },
       { check = false })
     r = run(env, { pb })
     eq(r.code, 1, r.stdout .. r.stderr)
