@@ -104,6 +104,14 @@ function Agent:open_journal()
   end
   db:exec(SCHEMA)
   self.db = db
+  -- hash.tree here keeps its manifests in this host's own hrun journal (DIR/journal)
+  local manifests
+  self.priv.setjournal(function()
+    if not manifests then
+      manifests = assert(self.priv.trusted(require("hrun.journal").open, self.priv, self.dir .. "/journal"))
+    end
+    return manifests.db
+  end)
 end
 
 -- The lock a write holds while it runs (an flock: the kernel drops it when its agent
@@ -276,8 +284,9 @@ function Agent:detach(id, m)
   end
   local exec = require("hrun.exec")
   local unit = string.format("hrun-%s-%d-%d", m.key.controller:sub(1, 12), m.key.run, m.key.effect)
+  m.caps, m.caps_host = self.caps, self.caps_host -- the unit's process checks as this one does
   self:durable("UPDATE effects SET request = ?, unit = ? WHERE id = ?", self:encode(m), unit, id)
-  local r = exec.run({ "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--", self_exe(), "agent",
+  local r = self.priv.trusted(exec.run, { "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--", self_exe(), "agent",
     "--dir", self.dir, "--detached", tostring(id) }, { check = false })
   if not r.ok then
     self:durable("UPDATE effects SET status = 'failed', error = ?, ended = ? WHERE id = ?",
@@ -305,7 +314,8 @@ function Agent:await_detached(row)
     end
     if sys.clock() - checked > 1 then
       checked = sys.clock()
-      local r = exec.run({ "systemctl", "is-active", "--quiet", row.unit }, { check = false, readonly = true })
+      local r = self.priv.trusted(exec.run, { "systemctl", "is-active", "--quiet", row.unit },
+        { check = false, readonly = true })
       if not r.ok then -- gone: one last look (it may have answered just before it ended)
         return self.db:query("SELECT * FROM effects WHERE id = ?", row.id)[1]
       end
@@ -326,6 +336,9 @@ function Agent:run_detached(id)
   local n = math.type(m.n) == "integer" and m.n or #args
   local d = self:described(row)
   self:stash(m.key.controller, m.key.run)
+  if type(m.caps) == "table" and type(m.caps_host) == "string" then
+    self.priv.sandbox(m.caps, true, false, m.caps_host)
+  end
   self:act(row.id, m.key, m.name, args, n, m.partial, d.inverse, d.no_inverse, d.before, d.started)
   busy:release()
   return 0
@@ -354,9 +367,11 @@ end
 function Agent:stash(controller, run)
   local dir = string.format("%s/runs/%s-%d/stash", self.dir, controller, run)
   local fs = require("hrun.fs")
-  if not fs.exists(dir) then
-    assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
-  end
+  self.priv.trusted(function()
+    if not fs.exists(dir) then
+      assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
+    end
+  end)
   self.priv.setstash(dir, run)
   return dir
 end
@@ -369,7 +384,12 @@ function Agent:handle(m)
   local args = type(m.args) == "table" and m.args or {}
   local n = math.type(m.n) == "integer" and m.n or #args
   if m.t == "call" then
-    local ok, res, code = call(m.name, args, n)
+    local ok, res, code
+    if m.trusted then -- an inverse's operation from the controller's journal
+      ok, res, code = self.priv.trusted(call, m.name, args, n)
+    else
+      ok, res, code = call(m.name, args, n)
+    end
     if not ok then
       return { t = "error", code = code, message = res }
     end
@@ -386,6 +406,16 @@ function Agent:handle(m)
       return { t = "error", code = "failed", message = tostring(res[2]) }
     end
     return { t = "result", values = { table.unpack(res, 2, res.n) }, n = res.n - 1 }
+  elseif m.t == "sandbox" then -- a sandboxed playbook's capabilities on this host
+    if type(m.caps) ~= "table" then
+      return { t = "error", code = "failed", message = "agent: a sandbox without its capabilities" }
+    end
+    if type(m.host) ~= "string" then
+      return { t = "error", code = "failed", message = "agent: a sandbox without its host's name" }
+    end
+    self.priv.sandbox(m.caps, true, false, m.host)
+    self.caps, self.caps_host = m.caps, m.host
+    return { t = "result", values = {}, n = 0 }
   elseif m.t == "effect" then -- what this host's journal says of the controller's effect
     local row = type(m.key) == "table" and self:record(m.key)
     return { t = "result", values = { row and self:described(row) or nil }, n = 1 }

@@ -43,6 +43,19 @@ local function shq(s)
 end
 M.shq = shq
 
+-- A call's answer as the call's results (raises its error).
+local function results(reply)
+  if reply.t == "error" then
+    error(tostring(reply.message), 0)
+  end
+  local values, n = reply.values or {}, reply.n
+  if math.type(n) ~= "integer" or n < 0 or n > 200 then
+    n = #values
+  end
+  return table.unpack(values, 1, n)
+end
+M.results = results
+
 -- {======================================================
 -- Host descriptions: "local", "ssh://[user@]host[:port]", or an ssh_config alias
 -- ======================================================
@@ -379,6 +392,9 @@ function Host:connect_here()
       tostring(ready.version), tostring(ready.protocol), require("hrun.agent").PROTOCOL), 0)
   end
   self.ready = ready
+  if self.caps then
+    results(self:request({ t = "sandbox", caps = self.caps, host = self.name }))
+  end
   if self.run_id then
     self:request({ t = "stash", controller = self.controller, run = self.run_id })
   end
@@ -511,24 +527,29 @@ function Host:interrupt(msg, why)
   error(why == "timeout" and "timed out" or "interrupted", 0)
 end
 
--- A call's answer as the call's results (raises its error).
-local function results(reply)
-  if reply.t == "error" then
-    error(tostring(reply.message), 0)
-  end
-  local values, n = reply.values or {}, reply.n
-  if math.type(n) ~= "integer" or n < 0 or n > 200 then
-    n = #values
-  end
-  return table.unpack(values, 1, n)
-end
-M.results = results
 
 function Host:call(name, ...)
   local args = table.pack(...)
   local n = args.n
   args.n = nil
   return results(self:request({ t = "call", name = name, args = args, n = n }))
+end
+
+-- A call of hrun's own (an inverse's operation from the journal): outside the host's sandbox.
+function Host:call_trusted(name, ...)
+  local args = table.pack(...)
+  local n = args.n
+  args.n = nil
+  return results(self:request({ t = "call", name = name, args = args, n = n, trusted = true }))
+end
+
+-- The capabilities the playbook has on this host (a sandboxed run): its agent checks
+-- each call against them, resolving paths there; sent again on every connection.
+function Host:set_sandbox(caps)
+  self.caps = caps
+  if self.ch then
+    results(self:request({ t = "sandbox", caps = caps, host = self.name }))
+  end
 end
 
 function Host:priv_call(fn, ...)

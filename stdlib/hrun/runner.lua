@@ -471,7 +471,9 @@ function Runner:before(call, ...)
     end
     return
   elseif self.undoing then
-    if host then -- an inverse's operation, sent to the host of its effect
+    if host and self.inverse_op then -- an inverse's operation, sent to the host of its effect
+      return true, self:host(host):call_trusted(call.name, ...)
+    elseif host then -- a step's undo function's call: that host's sandbox applies
       return true, self:host(host):call(call.name, ...)
     end
     return self:undo_writes(call, ...)
@@ -763,6 +765,9 @@ function Runner:set_sandboxes(caps, enforce, record)
   end
   for name in pairs(self.hosts or {}) do
     per[name] = per[name] or {}
+    if enforce then -- its agent checks them too, where the paths are
+      self.hosts[name]:set_sandbox(per[name])
+    end
   end
   if self.hosts then
     boxes = {}
@@ -860,7 +865,7 @@ function Runner:remote_diff(h, name, args, preview)
   local path, new = args[1], args[2]
   if name == "fs.copy" then
     path = args[2]
-    new = select(2, pcall(h.call, h, "fs.read", args[1]))
+    new = select(2, pcall(h.call_trusted, h, "fs.read", args[1]))
   elseif name ~= "fs.write" then
     return preview
   end
@@ -870,7 +875,7 @@ function Runner:remote_diff(h, name, args, preview)
   if secrets_mod.is(new) then -- masked as a local preview masks it
     new = self.priv.mask(self.priv.secretbytes(new))
   end
-  local ok, old = pcall(h.call, h, "fs.read", path)
+  local ok, old = pcall(h.call_trusted, h, "fs.read", path)
   return self.priv.diffpreview(path, ok and type(old) == "string" and old or nil, new)
 end
 
@@ -1481,7 +1486,9 @@ function Runner:undo_effect_here(e, irreversible)
       local uid = j:undo_begin({ run = self.run_id, step = e.step, effect = e.id, op = i,
         how = self.opts.force and "forced" or "inverse", started = sys.now() })
       self:maybe_crash("undo-op")
+      self.inverse_op = true -- the journal's operation, not the playbook's: trusted there too
       ok, err = self:run_op(op, e.status == "intent" or begun[i])
+      self.inverse_op = nil
       j:undo_end(uid, ok and "ok" or "failed", err, sys.now())
       if not ok then
         break

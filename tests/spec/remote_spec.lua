@@ -103,7 +103,7 @@ describe("a playbook on two hosts", function()
       "SELECT op, coalesce(host, '-'), remote IS NOT NULL FROM effects ORDER BY id" }).stdout
     eq(j, "fs.write|old|1\nfs.mkdir|old|1\nexec.run|old|1\nfs.mkdir|new|1\nfs.write|new|1\nfs.write|-|0\n")
     -- each host's own journal has its effects, filed under this controller
-    local a = exec.run({ "sqlite3", hs[1].root .. "/var/lib/hrun/agent/agent.db",
+    local a = exec.run({ "sqlite3", "-cmd", ".timeout 10000", hs[1].root .. "/var/lib/hrun/agent/agent.db",
       "SELECT op, status FROM effects ORDER BY id" }).stdout
     eq(a, "fs.write|done\nfs.mkdir|done\nexec.run|done\n")
     -- the portable build was uploaded under its hash
@@ -301,7 +301,7 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
     local r = run(env, { pb })
     eq(r.code, 0, r.stdout .. r.stderr)
     eq(fs.read(hs[1].root .. "/root/switched"), "switched\n")
-    local a = exec.run({ "sqlite3", hs[1].root .. "/var/lib/hrun/agent/agent.db",
+    local a = exec.run({ "sqlite3", "-cmd", ".timeout 10000", hs[1].root .. "/var/lib/hrun/agent/agent.db",
       "SELECT op, status, unit IS NOT NULL FROM effects" }).stdout
     eq(a, "exec.run|done|1\n")
     r = run(env, { "rollback", "--yes" })
@@ -327,5 +327,21 @@ return playbook { name = "p", hosts = { old = "]] .. hs[1].url .. [[" },
     has(r.stdout, "fs.write on host 'old' needs the capability 'fs@old:/etc/evil'")
     ok(not fs.exists(hs[1].root .. "/etc/evil"))
     ok(not fs.exists(hs[1].root .. "/srv/ok"), "rolled back")
+  end)
+
+  it("is checked again by the host's agent, where the host's symlinks are resolved", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    local _, code = hs[1]:sh("mkdir -p /srv && ln -s /etc /srv/link")
+    eq(code, 0)
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { old = "]] .. hs[1].url .. [[" },
+  capabilities = { "fs@old:/srv" },
+  phase "p" { step "through a link" { on = "old", run = function() fs.write("/srv/link/evil", "x") end } } }
+]])
+    local r = run(env, { "--sandbox", pb })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "fs.write on host 'old' needs the capability 'fs@old:/etc/evil'")
+    ok(not fs.exists(hs[1].root .. "/etc/evil"))
   end)
 end)
