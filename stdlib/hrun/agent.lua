@@ -286,8 +286,8 @@ function Agent:detach(id, m)
   local unit = string.format("hrun-%s-%d-%d", m.key.controller:sub(1, 12), m.key.run, m.key.effect)
   m.caps, m.caps_host = self.caps, self.caps_host -- the unit's process checks as this one does
   self:durable("UPDATE effects SET request = ?, unit = ? WHERE id = ?", self:encode(m), unit, id)
-  local r = self.priv.trusted(exec.run, { "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--", self_exe(), "agent",
-    "--dir", self.dir, "--detached", tostring(id) }, { check = false })
+  local r = self.priv.trusted(exec.run, { "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--", self_exe(),
+    "agent", "--dir", self.dir, "--detached", tostring(id) }, { check = false })
   if not r.ok then
     self:durable("UPDATE effects SET status = 'failed', error = ?, ended = ? WHERE id = ?",
       "systemd-run: " .. tostring(r.stderr), now(), id)
