@@ -325,6 +325,9 @@ local plain_events = {
   error = function(self, ev)
     self:line(ev.time, "error: %s", ev.message)
   end,
+  host = function(self, ev)
+    self:line(ev.time, "%s", M.host_line(ev))
+  end,
   capabilities = function(self, ev)
     for _, l in ipairs(M.capability_lines(ev)) do
       self:line(ev.time, "%s", l)
@@ -511,6 +514,9 @@ local tty_events = {
   error = function(self, ev)
     self:print(self:c("31", "error: " .. ev.message))
   end,
+  host = function(self, ev)
+    self:print(self:c("2", M.host_line(ev)))
+  end,
   handler = function(self, ev)
     self:print("  " .. self:c("35", "» " .. M.handler_line(ev)))
   end,
@@ -614,6 +620,14 @@ function M.step_word(s)
     return "ok" -- a planned step with nothing to change
   end
   return s.status
+end
+
+-- A host reached at pre-flight: "host old: ssh://root@zimaos.lan (zimaos, root, hrun
+-- portable build, uploaded now)".
+function M.host_line(ev)
+  return string.format("host %s: %s (%s, %s, hrun %s%s)", tostring(ev.host), tostring(ev.url),
+    tostring(ev.hostname), ev.root and "root" or "not root",
+    ev.agent == "installed" and "installed there" or "portable build", ev.uploaded and ", uploaded now" or "")
 end
 
 -- What a write already so says: "ok fs.write /etc/x (already so)".
