@@ -30,6 +30,38 @@ describe("malformed playbooks", function()
     end)
   end
 
+  it("name hosts that are not hosts, an `on` no host has, a capability of no host, at their lines", function()
+    local d = tmpdir()
+    local p = playbook_file(d, "hosts.lua", [[
+return playbook {
+  name = "hosts",
+  hosts = { old = "ssh://root@zimaos.lan:2222", bad = "ssh://-oProxyCommand=sh", web = "http://x" },
+  capabilities = { "fs@old:/DATA", "exec@nas:docker" },
+  phase "one" {
+    step "a" { on = "olt", run = function() end },
+    step "b" { on = "local", run = function() end },
+  },
+}]])
+    local r = hrun_cmd({ p, "--state", d })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    has(r.stderr, p .. ":3: playbook: hosts.bad: ssh://-oProxyCommand=sh: '-oProxyCommand=sh' is not a host name")
+    has(r.stderr, p .. ":3: playbook: hosts.web: http://x: only ssh:// hosts are known (or \"local\")")
+    has(r.stderr, p .. ":4: playbook: capabilities[2]: 'exec@nas:docker' names host 'nas', which the playbook's " ..
+      "hosts do not have")
+    has(r.stderr, p .. ":6: step 'a': on = \"olt\": the playbook has no such host")
+    has(r.stderr, "(did you mean 'old'?)")
+    eq(fs.exists(d .. "/journal.db"), false, "nothing journaled")
+    -- -H: a host given on the command line is checked the same way
+    local ok_pb = playbook_file(d, "ok.lua", [[
+return playbook { name = "ok", phase "p" { step "s" { run = function() end } } }]])
+    r = hrun_cmd({ ok_pb, "--state", d, "-H", "old=ssh://-x" })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    has(r.stderr, "-H old=ssh://-x: ssh://-x: '-x' is not a host name")
+    r = hrun_cmd({ ok_pb, "--state", d, "-H", "nonsense" })
+    eq(r.code, 3)
+    has(r.stderr, "-H nonsense: expected NAME=URL")
+  end)
+
   it("report every problem at once", function()
     local d = tmpdir()
     local p = playbook_file(d, "many.lua", [[
