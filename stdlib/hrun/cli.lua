@@ -80,9 +80,9 @@ local flags = {
   ["--older-than"] = { key = "older_than", value = "DURATION", only = { gc = true } },
   ["--dry-run"] = { key = "dry_run", only = { gc = true } },
   ["-H"] = { key = "hosts", value = "NAME=URL", multi = true,
-    only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true } },
+    only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true, check = true } },
   ["--host"] = { key = "hosts", value = "NAME=URL", multi = true,
-    only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true } },
+    only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true, check = true } },
   ["--dir"] = { key = "agent_dir", value = "DIR", only = { agent = true } },
   ["--detached"] = { key = "detached", value = "ID", only = { agent = true } },
 }

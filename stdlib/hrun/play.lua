@@ -575,6 +575,15 @@ function M.check(priv, opts, path, state)
     io.stdout:write(string.format("%s: %s%s — %d phase%s, %d step%s, %d check%s\n", path,
       pb.name, pb.version and (" " .. pb.version) or "", #pb.phases, #pb.phases == 1 and "" or "s", steps,
       steps == 1 and "" or "s", checks, checks == 1 and "" or "s"))
+    local hosts = M.hosts(pb.hosts, opts)
+    if hosts then -- where its steps run
+      local list = {}
+      for name, h in pairs(hosts) do
+        list[#list + 1] = string.format("%s (%s)", name, h.url)
+      end
+      table.sort(list)
+      io.stdout:write("  hosts: ", table.concat(list, ", "), "\n")
+    end
     io.stdout:write("  capabilities declared: ",
       #pb.capabilities > 0 and table.concat(pb.capabilities, ", ") or "none", "\n")
     local needs = {}
