@@ -739,7 +739,8 @@ describe("random SIGKILL trials on two hosts", function()
     end
     local d = trials.durations
     print(string.format("     references in %.1f s: the first run takes %.2f s (uploading the agent), its " ..
-      "rollback %.2f s, a failing run (with its own rollback) %.2f s", sys.clock() - t0, d.first, d.rollback, d.failing))
+      "rollback %.2f s, a failing run (with its own rollback) %.2f s", sys.clock() - t0, d.first, d.rollback,
+      d.failing))
     local started = sys.clock()
     if #failures == 0 then
       for i = 1, TRIALS do
