@@ -69,14 +69,17 @@ return playbook {
     step "new custom" { on = "new",
       run = function(ctx)
         ctx.state.motd = fs.read(T .. "/motd")
+        ctx.state.state = fs.read(T .. "/state")
         fs.write(T .. "/motd", ctx.state.motd .. "moved here\n")
         exec.run({ "sh", "-c", "sleep 0.1; echo ran >> /srv/trial/state" },
           { undo = { "sed", "-i", "$ d", "/srv/trial/state" } })
       end,
-      -- its own undo, on the host, from what the step saved
+      -- its own undo, on the host, from what the step saved: run again when hrun is
+      -- killed in it, so it puts back what was (`sed '$ d'` here would take off a line
+      -- more each time)
       undo = function(ctx)
         fs.write(T .. "/motd", ctx.state.motd)
-        exec.run({ "sed", "-i", "$ d", "/srv/trial/state" })
+        fs.write(T .. "/state", ctx.state.state)
       end },
     step "across" { run = function(ctx)
       count(ctx, "across")
@@ -472,6 +475,12 @@ function Trials:reference()
   return problems
 end
 
+-- how many effects the controller's journal has
+function Trials:effects()
+  local db = self.state .. "/journal.db"
+  return fs.exists(db) and tonumber((sqlite(db, "SELECT count(*) FROM effects"):match("%d+"))) or 0
+end
+
 -- the agents' journals: each intent this trial left must be one its controller undid or
 -- resolved (its effect journaled as ended there, or undone)
 function Trials:agent_intents()
@@ -635,6 +644,8 @@ function Trials:trial(seed, variant)
       if run and run.status ~= "done" then
         problem("status " .. tostring(run.status) .. " after a finished run")
       end
+    elseif run and run.status == "failed" and variant == "agent" and self:effects() == 0 then
+      notes["an agent killed in the pre-flight: the run failed before any change"] = true
     elseif run and run.status ~= "rolled-back" then
       problem("status " .. tostring(run.status) .. " after a finished rollback")
     end
