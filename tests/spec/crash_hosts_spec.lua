@@ -262,7 +262,10 @@ function Trials:launch(tag, args, o)
       lines[#lines + 1] = string.format("while kill -0 $pid 2>/dev/null && ! grep -q %s %s; do sleep 0.005; done",
         shq(o.after), shq(base .. ".out"))
     end
-    lines[#lines + 1] = string.format("sleep %.4f; kill -KILL $pid 2>/dev/null", o.delay)
+    -- (the wait ends early when hrun does)
+    lines[#lines + 1] = string.format("sleep %.4f & s=$!", o.delay)
+    lines[#lines + 1] = "while kill -0 $pid 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.01; done"
+    lines[#lines + 1] = "kill -0 $s 2>/dev/null || kill -KILL $pid 2>/dev/null; kill $s 2>/dev/null; wait $s"
   end
   lines[#lines + 1] = "wait $pid; rc=$?"
   if o.agents then
@@ -469,7 +472,7 @@ function Trials:reference()
   -- the trials' measure of a run; its own rollback, from "rolling back" in its output to
   -- its end, about a rollback's without hrun's start and connecting
   self.durations = { run = math.min(run_secs, fail_secs), first = run_secs, rollback = rb_secs,
-    failing = fail_secs, own_rollback = rb_secs * 0.9 }
+    failing = fail_secs, own_rollback = rb_secs * 0.6 }
   self:quiesce()
   exec.run({ "rm", "-rf", self.top .. "/ref", self.top .. "/ref3" })
   return problems
