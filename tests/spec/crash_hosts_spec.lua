@@ -21,6 +21,9 @@
 --
 --   HRUN_TRIALS=N        how many trials (default 6), the variants taken in turn
 --   HRUN_VARIANT=V       only this variant (controller, agent, rollback)
+--   HRUN_STRICT_UNDO=1   the undo commands take off the last line (`sed '$ d'`), not theirs:
+--                        an undo command run twice (hrun killed while it ran on a host,
+--                        before it journaled its end) then shows
 --   HRUN_TRIAL_SEED=S    the master seed (default: from the clock); each trial prints its
 --                        seed and variant: HRUN_VARIANT=V HRUN_TRIAL_SEED=<its seed>
 --                        HRUN_TRIALS=1 replays it (the same instants and choices; the
@@ -56,9 +59,11 @@ return playbook {
     end },
     step "old exec" { on = "old", run = function()
       -- a child that writes a while after it starts (a counter: twice shows); its undo
-      -- takes its line off again
+      -- takes its line off again. An undo command runs again when hrun is killed while it
+      -- runs (it is journaled as begun, not as ended): `sed '$ d'` would take off the line
+      -- before too
       exec.run({ "sh", "-c", "sleep 0.2; echo stopped >> /srv/trial/state" },
-        { undo = { "sed", "-i", "$ d", "/srv/trial/state" } })
+        { undo = { "sed", "-i", "/^stopped$/d", "/srv/trial/state" } })
     end },
     step "new files" { on = "new", run = function()
       fs.write(T .. "/config", "new v2\n", { mode = "0600" })
@@ -72,7 +77,7 @@ return playbook {
         ctx.state.state = fs.read(T .. "/state")
         fs.write(T .. "/motd", ctx.state.motd .. "moved here\n")
         exec.run({ "sh", "-c", "sleep 0.1; echo ran >> /srv/trial/state" },
-          { undo = { "sed", "-i", "$ d", "/srv/trial/state" } })
+          { undo = { "sed", "-i", "/^ran$/d", "/srv/trial/state" } })
       end,
       -- its own undo, on the host, from what the step saved: run again when hrun is
       -- killed in it, so it puts back what was (`sed '$ d'` here would take off a line
@@ -88,7 +93,7 @@ return playbook {
       hosts.new.fs.mkdir(T .. "/from-old")
       hosts.old.fs.write(T .. "/handed-over", hosts.new.sys.hostname() .. "\n")
       hosts.old.exec.run({ "sh", "-c", "sleep 0.1; echo handed >> /srv/trial/state" },
-        { undo = { "sed", "-i", "$ d", "/srv/trial/state" } })
+        { undo = { "sed", "-i", "/^handed$/d", "/srv/trial/state" } })
       fs.write(ctx.params.w .. "/copied", data)
     end },
   },
@@ -399,7 +404,11 @@ end
 
 function Trials.new(hs, top)
   local self = setmetatable({ hs = hs, top = top, n = 0, notes = {} }, Trials)
-  self.playbook = playbook_file(top, "crash-hosts.lua", (PLAYBOOK:gsub("@OLD@", hs[1].url):gsub("@NEW@", hs[2].url)))
+  local text = PLAYBOOK:gsub("@OLD@", hs[1].url):gsub("@NEW@", hs[2].url)
+  if sys.env("HRUN_STRICT_UNDO") == "1" then
+    text = text:gsub('"/%^%a+%$/d"', '"$ d"')
+  end
+  self.playbook = playbook_file(top, "crash-hosts.lua", text)
   self.agent_db = {}
   for i = 1, 2 do
     self.agent_db[i] = hs[i].root .. "/var/lib/hrun/agent/agent.db"
