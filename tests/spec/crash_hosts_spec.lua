@@ -710,6 +710,9 @@ function Trials:trial(seed, variant)
       sqlite(self.state .. "/journal.db", "SELECT id, step, op, coalesce(host, '-'), coalesce(remote, '-'), " ..
         "status, coalesce(undo_status, '-'), coalesce(substr(error, 1, 80), '') FROM effects ORDER BY id")
         :gsub("\n$", ""):gsub("\n", "\n    ")
+    report[#report + 1] = "  the controller's undo attempts (id|step|effect|op|how|status|error):\n    " ..
+      sqlite(self.state .. "/journal.db", "SELECT id, step, coalesce(effect, '-'), coalesce(op, '-'), how, " ..
+        "status, coalesce(substr(error, 1, 80), '') FROM undos ORDER BY id"):gsub("\n$", ""):gsub("\n", "\n    ")
   end
   for i = 1, 2 do
     if fs.exists(self.agent_db[i]) then
