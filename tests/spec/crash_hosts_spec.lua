@@ -552,6 +552,12 @@ function Trials:trial(seed, variant)
     end
   elseif variant == "agent" then
     code = round("1-run", self:run_args(false), { agents = plan.agents })
+    local out = fs.read(rounds[1].base .. ".out") or ""
+    if out:find("the channel dropped", 1, true) then
+      notes["the controller saw an agent's end and connected again"] = true
+    elseif code == 0 then
+      notes["the agents were killed after the run needed them"] = true
+    end
     if code == 0 then
       expect, finished_by = "done", "the run itself"
     elseif code == 1 then
