@@ -40,6 +40,15 @@ local SCHEMA = [[
     unit TEXT,                       -- … and the transient systemd unit it runs in
     UNIQUE (controller, run, effect)
   );
+  CREATE TABLE IF NOT EXISTS undos (   -- the operations of inverses run here, with their answer
+    controller TEXT NOT NULL,
+    run INTEGER NOT NULL,
+    effect INTEGER NOT NULL,
+    op INTEGER NOT NULL,
+    reply TEXT NOT NULL,
+    ended REAL NOT NULL,
+    PRIMARY KEY (controller, run, effect, op)
+  );
 ]]
 
 -- The primitive `name` ("fs.write", "fs._restore"), or nil.
@@ -346,6 +355,40 @@ end
 
 -- }======================================================
 
+-- An inverse's operation (m.once: its key): run once, its answer journaled with it; sent
+-- again (the controller died before it journaled the answer), answered from here.
+function Agent:once(m, args, n)
+  local k = m.once
+  if type(k.controller) ~= "string" or math.type(k.run) ~= "integer" or math.type(k.effect) ~= "integer"
+      or math.type(k.op) ~= "integer" then
+    return { t = "error", code = "failed", message = "agent: an undo operation without its key" }
+  end
+  local busy = self:busy()
+  local row = self.db:query("SELECT reply FROM undos WHERE controller = ? AND run = ? AND effect = ? AND op = ?",
+    k.controller, k.run, k.effect, k.op)[1]
+  if row then
+    busy:release()
+    local reply = wire.decode(row.reply, self.tags)
+    reply.replayed = true
+    return reply
+  end
+  local ok, res, code = self.priv.trusted(call, m.name, args, n)
+  local done = ok and res.n > 0 and res[1] ~= nil and res[1] ~= false
+  local reply
+  if ok then
+    reply = { t = "result", values = res, n = res.n }
+    reply.values.n = nil
+  else
+    reply = { t = "error", code = code, message = res }
+  end
+  if done then -- a failure may be tried again
+    self:durable("INSERT INTO undos (controller, run, effect, op, reply, ended) VALUES (?, ?, ?, ?, ?, ?)",
+      k.controller, k.run, k.effect, k.op, self:mask(self:encode(reply)), now())
+  end
+  busy:release()
+  return reply
+end
+
 -- What a write would do, for a plan: already so, its inverse, its preview, its states.
 function Agent:plan(m, args, n)
   local priv = self.priv
@@ -383,9 +426,11 @@ local PRIV = { restate = true, leftovers = true, state = true }
 function Agent:handle(m)
   local args = type(m.args) == "table" and m.args or {}
   local n = math.type(m.n) == "integer" and m.n or #args
-  if m.t == "call" then
+  if m.t == "call" and type(m.once) == "table" then
+    return self:once(m, args, n)
+  elseif m.t == "call" then
     local ok, res, code
-    if m.trusted then -- an inverse's operation from the controller's journal
+    if m.trusted then -- hrun's own read (a plan's diff)
       ok, res, code = self.priv.trusted(call, m.name, args, n)
     else
       ok, res, code = call(m.name, args, n)

@@ -315,7 +315,8 @@ function M.portable_build()
   end
   for _, path in ipairs(candidates) do
     if fs.exists(path) then
-      local hex = assert(require("hrun.hash").file(path, { algo = "sha256" }))
+      -- its name there: xxh128 of its bytes (a few ms; sha256 cost 100 ms a run)
+      local hex = assert(require("hrun.hash").file(path))
       return path, hex:sub(1, 16)
     end
   end
@@ -535,12 +536,14 @@ function Host:call(name, ...)
   return results(self:request({ t = "call", name = name, args = args, n = n }))
 end
 
--- A call of hrun's own (an inverse's operation from the journal): outside the host's sandbox.
-function Host:call_trusted(name, ...)
+-- A call of hrun's own, outside the host's sandbox. once = {controller, run, effect, op}:
+-- an inverse's operation from the journal, which the host journals with its answer and
+-- never runs twice (sent again after a crash, it is answered from there).
+function Host:call_trusted(once, name, ...)
   local args = table.pack(...)
   local n = args.n
   args.n = nil
-  return results(self:request({ t = "call", name = name, args = args, n = n, trusted = true }))
+  return results(self:request({ t = "call", name = name, args = args, n = n, trusted = true, once = once }))
 end
 
 -- The capabilities the playbook has on this host (a sandboxed run): its agent checks

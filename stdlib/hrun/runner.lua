@@ -334,6 +334,10 @@ end
 
 -- Returns the event as emitted (masked): what else it goes to (--notify) gets that.
 function Runner:emit(ev)
+  return self:own(self.emit_here, ev)
+end
+
+function Runner:emit_here(ev)
   if self.priv.secrets() > 0 then
     ev = masked(self.priv.mask, ev, 0)
   end
@@ -464,7 +468,14 @@ function Runner:preview(name, ...)
 end
 
 function Runner:before(call, ...)
-  local host = self.hosts and remote.depth == 0 and self:call_host()
+  local host = self.hosts and self:call_host()
+  if host or (self.in_playbook or 0) > 0 then -- what the hook does is hrun's own work, here
+    return self:own(self.before_here, host, call, ...)
+  end
+  return self:before_here(host, call, ...)
+end
+
+function Runner:before_here(host, call, ...)
   if not call.writes then
     if host then
       return true, self:host(host):call(call.name, ...)
@@ -472,7 +483,9 @@ function Runner:before(call, ...)
     return
   elseif self.undoing then
     if host and self.inverse_op then -- an inverse's operation, sent to the host of its effect
-      return true, self:host(host):call_trusted(call.name, ...)
+      local k = self.inverse_op
+      return true, self:host(host):call_trusted({ controller = self.journal:id(), run = k.run, effect = k.effect,
+        op = k.op }, call.name, ...)
     elseif host then -- a step's undo function's call: that host's sandbox applies
       return true, self:host(host):call(call.name, ...)
     end
@@ -626,11 +639,19 @@ end
 local PARTIAL = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true }
 
 function Runner:after(call, nres, ...)
+  local host = self.hosts and self:call_host()
+  if (self.in_playbook or 0) > 0 then
+    return self:own(self.after_here, host, call, nres, ...)
+  end
+  return self:after_here(host, call, nres, ...)
+end
+
+function Runner:after_here(host, call, nres, ...)
   if #self.call_children > 0 then -- the children this call started are done with
     self.journal:children_returned(self.call_children)
     self.call_children = {}
   end
-  if not call.writes or self.undoing or self.plan or (self.hosts and remote.depth == 0 and self:call_host()) then
+  if not call.writes or self.undoing or self.plan or host then
     return -- (another host's write is journaled by remote_write, whole)
   end
   local top = table.remove(self.effect_stack)
@@ -679,14 +700,44 @@ end
 -- agent; its writes are journaled there before they act and here with their host
 -- ======================================================
 
--- The host the call being made goes to (nil: this machine).
+-- The host the call being made goes to (nil: this machine): a call of the playbook's own
+-- code (its run, undo, verify, when, checks: in_playbook) goes where hosts.NAME or its
+-- step's `on` says; an inverse's operation where its effect was made. hrun's own calls
+-- (its journal, its events, its clock) are this machine's.
 function Runner:call_host()
+  if remote.depth > 0 then
+    return nil
+  elseif self.inverse_op then
+    return self.undo_host
+  elseif (self.in_playbook or 0) == 0 then
+    return nil
+  end
   local stack = self.host_stack
   local name = stack and stack[#stack] or self.step_host
-  if name == nil or name == "local" then
+  if name == nil or not self.hosts[name] then -- "local", or a host that is this machine
     return nil
   end
   return name
+end
+
+-- xpcall(fn, handler, ...) of a function of the playbook's: its calls go to its host.
+function Runner:xpcall_playbook(fn, ...)
+  self.in_playbook = (self.in_playbook or 0) + 1
+  local res = table.pack(xpcall(fn, self:handler(), ...))
+  self.in_playbook = self.in_playbook - 1
+  return table.unpack(res, 1, res.n)
+end
+
+-- fn(...) as hrun's own work, whoever's call it serves: its calls are this machine's.
+function Runner:own(fn, ...)
+  local saved = self.in_playbook
+  self.in_playbook = 0
+  local res = table.pack(pcall(fn, self, ...))
+  self.in_playbook = saved
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
 end
 
 -- The connected host `name` (connected now when it is not yet).
@@ -724,6 +775,10 @@ end
 
 -- Calls fn(...) with its calls going to host `name` (hosts.NAME.fs.write, an undo).
 function Runner:with_host(name, fn, ...)
+  local u = self.host_urls and self.host_urls[name]
+  if u and (type(u) == "table" and u.url or u) == "local" then
+    name = "local" -- a host of the run that is this machine (-H old=local)
+  end
   if name ~= "local" and not (self.hosts and self.hosts[name]) then
     error(string.format("hosts.%s: the playbook has no such host (hosts = { %s = \"ssh://…\" }, or -H %s=URL)",
       tostring(name), tostring(name), tostring(name)), 0)
@@ -865,7 +920,7 @@ function Runner:remote_diff(h, name, args, preview)
   local path, new = args[1], args[2]
   if name == "fs.copy" then
     path = args[2]
-    new = select(2, pcall(h.call_trusted, h, "fs.read", args[1]))
+    new = select(2, pcall(h.call_trusted, h, nil, "fs.read", args[1]))
   elseif name ~= "fs.write" then
     return preview
   end
@@ -875,7 +930,7 @@ function Runner:remote_diff(h, name, args, preview)
   if secrets_mod.is(new) then -- masked as a local preview masks it
     new = self.priv.mask(self.priv.secretbytes(new))
   end
-  local ok, old = pcall(h.call_trusted, h, "fs.read", path)
+  local ok, old = pcall(h.call_trusted, h, nil, "fs.read", path)
   return self.priv.diffpreview(path, ok and type(old) == "string" and old or nil, new)
 end
 
@@ -1049,7 +1104,7 @@ end
 function Runner:call_as(kind, name, phase, fn, ctx)
   local saved = self.current
   self.current = { kind = kind, name = name, phase = phase, id = saved and saved.id }
-  local res = table.pack(xpcall(fn, self:handler(), ctx))
+  local res = table.pack(self:xpcall_playbook(fn, ctx))
   self.current = saved
   return table.unpack(res, 1, res.n)
 end
@@ -1093,7 +1148,7 @@ end
 function Runner:attempt(step, ctx)
   local deadline = step.timeout and (self.priv.monotime() + step.timeout) or 0
   self.priv.setdeadline(deadline)
-  local ok, err = xpcall(step.run, self:handler(), ctx)
+  local ok, err = self:xpcall_playbook(step.run, ctx)
   if ok and step.verify and not self.plan then
     local vok, res, msg = self:call_as("verify", step.name, step.phase, step.verify, ctx)
     self.priv.setdeadline(deadline) -- call_as ran Lua: the deadline still holds
@@ -1412,7 +1467,13 @@ function Runner:undo_effect(e, irreversible)
     if not e.remote and not self:reconcile(e) then
       return true, nil, "never reached its host"
     end
-    return self:with_host(e.host, self.undo_effect_here, self, e, irreversible)
+    self.undo_host = e.host -- its inverse's operations go there
+    local res = table.pack(pcall(self.undo_effect_here, self, e, irreversible))
+    self.undo_host = nil
+    if not res[1] then
+      error(res[2], 0)
+    end
+    return table.unpack(res, 2, res.n)
   end)
   if not ok then
     local msg = string.format("%s on host '%s': %s", e.op, e.host, message_of(res))
@@ -1486,7 +1547,8 @@ function Runner:undo_effect_here(e, irreversible)
       local uid = j:undo_begin({ run = self.run_id, step = e.step, effect = e.id, op = i,
         how = self.opts.force and "forced" or "inverse", started = sys.now() })
       self:maybe_crash("undo-op")
-      self.inverse_op = true -- the journal's operation, not the playbook's: trusted there too
+      -- the journal's operation, not the playbook's: trusted there too, and done once there
+      self.inverse_op = { run = e.run, effect = e.id, op = i }
       ok, err = self:run_op(op, e.status == "intent" or begun[i])
       self.inverse_op = nil
       j:undo_end(uid, ok and "ok" or "failed", err, sys.now())
@@ -1631,7 +1693,10 @@ function Runner:run_undo_function(s, def)
   -- its temporaries are named from the attempt, and what it writes to is journaled
   self.undo_attempt = { id = uid, states = {} }
   self.priv.seteffect(self.run_id, -uid)
-  local ok, err = xpcall(def.undo, self:handler(), ctx)
+  -- where the step ran: the calls of an `on = NAME` step's undo function go to that host
+  local ok, err = self:on_host(def.on, function()
+    return self:xpcall_playbook(def.undo, ctx)
+  end)
   self.priv.seteffect(nil)
   self.undo_attempt = nil
   self.undoing = false

@@ -21,9 +21,10 @@
 --
 --   HRUN_TRIALS=N        how many trials (default 6), the variants taken in turn
 --   HRUN_VARIANT=V       only this variant (controller, agent, rollback)
---   HRUN_STRICT_UNDO=1   the undo commands take off the last line (`sed '$ d'`), not theirs:
---                        an undo command run twice (hrun killed while it ran on a host,
---                        before it journaled its end) then shows
+--   HRUN_LENIENT_UNDO=1  the undo commands take off their own line (`sed '/^x$/d'`), not the
+--                        last one (`sed '$ d'`, the default): an undo command run twice (hrun
+--                        killed while it ran on a host, before it journaled its end) then no
+--                        longer shows; the default checks that a host runs it once
 --   HRUN_TRIAL_SEED=S    the master seed (default: from the clock); each trial prints its
 --                        seed and variant: HRUN_VARIANT=V HRUN_TRIAL_SEED=<its seed>
 --                        HRUN_TRIALS=1 replays it (the same instants and choices; the
@@ -410,7 +411,7 @@ end
 function Trials.new(hs, top)
   local self = setmetatable({ hs = hs, top = top, n = 0, notes = {} }, Trials)
   local text = PLAYBOOK:gsub("@OLD@", hs[1].url):gsub("@NEW@", hs[2].url)
-  if sys.env("HRUN_STRICT_UNDO") == "1" then
+  if sys.env("HRUN_LENIENT_UNDO") ~= "1" then
     text = text:gsub('"/%^%a+%$/d"', '"$ d"')
   end
   self.playbook = playbook_file(top, "crash-hosts.lua", text)
