@@ -145,9 +145,9 @@ fi
 uptime > "$work/load-end"
 
 python3 - "$work" "$OUT" "$READS" "$WRITES" "$hash" "$(stat -c %s "$(dirname "$HRUN")/hrun-portable")" \
-    "$(cat "$work/agent-effects")" "$(nproc)" <<'PY'
+    "$(cat "$work/agent-effects")" "$(nproc)" "$RUNS" "$ANSIBLE_RUNS" <<'PY'
 import json, os, sys, platform, datetime, statistics as st
-work, out, reads, writes, hashname, size, agent_effects, ncpu = sys.argv[1:9]
+work, out, reads, writes, hashname, size, agent_effects, ncpu, runs, aruns = sys.argv[1:11]
 reads, writes = int(reads), int(writes)
 def hf(name):
     return json.load(open(os.path.join(work, name)))["results"]
@@ -183,6 +183,8 @@ A("booted by `tests/fixtures/hosts.sh` with its own root, systemd and OpenSSH ss
 A("reached with the system's `ssh` and the fixture's key and known_hosts, as a server on the LAN")
 A("would be (without the network's latency: the numbers are the software's cost). Load while")
 A("it ran (other sessions share the machine): `%s` at the start, `%s` at the end." % (load0, load1))
+A("")
+A("    RUNS=%s ANSIBLE_RUNS=%s READS=%d WRITES=%d bench/remote.sh" % (runs, aruns, reads, writes))
 A("")
 A("## 1. The floors")
 A("")
@@ -241,7 +243,11 @@ if ans:
 A("The first run on a host costs %s more than a run where the" % ms(up["median"] - cold["median"]))
 A("portable build is already there (the upload of %.1f MB over ssh and its `mv` into place)." % (int(size) / 1e6))
 A("")
-open(out, "w").write("\n".join(L))
+# what was written by hand below the marker (a profile, its findings) is kept
+MARK = "<!-- by hand:"
+old = open(out).read() if os.path.exists(out) else ""
+hand = old[old.index(MARK):] if MARK in old else ""
+open(out, "w").write("\n".join(L) + ("\n" + hand if hand else ""))
 print("calls: read %.0f us, write %.0f us (floor %.0f us); 20 steps: hrun %s cold, %s warm, %s first; ansible %s; %.1fx"
       % (st.median(rr) * 1e6, st.median(rw) * 1e6, st.median(cat) * 1e6, ms(cold["median"]), ms(warm["median"]),
          ms(up["median"]), ms(ans["median"]) if ans else "-", ratio))
