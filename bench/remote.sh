@@ -14,7 +14,9 @@
 #     before (stopped before each run), with one left (warm), and its first run on a host
 #     (the portable build uploaded: removed there before each run); ansible with its own
 #     master stopped before each run.
-# Writes $OUT (default docs/bench-remote.md). Needs root (the fixture), hyperfine, ansible.
+# Writes $OUT (default docs/bench-remote.md), keeping what is below its "<!-- by hand:" line
+# (a profile and its findings). Needs root (the fixture), hyperfine, ansible. KEEP=DIR keeps
+# the raw results; HRUN=…/hrun (its hrun-portable beside it), HRUN_PATH=… another stdlib.
 #   RUNS=10 ANSIBLE_RUNS=5 READS=2000 WRITES=500 bench/remote.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
