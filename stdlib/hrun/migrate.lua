@@ -494,7 +494,7 @@ function M.pull(ctx, old, from, to, opts)
 end
 
 -- A directory on the old host for what is made there (old.scratch/<name>), made once.
-local function scratch(old, name)
+local function scratch_dir(old, name)
   local d = join(old.scratch or "/DATA/.hrun/migration", name)
   if not on(old, fs.exists, d) then
     on(old, fs.mkdir, d, { parents = true, mode = "0700" })
@@ -584,7 +584,7 @@ function M.backup(ctx, old, moves, dir, pg_old)
       local rec = { file = file }
       -- taken where the database is (on the old host: in old.scratch, checked and
       -- hashed there, then copied here and its sha256 compared)
-      local made = here(old) and file or join(scratch(old, m.name), flat)
+      local made = here(old) and file or join(scratch_dir(old, m.name), flat)
       local b = assert(on(old, sqlite.backup, join(M.old_data(old, m), db.file), made))
       if not ctx.plan then
         rec.rows = assert(M.sqlite_counts(made, db.tables, old))
@@ -704,7 +704,7 @@ local function copy_from_host(ctx, old, m, from, name, opts)
     if not manifest.complete then
       error(string.format("%s: %d entries of %s could not be read on the old host", m.name, manifest.errors, from))
     end
-    sums = join(scratch(old, m.name), name .. "." .. algo)
+    sums = join(scratch_dir(old, m.name), name .. "." .. algo)
     on(old, hash.export, manifest.id, sums, { format = "coreutils" })
   end
   M.pull(ctx, old, from, m.to, { dir = true })
