@@ -168,9 +168,12 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     -- the plan changes nothing
     local r = h.run("phase1-non-critical", "plan")
     eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, 'would exec.run systemctl stop uptime-kuma {"timeout":300}  [undo: exec.run systemctl start ' ..
-      'uptime-kuma {"timeout":300}]')
-    has(r.stdout, "rsync")
+    -- the container stopped on the old host, its undo there; the data read there by rsync
+    has(r.stdout, 'would exec.run systemctl stop uptime-kuma {"timeout":300}  @old  [undo: exec.run systemctl ' ..
+      'start uptime-kuma {"timeout":300}]')
+    has(r.stdout, "would sqlite.backup /DATA/AppData/uptime-kuma/kuma.db " ..
+      "/var/tmp/hrun-migration/uptime-kuma/kuma.db  @old")
+    has(r.stdout, ":/DATA/AppData/memos/ " .. h.lib .. "/memos/")
     ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses")
     eq(h.running("memos"), "true")
 
