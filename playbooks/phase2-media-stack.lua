@@ -68,8 +68,9 @@ return playbook {
   description = "Migration phase 2: the media stack moves from ZimaOS to NixOS, the VPN gateway first",
   -- the old machine (ZimaOS: hrun's portable build goes to its data disk) and this one
   hosts = { old = { url = "ssh://root@zimaos.lan", agent_dir = "/DATA/.hrun" }, new = "local" },
-  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*", "fs@old", "hash@old",
-    "exec@old" },
+  -- (env:HRUN_SSH_CONFIG: rsync reaches the old host with hrun's ssh configuration)
+  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*", "env:HRUN_SSH_CONFIG",
+    "fs@old", "hash@old", "exec@old" },
   params = {
     old = {
       host = "old",                        -- the playbook's host ("local": one that cannot run anything)

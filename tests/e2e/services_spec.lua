@@ -174,7 +174,8 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     has(r.stdout, "would sqlite.backup /DATA/AppData/uptime-kuma/kuma.db " ..
       "/var/tmp/hrun-migration/uptime-kuma/kuma.db  @old")
     has(r.stdout, ":/DATA/AppData/memos/ " .. h.lib .. "/memos/")
-    ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses")
+    ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses: " ..
+      (r.stdout:match("[^\n]*NOT DECLARED[^\n]*") or ""))
     eq(h.running("memos"), "true")
 
     r = h.run("phase1-non-critical")
