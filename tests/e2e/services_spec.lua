@@ -97,10 +97,12 @@ local function hosts(services)
     fs.write(h.paramfile, json.encode(p))
   end
   -- h.run(playbook [, command]): hrun [command] playbooks/<playbook>.lua --params …
+  h.old_url = old.url -- h.old_url = "local": an old host that cannot run anything
+  h.old = old
   function h.run(name, cmd)
-    local argv = { cmd, playbook_path(name), "-H", "old=" .. old.url }
+    local argv = { cmd, playbook_path(name), "-H", "old=" .. h.old_url }
     if not cmd then
-      argv = { playbook_path(name), "-H", "old=" .. old.url }
+      argv = { playbook_path(name), "-H", "old=" .. h.old_url }
     end
     return hrun_on({ env = h.env, params = h.paramfile, state = h.state, work = h.work }, argv)
   end
@@ -207,6 +209,25 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     for name, t in pairs(before) do
       eq(tree(h.appdata .. "/" .. name), t)
     end
+  end)
+
+  it("moves them from an old host that cannot run anything: command templates, its data mounted here", function()
+    local h = hosts({ memos = { files = { ["assets/a.txt"] = string.rep("memo", 1000) } } })
+    local ssh = { "ssh", "-F", h.env.HRUN_SSH_CONFIG, h.old.name }
+    h.params({ { name = "memos" } }, { old = { host = "local", appdata = h.appdata, -- "mounted" here
+      stop = { ssh[1], ssh[2], ssh[3], ssh[4], "systemctl", "stop", "{container}" },
+      start = { ssh[1], ssh[2], ssh[3], ssh[4], "systemctl", "start", "{container}" } } })
+    h.old_url = "local"
+    local before = tree(h.appdata .. "/memos")
+    local r = h.run("phase1-non-critical")
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "memos: 2 files")
+    eq(tree(h.lib .. "/memos"), before, "the copy is the old data, byte for byte")
+    eq(h.running("memos"), "false", "stopped on the old host by its template")
+    eq(fs.exists(h.old.root .. "/DATA/.hrun"), false, "nothing uploaded to the old host")
+    r = h.rollback()
+    eq(r.code, 0, r.stdout .. r.stderr)
+    nothing_moved(h, { "memos" })
   end)
 
   it("refuses a services list with a mistake, naming the service and the field, and stops nothing", function()
