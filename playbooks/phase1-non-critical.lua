@@ -6,12 +6,14 @@
 --   hrun plan playbooks/phase1-non-critical.lua --params my-phase1.lua
 --   hrun playbooks/phase1-non-critical.lua --params my-phase1.lua
 --
--- Run on the NixOS host, with the old host's app data mounted there (read-only is
--- enough: `sshfs -o ro root@zimaos:/DATA/AppData /mnt/zimaos`) and its containers
--- reachable by a command (`ssh root@zimaos docker stop …`). For each service, in order:
--- its container stopped on the old host, its databases backed up and checked, its data
--- copied and verified byte for byte against a checksum manifest of the old data, its
--- PostgreSQL databases restored on the new server with every table's rows compared.
+-- Run on the NixOS host (new = "local"); the old host is a host of the playbook (old,
+-- ssh://root@zimaos.lan: -H old=URL for another address, and old.ssh the same for rsync),
+-- where hrun uploads its portable build to /DATA/.hrun (ZimaOS's root is read-only). For
+-- each service, in order: its container stopped on the old host (docker stop, run there
+-- and journaled there), its SQLite databases backed up and checked there and copied here,
+-- its data hashed there (a checksum manifest where the data is), copied here with rsync
+-- over ssh and verified byte for byte against that manifest, its PostgreSQL databases
+-- restored on the new server with every table's rows compared.
 -- Then the configuration is switched to, the services start in order and must answer,
 -- the proxy routes their names to NixOS, and the success criteria are checked.
 --
@@ -19,6 +21,12 @@
 -- in < 5 minutes"): the proxy's routes put back, the new services stopped, the generation
 -- before, the restored databases dropped, the copies and backups removed, and the
 -- containers on the old host started again. The old host's data is only ever read.
+--
+-- An old host that cannot run anything (the agent cannot be uploaded or run there): run
+-- with -H old=local and params old = {host = "local", appdata = its app data mounted here
+-- (`sshfs -o ro root@zimaos:/DATA/AppData /mnt/zimaos`), stop = {"ssh", "root@zimaos.lan",
+-- "docker", "stop", "{container}"}, start = the same with "start"}: everything runs here,
+-- the old host reached only by those commands (docs/migration.md).
 
 local function no_failed_units(ctx)
   return checks.no_failed_units({ except = ctx.params.failed_allowed })
@@ -27,12 +35,19 @@ end
 return playbook {
   name = "phase1-non-critical", version = "1.0.0",
   description = "Migration phase 1: the non-critical services move from ZimaOS to NixOS",
-  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*" },
+  -- the old machine (ZimaOS: hrun's portable build goes to its data disk) and this one
+  hosts = { old = { url = "ssh://root@zimaos.lan", agent_dir = "/DATA/.hrun" }, new = "local" },
+  -- (env:HRUN_SSH_CONFIG: rsync reaches the old host with hrun's ssh configuration)
+  capabilities = { "fs", "hash", "nix", "git", "service", "net", "exec", "env:PG*", "env:HRUN_SSH_CONFIG",
+    "fs@old", "hash@old", "exec@old" },
   params = {
     old = {
-      appdata = "/mnt/zimaos/AppData",     -- the old host's app data, mounted here
-      stop = { "ssh", "root@zimaos.lan", "docker", "stop", "{container}" },
-      start = { "ssh", "root@zimaos.lan", "docker", "start", "{container}" },
+      host = "old",                        -- the playbook's host ("local": one that cannot run anything)
+      ssh = "ssh://root@zimaos.lan",       -- its address for rsync (the same host as -H old=URL)
+      appdata = "/DATA/AppData",           -- its app data (there; a mount here when host = "local")
+      scratch = "/DATA/.hrun/migration",   -- where manifests and backups are made there
+      stop = { "docker", "stop", "{container}" },   -- run on the old host, undone by start
+      start = { "docker", "start", "{container}" },
     },
     pg_old = { host = "zimaos.lan", port = 5432, user = "postgres" }, -- the old host's PostgreSQL
     pg_new = { host = "/run/postgresql", port = 5432, user = "postgres" },
@@ -76,8 +91,11 @@ return playbook {
       end,
     },
     step "copy their data" {
-      description = "verified against a checksum manifest of the old data",
-      run = function(ctx) migrate.copy(ctx, ctx.params.old, ctx.params.services, { algo = ctx.params.algo }) end,
+      description = "rsync from the old host, verified against a checksum manifest made there",
+      run = function(ctx)
+        local p = ctx.params
+        migrate.copy(ctx, p.old, p.services, { algo = p.algo, dir = p.backup_dir })
+      end,
     },
     step "restore their PostgreSQL databases" {
       run = function(ctx) migrate.restore_databases(ctx, ctx.params.services, ctx.params.pg_new) end,

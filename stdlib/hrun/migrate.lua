@@ -32,6 +32,7 @@ local hash = require "hrun.hash"
 local http = require "hrun.http"
 local nixos = require "hrun.nixos"
 local pg = require "hrun.pg"
+local remote = require "hrun.remote"
 local service = require "hrun.service"
 local sqlite = require "hrun.sqlite"
 local sys = require "hrun.sys"
@@ -362,27 +363,55 @@ function M.check_moves(moves)
   return verdict(bad, string.format("%d services to move", #moves))
 end
 
+-- The old host (params.old) is a host of the playbook: `old.host` names it ("old", its
+-- hosts = { old = "ssh://…" } entry, or -H old=URL), and what is done there runs there,
+-- journaled by its agent — its containers stopped and started, its data hashed, its
+-- SQLite databases backed up. `old.ssh` is its address for rsync ("ssh://root@zimaos.lan",
+-- the same host as hosts.old), which copies its data here. `old.scratch`, a directory on
+-- the old host, holds what is made there: the manifests of its data and the backups of
+-- its databases (removed by a rollback; kept after a run that succeeds).
+--
+-- An old host that cannot run anything (hrun's agent cannot be uploaded or run there):
+-- old.host = "local" with -H old=local, its app data mounted here (`sshfs -o ro
+-- root@zimaos:/DATA/AppData /mnt/zimaos`, old.appdata that mount) and old.stop/old.start
+-- command templates that reach it ({"ssh", "root@zimaos.lan", "docker", "stop",
+-- "{container}"}): everything runs here, as before hosts.
+
+-- Whether the old host's data is read here (a mount; the templates' way).
+local function here(old)
+  return (old.host or "old") == "local"
+end
+
+-- fn(...) on the old host (or here, when it is "local").
+local function on(old, fn, ...)
+  return remote.route(old.host or "old", fn, ...)
+end
+
 -- The old host's data directory of a move.
 function M.old_data(old, m)
   return join(old.appdata, m.data)
 end
 
 -- migrate.check_sources(old, moves) → ok, message: each move's data is on the old host
--- (a directory) and its place on NixOS is free (absent, or an empty directory).
+-- (a directory, looked at there) and its place on NixOS is free (absent, or an empty
+-- directory).
 function M.check_sources(old, moves)
-  if not fs.exists(old.appdata) then
-    return false, string.format("the old host's app data is not at %s: mount it there (read-only is enough)",
-      old.appdata)
+  if not on(old, fs.exists, old.appdata) then
+    if here(old) then
+      return false, string.format("the old host's app data is not at %s: mount it there (read-only is enough)",
+        old.appdata)
+    end
+    return false, string.format("the old host (%s) has no %s", old.host or "old", old.appdata)
   end
   local bad = {}
   for _, m in ipairs(moves) do
     local from = M.old_data(old, m)
-    local st = fs.exists(from) and fs.stat(from)
+    local st = on(old, fs.exists, from) and on(old, fs.stat, from)
     if not st or st.type ~= "dir" then
       bad[#bad + 1] = string.format("%s: %s is not a directory", m.name, from)
     end
     for _, db in ipairs(st and m.sqlite or {}) do
-      if not fs.exists(join(from, db.file)) then
+      if not on(old, fs.exists, join(from, db.file)) then
         bad[#bad + 1] = string.format("%s: no database %s", m.name, join(from, db.file))
       end
     end
@@ -394,8 +423,9 @@ function M.check_sources(old, moves)
   return verdict(bad, string.format("%d data directories to move", #moves))
 end
 
--- A command template of the old host's ({"ssh", "root@zimaos", "docker", "stop",
--- "{container}"}) for a move: {name}, {container} and {unit} replaced.
+-- A command template of the old host's ({"docker", "stop", "{container}"}, run there;
+-- {"ssh", "root@zimaos", "docker", "stop", "{container}"} for one that cannot run
+-- anything) for a move: {name}, {container} and {unit} replaced.
 local function command(template, m)
   local argv = {}
   for i, a in ipairs(template) do
@@ -405,13 +435,13 @@ local function command(template, m)
 end
 
 -- migrate.stop_old(ctx, old, moves) — each move's container on the old host stopped
--- (old.stop), each undone by starting it again (old.start); when it stopped is kept in
--- ctx.shared.stopped (the downtime is measured from there).
+-- (old.stop, run there), each undone by starting it again (old.start, there too); when
+-- it stopped is kept in ctx.shared.stopped (the downtime is measured from there).
 function M.stop_old(ctx, old, moves)
   ctx.shared.stopped = ctx.shared.stopped or {}
   for _, m in ipairs(moves) do
     if old.stop and #old.stop > 0 then
-      local r = exec.run(command(old.stop, m), { timeout = 300,
+      local r = on(old, exec.run, command(old.stop, m), { timeout = 300,
         undo = old.start and #old.start > 0 and command(old.start, m) or nil })
       if not r.planned then
         ctx.log("%s stopped on the old host", m.container or m.name)
@@ -421,10 +451,67 @@ function M.stop_old(ctx, old, moves)
   end
 end
 
--- migrate.sqlite_counts(file, tables) → {table = rows} | nil, message: the rows of each
--- table, after SQLite's integrity check passed.
-function M.sqlite_counts(file, tables)
-  local rows, err = try(sqlite.query, file, "PRAGMA integrity_check")
+-- The ssh command rsync runs to reach the old host (old.ssh, a URL as in hosts = {…}),
+-- with hrun's ssh configuration (HRUN_SSH_CONFIG) when there is one; and the host.
+local function rsync_shell(old)
+  local where, why = remote.parse(old.ssh)
+  if not where or where.is_local then
+    error(string.format("old.ssh: %s", why or "the old host's address for rsync (ssh://root@zimaos.lan)"), 0)
+  end
+  local argv = { "ssh" }
+  local config = sys.env("HRUN_SSH_CONFIG")
+  if config and config ~= "" then
+    argv[#argv + 1], argv[#argv + 2] = "-F", config
+  end
+  argv[#argv + 1], argv[#argv + 2] = "-o", "BatchMode=yes"
+  if where.port then
+    argv[#argv + 1], argv[#argv + 2] = "-p", tostring(where.port)
+  end
+  if where.user then
+    argv[#argv + 1], argv[#argv + 2] = "-l", where.user
+  end
+  for i, a in ipairs(argv) do
+    argv[i] = remote.shq(a)
+  end
+  return table.concat(argv, " "), where.host
+end
+
+-- migrate.pull(ctx, old, from, to, {dir}) — from (on the old host) copied to `to` here,
+-- with rsync over ssh (owners, modes, times, hard links, ACLs and xattrs kept; a
+-- directory's contents when dir); journaled here with its inverse: `to` removed. `to`
+-- must not exist before (the pre-flight says so). The old host's own data is only read.
+function M.pull(ctx, old, from, to, opts)
+  local shell, host = rsync_shell(old)
+  local dir = opts and opts.dir
+  local src = host:find(":", 1, true) and ("[" .. host .. "]") or host
+  local r = exec.run({ "rsync", "-aHAX", "--numeric-ids", "-e", shell,
+    src .. ":" .. from .. (dir and "/" or ""), to .. (dir and "/" or "") },
+    { timeout = 0, undo = { "rm", "-rf", "--one-file-system", "--", to } })
+  if not r.planned then
+    ctx.log("rsync %s:%s → %s", old.host or "old", from, to)
+  end
+  return r
+end
+
+-- A directory on the old host for what is made there (old.scratch/<name>), made once.
+local function scratch_dir(old, name)
+  local d = join(old.scratch or "/DATA/.hrun/migration", name)
+  if not on(old, fs.exists, d) then
+    on(old, fs.mkdir, d, { parents = true, mode = "0700" })
+  end
+  return d
+end
+
+-- migrate.sqlite_counts(file, tables [, old]) → {table = rows} | nil, message: the rows of
+-- each table, after SQLite's integrity check passed (counted on the old host when old).
+function M.sqlite_counts(file, tables, old)
+  local query = sqlite.query
+  if old then
+    query = function(...)
+      return on(old, sqlite.query, ...)
+    end
+  end
+  local rows, err = try(query, file, "PRAGMA integrity_check")
   if not rows then
     return nil, err
   end
@@ -433,7 +520,7 @@ function M.sqlite_counts(file, tables)
   end
   local counts = {}
   for _, t in ipairs(tables or {}) do
-    local r, why = try(sqlite.query, file, string.format('SELECT count(*) AS n FROM "%s"', t:gsub('"', '""')))
+    local r, why = try(query, file, string.format('SELECT count(*) AS n FROM "%s"', t:gsub('"', '""')))
     if not r then
       return nil, why
     end
@@ -492,12 +579,26 @@ function M.backup(ctx, old, moves, dir, pg_old)
       fs.mkdir(into, { parents = true, mode = "0700" })
     end
     for _, db in ipairs(m.sqlite or {}) do
-      local file = join(into, (db.file:gsub("/", "-")))
-      local b = assert(sqlite.backup(join(M.old_data(old, m), db.file), file))
+      local flat = db.file:gsub("/", "-")
+      local file = join(into, flat)
       local rec = { file = file }
+      -- taken where the database is (on the old host: in old.scratch, checked and
+      -- hashed there, then copied here and its sha256 compared)
+      local made = here(old) and file or join(scratch_dir(old, m.name), flat)
+      local b = assert(on(old, sqlite.backup, join(M.old_data(old, m), db.file), made))
       if not ctx.plan then
-        rec.rows = assert(M.sqlite_counts(file, db.tables))
-        rec.sha256 = assert(hash.file(file, { algo = "sha256" }))
+        rec.rows = assert(M.sqlite_counts(made, db.tables, old))
+        rec.sha256 = assert(on(old, hash.file, made, { algo = "sha256" }))
+      end
+      if not here(old) then
+        M.pull(ctx, old, made, file)
+        local got = not ctx.plan and hash.file(file, { algo = "sha256" })
+        if got and got ~= rec.sha256 then
+          error(string.format("%s: the backup of %s copied here has sha256 %s, %s on the old host", m.name, db.file,
+            got, rec.sha256))
+        end
+      end
+      if not ctx.plan then
         ctx.log("%s: %s backed up (%d bytes, sha256 %s), integrity ok%s", m.name, db.file, b.bytes, rec.sha256,
           db.tables and #db.tables > 0 and (", rows " .. M.show_counts(rec.rows)) or "")
       end
@@ -558,9 +659,21 @@ function M.show_counts(counts)
   return table.concat(out, ", ")
 end
 
--- The copy of one move's data, between a manifest of the old data (not in plans) and
--- the copy's verification against it; then its SQLite databases' rows compared.
-local function copy_verified(ctx, m, from, name, algo)
+-- The SQLite databases of a move's copy checked, their rows compared with the backup's.
+local function copied_rows(ctx, m)
+  local backups = (ctx.shared.backups or {})[m.name] or { sqlite = {} }
+  for _, db in ipairs(m.sqlite or {}) do
+    local rows = assert(M.sqlite_counts(join(m.to, db.file), db.tables))
+    local t, now, want = rows_differ(rows, backups.sqlite[db.file] and backups.sqlite[db.file].rows or {})
+    if t then
+      error(string.format("%s: %s: table %s has %s rows, the old host's %d", m.name, db.file, t, tostring(now), want))
+    end
+  end
+end
+
+-- The copy of one move's data read here (a mount): a manifest of the old data (not in
+-- plans), the copy, its verification against the manifest.
+local function copy_here(ctx, m, from, name, algo)
   local manifest
   if not ctx.plan then
     manifest = hash.tree(from, { algo = algo, save = name })
@@ -577,21 +690,50 @@ local function copy_verified(ctx, m, from, name, algo)
     error(string.format("%s: the copy in %s differs from %s (%s)", m.name, m.to, from, differences(r)))
   end
   ctx.log("%s: %d files, %s copied to %s, checksums match", m.name, manifest.files, ui.bytes(manifest.bytes), m.to)
-  local backups = (ctx.shared.backups or {})[m.name] or { sqlite = {} }
-  for _, db in ipairs(m.sqlite or {}) do
-    local rows = assert(M.sqlite_counts(join(m.to, db.file), db.tables))
-    local t, now, want = rows_differ(rows, backups.sqlite[db.file] and backups.sqlite[db.file].rows or {})
-    if t then
-      error(string.format("%s: %s: table %s has %s rows, the old host's %d", m.name, db.file, t, tostring(now), want))
-    end
-  end
 end
 
--- migrate.copy(ctx, old, moves, {algo}) — each move's data copied to its place on NixOS
--- (owners, modes and times kept; undone by removing the copy), after a checksum manifest
--- of the old data (named migration-<name>); the copy verified against it: a single
--- byte that differs fails the step. The SQLite databases in the copy are checked and
--- their rows compared with the backup's.
+-- The copy of one move's data from the old host: its manifest made there (hash.tree where
+-- the data is, not over the network) and exported to old.scratch, the data and the
+-- manifest copied here with rsync, the copy hashed here and compared with the old host's
+-- manifest: every file's digest, and as many files and bytes.
+local function copy_from_host(ctx, old, m, from, name, opts)
+  local algo = opts.algo or "xxh128"
+  local manifest, sums
+  if not ctx.plan then
+    manifest = on(old, hash.tree, from, { algo = algo, save = name })
+    if not manifest.complete then
+      error(string.format("%s: %d entries of %s could not be read on the old host", m.name, manifest.errors, from))
+    end
+    sums = join(scratch_dir(old, m.name), name .. "." .. algo)
+    on(old, hash.export, manifest.id, sums, { format = "coreutils" })
+  end
+  M.pull(ctx, old, from, m.to, { dir = true })
+  if ctx.plan then
+    return
+  end
+  local dir = join(opts.dir or "/var/backups/hrun-migration", "manifests")
+  if not fs.exists(dir) then
+    fs.mkdir(dir, { parents = true, mode = "0700" })
+  end
+  local here_sums = join(dir, name .. "." .. algo)
+  M.pull(ctx, old, sums, here_sums)
+  local theirs = hash.import(here_sums, { format = "coreutils", name = name .. "-old" })
+  local ours = hash.tree(m.to, { algo = algo, save = name })
+  local r = hash.compare(theirs, ours)
+  if not r.ok or ours.files ~= manifest.files or ours.bytes ~= manifest.bytes then
+    error(string.format("%s: the copy in %s differs from the old host's %s (%s; %d files, %d bytes there, %d, %d here)",
+      m.name, m.to, from, differences(r), manifest.files, manifest.bytes, ours.files, ours.bytes))
+  end
+  ctx.log("%s: %d files, %s copied to %s, checksums match the old host's", m.name, manifest.files,
+    ui.bytes(manifest.bytes), m.to)
+end
+
+-- migrate.copy(ctx, old, moves, {algo, dir}) — each move's data copied to its place on
+-- NixOS (owners, modes and times kept; undone by removing the copy), checked against a
+-- checksum manifest of the old data made where the data is (on the old host; named
+-- migration-<name>, its export kept in old.scratch and in dir/manifests): a single byte
+-- that differs fails the step. The SQLite databases in the copy are checked and their
+-- rows compared with the backup's.
 function M.copy(ctx, old, moves, opts)
   opts = opts or {}
   for _, m in ipairs(moves) do
@@ -603,7 +745,14 @@ function M.copy(ctx, old, moves, opts)
     if parent and parent ~= "" and not fs.exists(parent) then
       fs.mkdir(parent, { parents = true })
     end
-    copy_verified(ctx, m, from, name, opts.algo)
+    if here(old) then
+      copy_here(ctx, m, from, name, opts.algo)
+    else
+      copy_from_host(ctx, old, m, from, name, opts)
+    end
+    if not ctx.plan then
+      copied_rows(ctx, m)
+    end
   end
 end
 

@@ -1,14 +1,16 @@
 -- End to end: the playbooks of migration phases 1–3 (services moved from the old host's
--- containers to NixOS) on a sandbox built from real parts — the old host's "Docker" is a
--- real podman running the services' containers over their app data (busybox httpd
--- serving it), its PostgreSQL a real cluster; NixOS is systemd in nspawn with units
--- named as NixOS names them (podman-<name>), serving the data where it was copied, a
--- second PostgreSQL cluster, a private nix store with the server's flake in git. Each
--- phase runs for real; failures (a unit that fails, a database that is corrupt) are
--- proven rolled back: the old containers running again, nothing left on the new side.
+-- containers to NixOS) on a sandbox built from real parts — the old host is a real host
+-- reached over OpenSSH (tests/fixtures/hosts.sh: systemd in nspawn, its own root and
+-- sshd; hrun's portable build uploaded to it), its "containers" busybox httpd units
+-- serving its app data, stopped and started there; its PostgreSQL a real cluster; NixOS
+-- is systemd in nspawn with units named as NixOS names them (podman-<name>), serving the
+-- data where it was copied (rsync over ssh from the old host), a second PostgreSQL
+-- cluster, a private nix store with the server's flake in git. Each phase runs for real;
+-- failures (a unit that fails, a database that is corrupt) are proven rolled back: the
+-- old containers running again, nothing left on the new side nor in the old host's
+-- scratch directory.
 
 local ROOT = exec.run({ "realpath", arg[0]:match("^(.*)/tests/[^/]+$") }, { readonly = true }).stdout:gsub("\n$", "")
-local IMAGE = "localhost/hrun-busybox:test"
 
 local function playbook_path(name)
   return ROOT .. "/playbooks/" .. name .. ".lua"
@@ -19,18 +21,21 @@ local function sqlite_db(file, sql)
 end
 
 -- The two hosts. services: {name = {port_old, port_new, files = {path = content}, fail}}
--- — each gets app data with a health file, a container on the old host and a unit on
--- the new one. Returns h (hrun_on runs playbooks on it) with ways to look at both sides.
+-- — each gets app data with a health file, a unit on the old host (its container) and a
+-- unit on the new one. Returns h (hrun_on runs playbooks on it) with ways to look at
+-- both sides.
 local function hosts(services)
   local h = { work = tmpdir(), old = {}, new = {} }
-  local podman = podman_sandbox()
-  h.appdata = h.work .. "/zimaos/AppData"
+  local hs = ssh_hosts(1)
+  local old = hs[1]
+  h.appdata = old.root .. "/DATA/AppData" -- as seen from here; /DATA/AppData there
+  h.scratch = old.root .. "/var/tmp/hrun-migration"
   h.lib = h.work .. "/nixos/var/lib"
   fs.mkdir(h.lib, { parents = true })
   fs.mkdir(h.work .. "/traefik/dynamic", { parents = true })
   h.proxy = h.work .. "/traefik/dynamic/migration.yml"
   fs.write(h.proxy, "# routes to ZimaOS\n")
-  local units = {}
+  local units, names = {}, {}
   for name, s in pairs(services) do
     local data = h.appdata .. "/" .. name
     fs.mkdir(data, { parents = true })
@@ -43,18 +48,24 @@ local function hosts(services)
       fs.write(data .. "/" .. path, content)
     end
     s.old, s.new = free_port(), free_port()
-    exec.run({ "podman", "run", "-d", "--init", "--name", name, "-v", data .. ":/data", IMAGE, "httpd", "-f", "-p",
-      "127.0.0.1:" .. s.old, "-h", "/data" }, { env = podman })
+    -- its "container" on the old host: a unit there, as docker's would be
+    fs.write(string.format("%s/etc/systemd/system/%s.service", old.root, name), string.format(
+      "[Unit]\nDescription=%s on the old host (its container)\n[Service]\n"
+      .. "ExecStart=/bin/busybox httpd -f -p 127.0.0.1:%d -h /DATA/AppData/%s\n", name, s.old, name))
+    names[#names + 1] = name
     s.old_url = "http://127.0.0.1:" .. s.old .. "/health"
     s.url = "http://127.0.0.1:" .. s.new .. "/health"
     units["podman-" .. name .. ".service"] = string.format("[Unit]\nDescription=%s on NixOS (stand-in)\n"
       .. "[Service]\nExecStart=%s\n", name, s.fail and "/bin/false" or
       string.format("/bin/busybox httpd -f -p 127.0.0.1:%d -h %s/%s", s.new, h.lib, name))
   end
-  h.nix, h.env = nix_host(true)
-  for k, v in pairs(podman) do
-    h.env[k] = v
+  local said, code, err = old:sh("systemctl daemon-reload && systemctl start " .. table.concat(names, " "))
+  assert(code == 0, said .. err)
+  for _, s in pairs(services) do
+    http.wait(s.old_url, { timeout = 20, interval = 0.1 })
   end
+  h.nix, h.env = nix_host(true)
+  h.env.HRUN_SSH_CONFIG, h.env.HRUN_SSH_SERVER_ALIVE = hs.ssh_config, "1"
   for k, v in pairs(systemd_container(units, { h.lib })) do
     h.env[k] = v
   end
@@ -66,8 +77,8 @@ local function hosts(services)
   h.services = services
   function h.params(moves, extra)
     local p = {
-      old = { appdata = h.appdata, stop = { "podman", "stop", "-t", "2", "{container}" },
-        start = { "podman", "start", "{container}" } },
+      old = { host = "old", ssh = old.url, appdata = "/DATA/AppData", scratch = "/var/tmp/hrun-migration",
+        stop = { "systemctl", "stop", "{container}" }, start = { "systemctl", "start", "{container}" } },
       pg_old = { host = h.pg_old_dir, port = tonumber(h.pg_old.PGPORT), user = "postgres" },
       pg_new = { host = h.pg_new_dir, port = tonumber(h.pg_new.PGPORT), user = "postgres" },
       config = { flake = h.etc, host = "hwc-server", ref = "", profile = h.nix .. "/profiles/system" },
@@ -86,10 +97,12 @@ local function hosts(services)
     fs.write(h.paramfile, json.encode(p))
   end
   -- h.run(playbook [, command]): hrun [command] playbooks/<playbook>.lua --params …
+  h.old_url = old.url -- h.old_url = "local": an old host that cannot run anything
+  h.old = old
   function h.run(name, cmd)
-    local argv = { cmd, playbook_path(name) }
+    local argv = { cmd, playbook_path(name), "-H", "old=" .. h.old_url }
     if not cmd then
-      argv = { playbook_path(name) }
+      argv = { playbook_path(name), "-H", "old=" .. h.old_url }
     end
     return hrun_on({ env = h.env, params = h.paramfile, state = h.state, work = h.work }, argv)
   end
@@ -97,8 +110,8 @@ local function hosts(services)
     return hrun_on({ env = h.env, state = h.state, work = h.work }, { "rollback" })
   end
   function h.running(container)
-    return exec.run({ "podman", "inspect", "--format", "{{.State.Running}}", container },
-      { env = podman }).stdout:gsub("\n$", "")
+    local out = old:sh("systemctl is-active " .. container)
+    return out:gsub("\n$", "") == "active" and "true" or "false"
   end
   function h.psql(env, db, sql)
     return exec.run({ "psql", "-X", "-A", "-t", "-d", db, "-c", sql }, { env = env }).stdout:gsub("%s+$", "")
@@ -121,6 +134,7 @@ local function nothing_moved(h, names)
   eq(h.generation(), "system-2-link")
   eq(h.tags(), "")
   eq(#fs.glob(h.backups .. "/*/*"), 0, "no backups left")
+  eq(fs.exists(h.scratch), false, "nothing left in the old host's scratch directory")
 end
 
 describe("phase 1: the non-critical services", function()
@@ -156,9 +170,14 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     -- the plan changes nothing
     local r = h.run("phase1-non-critical", "plan")
     eq(r.code, 0, r.stdout .. r.stderr)
-    has(r.stdout, 'would exec.run podman stop -t 2 uptime-kuma {"timeout":300}  [undo: exec.run podman start ' ..
-      'uptime-kuma {"timeout":300}]')
-    ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses")
+    -- the container stopped on the old host, its undo there; the data read there by rsync
+    has(r.stdout, 'would exec.run systemctl stop uptime-kuma {"timeout":300}  @old  [undo: exec.run systemctl ' ..
+      'start uptime-kuma {"timeout":300}]')
+    has(r.stdout, "would sqlite.backup /DATA/AppData/uptime-kuma/kuma.db " ..
+      "/var/tmp/hrun-migration/uptime-kuma/kuma.db  @old")
+    has(r.stdout, ":/DATA/AppData/memos/ " .. h.lib .. "/memos/")
+    ok(not r.stdout:find("NOT DECLARED", 1, true), "phase 1 declares every capability it uses: " ..
+      (r.stdout:match("[^\n]*NOT DECLARED[^\n]*") or ""))
     eq(h.running("memos"), "true")
 
     r = h.run("phase1-non-critical")
@@ -190,6 +209,25 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
     for name, t in pairs(before) do
       eq(tree(h.appdata .. "/" .. name), t)
     end
+  end)
+
+  it("moves them from an old host that cannot run anything: command templates, its data mounted here", function()
+    local h = hosts({ memos = { files = { ["assets/a.txt"] = string.rep("memo", 1000) } } })
+    local ssh = { "ssh", "-F", h.env.HRUN_SSH_CONFIG, h.old.name }
+    h.params({ { name = "memos" } }, { old = { host = "local", appdata = h.appdata, -- "mounted" here
+      stop = { ssh[1], ssh[2], ssh[3], ssh[4], "systemctl", "stop", "{container}" },
+      start = { ssh[1], ssh[2], ssh[3], ssh[4], "systemctl", "start", "{container}" } } })
+    h.old_url = "local"
+    local before = tree(h.appdata .. "/memos")
+    local r = h.run("phase1-non-critical")
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "memos: 2 files")
+    eq(tree(h.lib .. "/memos"), before, "the copy is the old data, byte for byte")
+    eq(h.running("memos"), "false", "stopped on the old host by its template")
+    eq(fs.exists(h.old.root .. "/DATA/.hrun"), false, "nothing uploaded to the old host")
+    r = h.rollback()
+    eq(r.code, 0, r.stdout .. r.stderr)
+    nothing_moved(h, { "memos" })
   end)
 
   it("refuses a services list with a mistake, naming the service and the field, and stops nothing", function()
