@@ -4,7 +4,8 @@
 # side by side in one run:
 #  1. the floors: a fresh `ssh host true`, `ssh host true` over a ControlMaster, one
 #     request/answer on a long-lived `ssh host cat` channel (a python loop), hashing the
-#     portable build (its name on hosts), the portable build's own start over ssh;
+#     portable build (its name on hosts: xxh128) against hrun's bare start, the portable
+#     build's own start over ssh;
 #  2. one primitive call there on a warm channel: bench/remote_calls.lua, READS fs.stat and
 #     WRITES fs.write (journaled on both sides) timed inside their steps, RUNS runs; the
 #     same loops on this machine (-H h=local);
@@ -67,7 +68,7 @@ uptime > "$work/load-start"
 mkdir -p "$work/cm" "$work/acp"
 
 # 1. the floors
-hash=$("$HRUN" -e "print(require('hrun.hash').file('$(dirname "$HRUN")/hrun-portable', {algo = 'sha256'}):sub(1, 16))")
+hash=$("$HRUN" -e "print(require('hrun.hash').file('$(dirname "$HRUN")/hrun-portable'):sub(1, 16))")
 scp -q -F "$cfg" "$(dirname "$HRUN")/hrun-portable" host1:/root/hrun-portable
 ssh -F "$cfg" -o ControlMaster=yes -o ControlPath="$work/cm/m" -o ControlPersist=600 -f -N host1
 hyperfine -N --warmup 2 --runs "$RUNS" --export-json "$work/floors.json" \
@@ -75,8 +76,9 @@ hyperfine -N --warmup 2 --runs "$RUNS" --export-json "$work/floors.json" \
     -n "ssh host true over a ControlMaster" "ssh -F $cfg -o ControlPath=$work/cm/m host1 true" \
     -n "the portable build's start there (hrun-portable version, over the master)" \
     "ssh -F $cfg -o ControlPath=$work/cm/m host1 /root/hrun-portable version" \
-    -n "hashing the portable build (sha256, hrun -e hash.file)" \
-    "$HRUN -e \"require('hrun.hash').file('$(dirname "$HRUN")/hrun-portable', {algo = 'sha256'})\"" \
+    -n "hrun's start and hashing the portable build (its name on hosts: xxh128, hrun -e hash.file)" \
+    "$HRUN -e \"require('hrun.hash').file('$(dirname "$HRUN")/hrun-portable')\"" \
+    -n "hrun's start alone (hrun -e '')" "$HRUN -e ''" \
     > "$work/floors.txt"
 python3 - "$cfg" "$READS" "$RUNS" > "$work/cat.json" <<'PY'
 import json, subprocess, sys, time
