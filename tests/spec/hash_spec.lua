@@ -480,8 +480,9 @@ describe("a manifest's entries", function()
       UPDATE manifests SET files = 0, bytes = 0, errors = 0;]]
     -- and without what came after version 4 (the undo journal; version 6's columns)
     sql[#sql + 1] = [[DROP TABLE undos; DROP TABLE playbooks; DROP TABLE children;
-      DROP TABLE collections; DROP TABLE notifications;]]
-    for _, c in ipairs({ "runs.steps_total", "runs.collected", "runs.selection", "effects.kept", "runs.outcome",
+      DROP TABLE collections; DROP TABLE notifications; DROP TABLE meta;]]
+    for _, c in ipairs({ "effects.host", "effects.remote", "runs.hosts",
+      "runs.steps_total", "runs.collected", "runs.selection", "effects.kept", "runs.outcome",
       "runs.rollback_status", "runs.rollback_started", "runs.rollback_ended",
       "runs.resolved", "runs.resolved_by", "runs.resolved_at", "steps.undo_status", "steps.playbook",
       "effects.undo_status", "effects.before", "effects.after", "effects.settled", "steps.changed" }) do
