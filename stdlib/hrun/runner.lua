@@ -334,7 +334,10 @@ end
 
 -- Returns the event as emitted (masked): what else it goes to (--notify) gets that.
 function Runner:emit(ev)
-  return self:own(self.emit_here, ev)
+  if self.hosts then -- its clock and masking are this machine's, whatever step calls it
+    return self:own(self.emit_here, ev)
+  end
+  return self:emit_here(ev)
 end
 
 function Runner:emit_here(ev)
@@ -469,7 +472,7 @@ end
 
 function Runner:before(call, ...)
   local host = self.hosts and self:call_host()
-  if host or (self.in_playbook or 0) > 0 then -- what the hook does is hrun's own work, here
+  if self.hosts and (self.in_playbook or 0) > 0 then -- what the hook does is hrun's own work, here
     return self:own(self.before_here, host, call, ...)
   end
   return self:before_here(host, call, ...)
@@ -640,7 +643,7 @@ local PARTIAL = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true }
 
 function Runner:after(call, nres, ...)
   local host = self.hosts and self:call_host()
-  if (self.in_playbook or 0) > 0 then
+  if self.hosts and (self.in_playbook or 0) > 0 then
     return self:own(self.after_here, host, call, nres, ...)
   end
   return self:after_here(host, call, nres, ...)
