@@ -378,6 +378,14 @@ static int priv_preview(lua_State *L)
     return hrun_preview(L, name, lua_gettop(L) - 1);
 }
 
+/* check(name, ...): raises as the sandbox in force would refuse that call */
+static int priv_check(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    hrun_checkcall(L, name, lua_gettop(L) - 1);
+    return 0;
+}
+
 /* unchanged(name, ...) → what that call returns when it would change nothing, or nil */
 static int priv_unchanged(lua_State *L)
 {
@@ -502,6 +510,7 @@ int hrun_openprivate(lua_State *L)
         {"inverse", priv_inverse},
         {"preview", priv_preview},
         {"unchanged", priv_unchanged},
+        {"check", priv_check},
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
         {"setstrict", priv_setstrict},

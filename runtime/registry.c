@@ -279,6 +279,28 @@ static int call_with(lua_State *L, lua_CFunction fn, int n, int nres)
     return nres;
 }
 
+/* Under hrun_checkcall: the arguments at 1.., as the dispatcher sees them. */
+static int check_frame(lua_State *L)
+{
+    const Entry *e = lua_touserdata(L, lua_upvalueindex(1));
+    hrun_sandbox_check(L, e->prim, e->fullname);
+    return 0;
+}
+
+void hrun_checkcall(lua_State *L, const char *fullname, int n)
+{
+    const Entry *e = check_entry(L, fullname);
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->sandbox == NULL || rt->trusted > 0 || e->prim->cap == NULL) {
+        lua_pop(L, n);
+        return;
+    }
+    lua_pushlightuserdata(L, (void *)e);
+    lua_pushcclosure(L, check_frame, 1);
+    lua_insert(L, -(n + 1));
+    lua_call(L, n, 0);
+}
+
 int hrun_inverse(lua_State *L, const char *fullname, int n)
 {
     const Entry *e = check_entry(L, fullname);

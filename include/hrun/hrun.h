@@ -132,6 +132,11 @@ typedef struct hrun_Hooks {
 ** name), each function a dispatcher closure, and enters them in the registry. */
 void hrun_newmodule(lua_State *L, const char *module, const hrun_Prim *prims);
 
+/* [-n, +0, e] Checks a call of primitive `fullname` with the n values on top as its
+** arguments (popped) against the sandbox in force: raises as the call itself would be
+** refused, before anything of it (its preview, its inverse) has run. */
+void hrun_checkcall(lua_State *L, const char *fullname, int n);
+
 /* [-0, +1, e] Runs the inverse function of primitive `fullname` with the n values on
 ** top as its arguments (popped); pushes its list of operations, or nil and why. */
 int hrun_inverse(lua_State *L, const char *fullname, int n);

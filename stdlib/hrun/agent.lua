@@ -197,12 +197,26 @@ local function states_of(priv, name, args, n)
   return nil
 end
 
+-- The error a sandboxed playbook's call gets here when its capabilities on this host do
+-- not allow it, or nil: checked before anything of the call runs (whether it is already
+-- so, its inverse, its preview read what the call would touch).
+function Agent:refused(name, args, n)
+  local ok, err = pcall(self.priv.check, name, table.unpack(args, 1, n))
+  if not ok then
+    return { t = "error", code = "failed", message = tostring(err) }
+  end
+end
+
 -- A journaled write: already so (nothing journaled), or its intent, the act, its end.
 function Agent:write(m, args, n)
   local priv, key = self.priv, m.key
   if type(key) ~= "table" or type(key.controller) ~= "string" or math.type(key.run) ~= "integer"
       or math.type(key.effect) ~= "integer" then
     return { t = "error", code = "failed", message = "agent: a write without its key" }
+  end
+  local refused = self:refused(m.name, args, n)
+  if refused then
+    return refused
   end
   -- one write at a time on this host: an agent whose channel was cut may still be
   -- finishing the write sent again here; its answer is waited for, not done twice
@@ -392,6 +406,10 @@ end
 -- What a write would do, for a plan: already so, its inverse, its preview, its states.
 function Agent:plan(m, args, n)
   local priv = self.priv
+  local refused = self:refused(m.name, args, n)
+  if refused then
+    return refused
+  end
   local out = { t = "result" }
   local ok, value = pcall(priv.unchanged, m.name, table.unpack(args, 1, n))
   if ok and value ~= nil then

@@ -342,9 +342,15 @@ end
 
 -- The run's hosts: the playbook's (or, resumed, the journal's), with -H NAME=URL setting
 -- or overriding them; {name = {url, agent_dir, reconnect}}, or nil when there are none.
-function M.hosts(base, opts)
+-- A sandboxed playbook does not say where on a host the program its agent runs is kept
+-- (that is the user's trust to give, as its capabilities are).
+function M.hosts(base, opts, sandboxed)
   local hosts, any = {}, false
   for name, h in pairs(base or {}) do
+    if sandboxed and h.agent_dir then
+      bad(string.format("hosts.%s: agent_dir = %q: a sandboxed playbook does not choose where hrun's agent is " ..
+        "kept on a host (drop the field, or run the playbook without the sandbox)", name, h.agent_dir))
+    end
     hosts[name], any = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect }, true
   end
   for _, given in ipairs(opts.hosts or {}) do
@@ -384,7 +390,7 @@ function M.run(priv, opts, path, state, setup)
     require_clean(path, prov)
   end
   local ui = new_ui(priv, opts)
-  local hosts = M.hosts(pb.hosts, opts)
+  local hosts = M.hosts(pb.hosts, opts, sandboxed)
   if opts.plan then
     local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, plan = true, path = path,
       opts = opts, git = prov, sandbox = sandboxed, state = state, host_urls = hosts })
@@ -672,7 +678,7 @@ end
 local function journaled_runner(priv, opts, j, r, state, pb, extra)
   local o = { priv = priv, ui = new_ui(priv, opts), pb = pb, params = r.params, journal = j, run_id = r.id,
     path = r.path, opts = opts, shared = r.shared, playbook_name = r.playbook, sandbox = r.sandbox == 1,
-    state = state, host_urls = M.hosts(r.hosts, opts),
+    state = state, host_urls = M.hosts(r.hosts, opts, r.sandbox == 1),
     pb_hash = pb and r.hash, run_hash = r.hash, versions = M.versions(priv, j, r, state, opts),
     -- a run that never reached its end (killed while running, or while rolling back) crashed
     outcome = r.outcome or ((r.status == "running" or r.rollback_status == "running") and "crashed" or r.status) }

@@ -159,10 +159,14 @@ function M.new(o)
   return self
 end
 
--- The ssh command line: the user's configuration, hrun's master connection.
+-- The ssh command line: the user's configuration, hrun's master connection. ssh keeps
+-- the first value an option is given, so the caller's own options (extra) come first.
 function Host:ssh_argv(extra)
   local w = self.where
   local argv = { "ssh" }
+  for _, a in ipairs(extra or {}) do
+    argv[#argv + 1] = a
+  end
   local config = require("hrun.sys").env("HRUN_SSH_CONFIG")
   if config and config ~= "" then
     argv[#argv + 1], argv[#argv + 2] = "-F", config
@@ -180,9 +184,6 @@ function Host:ssh_argv(extra)
   end
   if w.user then
     argv[#argv + 1], argv[#argv + 2] = "-l", w.user
-  end
-  for _, a in ipairs(extra or {}) do
-    argv[#argv + 1] = a
   end
   return argv
 end
@@ -323,19 +324,45 @@ function M.portable_build()
   return nil, table.concat(candidates, ", ")
 end
 
+-- A line of `stat -c '%u %a %F'` (or "missing") there: of kind, its owner the login
+-- user (or root, for a directory), nobody else allowed to write it. A directory that is
+-- missing is safe: hrun makes it, 0700.
+local function safe_stat(line, uid, kind, dir)
+  if line == "missing" then
+    return dir
+  end
+  local owner, mode, what = (line or ""):match("^(%d+) (%d+) (.+)$")
+  if not owner or what ~= kind then
+    return false
+  end
+  owner = tonumber(owner)
+  local bits = tonumber(mode, 8) or 511
+  return (owner == uid or (dir and owner == 0)) and bits & 18 == 0 -- 18: 0o022
+end
+
+local function describe_stat(line)
+  local owner, mode, what = (line or ""):match("^(%d+) (%d+) (.+)$")
+  if not owner then
+    return "not usable (" .. tostring(line) .. ")"
+  end
+  return string.format("a %s of uid %s, mode %s", what, owner, mode)
+end
+
 -- Which hrun to run there: the installed one when its version is this one, else the
 -- portable build under its hash in agent_dir (uploaded when it is not there yet).
 function Host:agent_command()
   local mine = string.format("hrun %s (%s)", self.priv.version, _VERSION)
   local portable, hash = M.portable_build()
   local dir = self.agent_dir
+  -- the directory followed (it may be a link to a larger disk), the build itself not
   local probe = string.format("id -u; (command -v hrun >/dev/null 2>&1 && hrun version 2>/dev/null | head -n 1) " ..
-    "|| echo none; test -x %s && echo present || echo absent", shq(dir .. "/hrun-" .. (hash or "none")))
+    "|| echo none; stat -L -c '%%u %%a %%F' %s 2>/dev/null || echo missing; " ..
+    "stat -c '%%u %%a %%F' %s 2>/dev/null || echo missing", shq(dir), shq(dir .. "/hrun-" .. (hash or "none")))
   local out, how, err = self:run(probe)
   if how ~= "exited with code 0" then
     self:fail("cannot run a command there (" .. how .. ")", err)
   end
-  local uid, installed, present = out:match("^(%d+)\n([^\n]*)\n(%a+)")
+  local uid, installed, dstat, bstat = out:match("^(%d+)\n([^\n]*)\n([^\n]*)\n([^\n]*)")
   self.uid = tonumber(uid)
   self.installed = installed ~= "none" and installed or nil
   if installed == mine then
@@ -347,7 +374,14 @@ function Host:agent_command()
       "(looked for %s; set HRUN_PORTABLE)", self.name, installed == "none" and "missing" or installed, mine, hash), 0)
   end
   local remote = dir .. "/hrun-" .. hash
-  if present ~= "present" then
+  -- what runs there as the login user is only what that user (or root) could have put
+  -- there: a directory others may write to could hold anything under hrun's name
+  if not safe_stat(dstat, self.uid, "directory", true) then
+    error(string.format("host '%s': its agent_dir %s is %s: hrun does not run a program from there " ..
+      "(it must be a directory of the login user's or root's that nobody else may write to; " ..
+      "fix it or choose agent_dir)", self.name, dir, describe_stat(dstat)), 0)
+  end
+  if not safe_stat(bstat, self.uid, "regular file", false) then -- missing, or not to be trusted: sent now
     local part = string.format("%s/.hrun-%s.part.%d", dir, hash, self.priv.pid())
     local cmd = string.format("umask 077 && mkdir -p %s && cat > %s && chmod 700 %s && mv -f %s %s",
       shq(dir), shq(part), shq(part), shq(part), shq(remote))

@@ -945,8 +945,9 @@ function Runner:remote_write(host, call, args)
   local cur = self.current
   local def = cur and cur.def
   local n = args.n
-  local plain = table.pack(plain_args(table.unpack(args, 1, n)))
-  plain.n = nil
+  -- sent as they are: the wire carries secrets (as secrets), json.null, arrays and read-only
+  -- views; a function among them raises, naming the host
+  local plain = table.move(args, 1, n, 1, {})
   if self.plan then
     local r = h:request({ t = "plan", name = call.name, args = plain, n = n })
     if r.t == "error" then
@@ -1395,13 +1396,21 @@ end
 -- (after: later effects of the run, undone first, bring it back there), nor as its step
 -- left them (settled: a command of the step changed it after, unjournaled):
 -- "target: the run left X, now Y; …", or nil.
+-- A state the run left on its way somewhere (a unit still activating when the step
+-- ended) goes on without anybody: wherever it went is not someone else's change.
+local MOVING = { unit = { activating = true, deactivating = true, reloading = true } }
+local function moving(st)
+  local m = st and MOVING[st.kind]
+  return m and m[st.fp] or false
+end
+
 local function changed_since(e, now)
   local out = {}
   for i, st in ipairs(e.before) do
     local n = now[i]
     local fp = n and n.fp
     local a, s = e.after and e.after[i], e.settled and e.settled[i]
-    if fp ~= st.fp and not (a and fp == a.fp) and not (s and fp == s.fp) then
+    if fp ~= st.fp and not (a and fp == a.fp) and not (s and fp == s.fp) and not moving(s or a) then
       local left = s or a
       out[#out + 1] = string.format("%s: the run left %s, now %s", tostring(st.target),
         left and tostring(left.fp) or "?", fp and tostring(fp) or "unknown")

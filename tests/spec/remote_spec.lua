@@ -166,6 +166,90 @@ return playbook { name = "one", hosts = { h = "]] .. hs[1].url .. [[" },
   end)
 end)
 
+describe("hrun's agent on a host", function()
+  it("runs only a program nobody but the login user could have put there, and says where it will not", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
+  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
+]])
+    local r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    local agent = hs[1].root .. "/var/lib/hrun/agent"
+    local name
+    for _, e in ipairs(fs.list(agent)) do
+      name = e:match("^hrun%-%x+$") or name
+    end
+    ok(name, "uploaded under its hash")
+    -- a program under hrun's name that others could have written, or of another user:
+    -- sent again over it, never run
+    for _, how in ipairs({ "chmod 0777", "chown 1000:1000" }) do
+      local _, code = hs[1]:sh(string.format("printf '#!/bin/sh\\ntouch /root/pwned\\n' > /var/lib/hrun/agent/%s " ..
+        "&& chmod 0755 /var/lib/hrun/agent/%s && %s /var/lib/hrun/agent/%s", name, name, how, name))
+      eq(code, 0)
+      r = run(env, { "hosts", "check", pb })
+      eq(r.code, 0, r.stdout .. r.stderr)
+      has(r.stdout, "uploaded now")
+      ok(not fs.exists(hs[1].root .. "/root/pwned"), how .. ": not run")
+      local st = fs.stat(agent .. "/" .. name)
+      eq(st.uid, 0, how)
+      eq(st.mode & 18, 0, how)
+    end
+    -- a directory others may write to: refused, named, nothing changed
+    local _, code = hs[1]:sh("mkdir -p /srv/shared && chmod 0777 /srv/shared && rm -f /root/x")
+    eq(code, 0)
+    local pb2 = playbook_file(dir, "p2.lua", [[
+return playbook { name = "p2", hosts = { h = { url = "]] .. hs[1].url .. [[", agent_dir = "/srv/shared" } },
+  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
+]])
+    r = run(env, { pb2 })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "its agent_dir /srv/shared is a directory of uid 0, mode 777")
+    ok(not fs.exists(hs[1].root .. "/root/x"), "nothing changed")
+    eq(#fs.list(hs[1].root .. "/srv/shared"), 0, "nothing uploaded there")
+    -- a sandboxed playbook does not choose it at all
+    r = run(env, { "--sandbox", pb2 })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    has(r.stderr, "hosts.h: agent_dir = \"/srv/shared\": a sandboxed playbook does not choose")
+    ok(not fs.exists(hs[1].root .. "/root/x"), "nothing changed")
+  end)
+end)
+
+describe("secrets and other hosts", function()
+  it("cross as secrets both ways, their bytes never shown or journaled", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    fs.write(dir .. "/token", "TOPSECRET-4711\n")
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
+  phase "p" { step "s" { run = function(ctx)
+    local t = secrets.read("]] .. dir .. [[/token")
+    hosts.h.fs.write("/root/token", t)                  -- sent: its bytes are written there
+    local back = hosts.h.secrets.read("/root/token")    -- read there: a secret here too
+    assert(secrets.is(back), "a secret came back")
+    fs.write("]] .. dir .. [[/back", back)
+    ctx.log("read back %s", tostring(back))
+  end } } }
+]])
+    local plan = run(env, { "plan", pb, "-v" })
+    eq(plan.code, 0, plan.stdout .. plan.stderr)
+    ok(not plan.stdout:find("TOPSECRET", 1, true), "never shown in a plan: " .. plan.stdout)
+    ok(plan.stdout:find("fs.write /root/token", 1, true), plan.stdout)
+    ok(not fs.exists(hs[1].root .. "/root/token"), "a plan changes nothing there")
+    local r = run(env, { pb, "-v" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(hs[1].root .. "/root/token"), "TOPSECRET-4711") -- secrets.read drops the final newline
+    eq(fs.read(dir .. "/back"), "TOPSECRET-4711")
+    ok(not r.stdout:find("TOPSECRET", 1, true), "never shown")
+    local j = exec.run({ "sqlite3", dir .. "/state/journal.db", "SELECT * FROM effects" }).stdout
+    ok(not j:find("TOPSECRET", 1, true), "not in the controller's journal")
+    local a = exec.run({ "sqlite3", "-cmd", ".timeout 10000", hs[1].root .. "/var/lib/hrun/agent/agent.db",
+      "SELECT * FROM effects" }).stdout
+    ok(not a:find("TOPSECRET", 1, true), "not in the host's journal")
+  end)
+end)
+
 describe("hosts that cannot be reached", function()
   it("fail the pre-flight, naming each host and why, before anything changes", function()
     local hs = ssh_hosts(1)
@@ -217,6 +301,15 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
     r = run(env, { pb })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout, "its host key has CHANGED")
+    -- trusted again, the new key replaces the old one: runs go on
+    local before = fs.read(dir .. "/state/known_hosts")
+    r = run(env, { "hosts", "trust", "h", pb, "--yes" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    local after = fs.read(dir .. "/state/known_hosts")
+    ok(after ~= before, "the new key is kept")
+    eq(select(2, after:gsub("\n", "")), select(2, before:gsub("\n", "")), "in place of the old one")
+    r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
   end)
 end)
 
@@ -343,5 +436,21 @@ return playbook { name = "p", hosts = { old = "]] .. hs[1].url .. [[" },
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout, "fs.write on host 'old' needs the capability 'fs@old:/etc/evil'")
     ok(not fs.exists(hs[1].root .. "/etc/evil"))
+    -- a plan is checked there too, before the agent reads what the write would change
+    -- (a diff of a file beyond the link would show its content)
+    _, code = hs[1]:sh("printf 'HOST-ONLY-4242\\n' > /etc/planned && chmod 600 /etc/planned")
+    eq(code, 0)
+    local pb2 = playbook_file(dir, "p2.lua", [[
+return playbook { name = "p2", hosts = { old = "]] .. hs[1].url .. [[" },
+  capabilities = { "fs@old:/srv" },
+  phase "p" { step "a diff through a link" { on = "old", run = function()
+    fs.write("/srv/link/planned", "x\n")
+  end } } }
+]])
+    r = run(env, { "--sandbox", "--plan", pb2, "-v" })
+    ok(r.code ~= 0, r.stdout .. r.stderr)
+    has(r.stdout, "needs the capability 'fs@old:/etc/planned'")
+    ok(not (r.stdout .. r.stderr):find("HOST-ONLY", 1, true), "its content never shown")
+    eq(fs.read(hs[1].root .. "/etc/planned"), "HOST-ONLY-4242\n")
   end)
 end)
