@@ -93,6 +93,30 @@ void hrun_clearinterrupt(void)
     if (L) hrun_armhook(L);
 }
 
+/* the counter changes with the signals held: none is lost in between */
+static int swap_interrupts(int n, int add)
+{
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int had = interrupts;
+    interrupts = add ? (had + n < 1000 ? had + n : 1000) : n;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return had;
+}
+
+int hrun_takeinterrupts(void)
+{
+    return swap_interrupts(0, 0);
+}
+
+void hrun_putinterrupts(int n)
+{
+    if (n > 0) swap_interrupts(n, 1);
+}
+
 int hrun_raiseinterrupt(lua_State *L)
 {
     return luaL_error(L, "interrupted");

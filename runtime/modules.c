@@ -316,6 +316,20 @@ static int priv_clearinterrupt(lua_State *L)
     return 0;
 }
 
+/* takeinterrupts() → n: the interrupts that arrived, none left; putinterrupts(n) */
+static int priv_takeinterrupts(lua_State *L)
+{
+    lua_pushinteger(L, hrun_takeinterrupts());
+    return 1;
+}
+
+static int priv_putinterrupts(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    hrun_putinterrupts(n > 1000 ? 1000 : (int)n);
+    return 0;
+}
+
 /* nearest(word, {candidates}) → the plausible intended candidate, or nil */
 static int priv_nearest(lua_State *L)
 {
@@ -501,6 +515,8 @@ int hrun_openprivate(lua_State *L)
         {"primitives", priv_primitives},
         {"interrupted", priv_interrupted},
         {"clearinterrupt", priv_clearinterrupt},
+        {"takeinterrupts", priv_takeinterrupts},
+        {"putinterrupts", priv_putinterrupts},
         {"nearest", priv_nearest},
         {"setoptions", priv_setoptions},
         {"isatty", priv_isatty},

@@ -73,6 +73,7 @@ struct hrun_Sandbox {
     int enforce; /* 0: audit (record, refuse nothing) */
     int record;  /* keep what is used, for capsused() (plans) */
     char *host;  /* another host's capabilities ("fs@old:/DATA"), or NULL: this one's */
+    int lexical; /* another host's, checked here: its paths taken as written (hrun_lexpath) */
     int n;
     Cap caps[];
 };
@@ -185,6 +186,43 @@ int hrun_normpath(const char *path, const char *base, char *out, size_t size)
     char buf[PATH_MAX];
     if (absolute(path, base, buf, sizeof buf) < 0) return -1;
     return resolve(buf, out, size);
+}
+
+/*
+** The absolute path as written, cleaned ("." and empty components dropped, ".." going up
+** one): another host's path checked on this machine, whose symlinks say nothing of that
+** host's (its agent checks again where they are). Relative to base, or to "/".
+*/
+static int lexpath(const char *path, const char *base, char *out, size_t size)
+{
+    char buf[PATH_MAX * 2];
+    int n = path[0] == '/'
+                ? snprintf(buf, sizeof buf, "%s", path)
+                : snprintf(buf, sizeof buf, "%s/%s", base && base[0] == '/' ? base : "", path);
+    if (n < 0 || (size_t)n >= sizeof buf) return errno = ENAMETOOLONG, -1;
+    size_t len = 0;
+    const char *p = buf;
+    for (;;) {
+        const char *comp;
+        size_t c = next_component(&p, &comp);
+        if (c == 0) break;
+        if (c == 1 && comp[0] == '.') continue;
+        if (c == 2 && comp[0] == '.' && comp[1] == '.') {
+            while (len > 0 && out[--len] != '/') {
+            }
+            continue;
+        }
+        if (len + 1 + c >= size) return errno = ENAMETOOLONG, -1;
+        out[len++] = '/';
+        memcpy(out + len, comp, c);
+        len += c;
+    }
+    if (len == 0) {
+        if (size < 2) return errno = ENAMETOOLONG, -1;
+        out[len++] = '/';
+    }
+    out[len] = '\0';
+    return 0;
 }
 
 /* A program's path: as hrun_normpath, but the last component (a symlink to pg_wrapper,
@@ -432,7 +470,7 @@ static void cap_free(Cap *c)
 }
 
 /* Parses text into c; NULL, or why it is not a capability (a static or pushed string). */
-static const char *cap_parse(lua_State *L, const char *text, Cap *c)
+static const char *cap_parse(lua_State *L, const char *text, Cap *c, int lexical)
 {
     memset(c, 0, sizeof *c);
     const char *colon = strchr(text, ':');
@@ -461,7 +499,8 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
         if (scope[0] != '/')
             return lua_pushfstring(L, "'%s': %s takes an absolute path (%s:/etc/nixos)", text, name,
                                    name);
-        if (hrun_normpath(scope, NULL, norm, sizeof norm) < 0)
+        if ((lexical ? lexpath(scope, NULL, norm, sizeof norm)
+                     : hrun_normpath(scope, NULL, norm, sizeof norm)) < 0)
             return lua_pushfstring(L, "'%s': %s", text, strerror(errno));
         c->scope = strdup(norm);
         break;
@@ -472,12 +511,13 @@ static const char *cap_parse(lua_State *L, const char *text, Cap *c)
                 L, "'%s': exec takes a program's name or absolute path (exec:pg_dumpall)", text);
         if (scope[0] == '/') {
             char norm[PATH_MAX];
-            if (normprog(scope, NULL, norm, sizeof norm) < 0)
+            if ((lexical ? lexpath(scope, NULL, norm, sizeof norm)
+                         : normprog(scope, NULL, norm, sizeof norm)) < 0)
                 return lua_pushfstring(L, "'%s': %s", text, strerror(errno));
             c->scope = strdup(norm);
         } else {
             c->scope = strdup(scope);
-            c->found = lookup_program(scope);
+            c->found = lexical ? NULL : lookup_program(scope); /* this machine's PATH */
         }
         break;
     case SCOPE_NAME:
@@ -590,8 +630,11 @@ static const char *env_forbidden(const char *name)
 ** ======================================================= */
 
 /* A target as the sandbox compares it, into buf: a normalized path, a program, … */
-static int target_text(const hrun_Target *t, enum scope_kind kind, char *buf, size_t size)
+static int target_text(const hrun_Target *t, enum scope_kind kind, int lexical, char *buf,
+                       size_t size)
 {
+    if ((kind == SCOPE_PATH || (kind == SCOPE_PROGRAM && strchr(t->value, '/'))) && lexical)
+        return lexpath(t->value, t->base, buf, size);
     if (kind == SCOPE_PATH) return hrun_normpath(t->value, t->base, buf, size);
     if (kind == SCOPE_PROGRAM && strchr(t->value, '/'))
         return normprog(t->value, t->base, buf, size);
@@ -599,7 +642,7 @@ static int target_text(const hrun_Target *t, enum scope_kind kind, char *buf, si
     return 0;
 }
 
-static int cap_covers(const Cap *c, const char *target, const Url *url)
+static int cap_covers(const Cap *c, const char *target, const Url *url, int lexical)
 {
     if (c->scope == NULL) return 1;
     switch (known_caps[c->kind].kind) {
@@ -608,6 +651,10 @@ static int cap_covers(const Cap *c, const char *target, const Url *url)
     case SCOPE_PROGRAM: {
         int abs_target = target[0] == '/', abs_scope = c->scope[0] == '/';
         if (abs_target == abs_scope) return strcmp(target, c->scope) == 0;
+        if (lexical) { /* that host's PATH is not known here: the same name passes */
+            const char *a = abs_target ? target : c->scope, *name = abs_target ? c->scope : target;
+            return strcmp(strrchr(a, '/') + 1, name) == 0;
+        }
         if (abs_target) return c->found && strcmp(target, c->found) == 0;
         char *found = lookup_program(target); /* a name, the scope a path */
         int same = found && strcmp(found, c->scope) == 0;
@@ -721,7 +768,7 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
     const char *target = NULL;
     Url url = {0}, *up = NULL;
     if (t) {
-        if (target_text(t, kind, text, sizeof text) < 0)
+        if (target_text(t, kind, sb->lexical, text, sizeof text) < 0)
             return luaL_error(L, "sandbox: %s: %s: %s", prim, t->value, strerror(errno));
         target = text;
         if (kind == SCOPE_URL) {
@@ -736,7 +783,7 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
         if (t == NULL || (kind == SCOPE_URL && up == NULL))
             ok = c->scope == NULL || t == NULL;
         else
-            ok = cap_covers(c, target, up);
+            ok = cap_covers(c, target, up, sb->lexical);
     }
     const char *need = needed(L, sb->host, cap, target, up);
     if (up) url_free(&url);
@@ -878,10 +925,11 @@ void hrun_sandbox_close(hrun_Runtime *rt)
     rt->sandbox = NULL;
 }
 
-/* sandbox({"fs:/etc", …} [, enforce = true, record = not enforce [, host]]) | sandbox(nil):
-** sets or lifts the sandbox; raises for a malformed capability. Setting one starts a new
-** record of what is used (when it records: plans). With host, the capabilities are that
-** host's, written with it ("fs@old:/DATA") and refusals name it. */
+/* sandbox({"fs:/etc", …} [, enforce = true, record = not enforce [, host [, lexical]]]) |
+** sandbox(nil): sets or lifts the sandbox; raises for a malformed capability. Setting one
+** starts a new record of what is used (when it records: plans). With host, the
+** capabilities are that host's, written with it ("fs@old:/DATA") and refusals name it;
+** lexical: checked on this machine, paths as written (the host's agent resolves them). */
 static int priv_sandbox(lua_State *L)
 {
     hrun_Runtime *rt = hrun_runtime(L);
@@ -897,6 +945,7 @@ static int priv_sandbox(lua_State *L)
     sb->enforce = enforce;
     sb->record = lua_isnoneornil(L, 3) ? !enforce : lua_toboolean(L, 3);
     const char *host = luaL_optstring(L, 4, NULL);
+    sb->lexical = host != NULL && lua_toboolean(L, 5);
     if (host && (sb->host = strdup(host)) == NULL) {
         sandbox_free(sb);
         return luaL_error(L, "not enough memory");
@@ -916,7 +965,8 @@ static int priv_sandbox(lua_State *L)
             lua_concat(L, 2);
             parsed = lua_tostring(L, -1);
         }
-        const char *err = text ? cap_parse(L, parsed, &sb->caps[sb->n]) : "not a string";
+        const char *err =
+            text ? cap_parse(L, parsed, &sb->caps[sb->n], sb->lexical) : "not a string";
         if (err == NULL && (sb->caps[sb->n].text = strdup(text)) == NULL) err = "not enough memory";
         if (err) {
             lua_pushstring(L, err);
@@ -974,7 +1024,7 @@ static int priv_sandboxswap(lua_State *L)
 static int priv_capability(lua_State *L)
 {
     Cap c;
-    const char *err = cap_parse(L, luaL_checkstring(L, 1), &c);
+    const char *err = cap_parse(L, luaL_checkstring(L, 1), &c, 0);
     cap_free(&c);
     if (err) {
         lua_pushnil(L);

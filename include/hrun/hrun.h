@@ -222,6 +222,13 @@ void hrun_catchsignals(lua_State *L);
 int hrun_interrupted(void);
 void hrun_clearinterrupt(void);
 
+/* Takes the interrupts that arrived (returned; none are left), and puts them back: in
+** between, a wait that must finish (a host's answer to an interrupt sent on to it) is
+** not itself interrupted — by those; one that arrives after still is. Putting back
+** does not raise: blocking primitives and the runner see them. */
+int hrun_takeinterrupts(void);
+void hrun_putinterrupts(int n);
+
 /* [-0, +0, v] Raises the interrupt error ("interrupted"). */
 int hrun_raiseinterrupt(lua_State *L);
 

@@ -31,7 +31,7 @@ local SCHEMA = [[
     no_inverse TEXT,
     before TEXT,                     -- wire-encoded states
     after TEXT,
-    status TEXT NOT NULL,            -- intent, done, failed, partial
+    status TEXT NOT NULL,            -- intent, done, failed, partial; dropped: a tombstone
     reply TEXT,                      -- the answer sent (wire-encoded), to send again
     error TEXT,
     started REAL NOT NULL,
@@ -39,6 +39,10 @@ local SCHEMA = [[
     request TEXT,                    -- a detached write: the request its unit runs
     unit TEXT,                       -- … and the transient systemd unit it runs in
     UNIQUE (controller, run, effect)
+  );
+  CREATE TABLE IF NOT EXISTS children (  -- the process groups a write started, until it returned
+    effect INTEGER NOT NULL,         -- effects.id
+    pgid INTEGER, start INTEGER, boot TEXT, argv0 TEXT
   );
   CREATE TABLE IF NOT EXISTS undos (   -- the operations of inverses run here, with their answer
     controller TEXT NOT NULL,
@@ -222,7 +226,18 @@ function Agent:write(m, args, n)
   -- finishing the write sent again here; its answer is waited for, not done twice
   local busy = self:busy()
   local row = self:record(key)
-  if row then -- sent again after a reconnect: what happened, never twice
+  if row and row.status == "dropped" then -- late: its controller found no record and gave it up
+    busy:release()
+    return { t = "error", code = "failed", message = string.format("%s: not done — its controller gave it up " ..
+      "(it asked this host, which had no record of it yet)", m.name) }
+  elseif row and row.op ~= m.name then
+    busy:release()
+    return { t = "error", code = "failed", message = string.format("agent: effect %d of run %d was %s here, not %s",
+      key.effect, key.run, row.op, tostring(m.name)) }
+  elseif row then -- sent again after a reconnect: what happened, never twice
+    if not row.reply and not row.unit then
+      self:orphans(row)
+    end
     busy:release()
     if not row.reply and row.unit then -- a detached write: reattached to its unit
       row = self:await_detached(row)
@@ -263,7 +278,14 @@ end
 function Agent:act(id, key, name, args, n, partial, inverse, why, before, started)
   local priv = self.priv
   priv.seteffect(key.run, key.effect)
+  -- each child is journaled before it may run: an agent killed in the write leaves them
+  -- running, and the next one stops them (Agent:orphans) before it answers for the write
+  priv.setspawnsink(function(info)
+    self:durable("INSERT INTO children (effect, pgid, start, boot, argv0) VALUES (?, ?, ?, ?, ?)", id, info.pgid,
+      info.start, info.boot, info.argv0)
+  end)
   local ok, res, code = call(name, args, n)
+  priv.setspawnsink(nil)
   priv.seteffect(nil)
   local reply, status, err
   if ok and res.n > 0 and res[1] ~= nil and res[1] ~= false then
@@ -285,7 +307,28 @@ function Agent:act(id, key, name, args, n, partial, inverse, why, before, starte
     after = after, error = err, started = started }
   self:durable("UPDATE effects SET status = ?, after = ?, reply = ?, error = ?, ended = ? WHERE id = ?",
     status, after and self:encode(after) or nil, self:mask(self:encode(reply)), self:mask(err), now(), id)
+  self:durable("DELETE FROM children WHERE effect = ?", id) -- they ended with the call
   return reply
+end
+
+-- Under the busy lock, a write of row that never answered (its agent died in it): the
+-- children it left running are stopped first, as a crashed run's are here — they must
+-- not race its undo.
+function Agent:orphans(row)
+  local groups = self.db:query("SELECT pgid, start, boot FROM children WHERE effect = ?", row.id)
+  if #groups == 0 then
+    return
+  end
+  local stopped = {}
+  for _, c in ipairs(self.priv.reap(groups)) do
+    stopped[#stopped + 1] = string.format("%s (process group %d, %d process%s, %s)", tostring(c.argv0), c.pgid,
+      c.processes, c.processes == 1 and "" or "es", c.signal)
+  end
+  self:durable("DELETE FROM children WHERE effect = ?", row.id)
+  if #stopped > 0 then -- cut short: what it did is not known, as when hrun dies here
+    self:durable("UPDATE effects SET error = ? WHERE id = ?", "its agent ended while it ran; stopped " ..
+      table.concat(stopped, ", "), row.id)
+  end
 end
 
 -- {======================================================
@@ -403,6 +446,35 @@ function Agent:once(m, args, n)
   return reply
 end
 
+-- What this host's journal says of the controller's effect `key`, whose answer it never
+-- had. Asked under the busy lock: a write of it still running here (its agent's channel
+-- was cut) is waited for. With no record, a tombstone goes in its place: the request
+-- arriving late (an agent that read it just before the cut) is not done after the
+-- controller was told it never was. peek: only asked (is this the host of the effect?).
+function Agent:effect(key, op, peek)
+  if type(key) ~= "table" or type(key.controller) ~= "string" or math.type(key.run) ~= "integer"
+      or math.type(key.effect) ~= "integer" then
+    return { t = "error", code = "failed", message = "agent: an effect without its key" }
+  end
+  local busy = self:busy()
+  local row = self:record(key)
+  if not row and not peek then
+    self:durable([[INSERT INTO effects (controller, run, effect, op, status, error, started, ended)
+        VALUES (?, ?, ?, ?, 'dropped', 'no record when its controller asked', ?, ?)]], key.controller, key.run,
+      key.effect, type(op) == "string" and op or "?", now(), now())
+  elseif row and not row.reply and not row.unit then
+    self:orphans(row)
+  end
+  busy:release()
+  if not row or row.status == "dropped" then
+    return { t = "result", values = {}, n = 1 }
+  end
+  if not row.reply and row.unit then -- a detached write: what its unit did, once it is done
+    row = self:await_detached(row)
+  end
+  return { t = "result", values = { self:described(row) }, n = 1 }
+end
+
 -- What a write would do, for a plan: already so, its inverse, its preview, its states.
 function Agent:plan(m, args, n)
   local priv = self.priv
@@ -480,8 +552,7 @@ function Agent:handle(m)
     self.caps, self.caps_host = m.caps, m.host
     return { t = "result", values = {}, n = 0 }
   elseif m.t == "effect" then -- what this host's journal says of the controller's effect
-    local row = type(m.key) == "table" and self:record(m.key)
-    return { t = "result", values = { row and self:described(row) or nil }, n = 1 }
+    return self:effect(m.key, m.op, m.peek)
   elseif m.t == "stash" then -- where a run's inverses save what its writes destroy
     if math.type(m.run) ~= "integer" or type(m.controller) ~= "string" or not m.controller:match("^[%w-]+$") then
       return { t = "error", code = "failed", message = "agent: a stash without its run" }
@@ -519,6 +590,10 @@ function Agent:serve(ch)
       current = m.seq
       local hok, r = pcall(self.handle, self, m)
       current = nil
+      -- the controller interrupted that request (kill -INT): it is answered, the next is not
+      if priv.interrupted() > 0 then
+        priv.clearinterrupt()
+      end
       reply = hok and r or { t = "error", code = "failed", message = tostring(r) }
       reply.seq = m.seq
     end

@@ -466,6 +466,13 @@ function Journal:drop_effect(id)
   self:write("DELETE FROM effects WHERE id = ?", id)
 end
 
+-- An effect on another host that never reached it (its journal there had no record of
+-- it, and now has a tombstone): kept, so that its id — the key that host files it
+-- under — is never given to another effect.
+function Journal:effect_dropped(id, why, time)
+  self:write("UPDATE effects SET status = 'dropped', error = ?, ended = ? WHERE id = ?", why, time, id)
+end
+
 function Journal:effect_end(id, status, result, err, time, after)
   self:write("UPDATE effects SET status = ?, result = ?, error = ?, ended = ?, after = ? WHERE id = ?",
     status, result, err, time, after and codec.encode(after) or nil, id)
@@ -641,7 +648,8 @@ function Journal:handlers_to_rerun(run)
   -- a playbook's handler once, whatever phases notified it (min(): the first's phase)
   return self.db:query([[SELECT min(n.id) AS first, n.phase, n.handler, n.scope,
       group_concat(DISTINCT s.name) AS steps FROM notifications n JOIN steps s ON n.step = s.id
-      WHERE n.run = ? AND (n.handled IS NOT NULL OR EXISTS (SELECT 1 FROM effects e WHERE e.step = n.begun))
+      WHERE n.run = ? AND (n.handled IS NOT NULL OR EXISTS (SELECT 1 FROM effects e WHERE e.step = n.begun
+        AND e.status <> 'dropped'))
       AND s.undo_status = 'undone'
       AND NOT EXISTS (SELECT 1 FROM steps h WHERE h.run = n.run AND h.kind = 'rollback-handler'
         AND h.name = n.handler AND h.status = 'done'

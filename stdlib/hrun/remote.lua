@@ -490,6 +490,14 @@ function Host:receive(seq, seconds)
     priv.setdeadline(saved)
   end
   if not ok then
+    -- the hook raises an interrupt or the step's deadline in the loop itself: as the
+    -- channel says them, so that the agent is told (Host:interrupt)
+    local m = tostring(res)
+    if m:match("interrupted$") then
+      return nil, "interrupted"
+    elseif m:match("timed out$") then
+      return nil, "timeout"
+    end
     error(res, 0)
   end
   return res, why
@@ -499,7 +507,22 @@ end
 -- the same request (same seq) sent again: the agent answers a write it already did from
 -- its journal. The step's deadline or Ctrl-C interrupts the agent's call there.
 function Host:request(msg)
-  return own(self.request_here, self, msg)
+  local reply = own(self.request_here, self, msg)
+  if msg.t ~= "write" then -- a write's answer is journaled first, then settled
+    self:settle()
+  end
+  return reply
+end
+
+-- After an answer to a request that was interrupted, or whose step timed out, is in
+-- hand (and journaled): the interruption goes on, as it would have here.
+function Host:settle()
+  local cut = self.cut
+  if cut then
+    self.cut = nil
+    self.priv.setdeadline(cut.deadline)
+    error(cut.why == "timeout" and "timed out" or "interrupted", 0)
+  end
 end
 
 function Host:request_here(msg)
@@ -534,7 +557,7 @@ function Host:request_here(msg)
     repeat
       ok, err = pcall(self.connect, self)
       if not ok then
-        if self.priv.interrupted() then
+        if self.priv.interrupted() > 0 then
           error(string.format("host '%s': interrupted while connecting again", self.name), 0)
         end
         if self.priv.monotime() - lost_at > self.reconnect_seconds then
@@ -549,15 +572,31 @@ end
 
 -- The step's deadline or Ctrl-C while a call runs there: the agent's call is
 -- interrupted as a local one would be (SIGINT), and its answer waited for a while.
+-- A request interrupted here (Ctrl-C), or whose step timed out: the agent is
+-- interrupted too (its command stopped, as here), and its answer waited for (10 s) so
+-- that what it did is journaled here; then the interruption goes on (Host:settle). The
+-- wait itself is not cut short by the interrupt that caused it — a second one does.
+-- A detached write goes on in its unit (as nixos-rebuild's switch does): a rollback
+-- waits for it.
 function Host:interrupt(msg, why)
-  local pid = self.ready and self.ready.pid
-  if pid then
-    pcall(self.run, self, "kill -INT " .. math.tointeger(pid))
-  end
-  local reply = self:receive(msg.seq, 10)
-  if reply then
+  local priv = self.priv
+  local held = priv.takeinterrupts()
+  local deadline = priv.deadline()
+  priv.setdeadline(0)
+  local ok, reply = pcall(function()
+    local pid = self.ready and math.tointeger(self.ready.pid)
+    if pid then
+      self:run("kill -INT " .. pid)
+    end
+    return (self:receive(msg.seq, 10))
+  end)
+  local again = priv.takeinterrupts()
+  priv.putinterrupts(held + again)
+  if ok and reply and again == 0 then
+    self.cut = { why = why, deadline = deadline }
     return reply
   end
+  priv.setdeadline(deadline)
   self:close()
   error(why == "timeout" and "timed out" or "interrupted", 0)
 end

@@ -779,8 +779,9 @@ end
 -- Calls fn(...) with its calls going to host `name` (hosts.NAME.fs.write, an undo).
 function Runner:with_host(name, fn, ...)
   local u = self.host_urls and self.host_urls[name]
+  local box = name -- its capabilities: a host's own, when it is this machine too
   if u and (type(u) == "table" and u.url or u) == "local" then
-    name = "local" -- a host of the run that is this machine (-H old=local)
+    name = "local" -- a host of the run that is this machine (-H old=local): its calls are here
   end
   if name ~= "local" and not (self.hosts and self.hosts[name]) then
     error(string.format("hosts.%s: the playbook has no such host (hosts = { %s = \"ssh://…\" }, or -H %s=URL)",
@@ -789,7 +790,7 @@ function Runner:with_host(name, fn, ...)
   self.host_stack = self.host_stack or {}
   local stack = self.host_stack
   stack[#stack + 1] = name
-  local saved = self:sandbox_to(name)
+  local saved = self:sandbox_to(box)
   local res = table.pack(pcall(fn, ...))
   self:sandbox_to(saved)
   table.remove(stack)
@@ -827,11 +828,26 @@ function Runner:set_sandboxes(caps, enforce, record)
       self.hosts[name]:set_sandbox(per[name])
     end
   end
-  if self.hosts then
+  -- a host of the run that is this machine (new = "local", -H old=local): its calls
+  -- are this machine's, under this machine's capabilities and its own (fs@old:…), its
+  -- paths resolved here
+  local here = false
+  for name, u in pairs(self.host_urls or {}) do
+    if (type(u) == "table" and u.url or u) == "local" and name ~= "local" then
+      local list = per[name] or {}
+      for _, c in ipairs(per["local"]) do
+        local cap, rest = c:match("^([%w]+)(.*)$")
+        list[#list + 1] = cap .. "@" .. name .. rest
+      end
+      per[name], here = list, true
+    end
+  end
+  if self.hosts or here then
     boxes = {}
     for name, list in pairs(per) do
       if name ~= "local" then
-        self.priv.sandbox(list, enforce, record, name)
+        -- another host's paths as written: its agent resolves them
+        self.priv.sandbox(list, enforce, record, name, self.hosts ~= nil and self.hosts[name] ~= nil)
         boxes[name] = self.priv.sandboxbox()
         self.priv.sandboxswap(boxes[name])
       end
@@ -992,6 +1008,7 @@ function Runner:remote_write(host, call, args)
     self.journal:drop_effect(id)
     self:emit({ event = "effect", unchanged = true, host = host, phase = cur.phase, step = cur.name, op = call.name,
       args = arglist(args) })
+    h:settle()
     return true, remote.results(r)
   end
   local e = r.effect
@@ -1009,6 +1026,7 @@ function Runner:remote_write(host, call, args)
   end
   self.journal:commit()
   self:maybe_crash("effect-done")
+  h:settle()
   return true, remote.results(r)
 end
 
@@ -1185,7 +1203,7 @@ end
 -- Calls fn(...) with the calls it makes going to host `name` (a step's or check's `on`;
 -- nil: this machine).
 function Runner:on_host(name, fn, ...)
-  if name == nil or not self.hosts then
+  if name == nil or not (self.hosts or self.sandbox_boxes) then
     return fn(...)
   end
   local saved_host = self.step_host
@@ -1479,6 +1497,7 @@ function Runner:undo_effect(e, irreversible)
     if not e.remote and not self:reconcile(e) then
       return true, nil, "never reached its host"
     end
+    self:same_host(e)
     self.undo_host = e.host -- its inverse's operations go there
     local res = table.pack(pcall(self.undo_effect_here, self, e, irreversible))
     self.undo_host = nil
@@ -1496,15 +1515,35 @@ function Runner:undo_effect(e, irreversible)
   return res, err, how
 end
 
+-- Before the first undo on a host in this rollback: the host reached (its URL from the
+-- journal, or -H) is the machine the run changed — its agent's journal has the record
+-- of the effect, under the same id. Another machine's has none: nothing is undone there
+-- (--force undoes anyway: a host whose agent's journal was lost).
+function Runner:same_host(e)
+  self.hosts_checked = self.hosts_checked or {}
+  if self.hosts_checked[e.host] or self.opts.force then
+    return
+  end
+  local h = self:host(e.host)
+  local found = remote.results(h:request({ t = "effect", peek = true,
+    key = { controller = self.journal:id(), run = e.run, effect = e.id } }))
+  if type(found) ~= "table" or found.remote ~= e.remote then
+    error(string.format("host '%s' (%s) has no record of this run's %s there: it is not the machine the run " ..
+      "changed (is -H %s=… right? hrun rollback --force undoes it anyway)", e.host, h.url or "?", e.op, e.host), 0)
+  end
+  self.hosts_checked[e.host] = true
+end
+
 -- An effect on another host whose answer the controller never had: its row filled in
 -- from that host's journal (true), or, when the host has no record of it (the request
--- never arrived: its agent journals before it acts), dropped (false).
+-- never arrived: its agent journals before it acts), dropped (false): kept as such here,
+-- and there a tombstone refuses the request should it arrive late.
 function Runner:reconcile(e)
   local h = self:host(e.host)
-  local found = remote.results(h:request({ t = "effect",
+  local found = remote.results(h:request({ t = "effect", op = e.op,
     key = { controller = self.journal:id(), run = e.run, effect = e.id } }))
   if not found then
-    self.journal:drop_effect(e.id)
+    self.journal:effect_dropped(e.id, "never reached its host", sys.now())
     self.journal:commit()
     return false
   end

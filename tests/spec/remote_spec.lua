@@ -313,6 +313,90 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   end)
 end)
 
+describe("a step on another host that is stopped", function()
+  local PB = [[
+return playbook { name = "p", hosts = { h = "@URL@" },
+  phase "p" { step "long" { on = "h", timeout = @T@, run = function()
+    fs.write("/root/before", "1")
+    exec.run({ "sh", "-c", "echo started > /root/started; exec sleep 61" }, { undo = { "rm", "-f", "/root/started" } })
+  end } } }
+]]
+
+  local function sleeping(h)
+    local out = h:sh("pgrep -f '^sleep 61' || true")
+    return out:match("%d") ~= nil
+  end
+
+  local function statuses(dir)
+    return exec.run({ "sqlite3", dir .. "/state/journal.db", "SELECT op || ' ' || status FROM effects ORDER BY id" })
+      .stdout
+  end
+
+  it("by its timeout: the command there is stopped, its end journaled, the step rolled back", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    local pb = playbook_file(dir, "p.lua", (PB:gsub("@URL@", hs[1].url):gsub("@T@", "3")))
+    local t0 = sys.clock()
+    local r = run(env, { pb })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "timed out after 3 s")
+    ok(sys.clock() - t0 < 40, "not the command's minute")
+    ok(not sleeping(hs[1]), "the command there was stopped")
+    eq(statuses(dir), "fs.write done\nexec.run failed\n")
+    ok(not fs.exists(hs[1].root .. "/root/before"), "rolled back there")
+  end)
+
+  it("by Ctrl-C: the command there is stopped, its end journaled, the run rolled back", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    local pb = playbook_file(dir, "p.lua", (PB:gsub("@URL@", hs[1].url):gsub("@T@", "600")))
+    local envs = {}
+    for k, v in pairs(env) do
+      envs[#envs + 1] = k .. "='" .. v:gsub("'", "'\\''") .. "'"
+    end
+    local b = background(string.format("env %s %s %s > %s/out 2>&1; echo $? > %s/code", table.concat(envs, " "),
+      HRUN, pb, dir, dir))
+    for _ = 1, 300 do
+      if fs.exists(hs[1].root .. "/root/started") then
+        break
+      end
+      sys.sleep(0.1)
+    end
+    ok(sleeping(hs[1]), "running there")
+    exec.run({ "pkill", "-INT", "-f", "^" .. HRUN .. " " .. pb .. "$" })
+    b.wait()
+    local out = fs.read(dir .. "/out")
+    eq(fs.read(dir .. "/code"), "130\n", out)
+    ok(not sleeping(hs[1]), "the command there was stopped")
+    eq(statuses(dir), "fs.write done\nexec.run failed\n", out)
+    ok(not fs.exists(hs[1].root .. "/root/before"), "rolled back there: " .. out)
+  end)
+end)
+
+describe("a rollback pointed at another machine", function()
+  it("undoes nothing there: that host's agent has no record of the run's effects", function()
+    local hs = ssh_hosts(2)
+    local dir, env = controller(hs)
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
+  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
+]])
+    local r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    local _, code = hs[2]:sh("printf 'theirs' > /root/x")
+    eq(code, 0)
+    r = run(env, { "rollback", "--yes", "-H", "h=" .. hs[2].url })
+    eq(r.code, 2, r.stdout .. r.stderr)
+    has(r.stdout, "host 'h' (" .. hs[2].url .. ") has no record of this run's fs.write there")
+    eq(fs.read(hs[2].root .. "/root/x"), "theirs", "the other machine's file is left alone")
+    eq(fs.read(hs[1].root .. "/root/x"), "1")
+    r = run(env, { "rollback", "--yes" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    ok(not fs.exists(hs[1].root .. "/root/x"), "undone on the machine the run changed")
+    eq(fs.read(hs[2].root .. "/root/x"), "theirs")
+  end)
+end)
+
 describe("a rollback with a host that cannot be reached", function()
   it("is incomplete, naming the host, and the next rollback finishes it (-H set the host)", function()
     local hs = ssh_hosts(1)
@@ -420,6 +504,59 @@ return playbook { name = "p", hosts = { old = "]] .. hs[1].url .. [[" },
     has(r.stdout, "fs.write on host 'old' needs the capability 'fs@old:/etc/evil'")
     ok(not fs.exists(hs[1].root .. "/etc/evil"))
     ok(not fs.exists(hs[1].root .. "/srv/ok"), "rolled back")
+  end)
+
+  it("checks a host that is this machine (-H old=local) against this machine's and its own", function()
+    local dir = tmpdir()
+    local env = { HRUN_STATE_DIR = dir .. "/state" }
+    fs.mkdir(dir .. "/here")
+    fs.mkdir(dir .. "/old")
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { old = "ssh://root@127.0.0.1:1" },
+  capabilities = { "fs:]] .. dir .. [[/here", "fs@old:]] .. dir .. [[/old" },
+  params = { evil = "" },
+  phase "p" {
+    step "on old" { on = "old", run = function()
+      fs.write("]] .. dir .. [[/old/a", "1")
+      fs.write("]] .. dir .. [[/here/a", "1")
+    end },
+    step "routed" { run = function(ctx)
+      hosts.old.fs.write("]] .. dir .. [[/old/b", "1")
+      hosts.old.fs.write("]] .. dir .. [[/here/b", "1")
+      fs.write("]] .. dir .. [[/here/c", "1")
+      if ctx.params.evil ~= "" then hosts.old.fs.write(ctx.params.evil, "x") end
+    end },
+  } }
+]])
+    local r = run(env, { "--sandbox", pb, "-H", "old=local" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    for _, f in ipairs({ "old/a", "here/a", "old/b", "here/b", "here/c" }) do
+      eq(fs.read(dir .. "/" .. f), "1", f)
+    end
+    r = run(env, { "--sandbox", pb, "-H", "old=local", "-p", "evil=" .. dir .. "/evil" })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "fs.write on host 'old' needs the capability 'fs@old:" .. dir .. "/evil'")
+    ok(not fs.exists(dir .. "/evil"))
+  end)
+
+  it("takes a host's paths as written here: this machine's symlinks say nothing of the host's", function()
+    local hs = ssh_hosts(1)
+    local dir, env = controller(hs)
+    -- here dir/data/sub is a link out of dir/data; there it is a directory
+    fs.mkdir(dir .. "/data")
+    fs.mkdir(dir .. "/other")
+    exec.run({ "ln", "-s", dir .. "/other", dir .. "/data/sub" })
+    local _, code = hs[1]:sh("mkdir -p " .. dir .. "/data/sub")
+    eq(code, 0)
+    local pb = playbook_file(dir, "p.lua", [[
+return playbook { name = "p", hosts = { old = "]] .. hs[1].url .. [[" },
+  capabilities = { "fs@old:]] .. dir .. [[/data" },
+  phase "p" { step "s" { on = "old", run = function() fs.write("]] .. dir .. [[/data/sub/x", "1") end } } }
+]])
+    local r = run(env, { "--sandbox", pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq((hs[1]:sh("cat " .. dir .. "/data/sub/x")), "1") -- its /tmp is its own
+    ok(not fs.exists(dir .. "/other/x"), "nothing here")
   end)
 
   it("is checked again by the host's agent, where the host's symlinks are resolved", function()
