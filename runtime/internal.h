@@ -23,8 +23,9 @@ typedef struct hrun_Runtime {
     int strict;   /* inside a playbook's functions: nil, message returns raise */
     struct hrun_Sandbox *sandbox; /* the capabilities a sandboxed playbook declared; NULL: none */
     int trusted;                  /* > 0: the engine's own work, outside the sandbox */
-    lua_Integer effect_run;       /* the effect being made (priv.seteffect), 0: none; */
-    lua_Integer effect_id;        /* temporaries are named from it */
+    int undo_check;         /* checking an inverse's operation: the run's stash is hrun's own */
+    lua_Integer effect_run; /* the effect being made (priv.seteffect), 0: none; */
+    lua_Integer effect_id;  /* temporaries are named from it */
 } hrun_Runtime;
 
 typedef struct hrun_Sandbox hrun_Sandbox;
@@ -32,6 +33,9 @@ typedef struct hrun_Sandbox hrun_Sandbox;
 /* [-0, +0, v] The sandbox's check of a call of p (arguments at 1..top): raises, naming
 ** the capability missing, unless the declared capabilities cover what it touches. */
 void hrun_sandbox_check(lua_State *L, const hrun_Prim *p, const char *fullname);
+
+/* Does capability cap take paths (fs, btrfs, hash, …)? */
+int hrun_cap_paths(const char *cap);
 
 /* [-0, +0, v] For what a primitive uses as it runs (fs.glob's matches, the program and
 ** environment exec.run starts): in the sandbox, raises the refusal unless a declared

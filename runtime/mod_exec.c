@@ -665,6 +665,13 @@ static int exec_inverse(lua_State *L, const char *op)
         else
             lua_setfield(L, opts, kept[i]);
     }
+    char abs[PATH_MAX]; /* a relative cwd: where the command ran, not where a rollback runs */
+    if (lua_getfield(L, opts, "cwd") == LUA_TSTRING && lua_tostring(L, -1)[0] != '/' &&
+        hrun_abspath(lua_tostring(L, -1), abs, sizeof abs) == 0) {
+        lua_pushstring(L, abs);
+        lua_setfield(L, opts, "cwd");
+    }
+    lua_pop(L, 1);
     lua_pushliteral(L, "env");
     if (lua_rawget(L, 2) == LUA_TTABLE) {
         plain_copy(L, -1);

@@ -392,11 +392,19 @@ static int priv_preview(lua_State *L)
     return hrun_preview(L, name, lua_gettop(L) - 1);
 }
 
-/* check(name, ...): raises as the sandbox in force would refuse that call */
+/* check(name, ...): raises as the sandbox in force would refuse that call;
+** checkundo(name, ...): the same for an inverse's operation (the run's stash is allowed) */
 static int priv_check(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
-    hrun_checkcall(L, name, lua_gettop(L) - 1);
+    hrun_checkcall(L, name, lua_gettop(L) - 1, 0);
+    return 0;
+}
+
+static int priv_checkundo(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    hrun_checkcall(L, name, lua_gettop(L) - 1, 1);
     return 0;
 }
 
@@ -527,6 +535,7 @@ int hrun_openprivate(lua_State *L)
         {"preview", priv_preview},
         {"unchanged", priv_unchanged},
         {"check", priv_check},
+        {"checkundo", priv_checkundo},
         {"setstash", priv_setstash},
         {"monotime", priv_monotime},
         {"setstrict", priv_setstrict},

@@ -287,7 +287,18 @@ static int check_frame(lua_State *L)
     return 0;
 }
 
-void hrun_checkcall(lua_State *L, const char *fullname, int n)
+/* Under hrun_checkcall for an inverse's operation: the flag is cleared however it ends. */
+static int check_undo_frame(lua_State *L)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    rt->undo_check = 1;
+    int status = lua_pcall(L, lua_gettop(L) - 1, 0, 0);
+    rt->undo_check = 0;
+    if (status != LUA_OK) return lua_error(L);
+    return 0;
+}
+
+void hrun_checkcall(lua_State *L, const char *fullname, int n, int undo)
 {
     const Entry *e = check_entry(L, fullname);
     hrun_Runtime *rt = hrun_runtime(L);
@@ -297,15 +308,40 @@ void hrun_checkcall(lua_State *L, const char *fullname, int n)
     }
     lua_pushlightuserdata(L, (void *)e);
     lua_pushcclosure(L, check_frame, 1);
-    lua_insert(L, -(n + 1));
-    lua_call(L, n, 0);
+    lua_insert(L, -(n + 1)); /* check_frame, the arguments */
+    if (undo) {
+        lua_pushcfunction(L, check_undo_frame);
+        lua_insert(L, -(n + 2)); /* check_undo_frame, check_frame, the arguments */
+    }
+    lua_call(L, undo ? n + 1 : n, 0);
+}
+
+/* The paths among the n values on top that a write's inverse will act on (its first,
+** or first two arguments) made absolute: a rollback run from another directory acts
+** where the write did, not there. */
+static void absolute_targets(lua_State *L, const hrun_Prim *p, int n)
+{
+    int count = p->targets == hrun_targets_arg1 ? 1 : p->targets == hrun_targets_args12 ? 2 : 0;
+    if (!hrun_cap_paths(p->cap)) return;
+    for (int i = 1; i <= count && i <= n; i++) {
+        int idx = lua_gettop(L) - n + i;
+        const char *path = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : NULL;
+        char abs[PATH_MAX];
+        if (path == NULL || path[0] == '/' || path[0] == '\0' ||
+            hrun_abspath(path, abs, sizeof abs) < 0)
+            continue;
+        lua_pushstring(L, abs);
+        lua_replace(L, idx);
+    }
 }
 
 int hrun_inverse(lua_State *L, const char *fullname, int n)
 {
     const Entry *e = check_entry(L, fullname);
-    if (e->prim->kind == HRUN_WRITE && e->prim->inverse)
+    if (e->prim->kind == HRUN_WRITE && e->prim->inverse) {
+        absolute_targets(L, e->prim, n);
         return call_with(L, e->prim->inverse, n, 2);
+    }
     lua_pop(L, n);
     lua_pushnil(L);
     lua_pushfstring(L, "%s cannot be undone", fullname);

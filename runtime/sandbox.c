@@ -755,6 +755,57 @@ static const char *refusal(lua_State *L, const hrun_Sandbox *sb, const char *pri
     return lua_tostring(L, -1);
 }
 
+int hrun_cap_paths(const char *cap)
+{
+    int idx = cap ? cap_index(cap, strlen(cap)) : -1;
+    return idx >= 0 && known_caps[idx].kind == SCOPE_PATH;
+}
+
+#define OWN_KEY "hrun.sandbox.own"
+
+/* [-0, +0, m] Is path within one of hrun's own directories (priv.setown: its state, a
+** host's agent directory)? Why not, or NULL. No capability covers them: a playbook that
+** wrote there could forge what hrun runs trusted (an inverse, the agent's program). */
+static const char *own_path(lua_State *L, const char *path)
+{
+    const char *why = NULL;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, OWN_KEY) == LUA_TTABLE) {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n && !why; i++) {
+            if (lua_rawgeti(L, -1, i) == LUA_TSTRING && path_within(path, lua_tostring(L, -1)))
+                why = "it is hrun's own (its journal, its agent, what undo restores)";
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return why;
+}
+
+/* setown({dir, …} | nil): hrun's own directories, refused to every sandboxed call */
+static int priv_setown(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_pushnil(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, OWN_KEY);
+        return 0;
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+    lua_createtable(L, (int)n, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        char norm[PATH_MAX];
+        lua_rawgeti(L, 1, i);
+        const char *dir = lua_tostring(L, -1);
+        if (dir == NULL || hrun_normpath(dir, NULL, norm, sizeof norm) < 0)
+            return luaL_error(L, "setown: %s: not a path", dir ? dir : "?");
+        lua_pop(L, 1);
+        lua_pushstring(L, norm);
+        lua_rawseti(L, -2, i);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, OWN_KEY);
+    return 0;
+}
+
 /* [-0, +(0|1), v] Is one target of capability `cap` covered? Records it (one covered
 ** only when record_ok). A refusal (unless auditing) raises, at the caller's line; or,
 ** with raise = 0, is pushed and -1 returned. */
@@ -777,6 +828,13 @@ static int check_one(lua_State *L, const hrun_Sandbox *sb, const char *prim, con
     }
     int ok = 0;
     const char *never = t && t->set && kind == SCOPE_ENV ? env_forbidden(target) : NULL;
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (t && kind == SCOPE_PATH && rt->undo_check && rt->stash_dir) {
+        char stash[PATH_MAX]; /* where an inverse keeps what its write destroyed: hrun's own */
+        ok = hrun_normpath(rt->stash_dir, NULL, stash, sizeof stash) == 0 &&
+             path_within(target, stash);
+    }
+    if (t && kind == SCOPE_PATH && !ok && !sb->lexical) never = own_path(L, target);
     for (int i = 0; i < sb->n && !ok && !never; i++) {
         const Cap *c = &sb->caps[i];
         if (c->kind != idx) continue;
@@ -1169,17 +1227,12 @@ static int priv_securedir(lua_State *L)
 void hrun_opensandbox(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
-        {"sandbox", priv_sandbox},
-        {"capability", priv_capability},
-        {"trusted", priv_trusted},
-        {"allowed", priv_allowed},
-        {"capsused", priv_capsused},
-        {"normpath", priv_normpath},
-        {"untrusted", priv_untrusted},
-        {"securedir", priv_securedir},
-        {"sandboxbox", priv_sandboxbox},
-        {"sandboxswap", priv_sandboxswap},
-        {NULL, NULL},
+        {"sandbox", priv_sandbox},       {"capability", priv_capability},
+        {"trusted", priv_trusted},       {"allowed", priv_allowed},
+        {"capsused", priv_capsused},     {"normpath", priv_normpath},
+        {"untrusted", priv_untrusted},   {"securedir", priv_securedir},
+        {"sandboxbox", priv_sandboxbox}, {"sandboxswap", priv_sandboxswap},
+        {"setown", priv_setown},         {NULL, NULL},
     };
     luaL_setfuncs(L, funcs, 0);
 }

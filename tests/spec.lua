@@ -352,6 +352,13 @@ function Host:install_hrun(bin, stdlib)
   exec.run({ "mkdir", "-p", self.root .. "/usr/local/bin", lua })
   exec.run({ "cp", bin, self.root .. "/usr/local/bin/hrun" })
   exec.run({ "rsync", "-a", "--delete", stdlib .. "/", lua .. "/" })
+  -- the libraries its root lacks (a sanitizer build's libasan, libubsan), as a package's
+  -- dependencies would bring them
+  for lib in exec.run({ "ldd", bin }).stdout:gmatch("=> (/%S+)") do
+    if not fs.exists(self.root .. lib) then
+      exec.run({ "cp", "-L", lib, self.root .. lib })
+    end
+  end
 end
 
 -- n consecutive ports on 127.0.0.1 that nothing listens on now, below the ephemeral range

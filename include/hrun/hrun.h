@@ -134,8 +134,10 @@ void hrun_newmodule(lua_State *L, const char *module, const hrun_Prim *prims);
 
 /* [-n, +0, e] Checks a call of primitive `fullname` with the n values on top as its
 ** arguments (popped) against the sandbox in force: raises as the call itself would be
-** refused, before anything of it (its preview, its inverse) has run. */
-void hrun_checkcall(lua_State *L, const char *fullname, int n);
+** refused, before anything of it (its preview, its inverse) has run. undo: the call is
+** an inverse's operation, checked again before it runs — what it reads back from the
+** run's stash is hrun's own; where it writes must still be the playbook's. */
+void hrun_checkcall(lua_State *L, const char *fullname, int n, int undo);
 
 /* [-0, +1, e] Runs the inverse function of primitive `fullname` with the n values on
 ** top as its arguments (popped); pushes its list of operations, or nil and why. */

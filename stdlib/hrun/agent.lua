@@ -106,6 +106,12 @@ function Agent:encode(msg)
   return wire.encode(msg, self.special, false)
 end
 
+-- What the journal keeps: every secret this agent knows masked in it — inside strings
+-- before they are escaped, and a secret itself (its bytes are never kept here).
+function Agent:journaled(v)
+  return wire.encode(v, self.special, true)
+end
+
 function Agent:open_journal()
   local fs = require("hrun.fs")
   if not fs.exists(self.dir) then
@@ -214,8 +220,8 @@ end
 -- A journaled write: already so (nothing journaled), or its intent, the act, its end.
 function Agent:write(m, args, n)
   local priv, key = self.priv, m.key
-  if type(key) ~= "table" or type(key.controller) ~= "string" or math.type(key.run) ~= "integer"
-      or math.type(key.effect) ~= "integer" then
+  if type(key) ~= "table" or type(key.controller) ~= "string" or not key.controller:match("^[%w-]+$")
+      or math.type(key.run) ~= "integer" or math.type(key.effect) ~= "integer" then
     return { t = "error", code = "failed", message = "agent: a write without its key" }
   end
   local refused = self:refused(m.name, args, n)
@@ -263,8 +269,8 @@ function Agent:write(m, args, n)
   local started = now()
   local _, id = self:durable([[INSERT INTO effects (controller, run, effect, op, args, inverse, no_inverse,
       before, status, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?)]], key.controller, key.run,
-    key.effect, m.name, self:mask(m.summary), inverse and self:encode(inverse) or nil, self:mask(why),
-    before and self:encode(before) or nil, started)
+    key.effect, m.name, self:mask(m.summary), inverse and self:journaled(inverse) or nil, self:mask(why),
+    before and self:journaled(before) or nil, started)
   if m.detach then
     busy:release()
     return self:detach(id, m)
@@ -306,7 +312,7 @@ function Agent:act(id, key, name, args, n, partial, inverse, why, before, starte
   reply.effect = { remote = id, status = status, inverse = inverse, no_inverse = why, before = before,
     after = after, error = err, started = started }
   self:durable("UPDATE effects SET status = ?, after = ?, reply = ?, error = ?, ended = ? WHERE id = ?",
-    status, after and self:encode(after) or nil, self:mask(self:encode(reply)), self:mask(err), now(), id)
+    status, after and self:journaled(after) or nil, self:journaled(reply), self:mask(err), now(), id)
   self:durable("DELETE FROM children WHERE effect = ?", id) -- they ended with the call
   return reply
 end
@@ -404,6 +410,7 @@ function Agent:run_detached(id)
   self:stash(m.key.controller, m.key.run)
   if type(m.caps) == "table" and type(m.caps_host) == "string" then
     self.priv.sandbox(m.caps, true, false, m.caps_host)
+    self.priv.setown({ self.dir })
   end
   self:act(row.id, m.key, m.name, args, n, m.partial, d.inverse, d.no_inverse, d.before, d.started)
   busy:release()
@@ -429,6 +436,15 @@ function Agent:once(m, args, n)
     reply.replayed = true
     return reply
   end
+  -- a sandboxed run's inverse is checked again where it lands now (a link the playbook
+  -- put in its path since must not lead it out of its scope); the run's stash is hrun's
+  if self.caps then
+    local cok, cerr = pcall(self.priv.checkundo, m.name, table.unpack(args, 1, n))
+    if not cok then
+      busy:release()
+      return { t = "error", code = "failed", message = tostring(cerr) }
+    end
+  end
   local ok, res, code = self.priv.trusted(call, m.name, args, n)
   local done = ok and res.n > 0 and res[1] ~= nil and res[1] ~= false
   local reply
@@ -440,7 +456,7 @@ function Agent:once(m, args, n)
   end
   if done then -- a failure may be tried again
     self:durable("INSERT INTO undos (controller, run, effect, op, reply, ended) VALUES (?, ?, ?, ?, ?, ?)",
-      k.controller, k.run, k.effect, k.op, self:mask(self:encode(reply)), now())
+      k.controller, k.run, k.effect, k.op, self:journaled(reply), now())
   end
   busy:release()
   return reply
@@ -549,6 +565,7 @@ function Agent:handle(m)
       return { t = "error", code = "failed", message = "agent: a sandbox without its host's name" }
     end
     self.priv.sandbox(m.caps, true, false, m.host)
+    self.priv.setown({ self.dir }) -- its journal, stashes and program: no capability covers them
     self.caps, self.caps_host = m.caps, m.host
     return { t = "result", values = {}, n = 0 }
   elseif m.t == "effect" then -- what this host's journal says of the controller's effect

@@ -354,16 +354,27 @@ function Host:agent_command()
   local mine = string.format("hrun %s (%s)", self.priv.version, _VERSION)
   local portable, hash = M.portable_build()
   local dir = self.agent_dir
-  -- the directory followed (it may be a link to a larger disk), the build itself not
-  local probe = string.format("id -u; (command -v hrun >/dev/null 2>&1 && hrun version 2>/dev/null | head -n 1) " ..
-    "|| echo none; stat -L -c '%%u %%a %%F' %s 2>/dev/null || echo missing; " ..
-    "stat -c '%%u %%a %%F' %s 2>/dev/null || echo missing", shq(dir), shq(dir .. "/hrun-" .. (hash or "none")))
+  -- each answer on a line of its own, named (an installed hrun that cannot start prints
+  -- nothing); the directory's link followed (it may lead to a larger disk), the build's not
+  local probe = string.format("echo \"uid=$(id -u)\"; " ..
+    "echo \"hrun=$(command -v hrun >/dev/null 2>&1 && hrun version 2>/dev/null | head -n 1)\"; " ..
+    "echo \"dir=$(stat -L -c '%%u %%a %%F' %s 2>/dev/null || echo missing)\"; " ..
+    "echo \"bin=$(stat -c '%%u %%a %%F' %s 2>/dev/null || echo missing)\"", shq(dir),
+    shq(dir .. "/hrun-" .. (hash or "none")))
   local out, how, err = self:run(probe)
   if how ~= "exited with code 0" then
     self:fail("cannot run a command there (" .. how .. ")", err)
   end
-  local uid, installed, dstat, bstat = out:match("^(%d+)\n([^\n]*)\n([^\n]*)\n([^\n]*)")
+  local field = {}
+  for line in out:gmatch("[^\n]+") do
+    local k, v = line:match("^(%a+)=(.*)$")
+    if k then
+      field[k] = v
+    end
+  end
+  local uid, installed, dstat, bstat = field.uid, field.hrun or "", field.dir, field.bin
   self.uid = tonumber(uid)
+  installed = installed ~= "" and installed or "none"
   self.installed = installed ~= "none" and installed or nil
   if installed == mine then
     self.agent_kind = "installed"
@@ -479,8 +490,10 @@ function Host:receive(seq, seconds)
       if not dok or type(m) ~= "table" then
         return nil, "not a message: " .. tostring(m)
       end
-      if m.t == "output" then
-        self:emit({ event = "output", line = require("hrun.pretty").utf8(tostring(m.line)), stream = m.stream })
+      if m.t == "output" then -- a request given up on (interrupted) may still print: not this one's
+        if seq == nil or m.seq == seq then
+          self:emit({ event = "output", line = require("hrun.pretty").utf8(tostring(m.line)), stream = m.stream })
+        end
       elseif seq == nil or m.seq == seq then
         return m
       end
@@ -570,14 +583,12 @@ function Host:request_here(msg)
   end
 end
 
--- The step's deadline or Ctrl-C while a call runs there: the agent's call is
--- interrupted as a local one would be (SIGINT), and its answer waited for a while.
--- A request interrupted here (Ctrl-C), or whose step timed out: the agent is
--- interrupted too (its command stopped, as here), and its answer waited for (10 s) so
--- that what it did is journaled here; then the interruption goes on (Host:settle). The
--- wait itself is not cut short by the interrupt that caused it — a second one does.
--- A detached write goes on in its unit (as nixos-rebuild's switch does): a rollback
--- waits for it.
+-- A request interrupted here (Ctrl-C), or whose step timed out: the agent's call is
+-- interrupted as a local one would be (SIGINT: its command stopped), and its answer
+-- waited for (10 s) so that what it did is journaled here; then the interruption goes
+-- on (Host:settle). The wait is not cut short by the interrupt that caused it — a
+-- second one does. A detached write goes on in its unit (as nixos-rebuild's switch
+-- does): a rollback waits for it.
 function Host:interrupt(msg, why)
   local priv = self.priv
   local held = priv.takeinterrupts()

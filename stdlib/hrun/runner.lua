@@ -1041,6 +1041,9 @@ function Runner:install_hooks()
   end
   if self.sandbox then
     self.priv.memlimit(require("hrun.play").memory_limit(self.opts or {}))
+    if self.state then -- its journal, stashes and ssh keys: no capability covers them
+      self.priv.setown({ self.state })
+    end
   end
   remote.router = function(host, fn, ...)
     return self:with_host(host, fn, ...)
@@ -1082,6 +1085,7 @@ function Runner:remove_hooks()
   self.sandbox_boxes = nil
   remote.router = nil
   self.priv.sandbox(nil)
+  self.priv.setown(nil)
   self.priv.memlimit(0)
   self.priv.setstrict(false)
   self.priv.sethooks(nil)
@@ -1473,6 +1477,14 @@ function Runner:run_op(op, maybe_done)
     return false, "unknown undo operation " .. tostring(op.op)
   end
   local args = op.args or {}
+  if self.sandbox and not self.undo_host then
+    -- a sandboxed run's inverse is checked again where it lands now: a link put in its
+    -- path since (by the playbook itself) must not lead it out of the playbook's scope
+    local cok, cerr = pcall(self.priv.checkundo, op.op, table.unpack(args, 1, #args))
+    if not cok then
+      return false, message_of(cerr)
+    end
+  end
   local ok, r, msg, code = self.priv.trusted(pcall, fn, table.unpack(args, 1, #args))
   if not ok then
     return false, message_of(r)

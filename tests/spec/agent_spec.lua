@@ -46,6 +46,22 @@ describe("hrun's agent", function()
     eq(out[1].values[1], nil)
   end)
 
+  it("refuses a sandboxed playbook its own directory, whatever the capabilities say", function()
+    local dir = tmpdir()
+    local adir = dir .. "/agent"
+    local out = agent(adir, {
+      { t = "sandbox", seq = 1, caps = { "fs@h:" .. dir }, host = "h" },
+      write(2, 1, "fs.write", { adir .. "/hrun-0123456789abcdef", "#!/bin/sh\n" }),
+      write(3, 2, "fs.write", { dir .. "/fine", "ok\n" }),
+    })
+    eq(out[1].t, "result")
+    eq(out[2].t, "error", json.encode(out[2]))
+    has(out[2].message, "which no sandboxed playbook may use, declared or not: it is hrun's own")
+    ok(not fs.exists(adir .. "/hrun-0123456789abcdef"))
+    eq(out[3].t, "result", json.encode(out[3]))
+    eq(fs.read(dir .. "/fine"), "ok\n")
+  end)
+
   it("answers a write sent again from its journal, never twice, and only for the same operation", function()
     local dir = tmpdir()
     local target = dir .. "/once"

@@ -174,8 +174,14 @@ describe("hrun's agent on a host", function()
 return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
 ]])
+    -- an hrun there that cannot even start: the portable build is used
+    local _, broken = hs[1]:sh("printf '#!/bin/sh\\nexit 127\\n' > /usr/local/bin/hrun && " ..
+      "chmod 755 /usr/local/bin/hrun")
+    eq(broken, 0)
     local r = run(env, { pb })
     eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "hrun portable build, uploaded now")
+    hs[1]:sh("rm -f /usr/local/bin/hrun")
     local agent = hs[1].root .. "/var/lib/hrun/agent"
     local name
     for _, e in ipairs(fs.list(agent)) do
@@ -221,12 +227,15 @@ describe("secrets and other hosts", function()
     local hs = ssh_hosts(1)
     local dir, env = controller(hs)
     fs.write(dir .. "/token", "TOPSECRET-4711\n")
+    fs.write(dir .. "/quoted", 'QU"OTED\\SECRET-99\n') -- JSON escapes it: masked before escaping
     local pb = playbook_file(dir, "p.lua", [[
 return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
   phase "p" { step "s" { run = function(ctx)
     local t = secrets.read("]] .. dir .. [[/token")
     hosts.h.fs.write("/root/token", t)                  -- sent: its bytes are written there
     local back = hosts.h.secrets.read("/root/token")    -- read there: a secret here too
+    local q = secrets.read("]] .. dir .. [[/quoted")
+    hosts.h.exec.run({ "sh", "-c", 'test -n "$TOKEN"' }, { env = { TOKEN = q }, undo = { "true" } })
     assert(secrets.is(back), "a secret came back")
     fs.write("]] .. dir .. [[/back", back)
     ctx.log("read back %s", tostring(back))
@@ -247,6 +256,9 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
     local a = exec.run({ "sqlite3", "-cmd", ".timeout 10000", hs[1].root .. "/var/lib/hrun/agent/agent.db",
       "SELECT * FROM effects" }).stdout
     ok(not a:find("TOPSECRET", 1, true), "not in the host's journal")
+    ok(not a:find("SECRET-99", 1, true), "not in the host's journal, escaped or not: " .. a)
+    ok(not j:find("SECRET-99", 1, true), "not in the controller's journal")
+    ok(not r.stdout:find("SECRET-99", 1, true), "never shown")
   end)
 end)
 
@@ -589,5 +601,29 @@ return playbook { name = "p2", hosts = { old = "]] .. hs[1].url .. [[" },
     has(r.stdout, "needs the capability 'fs@old:/etc/planned'")
     ok(not (r.stdout .. r.stderr):find("HOST-ONLY", 1, true), "its content never shown")
     eq(fs.read(hs[1].root .. "/etc/planned"), "HOST-ONLY-4242\n")
+    -- a rollback's inverses are checked there again too: a link the step put in their
+    -- path (kept) does not lead them out
+    _, code = hs[1]:sh("mkdir -p /srv/area/data /srv/outside && printf 'precious\\n' > /srv/outside/v1 && " ..
+      "printf 'precious\\n' > /srv/outside/v2 && ln -s /srv/outside /srv/area/data/L")
+    eq(code, 0)
+    local pb3 = playbook_file(dir, "p3.lua", [[
+return playbook { name = "p3", hosts = { old = "]] .. hs[1].url .. [[" },
+  capabilities = { "fs@old:/srv/area" },
+  phase "p" { step "swap" { on = "old", run = function()
+    local A = "/srv/area"
+    fs.mkdir(A .. "/x/L", { parents = true })
+    fs.write(A .. "/x/L/v1", "mine\n")
+    fs.write(A .. "/x/L/v2", "PAYLOAD\n", { keep = true })
+    fs.write(A .. "/x/L/v2", "whatever\n")
+    fs.remove(A .. "/x", { recursive = true, keep = true })
+    fs.copy(A .. "/data", A .. "/x", { recursive = true, keep = true })
+    error("boom")
+  end } } }
+]])
+    r = run(env, { "--sandbox", pb3 })
+    eq(r.code, 2, r.stdout .. r.stderr)
+    has(r.stdout, "needs the capability 'fs@old:/srv/outside/v")
+    eq(fs.read(hs[1].root .. "/srv/outside/v1"), "precious\n", "not removed through the link")
+    eq(fs.read(hs[1].root .. "/srv/outside/v2"), "precious\n", "not written through the link")
   end)
 end)

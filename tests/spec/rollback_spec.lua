@@ -143,6 +143,31 @@ return playbook { name = "write", params = { data = "" },
     end
   end)
 
+  it("act where the write did: a relative path, rolled back from another directory", function()
+    local d, _, state = world()
+    fs.mkdir(d .. "/work")
+    fs.mkdir(d .. "/other/victim", { parents = true })
+    fs.write(d .. "/other/victim/precious", "keep me")
+    local p = playbook_file(d, "rel.lua", [[
+return playbook { name = "rel",
+  phase "p" {
+    step "relative" { run = function()
+      fs.write("victim", "made here")
+      exec.run({ "sh", "-c", "echo ran > ran" }, { cwd = ".", undo = { "rm", "-f", "ran" } })
+    end },
+  } }]])
+    local r = hrun_cmd({ p, "--state", state }, { cwd = d .. "/work" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(d .. "/work/victim"), "made here")
+    fs.write(d .. "/other/ran", "theirs")
+    r = hrun_cmd({ "rollback", "1", "--state", state }, { cwd = d .. "/other" })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.exists(d .. "/work/victim"), false, "undone where it was written")
+    eq(fs.exists(d .. "/work/ran"), false, "the undo command ran where the command did")
+    eq(fs.read(d .. "/other/victim/precious"), "keep me", "not the other directory's")
+    eq(fs.read(d .. "/other/ran"), "theirs")
+  end)
+
   it("leave what changed since the run, name it, and overwrite it only with --force", function()
     local d, data, state = world()
     fs.write(data .. "/config", "v1")

@@ -192,6 +192,51 @@ return playbook { name = "early", capabilities = { "fs" },
     eq(fs.exists(d .. "/escaped"), false)
   end)
 
+  it("check a rollback's inverses again where they land: a link put in their path leads nowhere", function()
+    local d = tmpdir()
+    local area, outside = d .. "/area", d .. "/outside"
+    fs.mkdir(area .. "/data", { parents = true })
+    fs.mkdir(outside)
+    fs.write(outside .. "/victim1", "precious 1\n")
+    fs.write(outside .. "/victim2", "precious 2\n")
+    exec.run({ "ln", "-s", outside, area .. "/data/L" })
+    -- the step makes x/L a directory and writes in it, then puts a link out in its place
+    -- (kept: the rollback leaves the link), and fails: the inverses of the writes in
+    -- x/L would now remove and write through the link
+    local p = sandboxed(d, { "fs:" .. area }, [[
+    step "swap" { run = function(ctx)
+      local A = ctx.params.dir
+      fs.mkdir(A .. "/x/L", { parents = true })
+      fs.write(A .. "/x/L/victim1", "mine\n")
+      fs.write(A .. "/x/L/victim2", "PAYLOAD\n", { keep = true })
+      fs.write(A .. "/x/L/victim2", "whatever\n")
+      fs.remove(A .. "/x", { recursive = true, keep = true })
+      fs.copy(A .. "/data", A .. "/x", { recursive = true, keep = true })
+      error("boom")
+    end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. area })
+    eq(r.code, 2, r.stdout .. r.stderr)
+    has(r.stdout, "needs the capability 'fs:" .. outside .. "/victim")
+    eq(fs.read(outside .. "/victim1"), "precious 1\n", "not removed through the link")
+    eq(fs.read(outside .. "/victim2"), "precious 2\n", "not written through the link")
+  end)
+
+  it("never cover hrun's own state, whatever they declare", function()
+    local d = tmpdir()
+    local p = sandboxed(d, { "fs:" .. d }, [[
+    step "plant" { run = function(ctx) fs.write(ctx.params.dir .. "/state/planted", "x") end },]])
+    local r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "fs.write needs the capability 'fs:" .. d .. "/state/planted', which no sandboxed playbook " ..
+      "may use, declared or not: it is hrun's own")
+    eq(fs.exists(d .. "/state/planted"), false)
+    p = sandboxed(d, { "fs:" .. d }, [[
+    step "read" { run = function(ctx) fs.read(ctx.params.dir .. "/state/journal.db") end },]])
+    r = run({ p, "--sandbox", "--state", d .. "/state", "-p", "dir=" .. d })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "fs.read needs the capability 'fs:" .. d .. "/state/journal.db', which no sandboxed playbook")
+  end)
+
   it("give a sandboxed playbook a memory limit, with a clear error", function()
     local d = tmpdir()
     local p = sandboxed(d, { "fs:" .. d }, [[
