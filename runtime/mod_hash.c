@@ -100,6 +100,21 @@ static sqlite3_stmt *prep(lua_State *L, sqlite3 *db, const char *sql)
     return st;
 }
 
+/* The root manifest id describes, copied into buf; NULL when it has none. */
+static const char *manifest_root(lua_State *L, sqlite3 *db, sqlite3_int64 id, char *buf,
+                                 size_t size);
+
+/* A sandboxed playbook uses a manifest only when it may hash the tree it describes: one
+** another run made of a tree beyond its capabilities is not its to read, verify, export
+** or replace (the manifests are all in one journal). prim names the call refused. */
+static void require_manifest(lua_State *L, sqlite3 *db, sqlite3_int64 id, const char *prim)
+{
+    char root[PATH_MAX];
+    if (id == 0 || manifest_root(L, db, id, root, sizeof root) == NULL) return;
+    hrun_Target t = {"hash", root, NULL, 0, 0};
+    hrun_sandbox_require(L, prim, &t);
+}
+
 /* Finds a manifest by id (integer) or name (string) at arg; returns its id, 0 if none. */
 static sqlite3_int64 manifest_id(lua_State *L, sqlite3 *db, int arg)
 {
@@ -122,6 +137,25 @@ static sqlite3_int64 manifest_id(lua_State *L, sqlite3 *db, int arg)
     sqlite3_int64 id = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_finalize(st);
     return id;
+}
+
+static const char *manifest_root(lua_State *L, sqlite3 *db, sqlite3_int64 id, char *buf,
+                                 size_t size)
+{
+    sqlite3_stmt *st = prep(L, db, "SELECT root FROM manifests WHERE id = ?");
+    sqlite3_bind_int64(st, 1, id);
+    const char *out = NULL;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        const void *root = sqlite3_column_blob(st, 0); /* text or blob: the path's bytes */
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (root && n < size && memchr(root, '\0', n) == NULL) {
+            memcpy(buf, root, n);
+            buf[n] = '\0';
+            out = buf;
+        }
+    }
+    sqlite3_finalize(st);
+    return out;
 }
 
 /* [-0, +1, e] The manifest's row as a table. */
@@ -502,11 +536,13 @@ static int hash_tree(lua_State *L)
         quick_id = manifest_id(L, db, lua_gettop(L));
         lua_pop(L, 1);
         if (!quick_id) return hrun_failf(L, "ENOENT", "hash.tree: no manifest named '%s'", quick);
+        require_manifest(L, db, quick_id, "hash.tree");
     }
     if (name) {
         lua_pushstring(L, name);
         id = manifest_id(L, db, lua_gettop(L));
         lua_pop(L, 1);
+        require_manifest(L, db, id, "hash.tree"); /* the one save= replaces */
     }
     sqlite3_stmt *st2;
     const char *after = NULL;
@@ -671,6 +707,8 @@ static int hash_compare(lua_State *L)
 {
     sqlite3 *db = journal_db(L);
     sqlite3_int64 a = manifest_id(L, db, 1), b = manifest_id(L, db, 2);
+    require_manifest(L, db, a, "hash.compare");
+    require_manifest(L, db, b, "hash.compare");
     if (!a)
         return hrun_failf(L, "ENOENT", "hash.compare: no manifest %s", luaL_tolstring(L, 1, NULL));
     if (!b)
@@ -705,6 +743,7 @@ static int hash_verify(lua_State *L)
     lua_settop(L, 3);
     sqlite3 *db = journal_db(L);
     sqlite3_int64 a = manifest_id(L, db, 1);
+    require_manifest(L, db, a, "hash.verify");
     if (!a)
         return hrun_failf(L, "ENOENT", "hash.verify: no manifest %s", luaL_tolstring(L, 1, NULL));
     sqlite3_stmt *st = prep(L, db, "SELECT root, algo FROM manifests WHERE id = ?");
@@ -900,6 +939,7 @@ static int hash_export(lua_State *L)
     const char *format = check_format(L, 3, 1);
     sqlite3 *db = journal_db(L);
     sqlite3_int64 id = manifest_id(L, db, 1);
+    require_manifest(L, db, id, "hash.export");
     if (!id)
         return hrun_failf(L, "ENOENT", "hash.export: no manifest %s", luaL_tolstring(L, 1, NULL));
     luaL_Buffer b;
@@ -1087,7 +1127,15 @@ static int hash_import(lua_State *L)
         lua_pushstring(L, name);
         sqlite3_int64 old = manifest_id(L, db, lua_gettop(L));
         lua_pop(L, 1);
-        if (old) drop_manifest(L, db, old);
+        if (old) {
+            char oroot[PATH_MAX];
+            if (manifest_root(L, db, old, oroot, sizeof oroot) &&
+                !hrun_sandbox_allows(L, "hash.import", "hash", oroot)) {
+                exec_sql(L, db, "ROLLBACK");
+                require_manifest(L, db, old, "hash.import"); /* raises, naming it */
+            }
+            drop_manifest(L, db, old);
+        }
     }
     sqlite3_int64 id = new_manifest(L, db, name, real, (enum hrun_algo)algo, NULL, file);
     hrun_Packer *k = open_packer(L, streams, db, id);
@@ -1125,7 +1173,12 @@ static int hash_manifests(lua_State *L)
     lua_newtable(L);
     lua_Integer n = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
-        push_manifest(L, db, sqlite3_column_int64(st, 0));
+        char root[PATH_MAX]; /* a sandboxed playbook sees those of trees it may hash */
+        sqlite3_int64 id = sqlite3_column_int64(st, 0);
+        if (manifest_root(L, db, id, root, sizeof root) &&
+            !hrun_sandbox_allows(L, "hash.manifests", "hash", root))
+            continue;
+        push_manifest(L, db, id);
         lua_rawseti(L, -2, ++n);
     }
     sqlite3_finalize(st);

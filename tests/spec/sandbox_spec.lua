@@ -237,6 +237,50 @@ return playbook { name = "early", capabilities = { "fs" },
     has(r.stdout, "fs.read needs the capability 'fs:" .. d .. "/state/journal.db', which no sandboxed playbook")
   end)
 
+  it("give a sandboxed playbook only the manifests of trees it may hash", function()
+    local d = tmpdir()
+    fs.mkdir(d .. "/secret")
+    fs.mkdir(d .. "/allowed")
+    fs.write(d .. "/secret/key", "k")
+    local state = d .. "/state"
+    -- the admin's own baseline of a tree the playbook may not hash
+    local admin = playbook_file(d, "admin.lua", [[
+return playbook { name = "admin", params = { dir = "" },
+  phase "p" { step "s" { run = function(ctx) hash.tree(ctx.params.dir .. "/secret", { save = "baseline" }) end } } }]])
+    eq(run({ admin, "--state", state, "-p", "dir=" .. d }).code, 0)
+    local cases = {
+      { "list", [[local names = {}
+        for _, m in ipairs(hash.manifests()) do names[#names + 1] = m.name end
+        assert(#names == 0, "listed: " .. table.concat(names, ","))]] },
+      { "verify", [[hash.verify("baseline", {})]], "hash.verify needs the capability 'hash:" .. d .. "/secret'" },
+      { "export", [[hash.export("baseline", ctx.params.dir .. "/allowed/out")]],
+        "hash.export needs the capability 'hash:" .. d .. "/secret'" },
+      { "replace", [[hash.tree(ctx.params.dir .. "/allowed", { save = "baseline" })]],
+        "hash.tree needs the capability 'hash:" .. d .. "/secret'" },
+    }
+    for _, c in ipairs(cases) do
+      local p = sandboxed(d, { "hash:" .. d .. "/allowed", "fs:" .. d .. "/allowed" },
+        'step "s" { run = function(ctx) ' .. c[2] .. " end },")
+      local r = run({ p, "--sandbox", "--state", state, "-p", "dir=" .. d })
+      if c[3] then
+        eq(r.code, 1, c[1] .. ": " .. r.stdout .. r.stderr)
+        has(r.stdout, c[3])
+      else
+        eq(r.code, 0, c[1] .. ": " .. r.stdout .. r.stderr)
+      end
+    end
+    eq(fs.exists(d .. "/allowed/out"), false)
+    -- the baseline is still the admin's
+    local v = playbook_file(d, "v.lua", [[
+return playbook { name = "v", params = { dir = "" },
+  phase "p" { step "s" { run = function(ctx)
+    local r = hash.verify("baseline", {})
+    assert(r.ok, "the baseline was replaced")
+  end } } }]])
+    local r = run({ v, "--state", state, "-p", "dir=" .. d })
+    eq(r.code, 0, r.stdout .. r.stderr)
+  end)
+
   it("give a sandboxed playbook a memory limit, with a clear error", function()
     local d = tmpdir()
     local p = sandboxed(d, { "fs:" .. d }, [[
