@@ -47,6 +47,19 @@ local function host_tree(h, dir)
   return tree(h.root .. dir)
 end
 
+-- A playbook in dir (o.name, "p") whose one step, on host h at url (o.agent_dir: its
+-- agent's directory there), writes /root/x there.
+local function writes_x(dir, url, o)
+  o = o or {}
+  local name = o.name or "p"
+  local host = o.agent_dir and string.format("{ url = %q, agent_dir = %q }", url, o.agent_dir)
+    or string.format("%q", url)
+  return playbook_file(dir, name .. ".lua", string.format([[
+return playbook { name = %q, hosts = { h = %s },
+  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
+]], name, host))
+end
+
 local TWO_HOSTS = [[
 return playbook {
   name = "two hosts", hosts = { old = "@OLD@", new = "@NEW@" },
@@ -152,10 +165,7 @@ describe("a playbook on two hosts", function()
     local hs = ssh_hosts(1)
     hs[1]:install_hrun()
     local dir, env = controller(hs, { HRUN_PORTABLE = "/nonexistent" })
-    local pb = playbook_file(dir, "one.lua", [[
-return playbook { name = "one", hosts = { h = "]] .. hs[1].url .. [[" },
-  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
-]])
+    local pb = writes_x(dir, hs[1].url, { name = "one" })
     local r = run(env, { "hosts", "check", pb })
     eq(r.code, 0, r.stdout .. r.stderr)
     has(r.stdout, "reachable (host1), root, hrun installed there")
@@ -170,10 +180,7 @@ describe("hrun's agent on a host", function()
   it("runs only a program nobody but the login user could have put there, and says where it will not", function()
     local hs = ssh_hosts(1)
     local dir, env = controller(hs)
-    local pb = playbook_file(dir, "p.lua", [[
-return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
-  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
-]])
+    local pb = writes_x(dir, hs[1].url)
     -- an hrun there that cannot even start: the portable build is used
     local _, broken = hs[1]:sh("printf '#!/bin/sh\\nexit 127\\n' > /usr/local/bin/hrun && " ..
       "chmod 755 /usr/local/bin/hrun")
@@ -205,10 +212,7 @@ return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
     -- a directory others may write to: refused, named, nothing changed
     local _, code = hs[1]:sh("mkdir -p /srv/shared && chmod 0777 /srv/shared && rm -f /root/x")
     eq(code, 0)
-    local pb2 = playbook_file(dir, "p2.lua", [[
-return playbook { name = "p2", hosts = { h = { url = "]] .. hs[1].url .. [[", agent_dir = "/srv/shared" } },
-  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
-]])
+    local pb2 = writes_x(dir, hs[1].url, { name = "p2", agent_dir = "/srv/shared" })
     r = run(env, { pb2 })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout, "its agent_dir /srv/shared is a directory of uid 0, mode 777")
@@ -287,10 +291,7 @@ return playbook { name = "p",
   it("refuse an unknown host key until `hrun hosts trust`, and a changed one with a clear message", function()
     local hs = ssh_hosts(1, { trust = false })
     local dir, env = controller(hs)
-    local pb = playbook_file(dir, "p.lua", [[
-return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
-  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
-]])
+    local pb = writes_x(dir, hs[1].url)
     local r = run(env, { pb })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout, "its host key is not known: `hrun hosts trust NAME` first")
@@ -389,10 +390,7 @@ describe("a rollback pointed at another machine", function()
   it("undoes nothing there: that host's agent has no record of the run's effects", function()
     local hs = ssh_hosts(2)
     local dir, env = controller(hs)
-    local pb = playbook_file(dir, "p.lua", [[
-return playbook { name = "p", hosts = { h = "]] .. hs[1].url .. [[" },
-  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
-]])
+    local pb = writes_x(dir, hs[1].url)
     local r = run(env, { pb })
     eq(r.code, 0, r.stdout .. r.stderr)
     local _, code = hs[2]:sh("printf 'theirs' > /root/x")
@@ -413,10 +411,7 @@ describe("a rollback with a host that cannot be reached", function()
   it("is incomplete, naming the host, and the next rollback finishes it (-H set the host)", function()
     local hs = ssh_hosts(1)
     local dir, env = controller(hs)
-    local pb = playbook_file(dir, "p.lua", [[
-return playbook { name = "p", hosts = { h = "ssh://root@127.0.0.1:1" },
-  phase "p" { step "s" { on = "h", run = function() fs.write("/root/x", "1") end } } }
-]])
+    local pb = writes_x(dir, "ssh://root@127.0.0.1:1")
     local r = run(env, { pb, "-H", "h=" .. hs[1].url })
     eq(r.code, 0, r.stdout .. r.stderr)
     eq(fs.read(hs[1].root .. "/root/x"), "1")
