@@ -28,7 +28,7 @@ files["tests"] = {
     "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
     "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "podman_sandbox", "nix_host",
     "btrfs_volume", "host_views", "http_server", "sandboxed_playbook", "sandbox_processes",
-    "ssh_hosts",
+    "ssh_hosts", "LINK_SWAP",
   },
 }
 -- the plan-against-run bench runs under the spec runner, for the upgrade's fixtures

@@ -1121,21 +1121,18 @@ static int hash_import(lua_State *L)
     qsort(rows, nrows, sizeof *rows, by_line);
     sqlite3 *db = journal_db(L);
     if (!sqlite3_get_autocommit(db)) exec_sql(L, db, "COMMIT");
+    if (name) { /* the one it replaces: before the transaction, so a refusal leaves none open */
+        lua_pushstring(L, name);
+        require_manifest(L, db, manifest_id(L, db, lua_gettop(L)), "hash.import");
+        lua_pop(L, 1);
+    }
     Streams *streams = new_streams(L);
     exec_sql(L, db, "BEGIN IMMEDIATE");
     if (name) {
         lua_pushstring(L, name);
         sqlite3_int64 old = manifest_id(L, db, lua_gettop(L));
         lua_pop(L, 1);
-        if (old) {
-            char oroot[PATH_MAX];
-            if (manifest_root(L, db, old, oroot, sizeof oroot) &&
-                !hrun_sandbox_allows(L, "hash.import", "hash", oroot)) {
-                exec_sql(L, db, "ROLLBACK");
-                require_manifest(L, db, old, "hash.import"); /* raises, naming it */
-            }
-            drop_manifest(L, db, old);
-        }
+        if (old) drop_manifest(L, db, old);
     }
     sqlite3_int64 id = new_manifest(L, db, name, real, (enum hrun_algo)algo, NULL, file);
     hrun_Packer *k = open_packer(L, streams, db, id);

@@ -188,41 +188,16 @@ int hrun_normpath(const char *path, const char *base, char *out, size_t size)
     return resolve(buf, out, size);
 }
 
-/*
-** The absolute path as written, cleaned ("." and empty components dropped, ".." going up
-** one): another host's path checked on this machine, whose symlinks say nothing of that
-** host's (its agent checks again where they are). Relative to base, or to "/".
-*/
+/* The absolute path as written, cleaned lexically (hrun_abspath): another host's path
+** checked on this machine, whose symlinks say nothing of that host's (its agent checks
+** again where they are). Relative to base, or to "/". */
 static int lexpath(const char *path, const char *base, char *out, size_t size)
 {
     char buf[PATH_MAX * 2];
-    int n = path[0] == '/'
-                ? snprintf(buf, sizeof buf, "%s", path)
-                : snprintf(buf, sizeof buf, "%s/%s", base && base[0] == '/' ? base : "", path);
+    if (path[0] == '/') return hrun_abspath(path, out, size);
+    int n = snprintf(buf, sizeof buf, "%s/%s", base && base[0] == '/' ? base : "", path);
     if (n < 0 || (size_t)n >= sizeof buf) return errno = ENAMETOOLONG, -1;
-    size_t len = 0;
-    const char *p = buf;
-    for (;;) {
-        const char *comp;
-        size_t c = next_component(&p, &comp);
-        if (c == 0) break;
-        if (c == 1 && comp[0] == '.') continue;
-        if (c == 2 && comp[0] == '.' && comp[1] == '.') {
-            while (len > 0 && out[--len] != '/') {
-            }
-            continue;
-        }
-        if (len + 1 + c >= size) return errno = ENAMETOOLONG, -1;
-        out[len++] = '/';
-        memcpy(out + len, comp, c);
-        len += c;
-    }
-    if (len == 0) {
-        if (size < 2) return errno = ENAMETOOLONG, -1;
-        out[len++] = '/';
-    }
-    out[len] = '\0';
-    return 0;
+    return hrun_abspath(buf, out, size);
 }
 
 /* A program's path: as hrun_normpath, but the last component (a symlink to pg_wrapper,

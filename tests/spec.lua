@@ -202,6 +202,20 @@ end
 -- (a list of capabilities) and has one phase "p" made of o.steps (source): o.name (the
 -- playbook's, "sandboxed"), o.params (source of its params' fields), o.top (source of a
 -- first line before it; absent: none), o.file ("pb.lua").
+-- The body of a sandboxed step attacking its own rollback: it writes victim1 (made) and
+-- victim2 (written over) in A/x/L, then puts in x's place a copy of A/data, whose L is a
+-- link out (kept: the rollback leaves it), and fails. The inverses of the writes in x/L
+-- would now remove and write through the link. A, the area, is defined before it.
+LINK_SWAP = [[
+    fs.mkdir(A .. "/x/L", { parents = true })
+    fs.write(A .. "/x/L/victim1", "mine\n")
+    fs.write(A .. "/x/L/victim2", "PAYLOAD\n", { keep = true })
+    fs.write(A .. "/x/L/victim2", "whatever\n")
+    fs.remove(A .. "/x", { recursive = true, keep = true })
+    fs.copy(A .. "/data", A .. "/x", { recursive = true, keep = true })
+    error("boom")
+]]
+
 function sandboxed_playbook(dir, o)
   local caps = {}
   for _, c in ipairs(o.caps or {}) do

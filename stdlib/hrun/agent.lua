@@ -209,9 +209,11 @@ end
 
 -- The error a sandboxed playbook's call gets here when its capabilities on this host do
 -- not allow it, or nil: checked before anything of the call runs (whether it is already
--- so, its inverse, its preview read what the call would touch).
-function Agent:refused(name, args, n)
-  local ok, err = pcall(self.priv.check, name, table.unpack(args, 1, n))
+-- so, its inverse, its preview read what the call would touch). undo: the call is an
+-- inverse's operation, checked again where it lands now (a link the playbook put in its
+-- path since must not lead it out of its scope); the run's stash is hrun's.
+function Agent:refused(name, args, n, undo)
+  local ok, err = pcall(undo and self.priv.checkundo or self.priv.check, name, table.unpack(args, 1, n))
   if not ok then
     return { t = "error", code = "failed", message = tostring(err) }
   end
@@ -436,14 +438,10 @@ function Agent:once(m, args, n)
     reply.replayed = true
     return reply
   end
-  -- a sandboxed run's inverse is checked again where it lands now (a link the playbook
-  -- put in its path since must not lead it out of its scope); the run's stash is hrun's
-  if self.caps then
-    local cok, cerr = pcall(self.priv.checkundo, m.name, table.unpack(args, 1, n))
-    if not cok then
-      busy:release()
-      return { t = "error", code = "failed", message = tostring(cerr) }
-    end
+  local refused = self:refused(m.name, args, n, true)
+  if refused then
+    busy:release()
+    return refused
   end
   local ok, res, code = self.priv.trusted(call, m.name, args, n)
   local done = ok and res.n > 0 and res[1] ~= nil and res[1] ~= false

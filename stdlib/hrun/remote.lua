@@ -324,6 +324,11 @@ function M.portable_build()
   return nil, table.concat(candidates, ", ")
 end
 
+-- A line of `stat -c '%u %a %F'` there: its owner, mode (octal digits) and kind, or nil.
+local function stat_fields(line)
+  return (line or ""):match("^(%d+) (%d+) (.+)$")
+end
+
 -- A line of `stat -c '%u %a %F'` (or "missing") there: of kind, its owner the login
 -- user (or root, for a directory), nobody else allowed to write it. A directory that is
 -- missing is safe: hrun makes it, 0700.
@@ -331,7 +336,7 @@ local function safe_stat(line, uid, kind, dir)
   if line == "missing" then
     return dir
   end
-  local owner, mode, what = (line or ""):match("^(%d+) (%d+) (.+)$")
+  local owner, mode, what = stat_fields(line)
   if not owner or what ~= kind then
     return false
   end
@@ -341,7 +346,7 @@ local function safe_stat(line, uid, kind, dir)
 end
 
 local function describe_stat(line)
-  local owner, mode, what = (line or ""):match("^(%d+) (%d+) (.+)$")
+  local owner, mode, what = stat_fields(line)
   if not owner then
     return "not usable (" .. tostring(line) .. ")"
   end
@@ -372,9 +377,9 @@ function Host:agent_command()
       field[k] = v
     end
   end
-  local uid, installed, dstat, bstat = field.uid, field.hrun or "", field.dir, field.bin
-  self.uid = tonumber(uid)
-  installed = installed ~= "" and installed or "none"
+  local dstat, bstat = field.dir, field.bin
+  local installed = (field.hrun or "") ~= "" and field.hrun or "none"
+  self.uid = tonumber(field.uid)
   self.installed = installed ~= "none" and installed or nil
   if installed == mine then
     self.agent_kind = "installed"

@@ -776,11 +776,16 @@ function Runner:sandbox_to(name)
   return cur
 end
 
+-- The URL of a host of the run as host_urls has it (a URL, or {url = …, agent_dir = …}).
+local function url_of(h)
+  return type(h) == "table" and h.url or h
+end
+
 -- Calls fn(...) with its calls going to host `name` (hosts.NAME.fs.write, an undo).
 function Runner:with_host(name, fn, ...)
   local u = self.host_urls and self.host_urls[name]
   local box = name -- its capabilities: a host's own, when it is this machine too
-  if u and (type(u) == "table" and u.url or u) == "local" then
+  if u and url_of(u) == "local" then
     name = "local" -- a host of the run that is this machine (-H old=local): its calls are here
   end
   if name ~= "local" and not (self.hosts and self.hosts[name]) then
@@ -833,7 +838,7 @@ function Runner:set_sandboxes(caps, enforce, record)
   -- paths resolved here
   local here = false
   for name, u in pairs(self.host_urls or {}) do
-    if (type(u) == "table" and u.url or u) == "local" and name ~= "local" then
+    if url_of(u) == "local" and name ~= "local" then
       local list = per[name] or {}
       for _, c in ipairs(per["local"]) do
         local cap, rest = c:match("^([%w]+)(.*)$")
@@ -863,7 +868,7 @@ end
 function Runner:open_hosts(urls)
   local hosts, n = {}, 0
   for name, h in pairs(urls or {}) do
-    local url = type(h) == "table" and h.url or h
+    local url = url_of(h)
     if url ~= "local" then
       hosts[name] = remote.new({ name = name, url = url, priv = self.priv, state = self.state,
         agent_dir = type(h) == "table" and h.agent_dir or nil,
@@ -963,9 +968,9 @@ function Runner:remote_write(host, call, args)
   local n = args.n
   -- sent as they are: the wire carries secrets (as secrets), json.null, arrays and read-only
   -- views; a function among them raises, naming the host
-  local plain = table.move(args, 1, n, 1, {})
+  local sent = table.move(args, 1, n, 1, {})
   if self.plan then
-    local r = h:request({ t = "plan", name = call.name, args = plain, n = n })
+    local r = h:request({ t = "plan", name = call.name, args = sent, n = n })
     if r.t == "error" then
       error(tostring(r.message), 0)
     end
@@ -1001,9 +1006,9 @@ function Runner:remote_write(host, call, args)
   local id = self.journal:remote_intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
     args = summary, started = sys.now(), host = host })
   self:maybe_crash("effect-intent")
-  local r = h:request({ t = "write", name = call.name, args = plain, n = n, summary = summary,
+  local r = h:request({ t = "write", name = call.name, args = sent, n = n, summary = summary,
     partial = PARTIAL[call.name], key = { controller = self.journal:id(), run = self.run_id, effect = id },
-    detach = (DETACHED[call.name] or (def and def.detach)) or nil, secrets = has_secret(plain) or nil })
+    detach = (DETACHED[call.name] or (def and def.detach)) or nil, secrets = has_secret(sent) or nil })
   if r.unchanged then -- already so there: no effect
     self.journal:drop_effect(id)
     self:emit({ event = "effect", unchanged = true, host = host, phase = cur.phase, step = cur.name, op = call.name,
@@ -1536,9 +1541,7 @@ function Runner:same_host(e)
   if self.hosts_checked[e.host] or self.opts.force then
     return
   end
-  local h = self:host(e.host)
-  local found = remote.results(h:request({ t = "effect", peek = true,
-    key = { controller = self.journal:id(), run = e.run, effect = e.id } }))
+  local found, h = self:host_record(e, true)
   if type(found) ~= "table" or found.remote ~= e.remote then
     error(string.format("host '%s' (%s) has no record of this run's %s there: it is not the machine the run " ..
       "changed (is -H %s=… right? hrun rollback --force undoes it anyway)", e.host, h.url or "?", e.op, e.host), 0)
@@ -1546,14 +1549,20 @@ function Runner:same_host(e)
   self.hosts_checked[e.host] = true
 end
 
+-- What the journal of effect e's host says of it (nil: no record), and the host. Without
+-- peek, no record leaves a tombstone there (Agent:effect).
+function Runner:host_record(e, peek)
+  local h = self:host(e.host)
+  return remote.results(h:request({ t = "effect", op = e.op, peek = peek or nil,
+    key = { controller = self.journal:id(), run = e.run, effect = e.id } })), h
+end
+
 -- An effect on another host whose answer the controller never had: its row filled in
 -- from that host's journal (true), or, when the host has no record of it (the request
 -- never arrived: its agent journals before it acts), dropped (false): kept as such here,
 -- and there a tombstone refuses the request should it arrive late.
 function Runner:reconcile(e)
-  local h = self:host(e.host)
-  local found = remote.results(h:request({ t = "effect", op = e.op,
-    key = { controller = self.journal:id(), run = e.run, effect = e.id } }))
+  local found = self:host_record(e)
   if not found then
     self.journal:effect_dropped(e.id, "never reached its host", sys.now())
     self.journal:commit()
@@ -1563,6 +1572,8 @@ function Runner:reconcile(e)
   self.journal:commit()
   e.remote, e.inverse, e.no_inverse, e.before, e.after, e.status = found.remote, found.inverse, found.no_inverse,
     found.before, found.after, found.status
+  self.hosts_checked = self.hosts_checked or {}
+  self.hosts_checked[e.host] = true -- its journal has the run's effect: the machine the run changed
   return true
 end
 
