@@ -323,20 +323,23 @@ end
 -- children it left running are stopped first, as a crashed run's are here — they must
 -- not race its undo.
 function Agent:orphans(row)
-  local groups = self.db:query("SELECT pgid, start, boot FROM children WHERE effect = ?", row.id)
-  if #groups == 0 then
+  if row.error then -- answered for already
     return
   end
+  local groups = self.db:query("SELECT pgid, start, boot FROM children WHERE effect = ?", row.id)
   local stopped = {}
-  for _, c in ipairs(self.priv.reap(groups)) do
+  for _, c in ipairs(#groups > 0 and self.priv.reap(groups) or {}) do
     stopped[#stopped + 1] = string.format("%s (process group %d, %d process%s, %s)", tostring(c.argv0), c.pgid,
       c.processes, c.processes == 1 and "" or "es", c.signal)
   end
   self:durable("DELETE FROM children WHERE effect = ?", row.id)
-  if #stopped > 0 then -- cut short: what it did is not known, as when hrun dies here
-    self:durable("UPDATE effects SET error = ? WHERE id = ?", "its agent ended while it ran; stopped " ..
-      table.concat(stopped, ", "), row.id)
-  end
+  -- what it did is not known, as when hrun dies here: a child may have run to its end,
+  -- been cut short, or died at its gate having run nothing
+  local how = #stopped > 0 and "stopped " .. table.concat(stopped, ", ")
+    or #groups > 0 and "none of its children was still running"
+    or "it had started no child"
+  row.error = "its agent ended while it ran; " .. how
+  self:durable("UPDATE effects SET error = ? WHERE id = ?", row.error, row.id)
 end
 
 -- {======================================================

@@ -62,6 +62,63 @@ describe("hrun's agent", function()
     eq(fs.read(dir .. "/fine"), "ok\n")
   end)
 
+  it("answers for a write its killed agent left: stops what it left running, notes what it found", function()
+    local dir = tmpdir()
+    local adir = dir .. "/agent"
+    -- an agent SIGKILLed while its command (whose group writes its pid) runs
+    local function killed_in(effect, msg)
+      local r = exec.run({ "sh", "-c", [[
+        printf '%s\n' "$1" | "$2" agent --dir "$3" > /dev/null 2>&1 &
+        agent=$!
+        i=0
+        while [ ! -s "$4" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -KILL $agent
+        wait $agent 2> /dev/null
+        [ -s "$4" ] ]], "killed-agent", json.encode(msg), HRUN, adir, dir .. "/pid" .. effect }, { check = false })
+      eq(r.code, 0, "the command started before its agent was killed: " .. r.stderr)
+      return tonumber(fs.read(dir .. "/pid" .. effect):match("%d+"))
+    end
+    local function note(effect)
+      local r = exec.run({ "sqlite3", adir .. "/agent.db", "SELECT status || '|' || error FROM effects WHERE effect = "
+        .. effect }, { check = false })
+      return r.stdout
+    end
+    local function alive(pid) -- not a zombie its init has yet to reap
+      local stat = fs.read("/proc/" .. pid .. "/stat")
+      return stat ~= nil and stat:match("^%d+ %b() (%a)") ~= "Z"
+    end
+    local function command(effect)
+      return write(1, effect, "exec.run", { { "sh", "-c", 'echo $$ > "$1"; exec sleep 60', "cmd",
+        dir .. "/pid" .. effect } })
+    end
+    -- left running: stopped before the answer
+    local pid = killed_in(1, command(1))
+    ok(alive(pid), "its command outlives its agent")
+    local out = agent(adir, { command(1) })
+    eq(out[1].t, "error", json.encode(out[1]))
+    eq(out[1].code, "interrupted")
+    has(out[1].message, "exec.run was interrupted on this host (its agent ended while it ran)")
+    eq(out[1].effect.status, "intent", "what it did is not known")
+    ok(not alive(pid), "stopped before the agent answered")
+    has(note(1), "intent|its agent ended while it ran; stopped sleep (process group " .. pid .. ", 1 process")
+    -- ended by itself before the next agent came: noted all the same (its end is not known)
+    pid = killed_in(2, command(2))
+    exec.run({ "kill", "-KILL", tostring(pid) })
+    for _ = 1, 100 do
+      if not alive(pid) then
+        break
+      end
+      sys.sleep(0.05)
+    end
+    out = agent(adir, { { t = "effect", seq = 1, key = key(2), op = "exec.run" } })
+    eq(out[1].values[1].status, "intent", json.encode(out[1]))
+    eq(out[1].values[1].error, "its agent ended while it ran; none of its children was still running")
+    -- asked again: the first note stays
+    out = agent(adir, { command(2) })
+    eq(out[1].code, "interrupted")
+    has(note(2), "intent|its agent ended while it ran; none of its children was still running")
+  end)
+
   it("answers a write sent again from its journal, never twice, and only for the same operation", function()
     local dir = tmpdir()
     local target = dir .. "/once"

@@ -512,7 +512,7 @@ function Trials:commands_cut()
   for i = 1, 2 do
     local rows = fs.exists(self.agent_db[i]) and sqlite(self.agent_db[i], string.format(
       "SELECT id FROM effects WHERE id > %d AND status = 'intent' AND op = 'exec.run' AND error LIKE " ..
-      "'its agent ended while it ran; stopped %%'", self.agent_from[i])) or ""
+      "'its agent ended while it ran; %%'", self.agent_from[i])) or ""
     if rows:match("%d") then
       out[#out + 1] = "host" .. i
     end
