@@ -228,12 +228,13 @@ static const char *signame(int sig)
 }
 
 /* priv.sandboxend(pid [, kill [, wait]]) → how it ended ("exited with code 0", "killed by
-** …"), or nil while it runs (without kill or wait). kill: SIGKILL first, then wait. */
+** …"), or nil while it runs (without kill or wait). kill: SIGKILL (or the signal of that
+** number) first, then wait. */
 static int priv_sandboxend(lua_State *L)
 {
     pid_t pid = (pid_t)luaL_checkinteger(L, 1);
     int kill_it = lua_toboolean(L, 2), wait_it = lua_toboolean(L, 3);
-    if (kill_it) kill(pid, SIGKILL);
+    if (kill_it) kill(pid, lua_isinteger(L, 2) ? (int)lua_tointeger(L, 2) : SIGKILL);
     int status;
     pid_t r;
     do r = waitpid(pid, &status, kill_it || wait_it ? 0 : WNOHANG);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "hrun/hrun.h"
+#include "hrun/spawn.h"
 
 /* Per-state runtime data; a userdata anchored in the registry, its address kept in
 ** the state's extra space so the dispatcher finds it without a table lookup. */
@@ -110,6 +111,46 @@ void hrun_confine(size_t memory, hrun_Confinement *c);
 
 /* The main of `hrun __sandbox`: the confined process a sandboxed playbook runs in. */
 int hrun_child_main(int argc, char **argv);
+/* hrun __relay …: the byte path of a copy between machines (relay.c). */
+int hrun_relay_main(int argc, char **argv);
+
+/* {======================================================
+** transfer.c: children whose output is kept; copies between machines
+** ======================================================= */
+
+typedef struct hrun_Capture {
+    hrun_Proc proc;
+    char *all, *out; /* both streams as they came, stdout alone: NUL-ended after the run */
+    size_t all_len, all_cap, out_len, out_cap;
+    int nomem;
+} hrun_Capture;
+
+/* [-0, +1, e] Runs argv as a child of the call — journaled before it runs (children.c),
+** under the step's deadline and Ctrl-C (raised as the call's) — and pushes what owns its
+** output, closed when the call ends. *err: 0, or the errno its start failed with. */
+hrun_Capture *hrun_capture(lua_State *L, char *const argv[], int *err);
+/* Its exit code, or -1 when a signal ended it. */
+int hrun_capture_code(const hrun_Capture *c);
+/* [-0, +1, m] The last lines it said (a few, on one line): for a failure's message. */
+void hrun_capture_tail(lua_State *L, const hrun_Capture *c);
+/* [-0, +2, e] With a copy's (src, dst, opts) at 1..3: pushes the socket its sending side
+** answers on (opts.from: through the TRANSPORT function) and its closer (marked
+** to-be-closed); returns the socket, or NULL when the data is here. */
+const char *hrun_transport(lua_State *L, const char *name);
+/* [-0, +1, e] What the sending side said, from the closer at idx (its `said`), as
+** " (the sending side: …)", or "". */
+void hrun_transport_said(lua_State *L, int idx);
+/* [-0, +1, e] The path of the running hrun (its relay is itself). */
+const char *hrun_self_exe(lua_State *L);
+/* The sandbox's targets of a copy (src, dst, {from}): dst, and src unless from. */
+int hrun_copy_targets(lua_State *L, hrun_Target *t);
+/* fs.sync and its hooks, entered in the fs module's table. */
+int hrun_fs_sync(lua_State *L);
+int hrun_fs_sync_inverse(lua_State *L);
+int hrun_fs_sync_state(lua_State *L);
+int hrun_fs_sync_unchanged(lua_State *L);
+
+/* }====================================================== */
 
 /* Counts delta bytes against the Lua heap's limit (C allocations made for Lua: the
 ** sandbox's JSON); 0 when a positive delta would pass it (nothing counted). */
@@ -151,6 +192,11 @@ void hrun_armthread(lua_State *co);
 /* Registry field: the function that stream = true lines go to (priv.setstreamsink);
 ** absent: hrun's own stdout and stderr. */
 #define STREAM_SINK "hrun.streamsink"
+
+/* Registry field: fn(name, src, dst, opts) → socket | nil, closer: where the sending
+** side of a copy from opts.from answers (priv.settransport: the runner's, the agent's);
+** nil: the data is on this machine. closer is closed when the call ends. */
+#define TRANSPORT "hrun.transport"
 
 /* Registry field: a function called about every 0.1 s while a primitive waits
 ** (priv.setticker: the runner's spinner). */

@@ -109,6 +109,7 @@ static int pmain(lua_State *L)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "__sandbox") == 0) return hrun_child_main(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "__relay") == 0) return hrun_relay_main(argc, argv);
     lua_State *L = hrun_newstate();
     if (L == NULL) {
         fprintf(stderr, "hrun: cannot create the Lua state: not enough memory\n");

@@ -932,38 +932,132 @@ static int btrfs_prune_preview(lua_State *L)
 ** Scrub: the one CLI call (libbtrfsutil has no scrub)
 ** ======================================================= */
 
-typedef struct Capture {
-    hrun_Proc proc;
-    luaL_Buffer *b;
-    char *out;
-    size_t len, cap;
-    int nomem;
-} Capture;
+/* {======================================================
+** receive: btrfs send | btrfs receive, from here or another host (transfer.c)
+** ======================================================= */
 
-static int capture_output(void *ud, int stream, const char *data, size_t len)
+/* [-0, +1, m] The subvolume a receive of snap into dir makes: dir/<snap's name>. */
+static const char *receive_target(lua_State *L, const char *snap, const char *dir)
 {
-    Capture *c = ud;
-    (void)stream;
-    if (c->len + len > c->cap) {
-        size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + len) cap *= 2;
-        char *p = realloc(c->out, cap);
-        if (p == NULL) return c->nomem = 1, -1;
-        c->out = p, c->cap = cap;
+    size_t n = strlen(snap);
+    while (n > 1 && snap[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && snap[b - 1] != '/') b--;
+    size_t d = strlen(dir);
+    while (d > 1 && dir[d - 1] == '/') d--;
+    lua_pushlstring(L, dir, d);
+    lua_pushliteral(L, "/");
+    lua_pushlstring(L, snap + b, n - b);
+    lua_concat(L, 3);
+    return lua_tostring(L, -1);
+}
+
+static int btrfs_receive_inverse(lua_State *L)
+{
+    const char *target = receive_target(L, luaL_checkstring(L, 1), luaL_checkstring(L, 2));
+    char abs[PATH_MAX];
+    if (hrun_abspath(target, abs, sizeof abs) < 0)
+        return hrun_fail(L, "btrfs.receive", target, errno);
+    lua_newtable(L);
+    lua_pushstring(L, abs);
+    hrun_addop(L, lua_gettop(L) - 1, "btrfs.delete", 1);
+    return 1;
+}
+
+static int btrfs_receive_state(lua_State *L)
+{
+    const char *target = receive_target(L, luaL_checkstring(L, 1), luaL_checkstring(L, 2));
+    lua_newtable(L);
+    hrun_addabs(L, lua_gettop(L), "subvolume", target);
+    return 1;
+}
+
+static const char *const receive_options[] = {"from", "parent", NULL};
+
+/*
+** btrfs.receive(snapshot, dir [, {from, parent}]) → info of dir/NAME | nil, message, code
+** Receives the read-only snapshot (on host `from`, or here) into the directory dir on
+** btrfs, as `btrfs send [-p parent] snapshot | btrfs receive dir` do: the new subvolume
+** dir/NAME (NAME: the snapshot's), read-only, its received_uuid the snapshot's uuid.
+** parent: a snapshot sent before (on the same side), whose copy dir holds: only the
+** difference goes. What a failed receive leaves is deleted. Its inverse deletes dir/NAME.
+*/
+static int btrfs_receive(lua_State *L)
+{
+    const char *snap = hrun_checkpath(L, 1, NULL);
+    const char *dir = hrun_checkpath(L, 2, NULL);
+    hrun_checkopts(L, 3, receive_options);
+    lua_settop(L, 3);
+    const char *parent = NULL;
+    int remote = 0;
+    if (lua_istable(L, 3)) {
+        remote = lua_getfield(L, 3, "from") != LUA_TNIL;
+        if (lua_getfield(L, 3, "parent") != LUA_TNIL && (parent = lua_tostring(L, -1)) == NULL)
+            return luaL_error(L, "btrfs.receive: parent must be the path of a snapshot");
+        lua_settop(L, 3); /* parent is anchored in the options */
     }
-    memcpy(c->out + c->len, data, len);
-    c->len += len;
-    return 0;
+    struct stat st;
+    struct statfs sf;
+    if (remote && (snap[0] != '/' || (parent && parent[0] != '/')))
+        return hrun_failf(
+            L, "EINVAL",
+            "btrfs.receive: %s: a snapshot on another host is named by its absolute path",
+            snap[0] != '/' ? snap : parent);
+    if (!remote) {
+        bool ro = false;
+        enum btrfs_util_error e = btrfs_util_get_subvolume_read_only(snap, &ro);
+        if (e) return fail(L, "btrfs.receive", snap, e);
+        if (!ro)
+            return hrun_failf(L, "EROFS",
+                              "btrfs.receive: %s: not a read-only snapshot (btrfs send needs one)",
+                              snap);
+    }
+    if (stat(dir, &st) < 0) return hrun_fail(L, "btrfs.receive", dir, errno);
+    if (!S_ISDIR(st.st_mode)) return hrun_fail(L, "btrfs.receive", dir, ENOTDIR);
+    if (statfs(dir, &sf) < 0) return hrun_fail(L, "btrfs.receive", dir, errno);
+    if (sf.f_type != BTRFS_MAGIC) return fail(L, "btrfs.receive", dir, BTRFS_UTIL_ERROR_NOT_BTRFS);
+    const char *target = receive_target(L, snap, dir); /* 4 */
+    if (lstat(target, &st) == 0) return hrun_fail(L, "btrfs.receive", target, EEXIST);
+    const char *sock = hrun_transport(L, "btrfs.receive"); /* 5, 6 */
+    const char *exe = hrun_self_exe(L);
+    char *argv[16];
+    int n = 0;
+    argv[n++] = (char *)exe, argv[n++] = "__relay";
+    if (sock) {
+        argv[n++] = "feed", argv[n++] = (char *)sock, argv[n++] = "--";
+    } else {
+        argv[n++] = "pipe", argv[n++] = "--", argv[n++] = "btrfs", argv[n++] = "send",
+        argv[n++] = "-q";
+        if (parent) argv[n++] = "-p", argv[n++] = (char *)parent;
+        argv[n++] = (char *)snap, argv[n++] = "--";
+    }
+    argv[n++] = "btrfs", argv[n++] = "receive", argv[n++] = (char *)dir, argv[n] = NULL;
+    int err;
+    hrun_Capture *c = hrun_capture(L, argv, &err);
+    if (err) return hrun_failf(L, hrun_errname(err), "btrfs.receive: %s: %s", exe, strerror(err));
+    if (hrun_capture_code(c) != 0) {
+        bool ro = false;
+        /* a receive cut short leaves a writable subvolume: not a copy of anything */
+        if (lstat(target, &st) == 0 &&
+            btrfs_util_get_subvolume_read_only(target, &ro) == BTRFS_UTIL_OK && !ro)
+            btrfs_util_delete_subvolume(target, 0);
+        hrun_capture_tail(L, c);
+        hrun_transport_said(L, 6);
+        lua_concat(L, 2);
+        return hrun_failf(L, "ERECEIVE", "btrfs.receive: %s → %s: %s", snap, dir,
+                          lua_tostring(L, -1));
+    }
+    /* committed: on disk before it is journaled done, and its root item (what its state
+    ** reads) final — the received uuid and read-only flag land at the commit */
+    enum btrfs_util_error e = btrfs_util_sync(dir);
+    if (e) return fail(L, "btrfs.receive", dir, e);
+    lua_pushcfunction(L, btrfs_info);
+    lua_pushvalue(L, 4);
+    lua_call(L, 1, 3);
+    return 3;
 }
 
-static int capture_close(lua_State *L)
-{
-    Capture *c = luaL_checkudata(L, 1, "hrun.btrfs.capture");
-    hrun_proc_close(&c->proc);
-    free(c->out);
-    c->out = NULL;
-    return 0;
-}
+/* }====================================================== */
 
 /* The integer after `key` in the scrub's output, or 0. */
 static lua_Integer field_after(const char *out, const char *key)
@@ -982,40 +1076,20 @@ static int btrfs_scrub(lua_State *L)
 {
     const char *path = hrun_checkpath(L, 1, NULL);
     lua_settop(L, 1);
-    Capture *c = lua_newuserdatauv(L, sizeof(Capture), 0);
-    memset(c, 0, sizeof *c);
-    hrun_proc_init(&c->proc);
-    hrun_setclose(L, "hrun.btrfs.capture", capture_close, NULL);
-    lua_toclose(L, 2);
     struct statfs sf;
     if (statfs(path, &sf) < 0) return hrun_fail(L, "btrfs.scrub", path, errno);
     if (sf.f_type != BTRFS_MAGIC) return fail(L, "btrfs.scrub", path, BTRFS_UTIL_ERROR_NOT_BTRFS);
     char *argv[] = {"btrfs", "scrub", "start", "-B", (char *)path, NULL};
-    double deadline = hrun_deadline(L);
-    hrun_SpawnOpts o = {.argv = argv,
-                        .timeout = deadline > 0 ? deadline - hrun_monotime() : 0,
-                        .grace = 5,
-                        .output = capture_output,
-                        .ud = c};
-    if (hrun_interrupted()) return hrun_raiseinterrupt(L);
-    if (deadline > 0 && o.timeout <= 0) return hrun_raisetimeout(L);
-    int top = lua_gettop(L);
-    /* the child is journaled before it runs (children.c); a sink that refused raised */
-    int err = hrun_spawn_reported(&c->proc, &o, hrun_children_report, L);
-    if (err == HRUN_REFUSED && lua_gettop(L) > top) return lua_error(L);
+    int err;
+    hrun_Capture *c = hrun_capture(L, argv, &err); /* 2 */
     if (err) return hrun_failf(L, hrun_errname(err), "btrfs.scrub: btrfs: %s", strerror(err));
-    hrun_proc_wait(&c->proc, &o);
-    if (c->proc.interrupted) return hrun_raiseinterrupt(L);
-    if (c->proc.timed_out) return hrun_raisetimeout(L);
-    if (c->nomem) return luaL_error(L, "btrfs.scrub: not enough memory");
-    lua_pushlstring(L, c->out ? c->out : "", c->len); /* 3 */
+    lua_pushlstring(L, c->all, c->all_len); /* 3 */
     const char *out = lua_tostring(L, 3);
-    int st = c->proc.status;
-    int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    int code = hrun_capture_code(c);
     const char *summary = strstr(out, "Error summary:");
     if (summary == NULL) {
         /* no summary: the scrub did not run (not btrfs, no such path, …) */
-        size_t len = c->len;
+        size_t len = c->all_len;
         while (len > 0 && out[len - 1] == '\n') len--;
         lua_pushlstring(L, out, len);
         return hrun_failf(L, "ESCRUB", "btrfs.scrub: %s: %s", path,
@@ -1140,6 +1214,14 @@ static const hrun_Prim btrfs_prims[] = {
      .destroys = 1,
      .preview = btrfs_prune_preview,
      .targets = hrun_targets_arg1},
+    {.name = "receive",
+     .func = btrfs_receive,
+     .kind = HRUN_WRITE,
+     .opts = 3,
+     .cap = "btrfs",
+     .inverse = btrfs_receive_inverse,
+     .state = btrfs_receive_state,
+     .targets = hrun_copy_targets},
     {.name = "scrub",
      .func = btrfs_scrub,
      .kind = HRUN_WRITE,

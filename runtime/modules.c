@@ -496,6 +496,7 @@ static int priv_setstrict(lua_State *L)
 **   setticker(fn | nil): called about every 0.1 s while exec.run or sys.sleep waits
 **   setprotector(fn | nil): fn(path) says whether an unfinished run references path
 **   setjournal(fn | nil): fn() gives the journal's db, for the hash module's manifests
+**   settransport(fn | nil): where a copy's sending side answers (TRANSPORT)
 */
 static int priv_setcallback(lua_State *L)
 {
@@ -508,6 +509,13 @@ static int priv_setcallback(lua_State *L)
 static int priv_monotime(lua_State *L)
 {
     lua_pushnumber(L, hrun_monotime());
+    return 1;
+}
+
+/* selfexe() → the path of the running hrun */
+static int priv_selfexe(lua_State *L)
+{
+    hrun_self_exe(L);
     return 1;
 }
 
@@ -528,6 +536,7 @@ int hrun_openprivate(lua_State *L)
         {"nearest", priv_nearest},
         {"setoptions", priv_setoptions},
         {"isatty", priv_isatty},
+        {"selfexe", priv_selfexe},
         {"sethooks", hrun_setluahooks},
         {"setdeadline", priv_setdeadline},
         {"deadline", priv_deadline},
@@ -555,10 +564,8 @@ int hrun_openprivate(lua_State *L)
     };
     luaL_newlib(L, funcs);
     static const char *const callbacks[][2] = {
-        {"setstreamsink", STREAM_SINK},
-        {"setticker", TICKER},
-        {"setprotector", PROTECTOR},
-        {"setjournal", JOURNAL_DB},
+        {"setstreamsink", STREAM_SINK}, {"setticker", TICKER},       {"setprotector", PROTECTOR},
+        {"setjournal", JOURNAL_DB},     {"settransport", TRANSPORT},
     };
     for (size_t i = 0; i < sizeof callbacks / sizeof callbacks[0]; i++) {
         lua_pushstring(L, callbacks[i][1]);

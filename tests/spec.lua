@@ -332,6 +332,7 @@ end
 -- as root; the test key, known_hosts, BatchMode, StrictHostKeyChecking yes), known_hosts
 -- (each host's keys as booted; empty with opts.trust == false), key (the private key),
 -- dir. opts.port0: host I listens on port0 + I - 1 (else free ports are picked).
+-- opts.pools: each host has its own btrfs at /srv/pool (a loop image).
 local Host = {}
 Host.__index = Host
 
@@ -414,7 +415,8 @@ function ssh_hosts(n, opts)
   after(function()
     hosts_sh("down", dir)
   end)
-  exec.run({ FIXTURES .. "/hosts.sh", "up", dir, tostring(n), tostring(port0), rootfs }, { timeout = 300 })
+  exec.run({ FIXTURES .. "/hosts.sh", "up", dir, tostring(n), tostring(port0), rootfs },
+    { timeout = 300, env = opts.pools and { HOSTS_POOLS = "1" } or nil })
   local hosts = { ssh_config = dir .. "/ssh_config", known_hosts = dir .. "/known_hosts", key = dir .. "/id",
     dir = dir }
   if opts.trust == false then

@@ -319,6 +319,32 @@ function Agent:act(id, key, name, args, n, partial, inverse, why, before, starte
   return reply
 end
 
+-- A copy whose data is on another machine (fs.sync, btrfs.receive with `from`): its
+-- sending side answers on m.via, a socket in this agent's directory that the
+-- controller's ssh master forwards to its relay ("self": the data is on this host).
+function Agent:write_via(m, args, n)
+  local via = m.via
+  local dir = self.dir:gsub("/+$", "")
+  if via ~= "self" and not (type(via) == "string" and via:sub(1, #dir + 1) == dir .. "/"
+      and via:sub(#dir + 2):match("^relay%-[%w%-]+%.sock$")) then
+    return { t = "error", code = "failed", message = "agent: a relay socket that is not in its directory" }
+  end
+  self.priv.settransport(function()
+    if via ~= "self" then
+      return via
+    end
+  end)
+  local ok, reply = pcall(self.write, self, m, args, n)
+  self.priv.settransport(nil)
+  if via ~= "self" then
+    os.remove(via)
+  end
+  if not ok then
+    error(reply, 0)
+  end
+  return reply
+end
+
 -- Under the busy lock, a write of row that never answered (its agent died in it): the
 -- children it left running are stopped first, as a crashed run's are here — they must
 -- not race its undo.
@@ -349,11 +375,6 @@ end
 -- started after a reconnect finds it there (or waits for the unit still running)
 -- ======================================================
 
-local function self_exe()
-  local st = require("hrun.fs").stat("/proc/self/exe", { follow = false })
-  return st and st.target
-end
-
 function Agent:detach(id, m)
   if m.secrets then
     return { t = "error", code = "failed", message = "a detached write cannot carry a secret (it is kept on disk " ..
@@ -363,8 +384,8 @@ function Agent:detach(id, m)
   local unit = string.format("hrun-%s-%d-%d", m.key.controller:sub(1, 12), m.key.run, m.key.effect)
   m.caps, m.caps_host = self.caps, self.caps_host -- the unit's process checks as this one does
   self:durable("UPDATE effects SET request = ?, unit = ? WHERE id = ?", self:encode(m), unit, id)
-  local r = self.priv.trusted(exec.run, { "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--", self_exe(),
-    "agent", "--dir", self.dir, "--detached", tostring(id) }, { check = false })
+  local r = self.priv.trusted(exec.run, { "systemd-run", "--unit=" .. unit, "--collect", "--quiet", "--",
+    self.priv.selfexe(), "agent", "--dir", self.dir, "--detached", tostring(id) }, { check = false })
   if not r.ok then
     self:durable("UPDATE effects SET status = 'failed', error = ?, ended = ? WHERE id = ?",
       "systemd-run: " .. tostring(r.stderr), now(), id)
@@ -548,6 +569,8 @@ function Agent:handle(m)
     local reply = { t = "result", values = res, n = res.n }
     reply.values.n = nil
     return reply
+  elseif m.t == "write" and m.via ~= nil then
+    return self:write_via(m, args, n)
   elseif m.t == "write" then
     return self:write(m, args, n)
   elseif m.t == "plan" then

@@ -652,6 +652,139 @@ function Host:priv_call(fn, ...)
 end
 
 -- {======================================================
+-- Copies between machines (fs.sync, btrfs.receive with `from`): the sending side runs
+-- where the data is, started here behind a relay socket (`hrun __relay serve`,
+-- runtime/relay.c); a receiving host reaches that socket through its ssh master
+-- (Host:forward), as `scp -3` goes through the machine it runs on
+-- ======================================================
+
+local relays = 0
+
+-- A tree's contents as rsync names them: the path with one trailing slash.
+local function contents(path)
+  path = path:gsub("/+$", "")
+  return path == "" and "/" or path .. "/"
+end
+
+local Relay = {}
+Relay.__index = Relay
+
+-- M.sender{priv, dir, name, src, opts, host} → relay: the sending side of the copy
+-- `name` (its src and opts as the call has them) behind a socket in dir; host: the Host
+-- the data is on (its master connected), nil: this machine. relay.sock; relay:said(),
+-- what the sending side said; relay:close() stops it (also its __close).
+function M.sender(o)
+  return own(M.sender_here, o)
+end
+
+function M.sender_here(o)
+  local priv = o.priv
+  relays = relays + 1
+  local base = string.format("%s/relay-%d-%d", o.dir, priv.pid(), relays)
+  local sock = base .. ".sock"
+  if #sock > 100 then
+    error(string.format("%s: the relay socket's path is too long for a Unix socket (%s): a shorter state " ..
+      "directory (--state)", o.name, sock), 0)
+  end
+  local argv = { priv.selfexe(), "__relay", "serve", sock }
+  local tail = {}
+  if o.name == "fs.sync" then -- the receiving rsync says what it needs: checked, appended
+    argv[#argv + 1], argv[#argv + 2] = "--rsync", contents(o.src)
+  else
+    argv[#argv + 1] = "--stdout"
+    tail = { "btrfs", "send", "-q" }
+    if o.opts.parent then
+      tail[#tail + 1], tail[#tail + 2] = "-p", tostring(o.opts.parent)
+    end
+    tail[#tail + 1] = o.src
+  end
+  if o.host then
+    argv[#argv + 1] = "--remote"
+  end
+  argv[#argv + 1] = "--"
+  if o.host then
+    for _, a in ipairs(o.host:target_argv(o.host:ssh_argv({ "-o", "ControlMaster=no", "-T" }))) do
+      argv[#argv + 1] = a
+    end
+    if #tail > 0 then
+      local quoted = {}
+      for i, a in ipairs(tail) do
+        quoted[i] = shq(a)
+      end
+      argv[#argv + 1] = table.concat(quoted, " ")
+    end
+  else
+    table.move(tail, 1, #tail, #argv + 1, argv)
+  end
+  os.remove(sock)
+  local self = setmetatable({ priv = priv, sock = sock, log = base .. ".log" }, Relay)
+  self.pid, self.ch = priv.spawnchannel(argv, self.log, "/dev/null")
+  local ready = self.ch:recv(64)
+  if ready ~= "ready" then
+    local said = self:said()
+    self:close()
+    error(string.format("%s: its relay did not start%s", o.name, said ~= "" and ": " .. said or ""), 0)
+  end
+  return self
+end
+
+-- The last words of the sending side (its relay's and ssh's errors), on one line.
+function Relay:said()
+  local lines = {}
+  for line in read_file(self.log):gmatch("[^\r\n]+") do
+    if not line:match("^Warning: Permanently added") then
+      lines[#lines + 1] = line
+    end
+  end
+  return table.concat(lines, "; ", math.max(1, #lines - 2))
+end
+
+function Relay:close()
+  if self.pid then
+    self.priv.sandboxend(self.pid, 15) -- SIGTERM: it stops the senders it started, and waits
+    self.pid = nil
+    self.ch:close()
+    os.remove(self.log)
+    os.remove(self.sock)
+  end
+end
+
+Relay.__close = Relay.close
+
+-- The relay socket `sock` here, reached on this host at a socket in its agent directory
+-- (the master forwards it): that socket's path.
+function Host:forward(sock)
+  return own(self.forward_here, self, sock)
+end
+
+function Host:forward_here(sock)
+  relays = relays + 1
+  local remote = string.format("%s/relay-%s-%d.sock", self.agent_dir:gsub("/+$", ""),
+    (self.controller or "c"):sub(1, 12), relays)
+  if #remote > 100 then
+    error(string.format("host '%s': the relay socket's path is too long for a Unix socket (%s): a shorter " ..
+      "agent_dir", self.name, remote), 0)
+  end
+  local function mux(op)
+    local argv = self:target_argv(self:ssh_argv({ "-O", op, "-R", remote .. ":" .. sock }))
+    local log = self:errlog()
+    local pid, ch = self.priv.spawnchannel(argv, log, "/dev/null")
+    ch:close()
+    return self.priv.sandboxend(pid, false, true), log
+  end
+  local how, log = mux("forward")
+  if how ~= "exited with code 0" then
+    self:fail("cannot forward a relay socket to it (its sshd must allow AllowStreamLocalForwarding)",
+      read_file(log))
+  end
+  return remote, function()
+    own(mux, "cancel")
+  end
+end
+
+-- }======================================================
+
+-- {======================================================
 -- hosts.NAME.<module>.<fn>(…): routed by the runner while a playbook runs
 -- ======================================================
 

@@ -78,6 +78,10 @@ placeholders["btrfs.scrub"] = function()
 end
 
 -- Why a step may not call a write that destroys what it cannot give back.
+-- Copies whose data may be on another machine (`from`): the call runs where the data
+-- goes; its sending side where the data is (Runner:request_copying, copy_sender).
+local COPIES = { ["fs.sync"] = true, ["btrfs.receive"] = true }
+
 local function refusal(call, step)
   return string.format("%s cannot be undone: step '%s' needs its own undo, or irreversible = true", call.name,
     step.name)
@@ -506,6 +510,9 @@ function Runner:before_here(host, call, ...)
       error(refusal(call, def), 0)
     end
   end
+  if COPIES[call.name] then
+    self:check_copy(call.name, args)
+  end
   if not cur and not self.plan then
     error(string.format("%s outside a step: a playbook changes the system in run (and undo) only",
       call.name), 0)
@@ -638,8 +645,10 @@ end
 
 -- Writes whose failure may still have changed the system: nixos-rebuild can fail after
 -- the profile moved or while activating (switch-to-configuration exits 4 when units fail
--- to start), a rollback half way. Their failures are journaled `partial`, and undone.
-local PARTIAL = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true }
+-- to start), a rollback half way, a copy cut short (rsync leaves what it copied). Their
+-- failures are journaled `partial`, and undone.
+local PARTIAL = { ["nixos.rebuild"] = true, ["nixos.rollback"] = true, ["fs.sync"] = true,
+  ["btrfs.receive"] = true }
 
 function Runner:after(call, nres, ...)
   local host = self.hosts and self:call_host()
@@ -958,6 +967,104 @@ function Runner:remote_diff(h, name, args, preview)
   return self.priv.diffpreview(path, ok and type(old) == "string" and old or nil, new)
 end
 
+-- {======================================================
+-- Copies whose data is on another machine: fs.sync and btrfs.receive with `from`. The
+-- call runs where the data goes (journaled there, with its inverse); its sending side
+-- runs where the data is, behind a relay on this machine (hrun.remote's sender)
+-- ======================================================
+
+-- The machine a copy's data comes from: nil (no `from`: where the call runs), "local",
+-- or a host's name; and the name whose capabilities cover it.
+function Runner:copy_from(name, opts)
+  local from = type(opts) == "table" and opts.from or nil
+  if from == nil then
+    return nil
+  end
+  if type(from) ~= "string" then
+    error(string.format("%s: from must be the name of a host of the run, not a %s", name, type(from)), 0)
+  end
+  if from == "local" or url_of(self.host_urls and self.host_urls[from]) == "local" then
+    return "local", from
+  end
+  if not (self.hosts and self.hosts[from]) then
+    error(string.format("%s: from = '%s': the playbook has no such host (hosts = { %s = \"ssh://…\" }, or -H %s=URL)",
+      name, from, from, from), 0)
+  end
+  return from, from
+end
+
+-- A sandboxed playbook reads a copy's source only where its capabilities on the machine
+-- of the data let it (fs@old:/DATA, btrfs@old:/DATA/.snapshots).
+function Runner:check_copy(name, args)
+  local _, box = self:copy_from(name, args[3])
+  if not (box and self.sandbox) then
+    return
+  end
+  local saved = self:sandbox_to(box)
+  local ok, err = pcall(function()
+    local read = name == "fs.sync" and "fs.read" or "btrfs.info"
+    self.priv.check(read, args[1])
+    if name == "btrfs.receive" and type(args[3]) == "table" and args[3].parent ~= nil then
+      self.priv.check(read, args[3].parent)
+    end
+  end)
+  self:sandbox_to(saved)
+  if not ok then
+    error(err, 0)
+  end
+end
+
+-- The sending side of a copy that runs on `to` (a host's name; nil: this machine), or
+-- nil when its data is where it runs.
+function Runner:copy_sender(name, src, opts, to)
+  local from = self:copy_from(name, opts)
+  if from == nil or from == (to or "local") then
+    return nil
+  end
+  local h = from ~= "local" and self:host(from) or nil
+  return remote.sender({ priv = self.priv, dir = self.state .. "/ssh", name = name, src = src, opts = opts,
+    host = h })
+end
+
+-- Sends msg (a write of call) to host h; a copy's sending side is started here first and
+-- reached from h through its master, and stopped once h has answered.
+function Runner:request_copying(h, call, args, msg)
+  local from = COPIES[call.name] and self:copy_from(call.name, args[3])
+  if not from then
+    return h:request(msg)
+  end
+  if from == h.name then
+    msg.via = "self"
+    return h:request(msg)
+  end
+  local relay = self:own(self.copy_sender, call.name, args[1], args[3], h.name)
+  local ok, r = pcall(function()
+    local via, unforward = h:forward(relay.sock)
+    msg.via = via
+    local res = table.pack(pcall(h.request, h, msg))
+    pcall(unforward)
+    if not res[1] then
+      error(res[2], 0)
+    end
+    return res[2]
+  end)
+  local said = relay:said()
+  relay:close()
+  if not ok then
+    error(r, 0)
+  end
+  if said ~= "" then -- why the copy failed may be the sending side's
+    if r.t == "error" then
+      r.message = string.format("%s (the sending side: %s)", tostring(r.message), said)
+    elseif type(r.values) == "table" and r.values[1] == nil and type(r.values[2]) == "string" then
+      r.values[2] = string.format("%s (the sending side: %s)", r.values[2], said)
+    end
+  end
+  return r
+end
+
+-- }======================================================
+
 -- A write on another host. In a plan, what its agent says it would do; in a run,
 -- journaled here (host, intent) before it is sent, and there before it acts; its
 -- inverse and states come back with its answer.
@@ -1006,8 +1113,9 @@ function Runner:remote_write(host, call, args)
   local id = self.journal:remote_intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
     args = summary, started = sys.now(), host = host })
   self:maybe_crash("effect-intent")
-  local r = h:request({ t = "write", name = call.name, args = sent, n = n, summary = summary,
-    partial = PARTIAL[call.name], key = { controller = self.journal:id(), run = self.run_id, effect = id },
+  local r = self:request_copying(h, call, args, { t = "write", name = call.name, args = sent, n = n,
+    summary = summary, partial = PARTIAL[call.name],
+    key = { controller = self.journal:id(), run = self.run_id, effect = id },
     detach = (DETACHED[call.name] or (def and def.detach)) or nil, secrets = has_secret(sent) or nil })
   if r.unchanged then -- already so there: no effect
     self.journal:drop_effect(id)
@@ -1053,6 +1161,13 @@ function Runner:install_hooks()
   remote.router = function(host, fn, ...)
     return self:with_host(host, fn, ...)
   end
+  -- a copy here whose data is on another host (fs.sync, btrfs.receive with `from`)
+  self.priv.settransport(function(name, src, _, opts)
+    local relay = self:own(self.copy_sender, name, src, opts, nil)
+    if relay then
+      return relay.sock, relay
+    end
+  end)
   self.priv.setstrict(true)
   self.priv.sethooks(function(call, ...)
     return self:before(call, ...)
@@ -1089,6 +1204,7 @@ function Runner:remove_hooks()
   self:sandbox_to("local")
   self.sandbox_boxes = nil
   remote.router = nil
+  self.priv.settransport(nil)
   self.priv.sandbox(nil)
   self.priv.setown(nil)
   self.priv.memlimit(0)
