@@ -759,8 +759,9 @@ end
 
 function Host:forward_here(sock)
   relays = relays + 1
-  local remote = string.format("%s/relay-%s-%d.sock", self.agent_dir:gsub("/+$", ""),
-    (self.controller or "c"):sub(1, 12), relays)
+  -- named by controller, process and count: a socket a crash left there is never this one
+  local remote = string.format("%s/relay-%s-%d-%d.sock", self.agent_dir:gsub("/+$", ""),
+    (self.controller or "c"):sub(1, 12), self.priv.pid(), relays)
   if #remote > 100 then
     error(string.format("host '%s': the relay socket's path is too long for a Unix socket (%s): a shorter " ..
       "agent_dir", self.name, remote), 0)
