@@ -25,7 +25,7 @@ files["tests"] = {
   -- the spec runner's helpers, defined as globals for the spec files
   globals = {
     "describe", "it", "eq", "ok", "has", "checkerr", "fails", "after", "tmpdir", "skip", "need",
-    "need_root", "HRUN", "hrun_cmd", "shq", "tree", "playbook_file", "terminal", "free_port",
+    "need_root", "HRUN", "hrun_cmd", "hrun_with", "shq", "tree", "playbook_file", "terminal", "free_port",
     "systemd_container", "hrun_chunk", "hrun_on", "FIXTURES", "PG_BIN", "pg_cluster", "podman_sandbox", "nix_host",
     "btrfs_volume", "host_views", "http_server", "sandboxed_playbook", "sandbox_processes",
     "ssh_hosts", "LINK_SWAP",

@@ -157,6 +157,15 @@ function hrun_cmd(args, opts)
   return exec.run(argv, opts)
 end
 
+-- hrun_with(env, args [, opts]) → hrun_cmd with env in its environment (a timeout of 240 s
+-- unless opts.timeout)
+function hrun_with(env, args, opts)
+  opts = opts or {}
+  opts.env = env
+  opts.timeout = opts.timeout or 240
+  return hrun_cmd(args, opts)
+end
+
 -- tree(dir) → {relative path = "type mode content-or-target"}: a snapshot of a tree
 -- to compare before and after (what a plan or a rollback must leave as it was)
 function tree(dir)

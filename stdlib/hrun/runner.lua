@@ -77,11 +77,11 @@ placeholders["btrfs.scrub"] = function()
   return { ok = true, corrected = 0, uncorrectable = 0, unverified = 0, errors = {}, planned = true }
 end
 
--- Why a step may not call a write that destroys what it cannot give back.
 -- Copies whose data may be on another machine (`from`): the call runs where the data
 -- goes; its sending side where the data is (Runner:request_copying, copy_sender).
 local COPIES = { ["fs.sync"] = true, ["btrfs.receive"] = true }
 
+-- Why a step may not call a write that destroys what it cannot give back.
 local function refusal(call, step)
   return string.format("%s cannot be undone: step '%s' needs its own undo, or irreversible = true", call.name,
     step.name)

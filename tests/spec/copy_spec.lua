@@ -13,12 +13,7 @@ local function controller(hs)
   return dir, { HRUN_SSH_CONFIG = hs.ssh_config, HRUN_STATE_DIR = dir .. "/state", HRUN_SSH_SERVER_ALIVE = "1" }
 end
 
-local function run(env, args, opts)
-  opts = opts or {}
-  opts.env = env
-  opts.timeout = opts.timeout or 240
-  return hrun_cmd(args, opts)
-end
+local run = hrun_with
 
 -- A playbook on hosts old (hs[1]) and new (hs[2]) whose steps are `steps` (Lua source).
 local function on_two(dir, hs, name, steps, params)

@@ -13,12 +13,7 @@ local function controller(hs, extra)
   return dir, env
 end
 
-local function run(env, args, opts)
-  opts = opts or {}
-  opts.env = env
-  opts.timeout = opts.timeout or 240
-  return hrun_cmd(args, opts)
-end
+local run = hrun_with
 
 -- A shell command run in the background while hrun runs: :wait() until it is done.
 local function background(cmd)
