@@ -144,6 +144,12 @@ void hrun_transport_said(lua_State *L, int idx);
 const char *hrun_self_exe(lua_State *L);
 /* The sandbox's targets of a copy (src, dst, {from}): dst, and src unless from. */
 int hrun_copy_targets(lua_State *L, hrun_Target *t);
+/* [-0, +0, -] Does the copy at 1..3 name the machine of its data (opts.from)? Raw: it
+** never raises. */
+int hrun_copy_remote(lua_State *L);
+/* path as rsync names a tree's contents: without its trailing slashes, then one ("/"
+** stays "/"), into out; 0, or -1 when it does not fit (relay.c: the sender's check). */
+int hrun_tree_contents(const char *path, char *out, size_t size);
 /* fs.sync and its hooks, entered in the fs module's table. */
 int hrun_fs_sync(lua_State *L);
 int hrun_fs_sync_inverse(lua_State *L);

@@ -989,9 +989,8 @@ static int btrfs_receive(lua_State *L)
     hrun_checkopts(L, 3, receive_options);
     lua_settop(L, 3);
     const char *parent = NULL;
-    int remote = 0;
+    int remote = hrun_copy_remote(L);
     if (lua_istable(L, 3)) {
-        remote = lua_getfield(L, 3, "from") != LUA_TNIL;
         if (lua_getfield(L, 3, "parent") != LUA_TNIL && (parent = lua_tostring(L, -1)) == NULL)
             return luaL_error(L, "btrfs.receive: parent must be the path of a snapshot");
         lua_settop(L, 3); /* parent is anchored in the options */

@@ -14,6 +14,7 @@
 **        connection with the sending side, the connection as its stdin and stdout:
 **        --rsync: the arguments the receiving rsync asks for come first (each ended by a
 **        NUL, an empty one ends them); they must be `rsync --server --sender OPTIONS . SRC/`
+**        (SRC with one trailing slash: the tree's contents)
 **        with OPTIONS among those fs.sync gives, and are appended to ARGV. --stdout: ARGV
 **        as it is, the connection its stdout (btrfs send). --remote: ARGV is an ssh
 **        command line, and what is appended goes as one quoted command. It ends when its
@@ -181,9 +182,23 @@ static int rsync_flags_ok(const char *a)
     return 1;
 }
 
-/* Are args (n of them) the sender fs.sync asked for, of src? NULL, or why not. */
+int hrun_tree_contents(const char *path, char *out, size_t size)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    int slash = n > 1 || path[0] != '/';
+    if (n + (size_t)slash + 1 > size) return -1;
+    memcpy(out, path, n);
+    if (slash) out[n++] = '/';
+    out[n] = '\0';
+    return 0;
+}
+
+/* Are args (n of them) the sender fs.sync asked for, of the tree src? NULL, or why not. */
 static const char *rsync_args_ok(char **args, int n, const char *src)
 {
+    static char want[RELAY_ARGS_MAX];
+    if (hrun_tree_contents(src, want, sizeof want) < 0) return "a source too long";
     if (n < 5 || strcmp(args[0], "rsync") != 0 || strcmp(args[1], "--server") != 0 ||
         strcmp(args[2], "--sender") != 0)
         return "not an rsync sender";
@@ -191,7 +206,7 @@ static const char *rsync_args_ok(char **args, int n, const char *src)
     for (; i < n - 2; i++)
         if (!rsync_flags_ok(args[i]) && strcmp(args[i], "--numeric-ids") != 0)
             return "an option fs.sync does not give";
-    if (strcmp(args[n - 2], ".") != 0 || strcmp(args[n - 1], src) != 0)
+    if (strcmp(args[n - 2], ".") != 0 || strcmp(args[n - 1], want) != 0)
         return "not the source asked for";
     return NULL;
 }

@@ -170,13 +170,16 @@ const char *hrun_self_exe(lua_State *L)
 ** reads when that is here (another host's data is checked against that host's box). */
 int hrun_copy_targets(lua_State *L, hrun_Target *t)
 {
-    int from = 0;
-    if (lua_type(L, 3) == LUA_TTABLE) {
-        lua_pushliteral(L, "from");
-        from = lua_rawget(L, 3) != LUA_TNIL;
-        lua_pop(L, 1);
-    }
-    return from ? hrun_targets_arg2(L, t) : hrun_targets_args12(L, t);
+    return hrun_copy_remote(L) ? hrun_targets_arg2(L, t) : hrun_targets_args12(L, t);
+}
+
+int hrun_copy_remote(lua_State *L)
+{
+    if (lua_type(L, 3) != LUA_TTABLE) return 0;
+    lua_pushliteral(L, "from");
+    int from = lua_rawget(L, 3) != LUA_TNIL;
+    lua_pop(L, 1);
+    return from;
 }
 
 /* }====================================================== */
@@ -188,18 +191,13 @@ int hrun_copy_targets(lua_State *L, hrun_Target *t)
 static const char *const sync_options[] = {"from", "delete", "exclude", "checksum",
                                            "acls", "xattrs", NULL};
 
-/* path without its trailing slashes, then one: a tree's contents for rsync */
+/* [-0, +1, m] path as rsync names a tree's contents (hrun_tree_contents) */
 static const char *contents(lua_State *L, const char *path)
 {
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/') n--;
-    lua_pushlstring(L, path, n);
-    if (n > 1 || path[0] != '/')
-        lua_pushliteral(L, "/");
-    else
-        lua_pushliteral(L, "");
-    lua_concat(L, 2);
-    return lua_tostring(L, -1);
+    char out[PATH_MAX + 2];
+    if (hrun_tree_contents(path, out, sizeof out) < 0)
+        luaL_error(L, "fs.sync: %s: path too long", path);
+    return lua_pushstring(L, out);
 }
 
 /* Pushes rsync's argv for the call (its strings anchored in a table on the stack) and
@@ -366,8 +364,7 @@ int hrun_fs_sync(lua_State *L)
     const char *dst = hrun_checkpath(L, 2, NULL);
     hrun_checkopts(L, 3, sync_options);
     lua_settop(L, 3);
-    int remote = lua_type(L, 3) == LUA_TTABLE && (lua_getfield(L, 3, "from"), !lua_isnil(L, -1));
-    lua_settop(L, 3);
+    int remote = hrun_copy_remote(L);
     if (sync_check(L, src, dst, remote)) return 3;
     const char *sock = hrun_transport(L, "fs.sync"); /* 4, 5 */
     char **argv = sync_argv(L, src, dst, sock, 0);
@@ -398,8 +395,7 @@ int hrun_fs_sync_unchanged(lua_State *L)
     lua_settop(L, 3);
     if (src == NULL || dst == NULL || lstat(dst, &st) < 0 || !S_ISDIR(st.st_mode))
         return lua_pushnil(L), 1;
-    int remote = lua_type(L, 3) == LUA_TTABLE && (lua_getfield(L, 3, "from"), !lua_isnil(L, -1));
-    lua_settop(L, 3);
+    int remote = hrun_copy_remote(L);
     if (remote && lua_getfield(L, LUA_REGISTRYINDEX, TRANSPORT) != LUA_TFUNCTION)
         return lua_pushnil(L), 1;
     lua_settop(L, 3);

@@ -660,12 +660,6 @@ end
 
 local relays = 0
 
--- A tree's contents as rsync names them: the path with one trailing slash.
-local function contents(path)
-  path = path:gsub("/+$", "")
-  return path == "" and "/" or path .. "/"
-end
-
 local Relay = {}
 Relay.__index = Relay
 
@@ -689,7 +683,7 @@ function M.sender_here(o)
   local argv = { priv.selfexe(), "__relay", "serve", sock }
   local tail = {}
   if o.name == "fs.sync" then -- the receiving rsync says what it needs: checked, appended
-    argv[#argv + 1], argv[#argv + 2] = "--rsync", contents(o.src)
+    argv[#argv + 1], argv[#argv + 2] = "--rsync", o.src
   else
     argv[#argv + 1] = "--stdout"
     tail = { "btrfs", "send", "-q" }
