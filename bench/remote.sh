@@ -133,6 +133,11 @@ hyperfine --warmup 0 --runs "$RUNS" --export-json "$work/hrun20up.json" \
     -n "hrun, 20 steps on the host, cold ssh, first run there (the portable build uploaded)" "$s20" \
     > "$work/hrun20up.txt"
 "$work/stop-masters" "$work/state20/ssh"
+# the same steps on this machine (-H h=local): the controller's part of a run, no ssh
+"$HRUN" "$root/bench/steps20_remote.lua" --state "$work/state20l" -H h=local > /dev/null
+hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun20local.json" \
+    -n "hrun, the same 20 steps on this machine (-H h=local: no ssh, no agent)" \
+    "$HRUN $root/bench/steps20_remote.lua --state $work/state20l -H h=local" > "$work/hrun20local.txt"
 # ANSIBLE_RUNS=0: no ansible (another build measured against the same host kind)
 if [ "$ANSIBLE_RUNS" -gt 0 ]; then
     cat > "$work/inventory" <<EOF
@@ -174,6 +179,8 @@ cat = json.load(open(os.path.join(work, "cat.json")))
 rr, rw = per_call("calls-remote.txt", "reads"), per_call("calls-remote.txt", "writes")
 lr, lw = per_call("calls-local.txt", "reads"), per_call("calls-local.txt", "writes")
 cold, warm, up = hf("hrun20.json")[0], hf("hrun20warm.json")[0], hf("hrun20up.json")[0]
+here = hf("hrun20local.json")[0]
+fresh = next(r for r in floors if r["command"].startswith("a fresh ssh"))
 ans = hf("ansible20.json")[0] if os.path.exists(os.path.join(work, "ansible20.json")) else None
 load0, load1 = open(os.path.join(work, "load-start")).read().strip(), open(os.path.join(work, "load-end")).read().strip()
 ratio = ans["median"] / cold["median"] if ans else float("nan")
@@ -238,12 +245,17 @@ A("run, so it is uploaded again (over the master, `cat > …`).")
 A("")
 A("| command | median | mean ± σ | min | max |")
 A("|---|---|---|---|---|")
-for r in (cold, warm, up, ans) if ans else (cold, warm, up):
+for r in (cold, warm, up, here, ans) if ans else (cold, warm, up, here):
     A(row(r))
 A("")
 if ans:
     A("**hrun is %.0f× faster than ansible-playbook**, cold against cold (goal: at least 20×); %.0f× with" % (ratio, ans["median"] / warm["median"]))
     A("its master connection warm.")
+    A("A cold run cannot take less than its ssh connection (a fresh `ssh host true`, §1: %s) and" % ms(fresh["median"]))
+    A("the controller's own part of the same steps, journaled here with `synchronous=FULL` (the row")
+    A("`-H h=local`: %s): %s together, %.0f× ansible's %s in this run; 20× would be %s." % (
+        ms(here["median"]), ms(fresh["median"] + here["median"]), ans["median"] / (fresh["median"] + here["median"]),
+        ms(ans["median"]), ms(ans["median"] / 20)))
 A("The first run on a host costs %s more than a run where the" % ms(up["median"] - cold["median"]))
 A("portable build is already there (the upload of %.1f MB over ssh and its `mv` into place)." % (int(size) / 1e6))
 A("")

@@ -276,29 +276,6 @@ function Host:fail(what, stderr)
   error(e.message, 0)
 end
 
--- The master connection, started when there is none (or it died): ssh -fN backgrounds
--- itself once logged in, so its exit says whether the host was reached.
-function Host:master()
-  local log = self:errlog()
-  local check = self:target_argv(self:ssh_argv({ "-O", "check" }))
-  local pid, ch = self.priv.spawnchannel(check, "/dev/null", "/dev/null")
-  ch:close()
-  if self.priv.sandboxend(pid, false, true) == "exited with code 0" then
-    return
-  end
-  local f = io.open(log, "wb")
-  if f then
-    f:close()
-  end
-  local argv = self:target_argv(self:ssh_argv({ "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N" }))
-  pid, ch = self.priv.spawnchannel(argv, log, "/dev/null")
-  ch:close()
-  local how = self.priv.sandboxend(pid, false, true)
-  if how ~= "exited with code 0" then
-    self:fail("cannot connect", read_file(log))
-  end
-end
-
 -- The local portable build and its hash: the name it has on hosts.
 function M.portable_build()
   local sys = require("hrun.sys")
@@ -324,90 +301,91 @@ function M.portable_build()
   return nil, table.concat(candidates, ", ")
 end
 
--- A line of `stat -c '%u %a %F'` there: its owner, mode (octal digits) and kind, or nil.
-local function stat_fields(line)
-  return (line or ""):match("^(%d+) (%d+) (.+)$")
-end
-
--- A line of `stat -c '%u %a %F'` (or "missing") there: of kind, its owner the login
--- user (or root, for a directory), nobody else allowed to write it. A directory that is
--- missing is safe: hrun makes it, 0700.
-local function safe_stat(line, uid, kind, dir)
-  if line == "missing" then
-    return dir
-  end
-  local owner, mode, what = stat_fields(line)
-  if not owner or what ~= kind then
-    return false
-  end
-  owner = tonumber(owner)
-  local bits = tonumber(mode, 8) or 511
-  return (owner == uid or (dir and owner == 0)) and bits & 18 == 0 -- 18: 0o022
-end
-
+-- A line of `stat -c '%u %A %a %F'` there, in words: "a directory of uid 0, mode 777".
 local function describe_stat(line)
-  local owner, mode, what = stat_fields(line)
+  local owner, mode, what = (line or ""):match("^(%d+) %S+ (%d+) (.+)$")
   if not owner then
     return "not usable (" .. tostring(line) .. ")"
   end
   return string.format("a %s of uid %s, mode %s", what, owner, mode)
 end
 
--- Which hrun to run there: the installed one when its version is this one, else the
--- portable build under its hash in agent_dir (uploaded when it is not there yet).
-function Host:agent_command()
-  local mine = string.format("hrun %s (%s)", self.priv.version, _VERSION)
-  local portable, hash = M.portable_build()
+-- The one command that starts the agent there, with what to run decided there, so that
+-- a run makes one ssh start, not three (a probe, a check of the master, the agent): the
+-- hrun installed there when its version is this one, else the portable build under its
+-- hash in agent_dir. What runs as the login user is only what that user (or root) could
+-- have put there: the build a regular file of that user's, the directory (its link
+-- followed: it may lead to a larger disk) the user's or root's, neither writable by group
+-- or others (the case patterns below: %A's type, then ????-??-? leaves the group's and
+-- others' w bits '-'). It says what it found, a "hrun-probe k=v" line each, before the
+-- agent's first message; when nothing there may run, "agent=none", and it ends.
+function Host:start_command(mine, hash)
   local dir = self.agent_dir
-  -- each answer on a line of its own, named (an installed hrun that cannot start prints
-  -- nothing); the directory's link followed (it may lead to a larger disk), the build's not
-  local probe = string.format("echo \"uid=$(id -u)\"; " ..
-    "echo \"hrun=$(command -v hrun >/dev/null 2>&1 && hrun version 2>/dev/null | head -n 1)\"; " ..
-    "echo \"dir=$(stat -L -c '%%u %%a %%F' %s 2>/dev/null || echo missing)\"; " ..
-    "echo \"bin=$(stat -c '%%u %%a %%F' %s 2>/dev/null || echo missing)\"", shq(dir),
-    shq(dir .. "/hrun-" .. (hash or "none")))
-  local out, how, err = self:run(probe)
-  if how ~= "exited with code 0" then
-    self:fail("cannot run a command there (" .. how .. ")", err)
+  local bin = dir .. "/hrun-" .. (hash or "none")
+  local script = {
+    "u=$(id -u)",
+    -- an installed hrun that cannot start prints nothing
+    "v=$(command -v hrun >/dev/null 2>&1 && hrun version 2>/dev/null | head -n 1)",
+    string.format("d=$(stat -L -c '%%u %%A %%a %%F' %s 2>/dev/null || echo missing)", shq(dir)),
+    string.format("b=$(stat -c '%%u %%A %%a %%F' %s 2>/dev/null || echo missing)", shq(bin)),
+    "echo \"hrun-probe uid=$u\"; echo \"hrun-probe hrun=$v\"; echo \"hrun-probe dir=$d\"",
+    "case \"$d\" in missing|\"$u d\"????-??-?\" \"*|\"0 d\"????-??-?\" \"*) echo hrun-probe dirok=yes;; esac",
+    string.format("if [ \"$v\" = %s ]; then echo hrun-probe agent=installed; exec hrun agent --dir %s; fi",
+      shq(mine), shq(dir)),
+  }
+  if hash then
+    script[#script + 1] = string.format("case \"$d\" in \"$u d\"????-??-?\" \"*|\"0 d\"????-??-?\" \"*) " ..
+      "case \"$b\" in \"$u -\"????-??-?\" \"*) echo hrun-probe agent=portable; exec %s agent --dir %s;; esac;; esac",
+      shq(bin), shq(dir))
   end
-  local field = {}
-  for line in out:gmatch("[^\n]+") do
-    local k, v = line:match("^(%a+)=(.*)$")
-    if k then
-      field[k] = v
+  script[#script + 1] = "echo hrun-probe agent=none"
+  return table.concat(script, "; ")
+end
+
+-- The probe's lines (Host:start_command) up to its "agent=" one: {k = v}, or nil when
+-- the channel ended first (and why, when not at its end: "timeout", "interrupted").
+function Host:read_probe(seconds)
+  return self:reading(seconds, function()
+    local field = {}
+    while true do
+      local line, w = self.ch:recv(1 << 30, true)
+      if not line then
+        return nil, w ~= "eof" and w or nil
+      end
+      local k, v = line:match("^hrun%-probe (%a+)=(.*)$")
+      if k then
+        field[k] = v
+        if k == "agent" then
+          return field
+        end
+      end
     end
-  end
-  local dstat, bstat = field.dir, field.bin
-  local installed = (field.hrun or "") ~= "" and field.hrun or "none"
-  self.uid = tonumber(field.uid)
-  self.installed = installed ~= "none" and installed or nil
-  if installed == mine then
-    self.agent_kind = "installed"
-    return "hrun"
-  end
+  end)
+end
+
+-- Nothing there may run as the agent (probe: its lines): the portable build is uploaded
+-- into agent_dir, unless that directory is not to be trusted. The command to run there.
+function Host:upload(probe, mine, portable, hash)
+  local dir = self.agent_dir
   if not portable then
     error(string.format("host '%s': its hrun is %s, not %s, and there is no portable build to upload " ..
-      "(looked for %s; set HRUN_PORTABLE)", self.name, installed == "none" and "missing" or installed, mine, hash), 0)
+      "(looked for %s; set HRUN_PORTABLE)", self.name, self.installed or "missing", mine, hash), 0)
   end
-  local remote = dir .. "/hrun-" .. hash
-  -- what runs there as the login user is only what that user (or root) could have put
-  -- there: a directory others may write to could hold anything under hrun's name
-  if not safe_stat(dstat, self.uid, "directory", true) then
+  if probe.dirok ~= "yes" then
     error(string.format("host '%s': its agent_dir %s is %s: hrun does not run a program from there " ..
       "(it must be a directory of the login user's or root's that nobody else may write to; " ..
-      "fix it or choose agent_dir)", self.name, dir, describe_stat(dstat)), 0)
+      "fix it or choose agent_dir)", self.name, dir, describe_stat(probe.dir)), 0)
   end
-  if not safe_stat(bstat, self.uid, "regular file", false) then -- missing, or not to be trusted: sent now
-    local part = string.format("%s/.hrun-%s.part.%d", dir, hash, self.priv.pid())
-    local cmd = string.format("umask 077 && mkdir -p %s && cat > %s && chmod 700 %s && mv -f %s %s",
-      shq(dir), shq(part), shq(part), shq(part), shq(remote))
-    local _, uhow, uerr = self:run(cmd, portable)
-    if uhow ~= "exited with code 0" then
-      self:fail(string.format("cannot upload hrun to %s (%s)", dir, uhow), uerr)
-    end
-    self.uploaded = true
+  local remote = dir .. "/hrun-" .. hash
+  -- missing, or not to be trusted: sent now, over whatever is there
+  local part = string.format("%s/.hrun-%s.part.%d", dir, hash, self.priv.pid())
+  local cmd = string.format("umask 077 && mkdir -p %s && cat > %s && chmod 700 %s && mv -f %s %s",
+    shq(dir), shq(part), shq(part), shq(part), shq(remote))
+  local _, how, err = self:run(cmd, portable)
+  if how ~= "exited with code 0" then
+    self:fail(string.format("cannot upload hrun to %s (%s)", dir, how), err)
   end
-  self.agent_kind = "portable"
+  self.uploaded = true
   return remote
 end
 
@@ -418,24 +396,75 @@ function Host:emit(ev)
   end
 end
 
--- Connects (master, agent) and says hello; the ready message.
+-- Connects and says hello; the ready message. The agent's ssh is the master connection
+-- when there is none (ControlMaster=auto: it starts one, kept 60 s after the last
+-- client; a stale socket of a dead one is replaced), so a run from nothing makes one ssh
+-- start: key exchange, then the agent (Host:start_command decides there what runs).
 function Host:connect()
   return own(self.connect_here, self)
 end
 
+function Host:spawn_agent(cmd)
+  local argv = self:target_argv(self:ssh_argv({ "-o", "ControlMaster=auto", "-o", "ControlPersist=60", "-T" }))
+  argv[#argv + 1] = cmd
+  self.pid, self.ch = self.priv.spawnchannel(argv, self:errlog())
+end
+
+-- The channel ended (why nil) or was given up on (why: "timeout", "interrupted") before
+-- the agent said anything: ssh's own failure (255: the host not reached, named with
+-- why), or the command's there.
+function Host:ended(what, why)
+  local ch, pid = self.ch, self.pid
+  self.ch, self.pid = nil, nil
+  ch:close()
+  local how = self.priv.sandboxend(pid, why ~= nil, true)
+  local said = read_file(self:errlog())
+  if why then
+    self:fail(string.format("%s (%s)", what, why == "timeout" and "no answer in 30 s" or why), said)
+  elseif how == "exited with code 255" then
+    self:fail("cannot connect", said)
+  end
+  self:fail(string.format("%s (%s)", what, how), said)
+end
+
 function Host:connect_here()
-  self:master()
-  local cmd = self.agent or self:agent_command()
-  self.agent = cmd
-  local argv = self:target_argv(self:ssh_argv({ "-o", "ControlMaster=no", "-T" }))
-  argv[#argv + 1] = string.format("exec %s agent --dir %s", shq(cmd), shq(self.agent_dir))
-  local log = self:errlog()
-  self.pid, self.ch = self.priv.spawnchannel(argv, log)
-  local ready = self:receive(nil, 30)
+  local f = io.open(self:errlog(), "wb")
+  if f then
+    f:close()
+  end
+  if self.agent then -- connected before: started by its path
+    self:spawn_agent(string.format("exec %s agent --dir %s", shq(self.agent), shq(self.agent_dir)))
+  else
+    local mine = string.format("hrun %s (%s)", self.priv.version, _VERSION)
+    local portable, hash = M.portable_build()
+    self:spawn_agent(self:start_command(mine, portable and hash))
+    local probe, why = self:read_probe(30)
+    if not probe then
+      self:ended("cannot run a command there", why)
+    end
+    self.uid = tonumber(probe.uid)
+    self.installed = (probe.hrun or "") ~= "" and probe.hrun or nil
+    if probe.agent == "none" then
+      self.ch:close()
+      self.ch = nil
+      self.priv.sandboxend(self.pid, false, true)
+      self.pid = nil
+      local remote = self:upload(probe, mine, portable, hash)
+      self:spawn_agent(string.format("exec %s agent --dir %s", shq(remote), shq(self.agent_dir)))
+      self.agent, self.agent_kind = remote, "portable"
+    else
+      self.agent_kind = probe.agent
+      self.agent = probe.agent == "installed" and "hrun" or (self.agent_dir .. "/hrun-" .. hash)
+    end
+  end
+  local ready, why = self:receive(nil, 30)
   if type(ready) ~= "table" or ready.t ~= "ready" then
+    if not ready and (why == "eof" or why == "timeout" or why == "interrupted") then
+      self:ended("its agent did not start", why ~= "eof" and why or nil)
+    end
     local e = ready and ready.message or "no answer"
     self:close()
-    self:fail("its agent did not start: " .. tostring(e), read_file(log))
+    self:fail("its agent did not start: " .. tostring(e), read_file(self:errlog()))
   end
   if ready.protocol ~= require("hrun.agent").PROTOCOL then
     self:close()
@@ -480,12 +509,7 @@ end
 -- The next message for seq (output lines on the way are handed on), or nil, why.
 -- seconds: a wait of its own (connecting); else the step's deadline and Ctrl-C.
 function Host:receive(seq, seconds)
-  local priv = self.priv
-  local saved = priv.deadline()
-  if seconds then
-    priv.setdeadline(priv.monotime() + seconds)
-  end
-  local ok, res, why = pcall(function()
+  return self:reading(seconds, function()
     while true do
       local line, w = self.ch:recv(1 << 30, true)
       if not line then
@@ -504,6 +528,17 @@ function Host:receive(seq, seconds)
       end
     end
   end)
+end
+
+-- fn() reading the channel, within seconds (a wait of its own) or else the step's
+-- deadline and Ctrl-C: its results, or nil, "interrupted" / "timeout".
+function Host:reading(seconds, fn)
+  local priv = self.priv
+  local saved = priv.deadline()
+  if seconds then
+    priv.setdeadline(priv.monotime() + seconds)
+  end
+  local ok, res, why = pcall(fn)
   if seconds then
     priv.setdeadline(saved)
   end

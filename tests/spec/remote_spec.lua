@@ -172,6 +172,50 @@ describe("a playbook on two hosts", function()
 end)
 
 describe("hrun's agent on a host", function()
+  it("starts with one ssh, a master of its own when there is none, also after a master was killed", function()
+    local hs = ssh_hosts(1)
+    local wrap = tmpdir()
+    local log = wrap .. "/ssh.log"
+    fs.write(wrap .. "/ssh", string.format("#!/bin/sh\nprintf '%%s\\n' \"$*\" >> %s\nexec /usr/bin/ssh \"$@\"\n", log),
+      { mode = "0755" })
+    local dir, env = controller(hs, { PATH = wrap .. ":" .. sys.env("PATH") })
+    local pb = writes_x(dir, hs[1].url)
+    local function starts()
+      local lines = {}
+      for l in (fs.exists(log) and fs.read(log) or ""):gmatch("[^\n]+") do
+        lines[#lines + 1] = l
+      end
+      fs.remove(log, { force = true })
+      return lines
+    end
+    -- the first run there: the start finds no build, which is uploaded, then started
+    local r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "uploaded now")
+    eq(#starts(), 3, "the start, the upload, the agent")
+    -- then one ssh start a run: the master of the run before is used
+    r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    local s = starts()
+    eq(#s, 1, table.concat(s, "\n"))
+    has(s[1], "ControlMaster=auto")
+    -- its master killed, its socket left behind: the next run's ssh replaces it
+    local sock
+    for _, e in ipairs(fs.list(dir .. "/state/ssh")) do
+      sock = e:match("^%x+$") and (dir .. "/state/ssh/" .. e) or sock
+    end
+    local master = exec.run({ "pgrep", "-f", "^ssh: " .. dir .. "/state/ssh/" }, { check = false }).stdout
+    ok(master:match("%d"), "a master runs: " .. master)
+    exec.run({ "pkill", "-KILL", "-f", "^ssh: " .. dir .. "/state/ssh/" })
+    ok(sock and fs.exists(sock), "its socket is left")
+    fs.remove(hs[1].root .. "/root/x")
+    r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(hs[1].root .. "/root/x"), "1")
+    eq(#starts(), 1)
+    ok(exec.run({ "pgrep", "-f", "^ssh: " .. dir .. "/state/ssh/" }, { check = false }).ok, "a new master")
+  end)
+
   it("runs only a program nobody but the login user could have put there, and says where it will not", function()
     local hs = ssh_hosts(1)
     local dir, env = controller(hs)
