@@ -910,12 +910,65 @@ static int ch_close(lua_State *L)
     return 0;
 }
 
+/*
+** wire.select(channels [, seconds]) → i | nil, why ("timeout", "interrupted"): the first
+** of a list of channels with a whole line to read, or at its end, so that its recv does
+** not wait for another; waiting at most seconds (none: until one is). An interrupt
+** (Ctrl-C, SIGTERM) ends the wait; the runner's ticker is called meanwhile. One process
+** serving many children at once (a fleet's hosts) waits here.
+*/
+#define SELECT_MAX 1024
+
+static int wire_select(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    double seconds = luaL_optnumber(L, 2, -1);
+    lua_Integer n = luaL_len(L, 1);
+    if (n > SELECT_MAX) return luaL_error(L, "wire.select: more than %d channels", SELECT_MAX);
+    struct pollfd *p = lua_newuserdatauv(L, sizeof(struct pollfd) * (size_t)(n ? n : 1), 0);
+    int *which = lua_newuserdatauv(L, sizeof(int) * (size_t)(n ? n : 1), 0);
+    int k = 0;
+    for (int i = 1; i <= (int)n; i++) {
+        lua_rawgeti(L, 1, i);
+        Channel *c = luaL_checkudata(L, -1, CHANNEL_TYPE);
+        lua_pop(L, 1);
+        int whole = c->len > c->scanned && memchr(c->buf + c->scanned, '\n', c->len - c->scanned);
+        if (whole || c->rfd < 0) {
+            lua_pushinteger(L, i);
+            return 1;
+        }
+        p[k] = (struct pollfd){c->rfd, POLLIN, 0};
+        which[k++] = i;
+    }
+    double end = seconds >= 0 ? hrun_monotime() + seconds : 0;
+    for (;;) {
+        if (hrun_interrupted()) return nil_why(L, "interrupted");
+        int ms = 100;
+        if (seconds >= 0) {
+            double left = end - hrun_monotime();
+            if (left <= 0) return nil_why(L, "timeout");
+            if (left < 0.1) ms = (int)(left * 1000) + 1;
+        }
+        int r = poll(p, (nfds_t)k, ms);
+        if (r < 0 && errno != EINTR) return luaL_error(L, "wire.select: poll: %s", strerror(errno));
+        for (int j = 0; r > 0 && j < k; j++)
+            if (p[j].revents) {
+                lua_pushinteger(L, which[j]);
+                return 1;
+            }
+        if (r == 0) hrun_tick(L);
+    }
+}
+
 /* }====================================================== */
 
 int luaopen_hrun_wire(lua_State *L)
 {
-    static const luaL_Reg funcs[] = {
-        {"encode", wire_encode}, {"decode", wire_decode}, {"channel", wire_channel}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"encode", wire_encode},
+                                     {"decode", wire_decode},
+                                     {"channel", wire_channel},
+                                     {"select", wire_select},
+                                     {NULL, NULL}};
     static const luaL_Reg methods[] = {
         {"send", ch_send}, {"recv", ch_recv}, {"close", ch_close}, {NULL, NULL}};
     if (luaL_newmetatable(L, BUF_TYPE)) {

@@ -83,6 +83,12 @@ local flags = {
     only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true, check = true } },
   ["--host"] = { key = "hosts", value = "NAME=URL", multi = true,
     only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true, check = true } },
+  ["--hosts"] = { key = "hosts_file", value = "FILE", only = { playbook = true, plan = true, hosts = true } },
+  ["--limit"] = { key = "limit", value = "NAMES", multi = true, only = { playbook = true, plan = true, rollback = true,
+    hosts = true } },
+  ["--forks"] = { key = "forks", value = "N", only = { playbook = true, plan = true, resume = true } },
+  ["--fleet-member"] = { key = "fleet_member", value = "SPEC", only = { playbook = true, plan = true, resume = true,
+    rollback = true } },
   ["--dir"] = { key = "agent_dir", value = "DIR", only = { agent = true } },
   ["--detached"] = { key = "detached", value = "ID", only = { agent = true } },
 }
@@ -267,7 +273,12 @@ run holds the lock, 130 interrupted.
                     confined by the kernel; see docs/security.md
   --allow-weak-sandbox  run a fetched playbook even where the kernel lacks part
                     of the confinement (Landlock, seccomp); the run says which
-  --memory-limit SIZE  the memory a sandboxed playbook's process may use (default 512M)]],
+  --memory-limit SIZE  the memory a sandboxed playbook's process may use (default 512M)
+  --hosts FILE      run it on each host of an inventory (a fleet): in the batches of
+                    its serial, strategy linear or free, max_fail, on_host_failure;
+                    a recap per host; see docs/hosts.md
+  --limit NAMES     only these hosts or groups of the inventory (comma-separated)
+  --forks N         at most N hosts of a fleet run a step at once (default 10)]],
   run = function(opts, args)
     local path = one_arg("a playbook", args, "path")
     if (opts.debug or opts.break_at) and (opts.sandbox or require("hrun.play").fetched(priv, path)) then
@@ -328,7 +339,8 @@ files) is removed. Completed steps are not run again; the step that was running 
 undone through its journaled effects and runs again from its start (a step with
 resume = "rerun" runs again as it is). If the playbook changed since the run began,
 resuming needs --force. A run that was rolling back is not resumed: hrun rollback
-finishes it.]],
+finishes it. A fleet run (--hosts) resumes each host where it stopped and starts those
+not started yet.]],
   run = function(opts, args)
     return play(opts, require("hrun.play").resume, one_arg("resume", args, "run", true), need_state(opts))
   end,
@@ -352,7 +364,9 @@ and 'hrun show RUN' says what is not undone and why.
             it is already undone or changed since; change nothing (--json: events)
   --force   undo over later runs that touched the same targets (refused otherwise,
             exit 3), overwrite what changed since the run, and undo a step whose
-            undo function is not to be had by its journaled inverses]],
+            undo function is not to be had by its journaled inverses
+  --limit NAMES  of a fleet run (--hosts): only these hosts; each host's run is
+            undone, the host that finished last first]],
   run = function(opts, args)
     return play(opts, require("hrun.play").rollback, one_arg("rollback", args, "run", true), need_state(opts))
   end,

@@ -13,13 +13,15 @@ local objects = setmetatable({}, { __mode = "k" }) -- DSL object -> its kind
 local playbook_fields = {
   name = "string", version = "string", description = "string", params = "table",
   capabilities = "table", on_failure = "string", hosts = "table",
+  -- a fleet (--hosts FILE): which hosts, in what batches, and what a failure does
+  targets = "string", serial = "any", strategy = "string", max_fail = "number", on_host_failure = "string",
 }
 local phase_fields = { description = "string", when = "function", tags = "table", on = "string" }
 local step_fields = {
   run = "function", undo = "function", verify = "function", when = "function", timeout = "number",
   retries = "number", retry_delay = "number", confirm = "string", resume = "string",
   description = "string", irreversible = "boolean", tags = "table", notify = "table", on = "string",
-  detach = "boolean",
+  detach = "boolean", run_once = "boolean",
 }
 -- handler "name" { run = … }: run once at its phase's end when a step notified it
 local handler_fields = {
@@ -170,7 +172,7 @@ function Problems:fields(loc, what, t, spec)
     local want = spec[k]
     if not want then
       self:unknown(self:field(loc, t, k), what, k, spec)
-    elseif type(v) ~= want then
+    elseif want ~= "any" and type(v) ~= want then
       self:add(self:field(loc, t, k), "%s: field '%s' must be a %s, got %s", what, k, want, type(v))
     end
     ::continue::
@@ -361,6 +363,59 @@ local function validate_hosts(p, pb, b)
   return out
 end
 
+-- One batch size of `serial`: a count of hosts (1, 2, …) or a share of them ("25%"):
+-- {count = N} or {percent = P}, or nil and why.
+function M.batch_size(v)
+  if math.type(v) == "integer" and v >= 1 then
+    return { count = v }
+  end
+  local pct = type(v) == "string" and tonumber(v:match("^%s*(%d+%.?%d*)%%%s*$"))
+  if pct and pct > 0 and pct <= 100 then
+    return { percent = pct }
+  end
+  return nil, string.format("a batch is a number of hosts (1, 5) or a percentage (\"25%%\") up to 100%%, got %s",
+    type(v) == "string" and string.format("%q", v) or tostring(v))
+end
+
+-- The fleet's fields (a playbook run on an inventory's hosts): {targets, serial = {size…},
+-- strategy, max_fail, on_host_failure}.
+local function validate_fleet(p, pb, b)
+  local out = { targets = b.targets, strategy = b.strategy or "linear", max_fail = b.max_fail or 0,
+    on_host_failure = b.on_host_failure or "continue", serial = {} }
+  if b.targets ~= nil and (type(b.targets) ~= "string" or not b.targets:match("^[%a_][%w_%-]*$")) then
+    p:add(p:field(pb.loc, b, "targets"), "playbook: targets names a group of the inventory (a word), got %s",
+      tostring(b.targets))
+  end
+  if b.serial ~= nil then
+    local list = type(b.serial) == "table" and b.serial or { b.serial }
+    if #list == 0 then
+      p:add(p:field(pb.loc, b, "serial"), "playbook: serial: an empty list (serial = { 1, \"25%%\", \"100%%\" })")
+    end
+    for i, v in ipairs(list) do
+      local size, why = M.batch_size(v)
+      if not size then
+        p:add(p:field(pb.loc, b, "serial"), "playbook: serial%s: %s", type(b.serial) == "table" and
+          string.format("[%d]", i) or "", why)
+      end
+      out.serial[i] = size
+    end
+  end
+  if b.strategy ~= nil and b.strategy ~= "linear" and b.strategy ~= "free" then
+    p:add(p:field(pb.loc, b, "strategy"), "playbook: strategy must be \"linear\" or \"free\", got %s",
+      string.format("%q", tostring(b.strategy)))
+  end
+  if b.max_fail ~= nil and (type(b.max_fail) ~= "number" or b.max_fail < 0 or b.max_fail > 100) then
+    p:add(p:field(pb.loc, b, "max_fail"), "playbook: max_fail is a percentage of the hosts, 0 to 100, got %s",
+      tostring(b.max_fail))
+  end
+  local policies = { continue = true, stop = true, rollback_all = true }
+  if b.on_host_failure ~= nil and not policies[b.on_host_failure] then
+    p:add(p:field(pb.loc, b, "on_host_failure"), "playbook: on_host_failure must be \"continue\", \"stop\" or " ..
+      "\"rollback_all\", got %s", string.format("%q", tostring(b.on_host_failure)))
+  end
+  return out
+end
+
 -- Every `on` names a host of the playbook (or "local"); a phase's is its steps', checks'
 -- and handlers' unless they say otherwise.
 local function check_on(p, pb_out)
@@ -537,7 +592,7 @@ function M.validate(pb, nearest, where, capability)
     name = b.name, version = b.version, description = b.description,
     params = {}, required = {},
     capabilities = b.capabilities or {}, on_failure = b.on_failure or "rollback",
-    loc = pb.loc, phases = {}, handlers = {}, hosts = hosts,
+    loc = pb.loc, phases = {}, handlers = {}, hosts = hosts, fleet = validate_fleet(p, pb, b),
   }
   -- params: defaults, and required "TYPE" for those that have none
   for k, v in pairs(type(b.params) == "table" and b.params or {}) do

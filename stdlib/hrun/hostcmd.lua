@@ -16,6 +16,22 @@ local function pick(priv, opts, path, names, state)
     local pb = play.load(priv, play.absolute(path), state, opts.sandbox, opts)
     base = pb.hosts
   end
+  if opts.hosts_file then -- an inventory's hosts (--limit: some of them)
+    local fleet = require("hrun.fleet")
+    local inv, problems = fleet.inventory(opts.hosts_file, priv.nearest)
+    if not inv then
+      error(setmetatable({ lines = problems }, play.Bad), 0)
+    end
+    local chosen, why = fleet.select(inv, nil, opts.limit, priv.nearest)
+    if not chosen then
+      bad(why)
+    end
+    base = base or {}
+    for _, name in ipairs(chosen) do
+      local h = inv.hosts[name]
+      base[name] = { url = h.url, agent_dir = h.agent_dir }
+    end
+  end
   local hosts = play.hosts(base, opts) or {}
   local list = {}
   if #names == 0 then

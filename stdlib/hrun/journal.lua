@@ -248,6 +248,24 @@ local migrations = {
     ALTER TABLE runs ADD COLUMN hosts TEXT;            -- JSON {name = url}
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
   ]],
+  -- 8: fleets (--hosts FILE). A fleet run (mode 'fleet') runs the playbook on each host
+  -- as a member run in a journal of its own (state); here, each host's place in it.
+  [8] = [[
+    CREATE TABLE fleet_hosts (
+      run INTEGER NOT NULL REFERENCES runs(id),
+      host TEXT NOT NULL,
+      url TEXT NOT NULL,
+      state TEXT NOT NULL,             -- the member's state directory (its journal)
+      position INTEGER NOT NULL,       -- in the inventory's order
+      batch INTEGER,
+      member_run INTEGER,              -- its run in that journal
+      status TEXT NOT NULL,            -- pending, running, done, rolled-back, rollback-incomplete,
+                                       -- failed, unreachable, stopped, crashed, not started
+      error TEXT,
+      started REAL, ended REAL,
+      PRIMARY KEY (run, host)
+    );
+  ]],
 }
 
 M.schema_version = #migrations
@@ -667,6 +685,43 @@ end
 -- ======================================================
 
 -- runs(n) → the latest n runs, newest first, with step counts
+-- {======================================================
+-- Fleets: each host's member run
+-- ======================================================
+
+function Journal:add_fleet_host(run, h)
+  self:write([[INSERT INTO fleet_hosts (run, host, url, state, position, status) VALUES (?, ?, ?, ?, ?, 'pending')]],
+    run, h.name, h.url, h.state, h.position)
+end
+
+function Journal:set_fleet_host(run, host, fields)
+  local keys, cols = {}, { batch = true, member_run = true, status = true, error = true, started = true, ended = true }
+  for k in pairs(fields) do
+    if cols[k] then
+      keys[#keys + 1] = k
+    end
+  end
+  if #keys == 0 then
+    return
+  end
+  table.sort(keys)
+  local sets, values = {}, {}
+  for i, k in ipairs(keys) do
+    sets[i] = k .. " = ?"
+    values[i] = fields[k]
+  end
+  values[#keys + 1], values[#keys + 2] = run, host
+  self:write("UPDATE fleet_hosts SET " .. table.concat(sets, ", ") .. " WHERE run = ? AND host = ?",
+    table.unpack(values, 1, #keys + 2))
+end
+
+-- The hosts of a fleet run, in the inventory's order (none: not a fleet run).
+function Journal:fleet_hosts(run)
+  return self.db:query("SELECT * FROM fleet_hosts WHERE run = ? ORDER BY position", run)
+end
+
+-- }======================================================
+
 function Journal:runs(n)
   return self.db:query([[SELECT r.*,
       (SELECT count(*) FROM steps s WHERE s.run = r.id AND s.kind = 'step' AND s.status = 'done') AS steps_done,

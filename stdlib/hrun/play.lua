@@ -340,6 +340,21 @@ function M.absolute(path)
   return (cwd .. "/" .. path):gsub("/%./", "/"):gsub("/%.$", "")
 end
 
+-- A fleet's member (--fleet-member SPEC, written by hrun.fleet): {host, url, agent_dir,
+-- ssh_state}, or nil when this run is not one.
+local function member_spec(opts)
+  if not opts.fleet_member then
+    return nil
+  end
+  local text, err = fs.read(opts.fleet_member)
+  local ok, spec = pcall(json.decode, text or "")
+  if not text or not ok or type(spec) ~= "table" or type(spec.host) ~= "string" or type(spec.url) ~= "string" then
+    bad(string.format("--fleet-member %s: not a fleet member's description (%s)", opts.fleet_member,
+      tostring(err or spec)))
+  end
+  return spec
+end
+
 -- The run's hosts: the playbook's (or, resumed, the journal's), with -H NAME=URL setting
 -- or overriding them; {name = {url, agent_dir, reconnect}}, or nil when there are none.
 -- A sandboxed playbook does not say where on a host the program its agent runs is kept
@@ -370,6 +385,9 @@ end
 
 -- setup(runner), if given, sees the runner before it starts (the debugger attaches).
 function M.run(priv, opts, path, state, setup)
+  if opts.hosts_file and not opts.fleet_member then
+    return M.fleet(priv, opts, path, state)
+  end
   path = M.absolute(path)
   local fetched = M.fetched(priv, path)
   local sandboxed = opts.sandbox or fetched
@@ -391,9 +409,16 @@ function M.run(priv, opts, path, state, setup)
   end
   local ui = new_ui(priv, opts)
   local hosts = M.hosts(pb.hosts, opts, sandboxed)
+  local member = member_spec(opts)
+  if member then -- its steps run on its host unless they say `on`
+    hosts = hosts or {}
+    hosts[member.host] = { url = member.url, agent_dir = member.agent_dir }
+  end
+  local fleet_host, ssh_state = member and member.host, member and member.ssh_state
   if opts.plan then
     local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, plan = true, path = path,
-      opts = opts, git = prov, sandbox = sandboxed, state = state, host_urls = hosts })
+      opts = opts, git = prov, sandbox = sandboxed, state = state, host_urls = hosts, fleet_host = fleet_host,
+      ssh_state = ssh_state })
     return r:run()
   end
   -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
@@ -405,7 +430,7 @@ function M.run(priv, opts, path, state, setup)
   end
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
     path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash, state = state,
-    host_urls = hosts,
+    host_urls = hosts, fleet_host = fleet_host, ssh_state = ssh_state,
     versions = M.versions(priv, j, { path = path, sandbox = sandboxed and 1 or 0 }, state, opts) })
   if setup then
     setup(r)
@@ -682,6 +707,10 @@ local function journaled_runner(priv, opts, j, r, state, pb, extra)
     pb_hash = pb and r.hash, run_hash = r.hash, versions = M.versions(priv, j, r, state, opts),
     -- a run that never reached its end (killed while running, or while rolling back) crashed
     outcome = r.outcome or ((r.status == "running" or r.rollback_status == "running") and "crashed" or r.status) }
+  local member = member_spec(opts)
+  if member then
+    o.fleet_host, o.ssh_state = member.host, member.ssh_state
+  end
   for k, v in pairs(extra or {}) do
     o[k] = v
   end
@@ -690,6 +719,9 @@ end
 
 function M.resume(priv, opts, arg, state)
   local lk <close>, j, r = open_run(priv, state, arg, "resuming") -- luacheck: ignore 211/lk
+  if r.mode == "fleet" then
+    return M.fleet_resume(priv, opts, j, r, state)
+  end
   if r.status ~= "running" and r.status ~= "stopped" then
     local hint = r.status == "rollback-incomplete" and
       string.format(" ('hrun rollback %d' finishes undoing it)", r.id) or ""
@@ -909,6 +941,9 @@ end
 
 function M.rollback(priv, opts, arg, state)
   local lk <close>, j, r = open_run(priv, state, arg, "rolling back") -- luacheck: ignore 211/lk
+  if r.mode == "fleet" then
+    return M.fleet_rollback(priv, opts, j, r)
+  end
   if r.status == "rolled-back" then
     if opts.json then
       io.stdout:write(json.encode({ event = "nothing-to-undo", run = r.id, status = r.status }), "\n")
@@ -1020,6 +1055,9 @@ function M.show(priv, opts, arg, state)
   end
   local r = pick_run(j, arg)
   local free = lock_free(priv, state)
+  if r.mode == "fleet" then
+    return M.fleet_show(priv, opts, j, r, free)
+  end
   if opts.json then
     r.status = ui_mod.status_of(r, free)
     io.stdout:write(require("hrun.codec").summary(r, 1 << 20), "\n")
@@ -1027,6 +1065,260 @@ function M.show(priv, opts, arg, state)
     io.stdout:write(ui_mod.markdown(r, free))
   else
     io.stdout:write(ui_mod.show(r, free))
+  end
+  return 0
+end
+
+-- }======================================================
+
+-- {======================================================
+-- hrun PLAYBOOK --hosts FILE: the playbook on each host of an inventory (hrun.fleet)
+-- ======================================================
+
+-- What each member is given of this command line.
+local function member_args(opts)
+  local out = {}
+  local function add(flag, v)
+    out[#out + 1] = flag
+    if v ~= nil then
+      out[#out + 1] = tostring(v)
+    end
+  end
+  for _, f in ipairs(opts.params_files or {}) do
+    add("--params", M.absolute(f))
+  end
+  for _, kv in ipairs(opts.params or {}) do
+    add("-p", kv)
+  end
+  for _, t in ipairs(opts.tags or {}) do
+    add("--tags", t)
+  end
+  for _, t in ipairs(opts.skip_tags or {}) do
+    add("--skip-tags", t)
+  end
+  if opts.only then add("--only", opts.only) end
+  if opts.from then add("--from", opts.from) end
+  if opts.sandbox then add("--sandbox") end
+  if opts.allow_weak_sandbox then add("--allow-weak-sandbox") end
+  if opts.memory_limit then add("--memory-limit", opts.memory_limit) end
+  if opts.diff then add("--diff") end
+  if opts.verbose then add("-v") end
+  return out
+end
+
+-- The fleet's processes: each member's spec and directory, the UI.
+local function fleet_runner(priv, opts, j, run_id, pb, path, rows, state)
+  local fleet = require("hrun.fleet")
+  local forks = tonumber(opts.forks or fleet.DEFAULT_FORKS)
+  if not forks or forks < 1 or forks ~= math.floor(forks) then
+    bad(string.format("--forks %s: a number of hosts, 1 or more", tostring(opts.forks)))
+  end
+  local members, names = {}, {}
+  for _, row in ipairs(rows) do
+    local m = fleet.member(row)
+    members[m.name], names[#names + 1] = m, m.name
+  end
+  return fleet.new({ priv = priv, ui = fleet.ui(opts, priv), journal = j, run_id = run_id, pb = pb, path = path,
+    names = names, members = members, forks = forks, pass = member_args(opts), state = state })
+end
+
+function M.fleet(priv, opts, path, state)
+  local fleet = require("hrun.fleet")
+  path = M.absolute(path)
+  local sandboxed = opts.sandbox or M.fetched(priv, path)
+  local pb, hash, src = M.load(priv, path, state, sandboxed, opts)
+  for _, file in ipairs(opts.params_files or {}) do
+    check_trust(priv, file, "params file")
+  end
+  check_trust(priv, opts.hosts_file, "inventory")
+  check_selection(priv, pb, opts)
+  local inv, problems = fleet.inventory(opts.hosts_file, priv.nearest)
+  if not inv then
+    bad(problems)
+  end
+  local names, why = fleet.select(inv, pb.fleet.targets, opts.limit, priv.nearest)
+  if not names then
+    bad(why)
+  end
+  -- each host's parameters, checked now: the inventory's, then --params and -p
+  local per_host, all_problems = {}, {}
+  local tmp = state .. "/fleet"
+  assert(fs.exists(tmp) or fs.mkdir(tmp, { parents = true, mode = "0700" }))
+  for _, name in ipairs(names) do
+    if pb.hosts[name] then
+      all_problems[#all_problems + 1] = string.format("host '%s': the playbook names a host '%s' of its own: " ..
+        "rename one of them", name, name)
+    end
+    local vars, verr = fleet.host_params(inv, name, pb)
+    if not vars then
+      all_problems[#all_problems + 1] = string.format("%s: %s", opts.hosts_file, verr)
+    else
+      local file = string.format("%s/.params-%s.json", tmp, name)
+      assert(fs.write(file, json.encode(vars), { mode = "0600" }))
+      local files = { file }
+      for _, f in ipairs(opts.params_files or {}) do
+        files[#files + 1] = f
+      end
+      local params, pp = dsl.params(pb, files, opts.params or {}, priv.nearest)
+      fs.remove(file)
+      if not params then
+        for _, line in ipairs(pp) do
+          all_problems[#all_problems + 1] = string.format("host '%s': %s", name, line)
+        end
+      end
+      per_host[name] = { vars = vars, params = params }
+    end
+  end
+  if #all_problems > 0 then
+    bad(all_problems)
+  end
+  local first = per_host[names[1]].params
+  local prov = M.provenance(path)
+  if opts.require_clean then
+    require_clean(path, prov)
+  end
+  -- a plan journals nothing: its members' directories are removed after it
+  local lk, j, run_id, base
+  if opts.plan then
+    base = string.format("%s/fleet/plan-%d", state, self_pid())
+  else
+    lk, j, run_id = M.begin_run(priv, state, pb, path, hash, first, "fleet", prov, sandboxed, src)
+    base = string.format("%s/fleet/%d", state, run_id)
+  end
+  -- luacheck: ignore 211/held (a to-be-closed lock: released on every way out)
+  local held <close> = lk
+  local rows = {}
+  for i, name in ipairs(names) do
+    local h = inv.hosts[name]
+    local dir = string.format("%s/%s", base, name)
+    assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
+    assert(fs.write(dir .. "/member.json", json.encode({ host = name, url = h.url, agent_dir = h.agent_dir,
+      ssh_state = state, fleet_run = run_id }), { mode = "0600" }))
+    assert(fs.write(dir .. "/params.json", json.encode(per_host[name].vars), { mode = "0600" }))
+    rows[i] = { host = name, url = h.url, agent_dir = h.agent_dir, state = dir, position = i, status = "pending" }
+    if j then
+      j:add_fleet_host(run_id, { name = name, url = h.url, state = dir, position = i })
+    end
+  end
+  if j then
+    j:commit()
+  end
+  local f = fleet_runner(priv, opts, j, run_id, pb, path, rows, state)
+  f.plan = opts.plan
+  local ok, exit = pcall(f.run, f)
+  if j then
+    j:close()
+  else
+    fs.remove(base, { recursive = true, force = true })
+  end
+  if not ok then
+    error(exit, 0)
+  end
+  return exit
+end
+
+-- The playbook of a fleet run, as it was when it began.
+local function fleet_playbook(priv, opts, j, r, state)
+  local pb, why = reload(priv, r, state, opts)
+  if not pb then
+    pb, why = M.versions(priv, j, r, state, opts)(r.hash)
+  end
+  if not pb then
+    bad(why)
+  end
+  return pb
+end
+
+-- hrun resume FLEET-RUN: each host continues where it stopped; hosts not started yet start.
+function M.fleet_resume(priv, opts, j, r, state)
+  if r.status ~= "running" and r.status ~= "stopped" and r.status ~= "failed" then
+    bad(string.format("fleet run %d is %s: there is nothing to resume", r.id, r.status))
+  end
+  local pb = fleet_playbook(priv, opts, j, r, state)
+  local rows = j:fleet_hosts(r.id)
+  j:set_run(r.id, { status = "running", pid = self_pid() })
+  j:commit()
+  local f = fleet_runner(priv, opts, j, r.id, pb, r.path, rows, state)
+  local exit = f:run(true)
+  j:close()
+  return exit
+end
+
+-- hrun rollback FLEET-RUN [--limit NAMES]: each host's run undone, the host that changed
+-- last first.
+function M.fleet_rollback(priv, opts, j, r)
+  local fleet = require("hrun.fleet")
+  local rows = j:fleet_hosts(r.id)
+  local limit
+  if opts.limit then
+    limit = {}
+    for _, item in ipairs(opts.limit) do
+      for w in tostring(item):gmatch("[^,%s]+") do
+        limit[w] = true
+      end
+    end
+  end
+  local ui = fleet.ui(opts, priv)
+  local todo = {}
+  for _, row in ipairs(rows) do
+    if (not limit or limit[row.host]) and row.member_run and fleet.UNDOABLE[row.status] then
+      todo[#todo + 1] = fleet.member(row)
+    end
+  end
+  table.sort(todo, function(a, b)
+    return (a.ended or a.started or 0) > (b.ended or b.started or 0)
+  end)
+  local worst = 0
+  for _, m in ipairs(todo) do
+    ui:event({ event = "host-rollback", host = m.name, time = sys.now() })
+    local status = fleet.rollback_member(priv, m, opts.force and { "--force" } or nil)
+    j:set_fleet_host(r.id, m.name, { status = status, ended = sys.now() })
+    j:commit()
+    ui:event({ event = "host-end", host = m.name, status = status, time = sys.now() })
+    if status ~= "rolled-back" then
+      worst = 2
+    end
+  end
+  local left = 0
+  for _, row in ipairs(j:fleet_hosts(r.id)) do
+    if fleet.UNDOABLE[row.status] and row.member_run then
+      left = left + 1
+    end
+  end
+  local status = left == 0 and "rolled-back" or "rollback-incomplete"
+  j:set_run(r.id, { status = status, rollback_status = status, rollback_ended = sys.now() })
+  j:commit()
+  ui:event({ event = "run-end", run = r.id, status = status, exit = worst, fleet = true, time = sys.now() })
+  j:close()
+  return worst
+end
+
+-- hrun show FLEET-RUN: the fleet, then each host's run as its journal has it.
+function M.fleet_show(priv, opts, j, r, free)
+  local rows = j:fleet_hosts(r.id)
+  local per = {}
+  for _, row in ipairs(rows) do
+    local mj = row.member_run and fs.exists(row.state .. "/journal.db") and journal_mod.open(priv, row.state)
+    local mr = mj and mj:run(row.member_run)
+    if mr then
+      mr.status = ui_mod.status_of(mr, lock_free(priv, row.state))
+    end
+    per[#per + 1] = { row = row, run = mr }
+    if mj then
+      mj:close()
+    end
+  end
+  r.status = ui_mod.status_of(r, free)
+  if opts.json then
+    local hosts = json.array()
+    for _, p in ipairs(per) do
+      hosts[#hosts + 1] = { host = p.row.host, url = p.row.url, status = p.row.status, batch = p.row.batch,
+        error = p.row.error, run = p.run }
+    end
+    r.hosts_of_fleet = hosts
+    io.stdout:write(require("hrun.codec").summary(r, 1 << 20), "\n")
+  else
+    io.stdout:write(require("hrun.fleet").show(r, per, opts.md))
   end
   return 0
 end

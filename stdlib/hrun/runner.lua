@@ -879,7 +879,8 @@ function Runner:open_hosts(urls)
   for name, h in pairs(urls or {}) do
     local url = url_of(h)
     if url ~= "local" then
-      hosts[name] = remote.new({ name = name, url = url, priv = self.priv, state = self.state,
+      -- a fleet's member: the fleet's ssh masters and trusted keys (hrun.fleet)
+      hosts[name] = remote.new({ name = name, url = url, priv = self.priv, state = self.ssh_state or self.state,
         agent_dir = type(h) == "table" and h.agent_dir or nil,
         reconnect_seconds = type(h) == "table" and h.reconnect or nil,
         controller = self.journal and self.journal:id() or "plan", on_event = function(ev)
@@ -1232,6 +1233,7 @@ function Runner:ctx(phase, step, state)
     run_id = self.run_id,
     phase = phase,
     step = step,
+    host = self.fleet_host, -- a fleet's member: the inventory's name of its host
     log = function(fmt, ...)
       self:emit({ event = "log", phase = phase, step = step, message = string.format(fmt, ...) })
     end,
@@ -1326,8 +1328,9 @@ function Runner:run_step(step, resumed_state)
 end
 
 -- Calls fn(...) with the calls it makes going to host `name` (a step's or check's `on`;
--- nil: this machine).
+-- nil: this machine, or a fleet member's host).
 function Runner:on_host(name, fn, ...)
+  name = name or self.fleet_host
   if name == nil or not (self.hosts or self.sandbox_boxes) then
     return fn(...)
   end
@@ -2382,6 +2385,35 @@ function Runner:step_with_debugger(item)
   return ok, err
 end
 
+-- A fleet's member (hrun.fleet) asks its fleet before each step it would run, on
+-- stdout beside its events, and waits for the answer on stdin: "go", "skip WHY" (a
+-- run_once step another host ran), "stop WHY" (the others finish their step and stop) or
+-- "fail WHY" (the step fails without running: the run is rolled back). No answer (the
+-- fleet's process is gone) stops it: a resume of the fleet run continues it.
+function Runner:fleet_gate(item)
+  if not self.step_index then -- each step's place in the playbook: the same in every member
+    local index, n = {}, 0
+    for _, ph in ipairs(self.pb.phases) do
+      for _, it in ipairs(ph.items or {}) do
+        if it.kind == "step" then
+          n = n + 1
+          index[ph.name .. "/" .. it.name] = n
+        end
+      end
+    end
+    self.step_index = index
+  end
+  io.stdout:write(json.encode({ event = "fleet-gate", index = self.step_index[item.phase .. "/" .. item.name],
+    phase = item.phase, step = item.name, run_once = item.run_once or nil }), "\n")
+  io.stdout:flush()
+  local line = io.stdin:read("l")
+  if not line then
+    return "stop", "the fleet's process is gone"
+  end
+  local word, why = line:match("^(%a+)%s*(.*)$")
+  return word or "stop", why ~= "" and why or nil
+end
+
 -- Runs the phases; returns nil when all went well, else the failure's message.
 function Runner:execute()
   self:tag_selection()
@@ -2427,9 +2459,24 @@ function Runner:execute()
           elseif skip then
             self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = skip })
           else
-            local ok, err = self:step_with_debugger(item)
-            if not ok then
-              failure = string.format("step '%s' failed: %s", item.name, err)
+            local word, why = "go", nil
+            if self.fleet_host and not self.plan then
+              word, why = self:fleet_gate(item)
+            end
+            if word == "skip" then
+              self:emit({ event = "step-skip", phase = ph.name, step = item.name, reason = why })
+            elseif word == "stop" then
+              self.fleet_stopped = true
+              self:emit({ event = "log", phase = ph.name, step = item.name, message = "stopped by the fleet: " ..
+                tostring(why) })
+              failure = "stopped by the fleet: " .. tostring(why)
+            elseif word == "fail" then
+              failure = string.format("step '%s' not run: %s", item.name, tostring(why))
+            else
+              local ok, err = self:step_with_debugger(item)
+              if not ok then
+                failure = string.format("step '%s' failed: %s", item.name, err)
+              end
             end
           end
         end
@@ -2490,7 +2537,7 @@ function Runner:run()
     status = failure and "failed" or "planned"
   elseif not failure then
     status = "done"
-  elseif self.pb.on_failure == "stop" then
+  elseif self.pb.on_failure == "stop" or self.fleet_stopped then
     status = "stopped"
   elseif self.unreached and self.journal:not_undone(self.run_id) == 0 then
     status = "failed" -- nothing changed: nothing to roll back
