@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <lualib.h>
@@ -525,6 +526,16 @@ static int priv_isatty(lua_State *L)
     return 1;
 }
 
+/* termsize(fd) → rows, columns of the terminal fd is, or nil (not a terminal) */
+static int priv_termsize(lua_State *L)
+{
+    struct winsize w;
+    if (ioctl((int)luaL_checkinteger(L, 1), TIOCGWINSZ, &w) != 0 || w.ws_row == 0) return 0;
+    lua_pushinteger(L, w.ws_row);
+    lua_pushinteger(L, w.ws_col);
+    return 2;
+}
+
 int hrun_openprivate(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -536,6 +547,7 @@ int hrun_openprivate(lua_State *L)
         {"nearest", priv_nearest},
         {"setoptions", priv_setoptions},
         {"isatty", priv_isatty},
+        {"termsize", priv_termsize},
         {"selfexe", priv_selfexe},
         {"sethooks", hrun_setluahooks},
         {"setdeadline", priv_setdeadline},

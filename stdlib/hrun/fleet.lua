@@ -343,10 +343,17 @@ M.UNDOABLE = { done = true, stopped = true, running = true, crashed = true, ["ro
 local FleetUI = {}
 FleetUI.__index = FleetUI
 
+local Live = {}
+Live.__index = Live
+
 function M.ui(opts, priv)
   local ui = require("hrun.ui")
-  return setmetatable({ json = opts.json, plain = ui.new({ json = false, tty = false, verbose = opts.verbose }),
-    tty = not opts.json and priv.isatty(1) }, FleetUI)
+  if not opts.json and priv.isatty(1) then
+    return setmetatable({ priv = priv, color = not opts.no_color and not sys.env("NO_COLOR"), hosts = {},
+      order = {}, drawn = 0, frame = 0 }, Live)
+  end
+  return setmetatable({ json = opts.json, plain = ui.new({ json = false, tty = false, verbose = opts.verbose }) },
+    FleetUI)
 end
 
 local QUIET = { ["run-start"] = true, ["run-end"] = true, recap = true, capabilities = true }
@@ -391,6 +398,146 @@ function FleetUI:event(ev)
       self:line(t, "[%s] %s", host, string.format(fmt, ...))
     end
     lines:event(ev)
+  end
+end
+
+-- {======================================================
+-- The live view, on a terminal: the lines that stay scroll above; below them, one line
+-- a host of the batch — its phase ▸ step, a spinner and the time so far, or ✓ ✗ ↶ once
+-- it ended — redrawn in place; past a screenful, the hosts that are not running are
+-- folded into one line. A host's failure is written above, under its name.
+-- ======================================================
+
+local SPINNER = { "⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏" }
+local MARK = { done = { "✓", "32" }, planned = { "✓", "32" }, ["rolled-back"] = { "↶", "33" },
+  stopped = { "■", "33" }, ["not started"] = { "·", "2" } }
+
+function Live:c(code, s)
+  return self.color and ("\27[" .. code .. "m" .. s .. "\27[0m") or s
+end
+
+-- The region below is taken away, s written, the region drawn again.
+function Live:print(s)
+  self:erase()
+  io.stdout:write(s, "\n")
+  self:draw()
+end
+
+function Live:erase()
+  if self.drawn > 0 then
+    io.stdout:write(string.format("\27[%dF\27[J", self.drawn))
+    self.drawn = 0
+  end
+end
+
+function Live:row(h)
+  local name = h.name .. string.rep(" ", math.max(1, self.width - (utf8.len(h.name) or #h.name)))
+  if h.status then
+    local mark = MARK[h.status] or { "✗", "31" }
+    return string.format("  %s %s%s", self:c(mark[2], mark[1]), name, self:c("2", h.status))
+  elseif h.step then
+    return string.format("  %s %s%s ▸ %s %s", self:c("33", SPINNER[self.frame % #SPINNER + 1]), name,
+      h.phase or "", h.step, self:c("2", require("hrun.ui").seconds(sys.clock() - h.since)))
+  end
+  return string.format("  %s %s%s", self:c("2", "…"), name, self:c("2", h.waiting or "connecting"))
+end
+
+function Live:draw()
+  local rows = select(1, self.priv.termsize(1)) or 24
+  local room = math.max(3, rows - 2)
+  local lines, shown = {}, self.order
+  if #shown > room then -- the running hosts first; the others counted on one line
+    local running, rest = {}, { done = 0, other = 0 }
+    for _, name in ipairs(shown) do
+      local h = self.hosts[name]
+      if not h.status and #running < room - 1 then
+        running[#running + 1] = name
+      elseif h.status == "done" then
+        rest.done = rest.done + 1
+      else
+        rest.other = rest.other + 1
+      end
+    end
+    shown = running
+    lines[room] = self:c("2", string.format("  … %d more: %d done, %d waiting or ended otherwise",
+      #self.order - #running, rest.done, rest.other))
+  end
+  local out = {}
+  for _, name in ipairs(shown) do
+    out[#out + 1] = self:row(self.hosts[name])
+  end
+  if lines[room] then
+    out[#out + 1] = lines[room]
+  end
+  for _, l in ipairs(out) do
+    io.stdout:write(l, "\n")
+  end
+  self.drawn = #out
+  io.stdout:flush()
+end
+
+function Live:tick()
+  self.frame = self.frame + 1
+  self:erase()
+  self:draw()
+end
+
+function Live:event(ev)
+  local e, ts = ev.event, require("hrun.ui").timestamp(ev.time or sys.now())
+  local h = ev.host and self.hosts[ev.host]
+  if e == "fleet-start" then
+    self.width = 2
+    for _, name in ipairs(ev.hosts) do
+      self.width = math.max(self.width, (utf8.len(name) or #name) + 2)
+    end
+    self:print(self:c("1", string.format("fleet %s%s", ev.playbook, ev.run and (" #" .. ev.run) or "")) ..
+      string.format(": %d host%s, %d batch%s, strategy %s, forks %d", #ev.hosts, #ev.hosts == 1 and "" or "s",
+        ev.batches, ev.batches == 1 and "" or "es", ev.strategy, ev.forks))
+  elseif e == "batch-start" then
+    self:erase()
+    self.order, self.hosts = {}, {}
+    for _, name in ipairs(ev.hosts) do
+      self.order[#self.order + 1] = name
+      self.hosts[name] = { name = name }
+    end
+    self:print(self:c("1", string.format("batch %d", ev.batch)) .. ": " .. table.concat(ev.hosts, ", "))
+  elseif e == "host-unreachable" then
+    self:print(string.format("%s %s %s: %s", ts, self:c("31", "✗"), ev.host, "unreachable: " .. tostring(ev.error)))
+  elseif e == "step-start" and h then
+    h.phase, h.step, h.since, h.waiting = ev.phase, ev.step, sys.clock(), nil
+    self:tick()
+  elseif e == "step-end" and h then
+    h.step, h.waiting = nil, "between steps"
+    if ev.status == "failed" then
+      self:print(string.format("%s %s %s ▸ %s: %s", ts, self:c("31", "✗"), ev.host, ev.step,
+        tostring(ev.error):gsub("\n", "\n    ")))
+    else
+      self:tick()
+    end
+  elseif e == "host-end" and h then
+    h.status, h.step = ev.status, nil
+    self:tick()
+  elseif e == "host-end" then
+    local mark = MARK[ev.status] or { "✗", "31" }
+    self:print(string.format("%s %s %s: %s", ts, self:c(mark[2], mark[1]), ev.host, ev.status))
+  elseif e == "host-rollback" then
+    self:print(string.format("%s %s %s: rolling back%s", ts, self:c("33", "↶"), ev.host,
+      ev.why and (" (" .. ev.why .. ")") or ""))
+  elseif e == "error" and not ev.host then
+    self:print(ts .. " " .. self:c("31", "error: ") .. tostring(ev.message))
+  elseif e == "fleet-recap" then
+    self:erase()
+    self.order = {}
+    local lines = { self:c("1", "recap:") }
+    for _, r in ipairs(ev.hosts) do
+      local mark = MARK[r.status] or { "✗", "31" }
+      lines[#lines + 1] = string.format("  %s %-16s %s%s", self:c(mark[2], mark[1]), r.host, r.status,
+        r.error and self:c("2", "  (" .. r.error .. ")") or "")
+    end
+    self:print(table.concat(lines, "\n"))
+  elseif e == "run-end" and ev.fleet then
+    self:print(string.format("%s (fleet run %s, exit %d, %s)", self:c("1", ev.status), tostring(ev.run), ev.exit,
+      require("hrun.ui").seconds(ev.seconds or 0)))
   end
 end
 
@@ -769,6 +916,11 @@ function Fleet:run(resume)
   local batches = M.batches(fleet.serial[1] and fleet.serial or nil, #list)
   self:emit({ event = "fleet-start", run = self.run_id, playbook = self.pb.name, hosts = json.array(self.names),
     batches = #batches, strategy = self.strategy, forks = self.forks, resumed = resume or nil, plan = self.plan })
+  if self.ui.tick then -- the live view's spinner turns while the members are quiet
+    self.priv.setticker(function()
+      self.ui:tick()
+    end)
+  end
   local pending = {}
   for _, m in ipairs(list) do
     if not (resume and (m.status == "done" or m.status == "rolled-back" or m.status == "unreachable")) then
@@ -834,6 +986,9 @@ end
 -- done; 2 when a host's rollback is incomplete; else 1 (a host failed, was rolled back,
 -- stopped, unreachable or not started); 130 interrupted.
 function Fleet:finish(started)
+  if self.ui.tick then
+    self.priv.setticker(nil)
+  end
   local worst, any_stopped = 0, false
   local rows = json.array()
   for _, name in ipairs(self.names) do

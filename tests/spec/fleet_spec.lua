@@ -120,6 +120,67 @@ return playbook { name = "p",
   end)
 end)
 
+describe("the live view of a fleet", function()
+  it("folds the hosts that are not running into one line past a screenful", function()
+    local out = hrun_chunk({}, [[
+      local fleet = require("hrun.fleet")
+      local ui = fleet.ui({ no_color = true }, { isatty = function() return true end,
+        termsize = function() return 6, 80 end })
+      local names = {}
+      for i = 1, 10 do names[i] = "n" .. i end
+      ui:event({ event = "fleet-start", playbook = "p", hosts = names, batches = 1, strategy = "linear", forks = 10 })
+      ui:event({ event = "batch-start", batch = 1, hosts = names })
+      for i = 1, 3 do ui:event({ event = "step-start", host = "n" .. i, phase = "p", step = "s" }) end
+      for i = 4, 8 do ui:event({ event = "host-end", host = "n" .. i, status = "done" }) end
+      io.stdout:write("\nEND\n")
+    ]])
+    -- the last drawing: after the last clear of the region
+    local last = out:match(".*\27%[J(.-)\nEND\n$")
+    ok(last, out)
+    local lines = {}
+    for l in last:gmatch("[^\n]+") do
+      lines[#lines + 1] = l
+    end
+    eq(#lines, 4, last)
+    ok(lines[1]:match("n1%s+p ▸ s"), lines[1])
+    ok(lines[3]:match("n3%s+p ▸ s"), lines[3])
+    has(lines[4], "… 7 more: 5 done, 2 waiting or ended otherwise")
+  end)
+
+  it("shows a line a host on a terminal, a failing host's error above them, and a recap", function()
+    local hs = ssh_hosts(3)
+    local dir, env = controller(hs)
+    local inv = inventory(dir, hs)
+    local pb = playbook_file(dir, "live.lua", [[
+return playbook { name = "live", targets = "servers", serial = 2, params = { fail_on = "" },
+  phase "p" {
+    step "one" { run = function(ctx) fs.write("/srv/one", ctx.host) end },
+    step "wait" { run = function(ctx)
+      sys.sleep(2)
+      if ctx.params.fail_on == ctx.host then error("it does not come back") end
+    end },
+  },
+}
+]])
+    local vars = {}
+    for k, v in pairs(env) do
+      vars[#vars + 1] = k .. "=" .. shq(v)
+    end
+    local t = terminal(string.format("env %s %s %s --hosts %s -p fail_on=h2; sleep 60", table.concat(vars, " "),
+      shq(HRUN), shq(pb), shq(inv)))
+    local screen = t:wait("▸ wait")
+    has(screen, "h1  p ▸ wait")
+    has(screen, "h2  p ▸ wait")
+    screen = t:wait("exit 1")
+    has(screen, "✗ h2 ▸ wait: ")
+    has(screen, "it does not come back")
+    has(screen, "✓ h1")
+    has(screen, "↶ h2")
+    has(screen, "· h3")
+    ok(not screen:find("p ▸ wait", 1, true), "the live lines are gone at the end:\n" .. screen)
+  end)
+end)
+
 describe("a fleet run", function()
   it("runs in rolling batches, every host a step at a time, each host's params its own", function()
     local hs = ssh_hosts(4)
