@@ -750,13 +750,13 @@ function Fleet:on_event(m, ev)
   ev.host = m.name
   if ev.event == "run-start" and ev.run then
     self:record(m, { member_run = ev.run })
-  elseif ev.event == "step-end" then
+  elseif ev.event == "step-end" or ev.event == "step-skip" then
     m.running = nil
     local once = self.once[m.gate and m.gate.index or -1]
-    if once and once.host == m.name then
-      once.status, once.error = ev.status, ev.error
+    if once and once.host == m.name and m.gate.step == ev.step then
+      once.status, once.error = ev.event == "step-skip" and "skipped" or ev.status, ev.error
     end
-    if ev.status == "failed" then
+    if ev.event == "step-end" and ev.status == "failed" then
       self:failed(m, ev.error or "a step failed")
     end
   elseif ev.event == "run-end" then
@@ -797,7 +797,8 @@ function Fleet:schedule(batch)
         m:answer(self.stopping.word, self.stopping.why)
       elseif once and once.host ~= m.name then
         if once.status == "done" or once.status == "skipped" then
-          m:answer("skip", string.format("run_once: ran on host '%s'", once.host))
+          m:answer("skip", string.format("run_once: %s on host '%s'", once.status == "done" and "ran" or "skipped",
+            once.host))
         elseif once.status then
           m:answer("fail", string.format("run_once step '%s' failed on host '%s': %s", gate.step, once.host,
             tostring(once.error)))
@@ -844,6 +845,11 @@ function Fleet:run_batch(batch, resume)
         m.ch:close()
         local how = self.priv.sandboxend(m.pid, false, true)
         m.live, m.exit = false, tonumber(how:match("code (%d+)")) or -1
+        for _, once in pairs(self.once) do -- a run_once step its run never finished
+          if once.host == m.name and not once.status then
+            once.status, once.error = "failed", "its run there ended first"
+          end
+        end
         local outcome = outcome_of(m)
         if outcome ~= "done" and outcome ~= "planned" then
           self:failed(m, outcome)

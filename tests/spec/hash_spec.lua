@@ -480,7 +480,7 @@ describe("a manifest's entries", function()
       UPDATE manifests SET files = 0, bytes = 0, errors = 0;]]
     -- and without what came after version 4 (the undo journal; version 6's columns)
     sql[#sql + 1] = [[DROP TABLE undos; DROP TABLE playbooks; DROP TABLE children;
-      DROP TABLE collections; DROP TABLE notifications; DROP TABLE meta;]]
+      DROP TABLE collections; DROP TABLE notifications; DROP TABLE meta; DROP TABLE fleet_hosts;]]
     for _, c in ipairs({ "effects.host", "effects.remote", "runs.hosts",
       "runs.steps_total", "runs.collected", "runs.selection", "effects.kept", "runs.outcome",
       "runs.rollback_status", "runs.rollback_started", "runs.rollback_ended",

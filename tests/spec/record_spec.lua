@@ -208,7 +208,8 @@ describe("an older journal", function()
       ALTER TABLE runs DROP COLUMN selection; ALTER TABLE runs DROP COLUMN steps_total;
       ALTER TABLE runs DROP COLUMN collected;
       ALTER TABLE effects DROP COLUMN kept; ALTER TABLE steps DROP COLUMN changed;
-      DROP TABLE meta; ALTER TABLE effects DROP COLUMN host; ALTER TABLE effects DROP COLUMN remote;
+      DROP TABLE meta; DROP TABLE fleet_hosts; ALTER TABLE effects DROP COLUMN host;
+      ALTER TABLE effects DROP COLUMN remote;
       ALTER TABLE runs DROP COLUMN hosts;
       PRAGMA user_version = 5;]] })
     local runs = hrun_cmd({ "runs", "--state", state })
