@@ -764,18 +764,57 @@ function Fleet:on_event(m, ev)
     if ev.status ~= "done" and ev.status ~= "planned" then
       self:failed(m, ev.error or ev.status)
     end
+  elseif ev.event == "step-start" then
+    m.stepped = true
   elseif ev.event == "error" and tostring(ev.message):match("^pre%-flight: ") then
+    -- its run could not reach its host (it connects itself, in the first batch)
+    local why = tostring(ev.message):gsub("^pre%-flight: host '[^']*' %b(): ", "")
     m.unreachable = true
+    if why:find("host key", 1, true) then
+      m.key_problem = string.format("host '%s' (%s): %s", m.name, m.url, why)
+    end
+    self.ui:event({ event = "host-unreachable", host = m.name, error = why, time = ev.time })
+    return
   end
+  -- shown, not journaled here: the host's own journal has it
   self.ui:event(ev)
-  if self.journal and not self.plan then
-    self.journal:event(self.run_id, ev)
+end
+
+-- The first batch's hosts connect themselves while this process reaches the others; no
+-- step runs anywhere before all have: then an unknown or changed host key anywhere
+-- refuses the run, and hosts that cannot be reached beyond max_fail stop it.
+function Fleet:release(batch)
+  for _, m in ipairs(batch) do
+    if m.live and not m.at then
+      return false
+    end
   end
+  self.holding = false
+  local keys = {}
+  for _, k in ipairs(self.key_problems) do
+    keys[#keys + 1] = k
+  end
+  for _, m in ipairs(batch) do
+    keys[#keys + 1] = m.key_problem
+  end
+  if #keys > 0 then
+    self.refused = string.format("pre-flight: %d host%s cannot be trusted yet, nothing was run: %s; " ..
+      "`hrun hosts trust NAME --hosts FILE` checks and stores a key", #keys, #keys == 1 and "" or "s",
+      table.concat(keys, "; "))
+    self:emit({ event = "error", message = self.refused })
+    self.stopping = { word = "stop", why = "refused at pre-flight" }
+  elseif self.no_more_batches and not self.stopping then
+    self.stopping = { word = "stop", why = self.no_more_batches }
+  end
+  return true
 end
 
 -- The members waiting at a gate get their answers when they may: the failure policy
 -- first, then run_once, then the strategy and --forks.
 function Fleet:schedule(batch)
+  if self.holding and not self:release(batch) then
+    return
+  end
   local running, low = 0, math.huge
   for _, m in ipairs(batch) do
     if m.live then
@@ -815,10 +854,20 @@ function Fleet:schedule(batch)
 end
 
 -- Runs one batch of members until each has ended.
-function Fleet:run_batch(batch, resume)
+function Fleet:start_batch(bi, batch, resume)
+  local names = {}
+  for _, m in ipairs(batch) do
+    self:record(m, { batch = bi })
+    names[#names + 1] = m.name
+  end
+  self:emit({ event = "batch-start", batch = bi, hosts = json.array(names) })
   for _, m in ipairs(batch) do
     self:spawn(m, resume and m.member_run ~= nil)
   end
+end
+
+-- Serves one batch's members (started) until each has ended.
+function Fleet:run_batch(batch)
   while true do
     local chans, live = {}, {}
     for _, m in ipairs(batch) do
@@ -853,6 +902,9 @@ function Fleet:run_batch(batch, resume)
         local outcome = outcome_of(m)
         if outcome ~= "done" and outcome ~= "planned" then
           self:failed(m, outcome)
+        end
+        if outcome == "stopped" and not m.stepped then -- stopped at its first step: nothing ran
+          outcome = "not started"
         end
         self:record(m, { status = outcome, ended = sys.now(), error = m.run_end and m.run_end.error or
           (m.exit ~= 0 and how or nil) })
@@ -927,59 +979,65 @@ function Fleet:run(resume)
       self.ui:tick()
     end)
   end
-  local pending = {}
-  for _, m in ipairs(list) do
-    if not (resume and (m.status == "done" or m.status == "rolled-back" or m.status == "unreachable")) then
-      pending[#pending + 1] = m
-    end
-  end
-  -- every host's key known, every host reached, before anything runs anywhere
-  local reach = M.preflight(self.priv, self.state, pending, self.forks)
-  local unknown = {}
-  for _, m in ipairs(pending) do
-    local r = reach[m.name]
-    if r ~= true and (r.kind == "key-unknown" or r.kind == "key-changed") then
-      unknown[#unknown + 1] = string.format("host '%s' (%s): %s", m.name, m.url, r.message)
-    end
-  end
-  if #unknown > 0 then
-    self.refused = string.format("pre-flight: %d host%s cannot be trusted yet, nothing was run: %s; " ..
-      "`hrun hosts trust NAME --hosts FILE` checks and stores a key", #unknown, #unknown == 1 and "" or "s",
-      table.concat(unknown, "; "))
-    self:emit({ event = "error", message = self.refused })
-    return self:finish(started)
-  end
-  for _, m in ipairs(pending) do
-    local r = reach[m.name]
-    if r ~= true then
-      m.unreachable = true
-      self:record(m, { status = "unreachable", error = r.message, ended = sys.now() })
-      self:emit({ event = "host-unreachable", host = m.name, error = r.message })
-      self:failed(m, r.message)
-    end
-  end
+  -- the batches, each host that is to run in one: on a resume, those done stay done
+  local todo = {}
   for bi, range in ipairs(batches) do
     local batch = {}
     for k = range[1], range[2] do
       local m = list[k]
-      if not m.unreachable and not (resume and (m.status == "done" or m.status == "rolled-back")) then
+      if not (resume and (m.status == "done" or m.status == "rolled-back" or m.status == "unreachable")) then
         batch[#batch + 1] = m
       end
     end
-    if self.no_more_batches or self.stopping then
+    if #batch > 0 then
+      todo[#todo + 1] = { bi = bi, hosts = batch }
+    end
+  end
+  -- the first batch starts now and connects; the other hosts are reached from here
+  -- meanwhile (their keys checked, their master connections left for their runs)
+  self.key_problems, self.holding = {}, true
+  local later = {}
+  for i = 2, #todo do
+    for _, m in ipairs(todo[i].hosts) do
+      later[#later + 1] = m
+    end
+  end
+  if todo[1] then
+    self:start_batch(todo[1].bi, todo[1].hosts, resume)
+  end
+  local reach = M.preflight(self.priv, self.state, later, self.forks)
+  for _, m in ipairs(later) do
+    local r = reach[m.name]
+    if r ~= true and (r.kind == "key-unknown" or r.kind == "key-changed") then
+      self.key_problems[#self.key_problems + 1] = string.format("host '%s' (%s): %s", m.name, m.url, r.message)
+    elseif r ~= true then
+      m.unreachable = true
+      self:record(m, { status = "unreachable", error = r.message, ended = sys.now() })
+      self:emit({ event = "host-unreachable", host = m.name, error = "cannot connect: " .. r.message })
+      self:failed(m, r.message)
+    end
+  end
+  for i, t in ipairs(todo) do
+    local batch = {}
+    for _, m in ipairs(t.hosts) do
+      if i == 1 or not m.unreachable then -- the first batch's all started
+        batch[#batch + 1] = m
+      end
+    end
+    if i > 1 and (self.no_more_batches or self.stopping or self.refused) then
       for _, m in ipairs(batch) do
-        if not m.member_run then
+        if not m.member_run or m.status == "pending" then
           self:record(m, { status = "not started" })
         end
       end
     elseif #batch > 0 then
-      local names = {}
-      for _, m in ipairs(batch) do
-        self:record(m, { batch = bi })
-        names[#names + 1] = m.name
+      if i > 1 then
+        self:start_batch(t.bi, batch, resume)
       end
-      self:emit({ event = "batch-start", batch = bi, hosts = json.array(names) })
-      self:run_batch(batch, resume)
+      self:run_batch(batch)
+      if self.holding then -- its hosts all ended before their first step
+        self:release(batch)
+      end
     end
   end
   if self.stopping and self.stopping.rollback_all then

@@ -276,9 +276,18 @@ local function migrate(db)
     error(string.format("journal: written by a newer hrun (schema %d, this hrun knows %d)", version,
       #migrations), 0)
   end
-  for v = version + 1, #migrations do
+  -- each migration its own transaction; a new journal's all in one (one commit: a fleet
+  -- makes a journal for each host of every run)
+  local step = version == 0 and #migrations or 1
+  for v = version + 1, #migrations, step do
+    local last = math.min(#migrations, v + step - 1)
     db:exec("BEGIN IMMEDIATE")
-    local ok, err = pcall(db.exec, db, migrations[v] .. string.format("; PRAGMA user_version = %d;", v))
+    local ok, err = pcall(function()
+      for k = v, last do
+        db:exec(migrations[k])
+      end
+      db:exec(string.format("PRAGMA user_version = %d;", last))
+    end)
     if not ok then
       db:exec("ROLLBACK")
       error(err, 0)

@@ -351,7 +351,7 @@ return playbook { name = "once", targets = "servers",
     local before = trees(hs)
     local r = run(env, { pb, "--hosts", inv })
     eq(r.code, 1, r.stdout .. r.stderr)
-    has(r.stdout, "[down] UNREACHABLE: the connection is refused")
+    has(r.stdout, "[down] UNREACHABLE: cannot connect: the connection is refused")
     has(r.stdout, "not started")
     eq(trees(hs), before, "nothing ran anywhere")
     -- an unknown key: every such host named once, nothing run (a state of its own: no
