@@ -614,7 +614,13 @@ function Agent:serve(ch)
       ch:send(self:encode({ t = "output", seq = current, line = line, stream = stream }))
     end
   end)
-  ch:send(self:encode({ t = "ready", protocol = M.PROTOCOL, version = priv.version, pid = priv.pid(),
+  -- its parent: under sudo, the sudo the controller signals (a user may not signal root's)
+  local stat = io.open("/proc/self/stat", "r")
+  local ppid = stat and tonumber((stat:read("a") or ""):match("%)%s+%S+%s+(%d+)"))
+  if stat then
+    stat:close()
+  end
+  ch:send(self:encode({ t = "ready", protocol = M.PROTOCOL, version = priv.version, pid = priv.pid(), ppid = ppid,
     uid = sys.is_root() and 0 or nil, host = sys.hostname(), dir = self.dir, portable = priv.portable or nil }))
   while true do
     local line, why = ch:recv(1 << 30)

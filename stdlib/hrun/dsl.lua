@@ -327,7 +327,7 @@ end
 
 -- hosts = { old = "ssh://root@zimaos.lan", new = "local" }: each a name and where it is
 -- (a URL, or a table {url = …, agent_dir = …, reconnect = seconds}).
-local HOST_FIELDS = { url = "string", agent_dir = "string", reconnect = "number" }
+local HOST_FIELDS = { url = "string", agent_dir = "string", reconnect = "number", sudo = "boolean" }
 local function validate_hosts(p, pb, b)
   local out = {}
   if type(b.hosts) ~= "table" then
@@ -342,7 +342,7 @@ local function validate_hosts(p, pb, b)
       local h = type(v) == "table" and v or { url = v }
       for k in pairs(h) do
         if not HOST_FIELDS[k] then
-          p:add(where, "%s: unknown field '%s' (url, agent_dir, reconnect)", what, tostring(k))
+          p:add(where, "%s: unknown field '%s' (url, agent_dir, reconnect, sudo)", what, tostring(k))
         end
       end
       local parsed, why = require("hrun.remote").parse(h.url)
@@ -357,7 +357,10 @@ local function validate_hosts(p, pb, b)
       if h.reconnect ~= nil and (type(h.reconnect) ~= "number" or h.reconnect < 0) then
         p:add(where, "%s: reconnect must be a number of seconds >= 0", what)
       end
-      out[name] = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect }
+      if h.sudo ~= nil and type(h.sudo) ~= "boolean" then
+        p:add(where, "%s: sudo must be true or false", what)
+      end
+      out[name] = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect, sudo = h.sudo }
     end
   end
   return out

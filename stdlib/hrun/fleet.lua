@@ -22,7 +22,7 @@ M.DEFAULT_FORKS = 10
 -- The inventory: a Lua file of `host "name" { … }` and `group "name" { … }`, data only
 -- ======================================================
 
-local HOST_FIELDS = { url = true, agent_dir = true, groups = true, vars = true }
+local HOST_FIELDS = { url = true, agent_dir = true, groups = true, vars = true, sudo = true }
 local GROUP_FIELDS = { vars = true }
 local WORD = "^[%a_][%w_%-]*$"
 
@@ -134,6 +134,9 @@ function M.inventory(path, nearest)
     if b.vars ~= nil and (type(b.vars) ~= "table" or not plain(b.vars)) then
       add(h.line, "host '%s': vars must be a table of plain values (strings, numbers, booleans, tables)", name)
     end
+    if b.sudo ~= nil and type(b.sudo) ~= "boolean" then
+      add(h.line, "host '%s': sudo must be true or false", name)
+    end
     local member_of = {}
     if b.groups ~= nil then
       if type(b.groups) ~= "table" then
@@ -148,7 +151,8 @@ function M.inventory(path, nearest)
         end
       end
     end
-    out.hosts[name] = { name = name, url = b.url, agent_dir = b.agent_dir, vars = b.vars or {}, line = h.line,
+    out.hosts[name] = { name = name, url = b.url, agent_dir = b.agent_dir, sudo = b.sudo, vars = b.vars or {},
+      line = h.line,
       groups = member_of }
   end
   for _, gname in ipairs(group_order) do
@@ -605,7 +609,7 @@ function M.preflight(priv, state, members, forks)
       local m = queue[i]
       i = i + 1
       local h = remote.new({ name = m.name, url = m.url, priv = priv, state = state, agent_dir = m.agent_dir,
-        controller = "fleet" })
+        sudo = m.sudo, controller = "fleet" })
       local log = h:errlog()
       assert(fs.write(log, "", { mode = "0600" }))
       local argv = h:target_argv(h:ssh_argv({ "-o", "ControlMaster=auto", "-o", "ControlPersist=60", "-T" }))

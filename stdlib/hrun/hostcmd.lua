@@ -29,7 +29,7 @@ local function pick(priv, opts, path, names, state)
     base = base or {}
     for _, name in ipairs(chosen) do
       local h = inv.hosts[name]
-      base[name] = { url = h.url, agent_dir = h.agent_dir }
+      base[name] = { url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
     end
   end
   local hosts = play.hosts(base, opts) or {}
@@ -37,7 +37,7 @@ local function pick(priv, opts, path, names, state)
   if #names == 0 then
     for name, h in pairs(hosts) do
       if h.url ~= "local" then
-        list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir }
+        list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
       end
     end
     table.sort(list, function(a, b)
@@ -54,7 +54,7 @@ local function pick(priv, opts, path, names, state)
           bad(string.format("no host '%s'%s", name, path and (" in " .. path) or " (give PLAYBOOK.lua or -H NAME=URL)"))
         end
       end
-      list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir }
+      list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
     end
   end
   if #list == 0 then
@@ -64,7 +64,7 @@ local function pick(priv, opts, path, names, state)
 end
 
 local function new_host(priv, state, h)
-  return remote.new({ name = h.name, url = h.url, priv = priv, state = state, agent_dir = h.agent_dir,
+  return remote.new({ name = h.name, url = h.url, priv = priv, state = state, agent_dir = h.agent_dir, sudo = h.sudo,
     controller = "check" })
 end
 

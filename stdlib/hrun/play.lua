@@ -366,7 +366,11 @@ function M.hosts(base, opts, sandboxed)
       bad(string.format("hosts.%s: agent_dir = %q: a sandboxed playbook does not choose where hrun's agent is " ..
         "kept on a host (drop the field, or run the playbook without the sandbox)", name, h.agent_dir))
     end
-    hosts[name], any = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect }, true
+    if sandboxed and h.sudo then
+      bad(string.format("hosts.%s: sudo = true: a sandboxed playbook does not choose to run as root on a host " ..
+        "(drop the field; an inventory's host may say it, docs/hosts.md)", name))
+    end
+    hosts[name], any = { url = h.url, agent_dir = h.agent_dir, reconnect = h.reconnect, sudo = h.sudo }, true
   end
   for _, given in ipairs(opts.hosts or {}) do
     local name, url = tostring(given):match("^([%a_][%w_%-]*)=(.+)$")
@@ -412,7 +416,7 @@ function M.run(priv, opts, path, state, setup)
   local member = member_spec(opts)
   if member then -- its steps run on its host unless they say `on`
     hosts = hosts or {}
-    hosts[member.host] = { url = member.url, agent_dir = member.agent_dir }
+    hosts[member.host] = { url = member.url, agent_dir = member.agent_dir, sudo = member.sudo }
   end
   local fleet_host, ssh_state = member and member.host, member and member.ssh_state
   if opts.plan then
@@ -1193,7 +1197,7 @@ function M.fleet(priv, opts, path, state)
     local dir = string.format("%s/%s", base, name)
     assert(fs.mkdir(dir, { parents = true, mode = "0700" }))
     assert(fs.write(dir .. "/member.json", json.encode({ host = name, url = h.url, agent_dir = h.agent_dir,
-      ssh_state = state, fleet_run = run_id }), { mode = "0600" }))
+      sudo = h.sudo, ssh_state = state, fleet_run = run_id }), { mode = "0600" }))
     assert(fs.write(dir .. "/params.json", json.encode(per_host[name].vars), { mode = "0600" }))
     rows[i] = { host = name, url = h.url, agent_dir = h.agent_dir, state = dir, position = i, status = "pending" }
     if j then

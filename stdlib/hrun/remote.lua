@@ -113,6 +113,7 @@ function M.new(o)
   M.trusted = o.priv.trusted
   local self = setmetatable({ name = o.name, url = o.url, where = where, priv = o.priv, state = o.state,
     agent_dir = o.agent_dir or M.DEFAULT_AGENT_DIR, controller = o.controller, on_event = o.on_event,
+    sudo = o.sudo or nil,
     seq = 0, reconnect_seconds = o.reconnect_seconds or M.RECONNECT_SECONDS }, Host)
   self.dir = o.state .. "/ssh"
   own(function()
@@ -212,12 +213,21 @@ end
 function M.classify(text)
   local last
   for line in text:gmatch("[^\r\n]+") do
-    if not line:match("^Warning: Permanently added") and not line:match("^%s*$") then
+    if not line:match("^Warning: Permanently added") and not line:match("^sudo: unable to resolve host")
+      and not line:match("^%s*$") then
       last = last and (last .. "; " .. line) or line
     end
   end
   last = last or "ssh ended without a word"
   local rules = {
+    -- sudo's first: its own warnings (an unresolved host name) must not read as ssh's
+    { "a password is required", "sudo", "sudo asks for a password: hrun's agent needs a NOPASSWD sudoers rule " ..
+      "(docs/hosts.md, Privilege)" },
+    { "is not allowed to execute", "sudo", "sudo refuses to run hrun's agent: no sudoers rule allows it " ..
+      "(docs/hosts.md, Privilege)" },
+    { "is not in the sudoers file", "sudo", "sudo refuses: the login user is not in the sudoers file " ..
+      "(docs/hosts.md, Privilege)" },
+    { "sudo: not found", "sudo", "the host has no sudo" },
     { "Could not resolve hostname", "dns", "its name does not resolve (DNS)" },
     { "Name or service not known", "dns", "its name does not resolve (DNS)" },
     { "Connection refused", "refused", "the connection is refused (no sshd on that port?)" },
@@ -322,6 +332,11 @@ end
 function Host:start_command(mine, hash)
   local dir = self.agent_dir
   local bin = dir .. "/hrun-" .. (hash or "none")
+  -- sudo = true: the agent runs as root through `sudo -n` (one sudoers rule, never a
+  -- prompt), so what it runs is root's alone: the build and its directory root's
+  local sudo = self.sudo and "sudo -n " or ""
+  local dirs = self.sudo and "\"0 d\"????-??-?\" \"*" or "\"$u d\"????-??-?\" \"*|\"0 d\"????-??-?\" \"*"
+  local bins = self.sudo and "\"0 -\"????-??-?\" \"*" or "\"$u -\"????-??-?\" \"*"
   local script = {
     "u=$(id -u)",
     -- an installed hrun that cannot start prints nothing
@@ -329,14 +344,14 @@ function Host:start_command(mine, hash)
     string.format("d=$(stat -L -c '%%u %%A %%a %%F' %s 2>/dev/null || echo missing)", shq(dir)),
     string.format("b=$(stat -c '%%u %%A %%a %%F' %s 2>/dev/null || echo missing)", shq(bin)),
     "echo \"hrun-probe uid=$u\"; echo \"hrun-probe hrun=$v\"; echo \"hrun-probe dir=$d\"",
-    "case \"$d\" in missing|\"$u d\"????-??-?\" \"*|\"0 d\"????-??-?\" \"*) echo hrun-probe dirok=yes;; esac",
-    string.format("if [ \"$v\" = %s ]; then echo hrun-probe agent=installed; exec hrun agent --dir %s; fi",
-      shq(mine), shq(dir)),
+    "echo \"hrun-probe path=$(command -v hrun)\"",
+    "case \"$d\" in missing|" .. dirs .. ") echo hrun-probe dirok=yes;; esac",
+    string.format("if [ \"$v\" = %s ]; then echo hrun-probe agent=installed; exec %s%s agent --dir %s; fi",
+      shq(mine), sudo, self.sudo and "\"$(command -v hrun)\"" or "hrun", shq(dir)),
   }
   if hash then
-    script[#script + 1] = string.format("case \"$d\" in \"$u d\"????-??-?\" \"*|\"0 d\"????-??-?\" \"*) " ..
-      "case \"$b\" in \"$u -\"????-??-?\" \"*) echo hrun-probe agent=portable; exec %s agent --dir %s;; esac;; esac",
-      shq(bin), shq(dir))
+    script[#script + 1] = string.format("case \"$d\" in %s) case \"$b\" in %s) echo hrun-probe agent=portable; " ..
+      "exec %s%s agent --dir %s;; esac;; esac", dirs, bins, sudo, shq(bin), shq(dir))
   end
   script[#script + 1] = "echo hrun-probe agent=none"
   return table.concat(script, "; ")
@@ -370,6 +385,11 @@ function Host:upload(probe, mine, portable, hash)
   if not portable then
     error(string.format("host '%s': its hrun is %s, not %s, and there is no portable build to upload " ..
       "(looked for %s; set HRUN_PORTABLE)", self.name, self.installed or "missing", mine, hash), 0)
+  end
+  if self.sudo then
+    error(string.format("host '%s': sudo = true: its agent runs as root, so hrun does not upload it; install " ..
+      "hrun %s there (a package), or put the portable build at %s/hrun-%s as root (owned by root, mode 0700) — " ..
+      "docs/hosts.md, Privilege", self.name, self.priv.version, dir, hash), 0)
   end
   if probe.dirok ~= "yes" then
     error(string.format("host '%s': its agent_dir %s is %s: hrun does not run a program from there " ..
@@ -433,7 +453,8 @@ function Host:connect_here()
     f:close()
   end
   if self.agent then -- connected before: started by its path
-    self:spawn_agent(string.format("exec %s agent --dir %s", shq(self.agent), shq(self.agent_dir)))
+    self:spawn_agent(string.format("exec %s%s agent --dir %s", self.sudo and "sudo -n " or "", shq(self.agent),
+      shq(self.agent_dir)))
   else
     local mine = string.format("hrun %s (%s)", self.priv.version, _VERSION)
     local portable, hash = M.portable_build()
@@ -454,7 +475,9 @@ function Host:connect_here()
       self.agent, self.agent_kind = remote, "portable"
     else
       self.agent_kind = probe.agent
-      self.agent = probe.agent == "installed" and "hrun" or (self.agent_dir .. "/hrun-" .. hash)
+      -- under sudo by its path: the one a sudoers rule names
+      self.agent = probe.agent == "installed" and (self.sudo and probe.path or "hrun") or
+        (self.agent_dir .. "/hrun-" .. hash)
     end
   end
   local ready, why = self:receive(nil, 30)
@@ -472,6 +495,9 @@ function Host:connect_here()
       tostring(ready.version), tostring(ready.protocol), require("hrun.agent").PROTOCOL), 0)
   end
   self.ready = ready
+  if ready.uid == 0 then -- under sudo: root, whoever logged in
+    self.uid = 0
+  end
   if self.caps then
     results(self:request({ t = "sandbox", caps = self.caps, host = self.name }))
   end
@@ -635,7 +661,8 @@ function Host:interrupt(msg, why)
   local deadline = priv.deadline()
   priv.setdeadline(0)
   local ok, reply = pcall(function()
-    local pid = self.ready and math.tointeger(self.ready.pid)
+    -- under sudo the agent is root's: its sudo (the user's) relays the signal to it
+    local pid = self.ready and math.tointeger(self.sudo and self.ready.ppid or self.ready.pid)
     if pid then
       self:run("kill -INT " .. pid)
     end
@@ -787,6 +814,10 @@ function Host:forward(sock)
 end
 
 function Host:forward_here(sock)
+  if self.sudo then -- the socket would go in root's directory, where the login user's sshd cannot
+    error(string.format("host '%s': sudo = true: a copy to or from another machine is not supported on it " ..
+      "(its agent_dir is root's; docs/hosts.md, Limits)", self.name), 0)
+  end
   relays = relays + 1
   -- named by controller, process and count: a socket a crash left there is never this one
   local remote = string.format("%s/relay-%s-%d-%d.sock", self.agent_dir:gsub("/+$", ""),

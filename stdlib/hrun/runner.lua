@@ -881,7 +881,7 @@ function Runner:open_hosts(urls)
     if url ~= "local" then
       -- a fleet's member: the fleet's ssh masters and trusted keys (hrun.fleet)
       hosts[name] = remote.new({ name = name, url = url, priv = self.priv, state = self.ssh_state or self.state,
-        agent_dir = type(h) == "table" and h.agent_dir or nil,
+        agent_dir = type(h) == "table" and h.agent_dir or nil, sudo = type(h) == "table" and h.sudo or nil,
         reconnect_seconds = type(h) == "table" and h.reconnect or nil,
         controller = self.journal and self.journal:id() or "plan", on_event = function(ev)
           local cur = self.current

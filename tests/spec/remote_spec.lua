@@ -265,6 +265,61 @@ describe("hrun's agent on a host", function()
   end)
 end)
 
+describe("a host reached as a user with sudo", function()
+  it("runs the agent as root through one sudoers rule, never a prompt, and stops its commands through sudo", function()
+    local hs = ssh_hosts(1)
+    hs[1]:install_hrun()
+    local _, code = hs[1]:sh("useradd -m -s /bin/sh deploy && mkdir -p ~deploy/.ssh && " ..
+      "cp /root/.ssh/authorized_keys ~deploy/.ssh/ && chown -R deploy: ~deploy/.ssh")
+    eq(code, 0)
+    local dir, env = controller(hs, { HRUN_PORTABLE = "/nonexistent" })
+    local url = "ssh://deploy@127.0.0.1:" .. hs[1].port
+    local function pb_with(name, host)
+      return playbook_file(dir, name .. ".lua", string.format([[
+return playbook { name = %q, hosts = { h = %s }, params = { hang = false },
+  phase "p" { step "s" { on = "h", timeout = 3, run = function(ctx)
+    fs.write("/root/x", "1")
+    if ctx.params.hang then exec.run({ "sleep", "30" }) end
+  end } } }
+]], name, host))
+    end
+    local pb = pb_with("s", string.format("{ url = %q, sudo = true }", url))
+    -- no sudoers rule: refused at once (sudo -n), saying what is missing; nothing changed
+    local r = run(env, { pb })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "sudo asks for a password: hrun's agent needs a NOPASSWD sudoers rule")
+    ok(not fs.exists(hs[1].root .. "/root/x"), "nothing changed")
+    -- the one rule: the agent runs as root
+    _, code = hs[1]:sh("echo 'deploy ALL=(root) NOPASSWD: /usr/local/bin/hrun agent --dir /var/lib/hrun/agent' " ..
+      "> /etc/sudoers.d/hrun && chmod 440 /etc/sudoers.d/hrun")
+    eq(code, 0)
+    r = run(env, { "hosts", "check", pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "root, hrun installed there")
+    r = run(env, { pb })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    eq(fs.read(hs[1].root .. "/root/x"), "1")
+    -- a step that times out there: its command is stopped through sudo (the user may not
+    -- signal root's agent; its sudo relays the signal)
+    r = run(env, { pb, "-p", "hang=true" })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "timed out after 3 s")
+    local _, left = hs[1]:sh("pgrep -x sleep")
+    ok(left ~= 0, "the command there was stopped")
+    -- the same user without sudo cannot write there: the privilege is the rule's
+    local plain = pb_with("plain", string.format("{ url = %q, agent_dir = \"/home/deploy/.hrun\" }", url))
+    fs.remove(hs[1].root .. "/root/x")
+    r = run(env, { plain })
+    eq(r.code, 1, r.stdout .. r.stderr)
+    has(r.stdout, "/root/x")
+    ok(not fs.exists(hs[1].root .. "/root/x"), "not written")
+    -- a sandboxed playbook does not choose sudo
+    r = run(env, { "--sandbox", pb })
+    eq(r.code, 3, r.stdout .. r.stderr)
+    has(r.stderr, "hosts.h: sudo = true: a sandboxed playbook does not choose to run as root")
+  end)
+end)
+
 describe("secrets and other hosts", function()
   it("cross as secrets both ways, their bytes never shown or journaled", function()
     local hs = ssh_hosts(1)
