@@ -315,10 +315,12 @@ function Trials:busy()
       end
     end
   end
-  -- (not the ssh masters: they persist a while by design, ControlPersist; quiesce ends them)
+  -- (not the ssh masters: they persist a while by design, ControlPersist; quiesce ends them.
+  -- A master the agent's ssh forked (ControlMaster=auto) is titled "ssh: SOCKET [mux]"; one
+  -- a killed controller's ssh was still logging in when quiesce began is born after it)
   local r = exec.run({ "pgrep", "-a", "-f", "--", self.dir }, { check = false, readonly = true })
   for line in r.stdout:gmatch("[^\n]+") do
-    if not line:find("ControlMaster=yes", 1, true) then
+    if not line:find("ControlMaster=yes", 1, true) and not line:find(" [mux]", 1, true) then
       out[#out + 1] = "here: " .. line
     end
   end
