@@ -40,17 +40,10 @@ for _ in range(500):
 
 work=$(mktemp -d /tmp/hrun-bench-fleet-XXXXXX)
 hosts=$work/hosts
-cat > "$work/stop-masters" <<'SH'
-#!/bin/sh
-for s in "$1"/*; do
-    [ -S "$s" ] && ssh -o ControlPath="$s" -O exit any >/dev/null 2>&1
-done
-exit 0
-SH
-chmod +x "$work/stop-masters"
+stop_masters=$root/bench/stop-masters.sh
 cleanup() {
     set +e
-    for d in "$work"/state/ssh "$work/acp"; do [ -d "$d" ] && "$work/stop-masters" "$d"; done
+    for d in "$work"/state/ssh "$work/acp"; do [ -d "$d" ] && "$stop_masters" "$d"; done
     "$FIXTURE" down "$hosts"
     [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$work"/*.json "$KEEP"/; }
     rm -rf "$work"
@@ -74,14 +67,14 @@ hrun_fleet="$HRUN $root/bench/steps20_fleet.lua --hosts $work/inventory.lua --st
 # the first run uploads the portable build to each host and makes the journal
 $hrun_fleet > "$work/first.txt"
 
-prep="$work/stop-masters $work/state/ssh"
+prep="$stop_masters $work/state/ssh"
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun1.json" --prepare "$prep" \
     -n "hrun, 1 host" "$hrun_fleet --limit h1" > /dev/null
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun4.json" --prepare "$prep" \
     -n "hrun, 4 hosts" "$hrun_fleet --limit four" > /dev/null
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun8.json" --prepare "$prep" \
     -n "hrun, 8 hosts" "$hrun_fleet" > /dev/null
-"$work/stop-masters" "$work/state/ssh"
+"$stop_masters" "$work/state/ssh"
 
 for i in 1 2 3 4; do
     echo "host$i ansible_host=127.0.0.1 ansible_port=$((PORT + i - 1)) ansible_user=root" \
@@ -91,7 +84,7 @@ export ANSIBLE_PIPELINING=1 ANSIBLE_SSH_CONTROL_PATH_DIR=$work/acp ANSIBLE_HOST_
 export ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=$hosts/known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
 ansible-playbook -f 10 -i "$work/inventory.ini" "$root/bench/steps20_remote.yml" > "$work/ansible-check.txt"
 hyperfine -N --warmup 1 --runs "$ANSIBLE_RUNS" --export-json "$work/ansible4.json" \
-    --prepare "$work/stop-masters $work/acp" \
+    --prepare "$stop_masters $work/acp" \
     -n "ansible-playbook, 4 hosts, -f 10, pipelining" \
     "ansible-playbook -f 10 -i $work/inventory.ini $root/bench/steps20_remote.yml" > /dev/null
 uptime > "$work/load-end"
@@ -100,7 +93,7 @@ python3 - "$work" "$OUT" "$(nproc)" "$RUNS" "$ANSIBLE_RUNS" <<'PY'
 import json, os, sys, platform, datetime
 work, out, ncpu, runs, aruns = sys.argv[1:6]
 def hf(name): return json.load(open(os.path.join(work, name)))["results"][0]
-def ms(x): return "%.1f ms" % (x * 1e3)
+def ms(x): return "%.1f ms" % (x * 1e3) if x is not None else "–"
 def row(label, r):
     return "| %s | %s | %s ± %s | %s | %s |" % (label, ms(r["median"]), ms(r["mean"]), ms(r["stddev"]), ms(r["min"]),
                                             ms(r["max"]))

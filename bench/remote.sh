@@ -38,19 +38,10 @@ PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1"
 
 work=$(mktemp -d /tmp/hrun-bench-remote-XXXXXX)
 hosts=$work/hosts
-# every master connection under DIR (hrun's: STATE/ssh; ansible's: its control path dir)
-# stopped; used before a cold run and at the end
-cat > "$work/stop-masters" <<'SH'
-#!/bin/sh
-for s in "$1"/*; do
-    [ -S "$s" ] && ssh -o ControlPath="$s" -O exit any >/dev/null 2>&1
-done
-exit 0
-SH
-chmod +x "$work/stop-masters"
+stop_masters=$root/bench/stop-masters.sh
 cleanup() {
     set +e
-    for d in "$work"/state*/ssh "$work/acp" "$work/cm"; do [ -d "$d" ] && "$work/stop-masters" "$d"; done
+    for d in "$work"/state*/ssh "$work/acp" "$work/cm"; do [ -d "$d" ] && "$stop_masters" "$d"; done
     "$FIXTURE" down "$hosts"
     # KEEP=DIR: the raw results (hyperfine's JSON, the logged loops) kept there
     [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$work"/*.json "$work"/*.txt "$KEEP"/; }
@@ -122,17 +113,17 @@ sqlite3 "$agent_db" "SELECT count(*) FROM effects" > "$work/agent-effects" 2>/de
 s20="$HRUN $root/bench/steps20_remote.lua --state $work/state20"
 "$HRUN" "$root/bench/steps20_remote.lua" --state "$work/state20" > /dev/null   # the journal made
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun20.json" \
-    --prepare "$work/stop-masters $work/state20/ssh" \
+    --prepare "$stop_masters $work/state20/ssh" \
     -n "hrun, 20 steps on the host, no master connection before (cold ssh), portable build there" "$s20" \
     > "$work/hrun20.txt"
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun20warm.json" \
     -n "hrun, 20 steps on the host, the master connection of the run before still up (ControlPersist)" "$s20" \
     > "$work/hrun20warm.txt"
 hyperfine --warmup 0 --runs "$RUNS" --export-json "$work/hrun20up.json" \
-    --prepare "$work/stop-masters $work/state20/ssh; rm -f $hosts/h1/root/var/lib/hrun/agent/hrun-*" \
+    --prepare "$stop_masters $work/state20/ssh; rm -f $hosts/h1/root/var/lib/hrun/agent/hrun-*" \
     -n "hrun, 20 steps on the host, cold ssh, first run there (the portable build uploaded)" "$s20" \
     > "$work/hrun20up.txt"
-"$work/stop-masters" "$work/state20/ssh"
+"$stop_masters" "$work/state20/ssh"
 # the same steps on this machine (-H h=local): the controller's part of a run, no ssh
 "$HRUN" "$root/bench/steps20_remote.lua" --state "$work/state20l" -H h=local > /dev/null
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/hrun20local.json" \
@@ -147,7 +138,7 @@ EOF
     export ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=$hosts/known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
     ansible-playbook -i "$work/inventory" "$root/bench/steps20_remote.yml" > "$work/ansible-check.txt"
     hyperfine -N --warmup 1 --runs "$ANSIBLE_RUNS" --export-json "$work/ansible20.json" \
-        --prepare "$work/stop-masters $work/acp" \
+        --prepare "$stop_masters $work/acp" \
         -n "ansible-playbook, 20 tasks on the host, pipelining, ControlPersist, no master before (cold ssh)" \
         "ansible-playbook -i $work/inventory $root/bench/steps20_remote.yml" > "$work/ansible20.txt"
 fi

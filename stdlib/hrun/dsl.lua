@@ -40,6 +40,7 @@ local function sorted_keys(t)
   table.sort(keys)
   return keys
 end
+M.sorted_keys = sorted_keys
 
 -- }======================================================
 

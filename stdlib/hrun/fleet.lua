@@ -13,6 +13,7 @@
 local fs, sys, json = require("hrun.fs"), require("hrun.sys"), require("hrun.json")
 local wire = require("hrun.wire")
 local remote = require("hrun.remote")
+local dsl, ui_mod = require("hrun.dsl"), require("hrun.ui")
 
 local M = {}
 
@@ -25,15 +26,6 @@ M.DEFAULT_FORKS = 10
 local HOST_FIELDS = { url = true, agent_dir = true, groups = true, vars = true, sudo = true }
 local GROUP_FIELDS = { vars = true }
 local WORD = "^[%a_][%w_%-]*$"
-
-local function sorted(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys)
-  return keys
-end
 
 -- Values a host's or group's vars may hold: plain data.
 local function plain(v, depth)
@@ -89,7 +81,7 @@ function M.inventory(path, nearest)
         end
         for k in pairs(body) do
           if math.type(k) ~= "integer" and not fields[k] then
-            local near = nearest(tostring(k), sorted(fields))
+            local near = nearest(tostring(k), dsl.sorted_keys(fields))
             add(line, "%s '%s': unknown field '%s'%s", kind, name, tostring(k),
               near and string.format(" (did you mean '%s'?)", near) or "")
           end
@@ -351,19 +343,18 @@ local Live = {}
 Live.__index = Live
 
 function M.ui(opts, priv)
-  local ui = require("hrun.ui")
   if not opts.json and priv.isatty(1) then
     return setmetatable({ priv = priv, color = not opts.no_color and not sys.env("NO_COLOR"), hosts = {},
       order = {}, drawn = 0, frame = 0 }, Live)
   end
-  return setmetatable({ json = opts.json, plain = ui.new({ json = false, tty = false, verbose = opts.verbose }) },
+  return setmetatable({ json = opts.json, plain = ui_mod.new({ json = false, tty = false, verbose = opts.verbose }) },
     FleetUI)
 end
 
 local QUIET = { ["run-start"] = true, ["run-end"] = true, recap = true, capabilities = true }
 
 function FleetUI.line(_, t, fmt, ...)
-  io.stdout:write(require("hrun.ui").timestamp(t or sys.now()), " ", string.format(fmt, ...), "\n")
+  io.stdout:write(ui_mod.timestamp(t or sys.now()), " ", string.format(fmt, ...), "\n")
   io.stdout:flush()
 end
 
@@ -412,7 +403,7 @@ end
 -- folded into one line. A host's failure is written above, under its name.
 -- ======================================================
 
-local SPINNER = { "⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏" }
+local SPINNER = ui_mod.SPINNER
 local MARK = { done = { "✓", "32" }, planned = { "✓", "32" }, ["rolled-back"] = { "↶", "33" },
   stopped = { "■", "33" }, ["not started"] = { "·", "2" } }
 
@@ -441,7 +432,7 @@ function Live:row(h)
     return string.format("  %s %s%s", self:c(mark[2], mark[1]), name, self:c("2", h.status))
   elseif h.step then
     return string.format("  %s %s%s ▸ %s %s", self:c("33", SPINNER[self.frame % #SPINNER + 1]), name,
-      h.phase or "", h.step, self:c("2", require("hrun.ui").seconds(sys.clock() - h.since)))
+      h.phase or "", h.step, self:c("2", ui_mod.seconds(sys.clock() - h.since)))
   end
   return string.format("  %s %s%s", self:c("2", "…"), name, self:c("2", h.waiting or "connecting"))
 end
@@ -487,7 +478,7 @@ function Live:tick()
 end
 
 function Live:event(ev)
-  local e, ts = ev.event, require("hrun.ui").timestamp(ev.time or sys.now())
+  local e, ts = ev.event, ui_mod.timestamp(ev.time or sys.now())
   local h = ev.host and self.hosts[ev.host]
   if e == "fleet-start" then
     self.width = 2
@@ -541,21 +532,20 @@ function Live:event(ev)
     self:print(table.concat(lines, "\n"))
   elseif e == "run-end" and ev.fleet then
     self:print(string.format("%s (fleet run %s, exit %d, %s)", self:c("1", ev.status), tostring(ev.run), ev.exit,
-      require("hrun.ui").seconds(ev.seconds or 0)))
+      ui_mod.seconds(ev.seconds or 0)))
   end
 end
 
 -- hrun show of a fleet run: the fleet, then each host's run.
 function M.show(r, per, md)
-  local ui = require("hrun.ui")
   local out = {}
   local function add(fmt, ...)
     out[#out + 1] = string.format(fmt, ...)
   end
   if md then
     add("# Fleet run %d: %s\n", r.id, r.playbook)
-    add("Status: **%s**. Started %s%s.\n", r.status, ui.timestamp(r.started),
-      r.ended and (", ended " .. ui.timestamp(r.ended)) or "")
+    add("Status: **%s**. Started %s%s.\n", r.status, ui_mod.timestamp(r.started),
+      r.ended and (", ended " .. ui_mod.timestamp(r.ended)) or "")
     add("| host | batch | status | its run | error |")
     add("|---|---|---|---|---|")
     for _, p in ipairs(per) do
@@ -565,7 +555,7 @@ function M.show(r, per, md)
     for _, p in ipairs(per) do
       if p.run then
         add("\n## %s\n", p.row.host)
-        add("%s", (ui.markdown(p.run, true):gsub("^# [^\n]*\n", "")))
+        add("%s", (ui_mod.markdown(p.run, true):gsub("^# [^\n]*\n", "")))
       end
     end
     return table.concat(out, "\n") .. "\n"
@@ -579,7 +569,7 @@ function M.show(r, per, md)
   for _, p in ipairs(per) do
     if p.run then
       add("\n[%s]", p.row.host)
-      add("%s", ui.show(p.run, true))
+      add("%s", ui_mod.show(p.run, true))
     end
   end
   return table.concat(out, "\n") .. "\n"
@@ -692,7 +682,7 @@ function Fleet:spawn(m, resume)
     end
   end
   m.pid, m.ch = self.priv.spawnchannel(argv, m.state .. "/member.log")
-  m.live, m.events = true, {}
+  m.live = true
   self:record(m, { status = "running", started = m.started or sys.now() })
 end
 

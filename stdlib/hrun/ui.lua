@@ -380,6 +380,7 @@ function Tty:set_live(s)
 end
 
 local SPINNER = { "⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏" }
+M.SPINNER = SPINNER
 
 -- The running step's line: spinner, name, time so far.
 function Tty:live_line()
