@@ -406,6 +406,12 @@ end
 local SPINNER = ui_mod.SPINNER
 local MARK = { done = { "✓", "32" }, planned = { "✓", "32" }, ["rolled-back"] = { "↶", "33" },
   stopped = { "■", "33" }, ["not started"] = { "·", "2" } }
+local FAILED = { "✗", "31" }
+
+-- A host's end as a mark and its colour: ✓ ↶ ■ ·, else ✗ (failed in any other way).
+local function mark_of(status)
+  return MARK[status] or FAILED
+end
 
 function Live:c(code, s)
   return self.color and ("\27[" .. code .. "m" .. s .. "\27[0m") or s
@@ -428,7 +434,7 @@ end
 function Live:row(h)
   local name = h.name .. string.rep(" ", math.max(1, self.width - (utf8.len(h.name) or #h.name)))
   if h.status then
-    local mark = MARK[h.status] or { "✗", "31" }
+    local mark = mark_of(h.status)
     return string.format("  %s %s%s", self:c(mark[2], mark[1]), name, self:c("2", h.status))
   elseif h.step then
     return string.format("  %s %s%s ▸ %s %s", self:c("33", SPINNER[self.frame % #SPINNER + 1]), name,
@@ -513,7 +519,7 @@ function Live:event(ev)
     h.status, h.step = ev.status, nil
     self:tick()
   elseif e == "host-end" then
-    local mark = MARK[ev.status] or { "✗", "31" }
+    local mark = mark_of(ev.status)
     self:print(string.format("%s %s %s: %s", ts, self:c(mark[2], mark[1]), ev.host, ev.status))
   elseif e == "host-rollback" then
     self:print(string.format("%s %s %s: rolling back%s", ts, self:c("33", "↶"), ev.host,
@@ -525,7 +531,7 @@ function Live:event(ev)
     self.order = {}
     local lines = { self:c("1", "recap:") }
     for _, r in ipairs(ev.hosts) do
-      local mark = MARK[r.status] or { "✗", "31" }
+      local mark = mark_of(r.status)
       lines[#lines + 1] = string.format("  %s %-16s %s%s", self:c(mark[2], mark[1]), r.host, r.status,
         r.error and self:c("2", "  (" .. r.error .. ")") or "")
     end
@@ -767,7 +773,7 @@ function Fleet:on_event(m, ev)
     if why:find("host key", 1, true) then
       m.key_problem = string.format("host '%s' (%s): %s", m.name, m.url, why)
     end
-    self.ui:event({ event = "host-unreachable", host = m.name, error = why, time = ev.time })
+    self:emit({ event = "host-unreachable", host = m.name, error = why, time = ev.time })
     return
   end
   -- shown, not journaled here: the host's own journal has it
