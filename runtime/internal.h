@@ -21,6 +21,8 @@ typedef struct hrun_Runtime {
     int lua_before;     /* registry refs of Lua hooks (priv.sethooks), or LUA_NOREF */
     int lua_after;
     int stood_in; /* the before hook stood in for the call just made: no after hook */
+    int shielded; /* > 0: in a call's hooks, which journal it: Ctrl-C and the deadline wait */
+    int deferred; /* the hook found one of them while shielded: raised once the shield is down */
     int strict;   /* inside a playbook's functions: nil, message returns raise */
     struct hrun_Sandbox *sandbox; /* the capabilities a sandboxed playbook declared; NULL: none */
     int trusted;                  /* > 0: the engine's own work, outside the sandbox */
@@ -190,6 +192,12 @@ int hrun_setluahooks(lua_State *L);
 
 /* Re-arms the interrupt/deadline hook as the runtime's state requires. */
 void hrun_armhook(lua_State *L);
+
+/* Sets the shield (hrun_Runtime.shielded) back to level, the value it had before the
+** call hooks ran; at 0, an interrupt or a deadline the hook found in the meantime is
+** raised at the next instruction of L's Lua code — unless delivered: the error on its
+** way up is that interruption (a primitive raised it), which is then not raised twice. */
+void hrun_unshield(lua_State *L, int level, int delivered);
 
 /* Gives coroutine co a count hook that watches for interrupts and the deadline (hooks
 ** are per thread: one made before a step's deadline was set would otherwise run on). */

@@ -21,14 +21,23 @@ static lua_State *volatile hooked_state;
 #define DEADLINE_COUNT 10000
 
 /* The one hook: an interrupt first, then the step's deadline. On the main thread it goes
-** back to what the deadline needs; a coroutine's stays (hrun_armthread). */
+** back to what the deadline needs; a coroutine's to its count hook (hrun_armthread).
+** Neither is raised in a call's hooks, between the intent they journal and its result
+** (hrun_Runtime.shielded): hrun_unshield raises them after. */
 static void hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    if (L == hooked_state) hrun_armhook(L);
+    if (L == hooked_state)
+        hrun_armhook(L);
+    else
+        hrun_armthread(L);
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (rt->shielded) {
+        if (interrupts || (rt->deadline > 0 && hrun_monotime() >= rt->deadline)) rt->deferred = 1;
+        return;
+    }
     if (interrupts) hrun_raiseinterrupt(L);
-    double deadline = hrun_runtime(L)->deadline;
-    if (deadline > 0 && hrun_monotime() >= deadline) hrun_raisetimeout(L);
+    if (rt->deadline > 0 && hrun_monotime() >= rt->deadline) hrun_raisetimeout(L);
 }
 
 void hrun_armhook(lua_State *L)
@@ -42,6 +51,26 @@ void hrun_armhook(lua_State *L)
 void hrun_armthread(lua_State *co)
 {
     lua_sethook(co, hook, LUA_MASKCOUNT, DEADLINE_COUNT);
+}
+
+void hrun_unshield(lua_State *L, int level, int delivered)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    rt->shielded = level;
+    if (level > 0) return;
+    int deferred = rt->deferred;
+    rt->deferred = 0;
+    if (delivered) {
+        /* the hook a signal armed is spent too: its interruption is the error under way */
+        lua_State *main = hooked_state;
+        if (main && main != L) hrun_armhook(main);
+        if (L == main)
+            hrun_armhook(L);
+        else
+            hrun_armthread(L);
+    } else if (deferred) {
+        lua_sethook(L, hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    }
 }
 
 void hrun_setdeadline(lua_State *L, double deadline)

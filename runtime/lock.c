@@ -73,10 +73,14 @@ static int lock_acquire(lua_State *L)
     return 1;
 }
 
-/* crash(): SIGKILL this process at once — the test suite's fault injection */
+/* crash([signal]): SIGKILL this process at once, or with "INT" send it SIGINT (a Ctrl-C
+** at that very point) — the test suite's fault injection */
 static int crash(lua_State *L)
 {
-    (void)L;
+    if (lua_type(L, 1) == LUA_TSTRING && strcmp(lua_tostring(L, 1), "INT") == 0) {
+        raise(SIGINT);
+        return 0;
+    }
     fflush(NULL);
     raise(SIGKILL);
     return 0;

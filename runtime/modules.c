@@ -317,6 +317,19 @@ static int priv_clearinterrupt(lua_State *L)
     return 0;
 }
 
+/* shielded(fn, ...) → fn(...): fn runs with Ctrl-C and the step's deadline held off
+** until it returns (hrun_Runtime.shielded): what it journals is not cut in the middle */
+static int priv_shielded(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    hrun_Runtime *rt = hrun_runtime(L);
+    int level = rt->shielded++;
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    hrun_unshield(L, level, 0);
+    if (status != LUA_OK) return lua_error(L);
+    return lua_gettop(L);
+}
+
 /* takeinterrupts() → n: the interrupts that arrived, none left; putinterrupts(n) */
 static int priv_takeinterrupts(lua_State *L)
 {
@@ -542,6 +555,7 @@ int hrun_openprivate(lua_State *L)
         {"primitives", priv_primitives},
         {"interrupted", priv_interrupted},
         {"clearinterrupt", priv_clearinterrupt},
+        {"shielded", priv_shielded},
         {"takeinterrupts", priv_takeinterrupts},
         {"putinterrupts", priv_putinterrupts},
         {"nearest", priv_nearest},

@@ -121,6 +121,52 @@ static int protected_call(lua_State *L)
     return e->prim->func(L);
 }
 
+/* after_hook(call, nres, ...results): the after hook, under a protected call so that the
+** shield is lowered whatever it does. */
+static int after_hook(lua_State *L)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    const hrun_Call *call = lua_touserdata(L, 1);
+    int nres = (int)lua_tointeger(L, 2);
+    lua_rotate(L, 1, -2);
+    lua_pop(L, 2);
+    rt->hooks.after(L, call, nres, rt->hooks.ud);
+    return 0;
+}
+
+/* Is the error on top the interruption itself: Ctrl-C or the step's deadline, raised by
+** the primitive (exec.run) or the hook? */
+static int is_interruption(lua_State *L)
+{
+    static const char *const ends[] = {"interrupted", "timed out"};
+    size_t len;
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    for (size_t i = 0; msg && i < sizeof ends / sizeof ends[0]; i++) {
+        size_t n = strlen(ends[i]);
+        if (len >= n && strcmp(msg + len - n, ends[i]) == 0) return 1;
+    }
+    return 0;
+}
+
+/* [-0, +0, e] Runs the after hook over the call's results (the top nres values; the
+** error alone when nres is -1), shielded (hrun_Runtime.shielded): the effect the before
+** hook journaled gets its result even when Ctrl-C came in during the call. */
+static void run_after(lua_State *L, const hrun_Call *call, int nres)
+{
+    hrun_Runtime *rt = hrun_runtime(L);
+    int n = nres < 0 ? 1 : nres, top = lua_gettop(L);
+    int delivered = nres < 0 && is_interruption(L);
+    luaL_checkstack(L, n + 3, "hooks");
+    lua_pushcfunction(L, after_hook);
+    lua_pushlightuserdata(L, (void *)call);
+    lua_pushinteger(L, nres);
+    for (int i = top - n + 1; i <= top; i++) lua_pushvalue(L, i);
+    int shield = rt->shielded++;
+    int status = lua_pcall(L, n + 2, 0, 0);
+    hrun_unshield(L, shield, delivered && status == LUA_OK);
+    if (status != LUA_OK) lua_error(L);
+}
+
 static int dispatch(lua_State *L)
 {
     Entry *e = lua_touserdata(L, lua_upvalueindex(1));
@@ -137,7 +183,7 @@ static int dispatch(lua_State *L)
         locate_error(L, e);
         if (rt->hooks.after) {
             hrun_Call call = describe_call(L, e, nargs);
-            rt->hooks.after(L, &call, -1, rt->hooks.ud);
+            run_after(L, &call, -1);
         }
         return lua_error(L);
     }
@@ -145,7 +191,7 @@ static int dispatch(lua_State *L)
     rt->stood_in = 0;
     if (rt->hooks.after && !stood_in) {
         hrun_Call call = describe_call(L, e, nargs);
-        rt->hooks.after(L, &call, lua_gettop(L), rt->hooks.ud);
+        run_after(L, &call, lua_gettop(L));
     }
     /* in a playbook's step, a failure of the world raises, naming where (as redis.call
     ** raises where redis.pcall returns) */

@@ -577,14 +577,16 @@ function Journal:undo_interrupted(step)
 end
 
 -- The operations of an effect's inverse that an earlier attempt completed: {[op] = true};
--- and those an earlier attempt began and did not finish (a crash, an interrupt).
+-- and those an earlier attempt began and did not finish (a crash, an interrupt), with
+-- when it began: {[op] = started}.
 function Journal:ops_done(effect)
   local done, begun = {}, {}
-  for _, u in ipairs(self.db:query("SELECT op, status FROM undos WHERE effect = ? AND op IS NOT NULL", effect)) do
+  local sql = "SELECT op, status, started FROM undos WHERE effect = ? AND op IS NOT NULL"
+  for _, u in ipairs(self.db:query(sql, effect)) do
     if u.status == "ok" then
       done[u.op] = true
     elseif u.status == "running" then
-      begun[u.op] = true
+      begun[u.op] = math.min(begun[u.op] or math.huge, tonumber(u.started) or 0)
     end
   end
   return done, begun

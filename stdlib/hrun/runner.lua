@@ -415,20 +415,21 @@ end
 -- }======================================================
 
 -- The test suite's fault injection: HRUN_TEST_CRASH=point:N kills hrun (SIGKILL) the
--- Nth time it reaches point (step-start, step-done, effect-intent, effect-done,
--- undo-effect).
+-- Nth time it reaches point (step-start, step-done, effect-intent, effect-journaled,
+-- write-returned, effect-done, undo-op, undo-effect); point:N:INT sends it SIGINT there
+-- instead, a Ctrl-C at that very instant.
 function Runner:maybe_crash(point)
   local spec = os.getenv("HRUN_TEST_CRASH") -- not sys.env: the sandbox would check it
   if not spec then
     return
   end
-  local want, n = spec:match("^([%w-]+):(%d+)$")
+  local want, n, sig = spec:match("^([%w-]+):(%d+):?(%u*)$")
   if want ~= point then
     return
   end
   self.crash_counts[point] = (self.crash_counts[point] or 0) + 1
   if self.crash_counts[point] == tonumber(n) then
-    self.priv.crash()
+    self.priv.crash(sig ~= "" and sig or nil)
   end
 end
 
@@ -563,12 +564,18 @@ function Runner:before_here(host, call, ...)
   self:emit({ event = "effect", phase = cur.phase, step = cur.name, op = call.name, args = arglist(args),
     inverse = inverse, no_inverse = why, step_undo = def and def.undo and true or nil, kept = call.keep,
     preview = preview })
-  local id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
-    args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
-  self.effect_stack[#self.effect_stack + 1] = { id = id, before = before, counts = counts_as_change(call.name, args),
+  local top = { before = before, counts = counts_as_change(call.name, args),
     prune_dir = call.name == "btrfs.prune" and args[1] or nil }
-  -- temporaries the write makes are named from the run and the effect: found after a crash
-  self.priv.seteffect(self.run_id, id)
+  -- the intent and the entry the after hook gives its result to, with Ctrl-C held off
+  -- in between: an interrupt raised there would leave an intent no result ever reaches
+  self.priv.shielded(function()
+    top.id = self.journal:intent({ run = self.run_id, step = cur.id, op = call.name, kept = call.keep,
+      args = codec.summary(arglist(args)), inverse = inverse, no_inverse = why, started = started, before = before })
+    self:maybe_crash("effect-journaled")
+    self.effect_stack[#self.effect_stack + 1] = top
+    -- temporaries the write makes are named from the run and the effect: found after a crash
+    self.priv.seteffect(self.run_id, top.id)
+  end)
   self:maybe_crash("effect-intent")
 end
 
@@ -670,6 +677,7 @@ function Runner:after_here(host, call, nres, ...)
   if not top then
     return
   end
+  self:maybe_crash("write-returned")
   self.priv.seteffect(nil)
   local id = top.id
   local first, second = ...
@@ -1699,7 +1707,7 @@ end
 function Runner:undo_effect_here(e, irreversible)
   local j = self.journal
   local done, begun = j:ops_done(e.id)
-  self:remove_leftovers(e, next(done) ~= nil or next(begun) ~= nil)
+  self:remove_leftovers(e, next(done) ~= nil or next(begun) ~= nil, begun)
   if e.kept == 1 and e.status == "done" then -- keep = true: a rollback leaves what it made
     self:undo_noted(e.step, e.id, "kept", true)
     j:set_effect_undo(e.id, "kept")
@@ -1808,27 +1816,35 @@ end
 
 -- Removes what a crash may have left of effect e: the temporaries of the write, when
 -- hrun died before its result (intent), and of an earlier undo of it (undo_begun); the
--- lock files a killed git write leaves, for the first only — a done effect's are not
--- its, and may be a person's.
-function Runner:remove_leftovers(e, undo_begun)
+-- lock files and scratch files a killed git write leaves, made since the write began or,
+-- for a done effect, since the inverse operation that was cut began (begun: {[op] =
+-- started}) — older ones are not hrun's, and may be a person's.
+function Runner:remove_leftovers(e, undo_begun, begun)
   local states = e.before or e.after
   if not states or not (e.status == "intent" or undo_begun) then
     return
   end
+  local since = e.started
   if e.status ~= "intent" then
-    local copy = {}
-    for i, st in ipairs(states) do
-      copy[i] = { kind = st.kind, target = st.target, key = st.key, fp = st.fp, aside_of = st.aside_of }
+    since = nil
+    for _, started in pairs(begun or {}) do
+      since = math.min(since or started, started)
     end
-    states = copy
+    if not since then -- only finished operations: each removed its own locks
+      local copy = {}
+      for i, st in ipairs(states) do
+        copy[i] = { kind = st.kind, target = st.target, key = st.key, fp = st.fp, aside_of = st.aside_of }
+      end
+      states = copy
+    end
   end
   local ok, removed
   if e.host then
     ok, removed = pcall(function()
-      return self:host(e.host):priv_call("leftovers", self.run_id, e.id, states, e.started)
+      return self:host(e.host):priv_call("leftovers", self.run_id, e.id, states, since)
     end)
   else
-    ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, e.started)
+    ok, removed = pcall(self.priv.leftovers, self.run_id, e.id, states, since)
   end
   if ok and type(removed) == "table" and #removed > 0 then
     self:emit({ event = "log", message = "removed what a crash left: " .. table.concat(removed, ", ") })

@@ -609,4 +609,33 @@ describe("a git write killed half way", function()
     eq(fs.exists(git .. "/index.lock"), false)
     eq(fs.exists(data .. "/repo/a"), false)
   end)
+
+  it("in a rollback leaves no locks to the next rollback, and a person's older one alone", function()
+    local data, state, p = committing()
+    eq(hrun_cmd({ p, "--state", state, "-p", "data=" .. data }).code, 0)
+    -- killed once the inverse operation has begun: what libgit2 had begun is made here
+    local r = hrun_cmd({ "rollback", "1", "--state", state }, { env = { HRUN_TEST_CRASH = "undo-op:1" } })
+    eq(r.signal, "SIGKILL")
+    local git = data .. "/repo/.git"
+    -- the branch the inverse moves back: its lock is the one libgit2 takes
+    local lock = git .. "/" .. exec.run({ "git", "-C", data .. "/repo", "symbolic-ref", "HEAD" }).stdout:gsub("%s", "")
+      .. ".lock"
+    -- a lock older than the cut operation is not hrun's: it stays, and the rollback says so
+    fs.write(lock, "")
+    exec.run({ "touch", "-d", "1 hour ago", lock })
+    r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 2, r.stdout .. r.stderr)
+    has(r.stdout .. r.stderr, lock)
+    ok(fs.exists(lock), "the older lock is the person's")
+    -- killed again in the inverse: this time the lock is the cut operation's
+    r = hrun_cmd({ "rollback", "1", "--state", state }, { env = { HRUN_TEST_CRASH = "undo-op:1" } })
+    eq(r.signal, "SIGKILL")
+    fs.remove(lock)
+    fs.write(lock, "")
+    r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    has(r.stdout, "removed what a crash left: " .. lock)
+    eq(fs.exists(lock), false)
+    eq(fs.exists(data .. "/repo/a"), false)
+  end)
 end)

@@ -403,6 +403,37 @@ return playbook { name = "int", params = { data = "" },
     eq(tree(data), before)
     has(run({ "show", "1", "--state", state }).stdout, "(interrupted)")
   end)
+
+  -- HRUN_TEST_CRASH=point:N:INT sends the SIGINT at that very instant: in the middle of
+  -- journaling the write, or as its call returns, before its result is journaled
+  for _, case in ipairs({
+    { point = "effect-journaled:2:INT", op = "exec.run", status = "failed" },
+    { point = "write-returned:2:INT", op = "fs.write", status = "done, undone" },
+  }) do
+    it("between a write's intent and its result (" .. case.point .. ") journals the result first", function()
+      local d, data, state = setup()
+      local p = playbook_file(d, "int.lua", [[
+return playbook { name = "int", params = { data = "" },
+  phase "p" {
+    step "one" { run = function(ctx) fs.write(ctx.params.data .. "/config.txt", "changed") end },
+    step "two" { run = function(ctx)
+      if fs.exists(ctx.params.data .. "/exec") then exec.run({ "true" })
+      else fs.write(ctx.params.data .. "/config.txt", "changed again") end
+    end },
+  } }]])
+      if case.op == "exec.run" then
+        fs.write(data .. "/exec", "")
+      end
+      local before = tree(data)
+      local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. data }, { env = { HRUN_TEST_CRASH = case.point } })
+      eq(r.code, 130, r.stdout .. r.stderr)
+      eq(tree(data), before)
+      local shown = run({ "show", "1", "--state", state }).stdout
+      has(shown, case.op)
+      has(shown, "[" .. case.status .. "]")
+      ok(not shown:find("intent", 1, true), "no write is left as an intent: " .. shown)
+    end)
+  end
 end)
 
 describe("events and history", function()
