@@ -25,10 +25,11 @@ $APT install --no-install-recommends \
 # (the portable build's test: it says "statically linked"); for the hosts reached over
 # ssh (tests/fixtures/hosts.sh): the ssh client and ssh-keygen, iptables (a network cut is
 # a DROP rule), rsync (copies into a host). Not openssh-server: the hosts' sshd comes from
-# their own rootfs, and on this machine the package would start and enable an sshd of its own
+# their own rootfs, and on this machine the package would start and enable an sshd of its own;
+# zsh, fish and bash-completion: the completion scripts are driven in each shell
 $APT install --no-install-recommends tmux lua-check clang-format procps sqlite3 xxhash file \
     btrfs-progs util-linux e2fsprogs git nix-bin python3 openssl \
     systemd-container mmdebstrap podman runc catatonit postgresql-15 postgresql-client-15 \
-    clang libclang-rt-14-dev openssh-client iptables rsync
+    clang libclang-rt-14-dev openssh-client iptables rsync zsh fish bash-completion
 # benches (bench/): the peer tools they are measured against, and the timers
 $APT install --no-install-recommends hyperfine time b3sum rhash hashdeep ansible

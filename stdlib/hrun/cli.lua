@@ -29,7 +29,7 @@ end
 local PLAYBOOK_CMDS = { playbook = true, plan = true, repl = true }
 
 local flags = {
-  ["--state"] = { key = "state", value = "DIR",
+  ["--state"] = { complete = "dir", key = "state", value = "DIR",
     help = "state directory (default $HRUN_STATE_DIR, /var/lib/hrun as root)" },
   ["--json"] = { key = "json", help = "events, errors and listings as JSON, one object a line" },
   ["-v"] = { key = "verbose", help = "tracebacks, every effect, debug lines" },
@@ -41,12 +41,12 @@ local flags = {
   ["-h"] = { key = "help" },
   ["--help"] = { key = "help" },
   ["--version"] = { key = "version" },
-  ["-p"] = { key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
-  ["--param"] = { key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
-  ["--params"] = { key = "params_files", value = "FILE", multi = true, only = PLAYBOOK_CMDS },
+  ["-p"] = { complete = "param", key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
+  ["--param"] = { complete = "param", key = "params", value = "KEY=VALUE", multi = true, only = PLAYBOOK_CMDS },
+  ["--params"] = { complete = "file", key = "params_files", value = "FILE", multi = true, only = PLAYBOOK_CMDS },
   ["--plan"] = { key = "plan", only = { playbook = true, rollback = true } },
-  ["--from"] = { key = "from", value = "STEP", only = { playbook = true, plan = true } },
-  ["--only"] = { key = "only", value = "PHASE", only = { playbook = true, plan = true } },
+  ["--from"] = { complete = "step", key = "from", value = "STEP", only = { playbook = true, plan = true } },
+  ["--only"] = { complete = "phase", key = "only", value = "PHASE", only = { playbook = true, plan = true } },
   ["--debug"] = { key = "debug", only = { playbook = true } },
   ["--tags"] = { key = "tags", value = "TAG,…", multi = true, only = { playbook = true, plan = true } },
   ["--skip-tags"] = { key = "skip_tags", value = "TAG,…", multi = true, only = { playbook = true, plan = true } },
@@ -55,7 +55,7 @@ local flags = {
   ["--diff"] = { key = "diff", only = { playbook = true, plan = true, resume = true } },
   ["--notify"] = { key = "notify", value = "URL", multi = true,
     only = { playbook = true, resume = true, rollback = true } },
-  ["--break"] = { key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
+  ["--break"] = { complete = "step", key = "break_at", value = "STEP", multi = true, only = { playbook = true } },
   ["--force"] = { key = "force", only = { resume = true, rollback = true } },
   ["-m"] = { key = "message", value = "WHY", only = { resolve = true } },
   ["--message"] = { key = "message", value = "WHY", only = { resolve = true } },
@@ -67,11 +67,12 @@ local flags = {
     only = { playbook = true, plan = true, check = true, resume = true, rollback = true } },
   ["-n"] = { key = "count", value = "N", only = { runs = true } },
   ["--md"] = { key = "md", only = { show = true } },
-  ["-a"] = { key = "algo", value = "ALGO", only = { hash = true } },
+  ["-a"] = { complete = { "xxh128", "sha256", "blake2b" }, key = "algo", value = "ALGO", only = { hash = true } },
   ["-j"] = { key = "jobs", value = "N", only = { hash = true, verify = true } },
   ["--save"] = { key = "save", value = "NAME", only = { hash = true } },
-  ["-o"] = { key = "output", value = "FILE", only = { hash = true } },
-  ["--format"] = { key = "format", value = "FORMAT", only = { hash = true, verify = true } },
+  ["-o"] = { complete = "file", key = "output", value = "FILE", only = { hash = true } },
+  ["--format"] = { complete = { "coreutils", "sha256sum", "b2sum", "xxhsum", "hrun" }, key = "format",
+    value = "FORMAT", only = { hash = true, verify = true } },
   ["--resume"] = { key = "resume", value = "NAME", only = { hash = true } },
   ["--exclude"] = { key = "exclude", value = "GLOB", multi = true, only = { hash = true } },
   ["--one-file-system"] = { key = "one_file_system", only = { hash = true } },
@@ -83,14 +84,17 @@ local flags = {
     only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true, check = true } },
   ["--host"] = { key = "hosts", value = "NAME=URL", multi = true,
     only = { playbook = true, plan = true, resume = true, rollback = true, hosts = true, check = true } },
-  ["--hosts"] = { key = "hosts_file", value = "FILE", only = { playbook = true, plan = true, hosts = true } },
+  ["--hosts"] = { complete = "file", key = "hosts_file", value = "FILE",
+    only = { playbook = true, plan = true, hosts = true } },
   ["--limit"] = { key = "limit", value = "NAMES", multi = true, only = { playbook = true, plan = true, rollback = true,
     hosts = true } },
   ["--forks"] = { key = "forks", value = "N", only = { playbook = true, plan = true, resume = true } },
-  ["--fleet-member"] = { key = "fleet_member", value = "SPEC", only = { playbook = true, plan = true, resume = true,
-    rollback = true } },
-  ["--dir"] = { key = "agent_dir", value = "DIR", only = { agent = true } },
-  ["--detached"] = { key = "detached", value = "ID", only = { agent = true } },
+  ["--fleet-member"] = { hidden = true, key = "fleet_member", value = "SPEC",
+    only = { playbook = true, plan = true, resume = true, rollback = true } },
+  ["--dir"] = { complete = "dir", key = "agent_dir", value = "DIR", only = { agent = true } },
+  ["--detached"] = { hidden = true, key = "detached", value = "ID", only = { agent = true } },
+  ["--candidates"] = { hidden = true, key = "candidates", value = "KIND", only = { completion = true } },
+  ["--luals"] = { key = "luals", only = { help = true } },
 }
 
 local function flag_names()
@@ -115,7 +119,7 @@ local PEERS = {
 local commands = {}
 local command_order = { "playbook", "plan", "check", "resume", "rollback", "resolve", "runs", "show", "gc", "hash",
   "verify", "fetch", "hosts",
-  "run", "-e", "repl", "version", "help", "agent" }
+  "run", "-e", "repl", "version", "help", "completion", "agent" }
 
 -- The state directory: --state, $HRUN_STATE_DIR, /var/lib/hrun for root, else
 -- $XDG_STATE_HOME/hrun (~/.local/state/hrun). Created 0700 when `create`.
@@ -292,6 +296,7 @@ run holds the lock, 130 interrupted.
 }
 
 commands.plan = {
+  arg = "playbook",
   usage = "hrun plan PLAYBOOK.lua [-p K=V]... [--from STEP] [--only PHASE] [--tags T,…] [--skip-tags T,…]",
   summary = "what the playbook would do, changing nothing",
   help = [[
@@ -312,6 +317,7 @@ refuse them).]],
 }
 
 commands.check = {
+  arg = "playbook",
   usage = "hrun check PLAYBOOK.lua [--strict] [--sandbox]",
   summary = "validate and lint a playbook, run nothing",
   help = [[
@@ -329,6 +335,7 @@ uses. Exit status 0 clean or warnings only, 3 errors (and warnings, with --stric
 }
 
 commands.resume = {
+  arg = "run",
   usage = "hrun resume [RUN] [--force]",
   summary = "continue an interrupted run (default: the latest)",
   help = [[
@@ -347,6 +354,7 @@ not started yet.]],
 }
 
 commands.rollback = {
+  arg = "run",
   usage = "hrun rollback [RUN] [--plan] [--force]",
   summary = "undo a run's changes (default: the latest)",
   help = [[
@@ -373,6 +381,7 @@ and 'hrun show RUN' says what is not undone and why.
 }
 
 commands.resolve = {
+  arg = "run",
   usage = "hrun resolve RUN -m WHY",
   summary = "mark a run that cannot be closed as resolved by hand",
   help = [[
@@ -401,6 +410,7 @@ commands.runs = {
 }
 
 commands.show = {
+  arg = "run",
   usage = "hrun show RUN [--json|--md]",
   summary = "one run in full: steps, effects, errors",
   help = [[
@@ -445,6 +455,7 @@ removed.
 }
 
 commands.hash = {
+  arg = "path",
   usage = "hrun hash PATH... [-a ALGO] [-j N] [--save NAME] [-o FILE] [--format F] [--resume NAME]",
   summary = "hash trees in parallel into manifests",
   help = [[
@@ -466,6 +477,7 @@ incomplete).]],
 }
 
 commands.verify = {
+  arg = "file",
   usage = "hrun verify NAME|FILE [PATH] [--quick]",
   summary = "hash again and report changed, missing, added",
   help = [[
@@ -824,6 +836,7 @@ local function repl_help(env)
 end
 
 commands.repl = {
+  arg = "playbook",
   usage = "hrun repl [PLAYBOOK.lua [-p K=V]...]",
   summary = "interactive Lua with every module loaded",
   help = [[
@@ -896,6 +909,7 @@ commands.version = {
 }
 
 commands.hosts = {
+  arg = { "check", "trust" },
   usage = "hrun hosts check|trust [NAME…] [PLAYBOOK.lua] [-H NAME=URL…]",
   summary = "check other hosts, or trust their ssh keys before a run",
   help = [[
@@ -952,6 +966,66 @@ local function visible_commands()
   end
   return out
 end
+
+-- What the completion scripts are written from (hrun.complete): the commands a person
+-- types, and every option but the internal ones, with where each applies.
+local function completion_spec()
+  -- a playbook's path in the command's place: its options, not a word to type
+  local spec = { commands = { { name = "playbook", summary = commands.playbook.summary, hidden = true } }, flags = {} }
+  for _, name in ipairs(visible_commands()) do
+    if name ~= "agent" then
+      local c = commands[name]
+      spec.commands[#spec.commands + 1] = { name = name, summary = c.summary, arg = c.arg }
+    end
+  end
+  local help_of = {} -- an alias (-y) says what the option it stands for (--yes) does
+  for _, f in pairs(flags) do
+    help_of[f.key] = help_of[f.key] or f.help
+  end
+  for _, name in ipairs(flag_names()) do
+    local f = flags[name]
+    if not f.hidden then
+      spec.flags[#spec.flags + 1] = { name = name, value = f.value, help = f.help or help_of[f.key], only = f.only,
+        complete = f.complete }
+    end
+  end
+  return spec
+end
+
+commands.completion = {
+  arg = { "bash", "zsh", "fish" },
+  usage = "hrun completion bash|zsh|fish",
+  summary = "the shell's completion script for hrun",
+  help = [[
+Writes the completion script for bash, zsh or fish, made from hrun's own tables of
+commands and options: commands, options, playbook files, run ids from the journal
+(of --state or the default state directory), and after -p the parameters the playbook
+on the line declares. The packages install them; by hand:
+  hrun completion bash > ~/.local/share/bash-completion/completions/hrun
+  hrun completion zsh > ~/.zfunc/_hrun        (with fpath+=~/.zfunc before compinit)
+  hrun completion fish > ~/.config/fish/completions/hrun.fish
+Completing a playbook's parameters, phases or steps loads it with nothing but the
+playbook language, its code bounded: never its module calls.]],
+  run = function(opts, args)
+    local complete = require "hrun.complete"
+    if opts.candidates then
+      local state = state_dir(opts, false)
+      for _, word in ipairs(complete.candidates(priv, opts.candidates, args[1], state)) do
+        io.stdout:write(word, "\n")
+      end
+      return EXIT_OK
+    end
+    if #args ~= 1 then
+      usage_error("completion needs one shell: bash, zsh or fish")
+    end
+    local text, err = complete.script(args[1], completion_spec())
+    if not text then
+      usage_error("%s", err)
+    end
+    io.stdout:write(text)
+    return EXIT_OK
+  end,
+}
 
 -- s padded with spaces to `width` characters (not bytes: "…" is one)
 local function pad(s, width)
@@ -1010,15 +1084,24 @@ local function modules_help(opts)
 end
 
 commands.help = {
-  usage = "hrun help [COMMAND|modules]",
+  arg = "command",
+  usage = "hrun help [COMMAND|modules] [--luals]",
   summary = "this help, a command's, or the list of native functions",
   help = [[
 Prints the list of commands, or the usage and description of one. 'hrun help modules'
 lists every native function with whether it reads or writes and the capability it
-needs (one JSON object a line with --json).]],
+needs (one JSON object a line with --json). 'hrun help --luals' writes annotations for
+lua-language-server: every function a playbook sees, the playbook language and ctx,
+with their one-line docs (installed as share/hrun/luals/hrun.lua; docs/install.md).]],
   run = function(opts, args)
     local name = args[1]
-    if not name then
+    if opts.luals then
+      if name then
+        usage_error("help --luals takes no command, got '%s'", name)
+      end
+      io.stdout:write(require("hrun.luals").text(), "\n")
+      return EXIT_OK
+    elseif not name then
       io.stdout:write(general_help())
       return EXIT_OK
     elseif name == "modules" then

@@ -29,6 +29,9 @@ local handler_fields = {
   description = "string", tags = "table", on = "string", detach = "boolean",
 }
 
+-- What each kind accepts, by kind: the editor annotations (hrun.luals) are made from it.
+M.fields = { playbook = playbook_fields, phase = phase_fields, step = step_fields, handler = handler_fields }
+
 -- The types a required parameter may have.
 local PARAM_TYPES = { string = true, number = true, boolean = true, table = true }
 

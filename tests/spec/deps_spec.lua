@@ -22,7 +22,7 @@ local PACKAGES = {
   env = "coreutils", printf = "coreutils", bash = "bash",
   diff = "diffutils", hostname = "hostname", mount = "mount", umount = "mount", losetup = "mount",
   runuser = "util-linux", setpriv = "util-linux", unshare = "util-linux", filefrag = "e2fsprogs",
-  ldd = "libc-bin",
+  ldd = "libc-bin", uname = "coreutils", dpkg = "dpkg", ["dpkg-deb"] = "dpkg",
   -- named in scripts/install-deps.sh
   kill = "procps", pgrep = "procps", pkill = "procps",
   xxhsum = "xxhash", git = "git", ["mkfs.btrfs"] = "btrfs-progs", btrfs = "btrfs-progs",
@@ -35,6 +35,7 @@ local PACKAGES = {
   pg_dumpall = { "postgresql-client-15", owner = "postgresql-client-common" },
   tmux = "tmux", python3 = { "python3", owner = "python3-minimal" }, openssl = "openssl", sqlite3 = "sqlite3",
   cmake = "cmake", luacheck = "lua-check", ["clang-format"] = "clang-format", file = "file",
+  zsh = "zsh", fish = "fish",
   -- the benches' peers and timers
   hyperfine = "hyperfine", ansible = { "ansible", owner = "ansible-core" },
   ["ansible-playbook"] = { "ansible", owner = "ansible-core" }, rhash = "rhash", hashdeep = "hashdeep",

@@ -1,0 +1,546 @@
+-- hrun.complete: shell completion for bash, zsh and fish, written from the command
+-- line's own tables (cli.lua's commands and options), so that it cannot drift from what
+-- hrun accepts; and the candidates only hrun knows (the journal's runs, a playbook's
+-- parameters, phases and steps), which the scripts ask `hrun completion --candidates`.
+--
+-- spec (from cli.lua): {commands = {{name, summary, arg}, …}, flags = {{name, value,
+-- help, only = {cmd = true} | nil, complete}, …}}. A command's arg is what its
+-- positional words are: "playbook", "run", "path", "command", or a list of words; a
+-- flag's complete what its value is: "dir", "file", "param", "phase", "step", "run", or
+-- a list of words.
+
+local M = {}
+
+-- {======================================================
+-- Candidates
+-- ======================================================
+
+-- The playbook at path, loaded with nothing but the DSL's constructors, a bounded
+-- number of instructions and bounded memory: completing a word must not run a shared
+-- playbook's code (its top level may call fs.write). nil when it does not load so.
+local function inert_playbook(priv, path)
+  local f = io.open(path, "r")
+  if not f then
+    return nil
+  end
+  local text = f:read("a")
+  f:close()
+  local dsl = require "hrun.dsl"
+  local env = {}
+  for name, fn in pairs(dsl.constructors()) do
+    env[name] = fn
+  end
+  local chunk = load(text, "@" .. path, "t", env)
+  if not chunk then
+    return nil
+  end
+  debug.sethook(function()
+    error("too long", 0)
+  end, "", 1000000)
+  priv.memlimit(64 * 1024 * 1024)
+  local ok, pb = pcall(chunk)
+  priv.memlimit(0)
+  debug.sethook()
+  if not ok or not dsl.is_playbook(pb) then
+    return nil
+  end
+  local vok, desc = pcall(dsl.validate, pb, priv.nearest, { file = path, line = 0, source = text }, function()
+    return true
+  end)
+  return vok and type(desc) == "table" and desc or nil
+end
+
+local function sorted(set)
+  local out = {}
+  for k in pairs(set) do
+    out[#out + 1] = k
+  end
+  table.sort(out)
+  return out
+end
+
+-- candidates(priv, kind, arg, state) → a list of "word" or "word\tdescription": kind
+-- "runs" (the journal's, newest first, in the state directory state), "params",
+-- "phases" or "steps" (of the playbook at arg).
+function M.candidates(priv, kind, arg, state)
+  local out = {}
+  if kind == "runs" then
+    -- read only: completing a word never makes or migrates a journal
+    local db = state and state .. "/journal.db"
+    local ok, rows = pcall(require("hrun.sqlite").query, db or "",
+      "SELECT id, playbook, status FROM runs ORDER BY id DESC LIMIT 50")
+    for _, r in ipairs(ok and type(rows) == "table" and rows or {}) do
+      out[#out + 1] = string.format("%d\t%s, %s", r.id, tostring(r.playbook), tostring(r.status))
+    end
+    return out
+  end
+  local pb = arg and inert_playbook(priv, arg)
+  if not pb then
+    return out
+  end
+  if kind == "params" then
+    for _, name in ipairs(sorted(type(pb.params) == "table" and pb.params or {})) do
+      out[#out + 1] = name .. "="
+    end
+  elseif kind == "phases" or kind == "steps" then
+    local seen = {}
+    for _, ph in ipairs(type(pb.phases) == "table" and pb.phases or {}) do
+      if kind == "phases" and type(ph.name) == "string" then
+        seen[ph.name] = true
+      end
+      for _, item in ipairs(kind == "steps" and type(ph.items) == "table" and ph.items or {}) do
+        if item.kind == "step" and type(item.name) == "string" then
+          seen[item.name] = true
+          seen[ph.name .. "/" .. item.name] = true
+        end
+      end
+    end
+    out = sorted(seen)
+  end
+  return out
+end
+
+-- }======================================================
+
+-- {======================================================
+-- The scripts
+-- ======================================================
+
+-- A word list as a shell word: the words joined by spaces, single-quoted.
+local function shq(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- The options command name accepts (global ones too), sorted.
+local function flags_of(spec, name)
+  local out = {}
+  for _, f in ipairs(spec.flags) do
+    if not f.hidden and (not f.only or f.only[name]) then
+      out[#out + 1] = f
+    end
+  end
+  return out
+end
+
+local function names(list)
+  local out = {}
+  for i, f in ipairs(list) do
+    out[i] = f.name
+  end
+  return table.concat(out, " ")
+end
+
+local function kind_word(k)
+  return type(k) == "table" and ("words:" .. table.concat(k, " ")) or (k or "")
+end
+
+local function bash(spec)
+  local L = {
+    "# bash completion for hrun: written by `hrun completion bash` from hrun's own tables of",
+    "# commands and options. Installed as share/bash-completion/completions/hrun.",
+    "",
+  }
+  local cmds, value_flags, flag_kind = {}, {}, {}
+  for _, c in ipairs(spec.commands) do
+    if not c.hidden then
+      cmds[#cmds + 1] = c.name
+    end
+  end
+  for _, f in ipairs(spec.flags) do
+    if f.value then
+      value_flags[#value_flags + 1] = f.name
+      flag_kind[#flag_kind + 1] = string.format("        %s) kind=%s ;;", f.name, shq(kind_word(f.complete)))
+    end
+  end
+  L[#L + 1] = "_hrun_commands=" .. shq(table.concat(cmds, " "))
+  L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
+  L[#L + 1] = "_hrun_flags() {"
+  L[#L + 1] = "    case $1 in"
+  for _, c in ipairs(spec.commands) do
+    L[#L + 1] = string.format("        %s) REPLY=%s ;;", c.name, shq(names(flags_of(spec, c.name))))
+  end
+  L[#L + 1] = "        *) REPLY=" .. shq(names(flags_of(spec, ""))) .. " ;;"
+  L[#L + 1] = "    esac"
+  L[#L + 1] = "}"
+  L[#L + 1] = "_hrun_arg() {"
+  L[#L + 1] = "    case $1 in"
+  for _, c in ipairs(spec.commands) do
+    L[#L + 1] = string.format("        %s) REPLY=%s ;;", c.name, shq(kind_word(c.arg)))
+  end
+  L[#L + 1] = "        *) REPLY= ;;"
+  L[#L + 1] = "    esac"
+  L[#L + 1] = "}"
+  L[#L + 1] = "_hrun_flag_kind() {"
+  L[#L + 1] = "    local kind="
+  L[#L + 1] = "    case $1 in"
+  for _, line in ipairs(flag_kind) do
+    L[#L + 1] = line
+  end
+  L[#L + 1] = "    esac"
+  L[#L + 1] = "    REPLY=$kind"
+  L[#L + 1] = "}"
+  L[#L + 1] = [==[
+# _hrun_complete_kind KIND CUR: fills COMPREPLY with the candidates of KIND
+_hrun_complete_kind() {
+    local kind=$1 cur=$2 line
+    local -a found=()
+    case $kind in
+    words:*) COMPREPLY=($(compgen -W "${kind#words:}" -- "$cur")) ;;
+    dir) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur")) ;;
+    file | path) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")) ;;
+    playbook)
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -f -X '!*.lua' -- "$cur") $(compgen -d -- "$cur")) ;;
+    command) COMPREPLY=($(compgen -W "$_hrun_commands modules" -- "$cur")) ;;
+    run | param | phase | step)
+        local what=${kind}s arg=$_hrun_file
+        [ "$kind" = run ] && arg=
+        [ "$kind" != run ] && [ -z "$arg" ] && return
+        while IFS= read -r line; do
+            found+=("${line%%$'\t'*}")
+        done < <("${COMP_WORDS[0]}" completion --candidates "$what" ${arg:+"$arg"} \
+            ${_hrun_state:+--state "$_hrun_state"} 2>/dev/null)
+        COMPREPLY=($(compgen -W "${found[*]}" -- "$cur"))
+        [ "$kind" = param ] && compopt -o nospace 2>/dev/null ;;
+    esac
+}
+
+_hrun() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev= cmd= i w REPLY
+    _hrun_file= _hrun_state=
+    [ "$COMP_CWORD" -gt 0 ] && prev=${COMP_WORDS[COMP_CWORD-1]}
+    COMPREPLY=()
+    # what is on the line before the word: the command (or a playbook's path), the
+    # playbook, the state directory; option values skipped
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w=${COMP_WORDS[i]}
+        if [[ $_hrun_value_flags == *" $w "* ]]; then
+            [ "$w" = --state ] && _hrun_state=${COMP_WORDS[i+1]}
+            ((i++))
+            continue
+        fi
+        case $w in
+        --state=*) _hrun_state=${w#--state=}; continue ;;
+        -*) continue ;;
+        esac
+        if [ -z "$cmd" ]; then
+            case $w in
+            *.lua | */*) cmd=playbook; _hrun_file=$w ;;
+            *) cmd=$w ;;
+            esac
+        elif [ -z "$_hrun_file" ] && [[ $w == *.lua ]]; then
+            _hrun_file=$w
+        fi
+    done
+    if [[ $_hrun_value_flags == *" $prev "* ]] && [ "$COMP_CWORD" -gt 1 ]; then
+        _hrun_flag_kind "$prev"
+        _hrun_complete_kind "$REPLY" "$cur"
+        return
+    fi
+    if [[ $cur == -* ]]; then
+        _hrun_flags "$cmd"
+        COMPREPLY=($(compgen -W "$REPLY" -- "$cur"))
+        return
+    fi
+    if [ -z "$cmd" ]; then
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -W "$_hrun_commands" -- "$cur") $(compgen -f -X '!*.lua' -- "$cur")
+            $(compgen -d -- "$cur"))
+        return
+    fi
+    [ "$cmd" = playbook ] && return # after the playbook: options only
+    _hrun_arg "$cmd"
+    _hrun_complete_kind "$REPLY" "$cur"
+}
+complete -F _hrun hrun]==]
+  return table.concat(L, "\n") .. "\n"
+end
+
+-- zsh's and fish's descriptions: one line, no quotes or colons to escape in a hurry
+local function desc(s)
+  return (tostring(s or ""):gsub("\n.*", ""):gsub("[%c]", " "))
+end
+
+local function zsh(spec)
+  local L = {
+    "#compdef hrun",
+    "# zsh completion for hrun: written by `hrun completion zsh` from hrun's own tables of",
+    "# commands and options. Installed as share/zsh/vendor-completions/_hrun.",
+    "",
+    "_hrun_commands=(",
+  }
+  for _, c in ipairs(spec.commands) do
+    if not c.hidden then
+      L[#L + 1] = "    " .. shq(c.name .. ":" .. desc(c.summary):gsub(":", "\\:"))
+    end
+  end
+  L[#L + 1] = ")"
+  local value_flags, kinds = {}, {}
+  for _, f in ipairs(spec.flags) do
+    if f.value then
+      value_flags[#value_flags + 1] = f.name
+      kinds[#kinds + 1] = string.format("    %s) REPLY=%s ;;", f.name, shq(kind_word(f.complete)))
+    end
+  end
+  L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
+  L[#L + 1] = "_hrun_flag_kind() {"
+  L[#L + 1] = "  REPLY="
+  L[#L + 1] = "  case $1 in"
+  for _, k in ipairs(kinds) do
+    L[#L + 1] = k
+  end
+  L[#L + 1] = "  esac"
+  L[#L + 1] = "}"
+  L[#L + 1] = "_hrun_flags() {"
+  L[#L + 1] = "  case $1 in"
+  local function flag_specs(name)
+    local out = {}
+    for _, f in ipairs(flags_of(spec, name)) do
+      out[#out + 1] = shq(f.name:gsub(":", "\\:") .. ":" .. desc(f.help or f.value or ""):gsub(":", "\\:"))
+    end
+    return table.concat(out, " ")
+  end
+  for _, c in ipairs(spec.commands) do
+    L[#L + 1] = string.format("    %s) reply=(%s) ;;", c.name, flag_specs(c.name))
+  end
+  L[#L + 1] = "    *) reply=(" .. flag_specs("") .. ") ;;"
+  L[#L + 1] = "  esac"
+  L[#L + 1] = "}"
+  L[#L + 1] = "_hrun_arg() {"
+  L[#L + 1] = "  case $1 in"
+  for _, c in ipairs(spec.commands) do
+    L[#L + 1] = string.format("    %s) REPLY=%s ;;", c.name, shq(kind_word(c.arg)))
+  end
+  L[#L + 1] = "    *) REPLY= ;;"
+  L[#L + 1] = "  esac"
+  L[#L + 1] = "}"
+  L[#L + 1] = [==[
+_hrun_kind() {
+  local kind=$1 line
+  local -a found
+  case $kind in
+  words:*) compadd -- ${=kind#words:} ;;
+  dir) _files -/ ;;
+  file | path) _files ;;
+  playbook) _files -g '*.lua' ;;
+  command) _describe -t commands 'hrun command' _hrun_commands; compadd modules ;;
+  run | param | phase | step)
+    local what=${kind}s arg=$_hrun_file
+    [[ $kind == run ]] && arg=
+    [[ $kind != run && -z $arg ]] && return
+    local -a extra
+    [[ -n $arg ]] && extra=($arg)
+    [[ -n $_hrun_state ]] && extra+=(--state $_hrun_state)
+    found=("${(@f)$($words[1] completion --candidates $what $extra 2>/dev/null)}")
+    found=("${(@)found//:/\\:}")
+    found=("${(@)found/$'\t'/:}")
+    if [[ $kind == param ]]; then
+      compadd -S '' -- "${(@)found%%:*}"
+    else
+      _describe -t $what $what found
+    fi ;;
+  esac
+}
+
+_hrun() {
+  local cmd= w i REPLY
+  local -a reply
+  _hrun_file= _hrun_state=
+  for ((i = 2; i < CURRENT; i++)); do
+    w=$words[i]
+    if [[ $_hrun_value_flags == *" $w "* ]]; then
+      [[ $w == --state ]] && _hrun_state=$words[i+1]
+      ((i++))
+      continue
+    fi
+    case $w in
+    --state=*) _hrun_state=${w#--state=}; continue ;;
+    -*) continue ;;
+    esac
+    if [[ -z $cmd ]]; then
+      case $w in
+      *.lua | */*) cmd=playbook; _hrun_file=$w ;;
+      *) cmd=$w ;;
+      esac
+    elif [[ -z $_hrun_file && $w == *.lua ]]; then
+      _hrun_file=$w
+    fi
+  done
+  local prev=$words[CURRENT-1] cur=$words[CURRENT]
+  if (( CURRENT > 2 )) && [[ $_hrun_value_flags == *" $prev "* ]]; then
+    _hrun_flag_kind $prev
+    _hrun_kind $REPLY
+    return
+  fi
+  if [[ $cur == -* ]]; then
+    _hrun_flags "$cmd"
+    _describe -t options 'hrun option' reply
+    return
+  fi
+  if [[ -z $cmd ]]; then
+    _describe -t commands 'hrun command' _hrun_commands
+    _files -g '*.lua'
+    return
+  fi
+  [[ $cmd == playbook ]] && return
+  _hrun_arg $cmd
+  _hrun_kind $REPLY
+}
+
+_hrun "$@"]==]
+  return table.concat(L, "\n") .. "\n"
+end
+
+local function fish(spec)
+  local L = {
+    "# fish completion for hrun: written by `hrun completion fish` from hrun's own tables of",
+    "# commands and options. Installed as share/fish/vendor_completions.d/hrun.fish.",
+    "",
+    [==[
+# the command on the line (a playbook's path counts as "playbook"), or nothing yet
+function __hrun_command
+    set -l words (commandline -opc)
+    set -e words[1]
+    set -l skip 0
+    for w in $words
+        if test $skip = 1
+            set skip 0
+            continue
+        end
+        if contains -- $w $__hrun_value_flags
+            set skip 1
+            continue
+        end
+        switch $w
+            case '-*'
+                continue
+            case '*.lua' '*/*'
+                echo playbook
+                return
+            case '*'
+                echo $w
+                return
+        end
+    end
+end
+
+# the playbook on the line (its path), for its parameters, phases and steps
+function __hrun_file
+    for w in (commandline -opc)
+        switch $w
+            case '*.lua'
+                echo $w
+                return
+        end
+    end
+end
+
+function __hrun_state
+    set -l words (commandline -opc)
+    set -l i (contains -i -- --state $words)
+    and echo $words[(math $i + 1)]
+end
+
+function __hrun_candidates
+    set -l arg
+    test $argv[1] != runs; and set arg (__hrun_file)
+    test $argv[1] != runs; and test -z "$arg"; and return
+    set -l state (__hrun_state)
+    set -l cmd (commandline -opc)[1]
+    if test -n "$state"
+        $cmd completion --candidates $argv[1] $arg --state $state 2>/dev/null
+    else
+        $cmd completion --candidates $argv[1] $arg 2>/dev/null
+    end
+end
+
+function __hrun_is
+    set -l c (__hrun_command)
+    test "$c" = $argv[1]
+end
+
+function __hrun_none
+    set -l c (__hrun_command)
+    test -z "$c"
+end
+]==],
+  }
+  local value_flags = {}
+  for _, f in ipairs(spec.flags) do
+    if f.value then
+      value_flags[#value_flags + 1] = shq(f.name)
+    end
+  end
+  L[#L + 1] = "set -g __hrun_value_flags " .. table.concat(value_flags, " ")
+  L[#L + 1] = "complete -c hrun -f"
+  for _, c in ipairs(spec.commands) do
+    if not c.hidden then
+      L[#L + 1] = string.format("complete -c hrun -n __hrun_none -a %s -d %s", shq(c.name), shq(desc(c.summary)))
+    end
+  end
+  L[#L + 1] = "complete -c hrun -n __hrun_none -F -a '(__fish_complete_suffix .lua)'"
+  local ARGS = {
+    playbook = "-F -a '(__fish_complete_suffix .lua)'", run = "-a '(__hrun_candidates runs)'",
+    path = "-F", file = "-F", command = "-a " .. shq("modules"),
+  }
+  for _, c in ipairs(spec.commands) do
+    local a = type(c.arg) == "table" and ("-a " .. shq(table.concat(c.arg, " "))) or ARGS[c.arg]
+    if c.arg == "command" then
+      local all = {}
+      for _, x in ipairs(spec.commands) do
+        if not x.hidden then
+          all[#all + 1] = x.name
+        end
+      end
+      a = "-a " .. shq(table.concat(all, " ") .. " modules")
+    end
+    if a and c.name ~= "playbook" then
+      L[#L + 1] = string.format("complete -c hrun -n '__hrun_is %s' %s", c.name, a)
+    end
+  end
+  local VALUES = {
+    dir = "-x -a '(__fish_complete_directories)'", file = "-r -F", path = "-r -F",
+    param = "-x -a '(__hrun_candidates params)'", phase = "-x -a '(__hrun_candidates phases)'",
+    step = "-x -a '(__hrun_candidates steps)'", run = "-x -a '(__hrun_candidates runs)'",
+  }
+  for _, f in ipairs(spec.flags) do
+    if not f.hidden then
+      local opt = f.name:match("^%-%-(.+)$")
+      local how = opt and ("-l " .. shq(opt)) or ("-o " .. shq(f.name:sub(2)))
+      if #f.name == 2 then
+        how = "-s " .. shq(f.name:sub(2))
+      end
+      local value = ""
+      if f.value then
+        value = type(f.complete) == "table" and ("-x -a " .. shq(table.concat(f.complete, " ")))
+          or VALUES[f.complete] or "-x"
+      end
+      local cond = ""
+      if f.only then
+        local cs = {}
+        for _, name in ipairs(sorted(f.only)) do
+          cs[#cs + 1] = "__hrun_is " .. name
+        end
+        cond = "-n " .. shq(table.concat(cs, "; or ")) .. " "
+      end
+      L[#L + 1] = string.format("complete -c hrun %s%s %s -d %s", cond, how, value,
+        shq(desc(f.help or f.value or "")))
+    end
+  end
+  return table.concat(L, "\n") .. "\n"
+end
+
+M.shells = { bash = bash, zsh = zsh, fish = fish }
+
+-- script(shell, spec) → the completion script for shell, or nil, why
+function M.script(shell, spec)
+  local make = M.shells[shell]
+  if not make then
+    return nil, string.format("no completion for '%s': bash, zsh or fish", tostring(shell))
+  end
+  return make(spec)
+end
+
+-- }======================================================
+
+return M
