@@ -110,8 +110,8 @@ describe("package.nix", function()
       "-o", d .. "/result" }):gsub("%s+$", "")
     ok(out:find(d .. "/root/store/", 1, true) == 1, "built into the store: " .. out)
     -- what the build made it with is gone: the library is the one beside the binary
-    local r = exec.run({ out .. "/bin/hrun", "-e", 'print(debug.getinfo(require("hrun.dsl").constructors, "S").source)' },
-      { check = false })
+    local where = 'print(debug.getinfo(require("hrun.dsl").constructors, "S").source)'
+    local r = exec.run({ out .. "/bin/hrun", "-e", where }, { check = false })
     eq(r.code, 0, r.stderr)
     has(r.stdout, out .. "/bin/../share/hrun/lua/hrun/dsl.lua")
     has(exec.run({ out .. "/bin/hrun", "version" }).stdout, "hrun 0.1.0")
