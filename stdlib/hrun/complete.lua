@@ -50,14 +50,7 @@ local function inert_playbook(priv, path)
   return vok and type(desc) == "table" and desc or nil
 end
 
-local function sorted(set)
-  local out = {}
-  for k in pairs(set) do
-    out[#out + 1] = k
-  end
-  table.sort(out)
-  return out
-end
+local sorted = require("hrun.dsl").sorted_keys
 
 -- candidates(priv, kind, arg, state) → a list of "word" or "word\tdescription": kind
 -- "runs" (the journal's, newest first, in the state directory state), "params",
@@ -130,6 +123,19 @@ local function names(list)
   return table.concat(out, " ")
 end
 
+-- Appends to L a shell function name() that sets var from a case over its $1: cases
+-- {{word, value}, …}, default for any other word; indent one level of the script's.
+local function case_function(L, name, var, cases, default, indent)
+  L[#L + 1] = name .. "() {"
+  L[#L + 1] = indent .. "case $1 in"
+  for _, c in ipairs(cases) do
+    L[#L + 1] = string.format("%s%s%s) %s=%s ;;", indent, indent, c[1], var, c[2])
+  end
+  L[#L + 1] = string.format("%s%s*) %s=%s ;;", indent, indent, var, default)
+  L[#L + 1] = indent .. "esac"
+  L[#L + 1] = "}"
+end
+
 local function kind_word(k)
   return type(k) == "table" and ("words:" .. table.concat(k, " ")) or (k or "")
 end
@@ -140,45 +146,25 @@ local function bash(spec)
     "# commands and options. Installed as share/bash-completion/completions/hrun.",
     "",
   }
-  local cmds, value_flags, flag_kind = {}, {}, {}
+  local cmds, value_flags, flag_kind, flag_cases, arg_cases = {}, {}, {}, {}, {}
   for _, c in ipairs(spec.commands) do
     if not c.hidden then
       cmds[#cmds + 1] = c.name
     end
+    flag_cases[#flag_cases + 1] = { c.name, shq(names(flags_of(spec, c.name))) }
+    arg_cases[#arg_cases + 1] = { c.name, shq(kind_word(c.arg)) }
   end
   for _, f in ipairs(spec.flags) do
     if f.value then
       value_flags[#value_flags + 1] = f.name
-      flag_kind[#flag_kind + 1] = string.format("        %s) kind=%s ;;", f.name, shq(kind_word(f.complete)))
+      flag_kind[#flag_kind + 1] = { f.name, shq(kind_word(f.complete)) }
     end
   end
   L[#L + 1] = "_hrun_commands=" .. shq(table.concat(cmds, " "))
   L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
-  L[#L + 1] = "_hrun_flags() {"
-  L[#L + 1] = "    case $1 in"
-  for _, c in ipairs(spec.commands) do
-    L[#L + 1] = string.format("        %s) REPLY=%s ;;", c.name, shq(names(flags_of(spec, c.name))))
-  end
-  L[#L + 1] = "        *) REPLY=" .. shq(names(flags_of(spec, ""))) .. " ;;"
-  L[#L + 1] = "    esac"
-  L[#L + 1] = "}"
-  L[#L + 1] = "_hrun_arg() {"
-  L[#L + 1] = "    case $1 in"
-  for _, c in ipairs(spec.commands) do
-    L[#L + 1] = string.format("        %s) REPLY=%s ;;", c.name, shq(kind_word(c.arg)))
-  end
-  L[#L + 1] = "        *) REPLY= ;;"
-  L[#L + 1] = "    esac"
-  L[#L + 1] = "}"
-  L[#L + 1] = "_hrun_flag_kind() {"
-  L[#L + 1] = "    local kind="
-  L[#L + 1] = "    case $1 in"
-  for _, line in ipairs(flag_kind) do
-    L[#L + 1] = line
-  end
-  L[#L + 1] = "    esac"
-  L[#L + 1] = "    REPLY=$kind"
-  L[#L + 1] = "}"
+  case_function(L, "_hrun_flags", "REPLY", flag_cases, shq(names(flags_of(spec, ""))), "    ")
+  case_function(L, "_hrun_arg", "REPLY", arg_cases, "", "    ")
+  case_function(L, "_hrun_flag_kind", "REPLY", flag_kind, "", "    ")
   L[#L + 1] = [==[
 # _hrun_complete_kind KIND CUR: fills COMPREPLY with the candidates of KIND
 _hrun_complete_kind() {
@@ -279,41 +265,25 @@ local function zsh(spec)
   for _, f in ipairs(spec.flags) do
     if f.value then
       value_flags[#value_flags + 1] = f.name
-      kinds[#kinds + 1] = string.format("    %s) REPLY=%s ;;", f.name, shq(kind_word(f.complete)))
+      kinds[#kinds + 1] = { f.name, shq(kind_word(f.complete)) }
     end
   end
-  L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
-  L[#L + 1] = "_hrun_flag_kind() {"
-  L[#L + 1] = "  REPLY="
-  L[#L + 1] = "  case $1 in"
-  for _, k in ipairs(kinds) do
-    L[#L + 1] = k
-  end
-  L[#L + 1] = "  esac"
-  L[#L + 1] = "}"
-  L[#L + 1] = "_hrun_flags() {"
-  L[#L + 1] = "  case $1 in"
   local function flag_specs(name)
     local out = {}
     for _, f in ipairs(flags_of(spec, name)) do
       out[#out + 1] = shq(f.name:gsub(":", "\\:") .. ":" .. desc(f.help or f.value or ""):gsub(":", "\\:"))
     end
-    return table.concat(out, " ")
+    return "(" .. table.concat(out, " ") .. ")"
   end
+  local flag_cases, arg_cases = {}, {}
   for _, c in ipairs(spec.commands) do
-    L[#L + 1] = string.format("    %s) reply=(%s) ;;", c.name, flag_specs(c.name))
+    flag_cases[#flag_cases + 1] = { c.name, flag_specs(c.name) }
+    arg_cases[#arg_cases + 1] = { c.name, shq(kind_word(c.arg)) }
   end
-  L[#L + 1] = "    *) reply=(" .. flag_specs("") .. ") ;;"
-  L[#L + 1] = "  esac"
-  L[#L + 1] = "}"
-  L[#L + 1] = "_hrun_arg() {"
-  L[#L + 1] = "  case $1 in"
-  for _, c in ipairs(spec.commands) do
-    L[#L + 1] = string.format("    %s) REPLY=%s ;;", c.name, shq(kind_word(c.arg)))
-  end
-  L[#L + 1] = "    *) REPLY= ;;"
-  L[#L + 1] = "  esac"
-  L[#L + 1] = "}"
+  L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
+  case_function(L, "_hrun_flag_kind", "REPLY", kinds, "", "  ")
+  case_function(L, "_hrun_flags", "reply", flag_cases, flag_specs(""), "  ")
+  case_function(L, "_hrun_arg", "REPLY", arg_cases, "", "  ")
   L[#L + 1] = [==[
 _hrun_kind() {
   local kind=$1 line
