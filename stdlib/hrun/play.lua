@@ -1129,6 +1129,8 @@ end
 function M.fleet(priv, opts, path, state)
   local fleet = require("hrun.fleet")
   path = M.absolute(path)
+  -- absolute: the hosts' directories are journaled, and a resume may run from elsewhere
+  state = M.absolute(state)
   local sandboxed = opts.sandbox or M.fetched(priv, path)
   local pb, hash, src = M.load(priv, path, state, sandboxed, opts)
   for _, file in ipairs(opts.params_files or {}) do
@@ -1233,6 +1235,28 @@ local function fleet_playbook(priv, opts, j, r, state)
   return pb
 end
 
+-- A fleet run's hosts whose own runs are still going — a process that outlived a killed
+-- fleet process, in the middle of a long step, holding its state's lock: resuming or
+-- rolling back the fleet would start a second run of that host beside it. Refused
+-- before anything changes (exit 4), naming each such host and its holder.
+local function hosts_idle(priv, rows)
+  local busy = {}
+  for _, row in ipairs(rows) do
+    if row.state and fs.exists(row.state .. "/lock") then
+      local handle, holder, code = priv.lock(row.state .. "/lock")
+      if handle then
+        handle:release()
+      elseif code == "ELOCKED" then
+        busy[#busy + 1] = string.format("host '%s' (%s)", row.host, holder)
+      end
+    end
+  end
+  if #busy > 0 then
+    error(setmetatable({ locked = table.concat(busy, "; ") .. " — still going from before the fleet's process " ..
+      "ended, and stopping at its next step: wait for it (or stop it), then run this again" }, Bad), 0)
+  end
+end
+
 -- hrun resume FLEET-RUN: each host continues where it stopped; hosts not started yet start.
 function M.fleet_resume(priv, opts, j, r, state)
   if r.status ~= "running" and r.status ~= "stopped" and r.status ~= "failed" then
@@ -1240,6 +1264,7 @@ function M.fleet_resume(priv, opts, j, r, state)
   end
   local pb = fleet_playbook(priv, opts, j, r, state)
   local rows = j:fleet_hosts(r.id)
+  hosts_idle(priv, rows)
   j:set_run(r.id, { status = "running", pid = self_pid() })
   j:commit()
   local f = fleet_runner(priv, opts, j, r.id, pb, r.path, rows, state)
@@ -1253,6 +1278,7 @@ end
 function M.fleet_rollback(priv, opts, j, r)
   local fleet = require("hrun.fleet")
   local rows = j:fleet_hosts(r.id)
+  hosts_idle(priv, rows)
   local limit
   if opts.limit then
     limit = {}

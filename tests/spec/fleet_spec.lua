@@ -439,3 +439,55 @@ return playbook { name = "slow", targets = "servers", serial = 2,
     eq(trees(hs), before, "every host as before")
   end)
 end)
+
+describe("a fleet run whose process was killed while its hosts' runs go on", function()
+  it("is neither resumed nor rolled back beside them: refused, naming each, changing nothing", function()
+    local d = tmpdir()
+    fs.write(d .. "/inv.lua", 'host "a" { url = "local", groups = { "g" } }\n' ..
+      'host "b" { url = "local", groups = { "g" } }\n')
+    local pb = playbook_file(d, "pb.lua", [[
+return playbook { name = "fl", targets = "g", params = { dir = "" },
+  phase "p" {
+    step "one" { run = function(ctx) fs.write(ctx.params.dir .. "/" .. ctx.host .. ".1", "x") end },
+    step "slow" { run = function(ctx)
+      fs.write(ctx.params.dir .. "/" .. ctx.host .. ".started", "")
+      while not fs.exists(ctx.params.dir .. "/go") do sys.sleep(0.05) end
+    end },
+    step "two" { run = function(ctx) fs.write(ctx.params.dir .. "/" .. ctx.host .. ".2", "x") end },
+  } }]])
+    local data = d .. "/data"
+    fs.mkdir(data)
+    local bg = exec.run({ "sh", "-c", string.format("cd %s && %s %s --hosts inv.lua --state state -p dir=%s " ..
+      "> out 2>&1 & echo $!", d, HRUN, pb, data) })
+    local pid = bg.stdout:gsub("%s+$", "")
+    for _ = 1, 200 do
+      if fs.exists(data .. "/a.started") and fs.exists(data .. "/b.started") then
+        break
+      end
+      sys.sleep(0.05)
+    end
+    exec.run({ "kill", "-KILL", pid }) -- the fleet's process only: its hosts' runs go on
+    after(function()
+      fs.write(data .. "/go", "")
+    end)
+    local shown = hrun_cmd({ "show", "1", "--state", d .. "/state" }).stdout
+    for _, cmd in ipairs({ "resume", "rollback" }) do
+      local r = hrun_cmd({ cmd, "--state", d .. "/state" })
+      eq(r.code, 4, r.stdout .. r.stderr)
+      has(r.stderr, "host 'a' (pid ")
+      has(r.stderr, "host 'b' (pid ")
+      eq(hrun_cmd({ "show", "1", "--state", d .. "/state" }).stdout, shown, cmd .. " changed nothing")
+    end
+    -- once they stopped at their next step, the fleet resumes — from another directory
+    fs.write(data .. "/go", "")
+    for _ = 1, 200 do
+      if not exec.run({ "pgrep", "-f", "fleet-member " .. d }, { check = false }).ok then
+        break
+      end
+      sys.sleep(0.05)
+    end
+    local r = exec.run({ HRUN, "resume", "--state", d .. "/state" }, { cwd = "/", check = false })
+    eq(r.code, 0, r.stdout .. r.stderr)
+    ok(fs.exists(data .. "/a.2") and fs.exists(data .. "/b.2"), "both hosts finished")
+  end)
+end)
