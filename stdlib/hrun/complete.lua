@@ -15,9 +15,15 @@ local M = {}
 -- Candidates
 -- ======================================================
 
+-- The string methods ("x"):m() a playbook's top level may use while loaded for
+-- completion: none that matches patterns (a pattern can take exponential time in C,
+-- where no instruction count reaches) or repeats.
+local INERT_STRING = { "byte", "char", "format", "len", "lower", "reverse", "sub", "upper" }
+
 -- The playbook at path, loaded with nothing but the DSL's constructors, a bounded
--- number of instructions and bounded memory: completing a word must not run a shared
--- playbook's code (its top level may call fs.write). nil when it does not load so.
+-- number of instructions, bounded memory and harmless string methods: completing a word
+-- must not run a shared playbook's code (its top level may call fs.write), nor hang.
+-- nil when it does not load so.
 local function inert_playbook(priv, path)
   local f = io.open(path, "r")
   if not f then
@@ -34,6 +40,12 @@ local function inert_playbook(priv, path)
   if not chunk then
     return nil
   end
+  local strings = debug.getmetatable("") -- protected (__metatable) from playbooks
+  local methods, inert = strings.__index, {}
+  for _, name in ipairs(INERT_STRING) do
+    inert[name] = string[name]
+  end
+  strings.__index = inert
   debug.sethook(function()
     error("too long", 0)
   end, "", 1000000)
@@ -41,6 +53,7 @@ local function inert_playbook(priv, path)
   local ok, pb = pcall(chunk)
   priv.memlimit(0)
   debug.sethook()
+  strings.__index = methods
   if not ok or not dsl.is_playbook(pb) then
     return nil
   end

@@ -127,8 +127,18 @@ while true do end]])
     playbook_file(d, "big.lua", [[
 local s = ("x"):rep(1 << 40)
 return playbook { name = "big", params = { a = "" }, phase "p" { step "s" { run = function() end } } }]])
+    playbook_file(d, "pattern.lua", [[
+local slow = ("a"):rep(40):match(("a*"):rep(40) .. "b")
+return playbook { name = "slow", params = { a = "" }, phase "p" { step "s" { run = function() end } } }]])
+    playbook_file(d, "plain.lua", [[
+local base = ("/srv/%s"):format("data"):upper():lower()
+return playbook { name = "plain", params = { dir = base, n = #base }, phase "p" { step "s" { run = function() end } } }]])
     eq(bash(d, "hrun hostile.lua -p "), "")
     eq(bash(d, "hrun big.lua -p "), "")
+    local t0 = sys.clock()
+    eq(bash(d, "hrun pattern.lua -p "), "")
+    ok(sys.clock() - t0 < 5, "a pattern that would take ages is not run")
+    eq(bash(d, "hrun plain.lua -p "), "dir= n=", "a top level of plain values and string methods loads")
     eq(fs.exists(d .. "/pwned"), false)
   end)
 
