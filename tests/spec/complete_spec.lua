@@ -132,7 +132,8 @@ local slow = ("a"):rep(40):match(("a*"):rep(40) .. "b")
 return playbook { name = "slow", params = { a = "" }, phase "p" { step "s" { run = function() end } } }]])
     playbook_file(d, "plain.lua", [[
 local base = ("/srv/%s"):format("data"):upper():lower()
-return playbook { name = "plain", params = { dir = base, n = #base }, phase "p" { step "s" { run = function() end } } }]])
+return playbook { name = "plain", params = { dir = base, n = #base },
+  phase "p" { step "s" { run = function() end } } }]])
     eq(bash(d, "hrun hostile.lua -p "), "")
     eq(bash(d, "hrun big.lua -p "), "")
     local t0 = sys.clock()
