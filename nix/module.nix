@@ -28,8 +28,8 @@ in
       type = lib.types.path;
       default = "/var/lib/hrun";
       description = ''
-        Where hrun run as root keeps its journal, stashes and locks (HRUN_STATE_DIR when
-        not the default). Made 0700, root's.
+        Where hrun run as root keeps its journal, stashes and locks (root's HRUN_STATE_DIR
+        in its login shells when not the default). Made 0700, root's.
       '';
     };
 
@@ -57,7 +57,10 @@ in
   config = lib.mkIf cfg.enable {
     environment.systemPackages = [ cfg.package ];
     environment.pathsToLink = [ "/share/hrun" ];
-    environment.variables = lib.mkIf (cfg.stateDir != "/var/lib/hrun") { HRUN_STATE_DIR = cfg.stateDir; };
+    # root's alone: another user's runs keep their own state directory (~/.local/state/hrun)
+    environment.extraInit = lib.mkIf (cfg.stateDir != "/var/lib/hrun") ''
+      if [ "$(id -u)" = 0 ]; then export HRUN_STATE_DIR=${lib.escapeShellArg cfg.stateDir}; fi
+    '';
 
     systemd.tmpfiles.rules = [
       "d ${cfg.stateDir} 0700 root root -"

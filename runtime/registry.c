@@ -134,11 +134,14 @@ static int after_hook(lua_State *L)
     return 0;
 }
 
-/* Is the error on top the interruption itself: Ctrl-C or the step's deadline, raised by
-** the primitive (exec.run) or the hook? */
+/* Is the error on top the interruption itself — Ctrl-C or the step's deadline, raised by
+** the primitive (exec.run) or the hook: its words, with one pending? (A command's own
+** "timed out", with neither, is not.) */
 static int is_interruption(lua_State *L)
 {
     static const char *const ends[] = {"interrupted", "timed out"};
+    hrun_Runtime *rt = hrun_runtime(L);
+    if (!hrun_interrupted() && !(rt->deadline > 0 && hrun_monotime() >= rt->deadline)) return 0;
     size_t len;
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
     for (size_t i = 0; msg && i < sizeof ends / sizeof ends[0]; i++) {

@@ -9,6 +9,8 @@
 -- flag's complete what its value is: "dir", "file", "param", "phase", "step", "run", or
 -- a list of words.
 
+local fs = require "hrun.fs"
+
 local M = {}
 
 -- {======================================================
@@ -20,25 +22,64 @@ local M = {}
 -- where no instruction count reaches) or repeats.
 local INERT_STRING = { "byte", "char", "format", "len", "lower", "reverse", "sub", "upper" }
 
--- The playbook at path, loaded with nothing but the DSL's constructors, a bounded
--- number of instructions, bounded memory and harmless string methods: completing a word
--- must not run a shared playbook's code (its top level may call fs.write), nor hang.
--- nil when it does not load so.
-local function inert_playbook(priv, path)
+-- The names a playbook at path declares — {params = {name = true}, phases = {…}, steps =
+-- {…}} — read from its DSL objects as they are made, not validated: loaded with nothing
+-- but the DSL's constructors, from a regular file of at most 1 MiB, with a bounded
+-- number of instructions, bounded memory and harmless string methods. Completing a word
+-- must not run a shared playbook's code (its top level may call fs.write), nor hang, nor
+-- read a device or a pipe. nil when it does not load so.
+local MAX_SOURCE = 1 << 20
+local function inert_names(priv, path)
+  local st = fs.stat(path)
+  if not st or st.type ~= "file" or st.size > MAX_SOURCE then
+    return nil
+  end
   local f = io.open(path, "r")
   if not f then
     return nil
   end
-  local text = f:read("a")
+  local text = f:read(MAX_SOURCE)
   f:close()
   local dsl = require "hrun.dsl"
   local env = {}
   for name, fn in pairs(dsl.constructors()) do
     env[name] = fn
   end
-  local chunk = load(text, "@" .. path, "t", env)
+  local chunk = text and load(text, "@" .. path, "t", env)
   if not chunk then
     return nil
+  end
+  -- the DSL's objects walked raw (no metamethod of the playbook's runs), as they are
+  local function each(t, fn)
+    for i = 1, type(t) == "table" and rawlen(t) or 0 do
+      fn(rawget(t, i))
+    end
+  end
+  local function walk(pb)
+    local names = { params = {}, phases = {}, steps = {} }
+    if not dsl.is_playbook(pb) or type(rawget(pb, "body")) ~= "table" then
+      return nil
+    end
+    local params = rawget(pb.body, "params")
+    local k = type(params) == "table" and next(params) or nil
+    while k ~= nil do
+      if type(k) == "string" then
+        names.params[k] = true
+      end
+      k = next(params, k)
+    end
+    each(pb.body, function(ph)
+      if dsl.kind_of(ph) == "phase" and type(rawget(ph, "name")) == "string" then
+        names.phases[ph.name] = true
+        each(rawget(ph, "body"), function(item)
+          if dsl.kind_of(item) == "step" and type(rawget(item, "name")) == "string" then
+            names.steps[item.name] = true
+            names.steps[ph.name .. "/" .. item.name] = true
+          end
+        end)
+      end
+    end)
+    return names
   end
   local strings = debug.getmetatable("") -- protected (__metatable) from playbooks
   local methods, inert = strings.__index, {}
@@ -50,20 +91,21 @@ local function inert_playbook(priv, path)
     error("too long", 0)
   end, "", 1000000)
   priv.memlimit(64 * 1024 * 1024)
-  local ok, pb = pcall(chunk)
+  local ok, names = pcall(function()
+    return walk(chunk())
+  end)
   priv.memlimit(0)
   debug.sethook()
   strings.__index = methods
-  if not ok or not dsl.is_playbook(pb) then
-    return nil
-  end
-  local vok, desc = pcall(dsl.validate, pb, priv.nearest, { file = path, line = 0, source = text }, function()
-    return true
-  end)
-  return vok and type(desc) == "table" and desc or nil
+  return ok and names or nil
 end
 
 local sorted = require("hrun.dsl").sorted_keys
+
+-- Fit for a shell's completion: a name without control characters (one a line).
+local function printable(name)
+  return not name:find("[%c]")
+end
 
 -- candidates(priv, kind, arg, state) → a list of "word" or "word\tdescription": kind
 -- "runs" (the journal's, newest first, in the state directory state), "params",
@@ -76,32 +118,17 @@ function M.candidates(priv, kind, arg, state)
     local ok, rows = pcall(require("hrun.sqlite").query, db or "",
       "SELECT id, playbook, status FROM runs ORDER BY id DESC LIMIT 50")
     for _, r in ipairs(ok and type(rows) == "table" and rows or {}) do
-      out[#out + 1] = string.format("%d\t%s, %s", r.id, tostring(r.playbook), tostring(r.status))
+      out[#out + 1] = string.format("%d\t%s, %s", r.id, tostring(r.playbook):gsub("%c", " "),
+        tostring(r.status):gsub("%c", " "))
     end
     return out
   end
-  local pb = arg and inert_playbook(priv, arg)
-  if not pb then
-    return out
-  end
-  if kind == "params" then
-    for _, name in ipairs(sorted(type(pb.params) == "table" and pb.params or {})) do
-      out[#out + 1] = name .. "="
+  local names = arg and inert_names(priv, arg)
+  local set = names and names[kind] or {}
+  for _, name in ipairs(sorted(set)) do
+    if printable(name) then
+      out[#out + 1] = kind == "params" and (name .. "=") or name
     end
-  elseif kind == "phases" or kind == "steps" then
-    local seen = {}
-    for _, ph in ipairs(type(pb.phases) == "table" and pb.phases or {}) do
-      if kind == "phases" and type(ph.name) == "string" then
-        seen[ph.name] = true
-      end
-      for _, item in ipairs(kind == "steps" and type(ph.items) == "table" and ph.items or {}) do
-        if item.kind == "step" and type(item.name) == "string" then
-          seen[item.name] = true
-          seen[ph.name .. "/" .. item.name] = true
-        end
-      end
-    end
-    out = sorted(seen)
   end
   return out
 end
@@ -199,7 +226,11 @@ _hrun_complete_kind() {
             found+=("${line%%$'\t'*}")
         done < <("${COMP_WORDS[0]}" completion --candidates "$what" ${arg:+"$arg"} \
             ${_hrun_state:+--state "$_hrun_state"} 2>/dev/null)
-        COMPREPLY=($(compgen -W "${found[*]}" -- "$cur"))
+        # matched here, never through compgen -W (which expands $(…) in a name), and
+        # quoted for the line
+        for line in "${found[@]}"; do
+            [[ $line == "$cur"* ]] && COMPREPLY+=("$(printf '%q' "$line")")
+        done
         [ "$kind" = param ] && compopt -o nospace 2>/dev/null ;;
     esac
 }

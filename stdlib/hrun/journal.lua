@@ -577,16 +577,20 @@ function Journal:undo_interrupted(step)
 end
 
 -- The operations of an effect's inverse that an earlier attempt completed: {[op] = true};
--- and those an earlier attempt began and did not finish (a crash, an interrupt), with
--- when it began: {[op] = started}.
+-- and those whose last attempt began and did not finish (a crash, an interrupt), with
+-- when it began: {[op] = started}. An attempt cut and tried again since is not one: the
+-- later attempt is what was last done to what the operation touches.
 function Journal:ops_done(effect)
-  local done, begun = {}, {}
-  local sql = "SELECT op, status, started FROM undos WHERE effect = ? AND op IS NOT NULL"
+  local done, last = {}, {}
+  local sql = "SELECT op, status, started FROM undos WHERE effect = ? AND op IS NOT NULL ORDER BY id"
   for _, u in ipairs(self.db:query(sql, effect)) do
-    if u.status == "ok" then
-      done[u.op] = true
-    elseif u.status == "running" then
-      begun[u.op] = math.min(begun[u.op] or math.huge, tonumber(u.started) or 0)
+    done[u.op] = done[u.op] or u.status == "ok" or nil
+    last[u.op] = u
+  end
+  local begun = {}
+  for op, u in pairs(last) do
+    if u.status == "running" and not done[op] then
+      begun[op] = tonumber(u.started) or 0
     end
   end
   return done, begun

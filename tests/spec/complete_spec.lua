@@ -143,6 +143,42 @@ return playbook { name = "plain", params = { dir = base, n = #base },
     eq(fs.exists(d .. "/pwned"), false)
   end)
 
+  it("inserts a name as a word, never expanding it: a step named $(…) runs nothing", function()
+    local d = world()
+    playbook_file(d, "names.lua", string.format([[
+return playbook { name = "n", params = { ["$(touch %s/pwned)"] = "" },
+  phase "p" {
+    step "$(touch %s/pwned)" { run = function() end },
+    step "two words" { run = function() end },
+    step "*" { run = function() end },
+  } }]], d, d))
+    has(bash(d, "hrun names.lua --from "), "two\\ words")
+    has(bash(d, "hrun names.lua --from "), "\\*")
+    bash(d, "hrun names.lua -p ")
+    fish(d, "hrun names.lua --from ")
+    zsh(d, "hrun names.lua --from ")
+    eq(fs.exists(d .. "/pwned"), false)
+  end)
+
+  it("reads no pipe, device or huge file as a playbook, and walks a heavy one quickly", function()
+    local d = world()
+    exec.run({ "mkfifo", d .. "/fifo.lua" })
+    exec.run({ "ln", "-s", "/dev/zero", d .. "/zero.lua" })
+    fs.write(d .. "/huge.lua", "-- " .. string.rep("x", 2 << 20) .. "\nreturn playbook { params = { a = 1 } }")
+    local fields = {}
+    for i = 1, 20000 do
+      fields[#fields + 1] = string.format("f%d = function() end", i)
+    end
+    playbook_file(d, "heavy.lua", "return playbook { name = 'h', params = { a = '' }, phase 'p' { step 's' { " ..
+      table.concat(fields, ", ") .. " } } }")
+    local t0 = sys.clock()
+    for _, name in ipairs({ "fifo.lua", "zero.lua", "huge.lua" }) do
+      eq(bash(d, "hrun " .. name .. " -p "), "", name)
+    end
+    eq(bash(d, "hrun heavy.lua -p "), "a=")
+    ok(sys.clock() - t0 < 20, "no wait on a reader, a device or a validation")
+  end)
+
   it("reads the journal without writing it: no state directory is made, none migrated", function()
     local d = world()
     eq(bash(d, "hrun rollback --state nowhere "), "")

@@ -91,14 +91,16 @@ describe("the NixOS module", function()
     local m = module(env, '{ enable = true; stateDir = "/srv/hrun"; agentDir = "/srv/hrun/agent"; ' ..
       'sudoUsers = [ "deploy" ]; }')
     eq(m.config.environment.systemPackages, { "pkgs.hrun" })
-    eq(m.config.environment.variables, { HRUN_STATE_DIR = "/srv/hrun" })
+    -- root's state directory, for root alone
+    eq(m.config.environment.extraInit, "if [ \"$(id -u)\" = 0 ]; then export HRUN_STATE_DIR='/srv/hrun'; fi\n")
+    eq(m.config.environment.variables, nil)
     eq(m.config.systemd.tmpfiles.rules, { "d /srv/hrun 0700 root root -", "d /srv/hrun/agent 0700 root root -" })
     local rule = m.config.security.sudo.extraRules[1]
     eq(rule.users, { "deploy" })
     eq(rule.commands[1].command, "/run/current-system/sw/bin/hrun agent --dir /srv/hrun/agent")
     eq(rule.commands[1].options, { "NOPASSWD" })
     m = module(env, "{ enable = true; }")
-    eq(m.config.environment.variables, json.null, "the default state directory needs no variable")
+    eq(m.config.environment.extraInit, json.null, "the default state directory needs no variable")
     eq(m.config.security.sudo.extraRules, json.null, "no users, no rule")
   end)
 end)

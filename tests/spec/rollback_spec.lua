@@ -627,6 +627,13 @@ describe("a git write killed half way", function()
     eq(r.code, 2, r.stdout .. r.stderr)
     has(r.stdout .. r.stderr, lock)
     ok(fs.exists(lock), "the older lock is the person's")
+    -- a person's lock made after the cut attempt, once another attempt has run since: the
+    -- cut one says nothing of it any more
+    fs.remove(lock)
+    fs.write(lock, "")
+    r = hrun_cmd({ "rollback", "1", "--state", state })
+    eq(r.code, 2, r.stdout .. r.stderr)
+    ok(fs.exists(lock), "a lock made after an attempt that was tried again since is the person's")
     -- killed again in the inverse: this time the lock is the cut operation's
     r = hrun_cmd({ "rollback", "1", "--state", state }, { env = { HRUN_TEST_CRASH = "undo-op:1" } })
     eq(r.signal, "SIGKILL")
