@@ -288,10 +288,30 @@ function http_server(args, scheme)
 end
 
 -- free_port() → a TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)
+-- n consecutive ports on 127.0.0.1 that nothing listens on now, below the ephemeral range
+local function free_ports(n)
+  local out = exec.run({ "python3", "-c", [[
+import random, socket, sys
+n = int(sys.argv[1])
+for _ in range(500):
+    base, held = random.randint(20000, 32000 - n), []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket(); held.append(s); s.bind(("127.0.0.1", p))
+        print(base); break
+    except OSError:
+        pass
+    finally:
+        for s in held: s.close()
+]], tostring(n) }).stdout
+  return assert(tonumber(out), "no " .. n .. " free consecutive ports")
+end
+
+-- A port on 127.0.0.1 that nothing listens on now, below the ephemeral range: a server
+-- stopped and started again by a test (a service moved and rolled back) must find it
+-- free, which an ephemeral port is not once some connection of a test beside it takes it.
 function free_port()
-  local out = exec.run({ "python3", "-c",
-    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" }).stdout
-  return (out:gsub("%s+$", ""))
+  return tostring(free_ports(1))
 end
 
 -- systemd_container([units]) → the environment that points hrun at a real systemd (PID 1
@@ -383,25 +403,6 @@ function Host:install_hrun(bin, stdlib)
       exec.run({ "cp", "-L", lib, self.root .. lib })
     end
   end
-end
-
--- n consecutive ports on 127.0.0.1 that nothing listens on now, below the ephemeral range
-local function free_ports(n)
-  local out = exec.run({ "python3", "-c", [[
-import random, socket, sys
-n = int(sys.argv[1])
-for _ in range(500):
-    base, held = random.randint(20000, 32000 - n), []
-    try:
-        for p in range(base, base + n):
-            s = socket.socket(); held.append(s); s.bind(("127.0.0.1", p))
-        print(base); break
-    except OSError:
-        pass
-    finally:
-        for s in held: s.close()
-]], tostring(n) }).stdout
-  return assert(tonumber(out), "no " .. n .. " free consecutive ports")
 end
 
 function ssh_hosts(n, opts)
