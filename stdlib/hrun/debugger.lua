@@ -138,11 +138,14 @@ function Session:runner()
     return self.r
   end
   local priv, opts = self.priv, self.opts
+  -- the playbook's hosts (and -H): its `on = NAME` steps run there, as in a run
+  local hosts = play.hosts(self.pb.hosts, opts)
   local lk, j, id = play.begin_run(priv, self.state, self.pb, self.path, self.hash, self.params, "debug", nil,
-    nil, self.src)
+    nil, self.src, hosts)
   self.lock, self.journal = lk, j
   self.r = runner_mod.new({ priv = priv, ui = play.new_ui(priv, opts), pb = self.pb, params = self.params,
     journal = self.journal, run_id = id, path = self.path, opts = opts, pb_hash = self.hash, run_hash = self.hash,
+    host_urls = hosts,
     versions = play.versions(priv, j, { path = self.path, sandbox = 0 }, self.state, opts) })
   self.r:emit({ event = "run-start", run = id, playbook = self.pb.name, version = self.pb.version, path = self.path })
   return self.r

@@ -362,11 +362,13 @@ end
 -- ======================================================
 
 function Journal:new_run(r)
+  -- the hosts it reaches with it, in the same commit: a run is never journaled without them
   local _, id = self:write([[INSERT INTO runs (playbook, version, path, hash, git_commit, git_dirty,
-      params, mode, status, on_failure, host, user, pid, hrun_version, started, sandbox, steps_total)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)]],
+      params, mode, status, on_failure, host, user, pid, hrun_version, started, sandbox, steps_total, hosts)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)]],
     r.playbook, r.version, r.path, r.hash, r.git_commit, r.git_dirty, codec.encode(r.params), r.mode,
-    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started, r.sandbox or 0, r.steps_total)
+    r.on_failure, r.host, r.user, r.pid, r.hrun_version, r.started, r.sandbox or 0, r.steps_total,
+    r.hosts and codec.encode(r.hosts) or nil)
   self:commit()
   return id
 end

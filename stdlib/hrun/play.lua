@@ -2,7 +2,6 @@
 -- Each takes the private library, the parsed options and its arguments, and returns
 -- the exit status; the command line (hrun.cli) parses and dispatches.
 
-local codec = require "hrun.codec"
 local boundary = require "hrun.boundary"
 local dsl = require "hrun.dsl"
 local exec = require "hrun.exec"
@@ -288,10 +287,11 @@ local function require_clean(path, prov)
   end
 end
 
--- begin_run(priv, state, pb, path, hash, params, mode [, prov, sandboxed]) → lock,
--- journal, run id: takes the state directory's lock, journals a new run with its
--- provenance (mode "debug" with --debug or from the REPL) and whether it runs in the
--- sandbox (so that resume and rollback keep it there), and points the stash at it.
+-- begin_run(priv, state, pb, path, hash, params, mode [, prov, sandboxed, src, hosts]) →
+-- lock, journal, run id: takes the state directory's lock, journals a new run with its
+-- provenance (mode "debug" with --debug or from the REPL), whether it runs in the
+-- sandbox (so that resume and rollback keep it there) and the hosts it reaches
+-- ({name = {url, …}}: resume and rollback reach the same), and points the stash at it.
 -- How many steps the playbook has (hrun runs shows done/total while it runs).
 function M.step_count(pb)
   local n = 0
@@ -305,7 +305,7 @@ function M.step_count(pb)
   return n
 end
 
-function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed, src)
+function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed, src, hosts)
   assert(fs.exists(state) or fs.mkdir(state, { parents = true, mode = "0700" }))
   local lk = lock(priv, state, string.format("pid %d, playbook %s, since %s", self_pid(), path,
     ui_mod.timestamp(sys.now())))
@@ -316,7 +316,7 @@ function M.begin_run(priv, state, pb, path, hash, params, mode, prov, sandboxed,
     mode = mode, on_failure = pb.on_failure, host = sys.hostname(),
     user = sys.env("USER") or sys.env("LOGNAME") or (sys.is_root() and "root") or nil, pid = self_pid(),
     hrun_version = priv.version, started = sys.now(), sandbox = sandboxed and 1 or 0,
-    steps_total = M.step_count(pb) })
+    steps_total = M.step_count(pb), hosts = hosts })
   if src then -- rollback undoes each step with the version of the playbook that ran it
     j:keep_playbook(hash, path, src)
     j:commit()
@@ -427,11 +427,7 @@ function M.run(priv, opts, path, state, setup)
   end
   -- luacheck: ignore 211/lk (a to-be-closed lock: released on every way out)
   local lk <close>, j, run_id = M.begin_run(priv, state, pb, path, hash, params,
-    (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed, src)
-  if hosts then -- resume and rollback reach the same hosts
-    j:set_run(run_id, { hosts = codec.encode(hosts) })
-    j:commit()
-  end
+    (opts.debug or opts.break_at) and "debug" or "run", prov, sandboxed, src, hosts)
   local r = runner_mod.new({ priv = priv, ui = ui, pb = pb, params = params, journal = j, run_id = run_id,
     path = path, opts = opts, git = prov, sandbox = sandboxed, pb_hash = hash, run_hash = hash, state = state,
     host_urls = hosts, fleet_host = fleet_host, ssh_state = ssh_state,

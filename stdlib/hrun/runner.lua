@@ -1339,6 +1339,11 @@ end
 -- nil: this machine, or a fleet member's host).
 function Runner:on_host(name, fn, ...)
   name = name or self.fleet_host
+  if name ~= nil and name ~= "local" and not (self.host_urls and self.host_urls[name]) then
+    -- never here instead: what is meant for a host the run knows no address of runs nowhere
+    error(string.format("the step runs on host '%s', and this run knows no address for it (hrun … -H %s=URL)",
+      name, name), 0)
+  end
   if name == nil or not (self.hosts or self.sandbox_boxes) then
     return fn(...)
   end
