@@ -220,7 +220,8 @@ return playbook { name = "hosted", hosts = { old = "ssh://root@192.0.2.1" }, par
     step "there" { on = "old", run = function(ctx) fs.write(ctx.params.data .. "/there", "x") end },
   } }]]
 
-  it("are journaled with the run, in its first commit: killed there, a resume reaches the same", function()
+  -- the run killed as its first step starts (-H old=local: host old is this machine)
+  local function killed_run()
     local d = tmpdir()
     fs.mkdir(d .. "/data")
     local p = playbook_file(d, "hosted.lua", HOSTED)
@@ -228,23 +229,22 @@ return playbook { name = "hosted", hosts = { old = "ssh://root@192.0.2.1" }, par
     local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. d .. "/data", "-H", "old=local" },
       { env = { HRUN_TEST_CRASH = "step-start:1" } })
     eq(r.signal, "SIGKILL")
+    return d, state
+  end
+
+  it("are journaled with the run, in its first commit: killed there, a resume reaches the same", function()
+    local d, state = killed_run()
     local hosts = exec.run({ "sqlite3", state .. "/journal.db", "SELECT hosts FROM runs WHERE id = 1" }).stdout
     eq(json.decode(hosts), { old = { url = "local" } })
-    r = hrun_cmd({ "resume", "--state", state })
+    local r = hrun_cmd({ "resume", "--state", state })
     eq(r.code, 0, r.stdout .. r.stderr)
     eq(fs.read(d .. "/data/there"), "x", "-H old=local: this machine, as the run said")
   end)
 
   it("unknown to a run (journaled by an older hrun without them): its `on` steps run nowhere, not here", function()
-    local d = tmpdir()
-    fs.mkdir(d .. "/data")
-    local p = playbook_file(d, "hosted.lua", HOSTED)
-    local state = d .. "/state"
-    local r = hrun_cmd({ p, "--state", state, "-p", "data=" .. d .. "/data", "-H", "old=local" },
-      { env = { HRUN_TEST_CRASH = "step-start:1" } })
-    eq(r.signal, "SIGKILL")
+    local d, state = killed_run()
     exec.run({ "sqlite3", state .. "/journal.db", "UPDATE runs SET hosts = NULL" })
-    r = hrun_cmd({ "resume", "--state", state })
+    local r = hrun_cmd({ "resume", "--state", state })
     eq(r.code, 1, r.stdout .. r.stderr)
     has(r.stdout .. r.stderr, "the step runs on host 'old', and this run knows no address for it")
     eq(fs.exists(d .. "/data/there"), false, "nothing meant for host old was done here")
