@@ -287,7 +287,6 @@ function http_server(args, scheme)
   error("the fixture server did not start: " .. tostring(fs.read(d .. "/err")))
 end
 
--- free_port() → a TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)
 -- n consecutive ports on 127.0.0.1 that nothing listens on now, below the ephemeral range
 local function free_ports(n)
   local out = exec.run({ "python3", "-c", [[

@@ -139,7 +139,7 @@ end
 -- The scripts
 -- ======================================================
 
--- A word list as a shell word: the words joined by spaces, single-quoted.
+-- s as one shell word, single-quoted.
 local function shq(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
@@ -180,31 +180,55 @@ local function kind_word(k)
   return type(k) == "table" and ("words:" .. table.concat(k, " ")) or (k or "")
 end
 
+-- The options that take a value, as " -a --b … " (a word's neighbours are spaces), and
+-- the cases of what each value is: {{name, 'kind'}, …}.
+local function value_flags(spec)
+  local list, kinds = {}, {}
+  for _, f in ipairs(spec.flags) do
+    if f.value then
+      list[#list + 1] = f.name
+      kinds[#kinds + 1] = { f.name, shq(kind_word(f.complete)) }
+    end
+  end
+  return " " .. table.concat(list, " ") .. " ", kinds
+end
+
+-- The commands a person types (not a playbook's path), as "plan check …".
+local function command_words(spec)
+  local out = {}
+  for _, c in ipairs(spec.commands) do
+    if not c.hidden then
+      out[#out + 1] = c.name
+    end
+  end
+  return table.concat(out, " ")
+end
+
+-- The cases of what each command's positional words are: {{command, 'kind'}, …}.
+local function arg_cases(spec)
+  local cases = {}
+  for _, c in ipairs(spec.commands) do
+    cases[#cases + 1] = { c.name, shq(kind_word(c.arg)) }
+  end
+  return cases
+end
+
 local function bash(spec)
   local L = {
     "# bash completion for hrun: written by `hrun completion bash` from hrun's own tables of",
     "# commands and options. Installed as share/bash-completion/completions/hrun.",
     "",
   }
-  local cmds, value_flags, flag_kind, flag_cases, arg_cases = {}, {}, {}, {}, {}
+  local flag_cases = {}
   for _, c in ipairs(spec.commands) do
-    if not c.hidden then
-      cmds[#cmds + 1] = c.name
-    end
     flag_cases[#flag_cases + 1] = { c.name, shq(names(flags_of(spec, c.name))) }
-    arg_cases[#arg_cases + 1] = { c.name, shq(kind_word(c.arg)) }
   end
-  for _, f in ipairs(spec.flags) do
-    if f.value then
-      value_flags[#value_flags + 1] = f.name
-      flag_kind[#flag_kind + 1] = { f.name, shq(kind_word(f.complete)) }
-    end
-  end
-  L[#L + 1] = "_hrun_commands=" .. shq(table.concat(cmds, " "))
-  L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
+  local valued, kinds = value_flags(spec)
+  L[#L + 1] = "_hrun_commands=" .. shq(command_words(spec))
+  L[#L + 1] = "_hrun_value_flags=" .. shq(valued)
   case_function(L, "_hrun_flags", "REPLY", flag_cases, shq(names(flags_of(spec, ""))), "    ")
-  case_function(L, "_hrun_arg", "REPLY", arg_cases, "", "    ")
-  case_function(L, "_hrun_flag_kind", "REPLY", flag_kind, "", "    ")
+  case_function(L, "_hrun_arg", "REPLY", arg_cases(spec), "", "    ")
+  case_function(L, "_hrun_flag_kind", "REPLY", kinds, "", "    ")
   L[#L + 1] = [==[
 # _hrun_complete_kind KIND CUR: fills COMPREPLY with the candidates of KIND
 _hrun_complete_kind() {
@@ -305,13 +329,6 @@ local function zsh(spec)
     end
   end
   L[#L + 1] = ")"
-  local value_flags, kinds = {}, {}
-  for _, f in ipairs(spec.flags) do
-    if f.value then
-      value_flags[#value_flags + 1] = f.name
-      kinds[#kinds + 1] = { f.name, shq(kind_word(f.complete)) }
-    end
-  end
   local function flag_specs(name)
     local out = {}
     for _, f in ipairs(flags_of(spec, name)) do
@@ -319,15 +336,15 @@ local function zsh(spec)
     end
     return "(" .. table.concat(out, " ") .. ")"
   end
-  local flag_cases, arg_cases = {}, {}
+  local flag_cases = {}
   for _, c in ipairs(spec.commands) do
     flag_cases[#flag_cases + 1] = { c.name, flag_specs(c.name) }
-    arg_cases[#arg_cases + 1] = { c.name, shq(kind_word(c.arg)) }
   end
-  L[#L + 1] = "_hrun_value_flags=" .. shq(" " .. table.concat(value_flags, " ") .. " ")
+  local valued, kinds = value_flags(spec)
+  L[#L + 1] = "_hrun_value_flags=" .. shq(valued)
   case_function(L, "_hrun_flag_kind", "REPLY", kinds, "", "  ")
   case_function(L, "_hrun_flags", "reply", flag_cases, flag_specs(""), "  ")
-  case_function(L, "_hrun_arg", "REPLY", arg_cases, "", "  ")
+  case_function(L, "_hrun_arg", "REPLY", arg_cases(spec), "", "  ")
   L[#L + 1] = [==[
 _hrun_kind() {
   local kind=$1 line
@@ -479,13 +496,8 @@ function __hrun_none
 end
 ]==],
   }
-  local value_flags = {}
-  for _, f in ipairs(spec.flags) do
-    if f.value then
-      value_flags[#value_flags + 1] = shq(f.name)
-    end
-  end
-  L[#L + 1] = "set -g __hrun_value_flags " .. table.concat(value_flags, " ")
+  local valued = value_flags(spec)
+  L[#L + 1] = "set -g __hrun_value_flags " .. valued:match("^ (.*) $"):gsub("%S+", shq)
   L[#L + 1] = "complete -c hrun -f"
   for _, c in ipairs(spec.commands) do
     if not c.hidden then
@@ -495,19 +507,10 @@ end
   L[#L + 1] = "complete -c hrun -n __hrun_none -F -a '(__fish_complete_suffix .lua)'"
   local ARGS = {
     playbook = "-F -a '(__fish_complete_suffix .lua)'", run = "-a '(__hrun_candidates runs)'",
-    path = "-F", file = "-F", command = "-a " .. shq("modules"),
+    path = "-F", file = "-F", command = "-a " .. shq(command_words(spec) .. " modules"),
   }
   for _, c in ipairs(spec.commands) do
     local a = type(c.arg) == "table" and ("-a " .. shq(table.concat(c.arg, " "))) or ARGS[c.arg]
-    if c.arg == "command" then
-      local all = {}
-      for _, x in ipairs(spec.commands) do
-        if not x.hidden then
-          all[#all + 1] = x.name
-        end
-      end
-      a = "-a " .. shq(table.concat(all, " ") .. " modules")
-    end
     if a and c.name ~= "playbook" then
       L[#L + 1] = string.format("complete -c hrun -n '__hrun_is %s' %s", c.name, a)
     end

@@ -144,8 +144,7 @@ function M.inventory(path, nearest)
       end
     end
     out.hosts[name] = { name = name, url = b.url, agent_dir = b.agent_dir, sudo = b.sudo, vars = b.vars or {},
-      line = h.line,
-      groups = member_of }
+      line = h.line, groups = member_of }
   end
   for _, gname in ipairs(group_order) do
     local g, b = groups[gname], groups[gname].body

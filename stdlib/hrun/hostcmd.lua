@@ -28,16 +28,18 @@ local function pick(priv, opts, path, names, state)
     end
     base = base or {}
     for _, name in ipairs(chosen) do
-      local h = inv.hosts[name]
-      base[name] = { url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
+      base[name] = inv.hosts[name] -- play.hosts takes its url, agent_dir and sudo
     end
   end
   local hosts = play.hosts(base, opts) or {}
   local list = {}
+  local function add(name, h)
+    list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
+  end
   if #names == 0 then
     for name, h in pairs(hosts) do
       if h.url ~= "local" then
-        list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
+        add(name, h)
       end
     end
     table.sort(list, function(a, b)
@@ -54,7 +56,7 @@ local function pick(priv, opts, path, names, state)
           bad(string.format("no host '%s'%s", name, path and (" in " .. path) or " (give PLAYBOOK.lua or -H NAME=URL)"))
         end
       end
-      list[#list + 1] = { name = name, url = h.url, agent_dir = h.agent_dir, sudo = h.sudo }
+      add(name, h)
     end
   end
   if #list == 0 then

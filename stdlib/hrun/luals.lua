@@ -95,12 +95,7 @@ end
 
 local function class_of(L, class, fields, docs_of)
   L[#L + 1] = "---@class " .. class
-  local names = {}
-  for k in pairs(fields) do
-    names[#names + 1] = k
-  end
-  table.sort(names)
-  for _, k in ipairs(names) do
+  for _, k in ipairs(dsl.sorted_keys(fields)) do
     L[#L + 1] = string.format("---@field %s%s %s%s", k, k == "run" and "" or "?", FIELD_TYPES[fields[k]] or "any",
       docs_of and docs_of[k] and (" " .. docs_of[k]) or "")
   end
